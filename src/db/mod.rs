@@ -1,0 +1,2 @@
+//! Database access: connections, migrations and queries.
+pub mod migrate;

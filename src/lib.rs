@@ -1,0 +1,14 @@
+//! notification-reconciler: delivers notification events stored in PostgreSQL
+//! to webhook channels, in parallel, and keeps an exact per-channel delivery
+//! record.
+//!
+//! The crate is a library with a thin binary (`src/main.rs`) on top, so that
+//! integration tests and the benchmark drive the very code the daemon runs.
+//! The modules follow the architecture: `config` (TOML → validated settings),
+//! `db` (connections, pool, migrations, queries), `lock` (the leader's advisory
+//! lock), `state` (the pure delivery state machine), `delivery` (signing, HTTP,
+//! one event's worker step), `reconcile` (the parallel pass), `service` (the
+//! daemon loop, signals, systemd, metrics), `sink` (the development receiver)
+//! and `cli` (commands).
+
+pub mod db;
