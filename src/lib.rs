@@ -11,4 +11,12 @@
 //! daemon loop, signals, systemd, metrics), `sink` (the development receiver)
 //! and `cli` (commands).
 
+pub mod cli;
+pub mod config;
 pub mod db;
+pub mod delivery;
+pub mod lock;
+pub mod reconcile;
+pub mod service;
+pub mod sink;
+pub mod state;

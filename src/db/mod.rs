@@ -1,2 +1,189 @@
-//! Database access: connections, migrations and queries.
+//! Database access: connections, the worker pool, migrations and the queries
+//! each part of the service needs, one file per table or concern.
+//!
+//! Every connection is opened the same way ([`pg_config`]): connect timeout
+//! from the config, TCP keepalives so that a dead server is noticed, a
+//! statement timeout, and `search_path` set to the service's schema so that
+//! queries name tables unqualified. Decisions about what to write live in
+//! `state`; this module only moves rows.
+
+pub mod channels;
+pub mod due;
+pub mod events;
 pub mod migrate;
+pub mod rules;
+pub mod statuses;
+
+use std::time::Duration;
+
+use postgres::{Client, NoTls};
+use r2d2_postgres::PostgresConnectionManager;
+
+use crate::config::{redact_url, DatabaseConfig};
+
+/// The workers' connection pool.
+pub type Pool = r2d2::Pool<WorkerManager>;
+/// One connection taken from the [`Pool`].
+pub type PooledClient = r2d2::PooledConnection<WorkerManager>;
+
+/// A pooled worker connection: a client plus a "discard me" mark, set after
+/// a panic or a lost connection so that the pool drops it instead of handing
+/// it to the next worker.
+pub struct WorkerConn {
+    /// The connection.
+    pub client: Client,
+    /// Set to make the pool discard this connection when it is returned.
+    pub discard: bool,
+}
+
+/// `r2d2_postgres`'s manager, plus the discard mark of [`WorkerConn`].
+pub struct WorkerManager(PostgresConnectionManager<NoTls>);
+
+impl r2d2::ManageConnection for WorkerManager {
+    type Connection = WorkerConn;
+    type Error = postgres::Error;
+
+    fn connect(&self) -> Result<WorkerConn, postgres::Error> {
+        Ok(WorkerConn {
+            client: self.0.connect()?,
+            discard: false,
+        })
+    }
+
+    fn is_valid(&self, conn: &mut WorkerConn) -> Result<(), postgres::Error> {
+        self.0.is_valid(&mut conn.client)
+    }
+
+    fn has_broken(&self, conn: &mut WorkerConn) -> bool {
+        conn.discard || self.0.has_broken(&mut conn.client)
+    }
+}
+
+/// Longest a single statement may run on a service connection.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A database failure, with what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The server could not be reached or refused the login.
+    #[error("cannot connect to the database at {url}: {source}")]
+    Connect {
+        /// The URL with the password redacted.
+        url: String,
+        /// The driver's error.
+        source: postgres::Error,
+    },
+    /// No pooled connection became available in time.
+    #[error("cannot get a database connection from the pool: {0}")]
+    Pool(#[from] r2d2::Error),
+    /// A statement failed.
+    #[error("database error while {what}: {source}")]
+    Query {
+        /// What the statement was for, e.g. "creating a channel".
+        what: &'static str,
+        /// The driver's error.
+        source: postgres::Error,
+    },
+    /// The schema is older than this binary (or absent).
+    #[error("the database schema \"{schema}\" is at version {found}, this binary needs {expected}: run `notification-reconciler migrate` first")]
+    NotMigrated {
+        /// Schema name.
+        schema: String,
+        /// Version found (0 = none).
+        found: i32,
+        /// Version this binary was built for.
+        expected: i32,
+    },
+    /// The schema was migrated by a newer binary.
+    #[error("the database schema \"{schema}\" is at version {found}, newer than this binary knows ({expected}): upgrade notification-reconciler")]
+    TooNew {
+        /// Schema name.
+        schema: String,
+        /// Version found.
+        found: i32,
+        /// Newest version this binary knows.
+        expected: i32,
+    },
+    /// A stored row cannot be used (e.g. an unknown state).
+    #[error("bad row in {table}: {problem}")]
+    BadRow {
+        /// Table name.
+        table: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+impl DbError {
+    /// Wraps a driver error with what was being done.
+    pub fn query(what: &'static str) -> impl FnOnce(postgres::Error) -> DbError {
+        move |source| DbError::Query { what, source }
+    }
+
+    /// Whether the error means the connection is gone (it must be discarded).
+    pub fn is_connection_lost(&self) -> bool {
+        match self {
+            DbError::Connect { .. } | DbError::Pool(_) => true,
+            DbError::Query { source, .. } => source.is_closed() || source.code().is_none(),
+            _ => false,
+        }
+    }
+}
+
+/// The driver configuration every service connection uses.
+pub fn pg_config(
+    cfg: &DatabaseConfig,
+    application_name: &str,
+) -> Result<postgres::Config, DbError> {
+    let mut pg: postgres::Config = cfg.url.parse().map_err(|source| DbError::Connect {
+        url: redact_url(&cfg.url),
+        source,
+    })?;
+    pg.connect_timeout(cfg.connect_timeout)
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(10))
+        .keepalives_interval(Duration::from_secs(5))
+        .keepalives_retries(3)
+        .application_name(application_name)
+        .options(&format!(
+            "-c search_path={} -c statement_timeout={}",
+            cfg.schema,
+            STATEMENT_TIMEOUT.as_millis()
+        ));
+    Ok(pg)
+}
+
+/// Opens one connection (the lock connection, or a command's connection).
+pub fn connect(cfg: &DatabaseConfig, application_name: &str) -> Result<Client, DbError> {
+    pg_config(cfg, application_name)?
+        .connect(NoTls)
+        .map_err(|source| DbError::Connect {
+            url: redact_url(&cfg.url),
+            source,
+        })
+}
+
+/// Builds the workers' pool without connecting yet (so that the daemon can
+/// start while the database is down). Each checkout waits at most the
+/// connect timeout.
+pub fn pool(cfg: &DatabaseConfig, size: u32, application_name: &str) -> Result<Pool, DbError> {
+    let manager = WorkerManager(PostgresConnectionManager::new(
+        pg_config(cfg, application_name)?,
+        NoTls,
+    ));
+    Ok(r2d2::Pool::builder()
+        .max_size(size.max(1))
+        .min_idle(Some(0))
+        .connection_timeout(cfg.connect_timeout)
+        .test_on_check_out(false)
+        .error_handler(Box::new(r2d2::NopErrorHandler))
+        .build_unchecked(manager))
+}
+
+/// Connects and checks that the schema is at this binary's version: what
+/// every command but `migrate` does first.
+pub fn connect_checked(cfg: &DatabaseConfig, application_name: &str) -> Result<Client, DbError> {
+    let mut client = connect(cfg, application_name)?;
+    migrate::ensure_current(&mut client, &cfg.schema)?;
+    Ok(client)
+}

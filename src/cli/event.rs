@@ -1,0 +1,142 @@
+//! `event emit|list|show` and `resend`.
+
+use std::process::ExitCode;
+
+use uuid::Uuid;
+
+use super::channel::non_empty;
+use super::{EventCommand, UsageError};
+use crate::config::Config;
+use crate::db::{events, statuses};
+use crate::state::State;
+
+/// Runs one `event` subcommand.
+pub fn run(config: &Config, command: EventCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        EventCommand::Emit {
+            namespace,
+            event_type,
+            data,
+        } => {
+            non_empty("--namespace", &namespace)?;
+            non_empty("--type", &event_type)?;
+            let payload = read_data(&data)?;
+            let mut client = super::connect(config)?;
+            let ids = events::emit(&mut client, &namespace, &event_type, &payload)?;
+            if ids.is_empty() {
+                eprintln!(
+                    "no active rule for type {event_type:?} in namespace {namespace:?}: no event created"
+                );
+            }
+            for id in ids {
+                println!("{id}");
+            }
+        }
+        EventCommand::List { state, json, limit } => {
+            let state = state
+                .map(|s| s.to_ascii_uppercase().parse::<State>())
+                .transpose()
+                .map_err(|e| UsageError(format!("--state: {e}")))?;
+            let mut client = super::connect(config)?;
+            let list = events::list(&mut client, state, i64::from(limit))?;
+            if json {
+                super::print_json(&list)?;
+            } else {
+                for e in &list {
+                    println!(
+                        "{}  {}  {}  {}  {}",
+                        e.id,
+                        e.created_at.to_rfc3339(),
+                        e.namespace,
+                        e.event_type,
+                        e.states.join(",")
+                    );
+                }
+            }
+        }
+        EventCommand::Show { id, json } => {
+            let mut client = super::connect(config)?;
+            let (event, statuses) = events::show(&mut client, id)?
+                .ok_or_else(|| UsageError(format!("no event {id}")))?;
+            if json {
+                super::print_json(&serde_json::json!({ "event": event, "deliveries": statuses }))?;
+            } else {
+                println!(
+                    "event {}  {}  {}",
+                    event.id, event.namespace, event.event_type
+                );
+                println!("created {}", event.created_at.to_rfc3339());
+                println!("payload {}", event.payload);
+                for s in &statuses {
+                    println!(
+                        "  channel {}  {}  attempts={}  next={}  {}",
+                        s.channel_id,
+                        s.state,
+                        s.attempt_count,
+                        s.next_attempt_at
+                            .map(|t| t.to_rfc3339())
+                            .unwrap_or_else(|| "-".into()),
+                        s.reason
+                    );
+                    for a in &s.attempts {
+                        println!(
+                            "    {}  {}  http={}  {}ms  {}",
+                            a.timestamp.to_rfc3339(),
+                            a.state,
+                            a.http_status.map_or("-".into(), |c| c.to_string()),
+                            a.duration_ms,
+                            a.error.as_deref().unwrap_or("")
+                        );
+                    }
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads `--data`: inline JSON, or `@path` to a JSON file.
+fn read_data(data: &str) -> Result<serde_json::Value, UsageError> {
+    let (text, source) = match data.strip_prefix('@') {
+        Some(path) => (
+            std::fs::read_to_string(path)
+                .map_err(|e| UsageError(format!("--data @{path}: cannot read the file: {e}")))?,
+            format!("--data @{path}"),
+        ),
+        None => (data.to_string(), "--data".to_string()),
+    };
+    serde_json::from_str(&text).map_err(|e| UsageError(format!("{source} is not JSON: {e}")))
+}
+
+/// `resend EVENT_ID [--channel ID]`.
+pub fn resend(config: &Config, event_id: Uuid, channel: Option<Uuid>) -> anyhow::Result<ExitCode> {
+    let mut client = super::connect(config)?;
+    let result = statuses::resend(&mut client, event_id, channel)?;
+    for (channel, state) in &result.refused {
+        eprintln!(
+            "not resent: the delivery of event {event_id} to channel {channel} is {state}, it is already on its way"
+        );
+    }
+    for channel in &result.resent {
+        println!("{channel}");
+    }
+    if result.resent.is_empty() {
+        let what = match channel {
+            Some(c) => format!("event {event_id} has no delivery to channel {c}"),
+            None => format!("event {event_id} has no deliveries"),
+        };
+        if result.refused.is_empty() {
+            return Err(UsageError(format!("nothing to resend: {what}")).into());
+        }
+        return Err(UsageError(format!(
+            "nothing to resend: every delivery of event {event_id} is still PENDING or RESENDING"
+        ))
+        .into());
+    }
+    eprintln!(
+        "{} deliver{} of event {event_id} set to RESENDING",
+        result.resent.len(),
+        if result.resent.len() == 1 { "y" } else { "ies" }
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,290 @@
+//! The command line: argument definitions (clap) and the dispatch of each
+//! command to its module. The names of commands and flags are a contract that
+//! outside scripts rely on (DESIGN.md); keep them exactly.
+//!
+//! `main` calls [`run`]; only `main` turns errors into messages and exit
+//! codes ([`exit_code`]).
+
+mod admin;
+mod channel;
+mod event;
+mod rule;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use uuid::Uuid;
+
+use crate::config::{Config, ConfigError};
+use crate::db::DbError;
+
+/// Exit code of `once` when another instance holds the lock.
+pub const EXIT_LOCK_HELD: u8 = 75;
+
+/// A problem with what the user asked for (bad argument, unknown id): exit 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// notification-reconciler: delivers notification events stored in
+/// PostgreSQL to webhook endpoints.
+#[derive(Debug, Parser)]
+#[command(name = "notification-reconciler", version, about)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        default_value = "./config.toml"
+    )]
+    pub config: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply pending migrations (idempotent).
+    Migrate,
+    /// Validate the configuration; print the effective config, secrets redacted.
+    CheckConfig,
+    /// The daemon: a pass every interval until SIGTERM/SIGINT.
+    Run,
+    /// One pass; print its report.
+    Once {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Counts by state, due now, oldest unfinished age, lock holder.
+    Status {
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage webhook channels.
+    #[command(subcommand)]
+    Channel(ChannelCommand),
+    /// Manage rules (event type → channels).
+    #[command(subcommand)]
+    Rule(RuleCommand),
+    /// Emit and inspect events.
+    #[command(subcommand)]
+    Event(EventCommand),
+    /// Deliver an event again (SUCCESS/FAILED/SENDING → RESENDING).
+    Resend {
+        /// The event.
+        event_id: Uuid,
+        /// Only this channel's delivery.
+        #[arg(long, value_name = "ID")]
+        channel: Option<Uuid>,
+    },
+    /// A development webhook receiver that verifies signatures.
+    Sink(SinkArgs),
+}
+
+/// `channel …`
+#[derive(Debug, Subcommand)]
+pub enum ChannelCommand {
+    /// Create a webhook channel; prints its id.
+    Create {
+        /// Namespace (tenant).
+        #[arg(long)]
+        namespace: String,
+        /// Name.
+        #[arg(long)]
+        name: String,
+        /// Endpoint URL (http or https).
+        #[arg(long)]
+        url: String,
+        /// Signing secret `whsec_<base64>`; generated when omitted.
+        #[arg(long)]
+        secret: Option<String>,
+        /// Custom header 'Name: value' (repeatable).
+        #[arg(long = "header", value_name = "'K: V'")]
+        headers: Vec<String>,
+        /// Create it disabled.
+        #[arg(long)]
+        disabled: bool,
+    },
+    /// List channels.
+    List {
+        /// Only this namespace.
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Include the signing secrets.
+        #[arg(long)]
+        show_secrets: bool,
+    },
+    /// Disable a channel (its pending deliveries fail).
+    Disable {
+        /// Channel id.
+        id: Uuid,
+    },
+    /// Enable a channel.
+    Enable {
+        /// Channel id.
+        id: Uuid,
+    },
+    /// Delete a channel (soft delete; its pending deliveries fail).
+    Delete {
+        /// Channel id.
+        id: Uuid,
+    },
+}
+
+/// `rule …`
+#[derive(Debug, Subcommand)]
+pub enum RuleCommand {
+    /// Create a rule; prints its id.
+    Create {
+        /// Namespace.
+        #[arg(long)]
+        namespace: String,
+        /// Name.
+        #[arg(long)]
+        name: String,
+        /// Event type it matches.
+        #[arg(long)]
+        event_type: String,
+        /// Channel id (repeatable, at least one).
+        #[arg(long = "channel", value_name = "ID", required = true)]
+        channels: Vec<Uuid>,
+    },
+    /// List rules.
+    List {
+        /// Only this namespace.
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `event …`
+#[derive(Debug, Subcommand)]
+pub enum EventCommand {
+    /// Enqueue an event through the producer function; prints the event ids.
+    Emit {
+        /// Namespace.
+        #[arg(long)]
+        namespace: String,
+        /// Event type.
+        #[arg(long = "type", value_name = "TYPE")]
+        event_type: String,
+        /// Payload JSON, or @file.json.
+        #[arg(long, value_name = "JSON")]
+        data: String,
+    },
+    /// List the newest events.
+    List {
+        /// Only events with a delivery in this state.
+        #[arg(long)]
+        state: Option<String>,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+        /// At most this many (newest first).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Show one event with its deliveries and attempts.
+    Show {
+        /// Event id.
+        id: Uuid,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `sink …`
+#[derive(Debug, clap::Args)]
+pub struct SinkArgs {
+    /// Address to listen on, e.g. 127.0.0.1:8080.
+    #[arg(long)]
+    pub listen: std::net::SocketAddr,
+    /// Verify signatures with this secret (401 when wrong).
+    #[arg(long)]
+    pub secret: Option<String>,
+    /// Status code of successful answers.
+    #[arg(long, default_value_t = 200)]
+    pub status: u16,
+    /// Fraction of requests answered with 500 (0.0–1.0).
+    #[arg(long, default_value_t = 0.0)]
+    pub fail_rate: f64,
+    /// Delay before each answer, e.g. 200ms.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub latency: Option<std::time::Duration>,
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Sink(args) => {
+            init_logging("info");
+            crate::sink::run(&args)
+        }
+        command => {
+            let config = Config::load(&cli.config, std::env::var("DATABASE_URL").ok())?;
+            init_logging(&config.log.level);
+            dispatch(command, &config)
+        }
+    }
+}
+
+fn dispatch(command: Command, config: &Config) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Migrate => admin::migrate(config),
+        Command::CheckConfig => admin::check_config(config),
+        Command::Status { json } => admin::status(config, json),
+        Command::Run => crate::service::daemon::run(config),
+        Command::Once { json } => crate::service::once::run(config, json),
+        Command::Channel(c) => channel::run(config, c),
+        Command::Rule(c) => rule::run(config, c),
+        Command::Event(c) => event::run(config, c),
+        Command::Resend { event_id, channel } => event::resend(config, event_id, channel),
+        Command::Sink(_) => unreachable!("handled before loading the config"),
+    }
+}
+
+/// Logging to stderr; `RUST_LOG` overrides the configured level.
+fn init_logging(level: &str) {
+    let env = env_logger::Env::default().default_filter_or(level);
+    let _ = env_logger::Builder::from_env(env)
+        .format_timestamp_millis()
+        .try_init();
+}
+
+/// The exit code for an error from [`run`]: 2 for usage and configuration
+/// problems, 1 for everything else (runtime failures).
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    let usage = err
+        .chain()
+        .any(|e| e.is::<ConfigError>() || e.is::<UsageError>() || e.is::<clap::Error>());
+    if usage {
+        2
+    } else {
+        1
+    }
+}
+
+/// Prints one JSON document on stdout.
+fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Opens a connection and checks the schema version (every command but
+/// `migrate` and `check-config`).
+fn connect(config: &Config) -> Result<postgres::Client, DbError> {
+    crate::db::connect_checked(&config.database, &crate::lock::app_name("cli"))
+}

@@ -1,0 +1,805 @@
+//! Configuration: the TOML file of DESIGN.md, read in two stages.
+//!
+//! Stage one parses the file into [`RawConfig`] (plain serde data, unknown
+//! keys rejected, numbers kept signed and durations kept as text so that a bad
+//! value can be reported in our own words). Stage two, [`RawConfig::resolve`],
+//! validates every key and resolves the "0 means automatic" values into a
+//! [`Config`] of typed values. Building the pool, the HTTP agent and the retry
+//! policy from a `Config` is left to the modules that own them.
+//!
+//! Every error names the key and the bad value, in one line.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Upper bound for `reconciler.workers` and `database.pool_size`: beyond it a
+/// value is almost certainly a typo (PostgreSQL's default limit is 100).
+pub const MAX_WORKERS: i64 = 1024;
+
+/// A configuration problem. The message names the key and the bad value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read (missing, unreadable).
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The path given with `--config`.
+        path: PathBuf,
+        /// Why the read failed.
+        source: std::io::Error,
+    },
+    /// The file is not TOML, has an unknown key or a value of the wrong type.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// What is wrong, with the key and line.
+        message: String,
+    },
+    /// A key has a value outside what it accepts.
+    #[error("{path}: {key} = {value}: {problem}")]
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// Dotted key, e.g. `reconciler.workers`.
+        key: &'static str,
+        /// The value as written.
+        value: String,
+        /// What is acceptable.
+        problem: String,
+    },
+}
+
+/// The file as written: every key optional, numbers signed, durations as text.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawConfig {
+    /// `[database]`
+    pub database: RawDatabase,
+    /// `[reconciler]`
+    pub reconciler: RawReconciler,
+    /// `[delivery]`
+    pub delivery: RawDelivery,
+    /// `[log]`
+    pub log: RawLog,
+    /// `[metrics]`
+    pub metrics: RawMetrics,
+}
+
+/// `[database]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawDatabase {
+    /// PostgreSQL URL; `DATABASE_URL` overrides it.
+    pub url: String,
+    /// Schema holding every object of the service.
+    pub schema: String,
+    /// Pool size; 0 = workers + 2.
+    pub pool_size: i64,
+    /// Connect timeout.
+    pub connect_timeout: String,
+}
+
+/// `[reconciler]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawReconciler {
+    /// Time between passes.
+    pub interval: String,
+    /// Worker threads; 0 = available parallelism.
+    pub workers: i64,
+    /// Events per page of the due query.
+    pub page_size: i64,
+    /// Bounded channel capacity; 0 = 2 × workers.
+    pub queue_capacity: i64,
+    /// The due cut-off is `now - next_attempt_delay`.
+    pub next_attempt_delay: String,
+    /// PENDING/RESENDING longer than this fail.
+    pub pending_timeout: String,
+    /// SENDING longer than this fail.
+    pub sending_timeout: String,
+    /// Text the advisory lock key is derived from.
+    pub lock_key: String,
+}
+
+/// `[delivery]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawDelivery {
+    /// Total time of one HTTP attempt.
+    pub timeout: String,
+    /// TCP/TLS connect timeout of one attempt.
+    pub connect_timeout: String,
+    /// Delays after each failed attempt.
+    pub retry_schedule: Vec<String>,
+    /// Response body bytes kept (and read).
+    pub max_response_bytes: i64,
+}
+
+/// `[log]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawLog {
+    /// env_logger filter; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+/// `[metrics]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawMetrics {
+    /// `host:port` of the metrics server; empty = off.
+    pub listen: String,
+}
+
+impl Default for RawDatabase {
+    fn default() -> Self {
+        RawDatabase {
+            url: "postgres://postgres@127.0.0.1:5432/postgres".into(),
+            schema: "notification".into(),
+            pool_size: 0,
+            connect_timeout: "5s".into(),
+        }
+    }
+}
+
+impl Default for RawReconciler {
+    fn default() -> Self {
+        RawReconciler {
+            interval: "15s".into(),
+            workers: 0,
+            page_size: 50,
+            queue_capacity: 0,
+            next_attempt_delay: "0s".into(),
+            pending_timeout: "3h".into(),
+            sending_timeout: "48h".into(),
+            lock_key: "notification.event_handler.reconcile_lock".into(),
+        }
+    }
+}
+
+impl Default for RawDelivery {
+    fn default() -> Self {
+        RawDelivery {
+            timeout: "30s".into(),
+            connect_timeout: "10s".into(),
+            retry_schedule: ["5s", "5m", "30m", "2h", "5h", "10h", "10h"]
+                .map(String::from)
+                .to_vec(),
+            max_response_bytes: 1024,
+        }
+    }
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            level: "info".into(),
+        }
+    }
+}
+
+/// The validated configuration, with every automatic value resolved.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from (for messages).
+    pub path: PathBuf,
+    /// `[database]`
+    pub database: DatabaseConfig,
+    /// `[reconciler]`
+    pub reconciler: ReconcilerConfig,
+    /// `[delivery]`
+    pub delivery: DeliveryConfig,
+    /// `[log]`
+    pub log: LogConfig,
+    /// `[metrics]`
+    pub metrics: MetricsConfig,
+}
+
+/// Validated `[database]`.
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// PostgreSQL URL (may hold a password: print it with [`redact_url`]).
+    pub url: String,
+    /// Schema name, a plain lower-case identifier.
+    pub schema: String,
+    /// Pool size, at least `workers`.
+    pub pool_size: u32,
+    /// Connect timeout for every connection.
+    pub connect_timeout: Duration,
+}
+
+/// Validated `[reconciler]`.
+#[derive(Debug, Clone)]
+pub struct ReconcilerConfig {
+    /// Time between pass starts.
+    pub interval: Duration,
+    /// Worker threads, ≥ 1.
+    pub workers: usize,
+    /// Events per page, ≥ 1.
+    pub page_size: u32,
+    /// Bounded channel capacity, ≥ 1.
+    pub queue_capacity: usize,
+    /// Cut-off offset.
+    pub next_attempt_delay: Duration,
+    /// Pending timeout.
+    pub pending_timeout: Duration,
+    /// Sending timeout.
+    pub sending_timeout: Duration,
+    /// Lock key text.
+    pub lock_key: String,
+}
+
+/// Validated `[delivery]`.
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// Total timeout of one attempt.
+    pub timeout: Duration,
+    /// Connect timeout of one attempt.
+    pub connect_timeout: Duration,
+    /// Delays after failed attempts 1, 2, … (non-empty).
+    pub retry_schedule: Vec<Duration>,
+    /// Response bytes read and kept.
+    pub max_response_bytes: usize,
+}
+
+/// Validated `[log]`.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// env_logger filter string.
+    pub level: String,
+}
+
+/// Validated `[metrics]`.
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    /// Where the metrics server listens, if anywhere.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Config {
+    /// Reads, parses and validates `path`, applying `database_url` (the
+    /// `DATABASE_URL` environment variable) over `database.url`.
+    pub fn load(path: &Path, database_url: Option<String>) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut raw = RawConfig::parse(path, &text)?;
+        if let Some(url) = database_url.filter(|u| !u.is_empty()) {
+            raw.database.url = url;
+        }
+        raw.resolve(path)
+    }
+
+    /// Builds the config a test or the benchmark uses: defaults, with `url`.
+    pub fn for_url(url: &str) -> Config {
+        let mut raw = RawConfig::default();
+        raw.database.url = url.to_string();
+        raw.resolve(Path::new("<built-in>"))
+            .expect("the built-in defaults are valid")
+    }
+
+    /// The effective configuration as TOML, with the database password
+    /// redacted (what `check-config` prints).
+    pub fn to_redacted_toml(&self) -> String {
+        let d = |v: Duration| humantime::format_duration(v).to_string();
+        let effective = Effective {
+            database: EffDatabase {
+                url: redact_url(&self.database.url),
+                schema: self.database.schema.clone(),
+                pool_size: self.database.pool_size,
+                connect_timeout: d(self.database.connect_timeout),
+            },
+            reconciler: EffReconciler {
+                interval: d(self.reconciler.interval),
+                workers: self.reconciler.workers,
+                page_size: self.reconciler.page_size,
+                queue_capacity: self.reconciler.queue_capacity,
+                next_attempt_delay: d(self.reconciler.next_attempt_delay),
+                pending_timeout: d(self.reconciler.pending_timeout),
+                sending_timeout: d(self.reconciler.sending_timeout),
+                lock_key: self.reconciler.lock_key.clone(),
+            },
+            delivery: EffDelivery {
+                timeout: d(self.delivery.timeout),
+                connect_timeout: d(self.delivery.connect_timeout),
+                retry_schedule: self.delivery.retry_schedule.iter().map(|v| d(*v)).collect(),
+                max_response_bytes: self.delivery.max_response_bytes,
+            },
+            log: EffLog {
+                level: self.log.level.clone(),
+            },
+            metrics: EffMetrics {
+                listen: self
+                    .metrics
+                    .listen
+                    .map(|a| a.to_string())
+                    .unwrap_or_default(),
+            },
+        };
+        toml::to_string(&effective).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+impl RawConfig {
+    /// Parses TOML text; errors name the key path and the line.
+    pub fn parse(path: &Path, text: &str) -> Result<RawConfig, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        serde_path_to_error::deserialize(de).map_err(|err| {
+            let key = err.path().to_string();
+            let inner = err.into_inner();
+            let line = inner
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            let msg = inner.message().trim().replace('\n', " ");
+            let message = match (msg.strip_prefix("unknown field "), line) {
+                // serde_path_to_error's path already ends with the unknown key.
+                (Some(rest), _) => format!("unknown key `{key}`: {}", rest),
+                (None, Some(line)) if key != "." => format!("line {line}: {key}: {msg}"),
+                (None, Some(line)) => format!("line {line}: {msg}"),
+                (None, None) => format!("{key}: {msg}"),
+            };
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            }
+        })
+    }
+
+    /// Validates every key and resolves automatic values.
+    pub fn resolve(self, path: &Path) -> Result<Config, ConfigError> {
+        let invalid = |key: &'static str, value: String, problem: &str| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            value,
+            problem: problem.to_string(),
+        };
+        let duration = |key: &'static str, value: &str| -> Result<Duration, ConfigError> {
+            humantime::parse_duration(value.trim()).map_err(|e| {
+                invalid(
+                    key,
+                    format!("{value:?}"),
+                    &format!("not a duration ({e}); write e.g. \"15s\", \"5m\", \"48h\""),
+                )
+            })
+        };
+        let positive = |key: &'static str, value: &str| -> Result<Duration, ConfigError> {
+            let d = duration(key, value)?;
+            if d.is_zero() {
+                return Err(invalid(key, format!("{value:?}"), "must be longer than 0s"));
+            }
+            Ok(d)
+        };
+        let r = &self.reconciler;
+        let db = &self.database;
+        let dl = &self.delivery;
+
+        // [database]
+        check_postgres_url(&db.url)
+            .map_err(|p| invalid("database.url", format!("{:?}", redact_url(&db.url)), &p))?;
+        if !is_identifier(&db.schema) {
+            return Err(invalid(
+                "database.schema",
+                format!("{:?}", db.schema),
+                "must be a lower-case identifier (letters, digits, _; not starting with a digit; at most 63 characters)",
+            ));
+        }
+        let connect_timeout = positive("database.connect_timeout", &db.connect_timeout)?;
+
+        // [reconciler]
+        let workers = match r.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            w if (1..=MAX_WORKERS).contains(&w) => w as usize,
+            w => {
+                return Err(invalid(
+                    "reconciler.workers",
+                    w.to_string(),
+                    &format!("must be 0 (one per CPU) or between 1 and {MAX_WORKERS}"),
+                ))
+            }
+        };
+        let pool_size = match db.pool_size {
+            0 => workers as u32 + 2,
+            p if !(0..=MAX_WORKERS + 2).contains(&p) => {
+                return Err(invalid(
+                    "database.pool_size",
+                    p.to_string(),
+                    &format!("must be 0 (workers + 2) or between 1 and {}", MAX_WORKERS + 2),
+                ))
+            }
+            p if (p as usize) < workers => {
+                return Err(invalid(
+                    "database.pool_size",
+                    p.to_string(),
+                    &format!(
+                        "is smaller than the {workers} workers; each worker needs its own connection (use 0 for workers + 2)"
+                    ),
+                ))
+            }
+            p => p as u32,
+        };
+        if !(1..=10_000).contains(&r.page_size) {
+            return Err(invalid(
+                "reconciler.page_size",
+                r.page_size.to_string(),
+                "must be between 1 and 10000",
+            ));
+        }
+        let queue_capacity = match r.queue_capacity {
+            0 => 2 * workers,
+            q if (1..=1_000_000).contains(&q) => q as usize,
+            q => {
+                return Err(invalid(
+                    "reconciler.queue_capacity",
+                    q.to_string(),
+                    "must be 0 (2 × workers) or between 1 and 1000000",
+                ))
+            }
+        };
+        if r.lock_key.trim().is_empty() {
+            return Err(invalid(
+                "reconciler.lock_key",
+                format!("{:?}", r.lock_key),
+                "must not be empty",
+            ));
+        }
+        let reconciler = ReconcilerConfig {
+            interval: positive("reconciler.interval", &r.interval)?,
+            workers,
+            page_size: r.page_size as u32,
+            queue_capacity,
+            next_attempt_delay: duration("reconciler.next_attempt_delay", &r.next_attempt_delay)?,
+            pending_timeout: positive("reconciler.pending_timeout", &r.pending_timeout)?,
+            sending_timeout: positive("reconciler.sending_timeout", &r.sending_timeout)?,
+            lock_key: r.lock_key.clone(),
+        };
+
+        // [delivery]
+        if dl.retry_schedule.is_empty() {
+            return Err(invalid(
+                "delivery.retry_schedule",
+                "[]".into(),
+                "must list at least one delay (e.g. [\"5s\", \"5m\"])",
+            ));
+        }
+        if dl.retry_schedule.len() > 100 {
+            return Err(invalid(
+                "delivery.retry_schedule",
+                format!("[{} delays]", dl.retry_schedule.len()),
+                "must list at most 100 delays",
+            ));
+        }
+        let retry_schedule = dl
+            .retry_schedule
+            .iter()
+            .map(|s| duration("delivery.retry_schedule", s))
+            .collect::<Result<Vec<_>, _>>()?;
+        if !(0..=16 * 1024 * 1024).contains(&dl.max_response_bytes) {
+            return Err(invalid(
+                "delivery.max_response_bytes",
+                dl.max_response_bytes.to_string(),
+                "must be between 0 and 16777216",
+            ));
+        }
+        let delivery = DeliveryConfig {
+            timeout: positive("delivery.timeout", &dl.timeout)?,
+            connect_timeout: positive("delivery.connect_timeout", &dl.connect_timeout)?,
+            retry_schedule,
+            max_response_bytes: dl.max_response_bytes as usize,
+        };
+
+        // [log]
+        if self.log.level.trim().is_empty() {
+            return Err(invalid(
+                "log.level",
+                "\"\"".into(),
+                "must be a level (error, warn, info, debug, trace) or an env_logger filter",
+            ));
+        }
+        if !is_log_filter(&self.log.level) {
+            return Err(invalid(
+                "log.level",
+                format!("{:?}", self.log.level),
+                "must be a level (error, warn, info, debug, trace) or an env_logger filter",
+            ));
+        }
+
+        // [metrics]
+        let listen = if self.metrics.listen.trim().is_empty() {
+            None
+        } else {
+            Some(
+                self.metrics
+                    .listen
+                    .trim()
+                    .parse::<SocketAddr>()
+                    .map_err(|_| {
+                        invalid(
+                    "metrics.listen",
+                    format!("{:?}", self.metrics.listen),
+                    "must be an address with a port, e.g. \"127.0.0.1:9464\", or empty for off",
+                )
+                    })?,
+            )
+        };
+
+        Ok(Config {
+            path: path.to_path_buf(),
+            database: DatabaseConfig {
+                url: db.url.clone(),
+                schema: db.schema.clone(),
+                pool_size,
+                connect_timeout,
+            },
+            reconciler,
+            delivery,
+            log: LogConfig {
+                level: self.log.level.clone(),
+            },
+            metrics: MetricsConfig { listen },
+        })
+    }
+}
+
+/// Checks that `url` is a `postgres://` or `postgresql://` URL the driver
+/// accepts.
+fn check_postgres_url(url: &str) -> Result<(), String> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err("must be a postgres:// or postgresql:// URL".into());
+    }
+    url.parse::<postgres::Config>()
+        .map(|_| ())
+        .map_err(|_| "is not a valid PostgreSQL connection URL".into())
+}
+
+/// Whether `s` is an env_logger filter: comma-separated directives, each a
+/// level or `module=level` (a bare word must be a level, so a typo such as
+/// `"inof"` is an error rather than a silent module filter).
+fn is_log_filter(s: &str) -> bool {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let is_level = |l: &str| LEVELS.contains(&l.trim().to_ascii_lowercase().as_str());
+    let is_module = |m: &str| {
+        !m.is_empty()
+            && m.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':' || c == '-')
+    };
+    s.split(',').all(|d| match d.split_once('=') {
+        Some((module, level)) => is_module(module.trim()) && is_level(level),
+        None => is_level(d),
+    })
+}
+
+/// Whether `s` is a plain lower-case SQL identifier (safe unquoted).
+pub fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && s.len() <= 63
+}
+
+/// Replaces the password of a connection URL by `***` (for printing).
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(_) => url.to_string(),
+        Err(_) => match (url.find("://"), url.rfind('@')) {
+            // Unparseable: hide everything between the scheme and '@'.
+            (Some(s), Some(a)) if a > s => format!("{}***{}", &url[..s + 3], &url[a..]),
+            _ => url.to_string(),
+        },
+    }
+}
+
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_redacted_toml())
+    }
+}
+
+#[derive(Serialize)]
+struct Effective {
+    database: EffDatabase,
+    reconciler: EffReconciler,
+    delivery: EffDelivery,
+    log: EffLog,
+    metrics: EffMetrics,
+}
+#[derive(Serialize)]
+struct EffDatabase {
+    url: String,
+    schema: String,
+    pool_size: u32,
+    connect_timeout: String,
+}
+#[derive(Serialize)]
+struct EffReconciler {
+    interval: String,
+    workers: usize,
+    page_size: u32,
+    queue_capacity: usize,
+    next_attempt_delay: String,
+    pending_timeout: String,
+    sending_timeout: String,
+    lock_key: String,
+}
+#[derive(Serialize)]
+struct EffDelivery {
+    timeout: String,
+    connect_timeout: String,
+    retry_schedule: Vec<String>,
+    max_response_bytes: usize,
+}
+#[derive(Serialize)]
+struct EffLog {
+    level: String,
+}
+#[derive(Serialize)]
+struct EffMetrics {
+    listen: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, String> {
+        let p = Path::new("test.toml");
+        RawConfig::parse(p, text)
+            .and_then(|r| r.resolve(p))
+            .map_err(|e| e.to_string())
+    }
+
+    fn err(text: &str) -> String {
+        load(text).expect_err("config should be rejected")
+    }
+
+    #[test]
+    fn empty_file_gives_the_documented_defaults() {
+        let c = load("").unwrap();
+        assert_eq!(c.database.schema, "notification");
+        assert!(c.reconciler.workers >= 1);
+        assert_eq!(c.database.pool_size as usize, c.reconciler.workers + 2);
+        assert_eq!(c.reconciler.queue_capacity, 2 * c.reconciler.workers);
+        assert_eq!(c.reconciler.page_size, 50);
+        assert_eq!(c.reconciler.interval, Duration::from_secs(15));
+        assert_eq!(c.reconciler.pending_timeout, Duration::from_secs(3 * 3600));
+        assert_eq!(c.reconciler.sending_timeout, Duration::from_secs(48 * 3600));
+        assert_eq!(c.delivery.retry_schedule.len(), 7);
+        assert_eq!(c.delivery.retry_schedule[1], Duration::from_secs(300));
+        assert_eq!(c.delivery.max_response_bytes, 1024);
+        assert_eq!(c.metrics.listen, None);
+    }
+
+    #[test]
+    fn the_repository_example_config_is_valid() {
+        let text = include_str!("../config.toml");
+        let c = load(text).unwrap();
+        assert_eq!(
+            c.reconciler.lock_key,
+            "notification.event_handler.reconcile_lock"
+        );
+    }
+
+    #[test]
+    fn explicit_values_are_kept() {
+        let c = load(
+            "[reconciler]\nworkers = 8\nqueue_capacity = 3\n[database]\npool_size = 9\n[metrics]\nlisten = \"127.0.0.1:9464\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.reconciler.workers, 8);
+        assert_eq!(c.reconciler.queue_capacity, 3);
+        assert_eq!(c.database.pool_size, 9);
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9464".parse().unwrap()));
+    }
+
+    #[test]
+    fn not_toml_names_the_line() {
+        let e = err("[reconciler\nworkers = 1\n");
+        assert!(e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = err("[reconciler]\nwokers = 4\n");
+        assert!(e.contains("unknown key `reconciler.wokers`"), "{e}");
+        assert!(e.contains("`workers`"), "{e}");
+        let e = err("[databse]\nurl = \"x\"\n");
+        assert!(e.contains("unknown key `databse`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let e = err("[reconciler]\nworkers = \"eight\"\n");
+        assert!(e.contains("reconciler.workers"), "{e}");
+        assert!(e.contains("invalid type"), "{e}");
+    }
+
+    #[test]
+    fn negative_and_absurd_numbers_are_refused() {
+        let e = err("[reconciler]\nworkers = -1\n");
+        assert!(e.contains("reconciler.workers = -1"), "{e}");
+        let e = err("[reconciler]\nworkers = 100000\n");
+        assert!(e.contains("reconciler.workers = 100000"), "{e}");
+        let e = err("[reconciler]\npage_size = 0\n");
+        assert!(e.contains("reconciler.page_size = 0"), "{e}");
+        let e = err("[reconciler]\nqueue_capacity = -5\n");
+        assert!(e.contains("reconciler.queue_capacity = -5"), "{e}");
+        let e = err("[delivery]\nmax_response_bytes = -1\n");
+        assert!(e.contains("delivery.max_response_bytes = -1"), "{e}");
+    }
+
+    #[test]
+    fn bad_durations_are_named() {
+        let e = err("[reconciler]\ninterval = \"soon\"\n");
+        assert!(e.contains("reconciler.interval = \"soon\""), "{e}");
+        assert!(e.contains("not a duration"), "{e}");
+        let e = err("[reconciler]\ninterval = \"0s\"\n");
+        assert!(e.contains("longer than 0s"), "{e}");
+        let e = err("[delivery]\nretry_schedule = [\"5s\", \"5 parsecs\"]\n");
+        assert!(e.contains("delivery.retry_schedule = \"5 parsecs\""), "{e}");
+    }
+
+    #[test]
+    fn empty_retry_schedule_is_refused() {
+        let e = err("[delivery]\nretry_schedule = []\n");
+        assert!(e.contains("delivery.retry_schedule = []"), "{e}");
+    }
+
+    #[test]
+    fn url_must_be_postgres() {
+        let e = err("[database]\nurl = \"mysql://root@localhost/db\"\n");
+        assert!(e.contains("database.url"), "{e}");
+        assert!(e.contains("postgres://"), "{e}");
+    }
+
+    #[test]
+    fn pool_smaller_than_workers_is_refused() {
+        let e = err("[reconciler]\nworkers = 8\n[database]\npool_size = 4\n");
+        assert!(e.contains("database.pool_size = 4"), "{e}");
+        assert!(e.contains("8 workers"), "{e}");
+    }
+
+    #[test]
+    fn schema_must_be_an_identifier() {
+        let e = err("[database]\nschema = \"drop table\"\n");
+        assert!(e.contains("database.schema"), "{e}");
+    }
+
+    #[test]
+    fn log_level_must_be_a_filter() {
+        assert!(load("[log]\nlevel = \"notification_reconciler=debug,warn\"\n").is_ok());
+        let e = err("[log]\nlevel = \"loud\"\n");
+        assert!(e.contains("log.level"), "{e}");
+        let e = err("[log]\nlevel = \"x=loud\"\n");
+        assert!(e.contains("log.level = \"x=loud\""), "{e}");
+    }
+
+    #[test]
+    fn metrics_listen_must_be_an_address() {
+        let e = err("[metrics]\nlisten = \"everywhere\"\n");
+        assert!(e.contains("metrics.listen = \"everywhere\""), "{e}");
+    }
+
+    #[test]
+    fn redaction_hides_the_password() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432/x"),
+            "postgres://app:***@db:5432/x"
+        );
+        assert_eq!(redact_url("postgres://app@db/x"), "postgres://app@db/x");
+        let c = load("[database]\nurl = \"postgres://app:hunter2@db/x\"\n").unwrap();
+        let shown = c.to_redacted_toml();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("***"), "{shown}");
+        // Errors about the URL never show the password either.
+        let e = err("[database]\nurl = \"postgres://app:hunter2@db:notaport/x\"\n");
+        assert!(!e.contains("hunter2"), "{e}");
+    }
+}

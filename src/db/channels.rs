@@ -1,0 +1,153 @@
+//! The `channel` table: webhook endpoints with their URL, custom headers and
+//! signing secret. Checking what an operator typed (URL, headers, secret) is
+//! done by the CLI before it calls here; the worker re-checks stored rows.
+
+use chrono::{DateTime, Utc};
+use postgres::GenericClient;
+use uuid::Uuid;
+
+use super::DbError;
+
+/// A channel as stored.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Channel {
+    /// Id.
+    pub id: Uuid,
+    /// Namespace (tenant).
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Always `webhook` for now.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Endpoint URL.
+    pub url: String,
+    /// Custom headers, a JSON object of strings.
+    pub headers: serde_json::Value,
+    /// The signing secret; `None` unless asked for (never printed by default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signing_secret: Option<String>,
+    /// Disabled channels get no deliveries.
+    pub disabled: bool,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Last changed.
+    pub updated_at: DateTime<Utc>,
+    /// Soft-deleted at.
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+/// What `channel create` stores.
+pub struct NewChannel<'a> {
+    /// Namespace.
+    pub namespace: &'a str,
+    /// Name.
+    pub name: &'a str,
+    /// Validated URL.
+    pub url: &'a str,
+    /// Validated custom headers (JSON object).
+    pub headers: serde_json::Value,
+    /// `whsec_…` secret.
+    pub signing_secret: &'a str,
+    /// Create disabled.
+    pub disabled: bool,
+}
+
+/// Inserts a channel; returns its id.
+pub fn create(client: &mut impl GenericClient, new: &NewChannel<'_>) -> Result<Uuid, DbError> {
+    let row = client
+        .query_one(
+            "INSERT INTO channel (namespace, name, url, headers, signing_secret, disabled)
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+            &[
+                &new.namespace,
+                &new.name,
+                &new.url,
+                &new.headers,
+                &new.signing_secret,
+                &new.disabled,
+            ],
+        )
+        .map_err(DbError::query("creating a channel"))?;
+    Ok(row.get(0))
+}
+
+/// Lists channels (not deleted), optionally of one namespace; the secret only
+/// with `with_secrets`.
+pub fn list(
+    client: &mut impl GenericClient,
+    namespace: Option<&str>,
+    with_secrets: bool,
+) -> Result<Vec<Channel>, DbError> {
+    let rows = client
+        .query(
+            "SELECT id, namespace, name, type, url, headers, signing_secret, disabled,
+                    created_at, updated_at, deleted_at
+             FROM channel
+             WHERE deleted_at IS NULL AND ($1::text IS NULL OR namespace = $1)
+             ORDER BY namespace, created_at, id",
+            &[&namespace],
+        )
+        .map_err(DbError::query("listing channels"))?;
+    Ok(rows
+        .iter()
+        .map(|r| Channel {
+            id: r.get(0),
+            namespace: r.get(1),
+            name: r.get(2),
+            kind: r.get(3),
+            url: r.get(4),
+            headers: r.get(5),
+            signing_secret: with_secrets.then(|| r.get(6)),
+            disabled: r.get(7),
+            created_at: r.get(8),
+            updated_at: r.get(9),
+            deleted_at: r.get(10),
+        })
+        .collect())
+}
+
+/// Sets `disabled`; false when no live channel has that id.
+pub fn set_disabled(
+    client: &mut impl GenericClient,
+    id: Uuid,
+    disabled: bool,
+) -> Result<bool, DbError> {
+    let n = client
+        .execute(
+            "UPDATE channel SET disabled = $2, updated_at = now()
+             WHERE id = $1 AND deleted_at IS NULL",
+            &[&id, &disabled],
+        )
+        .map_err(DbError::query("changing a channel"))?;
+    Ok(n == 1)
+}
+
+/// Soft-deletes a channel; false when no live channel has that id.
+pub fn delete(client: &mut impl GenericClient, id: Uuid) -> Result<bool, DbError> {
+    let n = client
+        .execute(
+            "UPDATE channel SET deleted_at = now(), updated_at = now()
+             WHERE id = $1 AND deleted_at IS NULL",
+            &[&id],
+        )
+        .map_err(DbError::query("deleting a channel"))?;
+    Ok(n == 1)
+}
+
+/// The ids among `ids` that are not live channels of `namespace`.
+pub fn missing(
+    client: &mut impl GenericClient,
+    namespace: &str,
+    ids: &[Uuid],
+) -> Result<Vec<Uuid>, DbError> {
+    let rows = client
+        .query(
+            "SELECT i FROM unnest($2::uuid[]) AS i
+             WHERE NOT EXISTS (SELECT 1 FROM channel c
+                               WHERE c.id = i AND c.namespace = $1 AND c.deleted_at IS NULL)",
+            &[&namespace, &ids],
+        )
+        .map_err(DbError::query("checking channels"))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}

@@ -1,0 +1,188 @@
+//! The due query: one page of events that have unfinished deliveries due by
+//! the pass's cut-off, in keyset order `(created_at, id)`, each loaded with
+//! everything a worker needs to deliver it (its unfinished statuses and their
+//! channels, the rule assignment) so that workers read nothing before they
+//! send.
+//!
+//! Keyset, not offset: statuses that finish while the pass runs drop out of
+//! the partial index, and an offset would then skip events that had not been
+//! handed out yet; a cursor on `(event_created_at, event_id)` cannot.
+
+use chrono::{DateTime, Utc};
+use postgres::GenericClient;
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use super::statuses::parse_state;
+use super::DbError;
+use crate::state::{State, StatusView};
+
+/// Where the previous page ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    /// `created_at` of the last event handed out.
+    pub created_at: DateTime<Utc>,
+    /// Its id.
+    pub id: Uuid,
+}
+
+/// A channel as a worker needs it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Channel id.
+    pub id: Uuid,
+    /// Endpoint URL (not yet validated).
+    pub url: String,
+    /// Custom headers as stored (JSON text; validated by the worker).
+    pub headers: String,
+    /// Signing secret (not yet validated).
+    pub signing_secret: String,
+    /// Disabled.
+    pub disabled: bool,
+    /// Soft-deleted.
+    pub deleted: bool,
+    /// Still assigned to the event's rule.
+    pub assigned: bool,
+}
+
+/// One unfinished delivery of a due event.
+#[derive(Debug, Clone)]
+pub struct DueStatus {
+    /// Status id.
+    pub id: Uuid,
+    /// Optimistic concurrency version read with the page.
+    pub version: i64,
+    /// What the state machine needs.
+    pub view: StatusView,
+    /// The channel.
+    pub target: Target,
+}
+
+/// A due event with its unfinished deliveries.
+#[derive(Debug, Clone)]
+pub struct DueEvent {
+    /// Event id.
+    pub id: Uuid,
+    /// Namespace.
+    pub namespace: String,
+    /// Event type.
+    pub event_type: String,
+    /// Created (the webhook's `timestamp`).
+    pub created_at: DateTime<Utc>,
+    /// The payload, as JSON text (sent verbatim as `data`).
+    pub payload: Box<RawValue>,
+    /// Its unfinished deliveries (some may not be due yet).
+    pub statuses: Vec<DueStatus>,
+}
+
+impl DueEvent {
+    /// The keyset position of this event.
+    pub fn cursor(&self) -> Cursor {
+        Cursor {
+            created_at: self.created_at,
+            id: self.id,
+        }
+    }
+}
+
+const PAGE_SQL: &str = "
+WITH page AS (
+    SELECT DISTINCT event_created_at, event_id FROM delivery_status
+    WHERE state IN ('PENDING', 'SENDING', 'RESENDING') AND next_attempt_at <= $1
+      AND (event_created_at, event_id) > ($2, $3)
+    ORDER BY event_created_at, event_id
+    LIMIT $4
+)
+SELECT e.id, e.namespace, e.type, e.created_at, e.payload::text,
+       ds.id, ds.version, ds.state, ds.next_attempt_at, ds.clock_started_at, ds.round_attempts,
+       c.id, c.url, c.headers::text, c.signing_secret, c.disabled, c.deleted_at IS NOT NULL,
+       EXISTS (SELECT 1 FROM rule_channel rc WHERE rc.rule_id = e.rule_id AND rc.channel_id = c.id)
+FROM page p
+JOIN event e ON e.id = p.event_id
+JOIN delivery_status ds ON ds.event_id = e.id AND ds.state IN ('PENDING', 'SENDING', 'RESENDING')
+JOIN channel c ON c.id = ds.channel_id
+ORDER BY e.created_at, e.id, ds.channel_id";
+
+/// The first cursor: before every event.
+pub fn start_cursor() -> Cursor {
+    Cursor {
+        // Far before any event; PostgreSQL's range starts at 4713 BC.
+        created_at: DateTime::<Utc>::from_timestamp(-60_000_000_000, 0).unwrap_or_default(),
+        id: Uuid::nil(),
+    }
+}
+
+/// Reads the page of due events after `cursor` (at most `limit` events).
+pub fn page(
+    client: &mut impl GenericClient,
+    cutoff: DateTime<Utc>,
+    cursor: Cursor,
+    limit: u32,
+) -> Result<Vec<DueEvent>, DbError> {
+    let stmt = client
+        .prepare(PAGE_SQL)
+        .map_err(DbError::query("preparing the due query"))?;
+    let rows = client
+        .query(
+            &stmt,
+            &[&cutoff, &cursor.created_at, &cursor.id, &(limit as i64)],
+        )
+        .map_err(DbError::query("reading due events"))?;
+    let mut events: Vec<DueEvent> = Vec::new();
+    for r in &rows {
+        let id: Uuid = r.get(0);
+        if events.last().is_none_or(|e| e.id != id) {
+            let payload: String = r.get(4);
+            let payload = RawValue::from_string(payload).map_err(|e| DbError::BadRow {
+                table: "event",
+                problem: format!("payload of event {id} is not JSON: {e}"),
+            })?;
+            events.push(DueEvent {
+                id,
+                namespace: r.get(1),
+                event_type: r.get(2),
+                created_at: r.get(3),
+                payload,
+                statuses: Vec::new(),
+            });
+        }
+        let state: State = parse_state(r.get(7))?;
+        let round_attempts: i32 = r.get(10);
+        let status = DueStatus {
+            id: r.get(5),
+            version: r.get(6),
+            view: StatusView {
+                state,
+                next_attempt_at: r.get(8),
+                clock_started_at: r.get(9),
+                round_attempts: round_attempts.max(0) as u32,
+            },
+            target: Target {
+                id: r.get(11),
+                url: r.get(12),
+                headers: r.get(13),
+                signing_secret: r.get(14),
+                disabled: r.get(15),
+                deleted: r.get(16),
+                assigned: r.get(17),
+            },
+        };
+        if let Some(e) = events.last_mut() {
+            e.statuses.push(status);
+        }
+    }
+    Ok(events)
+}
+
+/// Number of unfinished statuses due by `cutoff` (the progress total and the
+/// `events due` metric).
+pub fn count_due(client: &mut impl GenericClient, cutoff: DateTime<Utc>) -> Result<i64, DbError> {
+    let row = client
+        .query_one(
+            "SELECT count(DISTINCT event_id) FROM delivery_status
+             WHERE state IN ('PENDING', 'SENDING', 'RESENDING') AND next_attempt_at <= $1",
+            &[&cutoff],
+        )
+        .map_err(DbError::query("counting due events"))?;
+    Ok(row.get(0))
+}

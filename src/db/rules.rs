@@ -1,0 +1,90 @@
+//! The `rule` table and its channel assignment: which channels get the
+//! events of which type in a namespace.
+
+use chrono::{DateTime, Utc};
+use postgres::GenericClient;
+use uuid::Uuid;
+
+use super::DbError;
+
+/// A rule as stored, with its assigned channels.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Rule {
+    /// Id.
+    pub id: Uuid,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// The event type it matches.
+    pub event_type: String,
+    /// Disabled rules match nothing.
+    pub disabled: bool,
+    /// Assigned channel ids.
+    pub channels: Vec<Uuid>,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Inserts a rule assigned to `channels` (one transaction); returns its id.
+pub fn create(
+    client: &mut impl GenericClient,
+    namespace: &str,
+    name: &str,
+    event_type: &str,
+    channels: &[Uuid],
+) -> Result<Uuid, DbError> {
+    let mut tx = client
+        .transaction()
+        .map_err(DbError::query("creating a rule"))?;
+    let row = tx
+        .query_one(
+            "INSERT INTO rule (namespace, name, event_type) VALUES ($1, $2, $3) RETURNING id",
+            &[&namespace, &name, &event_type],
+        )
+        .map_err(DbError::query("creating a rule"))?;
+    let id: Uuid = row.get(0);
+    tx.execute(
+        "INSERT INTO rule_channel (rule_id, channel_id)
+         SELECT $1, c FROM unnest($2::uuid[]) AS c ON CONFLICT DO NOTHING",
+        &[&id, &channels],
+    )
+    .map_err(DbError::query("assigning channels to a rule"))?;
+    tx.commit().map_err(DbError::query("creating a rule"))?;
+    Ok(id)
+}
+
+/// Lists live rules, optionally of one namespace.
+pub fn list(
+    client: &mut impl GenericClient,
+    namespace: Option<&str>,
+) -> Result<Vec<Rule>, DbError> {
+    let rows = client
+        .query(
+            "SELECT r.id, r.namespace, r.name, r.event_type, r.disabled,
+                    coalesce(array_agg(rc.channel_id ORDER BY rc.channel_id)
+                             FILTER (WHERE rc.channel_id IS NOT NULL), '{}'),
+                    r.created_at, r.updated_at
+             FROM rule r LEFT JOIN rule_channel rc ON rc.rule_id = r.id
+             WHERE r.deleted_at IS NULL AND ($1::text IS NULL OR r.namespace = $1)
+             GROUP BY r.id
+             ORDER BY r.namespace, r.created_at, r.id",
+            &[&namespace],
+        )
+        .map_err(DbError::query("listing rules"))?;
+    Ok(rows
+        .iter()
+        .map(|r| Rule {
+            id: r.get(0),
+            namespace: r.get(1),
+            name: r.get(2),
+            event_type: r.get(3),
+            disabled: r.get(4),
+            channels: r.get(5),
+            created_at: r.get(6),
+            updated_at: r.get(7),
+        })
+        .collect())
+}

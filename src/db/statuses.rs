@@ -1,0 +1,225 @@
+//! The `delivery_status` table: one row per (event, channel) with its state,
+//! attempts and timers. Writes from workers are one `UPDATE` each, guarded by
+//! the row's `version` (optimistic concurrency): a row an operator changed
+//! while a delivery was in flight is left as the operator made it.
+
+use chrono::{DateTime, Utc};
+use postgres::GenericClient;
+use uuid::Uuid;
+
+use super::DbError;
+use crate::state::{AttemptRecord, State, Update};
+
+/// The newest attempts kept per status (older ones are dropped; the total is
+/// in `attempt_count`).
+pub const MAX_ATTEMPTS_KEPT: i32 = 20;
+
+/// A delivery status as stored (for `event show` and tests).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeliveryStatus {
+    /// Id.
+    pub id: Uuid,
+    /// Event.
+    pub event_id: Uuid,
+    /// Channel.
+    pub channel_id: Uuid,
+    /// State.
+    pub state: State,
+    /// Why it is in that state.
+    pub reason: String,
+    /// When the next attempt is due (unfinished states only).
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Every attempt made so far.
+    pub attempt_count: i32,
+    /// Attempts since the clock (re)started.
+    pub round_attempts: i32,
+    /// The newest attempts, oldest first.
+    pub attempts: Vec<AttemptRecord>,
+    /// Creation or last resend.
+    pub clock_started_at: DateTime<Utc>,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Last changed.
+    pub updated_at: DateTime<Utc>,
+    /// Optimistic concurrency version.
+    pub version: i64,
+}
+
+/// Parses a stored state.
+pub fn parse_state(text: &str) -> Result<State, DbError> {
+    text.parse().map_err(|_| DbError::BadRow {
+        table: "delivery_status",
+        problem: format!("unknown state {text:?}"),
+    })
+}
+
+/// All statuses of one event, in channel order.
+pub fn of_event(
+    client: &mut impl GenericClient,
+    event_id: Uuid,
+) -> Result<Vec<DeliveryStatus>, DbError> {
+    let rows = client
+        .query(
+            "SELECT id, event_id, channel_id, state, reason, next_attempt_at, attempt_count,
+                    round_attempts, attempts, clock_started_at, created_at, updated_at, version
+             FROM delivery_status WHERE event_id = $1 ORDER BY channel_id",
+            &[&event_id],
+        )
+        .map_err(DbError::query("reading delivery statuses"))?;
+    rows.iter()
+        .map(|r| {
+            let attempts: serde_json::Value = r.get(8);
+            Ok(DeliveryStatus {
+                id: r.get(0),
+                event_id: r.get(1),
+                channel_id: r.get(2),
+                state: parse_state(r.get(3))?,
+                reason: r.get(4),
+                next_attempt_at: r.get(5),
+                attempt_count: r.get(6),
+                round_attempts: r.get(7),
+                attempts: serde_json::from_value(attempts).map_err(|e| DbError::BadRow {
+                    table: "delivery_status",
+                    problem: format!("attempts list is not readable: {e}"),
+                })?,
+                clock_started_at: r.get(9),
+                created_at: r.get(10),
+                updated_at: r.get(11),
+                version: r.get(12),
+            })
+        })
+        .collect()
+}
+
+/// Writes a worker's update if the row is still at `version`; false when an
+/// operator (or another instance) changed it meanwhile.
+pub fn write_update(
+    client: &mut impl GenericClient,
+    id: Uuid,
+    version: i64,
+    update: &Update,
+) -> Result<bool, DbError> {
+    let attempt = update
+        .attempt
+        .as_ref()
+        .map(serde_json::to_value)
+        .transpose()
+        .map_err(|e| DbError::BadRow {
+            table: "delivery_status",
+            problem: format!("cannot encode an attempt: {e}"),
+        })?;
+    let round_attempts = update.round_attempts as i32;
+    let n = client
+        .execute(
+            "UPDATE delivery_status SET
+                 state = $3, reason = $4, next_attempt_at = $5, round_attempts = $6,
+                 attempt_count = attempt_count + CASE WHEN $7::jsonb IS NULL THEN 0 ELSE 1 END,
+                 attempts = CASE WHEN $7::jsonb IS NULL THEN attempts ELSE
+                     coalesce((SELECT jsonb_agg(a.x ORDER BY a.i) FROM jsonb_array_elements(attempts)
+                               WITH ORDINALITY AS a(x, i)
+                               WHERE a.i > jsonb_array_length(attempts) - ($8::int - 1)), '[]'::jsonb)
+                     || jsonb_build_array($7::jsonb) END,
+                 updated_at = now(), version = version + 1
+             WHERE id = $1 AND version = $2",
+            &[
+                &id,
+                &version,
+                &update.state.as_str(),
+                &update.reason,
+                &update.next_attempt_at,
+                &round_attempts,
+                &attempt,
+                &MAX_ATTEMPTS_KEPT,
+            ],
+        )
+        .map_err(DbError::query("recording a delivery outcome"))?;
+    Ok(n == 1)
+}
+
+/// What `resend` did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct ResendResult {
+    /// Statuses moved to RESENDING.
+    pub resent: Vec<Uuid>,
+    /// Channel ids whose status was refused, with its state (PENDING or
+    /// RESENDING: already on its way).
+    pub refused: Vec<(Uuid, State)>,
+}
+
+/// Moves the SUCCESS/FAILED/SENDING statuses of an event (optionally of one
+/// channel) to RESENDING and restarts their clock.
+pub fn resend(
+    client: &mut impl GenericClient,
+    event_id: Uuid,
+    channel: Option<Uuid>,
+) -> Result<ResendResult, DbError> {
+    let mut tx = client.transaction().map_err(DbError::query("resending"))?;
+    let rows = tx
+        .query(
+            "SELECT channel_id, state FROM delivery_status
+             WHERE event_id = $1 AND ($2::uuid IS NULL OR channel_id = $2)
+             ORDER BY channel_id FOR UPDATE",
+            &[&event_id, &channel],
+        )
+        .map_err(DbError::query("resending"))?;
+    let mut result = ResendResult::default();
+    for r in &rows {
+        let state = parse_state(r.get(1))?;
+        if matches!(state, State::Pending | State::Resending) {
+            result.refused.push((r.get(0), state));
+        }
+    }
+    let updated = tx
+        .query(
+            "UPDATE delivery_status SET state = 'RESENDING', reason = 'resent by operator',
+                 next_attempt_at = now(), clock_started_at = now(), round_attempts = 0,
+                 updated_at = now(), version = version + 1
+             WHERE event_id = $1 AND ($2::uuid IS NULL OR channel_id = $2)
+               AND state IN ('SUCCESS', 'FAILED', 'SENDING')
+             RETURNING channel_id",
+            &[&event_id, &channel],
+        )
+        .map_err(DbError::query("resending"))?;
+    result.resent = updated.iter().map(|r| r.get(0)).collect();
+    tx.commit().map_err(DbError::query("resending"))?;
+    Ok(result)
+}
+
+/// Counts for `status`.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Counts {
+    /// Statuses per state (every state listed, zeros included).
+    pub by_state: std::collections::BTreeMap<String, i64>,
+    /// Unfinished statuses due at `now`.
+    pub due_now: i64,
+    /// Age in seconds of the oldest unfinished status, if any.
+    pub oldest_unfinished_age_seconds: Option<f64>,
+}
+
+/// Counts statuses by state, due now, and the oldest unfinished age.
+pub fn counts(client: &mut impl GenericClient) -> Result<Counts, DbError> {
+    let mut counts = Counts::default();
+    for s in State::ALL {
+        counts.by_state.insert(s.as_str().to_string(), 0);
+    }
+    let rows = client
+        .query(
+            "SELECT state, count(*) FROM delivery_status GROUP BY state",
+            &[],
+        )
+        .map_err(DbError::query("counting statuses"))?;
+    for r in &rows {
+        counts.by_state.insert(r.get(0), r.get(1));
+    }
+    let row = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE next_attempt_at <= now()),
+                    extract(epoch FROM now() - min(created_at))::float8
+             FROM delivery_status WHERE state IN ('PENDING', 'SENDING', 'RESENDING')",
+            &[],
+        )
+        .map_err(DbError::query("counting due statuses"))?;
+    counts.due_now = row.get(0);
+    counts.oldest_unfinished_age_seconds = row.get(1);
+    Ok(counts)
+}

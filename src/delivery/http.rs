@@ -1,0 +1,130 @@
+//! One HTTP attempt: a signed POST through a shared `ureq::Agent`.
+//!
+//! The agent is built once per process ([`Sender::new`]) and shared by every
+//! worker (its clones share one keep-alive pool). Every timeout is set
+//! explicitly (connect and whole-call), redirects are not followed (a 3xx is
+//! the attempt's answer), an HTTP error status is an outcome rather than an
+//! error, and at most `max_response_bytes` of the body are read. TLS is
+//! rustls with certificate verification. What the outcome *means* for the
+//! delivery is decided by `state`; this module only performs and describes
+//! the attempt.
+
+use std::io::Read;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+
+use crate::config::DeliveryConfig;
+use crate::delivery::sign::Secret;
+use crate::state::{classify_status, parse_retry_after, AttemptClass, AttemptResult};
+
+/// The `user-agent` every request carries.
+pub const USER_AGENT: &str = concat!("notification-reconciler/", env!("CARGO_PKG_VERSION"));
+
+/// What to send in one attempt.
+pub struct Request<'a> {
+    /// Endpoint URL (already checked by `endpoint::check_url`).
+    pub url: &'a str,
+    /// The event id: `webhook-id`, stable across retries.
+    pub msg_id: &'a str,
+    /// The JSON body.
+    pub body: &'a [u8],
+    /// Signing key.
+    pub secret: &'a Secret,
+    /// Custom headers (already checked), sent after ours.
+    pub headers: &'a [(String, String)],
+}
+
+/// Sends webhooks; cheap to share between threads by reference.
+pub struct Sender {
+    agent: ureq::Agent,
+    max_response_bytes: usize,
+}
+
+impl Sender {
+    /// Builds the shared agent from `[delivery]`.
+    pub fn new(cfg: &DeliveryConfig) -> Sender {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(cfg.timeout))
+            .timeout_connect(Some(cfg.connect_timeout))
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .max_redirects_will_error(false)
+            .user_agent(USER_AGENT)
+            .max_idle_connections(1024)
+            .max_idle_connections_per_host(1024)
+            .build()
+            .into();
+        Sender {
+            agent,
+            max_response_bytes: cfg.max_response_bytes,
+        }
+    }
+
+    /// Performs one attempt at `now` and describes what happened. Never
+    /// fails: transport errors are part of the result.
+    pub fn send(&self, req: &Request<'_>, now: DateTime<Utc>) -> AttemptResult {
+        let timestamp = now.timestamp();
+        let signature = req.secret.sign(req.msg_id, timestamp, req.body);
+        let mut builder = self
+            .agent
+            .post(req.url)
+            .header("webhook-id", req.msg_id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .header("content-type", "application/json");
+        for (name, value) in req.headers {
+            builder = builder.header(name.as_str(), value.as_str());
+        }
+        let started = Instant::now();
+        let result = builder.send(req.body);
+        let mut attempt = AttemptResult {
+            started_at: now,
+            duration: started.elapsed(),
+            url: req.url.to_string(),
+            http_status: None,
+            response_body: None,
+            error: None,
+            class: AttemptClass::Retryable,
+            retry_after: None,
+        };
+        match result {
+            Ok(mut response) => {
+                let code = response.status().as_u16();
+                attempt.http_status = Some(code);
+                attempt.class = classify_status(code);
+                attempt.retry_after = response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(parse_retry_after);
+                let mut body = Vec::with_capacity(self.max_response_bytes.min(4096));
+                let read = response
+                    .body_mut()
+                    .as_reader()
+                    .take(self.max_response_bytes as u64)
+                    .read_to_end(&mut body);
+                if let Err(e) = read {
+                    // The status arrived; the body broke off. Keep what came.
+                    attempt.error = Some(format!("reading the response body: {e}"));
+                }
+                if !body.is_empty() {
+                    attempt.response_body = Some(String::from_utf8_lossy(&body).into_owned());
+                }
+            }
+            Err(e) => {
+                attempt.error = Some(describe(&e));
+            }
+        }
+        attempt.duration = started.elapsed();
+        attempt
+    }
+}
+
+/// One line for a transport error.
+fn describe(err: &ureq::Error) -> String {
+    match err {
+        ureq::Error::Timeout(what) => format!("timed out ({what})"),
+        other => other.to_string(),
+    }
+}

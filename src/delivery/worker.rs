@@ -1,0 +1,201 @@
+//! The worker step: what one worker does with one due event.
+//!
+//! For each unfinished delivery of the event: ask the state machine whether
+//! it is due or has timed out, check the channel (deleted, disabled, no
+//! longer assigned, unusable URL/secret/headers), send the signed request,
+//! let the state machine decide the update, and write it with the row's
+//! version (optimistic concurrency). Reads nothing before sending: the page
+//! brought everything. Holds no transaction across the HTTP call.
+
+use chrono::{DateTime, Utc};
+use postgres::GenericClient;
+use serde_json::value::RawValue;
+
+use crate::db::due::{DueEvent, DueStatus};
+use crate::db::{statuses, DbError};
+use crate::delivery::endpoint;
+use crate::delivery::http::{Request, Sender};
+use crate::delivery::sign::Secret;
+use crate::state::{self, Check, Jitter, Outcome, Policy, State, Update};
+
+/// What a worker needs besides the event and a connection.
+pub struct Context<'a> {
+    /// The shared HTTP sender.
+    pub sender: &'a Sender,
+    /// Retry schedule and timeouts.
+    pub policy: &'a Policy,
+    /// The pass's cut-off: statuses due after it are left for later.
+    pub cutoff: DateTime<Utc>,
+}
+
+/// What happened to one delivery status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusOutcome {
+    /// Delivered: now SUCCESS.
+    Delivered,
+    /// Failed attempt, retry scheduled: SENDING.
+    RetryScheduled,
+    /// Now FAILED (permanent error, retries exhausted, timeout, channel).
+    Failed,
+    /// The row changed under us (operator resend, another instance): our
+    /// write was refused, the row keeps the other change.
+    ChangedConcurrently,
+    /// Not due yet (next attempt after the cut-off) or already finished.
+    NotDue,
+}
+
+/// Reconciles every unfinished delivery of `event`. Returns one outcome per
+/// status; a database error stops this event (it stays due).
+pub fn reconcile_event(
+    client: &mut impl GenericClient,
+    ctx: &Context<'_>,
+    event: &DueEvent,
+    jitter: &mut dyn Jitter,
+) -> Result<Vec<StatusOutcome>, DbError> {
+    let mut body: Option<Vec<u8>> = None;
+    let mut outcomes = Vec::with_capacity(event.statuses.len());
+    for status in &event.statuses {
+        let now = Utc::now();
+        let update = match state::check(&status.view, now, ctx.cutoff, ctx.policy) {
+            Check::Finished | Check::NotDue => {
+                outcomes.push(StatusOutcome::NotDue);
+                continue;
+            }
+            Check::Expired(update) => update,
+            Check::Due => {
+                let outcome = match channel_problem(status) {
+                    Some(outcome) => outcome,
+                    None => {
+                        let body = match &body {
+                            Some(b) => b,
+                            None => body.insert(webhook_body(event)),
+                        };
+                        attempt(ctx, event, status, body)
+                    }
+                };
+                state::apply(&status.view, &outcome, Utc::now(), ctx.policy, jitter)
+            }
+        };
+        outcomes.push(write(client, event, status, &update)?);
+    }
+    Ok(outcomes)
+}
+
+/// A reason not to send at all, as the state machine's outcome.
+fn channel_problem(status: &DueStatus) -> Option<Outcome> {
+    let t = &status.target;
+    if t.deleted {
+        return Some(Outcome::ChannelDeleted);
+    }
+    if t.disabled {
+        return Some(Outcome::ChannelDisabled);
+    }
+    if !t.assigned {
+        return Some(Outcome::ChannelUnassigned);
+    }
+    let invalid = |problem: String| Some(Outcome::InvalidChannel(problem));
+    if let Err(e) = endpoint::check_url(&t.url) {
+        return invalid(e);
+    }
+    if let Err(e) = Secret::parse(&t.signing_secret) {
+        return invalid(format!("signing secret: {e}"));
+    }
+    if let Err(e) = endpoint::parse_headers(&t.headers) {
+        return invalid(e);
+    }
+    None
+}
+
+/// Sends one attempt (the channel passed [`channel_problem`]).
+fn attempt(ctx: &Context<'_>, event: &DueEvent, status: &DueStatus, body: &[u8]) -> Outcome {
+    let t = &status.target;
+    // Both were checked by `channel_problem`; re-parsing is cheap and keeps
+    // this function total.
+    let (secret, headers) = match (
+        Secret::parse(&t.signing_secret),
+        endpoint::parse_headers(&t.headers),
+    ) {
+        (Ok(s), Ok(h)) => (s, h),
+        (Err(e), _) => return Outcome::InvalidChannel(format!("signing secret: {e}")),
+        (_, Err(e)) => return Outcome::InvalidChannel(e),
+    };
+    let msg_id = event.id.to_string();
+    let result = ctx.sender.send(
+        &Request {
+            url: &t.url,
+            msg_id: &msg_id,
+            body,
+            secret: &secret,
+            headers: &headers,
+        },
+        Utc::now(),
+    );
+    log::debug!(
+        "event {} ({}) to channel {}: {} in {} ms",
+        event.id,
+        event.namespace,
+        t.id,
+        result
+            .http_status
+            .map(|c| format!("HTTP {c}"))
+            .or_else(|| result.error.clone())
+            .unwrap_or_default(),
+        result.duration.as_millis()
+    );
+    Outcome::Attempted(result)
+}
+
+/// Writes the update with the row's version; maps it to an outcome.
+fn write(
+    client: &mut impl GenericClient,
+    event: &DueEvent,
+    status: &DueStatus,
+    update: &Update,
+) -> Result<StatusOutcome, DbError> {
+    if !statuses::write_update(client, status.id, status.version, update)? {
+        log::warn!(
+            "delivery of event {} to channel {} was changed concurrently (operator resend or another instance); kept that change, not writing {}",
+            event.id,
+            status.target.id,
+            update.state
+        );
+        return Ok(StatusOutcome::ChangedConcurrently);
+    }
+    if update.state == State::Failed {
+        log::info!(
+            "delivery of event {} ({}) to channel {} FAILED: {}",
+            event.id,
+            event.namespace,
+            status.target.id,
+            update.reason
+        );
+    }
+    Ok(match update.state {
+        State::Success => StatusOutcome::Delivered,
+        State::Failed => StatusOutcome::Failed,
+        _ => StatusOutcome::RetryScheduled,
+    })
+}
+
+/// The webhook body: `{"id", "type", "timestamp", "data"}`, with the payload
+/// copied verbatim.
+pub fn webhook_body(event: &DueEvent) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        id: String,
+        #[serde(rename = "type")]
+        event_type: &'a str,
+        timestamp: String,
+        data: &'a RawValue,
+    }
+    let body = Body {
+        id: event.id.to_string(),
+        event_type: &event.event_type,
+        timestamp: event
+            .created_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        data: &event.payload,
+    };
+    // Serialising strings and an already-valid RawValue cannot fail.
+    serde_json::to_vec(&body).unwrap_or_default()
+}

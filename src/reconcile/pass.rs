@@ -1,0 +1,243 @@
+//! One reconciliation pass, orchestrated by the main thread.
+//!
+//! ```text
+//! main thread (lock connection)               worker threads (own pooled connection)
+//! try lock ── not acquired ─> Skipped
+//! cutoff = now - next_attempt_delay (once)
+//! loop: page (keyset) ── send ──> bounded ──> recv, reconcile, count
+//!       stop / paging error: stop sending
+//! drop sender; scope joins all workers
+//! unlock
+//! ```
+//!
+//! The hand-off to the workers happens in exactly one place
+//! ([`hand_out`]); it is where per-channel limits will go.
+
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use crossbeam_channel::{bounded, SendTimeoutError, Sender as ChannelSender};
+
+use crate::config::Config;
+use crate::db::due::{self, DueEvent};
+use crate::db::{self, DbError, Pool};
+use crate::delivery::http::Sender;
+use crate::delivery::worker::Context;
+use crate::lock::{self, LeaderLock};
+use crate::reconcile::report::{Report, Tally};
+use crate::reconcile::worker;
+use crate::state::Policy;
+
+/// Observes a pass (progress display, tests injecting faults). Every method
+/// has a no-op default.
+pub trait Hooks: Sync {
+    /// The pass holds the lock; `due` events are due at its start.
+    fn started(&self, _due: u64) {}
+    /// A worker is about to reconcile `event` (runs inside the panic guard).
+    fn before_event(&self, _event: &DueEvent) {}
+    /// A worker finished an event; `tally` has the counts so far.
+    fn event_done(&self, _tally: &Tally) {}
+}
+
+/// Hooks that do nothing.
+pub struct NoHooks;
+impl Hooks for NoHooks {}
+
+/// What a pass came to.
+#[derive(Debug)]
+pub enum PassOutcome {
+    /// Another instance holds the lock; nothing was done.
+    LockHeld,
+    /// The pass ran (its report says whether it completed).
+    Ran(Report),
+}
+
+/// Everything passes need, built once from the config.
+pub struct Reconciler {
+    config: Config,
+    pool: Pool,
+    sender: Sender,
+    policy: Policy,
+    lock: LeaderLock,
+}
+
+impl Reconciler {
+    /// Builds the pool (lazily connecting), the HTTP agent, the policy and
+    /// the lock from `config`.
+    pub fn new(config: &Config) -> Result<Reconciler, DbError> {
+        let pool = db::pool(
+            &config.database,
+            config.database.pool_size,
+            &lock::app_name("worker"),
+        )?;
+        Ok(Reconciler {
+            config: config.clone(),
+            pool,
+            sender: Sender::new(&config.delivery),
+            policy: policy_from(config),
+            lock: LeaderLock::new(&config.database, &config.reconciler.lock_key),
+        })
+    }
+
+    /// The leader lock (the daemon reports whether it is held).
+    pub fn lock(&self) -> &LeaderLock {
+        &self.lock
+    }
+
+    /// Runs one pass. `stop` ends paging early (shutdown). `Err` means the
+    /// pass could not start (database unreachable).
+    pub fn run_pass(
+        &mut self,
+        stop: &AtomicBool,
+        hooks: &dyn Hooks,
+    ) -> Result<PassOutcome, DbError> {
+        run_pass(self, stop, hooks)
+    }
+}
+
+/// The retry policy from `[reconciler]` and `[delivery]`.
+pub fn policy_from(config: &Config) -> Policy {
+    Policy {
+        retry_schedule: config.delivery.retry_schedule.clone(),
+        pending_timeout: config.reconciler.pending_timeout,
+        sending_timeout: config.reconciler.sending_timeout,
+        ..Policy::default()
+    }
+}
+
+/// See [`Reconciler::run_pass`].
+pub fn run_pass(
+    r: &mut Reconciler,
+    stop: &AtomicBool,
+    hooks: &dyn Hooks,
+) -> Result<PassOutcome, DbError> {
+    if !r.lock.try_acquire()? {
+        log::debug!("another instance holds the lock; skipping this pass");
+        return Ok(PassOutcome::LockHeld);
+    }
+    let started = Instant::now();
+    let started_at = Utc::now();
+    let delay = chrono::Duration::from_std(r.config.reconciler.next_attempt_delay)
+        .unwrap_or(chrono::Duration::zero());
+    let cutoff = started_at - delay;
+
+    let tally = Tally::default();
+    let halt = AtomicBool::new(false);
+    let mut failure: Option<String> = None;
+    let mut due_at_start = 0;
+    {
+        let (tx, rx) = bounded::<DueEvent>(r.config.reconciler.queue_capacity);
+        let ctx = Context {
+            sender: &r.sender,
+            policy: &r.policy,
+            cutoff,
+        };
+        let (pool, tally_ref, halt_ref, ctx_ref) = (&r.pool, &tally, &halt, &ctx);
+        let stopped = || stop.load(Relaxed) || halt_ref.load(Relaxed);
+        std::thread::scope(|scope| {
+            for i in 0..r.config.reconciler.workers {
+                let rx = rx.clone();
+                let spawned = std::thread::Builder::new()
+                    .name(format!("worker-{i}"))
+                    .spawn_scoped(scope, move || {
+                        let events = rx.iter().take_while(|_| !stopped());
+                        worker::work(events, pool, ctx_ref, tally_ref, hooks);
+                    });
+                if let Err(e) = spawned {
+                    log::error!("cannot start worker thread {i}: {e}");
+                }
+            }
+            drop(rx);
+            match r.lock.client_mut().and_then(|c| due::count_due(c, cutoff)) {
+                Ok(n) => {
+                    due_at_start = n.max(0) as u64;
+                    hooks.started(due_at_start);
+                    failure = page_all(
+                        &mut r.lock,
+                        cutoff,
+                        r.config.reconciler.page_size,
+                        &tx,
+                        &stopped,
+                    );
+                }
+                Err(e) => failure = Some(format!("lost the lock connection: {e}")),
+            }
+            if failure.is_some() {
+                // Another instance may lead now: nothing more is handed out.
+                halt_ref.store(true, Relaxed);
+                r.lock.forget_connection();
+            }
+            drop(tx);
+            // The scope joins every worker here, before the lock is released.
+        });
+    }
+    if let Err(e) = r.lock.release() {
+        log::warn!(
+            "could not release the lock (its connection is dropped, which releases it): {e}"
+        );
+    }
+    let mut report = Report::from_tally(&tally);
+    report.started_at = Some(started_at);
+    report.cutoff = Some(cutoff);
+    report.due_at_start = due_at_start;
+    report.failure = failure;
+    let elapsed = started.elapsed();
+    report.duration_ms = elapsed.as_millis() as u64;
+    report.events_per_second = if elapsed.as_secs_f64() > 0.0 {
+        report.events_seen as f64 / elapsed.as_secs_f64()
+    } else {
+        0.0
+    };
+    if report.ok() {
+        log::info!("{}", report.summary());
+    } else {
+        log::error!("{}", report.summary());
+    }
+    Ok(PassOutcome::Ran(report))
+}
+
+/// Pages every due event on the lock connection and hands each out. Returns
+/// the failure that stopped it, if any.
+fn page_all(
+    lock: &mut LeaderLock,
+    cutoff: chrono::DateTime<Utc>,
+    page_size: u32,
+    tx: &ChannelSender<DueEvent>,
+    stopped: &dyn Fn() -> bool,
+) -> Option<String> {
+    let mut cursor = due::start_cursor();
+    while !stopped() {
+        let page = match lock
+            .client_mut()
+            .and_then(|c| due::page(c, cutoff, cursor, page_size))
+        {
+            Ok(page) => page,
+            Err(e) => return Some(format!("lost the lock connection while paging: {e}")),
+        };
+        let Some(last) = page.last() else { break };
+        cursor = last.cursor();
+        for event in page {
+            if !hand_out(tx, event, stopped) {
+                return None;
+            }
+        }
+    }
+    None
+}
+
+/// Hands one event to the workers, waiting while the channel is full
+/// (backpressure) but giving up when the pass is stopped. The one place
+/// where work is handed to workers.
+fn hand_out(tx: &ChannelSender<DueEvent>, mut event: DueEvent, stopped: &dyn Fn() -> bool) -> bool {
+    loop {
+        if stopped() {
+            return false;
+        }
+        match tx.send_timeout(event, Duration::from_millis(100)) {
+            Ok(()) => return true,
+            Err(SendTimeoutError::Timeout(e)) => event = e,
+            Err(SendTimeoutError::Disconnected(_)) => return false,
+        }
+    }
+}

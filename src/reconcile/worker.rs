@@ -1,0 +1,81 @@
+//! The loop each worker thread runs: take events from the channel until it
+//! is closed, reconcile each on the worker's own pooled connection, and count
+//! the outcome. A panic while reconciling one event is caught, logged with
+//! the event id, counted, and the connection is discarded; the worker goes
+//! on and the event stays due for the next pass.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::db::due::DueEvent;
+use crate::db::{Pool, PooledClient};
+use crate::delivery::worker::{reconcile_event, Context};
+use crate::reconcile::pass::Hooks;
+use crate::reconcile::report::Tally;
+use crate::state::RandomJitter;
+
+/// Reconciles every event `events` yields, then returns.
+pub fn work(
+    events: impl IntoIterator<Item = DueEvent>,
+    pool: &Pool,
+    ctx: &Context<'_>,
+    tally: &Tally,
+    hooks: &dyn Hooks,
+) {
+    let mut conn: Option<PooledClient> = None;
+    let mut jitter = RandomJitter;
+    for event in events {
+        let client = match conn.as_mut() {
+            Some(c) => c,
+            None => match pool.get() {
+                Ok(c) => conn.insert(c),
+                Err(e) => {
+                    log::error!(
+                        "event {} ({}) left for the next pass: no database connection: {e}",
+                        event.id,
+                        event.namespace
+                    );
+                    tally.errors.fetch_add(1, Relaxed);
+                    tally.events.fetch_add(1, Relaxed);
+                    continue;
+                }
+            },
+        };
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            hooks.before_event(&event);
+            reconcile_event(&mut client.client, ctx, &event, &mut jitter)
+        }));
+        match result {
+            Ok(Ok(outcomes)) => outcomes.into_iter().for_each(|o| tally.count(o)),
+            Ok(Err(e)) => {
+                log::error!(
+                    "event {} ({}) left for the next pass: {e}",
+                    event.id,
+                    event.namespace
+                );
+                tally.errors.fetch_add(1, Relaxed);
+                if e.is_connection_lost() {
+                    client.discard = true;
+                    conn = None;
+                }
+            }
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                log::error!(
+                    "worker panicked on event {} ({}); it stays due for the next pass: {what}",
+                    event.id,
+                    event.namespace
+                );
+                tally.panics.fetch_add(1, Relaxed);
+                client.discard = true;
+                conn = None;
+            }
+        }
+        tally.events.fetch_add(1, Relaxed);
+        hooks.event_done(tally);
+    }
+}

@@ -1,0 +1,56 @@
+//! `once`: one pass, its report on stdout (`--json`: one JSON document), and
+//! the exit code: 0 when the pass ran, 1 when it failed, 75 when another
+//! instance holds the lock.
+
+use std::process::ExitCode;
+
+use crate::cli::EXIT_LOCK_HELD;
+use crate::config::Config;
+use crate::db;
+use crate::lock;
+use crate::reconcile::pass::{NoHooks, PassOutcome, Reconciler};
+use crate::service::progress::Progress;
+use crate::service::signals::Shutdown;
+
+/// The pass failed (lock lost, paging error): exit 1 after the report.
+#[derive(Debug, thiserror::Error)]
+#[error("the pass did not complete: {0}")]
+pub struct PassFailed(pub String);
+
+/// Runs `once`.
+pub fn run(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
+    drop(db::connect_checked(
+        &config.database,
+        &lock::app_name("once"),
+    )?);
+    let shutdown = Shutdown::install()?;
+    let mut reconciler = Reconciler::new(config)?;
+    let progress = Progress::on_terminal(!json);
+    let outcome = match &progress {
+        Some(p) => reconciler.run_pass(shutdown.flag(), p),
+        None => reconciler.run_pass(shutdown.flag(), &NoHooks),
+    };
+    if let Some(p) = &progress {
+        p.finish();
+    }
+    match outcome? {
+        PassOutcome::LockHeld => {
+            eprintln!(
+                "another instance holds the lock {:?}; nothing done",
+                config.reconciler.lock_key
+            );
+            Ok(ExitCode::from(EXIT_LOCK_HELD))
+        }
+        PassOutcome::Ran(report) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{}", report.summary());
+            }
+            match report.failure {
+                Some(f) => Err(PassFailed(f).into()),
+                None => Ok(ExitCode::SUCCESS),
+            }
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! `sink`: a development webhook receiver. It answers every POST, verifies
+//! the Standard Webhooks signature and timestamp when given a secret (401
+//! when wrong), can fail a fraction of requests with 500 and answer after a
+//! latency so that retries can be watched, and prints one line per delivery:
+//! id, type, verified or not, status returned. Not meant for production.
+
+use std::io::Read;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rand::Rng;
+
+use crate::cli::{SinkArgs, UsageError};
+use crate::delivery::sign::{self, Secret};
+
+/// Accepted clock skew of `webhook-timestamp` (as the Standard Webhooks
+/// libraries do).
+pub const TIMESTAMP_TOLERANCE: Duration = Duration::from_secs(5 * 60);
+
+/// Largest request body the sink reads.
+const MAX_BODY: u64 = 10 * 1024 * 1024;
+
+/// What the sink decided for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// Status code to answer.
+    pub status: u16,
+    /// `verified`, `unsigned` (no secret given) or the verification error.
+    pub verification: String,
+}
+
+/// Runs the sink until killed.
+pub fn run(args: &SinkArgs) -> anyhow::Result<ExitCode> {
+    if !(0.0..=1.0).contains(&args.fail_rate) {
+        return Err(UsageError(format!(
+            "--fail-rate {} must be between 0.0 and 1.0",
+            args.fail_rate
+        ))
+        .into());
+    }
+    if !(100..=599).contains(&args.status) {
+        return Err(UsageError(format!(
+            "--status {} is not an HTTP status code (100-599)",
+            args.status
+        ))
+        .into());
+    }
+    let secret = args
+        .secret
+        .as_deref()
+        .map(Secret::parse)
+        .transpose()
+        .map_err(|e| UsageError(format!("--secret: {e}")))?;
+    let server = tiny_http::Server::http(args.listen)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let server = Arc::new(server);
+    eprintln!(
+        "sink listening on http://{} (signatures {}, fail rate {}, latency {})",
+        args.listen,
+        if secret.is_some() {
+            "verified"
+        } else {
+            "not verified"
+        },
+        args.fail_rate,
+        args.latency
+            .map(|l| humantime::format_duration(l).to_string())
+            .unwrap_or_else(|| "0s".into())
+    );
+    let threads: Vec<_> = (0..32)
+        .map(|_| {
+            let server = Arc::clone(&server);
+            let secret = secret.clone();
+            let (status, fail_rate, latency) = (args.status, args.fail_rate, args.latency);
+            std::thread::spawn(move || {
+                for request in server.incoming_requests() {
+                    serve(request, secret.as_ref(), status, fail_rate, latency);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        let _ = t.join();
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn serve(
+    mut request: tiny_http::Request,
+    secret: Option<&Secret>,
+    status: u16,
+    fail_rate: f64,
+    latency: Option<Duration>,
+) {
+    let header = |name: &str| {
+        request
+            .headers()
+            .iter()
+            .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
+            .map(|h| h.value.as_str().to_string())
+            .unwrap_or_default()
+    };
+    let (id, timestamp, signature) = (
+        header("webhook-id"),
+        header("webhook-timestamp"),
+        header("webhook-signature"),
+    );
+    let mut body = Vec::new();
+    let read = request.as_reader().take(MAX_BODY).read_to_end(&mut body);
+    if let Some(l) = latency {
+        std::thread::sleep(l);
+    }
+    let fail = rand::rng().random_bool(fail_rate.clamp(0.0, 1.0));
+    let verdict = match read {
+        Err(e) => Verdict {
+            status: 400,
+            verification: format!("unreadable body: {e}"),
+        },
+        Ok(_) => decide(
+            secret,
+            &id,
+            &timestamp,
+            &signature,
+            &body,
+            chrono::Utc::now().timestamp(),
+            status,
+            fail,
+        ),
+    };
+    let event_type = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(String::from))
+        .unwrap_or_else(|| "?".into());
+    println!(
+        "{} {} id={} type={} {} -> {}",
+        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        request.method(),
+        if id.is_empty() { "-" } else { &id },
+        event_type,
+        verdict.verification,
+        verdict.status
+    );
+    let _ = request.respond(tiny_http::Response::from_string("").with_status_code(verdict.status));
+}
+
+/// The sink's decision for one request (pure; `fail` is the dice roll).
+#[allow(clippy::too_many_arguments)]
+pub fn decide(
+    secret: Option<&Secret>,
+    id: &str,
+    timestamp: &str,
+    signature: &str,
+    body: &[u8],
+    now_unix: i64,
+    status: u16,
+    fail: bool,
+) -> Verdict {
+    let verification = match secret {
+        None => "unsigned".to_string(),
+        Some(secret) => {
+            match sign::verify(
+                secret,
+                id,
+                timestamp,
+                signature,
+                body,
+                now_unix,
+                TIMESTAMP_TOLERANCE,
+            ) {
+                Ok(()) => "verified".to_string(),
+                Err(e) => {
+                    return Verdict {
+                        status: 401,
+                        verification: format!("REJECTED ({e})"),
+                    }
+                }
+            }
+        }
+    };
+    Verdict {
+        status: if fail { 500 } else { status },
+        verification,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    #[test]
+    fn good_signature_is_accepted_wrong_and_stale_are_refused() {
+        let secret = Secret::parse(SECRET).unwrap();
+        let body = br#"{"test": 2432232314}"#;
+        let now = 1614265330;
+        let sig = secret.sign("msg_1", now, body);
+        let ok = decide(
+            Some(&secret),
+            "msg_1",
+            &now.to_string(),
+            &sig,
+            body,
+            now,
+            200,
+            false,
+        );
+        assert_eq!(ok.status, 200);
+        assert_eq!(ok.verification, "verified");
+        let other = Secret::parse(&Secret::generate()).unwrap();
+        let wrong = decide(
+            Some(&other),
+            "msg_1",
+            &now.to_string(),
+            &sig,
+            body,
+            now,
+            200,
+            false,
+        );
+        assert_eq!(wrong.status, 401);
+        let stale = decide(
+            Some(&secret),
+            "msg_1",
+            &now.to_string(),
+            &sig,
+            body,
+            now + 3600,
+            200,
+            false,
+        );
+        assert_eq!(stale.status, 401);
+        assert!(stale.verification.contains("REJECTED"));
+    }
+
+    #[test]
+    fn fail_rate_and_status_apply_after_verification() {
+        let v = decide(None, "", "", "", b"", 0, 204, false);
+        assert_eq!((v.status, v.verification.as_str()), (204, "unsigned"));
+        assert_eq!(decide(None, "", "", "", b"", 0, 204, true).status, 500);
+    }
+}
