@@ -146,7 +146,7 @@ pub fn pg_config(
         .keepalives_retries(3)
         .application_name(application_name)
         .options(&format!(
-            "-c search_path={} -c statement_timeout={}",
+            "-c search_path={} -c statement_timeout={} -c client_min_messages=warning",
             cfg.schema,
             STATEMENT_TIMEOUT.as_millis()
         ));
