@@ -1,0 +1,19 @@
+//! Shared support for the integration tests and the benchmark: a throw-away
+//! PostgreSQL (one cluster per test process, one database per test, or a
+//! dedicated cluster a test may stop and restart) and a scriptable HTTP
+//! receiver that records what it got.
+//!
+//! Test files use it with `mod support;`; the benchmark with
+//! `#[path = "../tests/support/mod.rs"] mod support;`. It holds no assertions
+//! about the daemon itself: those live in the tests that use it.
+#![allow(dead_code, unused_imports)] // each test binary uses a different part
+
+pub mod cluster;
+pub mod pg;
+pub mod receiver;
+pub mod script;
+
+pub use cluster::Cluster;
+pub use pg::{fresh_db, migrated_db, shared_cluster, TestDb};
+pub use receiver::Receiver;
+pub use script::{Reply, Request, Script};
