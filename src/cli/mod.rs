@@ -257,9 +257,14 @@ fn dispatch(command: Command, config: &Config) -> anyhow::Result<ExitCode> {
 }
 
 /// Logging to stderr; `RUST_LOG` overrides the configured level.
+///
+/// `tokio_postgres::query` is capped at `info` whatever `RUST_LOG` says: at
+/// `debug` it prints every statement's parameters, which include signing
+/// secrets (`channel create --secret`).
 fn init_logging(level: &str) {
     let env = env_logger::Env::default().default_filter_or(level);
     let _ = env_logger::Builder::from_env(env)
+        .filter_module("tokio_postgres::query", log::LevelFilter::Info)
         .format_timestamp_millis()
         .try_init();
 }
