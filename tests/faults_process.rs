@@ -241,7 +241,12 @@ fn lock_loss_mid_pass_hands_over_to_the_other_daemon() {
 
     // A leads first and, once it has lost the lock, does not try again for
     // a long while; B polls every 200 ms.
-    let mut a = Daemon::run("A", &config_toml(&db.url, WORKERS, "60s", "", ""), &[]);
+    // A's pages are large, so the loss falls in the middle of one: the
+    // leader must notice it while handing out, not only at its next page.
+    let a_config = config_toml(&db.url, WORKERS, "60s", "", "")
+        .replace("workers = 4\n", "workers = 4\npage_size = 500\n");
+    assert!(a_config.contains("page_size = 500"));
+    let mut a = Daemon::run("A", &a_config, &[]);
     wait_until(
         "A to deliver",
         Duration::from_secs(30),
