@@ -56,7 +56,23 @@ fn assert_each_once(receiver: &Receiver, events: &[uuid::Uuid]) {
 #[test]
 fn concurrency_is_real_and_bounded_by_workers() {
     let db = migrated_db();
-    let receiver = Receiver::start(Script::status(200).with_latency(Duration::from_millis(200)));
+    // Each request is held ~200 ms; the first 8 are held until all 8 are in
+    // (or 20 s pass), so a slow machine staggering the workers' start cannot
+    // hide the concurrency, and anything allowing fewer would show < 8.
+    let gate = std::sync::Arc::new((Mutex::new(0usize), std::sync::Condvar::new()));
+    let receiver = Receiver::start(Script::new(move |_| {
+        let (arrived, cv) = &*gate;
+        let mut n = arrived.lock().unwrap();
+        *n += 1;
+        if *n <= 8 {
+            cv.notify_all();
+            drop(
+                cv.wait_timeout_while(n, Duration::from_secs(20), |n| *n < 8)
+                    .unwrap(),
+            );
+        }
+        support::Reply::status(200).after(Duration::from_millis(200))
+    }));
     let mut client = db.client();
     channel_and_rule(&mut client, &receiver.url());
     let events = enqueue(&mut client, 40);
