@@ -55,7 +55,7 @@ free_port() {
 target_dir=${CARGO_TARGET_DIR:-target}
 demo=$target_dir/demo
 bin=$target_dir/release/notification-reconciler
-daemon_pid= sink_pid= pg_started=
+daemon_pid= sink_pid= pg_started= data= pg_tmp=
 
 cleanup() {
     local rc=$?
@@ -69,9 +69,10 @@ cleanup() {
         wait "$sink_pid" 2>/dev/null || true
     fi
     if [ -n "$pg_started" ]; then
-        pg pg_ctl stop -D "$demo/data" -m fast -w >/dev/null 2>&1 || true
+        pg pg_ctl stop -D "$data" -m fast -w >/dev/null 2>&1 || true
     fi
     rm -rf "$demo"
+    if [ -n "$pg_tmp" ]; then rm -rf "$pg_tmp"; fi
     echo "demo: stopped everything and removed $demo" >&2
     exit "$rc"
 }
@@ -86,30 +87,38 @@ started=$(date +%s)
 
 # --- PostgreSQL under target/demo ----------------------------------------------
 say "starting a throw-away PostgreSQL in $demo"
-if [ -f "$demo/data/postmaster.pid" ]; then   # left over by a killed run
-    pg pg_ctl stop -D "$demo/data" -m immediate -w >/dev/null 2>&1 || true
+if [ -f "$demo/pg/data/postmaster.pid" ]; then   # left over by a killed run
+    pg pg_ctl stop -D "$demo/pg/data" -m immediate -w >/dev/null 2>&1 || true
 fi
 rm -rf "$demo"
-mkdir -p "$demo"
+mkdir -p "$demo/pg"
 demo=$(cd "$demo" && pwd)
+pgdir=$demo/pg
 if [ ${#as_pg[@]} -gt 0 ]; then
-    chown postgres: "$demo"
-    "${as_pg[@]}" test -w "$demo" ||
-        die "the postgres user cannot write $demo (a parent directory is private?): clone elsewhere, e.g. /srv or /tmp"
+    chown postgres: "$pgdir"
+    if ! "${as_pg[@]}" test -w "$pgdir"; then
+        # A private parent (a clone under /root): the postgres user cannot
+        # reach target/, so the server's files go to a temp dir instead.
+        pg_tmp=$(mktemp -d /tmp/nr-demo-pg.XXXXXX)
+        chown postgres: "$pg_tmp"
+        pgdir=$pg_tmp
+        echo "demo: the postgres user cannot reach $demo; the server's files are in $pgdir" >&2
+    fi
 fi
+data=$pgdir/data
 pg_port=$(free_port 54330)
-pg initdb -A trust -U postgres -E UTF8 --locale=C --no-sync -D "$demo/data" >"$demo/initdb.log" 2>&1 ||
+pg initdb -A trust -U postgres -E UTF8 --locale=C --no-sync -D "$data" >"$demo/initdb.log" 2>&1 ||
     { cat "$demo/initdb.log" >&2; die "initdb failed"; }
-cat >>"$demo/data/postgresql.conf" <<EOF
+cat >>"$data/postgresql.conf" <<EOF
 port = $pg_port
 listen_addresses = '127.0.0.1'
-unix_socket_directories = '$demo/data'
+unix_socket_directories = '$data'
 fsync = off
 synchronous_commit = off
 EOF
 pg_started=1
-pg pg_ctl start -D "$demo/data" -l "$demo/data/postgres.log" -w -t 60 >/dev/null ||
-    { tail -20 "$demo/data/postgres.log" >&2; die "PostgreSQL did not start"; }
+pg pg_ctl start -D "$data" -l "$data/postgres.log" -w -t 60 >/dev/null ||
+    { tail -20 "$data/postgres.log" >&2; die "PostgreSQL did not start"; }
 export DATABASE_URL=postgres://postgres@127.0.0.1:$pg_port/postgres
 
 cat >"$demo/config.toml" <<EOF
