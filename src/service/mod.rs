@@ -4,6 +4,8 @@
 //! outside world is told about them.
 
 pub mod daemon;
+pub mod metrics;
+pub mod notify;
 pub mod once;
 pub mod progress;
 pub mod signals;
