@@ -190,8 +190,10 @@ fn serve_connection(stream: TcpStream, limits: Limits, handler: &Handler) -> io:
         };
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut parsed = httparse::Request::new(&mut headers);
+        let mut http10 = false;
         let request = match parsed.parse(&head) {
             Ok(httparse::Status::Complete(_)) => {
+                http10 = parsed.version == Some(0);
                 let headers: Vec<(String, String)> = parsed
                     .headers
                     .iter()
@@ -228,9 +230,13 @@ fn serve_connection(stream: TcpStream, limits: Limits, handler: &Handler) -> io:
         let mut request = request;
         request.body = vec![0; length];
         reader.read_exact(&mut request.body)?;
-        let close = request
-            .header("connection")
-            .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        // HTTP/1.1 keeps the connection unless told to close; HTTP/1.0
+        // closes it unless told to keep it.
+        let connection = request.header("connection").map(str::to_ascii_lowercase);
+        let close = match http10 {
+            true => connection.as_deref() != Some("keep-alive"),
+            false => connection.as_deref() == Some("close"),
+        };
         let response = handler(&request);
         respond(&mut writer, &response, close)?;
         if close {
@@ -348,6 +354,17 @@ mod tests {
         assert!(out.contains("POST /a 3"), "{out}");
         assert!(out.contains("GET /b 0"), "{out}");
         assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 2, "{out}");
+    }
+
+    #[test]
+    fn http_1_0_closes_the_connection() {
+        let server = Server::bind("127.0.0.1:0".parse().unwrap(), Limits::default(), |_| {
+            Response::status(204)
+        })
+        .unwrap();
+        let out = roundtrip(&server, b"GET / HTTP/1.0\r\n\r\n");
+        assert!(out.starts_with("HTTP/1.1 204"), "{out}");
+        assert!(out.contains("connection: close"), "{out}");
     }
 
     #[test]

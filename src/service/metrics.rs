@@ -1,6 +1,6 @@
 //! What the daemon tells a monitoring system: Prometheus metrics (running
 //! totals kept from each pass's report, encoded by prometheus-client) and a
-//! health verdict, served by a small synchronous tiny_http thread on
+//! health verdict, served by the crate's small synchronous `http_server` on
 //! `metrics.listen` at `/metrics` and `/healthz`.
 //!
 //! The daemon loop feeds [`Telemetry`] (pass results, heartbeats, the
@@ -10,7 +10,6 @@
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
@@ -19,6 +18,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::http_server;
 use crate::reconcile::report::Report;
 
 /// The prefix of every metric name.
@@ -291,82 +291,44 @@ pub struct Telemetry {
 pub struct ListenError {
     /// The configured address.
     pub addr: SocketAddr,
-    /// What tiny_http reported.
-    pub source: Box<dyn std::error::Error + Send + Sync>,
+    /// Why binding failed.
+    pub source: std::io::Error,
 }
 
-/// The running metrics server; dropping it stops and joins its thread.
+/// The running metrics server; dropping it stops it.
 pub struct Server {
-    server: Arc<tiny_http::Server>,
-    thread: Option<JoinHandle<()>>,
+    _server: http_server::Server,
 }
 
-/// Starts the server thread on `addr`.
+/// Starts the server on `addr`.
 pub fn serve(addr: SocketAddr, telemetry: Arc<Telemetry>) -> Result<Server, ListenError> {
-    let server =
-        Arc::new(tiny_http::Server::http(addr).map_err(|source| ListenError { addr, source })?);
-    let thread = {
-        let server = Arc::clone(&server);
-        std::thread::Builder::new()
-            .name("metrics".into())
-            .spawn(move || {
-                for request in server.incoming_requests() {
-                    answer(request, &telemetry);
-                }
-            })
-            .map_err(|e| ListenError {
-                addr,
-                source: Box::new(e),
-            })?
+    let limits = http_server::Limits {
+        max_body: 64 * 1024,
+        ..http_server::Limits::default()
     };
-    log::info!("serving /metrics and /healthz on http://{addr}");
-    Ok(Server {
-        server,
-        thread: Some(thread),
-    })
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.server.unblock();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
+    let server = http_server::Server::bind(addr, limits, move |rq| answer(rq, &telemetry))
+        .map_err(|source| ListenError { addr, source })?;
+    log::info!("serving /metrics and /healthz on http://{}", server.addr());
+    Ok(Server { _server: server })
 }
 
 /// Answers one request.
-fn answer(request: tiny_http::Request, telemetry: &Telemetry) {
-    use tiny_http::{Header, Method, Response};
-    let header = |v: &str| Header::from_bytes("Content-Type", v).ok();
-    let path = request.url().split('?').next().unwrap_or("").to_string();
-    let (status, content_type, body) = if !matches!(request.method(), Method::Get | Method::Head) {
-        (
-            405,
-            "text/plain; charset=utf-8",
-            "only GET and HEAD\n".into(),
-        )
+fn answer(request: &http_server::Request, telemetry: &Telemetry) -> http_server::Response {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    let path = request.path.split('?').next().unwrap_or("");
+    let (status, content_type, body) = if !matches!(request.method.as_str(), "GET" | "HEAD") {
+        (405, TEXT, "only GET and HEAD\n".to_string())
     } else if path == "/metrics" {
         (200, CONTENT_TYPE, telemetry.metrics.encode())
     } else if path == "/healthz" {
         match telemetry.health.check() {
-            Ok(()) => (200, "text/plain; charset=utf-8", "ok\n".to_string()),
-            Err(why) => (503, "text/plain; charset=utf-8", format!("{why}\n")),
+            Ok(()) => (200, TEXT, "ok\n".to_string()),
+            Err(why) => (503, TEXT, format!("{why}\n")),
         }
     } else {
-        (
-            404,
-            "text/plain; charset=utf-8",
-            "try /metrics or /healthz\n".into(),
-        )
+        (404, TEXT, "try /metrics or /healthz\n".to_string())
     };
-    let mut response = Response::from_string(body).with_status_code(status);
-    if let Some(h) = header(content_type) {
-        response.add_header(h);
-    }
-    if let Err(e) = request.respond(response) {
-        log::debug!("metrics: could not answer {path}: {e}");
-    }
+    http_server::Response::text(status, content_type, body)
 }
 
 #[cfg(test)]
