@@ -190,7 +190,7 @@ fn serve_connection(stream: TcpStream, limits: Limits, handler: &Handler) -> io:
         };
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut parsed = httparse::Request::new(&mut headers);
-        let mut http10 = false;
+        let http10;
         let request = match parsed.parse(&head) {
             Ok(httparse::Status::Complete(_)) => {
                 http10 = parsed.version == Some(0);

@@ -94,13 +94,26 @@ impl LeaderLock {
     /// Tries to take the lock, (re)connecting first when needed. `Ok(false)`
     /// means another instance holds it.
     pub fn try_acquire(&mut self) -> Result<bool, DbError> {
-        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
-            self.client = None;
-            self.held = false;
-            self.client = Some(db::connect(&self.cfg, &app_name("lock"))?);
-        }
         if self.held {
             return Ok(true);
+        }
+        // A connection idle since the last pass may have died with a server
+        // restart without noticing: one failure on a reused connection earns
+        // one immediate retry on a fresh one.
+        let reused = self.client.as_ref().is_some_and(|c| !c.is_closed());
+        match self.try_lock_once() {
+            Err(e) if reused && e.is_connection_lost() => {
+                log::debug!("lock connection was stale ({e}); reconnecting");
+                self.try_lock_once()
+            }
+            other => other,
+        }
+    }
+
+    fn try_lock_once(&mut self) -> Result<bool, DbError> {
+        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+            self.forget_connection();
+            self.client = Some(db::connect(&self.cfg, &app_name("lock"))?);
         }
         let key = self.key;
         let result = self.client_mut().and_then(|c| {
