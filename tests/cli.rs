@@ -7,63 +7,34 @@
 
 mod support;
 
-use std::net::TcpListener;
-use std::process::{Command, Output};
-
 use base64::Engine as _;
 use serde_json::Value;
+use support::bin::Bin;
+use support::net::free_port;
 use support::{migrated_db, TestDb};
-use tempfile::TempDir;
 use uuid::Uuid;
 
-/// A config file in a temp dir, and the database URL given to the binary.
-struct Nr {
-    dir: TempDir,
-    url: String,
+/// The binary with a config whose own URL points nowhere (only
+/// `DATABASE_URL` can make the commands work, which proves the override),
+/// plus the round trips several tests share.
+struct Nr(Bin);
+
+impl std::ops::Deref for Nr {
+    type Target = Bin;
+
+    fn deref(&self) -> &Bin {
+        &self.0
+    }
 }
 
 impl Nr {
-    /// A config whose own URL points nowhere: only `DATABASE_URL` can make
-    /// the commands work, which proves the override.
+    /// `DATABASE_URL` set to `url`.
     fn new(url: &str) -> Nr {
-        let dir = TempDir::new().expect("temp dir");
-        std::fs::write(
-            dir.path().join("config.toml"),
-            "[database]\nurl = \"postgres://nobody@127.0.0.1:1/nowhere\"\n\n[log]\nlevel = \"warn\"\n",
-        )
-        .expect("write config");
-        Nr {
-            dir,
-            url: url.to_string(),
-        }
+        Nr(Bin::for_database(url))
     }
 
     fn for_db(db: &TestDb) -> Nr {
         Nr::new(&db.url)
-    }
-
-    /// Runs the binary with `args`.
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_notification-reconciler"))
-            .arg("--config")
-            .arg(self.dir.path().join("config.toml"))
-            .args(args)
-            .env("DATABASE_URL", &self.url)
-            .env_remove("RUST_LOG")
-            .output()
-            .expect("run notification-reconciler")
-    }
-
-    /// Runs `args`, expects exit 0, returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).expect("utf-8 stdout")
     }
 
     /// Runs `args` and parses stdout as one JSON document.
@@ -71,21 +42,6 @@ impl Nr {
         let stdout = self.ok(args);
         serde_json::from_str(&stdout)
             .unwrap_or_else(|e| panic!("{args:?} printed no JSON document ({e}):\n{stdout}"))
-    }
-
-    /// Runs `args`, expects exit `code` and exactly one line on stderr;
-    /// returns that line.
-    fn fails(&self, code: i32, args: &[&str]) -> String {
-        let out = self.run(args);
-        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-        assert_eq!(out.status.code(), Some(code), "{args:?}: stderr: {stderr}");
-        assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
-        assert_eq!(
-            stderr.trim_end().lines().count(),
-            1,
-            "{args:?}: expected one line on stderr, got: {stderr}"
-        );
-        stderr.trim_end().to_string()
     }
 
     /// Creates a channel and returns its id.
@@ -146,10 +102,7 @@ fn parse_id(text: &str) -> Uuid {
 
 /// A URL of a port nothing listens on.
 fn closed_port_url() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    drop(listener);
-    format!("postgres://postgres@127.0.0.1:{port}/postgres")
+    format!("postgres://postgres@127.0.0.1:{}/postgres", free_port())
 }
 
 #[test]
@@ -411,7 +364,7 @@ fn event_emit_list_and_show_round_trip() {
     assert_eq!(ids.len(), 2, "one event per rule: {ids:?}");
 
     // --data @file.json
-    let file = nr.dir.path().join("payload.json");
+    let file = nr.dir().join("payload.json");
     std::fs::write(&file, r#"{"from": "file", "n": [1, 2]}"#).expect("write payload");
     let arg = format!("@{}", file.display());
     let from_file = nr.emit("acme", "invoice.paid", &arg);

@@ -5,45 +5,34 @@
 //! `database.url`. The parsing rules themselves are unit-tested in
 //! `src/config.rs`; these tests prove what an operator sees.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod support;
 
+use std::path::Path;
+use std::process::Output;
+
+use support::bin::{assert_fails, Bin};
 use tempfile::TempDir;
 
 /// Runs `check-config` on a config file holding `text` (no `DATABASE_URL`
 /// unless `database_url` is given).
 fn check_config(text: &str, database_url: Option<&str>) -> Output {
-    let dir = TempDir::new().expect("temp dir");
-    let path = dir.path().join("config.toml");
-    std::fs::write(&path, text).expect("write config");
-    run_check_config(&path, database_url)
+    run_check_config(Bin::with_config(text), database_url)
 }
 
-fn run_check_config(path: &Path, database_url: Option<&str>) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_notification-reconciler"));
-    cmd.arg("--config")
-        .arg(path)
-        .arg("check-config")
-        .env_remove("DATABASE_URL")
-        .env_remove("RUST_LOG");
-    if let Some(url) = database_url {
-        cmd.env("DATABASE_URL", url);
+/// Runs `check-config` with `bin`'s config and `DATABASE_URL` if given.
+fn run_check_config(bin: Bin, database_url: Option<&str>) -> Output {
+    match database_url {
+        Some(url) => bin.env("DATABASE_URL", url),
+        None => bin,
     }
-    cmd.output().expect("run notification-reconciler")
+    .run(&["check-config"])
 }
 
 /// Asserts exit code 2 and one stderr line containing every `needle`.
 fn assert_rejected(out: &Output, needles: &[&str]) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "exit code; stderr: {stderr}");
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    assert_eq!(
-        stderr.trim_end().lines().count(),
-        1,
-        "expected exactly one line on stderr, got: {stderr}"
-    );
+    let line = assert_fails(out, 2, "check-config");
     for needle in needles {
-        assert!(stderr.contains(needle), "{needle:?} missing from: {stderr}");
+        assert!(line.contains(needle), "{needle:?} missing from: {line}");
     }
     assert!(
         out.stdout.is_empty(),
@@ -56,7 +45,7 @@ fn assert_rejected(out: &Output, needles: &[&str]) {
 fn missing_file_names_the_path() {
     let dir = TempDir::new().expect("temp dir");
     let path = dir.path().join("nope.toml");
-    let out = run_check_config(&path, None);
+    let out = run_check_config(Bin::with_config_file(&path), None);
     assert_rejected(&out, &["nope.toml", "cannot read config file"]);
 }
 
@@ -247,6 +236,6 @@ fn a_password_given_as_a_url_parameter_is_redacted_too() {
 #[test]
 fn the_repository_example_config_passes_check_config() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
-    let t = effective(&run_check_config(&path, None));
+    let t = effective(&run_check_config(Bin::with_config_file(&path), None));
     assert_eq!(get(&t, "database", "schema").as_str(), Some("notification"));
 }

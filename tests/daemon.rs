@@ -7,211 +7,27 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use notification_reconciler::lock::derive_key;
+use support::daemon::{tail, wait_until, Daemon};
+use support::fixtures::{count_state, lock_is_free, seed, LOCK_KEY};
+use support::net::{free_addr, http_get};
 use support::{fresh_db, migrated_db, Cluster, Receiver, Script};
 
-const BIN: &str = env!("CARGO_BIN_EXE_notification-reconciler");
-const LOCK_KEY: &str = "notification.event_handler.reconcile_lock";
-/// The Standard Webhooks documentation's example secret.
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const LONG: Duration = Duration::from_secs(90);
 
-/// A `run` child process with its stderr collected line by line; killed
-/// (SIGKILL) on drop if still running.
-struct Daemon {
-    child: Child,
-    lines: Arc<(Mutex<Vec<String>>, Condvar)>,
-    _dir: tempfile::TempDir,
-}
-
-impl Daemon {
-    /// Starts `run` with a config file holding `url` and `extra` TOML
-    /// (which must not repeat `[database]`), plus environment `env`.
-    fn start(url: &str, extra: &str, env: &[(&str, &str)]) -> Daemon {
-        let dir = tempfile::tempdir().expect("temp dir for the config");
-        let config = dir.path().join("config.toml");
-        std::fs::write(
-            &config,
-            format!("[database]\nurl = \"{url}\"\nconnect_timeout = \"2s\"\n{extra}"),
-        )
-        .expect("write the config");
-        let mut cmd = Command::new(BIN);
-        cmd.arg("--config")
-            .arg(&config)
-            .arg("run")
-            .env("DATABASE_URL", url)
-            .env("RUST_LOG", "info")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("WATCHDOG_PID")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn the daemon");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let lines = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
-        let sink = Arc::clone(&lines);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                eprintln!("[daemon] {line}");
-                sink.0.lock().unwrap().push(line);
-                sink.1.notify_all();
-            }
-        });
-        Daemon {
-            child,
-            lines,
-            _dir: dir,
-        }
-    }
-
-    /// Everything the daemon wrote to stderr so far.
-    fn stderr(&self) -> String {
-        self.lines.0.lock().unwrap().join("\n")
-    }
-
-    /// Waits until a stderr line contains `text`; true if one did.
-    fn wait_line(&self, text: &str, timeout: Duration) -> bool {
-        let guard = self.lines.0.lock().unwrap();
-        let (guard, _) = self
-            .lines
-            .1
-            .wait_timeout_while(guard, timeout, |l| !l.iter().any(|l| l.contains(text)))
-            .unwrap();
-        guard.iter().any(|l| l.contains(text))
-    }
-
-    /// Sends SIGTERM by PID.
-    fn term(&self) {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill")
-            .success();
-        assert!(ok, "kill -TERM {} failed", self.child.id());
-    }
-
-    /// Whether the process is still running.
-    fn running(&mut self) -> bool {
-        self.child.try_wait().expect("try_wait").is_none()
-    }
-
-    /// Waits for the process to exit; panics after `timeout`.
-    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the daemon did not exit within {timeout:?}; stderr:\n{}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.running() {
-            let _ = Command::new("kill")
-                .args(["-KILL", &self.child.id().to_string()])
-                .status();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// Polls `cond` until it holds; panics with `what` after `timeout`.
-fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Creates a channel to `url`, a rule for `demo.event`, and `n` events in
-/// the migrated database of `client`; returns the event ids.
-fn seed(client: &mut postgres::Client, url: &str, n: i32) -> Vec<uuid::Uuid> {
-    let channel: uuid::Uuid = client
-        .query_one(
-            "INSERT INTO notification.channel (namespace, name, url, signing_secret)
-             VALUES ('test', 'hook', $1, $2) RETURNING id",
-            &[&url, &SECRET],
-        )
-        .expect("insert a channel")
-        .get(0);
-    let rule: uuid::Uuid = client
-        .query_one(
-            "INSERT INTO notification.rule (namespace, name, event_type)
-             VALUES ('test', 'all', 'demo.event') RETURNING id",
-            &[],
-        )
-        .expect("insert a rule")
-        .get(0);
-    client
-        .execute(
-            "INSERT INTO notification.rule_channel (rule_id, channel_id) VALUES ($1, $2)",
-            &[&rule, &channel],
-        )
-        .expect("assign the channel");
-    client
-        .query(
-            "SELECT notification.enqueue_event('test', 'demo.event', jsonb_build_object('n', i))
-             FROM generate_series(1, $1) AS i",
-            &[&n],
-        )
-        .expect("enqueue events")
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
-
-/// Statuses in `state`.
-fn count_state(client: &mut postgres::Client, state: &str) -> i64 {
-    client
-        .query_one(
-            "SELECT count(*) FROM notification.delivery_status WHERE state = $1",
-            &[&state],
-        )
-        .expect("count statuses")
-        .get(0)
-}
-
-/// A loopback port that was free a moment ago.
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-}
-
-/// GET `path` from `addr`: status code and body (`None` if unreachable).
-fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).ok()?;
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-    Some((status, body))
+/// Starts `run` with a config file holding `url` and `extra` TOML (which
+/// must not repeat `[database]`), `DATABASE_URL` set to `url` and logging at
+/// info, plus environment `env`.
+fn start(url: &str, extra: &str, env: &[(&str, &str)]) -> Daemon {
+    let config = format!("[database]\nurl = \"{url}\"\nconnect_timeout = \"2s\"\n{extra}");
+    let mut all = vec![("DATABASE_URL", url), ("RUST_LOG", "info")];
+    all.extend_from_slice(env);
+    Daemon::run("daemon", &config, &all)
 }
 
 /// A minimal Prometheus/OpenMetrics text parser: every sample line as
@@ -281,7 +97,7 @@ fn sigterm_during_slow_deliveries_exits_0_records_in_flight_and_frees_the_lock()
     let receiver = Receiver::start(Script::status(200).with_latency(Duration::from_secs(2)));
     let total = 12;
     seed(&mut db.client(), &receiver.url(), total);
-    let mut daemon = Daemon::start(
+    let mut daemon = start(
         &db.url,
         "[reconciler]\ninterval = \"1s\"\nworkers = 4\n[delivery]\ntimeout = \"20s\"\n",
         &[],
@@ -291,9 +107,7 @@ fn sigterm_during_slow_deliveries_exits_0_records_in_flight_and_frees_the_lock()
         "4 deliveries never arrived; stderr:\n{}",
         daemon.stderr()
     );
-    daemon.term();
-    let status = daemon.wait_exit(LONG);
-    assert_eq!(status.code(), Some(0), "stderr:\n{}", daemon.stderr());
+    daemon.stop(LONG);
 
     let sent = receiver.ids();
     assert!(
@@ -316,19 +130,18 @@ fn sigterm_during_slow_deliveries_exits_0_records_in_flight_and_frees_the_lock()
             "in-flight delivery of {id} was not recorded: {state}, {attempts} attempts"
         );
     }
-    let free: bool = client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&derive_key(LOCK_KEY)])
-        .expect("try the lock")
-        .get(0);
-    assert!(free, "the leader lock is still held after exit");
+    assert!(
+        lock_is_free(&db.url, derive_key(LOCK_KEY)),
+        "the leader lock is still held after exit"
+    );
     assert!(daemon.stderr().contains("shutting down"));
 }
 
 #[test]
 fn run_refuses_an_unmigrated_schema_naming_migrate() {
     let db = fresh_db();
-    let mut daemon = Daemon::start(&db.url, "", &[]);
-    let status = daemon.wait_exit(LONG);
+    let mut daemon = start(&db.url, "", &[]);
+    let status = daemon.wait(LONG);
     assert_eq!(status.code(), Some(1), "stderr:\n{}", daemon.stderr());
     let err = daemon.stderr();
     assert!(err.contains("notification-reconciler migrate"), "{err}");
@@ -339,7 +152,7 @@ fn run_started_while_the_database_is_down_keeps_running_and_delivers_once_it_is_
     let cluster = Cluster::prepare_without_start();
     let receiver = Receiver::start(Script::status(200));
     let metrics = free_addr();
-    let mut daemon = Daemon::start(
+    let mut daemon = start(
         &cluster.url_for("nr"),
         &format!("[reconciler]\ninterval = \"500ms\"\n[metrics]\nlisten = \"{metrics}\"\n"),
         &[],
@@ -373,16 +186,21 @@ fn run_started_while_the_database_is_down_keeps_running_and_delivers_once_it_is_
 
     let mut client =
         postgres::Client::connect(&cluster.url_for("nr"), postgres::NoTls).expect("connect nr");
-    wait_until("20 deliveries to succeed", LONG, || {
-        count_state(&mut client, "SUCCESS") == 20
-    });
+    wait_until(
+        "20 deliveries to succeed",
+        LONG,
+        || count_state(&mut client, "SUCCESS") == 20,
+        || tail(&daemon.stderr(), 40),
+    );
     assert!(daemon.running(), "the daemon exited: {}", daemon.stderr());
     assert!(daemon.stderr().contains("started:"));
-    wait_until("/healthz 200", LONG, || {
-        http_get(metrics, "/healthz").is_some_and(|(c, _)| c == 200)
-    });
-    daemon.term();
-    assert_eq!(daemon.wait_exit(LONG).code(), Some(0));
+    wait_until(
+        "/healthz 200",
+        LONG,
+        || http_get(metrics, "/healthz").is_some_and(|(c, _)| c == 200),
+        || tail(&daemon.stderr(), 40),
+    );
+    daemon.stop(LONG);
 }
 
 #[test]
@@ -395,7 +213,7 @@ fn metrics_match_the_pass_reports_and_healthz_turns_503_when_the_database_stops(
     let total = 30;
     seed(&mut client, &receiver.url(), total);
     let metrics = free_addr();
-    let mut daemon = Daemon::start(
+    let mut daemon = start(
         &cluster.url(),
         &format!(
             "[reconciler]\ninterval = \"300ms\"\nworkers = 3\n\
@@ -406,22 +224,32 @@ fn metrics_match_the_pass_reports_and_healthz_turns_503_when_the_database_stops(
     );
     let delivered = "notification_reconciler_deliveries_total{outcome=\"delivered\"}";
     let mut samples = Vec::new();
-    wait_until("the metrics to count every delivery", LONG, || {
-        samples = http_get(metrics, "/metrics")
-            .map(|(_, body)| parse_metrics(&body))
-            .unwrap_or_default();
-        samples
-            .iter()
-            .any(|(s, v)| s == delivered && *v == total as f64)
-    });
+    wait_until(
+        "the metrics to count every delivery",
+        LONG,
+        || {
+            samples = http_get(metrics, "/metrics")
+                .map(|(_, body)| parse_metrics(&body))
+                .unwrap_or_default();
+            samples
+                .iter()
+                .any(|(s, v)| s == delivered && *v == total as f64)
+        },
+        || tail(&daemon.stderr(), 40),
+    );
     assert_eq!(count_state(&mut client, "SUCCESS"), total as i64);
     // Each pass logs its summary before adding it to the metrics; wait for
-    // the reader thread to have collected those lines.
+    // those lines to be in the captured stderr.
     let mut log = String::new();
-    wait_until("the pass summaries of every delivery", LONG, || {
-        log = daemon.stderr();
-        summed_from_log(&log, "delivered") >= total as u64
-    });
+    wait_until(
+        "the pass summaries of every delivery",
+        LONG,
+        || {
+            log = daemon.stderr();
+            summed_from_log(&log, "delivered") >= total as u64
+        },
+        || tail(&daemon.stderr(), 40),
+    );
     let outcome = |o: &str| {
         sample(
             &samples,
@@ -459,15 +287,19 @@ fn metrics_match_the_pass_reports_and_healthz_turns_503_when_the_database_stops(
     drop(client);
     cluster.stop();
     let mut last = (0, String::new());
-    wait_until("/healthz 503 after the database stopped", LONG, || {
-        last = http_get(metrics, "/healthz").unwrap_or_default();
-        last.0 == 503
-    });
+    wait_until(
+        "/healthz 503 after the database stopped",
+        LONG,
+        || {
+            last = http_get(metrics, "/healthz").unwrap_or_default();
+            last.0 == 503
+        },
+        || tail(&daemon.stderr(), 40),
+    );
     assert!(last.1.contains("database"), "{}", last.1);
     assert!(daemon.running(), "the daemon exited: {}", daemon.stderr());
     assert!(daemon.wait_line("pass skipped", LONG));
-    daemon.term();
-    assert_eq!(daemon.wait_exit(LONG).code(), Some(0));
+    daemon.stop(LONG);
 }
 
 #[test]
@@ -480,7 +312,7 @@ fn sd_notify_sends_ready_watchdog_status_and_stopping() {
         .set_read_timeout(Some(Duration::from_millis(200)))
         .expect("read timeout");
     // A long interval: watchdog pings must come from the wait between passes.
-    let mut daemon = Daemon::start(
+    let mut daemon = start(
         &db.url,
         "[reconciler]\ninterval = \"1h\"\n",
         &[
@@ -520,7 +352,7 @@ fn sd_notify_sends_ready_watchdog_status_and_stopping() {
     receive_until("STOPPING=1", &mut got, &|g| {
         g.iter().any(|l| l == "STOPPING=1")
     });
-    assert_eq!(daemon.wait_exit(LONG).code(), Some(0));
+    assert_eq!(daemon.wait(LONG).code(), Some(0));
 }
 
 #[test]

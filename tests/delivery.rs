@@ -10,8 +10,6 @@
 
 mod support;
 
-use std::net::TcpListener;
-use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
@@ -23,6 +21,8 @@ use notification_reconciler::reconcile::pass::NoHooks;
 use notification_reconciler::reconcile::{PassOutcome, Reconciler, Report};
 use notification_reconciler::state::State;
 use postgres::{Client, NoTls};
+use support::bin::Bin;
+use support::net::free_port;
 use support::{migrated_db, Receiver, Reply, Script, TestDb};
 use uuid::Uuid;
 
@@ -176,10 +176,7 @@ fn pass_with(config: &Config) -> Report {
 
 /// A URL on 127.0.0.1 where nothing listens.
 fn closed_port_url() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    let port = listener.local_addr().expect("local addr").port();
-    drop(listener);
-    format!("http://127.0.0.1:{port}/hook")
+    format!("http://127.0.0.1:{}/hook", free_port())
 }
 
 /// `next_attempt_at - attempt start` of the newest attempt of `s`.
@@ -722,22 +719,11 @@ fn debug_logs_of_a_full_delivery_hold_neither_the_signing_secret_nor_the_databas
     f.rule(&channels);
     let event = f.enqueue(PAYLOAD);
 
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        "[delivery]\ntimeout = \"5s\"\nretry_schedule = [\"1m\"]\n",
-    )
-    .unwrap();
     let run = |args: &[&str], database_url: &str| {
-        let out = Command::new(env!("CARGO_BIN_EXE_notification-reconciler"))
-            .arg("--config")
-            .arg(&config)
-            .args(args)
+        let out = Bin::with_config("[delivery]\ntimeout = \"5s\"\nretry_schedule = [\"1m\"]\n")
             .env("DATABASE_URL", database_url)
             .env("RUST_LOG", "debug")
-            .output()
-            .expect("run the binary");
+            .run(args);
         let text = format!(
             "{}\n{}",
             String::from_utf8_lossy(&out.stdout),

@@ -16,8 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use support::daemon::{config_toml, tail, wait_until, Daemon, BIN};
-use support::fixtures::{channel_and_rule, enqueue, NAMESPACE, SECRET};
+use support::bin::{one_line_failure, Bin};
+use support::daemon::{config_toml, tail, wait_until, Daemon};
+use support::fixtures::{channel_and_rule, enqueue, seed, unfinished, NAMESPACE, SECRET};
 use support::{migrated_db, Receiver, Script};
 
 fn ms(n: u64) -> Duration {
@@ -101,18 +102,6 @@ fn stored(client: &mut postgres::Client, channel: uuid::Uuid) -> Vec<Stored> {
             }
         })
         .collect()
-}
-
-/// Statuses not yet finished.
-fn unfinished(client: &mut postgres::Client) -> i64 {
-    client
-        .query_one(
-            "SELECT count(*) FROM notification.delivery_status
-             WHERE state IN ('PENDING', 'SENDING', 'RESENDING')",
-            &[],
-        )
-        .expect("count unfinished")
-        .get(0)
 }
 
 /// What a hostile server does with a connection once it has read the
@@ -359,8 +348,7 @@ fn hostile_receivers_end_in_recorded_attempts_within_the_timeout() {
     );
     let hwm = daemon.vm_hwm();
     let stderr = daemon.stderr();
-    let status = daemon.terminate(Duration::from_secs(30));
-    assert!(status.success(), "exit {status}\n{}", tail(&stderr, 30));
+    daemon.stop(Duration::from_secs(30));
 
     println!("hostile receivers: daemon VmHWM {} MB", hwm / (1024 * 1024));
     assert!(
@@ -440,8 +428,7 @@ fn random_half_failures_end_with_everything_delivered() {
     let db = migrated_db();
     let mut client = db.client();
     let receiver = Receiver::start(Script::fail_fraction(0.5));
-    channel_and_rule(&mut client, &receiver.url());
-    let events = enqueue(&mut client, 100);
+    let events = seed(&mut client, &receiver.url(), 100);
     let schedule = vec!["\"10ms\""; 25].join(", ");
     let delivery =
         format!("timeout = \"2s\"\nconnect_timeout = \"1s\"\nretry_schedule = [{schedule}]\n");
@@ -456,8 +443,7 @@ fn random_half_failures_end_with_everything_delivered() {
         || unfinished(&mut client) == 0,
         || tail(&daemon.stderr(), 20),
     );
-    let status = daemon.terminate(Duration::from_secs(30));
-    assert!(status.success(), "exit {status}");
+    daemon.stop(Duration::from_secs(30));
     let row = client
         .query_one(
             "SELECT count(*) FILTER (WHERE state = 'SUCCESS'), sum(attempt_count)::bigint,
@@ -535,8 +521,7 @@ fn bad_rows_fail_their_delivery_with_a_reason_and_the_pass_goes_on() {
         r#"{"X Evil": "a"}"#,
     );
     emit(&mut client, "bad.header2", "'{}'::jsonb", 1);
-    channel_and_rule(&mut client, &url);
-    let healthy = enqueue(&mut client, 20);
+    let healthy = seed(&mut client, &url, 20);
 
     // What the schema refuses outright.
     for (what, sql) in [
@@ -933,27 +918,20 @@ fn bad_configuration_and_arguments_exit_2_with_one_clear_line() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut failures = Vec::new();
     for (i, case) in cases.iter().enumerate() {
-        let mut cmd = std::process::Command::new(BIN);
-        cmd.env_remove("DATABASE_URL").env_remove("RUST_LOG");
-        if let Some(config) = &case.config {
-            let path = dir.path().join(format!("{i}.toml"));
-            std::fs::write(&path, config).expect("write config");
-            cmd.arg("--config").arg(path);
+        let bin = if let Some(config) = &case.config {
+            Bin::with_config(config)
         } else if !case.args.iter().any(|a| a == "--config") {
             // Argument errors must not depend on a config file.
-            cmd.arg("--config").arg(dir.path().join("absent.toml"));
-        }
-        let out = cmd.args(&case.args).output().expect("run the binary");
+            Bin::with_config_file(&dir.path().join("absent.toml"))
+        } else {
+            Bin::without_config()
+        };
+        let out = bin.run(&case.args);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         // "Clear" also means no cause repeated (`a: b: b`).
         let parts: Vec<&str> = stderr.trim().split(": ").collect();
         let repeats = parts.windows(2).any(|w| w[0] == w[1]);
-        let ok = out.status.code() == Some(2)
-            && lines.len() == 1
-            && lines[0].contains(case.names)
-            && !repeats
-            && !stderr.contains("panicked");
+        let ok = one_line_failure(&out, 2).is_ok_and(|line| line.contains(case.names)) && !repeats;
         println!(
             "bad input {:>2} {:<32} exit {:?}: {}",
             i + 1,
@@ -1005,8 +983,7 @@ fn secrets_never_reach_the_output_even_at_debug_level() {
     // Every event fails once, then succeeds; one channel has an invalid
     // secret that must not be echoed in its failure.
     let receiver = Receiver::start(Script::sequence_per_id(vec![500, 200]));
-    channel_and_rule(&mut client, &receiver.url());
-    enqueue(&mut client, 20);
+    seed(&mut client, &receiver.url(), 20);
     channel_for(&mut client, "leaky", &receiver.url(), LEAKY_SECRET, "{}");
     emit(&mut client, "leaky", "'{}'::jsonb", 3);
 
@@ -1020,12 +997,7 @@ fn secrets_never_reach_the_output_even_at_debug_level() {
         || unfinished(&mut client) == 0,
         || tail(&daemon.stderr(), 20),
     );
-    let status = daemon.terminate(Duration::from_secs(30));
-    assert!(
-        status.success(),
-        "exit {status}\n{}",
-        tail(&daemon.stderr(), 20)
-    );
+    daemon.stop(Duration::from_secs(30));
     let mut check = Daemon::spawn("check-config", &config, &["check-config"], &env);
     let check_status = check.wait(Duration::from_secs(30));
     assert!(check_status.success(), "check-config: {}", check.stderr());

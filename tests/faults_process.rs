@@ -16,26 +16,11 @@ use std::time::{Duration, Instant};
 use notification_reconciler::lock::{derive_key, holder};
 use rand::Rng;
 use support::daemon::{config_toml, tail, wait_until, Daemon};
-use support::fixtures::{channel_and_rule, enqueue, lock_is_free, states};
+use support::fixtures::{enqueue, lock_is_free, seed, states, unfinished, LOCK_KEY};
 use support::{migrated_db, Cluster, Receiver, Script};
-
-/// The lock key of the default config.
-const LOCK_KEY: &str = "notification.event_handler.reconcile_lock";
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
-}
-
-/// Statuses not yet finished (PENDING, SENDING, RESENDING).
-fn unfinished(client: &mut postgres::Client) -> i64 {
-    client
-        .query_one(
-            "SELECT count(*) FROM notification.delivery_status
-             WHERE state IN ('PENDING', 'SENDING', 'RESENDING')",
-            &[],
-        )
-        .expect("count unfinished")
-        .get(0)
 }
 
 /// How often the receiver saw each `webhook-id`.
@@ -85,8 +70,7 @@ fn crash_kill9_ten_times_loses_nothing_and_duplicates_at_most_workers_per_kill()
     let db = migrated_db();
     let receiver = Receiver::start(Script::status(200).with_latency(ms(20)));
     let mut client = db.client();
-    channel_and_rule(&mut client, &receiver.url());
-    let events = enqueue(&mut client, 2000);
+    let events = seed(&mut client, &receiver.url(), 2000);
     let config = config_toml(&db.url, WORKERS, "200ms", "", "");
     let mut rng = rand::rng();
 
@@ -125,12 +109,7 @@ fn crash_kill9_ten_times_loses_nothing_and_duplicates_at_most_workers_per_kill()
         || unfinished(&mut client) == 0,
         || tail(&last.stderr(), 20),
     );
-    let status = last.terminate(Duration::from_secs(30));
-    assert!(
-        status.success(),
-        "final run exit: {status}\n{}",
-        last.stderr()
-    );
+    last.stop(Duration::from_secs(30));
 
     let duplicates = assert_all_delivered(&mut client, &receiver, &events);
     println!(
@@ -161,8 +140,7 @@ fn database_restart_mid_pass_recovers_within_an_interval_and_loses_nothing() {
 
     let receiver = Receiver::start(Script::status(200).with_latency(ms(20)));
     let mut client = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
-    channel_and_rule(&mut client, &receiver.url());
-    let events = enqueue(&mut client, 800);
+    let events = seed(&mut client, &receiver.url(), 800);
     drop(client);
 
     let mut daemon = Daemon::run("daemon", &config, &[]);
@@ -197,8 +175,7 @@ fn database_restart_mid_pass_recovers_within_an_interval_and_loses_nothing() {
     let recovery = first_after - back;
     let stderr = daemon.stderr();
     assert!(daemon.running(), "the daemon exited:\n{stderr}");
-    let status = daemon.terminate(Duration::from_secs(30));
-    assert!(status.success(), "daemon exit: {status}\n{stderr}");
+    daemon.stop(Duration::from_secs(30));
 
     let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("ERROR")).collect();
     assert!(
@@ -236,8 +213,7 @@ fn lock_loss_mid_pass_hands_over_to_the_other_daemon() {
     let db = migrated_db();
     let receiver = Receiver::start(Script::status(200).with_latency(ms(20)));
     let mut client = db.client();
-    channel_and_rule(&mut client, &receiver.url());
-    let events = enqueue(&mut client, 1000);
+    let events = seed(&mut client, &receiver.url(), 1000);
 
     // A leads first and, once it has lost the lock, does not try again for
     // a long while; B polls every 200 ms.
@@ -298,8 +274,7 @@ fn lock_loss_mid_pass_hands_over_to_the_other_daemon() {
     );
     let (a_err, b_err) = (a.stderr(), b.stderr());
     for d in [&mut a, &mut b] {
-        let status = d.terminate(Duration::from_secs(30));
-        assert!(status.success(), "{} exit: {status}", d.name);
+        d.stop(Duration::from_secs(30));
     }
     assert!(
         a_err.contains("lost the lock connection"),
@@ -342,8 +317,7 @@ fn two_daemons_with_events_arriving_deliver_each_exactly_once() {
     let db = migrated_db();
     let receiver = Receiver::start(Script::status(200).with_latency(ms(2)));
     let mut client = db.client();
-    channel_and_rule(&mut client, &receiver.url());
-    let mut events = enqueue(&mut client, 3000);
+    let mut events = seed(&mut client, &receiver.url(), 3000);
     let config = config_toml(&db.url, WORKERS, "200ms", "", "");
     let mut daemons = [
         Daemon::run("A", &config, &[]),
@@ -377,13 +351,7 @@ fn two_daemons_with_events_arriving_deliver_each_exactly_once() {
         })
         .collect();
     for d in &mut daemons {
-        let status = d.terminate(Duration::from_secs(30));
-        assert!(
-            status.success(),
-            "{} exit: {status}\n{}",
-            d.name,
-            d.stderr()
-        );
+        d.stop(Duration::from_secs(30));
     }
     let duplicates = assert_all_delivered(&mut client, &receiver, &events);
     let unique: HashSet<String> = receiver.ids().into_iter().collect();

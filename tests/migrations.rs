@@ -6,58 +6,12 @@
 
 mod support;
 
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use notification_reconciler::db::migrate::{latest_version, MIGRATIONS};
+use support::bin::{assert_fails, assert_ok, Bin};
 use support::{fresh_db, migrated_db, TestDb};
-use tempfile::TempDir;
-
-/// A config file in a temp dir (pointing nowhere; `DATABASE_URL` wins).
-fn config_dir() -> TempDir {
-    let dir = TempDir::new().expect("temp dir");
-    std::fs::write(
-        dir.path().join("config.toml"),
-        "[database]\nurl = \"postgres://nobody@127.0.0.1:1/nowhere\"\n[log]\nlevel = \"warn\"\n",
-    )
-    .expect("write config");
-    dir
-}
-
-fn command(dir: &TempDir, db: &TestDb, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_notification-reconciler"));
-    cmd.arg("--config")
-        .arg(dir.path().join("config.toml"))
-        .args(args)
-        .env("DATABASE_URL", &db.url)
-        .env_remove("RUST_LOG");
-    cmd
-}
-
-fn run(dir: &TempDir, db: &TestDb, args: &[&str]) -> Output {
-    command(dir, db, args)
-        .output()
-        .expect("run notification-reconciler")
-}
-
-fn assert_ok(out: &Output, what: &str) -> String {
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{what}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-/// Expects exit 1 with one line on stderr; returns it.
-fn assert_fails(out: &Output, what: &str) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
-    assert_eq!(stderr.trim_end().lines().count(), 1, "{what}: {stderr}");
-    assert!(!stderr.contains("panicked"), "{what}: {stderr}");
-    stderr
-}
 
 /// The recorded migrations: (version, applied_at as text).
 fn recorded(db: &TestDb) -> Vec<(i32, String)> {
@@ -79,8 +33,8 @@ fn all_versions() -> Vec<i32> {
 #[test]
 fn fresh_apply_creates_the_schema_and_records_each_migration() {
     let db = fresh_db();
-    let dir = config_dir();
-    let out = assert_ok(&run(&dir, &db, &["migrate"]), "migrate");
+    let bin = Bin::for_database(&db.url);
+    let out = assert_ok(&bin.run(&["migrate"]), "migrate");
     assert!(out.contains("applied migration"), "{out}");
     let versions: Vec<i32> = recorded(&db).into_iter().map(|(v, _)| v).collect();
     assert_eq!(versions, all_versions());
@@ -114,10 +68,10 @@ fn fresh_apply_creates_the_schema_and_records_each_migration() {
 #[test]
 fn reapply_is_a_no_op() {
     let db = fresh_db();
-    let dir = config_dir();
-    assert_ok(&run(&dir, &db, &["migrate"]), "first migrate");
+    let bin = Bin::for_database(&db.url);
+    assert_ok(&bin.run(&["migrate"]), "first migrate");
     let before = recorded(&db);
-    let out = assert_ok(&run(&dir, &db, &["migrate"]), "second migrate");
+    let out = assert_ok(&bin.run(&["migrate"]), "second migrate");
     assert!(out.contains("up to date"), "{out}");
     assert!(
         out.contains(&format!("version {}", latest_version())),
@@ -138,8 +92,9 @@ fn wait_both(a: Child, b: Child) -> (Output, Output) {
     )
 }
 
-fn spawn_migrate(dir: &TempDir, db: &TestDb) -> Child {
-    command(dir, db, &["migrate"])
+/// Starts `migrate` with stdout and stderr piped.
+fn spawn_migrate(bin: &Bin) -> Child {
+    bin.command(&["migrate"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -150,8 +105,8 @@ fn spawn_migrate(dir: &TempDir, db: &TestDb) -> Child {
 fn two_migrate_processes_started_together_both_succeed_and_apply_once() {
     for round in 0..3 {
         let db = fresh_db();
-        let dir = config_dir();
-        let (a, b) = wait_both(spawn_migrate(&dir, &db), spawn_migrate(&dir, &db));
+        let bin = Bin::for_database(&db.url);
+        let (a, b) = wait_both(spawn_migrate(&bin), spawn_migrate(&bin));
         assert_ok(&a, &format!("round {round}: migrate a"));
         assert_ok(&b, &format!("round {round}: migrate b"));
         let versions: Vec<i32> = recorded(&db).into_iter().map(|(v, _)| v).collect();
@@ -164,13 +119,13 @@ fn two_migrate_processes_released_at_the_same_moment_apply_once() {
     // Hold the migration lock so that both processes are connected and
     // queued on it, then release it: they contend at the same instant.
     let db = fresh_db();
-    let dir = config_dir();
+    let bin = Bin::for_database(&db.url);
     let key =
         notification_reconciler::lock::derive_key("notification-reconciler.migrate.notification");
     let mut gate = db.client();
     gate.execute("SELECT pg_advisory_lock($1)", &[&key])
         .expect("hold the migration lock");
-    let (a, b) = (spawn_migrate(&dir, &db), spawn_migrate(&dir, &db));
+    let (a, b) = (spawn_migrate(&bin), spawn_migrate(&bin));
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let waiting: i64 = gate
@@ -206,7 +161,7 @@ fn two_migrate_processes_released_at_the_same_moment_apply_once() {
 #[test]
 fn a_newer_schema_is_refused_by_every_command_and_by_migrate() {
     let db = migrated_db();
-    let dir = config_dir();
+    let bin = Bin::for_database(&db.url);
     db.client()
         .execute(
             "INSERT INTO notification.schema_migrations (version, name) VALUES (999, '0999_future')",
@@ -232,7 +187,7 @@ fn a_newer_schema_is_refused_by_every_command_and_by_migrate() {
         vec!["resend", &id],
         vec!["migrate"],
     ] {
-        let line = assert_fails(&run(&dir, &db, &args), &format!("{args:?}"));
+        let line = assert_fails(&bin.run(&args), 1, &format!("{args:?}"));
         assert!(line.contains("999"), "{args:?}: {line}");
         assert!(line.contains("newer"), "{args:?}: {line}");
         assert!(
@@ -249,7 +204,7 @@ fn a_newer_schema_is_refused_by_every_command_and_by_migrate() {
 #[test]
 fn an_unmigrated_database_names_the_migrate_command() {
     let db = fresh_db();
-    let dir = config_dir();
+    let bin = Bin::for_database(&db.url);
     let id = uuid::Uuid::new_v4().to_string();
     for args in [
         vec!["status"],
@@ -279,7 +234,7 @@ fn an_unmigrated_database_names_the_migrate_command() {
         vec!["event", "show", &id],
         vec!["resend", &id],
     ] {
-        let line = assert_fails(&run(&dir, &db, &args), &format!("{args:?}"));
+        let line = assert_fails(&bin.run(&args), 1, &format!("{args:?}"));
         assert!(
             line.contains("notification-reconciler migrate"),
             "{args:?}: {line}"

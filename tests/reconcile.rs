@@ -6,7 +6,6 @@
 mod support;
 
 use std::collections::{BTreeMap, HashSet};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Barrier, Mutex};
 use std::time::Duration;
@@ -15,10 +14,10 @@ use notification_reconciler::db::due::DueEvent;
 use notification_reconciler::lock::derive_key;
 use notification_reconciler::reconcile::pass::{Hooks, NoHooks, PassOutcome, Reconciler};
 use notification_reconciler::reconcile::Report;
-use support::fixtures::{self, channel_and_rule, enqueue, lock_is_free, state_of, states};
+use support::bin::{assert_fails, Bin};
+use support::fixtures::{self, enqueue, lock_is_free, seed, state_of, states};
+use support::net::free_port;
 use support::{migrated_db, Receiver, Script};
-
-const BIN: &str = env!("CARGO_BIN_EXE_notification-reconciler");
 
 fn ran(outcome: PassOutcome) -> Report {
     match outcome {
@@ -74,8 +73,7 @@ fn concurrency_is_real_and_bounded_by_workers() {
         support::Reply::status(200).after(Duration::from_millis(200))
     }));
     let mut client = db.client();
-    channel_and_rule(&mut client, &receiver.url());
-    let events = enqueue(&mut client, 40);
+    let events = seed(&mut client, &receiver.url(), 40);
     let mut r = Reconciler::new(&fixtures::config(&db.url, 8)).unwrap();
     let report = pass(&mut r, &NoHooks);
     assert_eq!(
@@ -96,8 +94,7 @@ fn workers_are_joined_before_the_lock_is_released() {
     let db = migrated_db();
     let receiver = Receiver::start(Script::status(200).with_latency(Duration::from_millis(300)));
     let mut client = db.client();
-    channel_and_rule(&mut client, &receiver.url());
-    enqueue(&mut client, 12);
+    seed(&mut client, &receiver.url(), 12);
     let config = fixtures::config(&db.url, 4);
     let key = derive_key(&config.reconciler.lock_key);
     let mut r = Reconciler::new(&config).unwrap();
@@ -141,8 +138,7 @@ fn two_instances_started_together_deliver_each_event_once() {
     let db = migrated_db();
     let receiver = Receiver::start(Script::status(200).with_latency(Duration::from_millis(100)));
     let mut client = db.client();
-    channel_and_rule(&mut client, &receiver.url());
-    let events = enqueue(&mut client, 30);
+    let events = seed(&mut client, &receiver.url(), 30);
     let config = fixtures::config(&db.url, 3);
     let barrier = Barrier::new(2);
     let outcomes: Vec<PassOutcome> = std::thread::scope(|s| {
@@ -175,8 +171,7 @@ fn keyset_paging_delivers_every_event_in_one_pass() {
     let db = migrated_db();
     let receiver = Receiver::start(Script::status(200));
     let mut client = db.client();
-    channel_and_rule(&mut client, &receiver.url());
-    let events = enqueue(&mut client, 500);
+    let events = seed(&mut client, &receiver.url(), 500);
     let mut config = fixtures::config(&db.url, 4);
     config.reconciler.page_size = 7;
     let mut r = Reconciler::new(&config).unwrap();
@@ -206,8 +201,7 @@ fn cutoff_is_computed_once_per_pass() {
     let db = migrated_db();
     let receiver = Receiver::start(Script::status(200));
     let mut client = db.client();
-    channel_and_rule(&mut client, &receiver.url());
-    let due = enqueue(&mut client, 3);
+    let due = seed(&mut client, &receiver.url(), 3);
     let later = enqueue(&mut client, 1)[0];
     // Becomes due 500 ms from now: after the pass has started, before it
     // pages that far (page size 1, the first event is held until then).
@@ -259,8 +253,7 @@ fn a_worker_panic_is_isolated_counted_and_retried_next_pass() {
     let db = migrated_db();
     let receiver = Receiver::start(Script::status(200));
     let mut client = db.client();
-    channel_and_rule(&mut client, &receiver.url());
-    let events = enqueue(&mut client, 20);
+    let events = seed(&mut client, &receiver.url(), 20);
     let victim = events[7];
     let config = fixtures::config(&db.url, 2);
     let key = derive_key(&config.reconciler.lock_key);
@@ -301,8 +294,7 @@ fn losing_the_lock_connection_stops_the_pass_and_the_next_pass_reacquires() {
     let db = migrated_db();
     let receiver = Receiver::start(Script::status(200).with_latency(Duration::from_millis(20)));
     let mut client = db.client();
-    channel_and_rule(&mut client, &receiver.url());
-    let events = enqueue(&mut client, 200);
+    let events = seed(&mut client, &receiver.url(), 200);
     let mut config = fixtures::config(&db.url, 2);
     config.reconciler.page_size = 5;
     let key = derive_key(&config.reconciler.lock_key);
@@ -337,23 +329,17 @@ fn losing_the_lock_connection_stops_the_pass_and_the_next_pass_reacquires() {
     }
 }
 
-fn once(db_url: &str, dir: &std::path::Path, json: bool) -> std::process::Output {
-    let config = dir.join("config.toml");
-    std::fs::write(
-        &config,
-        "[reconciler]\nworkers = 2\n[delivery]\nretry_schedule = [\"1s\"]\n",
-    )
-    .unwrap();
-    let mut cmd = Command::new(BIN);
-    cmd.arg("--config")
-        .arg(&config)
-        .arg("once")
-        .env("DATABASE_URL", db_url)
-        .env_remove("RUST_LOG");
+/// Runs `once` (with `--json` if `json`) against `db_url` with a config of
+/// two workers and a one-second retry step.
+fn once(db_url: &str, json: bool) -> std::process::Output {
+    let bin =
+        Bin::with_config("[reconciler]\nworkers = 2\n[delivery]\nretry_schedule = [\"1s\"]\n")
+            .env("DATABASE_URL", db_url);
     if json {
-        cmd.arg("--json");
+        bin.run(&["once", "--json"])
+    } else {
+        bin.run(&["once"])
     }
-    cmd.output().expect("run once")
 }
 
 #[test]
@@ -361,9 +347,7 @@ fn once_exit_codes_are_0_75_and_1() {
     let db = migrated_db();
     let receiver = Receiver::start(Script::status(200));
     let mut client = db.client();
-    channel_and_rule(&mut client, &receiver.url());
-    let events = enqueue(&mut client, 5);
-    let dir = tempfile::tempdir().unwrap();
+    let events = seed(&mut client, &receiver.url(), 5);
 
     // 75 while another session holds the lock; nothing delivered.
     let key = derive_key("notification.event_handler.reconcile_lock");
@@ -371,7 +355,7 @@ fn once_exit_codes_are_0_75_and_1() {
     holder
         .execute("SELECT pg_advisory_lock($1)", &[&key])
         .unwrap();
-    let out = once(&db.url, dir.path(), false);
+    let out = once(&db.url, false);
     assert_eq!(
         out.status.code(),
         Some(75),
@@ -385,7 +369,7 @@ fn once_exit_codes_are_0_75_and_1() {
         .unwrap();
 
     // 0 with the report as one JSON document.
-    let out = once(&db.url, dir.path(), true);
+    let out = once(&db.url, true);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -398,23 +382,12 @@ fn once_exit_codes_are_0_75_and_1() {
     assert_each_once(&receiver, &events);
 
     // 1 when the database is unreachable.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let out = once(
-        &format!("postgres://postgres@127.0.0.1:{port}/x"),
-        dir.path(),
+        &format!("postgres://postgres@127.0.0.1:{}/x", free_port()),
         false,
     );
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
-    assert!(
-        stderr.contains("cannot connect to the database"),
-        "{stderr}"
-    );
+    let line = assert_fails(&out, 1, "once against an unreachable database");
+    assert!(line.contains("cannot connect to the database"), "{line}");
 }
 
 #[test]

@@ -8,8 +8,7 @@
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{self, Receiver as Lines};
 use std::time::Duration;
@@ -19,6 +18,8 @@ use notification_reconciler::config::Config;
 use notification_reconciler::delivery::sign::Secret;
 use notification_reconciler::reconcile::pass::NoHooks;
 use notification_reconciler::reconcile::{PassOutcome, Reconciler};
+use support::bin::Bin;
+use support::net::free_addr;
 
 /// How long to wait for the sink to start or to print a line.
 const WAIT: Duration = Duration::from_secs(20);
@@ -34,13 +35,9 @@ impl Sink {
     /// Starts `sink --listen 127.0.0.1:PORT` with `args` and waits until it
     /// listens (its start-up line on stderr).
     fn start(args: &[&str]) -> Sink {
-        let port = {
-            let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-            listener.local_addr().expect("local addr").port()
-        };
-        let addr = format!("127.0.0.1:{port}");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_notification-reconciler"))
-            .args(["sink", "--listen", &addr])
+        let addr = free_addr().to_string();
+        let mut child = Bin::without_config()
+            .command(&["sink", "--listen", &addr])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -1,18 +1,19 @@
-//! The real binary as a child process, for the fault tests: `run` (or any
-//! command) with a config file written into a temp dir, stdout and stderr
-//! captured to files there (so a killed child's log can still be read and no
-//! pipe can fill up), stopped by PID with `kill -9` or `kill -TERM` through
-//! the `kill` command (no `unsafe`). Dropping a [`Daemon`] that still runs
-//! kills it and reaps it, so a failing test leaves no process behind.
-//! What the daemon must do is the tests' business.
+//! The real binary as a long-running child process (`run`, or any command
+//! that must be watched or stopped): started through [`Bin`] with a config
+//! file in its temp dir, stdout and stderr captured to files there (so a
+//! killed child's log can still be read and no pipe can fill up), stopped by
+//! PID with `kill -9` or `kill -TERM` through the `kill` command (no
+//! `unsafe`). Dropping a [`Daemon`] that still runs kills it and reaps it,
+//! so a failing test leaves no process behind. What the daemon must do is
+//! the tests' business.
 
 use std::fs;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// The binary under test.
-pub const BIN: &str = env!("CARGO_BIN_EXE_notification-reconciler");
+use super::bin::Bin;
+pub use super::bin::BIN;
 
 /// A config file for the database at `url`: `workers` workers, a pass every
 /// `interval`, short delivery timeouts and a tiny retry schedule, then `extra`
@@ -40,45 +41,36 @@ pub fn config_toml(
 /// A child process of the binary with its own temp dir.
 pub struct Daemon {
     child: Child,
-    dir: tempfile::TempDir,
+    bin: Bin,
     /// A name for messages (e.g. "A", "run #3").
     pub name: String,
 }
 
 impl Daemon {
     /// Starts `notification-reconciler --config <dir>/config.toml run` with
-    /// `config` as the file; `DATABASE_URL` and `RUST_LOG` are removed from
-    /// the environment unless `env` sets them.
+    /// `config` as the file; `DATABASE_URL`, `RUST_LOG` and the systemd
+    /// variables are removed from the environment unless `env` sets them.
     pub fn run(name: &str, config: &str, env: &[(&str, &str)]) -> Daemon {
         Daemon::spawn(name, config, &["run"], env)
     }
 
     /// Starts the binary with `args` after `--config <file>`.
     pub fn spawn(name: &str, config: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
-        let dir = tempfile::Builder::new()
-            .prefix("nr-test-daemon-")
-            .tempdir()
-            .expect("daemon: temp dir");
-        let path = dir.path().join("config.toml");
-        fs::write(&path, config).expect("daemon: write config");
-        let stdout = fs::File::create(dir.path().join("stdout")).expect("daemon: stdout file");
-        let stderr = fs::File::create(dir.path().join("stderr")).expect("daemon: stderr file");
-        let mut cmd = Command::new(BIN);
-        cmd.arg("--config")
-            .arg(&path)
-            .args(args)
-            .env_remove("DATABASE_URL")
-            .env_remove("RUST_LOG")
+        let bin = env
+            .iter()
+            .fold(Bin::with_config(config), |bin, (k, v)| bin.env(k, v));
+        let stdout = fs::File::create(bin.dir().join("stdout")).expect("daemon: stdout file");
+        let stderr = fs::File::create(bin.dir().join("stderr")).expect("daemon: stderr file");
+        let child = bin
+            .command(args)
             .stdin(Stdio::null())
             .stdout(stdout)
-            .stderr(stderr);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("daemon: spawn the binary");
+            .stderr(stderr)
+            .spawn()
+            .expect("daemon: spawn the binary");
         Daemon {
             child,
-            dir,
+            bin,
             name: name.to_owned(),
         }
     }
@@ -90,17 +82,32 @@ impl Daemon {
 
     /// The temp dir (config, stdout, stderr).
     pub fn dir(&self) -> &Path {
-        self.dir.path()
+        self.bin.dir()
     }
 
     /// Everything the child wrote to stderr so far.
     pub fn stderr(&self) -> String {
-        fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default()
+        fs::read_to_string(self.dir().join("stderr")).unwrap_or_default()
     }
 
     /// Everything the child wrote to stdout so far.
     pub fn stdout(&self) -> String {
-        fs::read_to_string(self.dir.path().join("stdout")).unwrap_or_default()
+        fs::read_to_string(self.dir().join("stdout")).unwrap_or_default()
+    }
+
+    /// Waits up to `timeout` until a stderr line contains `text`; true if
+    /// one did.
+    pub fn wait_line(&self, text: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.stderr().lines().any(|l| l.contains(text)) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Whether the child is still running.
@@ -135,6 +142,11 @@ impl Daemon {
         assert!(status.success(), "kill {signal} {} failed", self.pid());
     }
 
+    /// `kill -TERM` without waiting.
+    pub fn term(&self) {
+        self.signal("-TERM");
+    }
+
     /// `kill -9` and reap.
     pub fn kill9(&mut self) -> ExitStatus {
         self.signal("-9");
@@ -144,8 +156,20 @@ impl Daemon {
     /// `kill -TERM` and wait up to `timeout` for the exit; panics (after
     /// killing it) if it does not exit in time.
     pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
-        self.signal("-TERM");
+        self.term();
         self.wait(timeout)
+    }
+
+    /// `kill -TERM`, wait up to `timeout`, and assert a clean exit (code 0),
+    /// with the tail of stderr in the message if it was not.
+    pub fn stop(&mut self, timeout: Duration) {
+        let status = self.terminate(timeout);
+        assert!(
+            status.success(),
+            "daemon {} exit: {status}\n{}",
+            self.name,
+            tail(&self.stderr(), 40)
+        );
     }
 
     /// Waits up to `timeout` for the child to exit by itself; panics (after

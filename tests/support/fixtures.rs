@@ -1,6 +1,7 @@
 //! Fixtures shared by the integration tests and the benchmark: a channel and
 //! a rule pointing at a receiver, events enqueued through the producer
-//! function, a config for a test database, and reading statuses back.
+//! function, a config for a test database, and reading statuses and the
+//! leader lock back.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -14,6 +15,8 @@ pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 pub const NAMESPACE: &str = "acme";
 /// Event type of the fixtures.
 pub const EVENT_TYPE: &str = "invoice.paid";
+/// The leader lock's key in the default config.
+pub const LOCK_KEY: &str = "notification.event_handler.reconcile_lock";
 
 /// A config for the database at `url` with `workers` workers, a tiny retry
 /// schedule and short timeouts, as tests want.
@@ -71,6 +74,13 @@ pub fn enqueue(client: &mut Client, n: i32) -> Vec<uuid::Uuid> {
         .collect()
 }
 
+/// [`channel_and_rule`] to `url`, then [`enqueue`] of `n` events; returns
+/// the event ids.
+pub fn seed(client: &mut Client, url: &str, n: i32) -> Vec<uuid::Uuid> {
+    channel_and_rule(client, url);
+    enqueue(client, n)
+}
+
 /// Number of delivery statuses per state.
 pub fn states(client: &mut Client) -> BTreeMap<String, i64> {
     client
@@ -82,6 +92,30 @@ pub fn states(client: &mut Client) -> BTreeMap<String, i64> {
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect()
+}
+
+/// Number of delivery statuses in `state`.
+pub fn count_state(client: &mut Client, state: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM notification.delivery_status WHERE state = $1",
+            &[&state],
+        )
+        .expect("count statuses")
+        .get(0)
+}
+
+/// Number of delivery statuses not yet finished (PENDING, SENDING,
+/// RESENDING).
+pub fn unfinished(client: &mut Client) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM notification.delivery_status
+             WHERE state IN ('PENDING', 'SENDING', 'RESENDING')",
+            &[],
+        )
+        .expect("count unfinished")
+        .get(0)
 }
 
 /// The state of the (single) delivery of `event`.
