@@ -4,6 +4,7 @@
 //! while a delivery was in flight is left as the operator made it.
 
 use chrono::{DateTime, Utc};
+use postgres::types::Type;
 use postgres::GenericClient;
 use uuid::Uuid;
 
@@ -109,8 +110,9 @@ pub fn write_update(
             problem: format!("cannot encode an attempt: {e}"),
         })?;
     let round_attempts = update.round_attempts as i32;
+    // Typed parameters: one round trip (no separate prepare/describe).
     let n = client
-        .execute(
+        .execute_typed(
             "UPDATE delivery_status SET
                  state = $3, reason = $4, next_attempt_at = $5, round_attempts = $6,
                  attempt_count = attempt_count + CASE WHEN $7::jsonb IS NULL THEN 0 ELSE 1 END,
@@ -122,14 +124,14 @@ pub fn write_update(
                  updated_at = now(), version = version + 1
              WHERE id = $1 AND version = $2",
             &[
-                &id,
-                &version,
-                &update.state.as_str(),
-                &update.reason,
-                &update.next_attempt_at,
-                &round_attempts,
-                &attempt,
-                &MAX_ATTEMPTS_KEPT,
+                (&id, Type::UUID),
+                (&version, Type::INT8),
+                (&update.state.as_str(), Type::TEXT),
+                (&update.reason, Type::TEXT),
+                (&update.next_attempt_at, Type::TIMESTAMPTZ),
+                (&round_attempts, Type::INT4),
+                (&attempt, Type::JSONB),
+                (&MAX_ATTEMPTS_KEPT, Type::INT4),
             ],
         )
         .map_err(DbError::query("recording a delivery outcome"))?;
