@@ -581,14 +581,34 @@ pub fn is_identifier(s: &str) -> bool {
         && s.len() <= 63
 }
 
-/// Replaces the password of a connection URL by `***` (for printing).
+/// Replaces the password of a connection URL by `***` (for printing): the
+/// one after the user name and a `password=` query parameter alike.
 pub fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
+        Ok(mut u) => {
+            let in_query = u.query_pairs().any(|(k, _)| k == "password");
+            if u.password().is_none() && !in_query {
+                return url.to_string();
+            }
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            if in_query {
+                let pairs: Vec<(String, String)> = u
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let v = if k == "password" {
+                            "***".into()
+                        } else {
+                            v.into_owned()
+                        };
+                        (k.into_owned(), v)
+                    })
+                    .collect();
+                u.query_pairs_mut().clear().extend_pairs(pairs);
+            }
             u.to_string()
         }
-        Ok(_) => url.to_string(),
         Err(_) => match (url.find("://"), url.rfind('@')) {
             // Unparseable: hide everything between the scheme and '@'.
             (Some(s), Some(a)) if a > s => format!("{}***{}", &url[..s + 3], &url[a..]),
@@ -794,6 +814,10 @@ mod tests {
             "postgres://app:***@db:5432/x"
         );
         assert_eq!(redact_url("postgres://app@db/x"), "postgres://app@db/x");
+        assert_eq!(
+            redact_url("postgres://app@db/x?password=s3cret&sslmode=disable"),
+            "postgres://app@db/x?password=***&sslmode=disable"
+        );
         let c = load("[database]\nurl = \"postgres://app:hunter2@db/x\"\n").unwrap();
         let shown = c.to_redacted_toml();
         assert!(!shown.contains("hunter2"), "{shown}");

@@ -15,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod delivery;
+pub mod http_server;
 pub mod lock;
 pub mod reconcile;
 pub mod service;

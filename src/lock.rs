@@ -121,10 +121,7 @@ impl LeaderLock {
 
     /// The dedicated connection (the pass pages events on it).
     pub fn client_mut(&mut self) -> Result<&mut postgres::Client, DbError> {
-        self.client.as_mut().ok_or(DbError::BadRow {
-            table: "pg_locks",
-            problem: "the lock connection is not open".into(),
-        })
+        self.client.as_mut().ok_or(DbError::NotConnected("lock"))
     }
 
     /// Drops the connection after a failure: the server releases a session

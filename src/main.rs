@@ -21,17 +21,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
         Err(e) => {
-            // clap's first line is the sentence; the rest is usage help.
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("{first} (see --help)");
+            eprintln!("{} (see --help)", cli::usage_error_line(&e.to_string()));
             return ExitCode::from(2);
         }
     };
     match cli::run(parsed) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", cli::error_line(&err));
             ExitCode::from(cli::exit_code(&err))
         }
     }

@@ -4,9 +4,7 @@
 //! latency so that retries can be watched, and prints one line per delivery:
 //! id, type, verified or not, status returned. Not meant for production.
 
-use std::io::Read;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -14,13 +12,14 @@ use rand::Rng;
 
 use crate::cli::{SinkArgs, UsageError};
 use crate::delivery::sign::{self, Secret};
+use crate::http_server::{Limits, Request, Response, Server};
 
 /// Accepted clock skew of `webhook-timestamp` (as the Standard Webhooks
 /// libraries do).
 pub const TIMESTAMP_TOLERANCE: Duration = Duration::from_secs(5 * 60);
 
 /// Largest request body the sink reads.
-const MAX_BODY: u64 = 10 * 1024 * 1024;
+const MAX_BODY: usize = 10 * 1024 * 1024;
 
 /// What the sink decided for one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,14 +52,19 @@ pub fn run(args: &SinkArgs) -> anyhow::Result<ExitCode> {
         .map(Secret::parse)
         .transpose()
         .map_err(|e| UsageError(format!("--secret: {e}")))?;
-    let server = tiny_http::Server::http(args.listen)
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let server = Arc::new(server);
+    let (status, fail_rate, latency) = (args.status, args.fail_rate, args.latency);
+    let limits = Limits {
+        max_body: MAX_BODY,
+        ..Limits::default()
+    };
+    let server = Server::bind(args.listen, limits, move |request| {
+        serve(request, secret.as_ref(), status, fail_rate, latency)
+    })
+    .with_context(|| format!("cannot listen on {}", args.listen))?;
     eprintln!(
         "sink listening on http://{} (signatures {}, fail rate {}, latency {})",
-        args.listen,
-        if secret.is_some() {
+        server.addr(),
+        if args.secret.is_some() {
             "verified"
         } else {
             "not verified"
@@ -70,80 +74,51 @@ pub fn run(args: &SinkArgs) -> anyhow::Result<ExitCode> {
             .map(|l| humantime::format_duration(l).to_string())
             .unwrap_or_else(|| "0s".into())
     );
-    let threads: Vec<_> = (0..32)
-        .map(|_| {
-            let server = Arc::clone(&server);
-            let secret = secret.clone();
-            let (status, fail_rate, latency) = (args.status, args.fail_rate, args.latency);
-            std::thread::spawn(move || {
-                for request in server.incoming_requests() {
-                    serve(request, secret.as_ref(), status, fail_rate, latency);
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        let _ = t.join();
-    }
+    server.wait();
     Ok(ExitCode::SUCCESS)
 }
 
 fn serve(
-    mut request: tiny_http::Request,
+    request: &Request,
     secret: Option<&Secret>,
     status: u16,
     fail_rate: f64,
     latency: Option<Duration>,
-) {
-    let header = |name: &str| {
-        request
-            .headers()
-            .iter()
-            .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
-            .map(|h| h.value.as_str().to_string())
-            .unwrap_or_default()
-    };
+) -> Response {
+    let header = |name: &str| request.header(name).unwrap_or_default().to_string();
     let (id, timestamp, signature) = (
         header("webhook-id"),
         header("webhook-timestamp"),
         header("webhook-signature"),
     );
-    let mut body = Vec::new();
-    let read = request.as_reader().take(MAX_BODY).read_to_end(&mut body);
     if let Some(l) = latency {
         std::thread::sleep(l);
     }
     let fail = rand::rng().random_bool(fail_rate.clamp(0.0, 1.0));
-    let verdict = match read {
-        Err(e) => Verdict {
-            status: 400,
-            verification: format!("unreadable body: {e}"),
-        },
-        Ok(_) => decide(
-            secret,
-            &id,
-            &timestamp,
-            &signature,
-            &body,
-            chrono::Utc::now().timestamp(),
-            status,
-            fail,
-        ),
-    };
-    let event_type = serde_json::from_slice::<serde_json::Value>(&body)
+    let verdict = decide(
+        secret,
+        &id,
+        &timestamp,
+        &signature,
+        &request.body,
+        chrono::Utc::now().timestamp(),
+        status,
+        fail,
+    );
+    let event_type = serde_json::from_slice::<serde_json::Value>(&request.body)
         .ok()
         .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(String::from))
         .unwrap_or_else(|| "?".into());
     println!(
         "{} {} id={} type={} {} -> {}",
         chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        request.method(),
+        request.method,
         if id.is_empty() { "-" } else { &id },
         event_type,
         verdict.verification,
         verdict.status
     );
-    let _ = request.respond(tiny_http::Response::from_string("").with_status_code(verdict.status));
+    Response::status(verdict.status)
 }
 
 /// The sink's decision for one request (pure; `fail` is the dice roll).

@@ -334,6 +334,9 @@ pub enum Outcome {
     ChannelUnassigned,
     /// The channel cannot be used (e.g. a bad signing secret); the reason.
     InvalidChannel(String),
+    /// The event cannot be delivered as a webhook (its payload is not a JSON
+    /// object); the reason. Permanent: events are immutable.
+    InvalidEvent(String),
 }
 
 /// The stored record of one attempt (an entry of the jsonb attempts list).
@@ -410,7 +413,8 @@ impl Jitter for FixedJitter {
 /// `next_attempt_at = now + retry_schedule[n-1] × jitter`; for a 429 or 503
 /// with a `Retry-After`, the delay is at least that wait, capped at
 /// [`Policy::retry_after_cap`]. Jittered delays are rounded to milliseconds.
-/// A channel outcome → `FAILED` with a reason naming it, no attempt record.
+/// A channel outcome or an invalid event → `FAILED` with a reason naming it,
+/// no attempt record.
 pub fn apply(
     status: &StatusView,
     outcome: &Outcome,
@@ -444,6 +448,7 @@ pub fn apply(
         Outcome::InvalidChannel(why) => {
             return channel_failure(format!("invalid channel configuration: {why}"))
         }
+        Outcome::InvalidEvent(why) => return channel_failure(format!("invalid event: {why}")),
     };
 
     let n = status.round_attempts.saturating_add(1);
@@ -898,7 +903,7 @@ mod tests {
 
     #[test]
     fn apply_every_state_and_outcome_kind() {
-        let outcomes: [(&str, Outcome); 8] = [
+        let outcomes: [(&str, Outcome); 9] = [
             ("success", http(200)),
             ("retryable", http(500)),
             (
@@ -912,6 +917,10 @@ mod tests {
             (
                 "invalid",
                 Outcome::InvalidChannel("bad signing secret".to_owned()),
+            ),
+            (
+                "invalid event",
+                Outcome::InvalidEvent("event payload is not a JSON object".to_owned()),
             ),
         ];
         for state in State::ALL {
@@ -957,6 +966,13 @@ mod tests {
                         "invalid" => (
                             State::Failed,
                             "invalid channel configuration: bad signing secret",
+                            None,
+                            1,
+                            false,
+                        ),
+                        "invalid event" => (
+                            State::Failed,
+                            "invalid event: event payload is not a JSON object",
                             None,
                             1,
                             false,

@@ -108,35 +108,46 @@ fn read_data(data: &str) -> Result<serde_json::Value, UsageError> {
     serde_json::from_str(&text).map_err(|e| UsageError(format!("{source} is not JSON: {e}")))
 }
 
-/// `resend EVENT_ID [--channel ID]`.
+/// `resend EVENT_ID [--channel ID]`: prints the channel id of every
+/// delivery set to RESENDING. Deliveries still PENDING or RESENDING are
+/// already on their way and are refused; when nothing could be resent the
+/// command fails (exit 2) with one line saying why.
 pub fn resend(config: &Config, event_id: Uuid, channel: Option<Uuid>) -> anyhow::Result<ExitCode> {
     let mut client = super::connect(config)?;
     let result = statuses::resend(&mut client, event_id, channel)?;
-    for (channel, state) in &result.refused {
-        eprintln!(
-            "not resent: the delivery of event {event_id} to channel {channel} is {state}, it is already on its way"
-        );
+    let refused: Vec<String> = result
+        .refused
+        .iter()
+        .map(|(channel, state)| format!("channel {channel} is {state}"))
+        .collect();
+    if result.resent.is_empty() {
+        if refused.is_empty() {
+            let what = match channel {
+                Some(c) => format!("event {event_id} has no delivery to channel {c}"),
+                None => format!("event {event_id} has no deliveries (unknown event?)"),
+            };
+            return Err(UsageError(format!("nothing to resend: {what}")).into());
+        }
+        return Err(UsageError(format!(
+            "nothing to resend: the delivery of event {event_id} is still on its way ({}); only SUCCESS, FAILED or SENDING deliveries can be resent",
+            refused.join(", ")
+        ))
+        .into());
     }
     for channel in &result.resent {
         println!("{channel}");
     }
-    if result.resent.is_empty() {
-        let what = match channel {
-            Some(c) => format!("event {event_id} has no delivery to channel {c}"),
-            None => format!("event {event_id} has no deliveries"),
-        };
-        if result.refused.is_empty() {
-            return Err(UsageError(format!("nothing to resend: {what}")).into());
-        }
-        return Err(UsageError(format!(
-            "nothing to resend: every delivery of event {event_id} is still PENDING or RESENDING"
-        ))
-        .into());
-    }
-    eprintln!(
+    let mut note = format!(
         "{} deliver{} of event {event_id} set to RESENDING",
         result.resent.len(),
         if result.resent.len() == 1 { "y" } else { "ies" }
     );
+    if !refused.is_empty() {
+        note.push_str(&format!(
+            "; not resent, already on their way: {}",
+            refused.join(", ")
+        ));
+    }
+    eprintln!("{note}");
     Ok(ExitCode::SUCCESS)
 }

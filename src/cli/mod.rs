@@ -257,9 +257,14 @@ fn dispatch(command: Command, config: &Config) -> anyhow::Result<ExitCode> {
 }
 
 /// Logging to stderr; `RUST_LOG` overrides the configured level.
+///
+/// `tokio_postgres::query` is capped at `info` whatever `RUST_LOG` says: at
+/// `debug` it prints every statement's parameters, which include signing
+/// secrets (`channel create --secret`).
 fn init_logging(level: &str) {
     let env = env_logger::Env::default().default_filter_or(level);
     let _ = env_logger::Builder::from_env(env)
+        .filter_module("tokio_postgres::query", log::LevelFilter::Info)
         .format_timestamp_millis()
         .try_init();
 }
@@ -277,6 +282,47 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
     }
 }
 
+/// The error as the one line `main` prints: the chain of causes joined by
+/// `": "`, skipping a cause whose text its parent already shows (our error
+/// types print their source in their own message), with any line breaks of
+/// a server message (`DETAIL:`, `HINT:`) folded into the same line.
+pub fn error_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        let text = text.trim();
+        if text.is_empty() || line.contains(text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(text);
+    }
+    line.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// clap's error text as one line: its first paragraph (the sentence, and for
+/// missing arguments the list of them on the following lines) joined by
+/// spaces; the usage help and tips after the first blank line are dropped.
+pub fn usage_error_line(clap_text: &str) -> String {
+    let line = clap_text
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    if line.is_empty() {
+        "error: invalid arguments".to_string()
+    } else {
+        line
+    }
+}
+
 /// Prints one JSON document on stdout.
 fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
@@ -287,4 +333,54 @@ fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
 /// `migrate` and `check-config`).
 fn connect(config: &Config) -> Result<postgres::Client, DbError> {
     crate::db::connect_checked(&config.database, &crate::lock::app_name("cli"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_argument_definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_missing_argument_is_named_in_the_one_line() {
+        let err = Cli::try_parse_from([
+            "notification-reconciler",
+            "channel",
+            "create",
+            "--namespace",
+            "a",
+            "--name",
+            "b",
+        ])
+        .expect_err("--url is required");
+        let line = usage_error_line(&err.to_string());
+        assert!(line.contains("--url"), "{line}");
+        assert!(!line.contains('\n'), "{line}");
+        assert!(!line.contains("Usage"), "{line}");
+    }
+
+    #[test]
+    fn error_line_skips_causes_already_shown_and_folds_lines() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer: {0}")]
+        struct Outer(#[source] std::io::Error);
+        let io = std::io::Error::other("disk on fire\nDETAIL: very hot");
+        let err = anyhow::Error::new(Outer(io)).context("while testing");
+        assert_eq!(
+            error_line(&err),
+            "while testing: outer: disk on fire; DETAIL: very hot"
+        );
+    }
+
+    #[test]
+    fn exit_codes_are_two_for_usage_and_config_one_otherwise() {
+        let usage = anyhow::Error::new(UsageError("bad".into()));
+        assert_eq!(exit_code(&usage), 2);
+        let runtime = anyhow::anyhow!("database down");
+        assert_eq!(exit_code(&runtime), 1);
+    }
 }

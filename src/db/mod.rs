@@ -104,6 +104,9 @@ pub enum DbError {
         /// Newest version this binary knows.
         expected: i32,
     },
+    /// The connection a step needs is not open (it broke earlier).
+    #[error("the {0} connection is not open")]
+    NotConnected(&'static str),
     /// A stored row cannot be used (e.g. an unknown state).
     #[error("bad row in {table}: {problem}")]
     BadRow {
@@ -123,7 +126,7 @@ impl DbError {
     /// Whether the error means the connection is gone (it must be discarded).
     pub fn is_connection_lost(&self) -> bool {
         match self {
-            DbError::Connect { .. } | DbError::Pool(_) => true,
+            DbError::Connect { .. } | DbError::Pool(_) | DbError::NotConnected(_) => true,
             DbError::Query { source, .. } => source.is_closed() || source.code().is_none(),
             _ => false,
         }

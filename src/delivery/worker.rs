@@ -1,8 +1,9 @@
 //! The worker step: what one worker does with one due event.
 //!
 //! For each unfinished delivery of the event: ask the state machine whether
-//! it is due or has timed out, check the channel (deleted, disabled, no
-//! longer assigned, unusable URL/secret/headers), send the signed request,
+//! it is due or has timed out, check the event (its payload must be a JSON
+//! object) and the channel (deleted, disabled, no longer assigned, unusable
+//! URL/secret/headers), send the signed request,
 //! let the state machine decide the update, and write it with the row's
 //! version (optimistic concurrency). Reads nothing before sending: the page
 //! brought everything. Holds no transaction across the HTTP call.
@@ -63,7 +64,7 @@ pub fn reconcile_event(
             }
             Check::Expired(update) => update,
             Check::Due => {
-                let outcome = match channel_problem(status) {
+                let outcome = match event_problem(event).or_else(|| channel_problem(status)) {
                     Some(outcome) => outcome,
                     None => {
                         let body = match &body {
@@ -81,7 +82,23 @@ pub fn reconcile_event(
     Ok(outcomes)
 }
 
-/// A reason not to send at all, as the state machine's outcome.
+/// A reason the event cannot be sent to any channel: its payload, sent as
+/// the body's `data`, must be a JSON object (DESIGN.md "The webhook
+/// request"). Events are immutable, so this is permanent.
+fn event_problem(event: &DueEvent) -> Option<Outcome> {
+    // The payload is valid JSON (it came out of a jsonb column), so its first
+    // character tells its kind.
+    if event.payload.get().trim_start().starts_with('{') {
+        None
+    } else {
+        Some(Outcome::InvalidEvent(
+            "event payload is not a JSON object".to_owned(),
+        ))
+    }
+}
+
+/// A reason not to send to this channel at all, as the state machine's
+/// outcome.
 fn channel_problem(status: &DueStatus) -> Option<Outcome> {
     let t = &status.target;
     if t.deleted {

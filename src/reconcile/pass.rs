@@ -207,6 +207,7 @@ fn page_all(
     stopped: &dyn Fn() -> bool,
 ) -> Option<String> {
     let mut cursor = due::start_cursor();
+    let mut watch = LockWatch::new();
     while !stopped() {
         let page = match lock
             .client_mut()
@@ -218,26 +219,76 @@ fn page_all(
         let Some(last) = page.last() else { break };
         cursor = last.cursor();
         for event in page {
-            if !hand_out(tx, event, stopped) {
-                return None;
+            match hand_out(tx, event, stopped, &mut || watch.alive(lock)) {
+                HandOut::Sent => {}
+                HandOut::Stopped => return None,
+                HandOut::LockLost => {
+                    return Some("lost the lock connection while handing out events".into())
+                }
             }
         }
     }
     None
 }
 
+/// How often the lock connection is checked while events are handed out.
+const LOCK_CHECK_EVERY: Duration = Duration::from_millis(10);
+
+/// Checks that the lock connection is alive, at most every
+/// [`LOCK_CHECK_EVERY`]: a page can take long to hand out when workers are
+/// slow, and another instance may lead as soon as the connection is gone.
+struct LockWatch {
+    last: Instant,
+}
+
+impl LockWatch {
+    fn new() -> LockWatch {
+        LockWatch {
+            last: Instant::now(),
+        }
+    }
+
+    fn alive(&mut self, lock: &mut LeaderLock) -> bool {
+        if self.last.elapsed() < LOCK_CHECK_EVERY {
+            return true;
+        }
+        self.last = Instant::now();
+        lock.client_mut()
+            .map(|c| c.is_valid(Duration::from_secs(1)).is_ok())
+            .unwrap_or(false)
+    }
+}
+
+/// What became of one event at the hand-off.
+enum HandOut {
+    /// A worker will take it.
+    Sent,
+    /// The pass was stopped (shutdown, or every worker is gone).
+    Stopped,
+    /// The lock connection is gone: another instance may lead.
+    LockLost,
+}
+
 /// Hands one event to the workers, waiting while the channel is full
-/// (backpressure) but giving up when the pass is stopped. The one place
-/// where work is handed to workers.
-fn hand_out(tx: &ChannelSender<DueEvent>, mut event: DueEvent, stopped: &dyn Fn() -> bool) -> bool {
+/// (backpressure), giving up when the pass is stopped or the lock connection
+/// is gone. The one place where work is handed to workers.
+fn hand_out(
+    tx: &ChannelSender<DueEvent>,
+    mut event: DueEvent,
+    stopped: &dyn Fn() -> bool,
+    alive: &mut dyn FnMut() -> bool,
+) -> HandOut {
     loop {
         if stopped() {
-            return false;
+            return HandOut::Stopped;
         }
-        match tx.send_timeout(event, Duration::from_millis(100)) {
-            Ok(()) => return true,
+        if !alive() {
+            return HandOut::LockLost;
+        }
+        match tx.send_timeout(event, LOCK_CHECK_EVERY) {
+            Ok(()) => return HandOut::Sent,
             Err(SendTimeoutError::Timeout(e)) => event = e,
-            Err(SendTimeoutError::Disconnected(_)) => return false,
+            Err(SendTimeoutError::Disconnected(_)) => return HandOut::Stopped,
         }
     }
 }

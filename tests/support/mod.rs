@@ -9,6 +9,8 @@
 #![allow(dead_code, unused_imports)] // each test binary uses a different part
 
 pub mod cluster;
+pub mod daemon;
+pub mod fixtures;
 pub mod pg;
 pub mod receiver;
 pub mod script;

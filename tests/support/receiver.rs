@@ -3,31 +3,28 @@
 //!
 //! It answers with whatever its [`Script`] says (status, latency, headers,
 //! body size, hanging), records every request, and tracks how many requests
-//! it was serving at once. 128 handler threads pull from one `tiny_http`
-//! server so that the receiver is never the bottleneck of a parallel pass.
+//! it was serving at once. It runs on the crate's own thread-per-connection
+//! server (`http_server`), so no connection ever waits for a free thread and
+//! the receiver is never the bottleneck of a parallel pass.
 //! What to answer is `script.rs`'s business; assertions on what it recorded
 //! belong to the tests.
 
 use std::collections::HashMap;
-use std::io::{Cursor, Read};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use notification_reconciler::http_server::{self, Limits, Server};
 
 use super::script::{Reply, Request, Script};
 
-/// How many threads serve requests; each serves one request at a time.
-const HANDLER_THREADS: usize = 128;
-
-/// A running receiver; dropping it shuts the server down and joins its
-/// threads (requests still held get a 500 from tiny_http).
+/// A running receiver; dropping it stops the server (requests still held
+/// are answered 500).
 pub struct Receiver {
     addr: SocketAddr,
-    server: Arc<tiny_http::Server>,
+    server: Option<Server>,
     shared: Arc<Shared>,
-    threads: Vec<JoinHandle<()>>,
 }
 
 /// State shared by the handler threads and the test.
@@ -57,14 +54,6 @@ struct Log {
 impl Receiver {
     /// Starts a receiver on a free port of 127.0.0.1 answering per `script`.
     pub fn start(script: Script) -> Receiver {
-        let server = Arc::new(
-            tiny_http::Server::http("127.0.0.1:0")
-                .unwrap_or_else(|e| panic!("receiver: cannot listen on 127.0.0.1:0: {e}")),
-        );
-        let addr = server
-            .server_addr()
-            .to_ip()
-            .expect("receiver: listening on an IP address");
         let shared = Arc::new(Shared {
             control: Mutex::new(Control {
                 script,
@@ -77,21 +66,19 @@ impl Receiver {
             in_flight: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
         });
-        let threads = (0..HANDLER_THREADS)
-            .map(|i| {
-                let (server, shared) = (Arc::clone(&server), Arc::clone(&shared));
-                std::thread::Builder::new()
-                    .name(format!("receiver-{i}"))
-                    .stack_size(256 * 1024)
-                    .spawn(move || serve(&server, &shared))
-                    .expect("receiver: cannot spawn a handler thread")
-            })
-            .collect();
+        let handler_shared = Arc::clone(&shared);
+        let limits = Limits {
+            max_body: 64 * 1024 * 1024,
+            ..Limits::default()
+        };
+        let server = Server::bind("127.0.0.1:0".parse().expect("address"), limits, move |rq| {
+            serve(rq, &handler_shared)
+        })
+        .unwrap_or_else(|e| panic!("receiver: cannot listen on 127.0.0.1:0: {e}"));
         Receiver {
-            addr,
-            server,
+            addr: server.addr(),
+            server: Some(server),
             shared,
-            threads,
         }
     }
 
@@ -160,50 +147,27 @@ impl Drop for Receiver {
     fn drop(&mut self) {
         lock(&self.shared.control).shutdown = true;
         self.shared.control_cv.notify_all();
-        // Each unblock releases one thread waiting in `recv`; busy threads
-        // see `shutdown` before they call `recv` again.
-        for _ in 0..self.threads.len() {
-            self.server.unblock();
-        }
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
+        drop(self.server.take());
     }
 }
 
-/// One handler thread: serve requests until shutdown.
-fn serve(server: &tiny_http::Server, shared: &Shared) {
-    while !lock(&shared.control).shutdown {
-        let Ok(rq) = server.recv() else { return };
-        let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-        shared.peak.fetch_max(now, Ordering::SeqCst);
-        handle(rq, shared);
-        shared.in_flight.fetch_sub(1, Ordering::SeqCst);
-    }
+/// Serves one request, counting it in flight.
+fn serve(rq: &http_server::Request, shared: &Shared) -> http_server::Response {
+    let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    shared.peak.fetch_max(now, Ordering::SeqCst);
+    let response = handle(rq, shared);
+    shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+    response
 }
 
 /// Records `rq`, then answers it as the script says.
-fn handle(mut rq: tiny_http::Request, shared: &Shared) {
+fn handle(rq: &http_server::Request, shared: &Shared) -> http_server::Response {
     let at = Instant::now();
-    let mut body = Vec::new();
-    if rq.as_reader().read_to_end(&mut body).is_err() {
-        return;
-    }
-    let headers: Vec<(String, String)> = rq
-        .headers()
-        .iter()
-        .map(|h| {
-            (
-                h.field.to_string().to_ascii_lowercase(),
-                h.value.to_string(),
-            )
-        })
-        .collect();
     let mut recorded = Request {
-        method: rq.method().to_string(),
-        path: rq.url().to_owned(),
-        headers,
-        body,
+        method: rq.method.clone(),
+        path: rq.path.clone(),
+        headers: rq.headers.clone(),
+        body: rq.body.clone(),
         at,
         seq: 0,
         attempt: 0,
@@ -227,7 +191,7 @@ fn handle(mut rq: tiny_http::Request, shared: &Shared) {
         let (script, generation) = {
             let control = lock(&shared.control);
             if control.shutdown {
-                return;
+                return http_server::Response::status(500);
             }
             (control.script.clone(), control.generation)
         };
@@ -248,34 +212,21 @@ fn handle(mut rq: tiny_http::Request, shared: &Shared) {
             .wait_timeout_while(control, reply.delay, |c| !c.shutdown)
             .unwrap_or_else(|e| e.into_inner());
         if control.shutdown {
-            return;
+            return http_server::Response::status(500);
         }
     }
-    let _ = rq.respond(response(reply));
+    response(reply)
 }
 
-/// The tiny_http response for `reply`, its body streamed.
-fn response(reply: Reply) -> tiny_http::Response<Box<dyn Read + Send>> {
-    let length = reply.body.len() + reply.filler;
-    let body: Box<dyn Read + Send> =
-        Box::new(Cursor::new(reply.body).chain(std::io::repeat(b'x').take(reply.filler as u64)));
-    let headers = reply
-        .headers
-        .iter()
-        .map(|(n, v)| {
-            tiny_http::Header::from_bytes(n.as_bytes(), v.as_bytes())
-                .unwrap_or_else(|()| panic!("receiver: invalid response header {n}: {v}"))
-        })
-        .collect();
-    tiny_http::Response::new(
-        tiny_http::StatusCode(reply.status),
-        headers,
+/// The response for `reply`: its body, then `filler` bytes of `x`.
+fn response(reply: Reply) -> http_server::Response {
+    let mut body = reply.body;
+    body.resize(body.len() + reply.filler, b'x');
+    http_server::Response {
+        status: reply.status,
+        headers: reply.headers,
         body,
-        Some(length),
-        None,
-    )
-    // Always a Content-Length, never chunked, whatever the size.
-    .with_chunked_threshold(usize::MAX)
+    }
 }
 
 /// Locks `m`, taking over a lock poisoned by a panicking test thread.

@@ -68,7 +68,7 @@ pub struct Reply {
     /// How long to wait before answering.
     pub delay: Duration,
     /// Never answer: hold the request until the script changes (then ask the
-    /// new script) or the receiver is dropped (then tiny_http sends a 500).
+    /// new script) or the receiver is dropped (then it answers 500).
     pub hang: bool,
 }
 

@@ -1,0 +1,411 @@
+//! A minimal synchronous HTTP/1.1 server for the development `sink`, the
+//! metrics endpoint and the tests' receiver: one thread per connection,
+//! keep-alive, `Content-Length` bodies, requests parsed by `httparse`.
+//!
+//! Why not tiny_http: its connection thread pool starts new threads only when
+//! none is idle *at the moment a connection arrives*, and a keep-alive
+//! connection occupies its thread for as long as it stays open. A burst of
+//! connections (eight workers starting a pass at once) left two of eight
+//! connections queued behind busy threads until the client's 10 s timeout
+//! (measured in `concurrency_is_real_and_bounded_by_workers`). One thread per
+//! connection cannot starve a connection. Not for the open internet: no TLS,
+//! no chunked request bodies (answered 411), bounded header and body sizes.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Largest request head (request line and headers) accepted.
+const MAX_HEAD: usize = 64 * 1024;
+/// Most headers in one request.
+const MAX_HEADERS: usize = 64;
+
+/// One request as received.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Method, e.g. `POST`.
+    pub method: String,
+    /// Request target (path and query).
+    pub path: String,
+    /// Headers: lower-case names, values as sent (lossy UTF-8), in order.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    /// The first value of header `name` (give it lower-case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The answer to one request.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Extra headers (`content-length` is added).
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// An empty response with `status`.
+    pub fn status(status: u16) -> Response {
+        Response {
+            status,
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    /// A text response.
+    pub fn text(status: u16, content_type: &str, body: impl Into<Vec<u8>>) -> Response {
+        Response {
+            status,
+            headers: vec![("content-type".into(), content_type.into())],
+            body: body.into(),
+        }
+    }
+
+    /// Adds a header.
+    pub fn with_header(mut self, name: &str, value: &str) -> Response {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+}
+
+/// Handles one request; called on the connection's thread.
+pub type Handler = dyn Fn(&Request) -> Response + Send + Sync;
+
+/// A running server; dropping it stops accepting (open connections end
+/// when their client closes them or stays idle past the idle timeout).
+pub struct Server {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    accept: Option<JoinHandle<()>>,
+}
+
+/// Limits of a [`Server`].
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request body read (larger: 413 and the connection closes).
+    pub max_body: usize,
+    /// A connection idle this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_body: 16 * 1024 * 1024,
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Server {
+    /// Listens on `addr` and serves every connection on its own thread.
+    pub fn bind(
+        addr: SocketAddr,
+        limits: Limits,
+        handler: impl Fn(&Request) -> Response + Send + Sync + 'static,
+    ) -> io::Result<Server> {
+        let listener = TcpListener::bind(addr)?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let handler: Arc<Handler> = Arc::new(handler);
+        let stop_accept = Arc::clone(&stop);
+        let accept = std::thread::Builder::new()
+            .name(format!("http-{addr}"))
+            .spawn(move || {
+                for stream in listener.incoming() {
+                    if stop_accept.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    let handler = Arc::clone(&handler);
+                    let spawned =
+                        std::thread::Builder::new()
+                            .name("http-conn".into())
+                            .spawn(move || {
+                                if let Err(e) = serve_connection(stream, limits, &*handler) {
+                                    log::debug!("http connection ended: {e}");
+                                }
+                            });
+                    if let Err(e) = spawned {
+                        log::warn!("cannot start a connection thread: {e}");
+                    }
+                }
+            })?;
+        Ok(Server {
+            addr,
+            stop,
+            accept: Some(accept),
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Blocks until the server is dropped elsewhere (the `sink` command).
+    pub fn wait(mut self) {
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop with a connection of our own.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Serves requests on one connection until it closes.
+fn serve_connection(stream: TcpStream, limits: Limits, handler: &Handler) -> io::Result<()> {
+    stream.set_read_timeout(Some(limits.idle_timeout))?;
+    stream.set_nodelay(true)?;
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    loop {
+        let head = match read_head(&mut reader)? {
+            Some(head) => head,
+            None => return Ok(()),
+        };
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Request::new(&mut headers);
+        let request = match parsed.parse(&head) {
+            Ok(httparse::Status::Complete(_)) => {
+                let headers: Vec<(String, String)> = parsed
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_ascii_lowercase(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
+                    .collect();
+                Request {
+                    method: parsed.method.unwrap_or("").to_string(),
+                    path: parsed.path.unwrap_or("").to_string(),
+                    headers,
+                    body: Vec::new(),
+                }
+            }
+            _ => return respond(&mut writer, &Response::status(400), true),
+        };
+        if request.header("transfer-encoding").is_some() {
+            return respond(&mut writer, &Response::status(411), true);
+        }
+        let length = match request
+            .header("content-length")
+            .map(|v| v.trim().parse::<usize>())
+        {
+            None => 0,
+            Some(Ok(n)) => n,
+            Some(Err(_)) => return respond(&mut writer, &Response::status(400), true),
+        };
+        if length > limits.max_body {
+            return respond(&mut writer, &Response::status(413), true);
+        }
+        let mut request = request;
+        request.body = vec![0; length];
+        reader.read_exact(&mut request.body)?;
+        let close = request
+            .header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        let response = handler(&request);
+        respond(&mut writer, &response, close)?;
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+/// Reads one request head (up to the blank line); `None` at a clean end of
+/// the connection.
+fn read_head(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Vec<u8>>> {
+    let mut head = Vec::new();
+    loop {
+        let before = head.len();
+        let n = reader.read_until(b'\n', &mut head)?;
+        if n == 0 {
+            return if head.is_empty() {
+                Ok(None)
+            } else {
+                Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed mid-request",
+                ))
+            };
+        }
+        if head.len() > MAX_HEAD {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "request head too large",
+            ));
+        }
+        let line = &head[before..];
+        if line == b"\r\n" || line == b"\n" {
+            if before == 0 {
+                // Stray blank line between requests: skip it.
+                head.clear();
+                continue;
+            }
+            return Ok(Some(head));
+        }
+    }
+}
+
+/// Writes a response.
+fn respond(writer: &mut TcpStream, response: &Response, close: bool) -> io::Result<()> {
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\ncontent-length: {}\r\n",
+        response.status,
+        reason(response.status),
+        response.body.len()
+    );
+    for (name, value) in &response.headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if close {
+        head.push_str("connection: close\r\n");
+    }
+    head.push_str("\r\n");
+    writer.write_all(head.as_bytes())?;
+    writer.write_all(&response.body)?;
+    writer.flush()
+}
+
+/// The reason phrase of common codes.
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        408 => "Request Timeout",
+        410 => "Gone",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Status",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip(server: &Server, raw: &[u8]) -> String {
+        let mut s = TcpStream::connect(server.addr()).unwrap();
+        s.write_all(raw).unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    }
+
+    #[test]
+    fn serves_keep_alive_requests_and_bodies() {
+        let server = Server::bind("127.0.0.1:0".parse().unwrap(), Limits::default(), |rq| {
+            Response::text(
+                200,
+                "text/plain",
+                format!("{} {} {}", rq.method, rq.path, rq.body.len()),
+            )
+        })
+        .unwrap();
+        let out = roundtrip(
+            &server,
+            b"POST /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /b HTTP/1.1\r\nConnection: close\r\n\r\n",
+        );
+        assert!(out.contains("POST /a 3"), "{out}");
+        assert!(out.contains("GET /b 0"), "{out}");
+        assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 2, "{out}");
+    }
+
+    #[test]
+    fn refuses_bad_requests() {
+        let limits = Limits {
+            max_body: 4,
+            ..Limits::default()
+        };
+        let server = Server::bind("127.0.0.1:0".parse().unwrap(), limits, |_| {
+            Response::status(200)
+        })
+        .unwrap();
+        assert!(roundtrip(
+            &server,
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nabcde"
+        )
+        .starts_with("HTTP/1.1 413"));
+        assert!(roundtrip(
+            &server,
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        .starts_with("HTTP/1.1 411"));
+        assert!(roundtrip(&server, b"NOT HTTP\r\n\r\n").starts_with("HTTP/1.1 400"));
+    }
+
+    #[test]
+    fn many_concurrent_keep_alive_connections_are_all_served() {
+        // The tiny_http starvation: every connection held open at once.
+        let gate = Arc::new((std::sync::Mutex::new(0usize), std::sync::Condvar::new()));
+        let g = Arc::clone(&gate);
+        let server = Server::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            Limits::default(),
+            move |_| {
+                let (n, cv) = &*g;
+                let mut n = n.lock().unwrap();
+                *n += 1;
+                cv.notify_all();
+                let (n, _) = cv
+                    .wait_timeout_while(n, Duration::from_secs(10), |n| *n < 32)
+                    .unwrap();
+                Response::text(200, "text/plain", n.to_string())
+            },
+        )
+        .unwrap();
+        let outs: Vec<String> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..32)
+                .map(|_| {
+                    s.spawn(|| roundtrip(&server, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n"))
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for out in outs {
+            assert!(
+                out.ends_with("32"),
+                "a request was answered before all 32 arrived: {out}"
+            );
+        }
+    }
+}

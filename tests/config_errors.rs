@@ -1,0 +1,252 @@
+//! Configuration through the real binary: every class of bad input makes
+//! `check-config` exit 2 with exactly one line on stderr that names the key
+//! and the bad value (and never a panic); a good file prints the effective
+//! configuration with the password redacted, and `DATABASE_URL` overrides
+//! `database.url`. The parsing rules themselves are unit-tested in
+//! `src/config.rs`; these tests prove what an operator sees.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use tempfile::TempDir;
+
+/// Runs `check-config` on a config file holding `text` (no `DATABASE_URL`
+/// unless `database_url` is given).
+fn check_config(text: &str, database_url: Option<&str>) -> Output {
+    let dir = TempDir::new().expect("temp dir");
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, text).expect("write config");
+    run_check_config(&path, database_url)
+}
+
+fn run_check_config(path: &Path, database_url: Option<&str>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_notification-reconciler"));
+    cmd.arg("--config")
+        .arg(path)
+        .arg("check-config")
+        .env_remove("DATABASE_URL")
+        .env_remove("RUST_LOG");
+    if let Some(url) = database_url {
+        cmd.env("DATABASE_URL", url);
+    }
+    cmd.output().expect("run notification-reconciler")
+}
+
+/// Asserts exit code 2 and one stderr line containing every `needle`.
+fn assert_rejected(out: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "exit code; stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "expected exactly one line on stderr, got: {stderr}"
+    );
+    for needle in needles {
+        assert!(stderr.contains(needle), "{needle:?} missing from: {stderr}");
+    }
+    assert!(
+        out.stdout.is_empty(),
+        "stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn missing_file_names_the_path() {
+    let dir = TempDir::new().expect("temp dir");
+    let path = dir.path().join("nope.toml");
+    let out = run_check_config(&path, None);
+    assert_rejected(&out, &["nope.toml", "cannot read config file"]);
+}
+
+#[test]
+fn not_toml_names_the_line() {
+    let out = check_config("[reconciler\nworkers = 1\n", None);
+    assert_rejected(&out, &["line 1"]);
+}
+
+#[test]
+fn unknown_key_is_named() {
+    let out = check_config("[reconciler]\nwokers = 4\n", None);
+    assert_rejected(&out, &["unknown key `reconciler.wokers`"]);
+}
+
+#[test]
+fn wrong_type_names_key_and_value() {
+    let out = check_config("[reconciler]\nworkers = \"eight\"\n", None);
+    assert_rejected(&out, &["reconciler.workers", "eight"]);
+}
+
+#[test]
+fn negative_workers_is_refused() {
+    let out = check_config("[reconciler]\nworkers = -1\n", None);
+    assert_rejected(&out, &["reconciler.workers = -1"]);
+}
+
+#[test]
+fn absurd_workers_is_refused() {
+    let out = check_config("[reconciler]\nworkers = 100000\n", None);
+    assert_rejected(&out, &["reconciler.workers = 100000"]);
+}
+
+#[test]
+fn zero_page_size_is_refused() {
+    let out = check_config("[reconciler]\npage_size = 0\n", None);
+    assert_rejected(&out, &["reconciler.page_size = 0"]);
+}
+
+#[test]
+fn negative_queue_capacity_is_refused() {
+    let out = check_config("[reconciler]\nqueue_capacity = -5\n", None);
+    assert_rejected(&out, &["reconciler.queue_capacity = -5"]);
+}
+
+#[test]
+fn bad_duration_is_named() {
+    let out = check_config("[reconciler]\ninterval = \"soon\"\n", None);
+    assert_rejected(&out, &["reconciler.interval = \"soon\"", "not a duration"]);
+    let out = check_config(
+        "[delivery]\nretry_schedule = [\"5s\", \"5 parsecs\"]\n",
+        None,
+    );
+    assert_rejected(&out, &["delivery.retry_schedule = \"5 parsecs\""]);
+}
+
+#[test]
+fn empty_retry_schedule_is_refused() {
+    let out = check_config("[delivery]\nretry_schedule = []\n", None);
+    assert_rejected(&out, &["delivery.retry_schedule = []"]);
+}
+
+#[test]
+fn non_postgres_url_is_refused() {
+    let out = check_config("[database]\nurl = \"mysql://root@localhost/db\"\n", None);
+    assert_rejected(
+        &out,
+        &["database.url", "mysql://root@localhost/db", "postgres://"],
+    );
+}
+
+#[test]
+fn non_postgres_database_url_env_is_refused_without_showing_the_password() {
+    let out = check_config("", Some("mysql://root:hunter2@localhost/db"));
+    assert_rejected(&out, &["database.url", "mysql://root:***@localhost/db"]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("hunter2"));
+}
+
+#[test]
+fn pool_smaller_than_workers_is_refused() {
+    let out = check_config(
+        "[reconciler]\nworkers = 8\n[database]\npool_size = 4\n",
+        None,
+    );
+    assert_rejected(&out, &["database.pool_size = 4", "8 workers"]);
+}
+
+/// Parses `check-config`'s stdout as TOML.
+fn effective(out: &Output) -> toml::Table {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .parse::<toml::Table>()
+        .unwrap_or_else(|e| panic!("check-config output is not TOML ({e}):\n{stdout}"))
+}
+
+fn get<'a>(t: &'a toml::Table, section: &str, key: &str) -> &'a toml::Value {
+    t.get(section)
+        .and_then(|s| s.get(key))
+        .unwrap_or_else(|| panic!("{section}.{key} missing from {t}"))
+}
+
+#[test]
+fn check_config_prints_the_effective_config_with_defaults_filled_in() {
+    let out = check_config("[reconciler]\nworkers = 3\n", None);
+    let t = effective(&out);
+    assert_eq!(get(&t, "reconciler", "workers").as_integer(), Some(3));
+    assert_eq!(get(&t, "database", "pool_size").as_integer(), Some(5));
+    assert_eq!(
+        get(&t, "reconciler", "queue_capacity").as_integer(),
+        Some(6)
+    );
+    assert_eq!(get(&t, "reconciler", "page_size").as_integer(), Some(50));
+    assert_eq!(get(&t, "database", "schema").as_str(), Some("notification"));
+    assert_eq!(
+        get(&t, "reconciler", "pending_timeout").as_str(),
+        Some("3h")
+    );
+    let schedule = get(&t, "delivery", "retry_schedule")
+        .as_array()
+        .expect("retry_schedule is an array");
+    assert_eq!(schedule.len(), 7);
+    assert_eq!(
+        get(&t, "reconciler", "lock_key").as_str(),
+        Some("notification.event_handler.reconcile_lock")
+    );
+}
+
+#[test]
+fn workers_zero_resolves_to_the_available_parallelism() {
+    let t = effective(&check_config("[reconciler]\nworkers = 0\n", None));
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as i64;
+    assert_eq!(get(&t, "reconciler", "workers").as_integer(), Some(cpus));
+    assert_eq!(
+        get(&t, "database", "pool_size").as_integer(),
+        Some(cpus + 2)
+    );
+    assert_eq!(
+        get(&t, "reconciler", "queue_capacity").as_integer(),
+        Some(2 * cpus)
+    );
+}
+
+#[test]
+fn check_config_redacts_the_password_of_the_file_url() {
+    let out = check_config(
+        "[database]\nurl = \"postgres://app:filepass@db.example:5432/billing\"\n",
+        None,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let t = effective(&out);
+    assert_eq!(
+        get(&t, "database", "url").as_str(),
+        Some("postgres://app:***@db.example:5432/billing")
+    );
+    assert!(!stdout.contains("filepass"), "{stdout}");
+}
+
+#[test]
+fn database_url_overrides_the_file_and_its_password_is_redacted() {
+    let out = check_config(
+        "[database]\nurl = \"postgres://app:filepass@db.example:5432/billing\"\n",
+        Some("postgres://ops:envpass@127.0.0.1:6543/other"),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let t = effective(&out);
+    assert_eq!(
+        get(&t, "database", "url").as_str(),
+        Some("postgres://ops:***@127.0.0.1:6543/other")
+    );
+    assert!(!stdout.contains("envpass"), "{stdout}");
+    assert!(!stdout.contains("filepass"), "{stdout}");
+}
+
+#[test]
+fn a_password_given_as_a_url_parameter_is_redacted_too() {
+    let out = check_config(
+        "",
+        Some("postgres://ops@127.0.0.1:6543/other?password=paramsecret&sslmode=disable"),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let _ = effective(&out);
+    assert!(!stdout.contains("paramsecret"), "{stdout}");
+    assert!(stdout.contains("sslmode=disable"), "{stdout}");
+}
+
+#[test]
+fn the_repository_example_config_passes_check_config() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
+    let t = effective(&run_check_config(&path, None));
+    assert_eq!(get(&t, "database", "schema").as_str(), Some("notification"));
+}

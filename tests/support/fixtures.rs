@@ -1,0 +1,111 @@
+//! Fixtures shared by the integration tests and the benchmark: a channel and
+//! a rule pointing at a receiver, events enqueued through the producer
+//! function, a config for a test database, and reading statuses back.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use notification_reconciler::config::Config;
+use postgres::Client;
+
+/// The secret every fixture channel signs with.
+pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+/// Namespace of the fixtures.
+pub const NAMESPACE: &str = "acme";
+/// Event type of the fixtures.
+pub const EVENT_TYPE: &str = "invoice.paid";
+
+/// A config for the database at `url` with `workers` workers, a tiny retry
+/// schedule and short timeouts, as tests want.
+pub fn config(url: &str, workers: usize) -> Config {
+    let mut c = Config::for_url(url);
+    c.reconciler.workers = workers;
+    c.reconciler.queue_capacity = 2 * workers;
+    c.database.pool_size = workers as u32 + 2;
+    c.delivery.retry_schedule = vec![Duration::from_millis(10); 3];
+    c.delivery.timeout = Duration::from_secs(10);
+    c.delivery.connect_timeout = Duration::from_secs(2);
+    c
+}
+
+/// Creates a channel to `url` and a rule for [`EVENT_TYPE`] assigned to it;
+/// returns the channel id.
+pub fn channel_and_rule(client: &mut Client, url: &str) -> uuid::Uuid {
+    let channel: uuid::Uuid = client
+        .query_one(
+            "INSERT INTO notification.channel (namespace, name, url, signing_secret)
+             VALUES ($1, 'hook', $2, $3) RETURNING id",
+            &[&NAMESPACE, &url, &SECRET],
+        )
+        .expect("insert channel")
+        .get(0);
+    let rule: uuid::Uuid = client
+        .query_one(
+            "INSERT INTO notification.rule (namespace, name, event_type)
+             VALUES ($1, 'rule', $2) RETURNING id",
+            &[&NAMESPACE, &EVENT_TYPE],
+        )
+        .expect("insert rule")
+        .get(0);
+    client
+        .execute(
+            "INSERT INTO notification.rule_channel (rule_id, channel_id) VALUES ($1, $2)",
+            &[&rule, &channel],
+        )
+        .expect("assign channel");
+    channel
+}
+
+/// Enqueues `n` events through the producer function (payload `{"n": i}`),
+/// in creation order; returns their ids.
+pub fn enqueue(client: &mut Client, n: i32) -> Vec<uuid::Uuid> {
+    client
+        .query(
+            "SELECT notification.enqueue_event($1, $2, jsonb_build_object('n', g))
+             FROM generate_series(1, $3) AS g",
+            &[&NAMESPACE, &EVENT_TYPE, &n],
+        )
+        .expect("enqueue events")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Number of delivery statuses per state.
+pub fn states(client: &mut Client) -> BTreeMap<String, i64> {
+    client
+        .query(
+            "SELECT state, count(*) FROM notification.delivery_status GROUP BY state",
+            &[],
+        )
+        .expect("count states")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// The state of the (single) delivery of `event`.
+pub fn state_of(client: &mut Client, event: uuid::Uuid) -> String {
+    client
+        .query_one(
+            "SELECT state FROM notification.delivery_status WHERE event_id = $1",
+            &[&event],
+        )
+        .expect("read state")
+        .get(0)
+}
+
+/// Whether the advisory lock `key` can be taken right now from another
+/// session (it is released again at once).
+pub fn lock_is_free(url: &str, key: i64) -> bool {
+    let mut c = Client::connect(url, postgres::NoTls).expect("connect");
+    let free: bool = c
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+        .expect("try lock")
+        .get(0);
+    if free {
+        c.execute("SELECT pg_advisory_unlock($1)", &[&key])
+            .expect("unlock");
+    }
+    free
+}
