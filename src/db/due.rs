@@ -85,7 +85,9 @@ impl DueEvent {
     }
 }
 
-const PAGE_SQL: &str = "
+/// The due page query: `$1` cut-off, `$2`/`$3` cursor, `$4` page size (public
+/// so that the benchmark can EXPLAIN exactly this text).
+pub const PAGE_SQL: &str = "
 WITH page AS (
     SELECT DISTINCT event_created_at, event_id FROM delivery_status
     WHERE state IN ('PENDING', 'SENDING', 'RESENDING') AND next_attempt_at <= $1

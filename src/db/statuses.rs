@@ -4,6 +4,7 @@
 //! while a delivery was in flight is left as the operator made it.
 
 use chrono::{DateTime, Utc};
+use postgres::types::Type;
 use postgres::GenericClient;
 use uuid::Uuid;
 
@@ -109,27 +110,31 @@ pub fn write_update(
             problem: format!("cannot encode an attempt: {e}"),
         })?;
     let round_attempts = update.round_attempts as i32;
+    // Typed parameters: one round trip (no separate prepare/describe). The
+    // attempt list keeps its newest `$8 - 1` entries before the new one is
+    // appended; a jsonpath slice does that without a subquery, which the
+    // server would plan on every write.
     let n = client
-        .execute(
+        .execute_typed(
             "UPDATE delivery_status SET
                  state = $3, reason = $4, next_attempt_at = $5, round_attempts = $6,
                  attempt_count = attempt_count + CASE WHEN $7::jsonb IS NULL THEN 0 ELSE 1 END,
                  attempts = CASE WHEN $7::jsonb IS NULL THEN attempts ELSE
-                     coalesce((SELECT jsonb_agg(a.x ORDER BY a.i) FROM jsonb_array_elements(attempts)
-                               WITH ORDINALITY AS a(x, i)
-                               WHERE a.i > jsonb_array_length(attempts) - ($8::int - 1)), '[]'::jsonb)
+                     (CASE WHEN jsonb_array_length(attempts) < $8::int THEN attempts
+                      ELSE jsonb_path_query_array(attempts, ('$[' ||
+                          (jsonb_array_length(attempts) - $8::int + 1) || ' to last]')::jsonpath) END)
                      || jsonb_build_array($7::jsonb) END,
                  updated_at = now(), version = version + 1
              WHERE id = $1 AND version = $2",
             &[
-                &id,
-                &version,
-                &update.state.as_str(),
-                &update.reason,
-                &update.next_attempt_at,
-                &round_attempts,
-                &attempt,
-                &MAX_ATTEMPTS_KEPT,
+                (&id, Type::UUID),
+                (&version, Type::INT8),
+                (&update.state.as_str(), Type::TEXT),
+                (&update.reason, Type::TEXT),
+                (&update.next_attempt_at, Type::TIMESTAMPTZ),
+                (&round_attempts, Type::INT4),
+                (&attempt, Type::JSONB),
+                (&MAX_ATTEMPTS_KEPT, Type::INT4),
             ],
         )
         .map_err(DbError::query("recording a delivery outcome"))?;

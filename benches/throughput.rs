@@ -1,0 +1,732 @@
+//! The throughput benchmark of docs/benchmarks.md: it starts a throw-away
+//! PostgreSQL (the test support's cluster) and a loopback webhook receiver
+//! of its own, seeds events server-side with `generate_series`, runs the
+//! real reconciliation pass (`Reconciler::run_pass`, what the daemon runs)
+//! and prints one table:
+//!
+//! 1. latency-bound scaling: 100 ms receiver, workers 1/8/64;
+//! 2. database-bound: instant receiver, workers 4/16, against the raw
+//!    single-row `UPDATE` autocommit rate with as many connections;
+//! 3. memory under backlog: peak RSS of a child process (this binary,
+//!    re-executed with [`CHILD_FLAG`]) during the first deliveries of a huge
+//!    vs a small backlog;
+//! 4. idle pass: all events finished; pass duration and the due query plan.
+//!
+//! `cargo bench --bench throughput` runs the full sizes (several minutes);
+//! `-- --tiny` runs every scenario with small counts in well under a minute
+//! and checks only that every delivery happened (what CI runs). `--only
+//! latency|db|memory|idle` runs one scenario. Timing targets are reported,
+//! never asserted. The receiver is this file's own (one thread per
+//! keep-alive connection, no recording) so that it is never the bottleneck;
+//! `--support-receiver` uses the test support's recording receiver instead,
+//! to compare.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use notification_reconciler::config::Config;
+use notification_reconciler::reconcile::pass::{Hooks, NoHooks, PassOutcome, Reconciler};
+use notification_reconciler::reconcile::report::{Report, Tally};
+use support::{Script, TestDb};
+
+/// The argument that makes this binary the memory scenario's child.
+const CHILD_FLAG: &str = "--memory-child";
+
+/// How big each scenario is.
+struct Sizes {
+    latency_events: u64,
+    latency: Duration,
+    latency_workers: Vec<usize>,
+    db_events: u64,
+    db_workers: Vec<usize>,
+    raw_duration: Duration,
+    backlogs: [u64; 2],
+    memory_deliveries: u64,
+    memory_workers: usize,
+    idle_events: u64,
+    idle_passes: usize,
+}
+
+impl Sizes {
+    fn full() -> Sizes {
+        Sizes {
+            latency_events: 2_000,
+            latency: Duration::from_millis(100),
+            latency_workers: vec![1, 8, 64],
+            db_events: 20_000,
+            db_workers: vec![4, 16],
+            raw_duration: Duration::from_secs(5),
+            backlogs: [1_000_000, 10_000],
+            memory_deliveries: 50_000,
+            memory_workers: 16,
+            idle_events: 1_000_000,
+            idle_passes: 20,
+        }
+    }
+
+    fn tiny() -> Sizes {
+        Sizes {
+            latency_events: 64,
+            latency: Duration::from_millis(20),
+            latency_workers: vec![1, 8, 64],
+            db_events: 500,
+            db_workers: vec![4, 16],
+            raw_duration: Duration::from_millis(300),
+            backlogs: [5_000, 1_000],
+            memory_deliveries: 500,
+            memory_workers: 16,
+            idle_events: 5_000,
+            idle_passes: 3,
+        }
+    }
+}
+
+/// One row of the result table.
+struct Row {
+    scenario: &'static str,
+    setting: String,
+    result: String,
+    target: String,
+    met: Option<bool>,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == CHILD_FLAG) {
+        memory_child();
+        return;
+    }
+    let tiny = args.iter().any(|a| a == "--tiny");
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let support_receiver = args.iter().any(|a| a == "--support-receiver");
+    let sizes = if tiny { Sizes::tiny() } else { Sizes::full() };
+    let wanted = |name: &str| only.as_deref().is_none_or(|o| o == name);
+
+    let started = Instant::now();
+    let mut rows = Vec::new();
+    let mut plans = Vec::new();
+    if wanted("latency") {
+        latency_bound(&sizes, support_receiver, &mut rows);
+    }
+    if wanted("db") {
+        database_bound(&sizes, support_receiver, &mut rows);
+    }
+    if wanted("memory") {
+        memory(&sizes, &mut rows);
+    }
+    if wanted("idle") {
+        plans = idle(&sizes, &mut rows);
+    }
+    print_table(&rows, tiny);
+    for plan in plans {
+        println!("\n{plan}");
+    }
+    println!(
+        "\ntotal {:.1} s{}",
+        started.elapsed().as_secs_f64(),
+        if tiny {
+            " (tiny sizes: targets not judged)"
+        } else {
+            ""
+        }
+    );
+}
+
+// ---------------------------------------------------------------- scenarios
+
+/// Scenario 1: deliveries/s with a slow receiver, and efficiency against
+/// `workers / latency`.
+fn latency_bound(sizes: &Sizes, support_receiver: bool, rows: &mut Vec<Row>) {
+    let receiver = AnyReceiver::start(sizes.latency, support_receiver);
+    let mut single = None;
+    for &workers in &sizes.latency_workers {
+        let db = support::migrated_db();
+        seed(&db, sizes.latency_events, "PENDING", &receiver.url());
+        let before = receiver.count();
+        let (report, secs) = timed_pass(&db, workers);
+        check_delivered(&report, sizes.latency_events, "latency-bound");
+        assert_eq!(
+            receiver.count() - before,
+            sizes.latency_events,
+            "latency-bound: the receiver got every request once"
+        );
+        let rate = sizes.latency_events as f64 / secs;
+        let ideal = workers as f64 / sizes.latency.as_secs_f64();
+        let efficiency = rate / ideal;
+        let single_rate = *single.get_or_insert(rate);
+        let speedup = rate / single_rate;
+        let mut target = String::new();
+        let mut met = None;
+        if workers == 64 {
+            target = "efficiency ≥ 0.90, ≥ 50× 1 worker".into();
+            met = Some(efficiency >= 0.90 && speedup >= 50.0);
+        }
+        push(
+            rows,
+            Row {
+                scenario: "1 latency-bound",
+                setting: format!(
+                    "{workers} workers, {} events, {} ms",
+                    sizes.latency_events,
+                    sizes.latency.as_millis()
+                ),
+                result: format!(
+                    "{rate:.1}/s in {secs:.2} s, eff {efficiency:.3}, {speedup:.1}× 1 worker"
+                ),
+                target,
+                met,
+            },
+        );
+    }
+}
+
+/// Scenario 2: deliveries/s with an instant receiver, against the raw
+/// single-row UPDATE autocommit rate with as many connections.
+fn database_bound(sizes: &Sizes, support_receiver: bool, rows: &mut Vec<Row>) {
+    let receiver = AnyReceiver::start(Duration::ZERO, support_receiver);
+    for &workers in &sizes.db_workers {
+        let db = support::migrated_db();
+        seed(&db, sizes.db_events, "PENDING", &receiver.url());
+        let (report, secs) = timed_pass(&db, workers);
+        check_delivered(&report, sizes.db_events, "database-bound");
+        let rate = sizes.db_events as f64 / secs;
+        let raw = raw_update_rate(&db, workers, sizes.raw_duration);
+        let ratio = rate / raw;
+        push(
+            rows,
+            Row {
+                scenario: "2 database-bound",
+                setting: format!("{workers} workers, {} events", sizes.db_events),
+                result: format!(
+                    "{rate:.0}/s in {secs:.2} s; raw UPDATE {raw:.0}/s; ratio {ratio:.2}"
+                ),
+                target: "≥ 0.50 of raw".into(),
+                met: Some(ratio >= 0.50),
+            },
+        );
+    }
+}
+
+/// Scenario 3: peak RSS of a child running the pass for the first
+/// deliveries of a big and a small backlog.
+fn memory(sizes: &Sizes, rows: &mut Vec<Row>) {
+    let receiver = AnyReceiver::start(Duration::ZERO, false);
+    let mut peaks = Vec::new();
+    for &backlog in &sizes.backlogs {
+        let db = support::migrated_db();
+        seed(&db, backlog, "PENDING", &receiver.url());
+        let t = Instant::now();
+        let out = Command::new(std::env::current_exe().expect("bench: own executable path"))
+            .arg(CHILD_FLAG)
+            .env("NR_BENCH_URL", &db.url)
+            .env("NR_BENCH_LIMIT", sizes.memory_deliveries.to_string())
+            .env("NR_BENCH_WORKERS", sizes.memory_workers.to_string())
+            .output()
+            .expect("bench: cannot run the memory child");
+        let secs = t.elapsed().as_secs_f64();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "bench: memory child failed: {}\n{stdout}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let field = |name: &str| -> u64 {
+            stdout
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+                .unwrap_or_else(|| panic!("bench: child printed no {name}: {stdout}"))
+        };
+        let (delivered, hwm_kib) = (field("delivered"), field("vmhwm_kib"));
+        let expected = sizes.memory_deliveries.min(backlog);
+        assert!(
+            delivered >= expected,
+            "memory: child delivered {delivered} of {expected}"
+        );
+        let mib = hwm_kib as f64 / 1024.0;
+        peaks.push(mib);
+        push(
+            rows,
+            Row {
+                scenario: "3 memory",
+                setting: format!(
+                    "backlog {backlog}, first {} deliveries, {} workers",
+                    sizes.memory_deliveries, sizes.memory_workers
+                ),
+                result: format!("peak RSS {mib:.1} MiB ({delivered} delivered, {secs:.1} s)"),
+                target: if backlog == sizes.backlogs[0] {
+                    "≤ 64 MiB".into()
+                } else {
+                    String::new()
+                },
+                met: (backlog == sizes.backlogs[0]).then_some(mib <= 64.0),
+            },
+        );
+    }
+    let ratio = peaks[0] / peaks[1];
+    push(
+        rows,
+        Row {
+            scenario: "3 memory",
+            setting: format!("ratio {} / {}", sizes.backlogs[0], sizes.backlogs[1]),
+            result: format!("{ratio:.2}"),
+            target: "≤ 1.5".into(),
+            met: Some(ratio <= 1.5),
+        },
+    );
+}
+
+/// The memory child: runs one pass until `NR_BENCH_LIMIT` events are done,
+/// then prints what it delivered and its peak RSS.
+fn memory_child() {
+    let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("child: {name} unset"));
+    let limit: u64 = var("NR_BENCH_LIMIT").parse().expect("child: limit");
+    let workers: usize = var("NR_BENCH_WORKERS").parse().expect("child: workers");
+    let stop = AtomicBool::new(false);
+    let hooks = StopAfter { limit, stop: &stop };
+    let mut reconciler =
+        Reconciler::new(&config(&var("NR_BENCH_URL"), workers)).expect("child: reconciler");
+    let report = match reconciler.run_pass(&stop, &hooks).expect("child: pass") {
+        PassOutcome::Ran(report) => report,
+        PassOutcome::LockHeld => panic!("child: lock held"),
+    };
+    drop(reconciler);
+    let status = std::fs::read_to_string("/proc/self/status").expect("child: /proc/self/status");
+    let hwm = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .expect("child: VmHWM line");
+    println!("delivered={} vmhwm_kib={hwm}", report.delivered);
+}
+
+/// Stops the pass once `limit` events are done.
+struct StopAfter<'a> {
+    limit: u64,
+    stop: &'a AtomicBool,
+}
+
+impl Hooks for StopAfter<'_> {
+    fn event_done(&self, tally: &Tally) {
+        if tally.events_done() >= self.limit {
+            self.stop.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Scenario 4: passes over many finished events; returns the due queries'
+/// plans.
+fn idle(sizes: &Sizes, rows: &mut Vec<Row>) -> Vec<String> {
+    let db = support::migrated_db();
+    seed(
+        &db,
+        sizes.idle_events,
+        "SUCCESS",
+        "http://127.0.0.1:9/unused",
+    );
+    let mut reconciler = Reconciler::new(&config(&db.url, 16)).expect("bench: reconciler");
+    let mut durations = Vec::new();
+    for _ in 0..=sizes.idle_passes {
+        let t = Instant::now();
+        let report = pass(&mut reconciler);
+        durations.push(t.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(report.events_seen, 0, "idle: nothing is due");
+    }
+    let first = durations.remove(0);
+    durations.sort_by(f64::total_cmp);
+    let median = durations[durations.len() / 2];
+    let max = durations[durations.len() - 1];
+    push(rows, Row {
+        scenario: "4 idle pass",
+        setting: format!("{} finished events, 0 due", sizes.idle_events),
+        result: format!(
+            "median {median:.1} ms, max {max:.1} ms over {} passes (first, connecting: {first:.1} ms)",
+            durations.len()
+        ),
+        target: "≤ 50 ms".into(),
+        met: Some(median <= 50.0),
+    });
+
+    let mut client = db.client();
+    client
+        .batch_execute("SET search_path = notification")
+        .expect("bench: search_path");
+    let mut plans = Vec::new();
+    for (name, sql) in [
+        ("due page query", explainable_page_sql()),
+        ("due count query", COUNT_SQL.to_string()),
+    ] {
+        let lines: Vec<String> = client
+            .query(&format!("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {sql}"), &[])
+            .expect("bench: EXPLAIN")
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect();
+        let plan = lines.join("\n");
+        assert!(
+            plan.contains("delivery_status_due"),
+            "idle: the {name} does not use the partial index:\n{plan}"
+        );
+        plans.push(format!(
+            "EXPLAIN ANALYZE of the {name} (idle database):\n{plan}"
+        ));
+    }
+    plans
+}
+
+/// The count query of `db::due::count_due`, with the cut-off inlined.
+const COUNT_SQL: &str = "SELECT count(DISTINCT event_id) FROM delivery_status
+     WHERE state IN ('PENDING', 'SENDING', 'RESENDING') AND next_attempt_at <= now()";
+
+/// The page query of `db::due` with its parameters inlined: cut-off now,
+/// start cursor, 50 events.
+fn explainable_page_sql() -> String {
+    notification_reconciler::db::due::PAGE_SQL
+        .replace("$1", "now()")
+        .replace("$2", "'-infinity'::timestamptz")
+        .replace("$3", "'00000000-0000-0000-0000-000000000000'::uuid")
+        .replace("$4", "50")
+}
+
+// ------------------------------------------------------------------ helpers
+
+/// The config of every pass here: `workers`, default page size, queue of
+/// 2 × workers, pool of workers + 2.
+fn config(url: &str, workers: usize) -> Config {
+    let mut config = Config::for_url(url);
+    config.reconciler.workers = workers;
+    config.reconciler.page_size = 50;
+    config.reconciler.queue_capacity = 2 * workers;
+    config.database.pool_size = workers as u32 + 2;
+    config.delivery.timeout = Duration::from_secs(30);
+    config
+}
+
+/// Builds a reconciler for `db` and times one pass (building excluded).
+fn timed_pass(db: &TestDb, workers: usize) -> (Report, f64) {
+    let mut reconciler = Reconciler::new(&config(&db.url, workers)).expect("bench: reconciler");
+    let t = Instant::now();
+    let report = pass(&mut reconciler);
+    (report, t.elapsed().as_secs_f64())
+}
+
+/// One pass that must run.
+fn pass(reconciler: &mut Reconciler) -> Report {
+    match reconciler
+        .run_pass(&AtomicBool::new(false), &NoHooks)
+        .expect("bench: the pass could not start")
+    {
+        PassOutcome::Ran(report) => report,
+        PassOutcome::LockHeld => panic!("bench: the lock is held by someone else"),
+    }
+}
+
+/// Panics unless the pass delivered all `n` events without errors.
+fn check_delivered(report: &Report, n: u64, what: &str) {
+    assert!(
+        report.ok() && report.delivered == n && report.errors == 0 && report.panics == 0,
+        "{what}: expected {n} deliveries, got {report:?}"
+    );
+}
+
+/// Seeds `n` events with one status each in `state` (PENDING: due now;
+/// SUCCESS: finished) for one channel at `url`, server-side, then
+/// VACUUM ANALYZE.
+fn seed(db: &TestDb, n: u64, state: &str, url: &str) {
+    let t = Instant::now();
+    let mut client = db.client();
+    let next = if state == "SUCCESS" {
+        "NULL"
+    } else {
+        "ev.created_at"
+    };
+    client
+        .batch_execute(&format!(
+            "SET search_path = notification;
+             INSERT INTO channel (namespace, name, url, signing_secret)
+                 VALUES ('bench', 'bench', '{url}',
+                         'whsec_' || encode(sha256('bench'::bytea), 'base64'));
+             INSERT INTO rule (namespace, name, event_type)
+                 VALUES ('bench', 'bench', 'invoice.paid');
+             INSERT INTO rule_channel SELECT r.id, c.id FROM rule r, channel c;
+             WITH ev AS (
+                 INSERT INTO event (namespace, type, rule_id, payload, created_at)
+                 SELECT 'bench', 'invoice.paid', (SELECT id FROM rule),
+                        jsonb_build_object('invoice', 'in_' || g, 'amount', g % 10000,
+                                           'currency', 'EUR', 'customer', 'cus_' || (g % 977)),
+                        now() - interval '1 hour' + g * interval '1 microsecond'
+                 FROM generate_series(1, {n}) g
+                 RETURNING id, created_at
+             )
+             INSERT INTO delivery_status (namespace, event_id, channel_id, event_created_at,
+                                          state, next_attempt_at, clock_started_at)
+             SELECT 'bench', ev.id, (SELECT id FROM channel), ev.created_at,
+                    '{state}', {next}, now()
+             FROM ev;"
+        ))
+        .expect("bench: seeding");
+    client
+        .batch_execute("VACUUM ANALYZE")
+        .expect("bench: vacuum");
+    eprintln!(
+        "seeded {n} {state} events in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+}
+
+/// Single-row autocommit `UPDATE`s per second with `connections` threads,
+/// each on its own connection and its own row, with a prepared statement.
+fn raw_update_rate(db: &TestDb, connections: usize, duration: Duration) -> f64 {
+    let mut client = db.client();
+    client
+        .batch_execute(
+            "CREATE TABLE public.bench_raw (id int PRIMARY KEY, n bigint NOT NULL);
+             INSERT INTO public.bench_raw SELECT g, 0 FROM generate_series(0, 1023) g;",
+        )
+        .expect("bench: raw table");
+    let total = AtomicU64::new(0);
+    let go = std::sync::Barrier::new(connections);
+    let elapsed = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..connections)
+            .map(|i| {
+                let (total, go) = (&total, &go);
+                s.spawn(move || {
+                    let mut client = db.client();
+                    let stmt = client
+                        .prepare("UPDATE public.bench_raw SET n = n + 1 WHERE id = $1")
+                        .expect("bench: prepare");
+                    let id = i as i32;
+                    go.wait();
+                    let t = Instant::now();
+                    let mut count = 0u64;
+                    while t.elapsed() < duration {
+                        client.execute(&stmt, &[&id]).expect("bench: raw UPDATE");
+                        count += 1;
+                    }
+                    total.fetch_add(count, Ordering::Relaxed);
+                    t.elapsed()
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().expect("bench: raw thread"))
+            .max()
+            .unwrap_or(duration)
+    });
+    total.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64()
+}
+
+/// Adds a row to the table, echoing it to stderr at once (so a later
+/// failure does not lose it).
+fn push(rows: &mut Vec<Row>, row: Row) {
+    eprintln!("{}: {}: {}", row.scenario, row.setting, row.result);
+    rows.push(row);
+}
+
+fn print_table(rows: &[Row], tiny: bool) {
+    let header = ["scenario", "setting", "result", "target", "met"];
+    let cells: Vec<[String; 5]> = rows
+        .iter()
+        .map(|r| {
+            let met = match (r.met, tiny) {
+                (None, _) => String::new(),
+                (Some(_), true) => "(tiny)".into(),
+                (Some(true), false) => "yes".into(),
+                (Some(false), false) => "NO".into(),
+            };
+            [
+                r.scenario.to_string(),
+                r.setting.clone(),
+                r.result.clone(),
+                r.target.clone(),
+                met,
+            ]
+        })
+        .collect();
+    let width = |i: usize| {
+        cells
+            .iter()
+            .map(|c| c[i].chars().count())
+            .chain([header[i].len()])
+            .max()
+            .unwrap_or(0)
+    };
+    let widths: Vec<usize> = (0..5).map(width).collect();
+    let line = |c: &[&str]| {
+        let padded: Vec<String> = c
+            .iter()
+            .zip(&widths)
+            .map(|(s, w)| format!("{s:<w$}"))
+            .collect();
+        println!("| {} |", padded.join(" | "));
+    };
+    println!();
+    line(&header);
+    let dashes: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+    line(&dashes.iter().map(String::as_str).collect::<Vec<_>>());
+    for c in &cells {
+        line(&c.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+}
+
+// ----------------------------------------------------------------- receiver
+
+/// The receiver of a scenario: this file's loopback server, or the test
+/// support's recording one.
+enum AnyReceiver {
+    Own(Loopback),
+    Support(support::Receiver),
+}
+
+impl AnyReceiver {
+    fn start(latency: Duration, support_receiver: bool) -> AnyReceiver {
+        if support_receiver {
+            AnyReceiver::Support(support::Receiver::start(
+                Script::status(200).with_latency(latency),
+            ))
+        } else {
+            AnyReceiver::Own(Loopback::start(latency))
+        }
+    }
+
+    fn url(&self) -> String {
+        match self {
+            AnyReceiver::Own(r) => r.url(),
+            AnyReceiver::Support(r) => r.url(),
+        }
+    }
+
+    fn count(&self) -> u64 {
+        match self {
+            AnyReceiver::Own(r) => r.count.load(Ordering::SeqCst),
+            AnyReceiver::Support(r) => r.count() as u64,
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 receiver on 127.0.0.1: one thread per connection,
+/// keep-alive, answers every request `200` (empty) after `latency`, counts requests.
+/// Its threads end when their client closes the connection or when it is
+/// dropped.
+struct Loopback {
+    port: u16,
+    count: Arc<AtomicU64>,
+    shutdown: Arc<AtomicBool>,
+    acceptor: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Loopback {
+    fn start(latency: Duration) -> Loopback {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("receiver: bind");
+        let port = listener.local_addr().expect("receiver: address").port();
+        let count = Arc::new(AtomicU64::new(0));
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let (c, s) = (Arc::clone(&count), Arc::clone(&shutdown));
+        let acceptor = std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if s.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(stream) = stream else { continue };
+                let (c, s) = (Arc::clone(&c), Arc::clone(&s));
+                std::thread::Builder::new()
+                    .stack_size(128 * 1024)
+                    .spawn(move || serve_connection(stream, latency, &c, &s))
+                    .expect("receiver: spawn");
+            }
+        });
+        Loopback {
+            port,
+            count,
+            shutdown,
+            acceptor: Some(acceptor),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hook", self.port)
+    }
+}
+
+impl Drop for Loopback {
+    fn drop(&mut self) {
+        self.shutdown.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(a) = self.acceptor.take() {
+            let _ = a.join();
+        }
+    }
+}
+
+/// Serves requests on one keep-alive connection until it closes.
+fn serve_connection(stream: TcpStream, latency: Duration, count: &AtomicU64, stop: &AtomicBool) {
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    let mut body = Vec::new();
+    loop {
+        // Headers: up to the blank line; only Content-Length matters.
+        let mut length = 0usize;
+        let mut first = true;
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e)
+                    if first
+                        && matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    continue;
+                }
+                Err(_) => return,
+            }
+            first = false;
+            let trimmed = line.trim_end();
+            if trimmed.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = trimmed.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        body.resize(length, 0);
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        count.fetch_add(1, Ordering::SeqCst);
+        if !latency.is_zero() {
+            std::thread::sleep(latency);
+        }
+        if writer
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .is_err()
+        {
+            return;
+        }
+    }
+}
