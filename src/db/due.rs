@@ -9,7 +9,7 @@
 //! handed out yet; a cursor on `(event_created_at, event_id)` cannot.
 
 use chrono::{DateTime, Utc};
-use postgres::GenericClient;
+use postgres::{GenericClient, Statement};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
@@ -114,24 +114,44 @@ pub fn start_cursor() -> Cursor {
     }
 }
 
-/// Reads the page of due events after `cursor` (at most `limit` events).
-pub fn page(
-    client: &mut impl GenericClient,
-    cutoff: DateTime<Utc>,
-    cursor: Cursor,
-    limit: u32,
-) -> Result<Vec<DueEvent>, DbError> {
-    let stmt = client
-        .prepare(PAGE_SQL)
-        .map_err(DbError::query("preparing the due query"))?;
-    let rows = client
-        .query(
-            &stmt,
-            &[&cutoff, &cursor.created_at, &cursor.id, &(limit as i64)],
-        )
-        .map_err(DbError::query("reading due events"))?;
+/// The due query, prepared once per pass on the lock connection (so it is
+/// parsed once and its plan can be reused across pages).
+pub struct Pager {
+    statement: Statement,
+}
+
+impl Pager {
+    /// Prepares the due query on `client`.
+    pub fn prepare(client: &mut impl GenericClient) -> Result<Pager, DbError> {
+        let statement = client
+            .prepare(PAGE_SQL)
+            .map_err(DbError::query("preparing the due query"))?;
+        Ok(Pager { statement })
+    }
+
+    /// Reads the page of due events after `cursor` (at most `limit`
+    /// events), on the connection that prepared it.
+    pub fn page(
+        &self,
+        client: &mut impl GenericClient,
+        cutoff: DateTime<Utc>,
+        cursor: Cursor,
+        limit: u32,
+    ) -> Result<Vec<DueEvent>, DbError> {
+        let rows = client
+            .query(
+                &self.statement,
+                &[&cutoff, &cursor.created_at, &cursor.id, &(limit as i64)],
+            )
+            .map_err(DbError::query("reading due events"))?;
+        events_from_rows(&rows)
+    }
+}
+
+/// Groups the rows of one page into events with their statuses.
+fn events_from_rows(rows: &[postgres::Row]) -> Result<Vec<DueEvent>, DbError> {
     let mut events: Vec<DueEvent> = Vec::new();
-    for r in &rows {
+    for r in rows {
         let id: Uuid = r.get(0);
         if events.last().is_none_or(|e| e.id != id) {
             let payload: String = r.get(4);

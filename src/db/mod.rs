@@ -32,6 +32,8 @@ pub type PooledClient = r2d2::PooledConnection<WorkerManager>;
 pub struct WorkerConn {
     /// The connection.
     pub client: Client,
+    /// The status write, prepared on this connection at first use.
+    pub writer: Option<statuses::StatusWriter>,
     /// Set to make the pool discard this connection when it is returned.
     pub discard: bool,
 }
@@ -46,6 +48,7 @@ impl r2d2::ManageConnection for WorkerManager {
     fn connect(&self) -> Result<WorkerConn, postgres::Error> {
         Ok(WorkerConn {
             client: self.0.connect()?,
+            writer: None,
             discard: false,
         })
     }

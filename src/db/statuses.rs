@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use postgres::types::Type;
-use postgres::GenericClient;
+use postgres::{GenericClient, Statement};
 use uuid::Uuid;
 
 use super::DbError;
@@ -92,53 +92,84 @@ pub fn of_event(
         .collect()
 }
 
-/// Writes a worker's update if the row is still at `version`; false when an
-/// operator (or another instance) changed it meanwhile.
-pub fn write_update(
-    client: &mut impl GenericClient,
-    id: Uuid,
-    version: i64,
-    update: &Update,
-) -> Result<bool, DbError> {
-    let attempt = update
-        .attempt
-        .as_ref()
-        .map(serde_json::to_value)
-        .transpose()
-        .map_err(|e| DbError::BadRow {
-            table: "delivery_status",
-            problem: format!("cannot encode an attempt: {e}"),
-        })?;
-    let round_attempts = update.round_attempts as i32;
-    // Typed parameters: one round trip (no separate prepare/describe). The
-    // attempt list keeps its newest `$8 - 1` entries before the new one is
-    // appended; a jsonpath slice does that without a subquery, which the
-    // server would plan on every write.
-    let n = client
-        .execute_typed(
-            "UPDATE delivery_status SET
-                 state = $3, reason = $4, next_attempt_at = $5, round_attempts = $6,
-                 attempt_count = attempt_count + CASE WHEN $7::jsonb IS NULL THEN 0 ELSE 1 END,
-                 attempts = CASE WHEN $7::jsonb IS NULL THEN attempts ELSE
-                     (CASE WHEN jsonb_array_length(attempts) < $8::int THEN attempts
-                      ELSE jsonb_path_query_array(attempts, ('$[' ||
-                          (jsonb_array_length(attempts) - $8::int + 1) || ' to last]')::jsonpath) END)
-                     || jsonb_build_array($7::jsonb) END,
-                 updated_at = now(), version = version + 1
-             WHERE id = $1 AND version = $2",
-            &[
-                (&id, Type::UUID),
-                (&version, Type::INT8),
-                (&update.state.as_str(), Type::TEXT),
-                (&update.reason, Type::TEXT),
-                (&update.next_attempt_at, Type::TIMESTAMPTZ),
-                (&round_attempts, Type::INT4),
-                (&attempt, Type::JSONB),
-                (&MAX_ATTEMPTS_KEPT, Type::INT4),
-            ],
-        )
-        .map_err(DbError::query("recording a delivery outcome"))?;
-    Ok(n == 1)
+/// A worker's status write, prepared once per connection: one `UPDATE`
+/// guarded by the row's version. The attempt list keeps its newest
+/// `$8 - 1` entries before the new one is appended; a jsonpath slice does
+/// that without a subquery.
+const STATUS_UPDATE_SQL: &str = "UPDATE delivery_status SET
+     state = $3, reason = $4, next_attempt_at = $5, round_attempts = $6,
+     attempt_count = attempt_count + CASE WHEN $7::jsonb IS NULL THEN 0 ELSE 1 END,
+     attempts = CASE WHEN $7::jsonb IS NULL THEN attempts ELSE
+         (CASE WHEN jsonb_array_length(attempts) < $8::int THEN attempts
+          ELSE jsonb_path_query_array(attempts, ('$[' ||
+              (jsonb_array_length(attempts) - $8::int + 1) || ' to last]')::jsonpath) END)
+         || jsonb_build_array($7::jsonb) END,
+     updated_at = now(), version = version + 1
+ WHERE id = $1 AND version = $2";
+
+/// The prepared status write of one connection (use it only on the
+/// connection that prepared it).
+pub struct StatusWriter {
+    statement: Statement,
+}
+
+impl StatusWriter {
+    /// Prepares the write on `client`.
+    pub fn prepare(client: &mut impl GenericClient) -> Result<StatusWriter, DbError> {
+        let statement = client
+            .prepare_typed(
+                STATUS_UPDATE_SQL,
+                &[
+                    Type::UUID,
+                    Type::INT8,
+                    Type::TEXT,
+                    Type::TEXT,
+                    Type::TIMESTAMPTZ,
+                    Type::INT4,
+                    Type::JSONB,
+                    Type::INT4,
+                ],
+            )
+            .map_err(DbError::query("preparing the status write"))?;
+        Ok(StatusWriter { statement })
+    }
+
+    /// Writes a worker's update if the row is still at `version`; false
+    /// when an operator (or another instance) changed it meanwhile.
+    pub fn write(
+        &self,
+        client: &mut impl GenericClient,
+        id: Uuid,
+        version: i64,
+        update: &Update,
+    ) -> Result<bool, DbError> {
+        let attempt = update
+            .attempt
+            .as_ref()
+            .map(serde_json::to_value)
+            .transpose()
+            .map_err(|e| DbError::BadRow {
+                table: "delivery_status",
+                problem: format!("cannot encode an attempt: {e}"),
+            })?;
+        let round_attempts = update.round_attempts as i32;
+        let n = client
+            .execute(
+                &self.statement,
+                &[
+                    &id,
+                    &version,
+                    &update.state.as_str(),
+                    &update.reason,
+                    &update.next_attempt_at,
+                    &round_attempts,
+                    &attempt,
+                    &MAX_ATTEMPTS_KEPT,
+                ],
+            )
+            .map_err(DbError::query("recording a delivery outcome"))?;
+        Ok(n == 1)
+    }
 }
 
 /// What `resend` did.

@@ -13,7 +13,8 @@ use postgres::GenericClient;
 use serde_json::value::RawValue;
 
 use crate::db::due::{DueEvent, DueStatus};
-use crate::db::{statuses, DbError};
+use crate::db::statuses::StatusWriter;
+use crate::db::DbError;
 use crate::delivery::endpoint;
 use crate::delivery::http::{Request, Sender};
 use crate::delivery::sign::Secret;
@@ -49,6 +50,7 @@ pub enum StatusOutcome {
 /// status; a database error stops this event (it stays due).
 pub fn reconcile_event(
     client: &mut impl GenericClient,
+    writer: &StatusWriter,
     ctx: &Context<'_>,
     event: &DueEvent,
     jitter: &mut dyn Jitter,
@@ -77,7 +79,7 @@ pub fn reconcile_event(
                 state::apply(&status.view, &outcome, Utc::now(), ctx.policy, jitter)
             }
         };
-        outcomes.push(write(client, event, status, &update)?);
+        outcomes.push(write(client, writer, event, status, &update)?);
     }
     Ok(outcomes)
 }
@@ -165,11 +167,12 @@ fn attempt(ctx: &Context<'_>, event: &DueEvent, status: &DueStatus, body: &[u8])
 /// Writes the update with the row's version; maps it to an outcome.
 fn write(
     client: &mut impl GenericClient,
+    writer: &StatusWriter,
     event: &DueEvent,
     status: &DueStatus,
     update: &Update,
 ) -> Result<StatusOutcome, DbError> {
-    if !statuses::write_update(client, status.id, status.version, update)? {
+    if !writer.write(client, status.id, status.version, update)? {
         log::warn!(
             "delivery of event {} to channel {} was changed concurrently (operator resend or another instance); kept that change, not writing {}",
             event.id,

@@ -20,7 +20,7 @@ use chrono::Utc;
 use crossbeam_channel::{bounded, SendTimeoutError, Sender as ChannelSender};
 
 use crate::config::Config;
-use crate::db::due::{self, DueEvent};
+use crate::db::due::{self, DueEvent, Pager};
 use crate::db::{self, DbError, Pool};
 use crate::delivery::http::Sender;
 use crate::delivery::worker::Context;
@@ -208,10 +208,14 @@ fn page_all(
 ) -> Option<String> {
     let mut cursor = due::start_cursor();
     let mut watch = LockWatch::new();
+    let pager = match lock.client_mut().and_then(Pager::prepare) {
+        Ok(pager) => pager,
+        Err(e) => return Some(format!("lost the lock connection while paging: {e}")),
+    };
     while !stopped() {
         let page = match lock
             .client_mut()
-            .and_then(|c| due::page(c, cutoff, cursor, page_size))
+            .and_then(|c| pager.page(c, cutoff, cursor, page_size))
         {
             Ok(page) => page,
             Err(e) => return Some(format!("lost the lock connection while paging: {e}")),

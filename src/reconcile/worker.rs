@@ -8,6 +8,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::db::due::DueEvent;
+use crate::db::statuses::StatusWriter;
 use crate::db::{Pool, PooledClient};
 use crate::delivery::worker::{reconcile_event, Context};
 use crate::reconcile::pass::Hooks;
@@ -43,7 +44,13 @@ pub fn work(
         };
         let result = catch_unwind(AssertUnwindSafe(|| {
             hooks.before_event(&event);
-            reconcile_event(&mut client.client, ctx, &event, &mut jitter)
+            let writer = match client.writer.take() {
+                Some(w) => w,
+                None => StatusWriter::prepare(&mut client.client)?,
+            };
+            let result = reconcile_event(&mut client.client, &writer, ctx, &event, &mut jitter);
+            client.writer = Some(writer);
+            result
         }));
         match result {
             Ok(Ok(outcomes)) => outcomes.into_iter().for_each(|o| tally.count(o)),
