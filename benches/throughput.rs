@@ -24,14 +24,13 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use notification_reconciler::config::Config;
+use notification_reconciler::http_server;
 use notification_reconciler::reconcile::pass::{Hooks, NoHooks, PassOutcome, Reconciler};
 use notification_reconciler::reconcile::report::{Report, Tally};
 use support::{Script, TestDb};
@@ -616,117 +615,34 @@ impl AnyReceiver {
     }
 }
 
-/// A minimal HTTP/1.1 receiver on 127.0.0.1: one thread per connection,
-/// keep-alive, answers every request `200` (empty) after `latency`, counts requests.
-/// Its threads end when their client closes the connection or when it is
-/// dropped.
+/// The bench's receiver: the crate's thread-per-connection `http_server`
+/// answering every request `200` (empty) after `latency`, counting requests
+/// and recording nothing else.
 struct Loopback {
-    port: u16,
+    server: http_server::Server,
     count: Arc<AtomicU64>,
-    shutdown: Arc<AtomicBool>,
-    acceptor: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Loopback {
     fn start(latency: Duration) -> Loopback {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("receiver: bind");
-        let port = listener.local_addr().expect("receiver: address").port();
         let count = Arc::new(AtomicU64::new(0));
-        let shutdown = Arc::new(AtomicBool::new(false));
-        let (c, s) = (Arc::clone(&count), Arc::clone(&shutdown));
-        let acceptor = std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                if s.load(Ordering::SeqCst) {
-                    return;
+        let c = Arc::clone(&count);
+        let server = http_server::Server::bind(
+            "127.0.0.1:0".parse().expect("address"),
+            http_server::Limits::default(),
+            move |_| {
+                if !latency.is_zero() {
+                    std::thread::sleep(latency);
                 }
-                let Ok(stream) = stream else { continue };
-                let (c, s) = (Arc::clone(&c), Arc::clone(&s));
-                std::thread::Builder::new()
-                    .stack_size(128 * 1024)
-                    .spawn(move || serve_connection(stream, latency, &c, &s))
-                    .expect("receiver: spawn");
-            }
-        });
-        Loopback {
-            port,
-            count,
-            shutdown,
-            acceptor: Some(acceptor),
-        }
+                c.fetch_add(1, Ordering::SeqCst);
+                http_server::Response::status(200)
+            },
+        )
+        .expect("receiver: bind");
+        Loopback { server, count }
     }
 
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/hook", self.port)
-    }
-}
-
-impl Drop for Loopback {
-    fn drop(&mut self) {
-        self.shutdown.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-        if let Some(a) = self.acceptor.take() {
-            let _ = a.join();
-        }
-    }
-}
-
-/// Serves requests on one keep-alive connection until it closes.
-fn serve_connection(stream: TcpStream, latency: Duration, count: &AtomicU64, stop: &AtomicBool) {
-    let _ = stream.set_nodelay(true);
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-    let Ok(mut writer) = stream.try_clone() else {
-        return;
-    };
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    let mut body = Vec::new();
-    loop {
-        // Headers: up to the blank line; only Content-Length matters.
-        let mut length = 0usize;
-        let mut first = true;
-        loop {
-            line.clear();
-            match reader.read_line(&mut line) {
-                Ok(0) => return,
-                Ok(_) => {}
-                Err(e)
-                    if first
-                        && matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) =>
-                {
-                    if stop.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    continue;
-                }
-                Err(_) => return,
-            }
-            first = false;
-            let trimmed = line.trim_end();
-            if trimmed.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = trimmed.split_once(':') {
-                if name.eq_ignore_ascii_case("content-length") {
-                    length = value.trim().parse().unwrap_or(0);
-                }
-            }
-        }
-        body.resize(length, 0);
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        count.fetch_add(1, Ordering::SeqCst);
-        if !latency.is_zero() {
-            std::thread::sleep(latency);
-        }
-        if writer
-            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-            .is_err()
-        {
-            return;
-        }
+        format!("http://{}/hook", self.server.addr())
     }
 }
