@@ -10,6 +10,14 @@ use clap::Parser;
 use notification_reconciler::cli::{self, Cli};
 
 fn main() -> ExitCode {
+    // A panic is a bug; say where in one line (a worker's panic is also
+    // logged with its event id and the worker goes on).
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!(
+            "error: internal error: {}",
+            info.to_string().replace('\n', " ")
+        );
+    }));
     let parsed = match Cli::try_parse() {
         Ok(parsed) => parsed,
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {

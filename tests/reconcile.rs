@@ -402,3 +402,62 @@ fn the_lock_key_is_pinned() {
         .collect();
     assert_eq!(ids.len(), 100);
 }
+
+#[test]
+fn a_paging_error_on_a_live_lock_connection_keeps_the_lock_until_workers_are_joined() {
+    // Regression: the pass dropped the lock connection (releasing the lock)
+    // inside the worker scope, so another instance could lead while this
+    // one's workers were still delivering. Here the first request hangs on
+    // one worker while the other keeps the pager busy; then the test renames
+    // a table the due query reads, so the next page fails with an SQL error
+    // on a live connection.
+    let db = migrated_db();
+    let receiver = Receiver::start(Script::new(|rq| {
+        if rq.seq == 1 {
+            support::Reply::hang()
+        } else {
+            support::Reply::status(200)
+        }
+    }));
+    let mut client = db.client();
+    seed(&mut client, &receiver.url(), 2000);
+    let mut config = fixtures::config(&db.url, 2);
+    config.reconciler.page_size = 5;
+    let key = derive_key(&config.reconciler.lock_key);
+    let mut r = Reconciler::new(&config).unwrap();
+    let report = std::thread::scope(|s| {
+        let pass = s.spawn(|| pass(&mut r, &NoHooks));
+        assert!(
+            receiver.wait_for(20, Duration::from_secs(30)),
+            "deliveries under way"
+        );
+        client
+            .batch_execute("ALTER TABLE notification.channel RENAME TO channel_renamed")
+            .unwrap();
+        // The pager fails on its next page at once; the first delivery is
+        // still held, so the lock must stay held all along.
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while std::time::Instant::now() < deadline {
+            assert!(
+                !lock_is_free(&db.url, key),
+                "the lock was released while a worker was still delivering"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        receiver.set_script(Script::status(200));
+        pass.join().unwrap()
+    });
+    let failure = report
+        .failure
+        .clone()
+        .expect("the pass reports the paging error");
+    assert!(failure.contains("paging failed"), "{failure}");
+    assert!(report.events_seen < 2000, "{}", report.summary());
+    assert!(
+        lock_is_free(&db.url, key),
+        "lock held after the pass returned"
+    );
+    client
+        .batch_execute("ALTER TABLE notification.channel_renamed RENAME TO channel")
+        .unwrap();
+}

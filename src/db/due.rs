@@ -26,8 +26,8 @@ pub struct Cursor {
     pub id: Uuid,
 }
 
-/// A channel as a worker needs it.
-#[derive(Debug, Clone)]
+/// A channel as a worker needs it. `Debug` leaves the signing secret out.
+#[derive(Clone)]
 pub struct Target {
     /// Channel id.
     pub id: Uuid,
@@ -43,6 +43,20 @@ pub struct Target {
     pub deleted: bool,
     /// Still assigned to the event's rule.
     pub assigned: bool,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("id", &self.id)
+            .field("url", &self.url)
+            .field("headers", &self.headers)
+            .field("signing_secret", &"<redacted>")
+            .field("disabled", &self.disabled)
+            .field("deleted", &self.deleted)
+            .field("assigned", &self.assigned)
+            .finish()
+    }
 }
 
 /// One unfinished delivery of a due event.
@@ -207,4 +221,25 @@ pub fn count_due(client: &mut impl GenericClient, cutoff: DateTime<Utc>) -> Resu
         )
         .map_err(DbError::query("counting due events"))?;
     Ok(row.get(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_of_a_target_hides_the_secret() {
+        let t = Target {
+            id: Uuid::nil(),
+            url: "http://x/".into(),
+            headers: "{}".into(),
+            signing_secret: "whsec_c2VjcmV0c2VjcmV0c2VjcmV0".into(),
+            disabled: false,
+            deleted: false,
+            assigned: true,
+        };
+        let shown = format!("{t:?}");
+        assert!(!shown.contains("c2VjcmV0"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+    }
 }

@@ -130,7 +130,16 @@ impl DbError {
     pub fn is_connection_lost(&self) -> bool {
         match self {
             DbError::Connect { .. } | DbError::Pool(_) | DbError::NotConnected(_) => true,
-            DbError::Query { source, .. } => source.is_closed() || source.code().is_none(),
+            DbError::Query { source, .. } => {
+                // No SQLSTATE: an I/O error. Class 08 (connection exception)
+                // and 57P0x (the server terminated the session or is going
+                // down) end the session too.
+                source.is_closed()
+                    || source.code().is_none_or(|code| {
+                        let code = code.code();
+                        code.starts_with("08") || code.starts_with("57P")
+                    })
+            }
             _ => false,
         }
     }

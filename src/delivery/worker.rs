@@ -46,15 +46,26 @@ pub enum StatusOutcome {
     NotDue,
 }
 
+/// A database error that stopped an event part-way: the outcomes already
+/// written, and the error (the rest of the event stays due).
+#[derive(Debug)]
+pub struct EventError {
+    /// Outcomes of the statuses written before the error.
+    pub done: Vec<StatusOutcome>,
+    /// The error.
+    pub source: DbError,
+}
+
 /// Reconciles every unfinished delivery of `event`. Returns one outcome per
-/// status; a database error stops this event (it stays due).
+/// status; a database error stops this event (its remaining statuses stay
+/// due) and carries the outcomes already written.
 pub fn reconcile_event(
     client: &mut impl GenericClient,
     writer: &StatusWriter,
     ctx: &Context<'_>,
     event: &DueEvent,
     jitter: &mut dyn Jitter,
-) -> Result<Vec<StatusOutcome>, DbError> {
+) -> Result<Vec<StatusOutcome>, EventError> {
     let mut body: Option<Vec<u8>> = None;
     let mut outcomes = Vec::with_capacity(event.statuses.len());
     for status in &event.statuses {
@@ -79,7 +90,15 @@ pub fn reconcile_event(
                 state::apply(&status.view, &outcome, Utc::now(), ctx.policy, jitter)
             }
         };
-        outcomes.push(write(client, writer, event, status, &update)?);
+        match write(client, writer, event, status, &update) {
+            Ok(outcome) => outcomes.push(outcome),
+            Err(source) => {
+                return Err(EventError {
+                    done: outcomes,
+                    source,
+                })
+            }
+        }
     }
     Ok(outcomes)
 }

@@ -149,39 +149,53 @@ pub fn run_pass(
                 }
             }
             drop(rx);
+            let mut watch = LockWatch::new();
             match r.lock.client_mut().and_then(|c| due::count_due(c, cutoff)) {
                 Ok(n) => {
                     due_at_start = n.max(0) as u64;
                     hooks.started(due_at_start);
                     failure = page_all(
                         &mut r.lock,
+                        &mut watch,
                         cutoff,
                         r.config.reconciler.page_size,
                         &tx,
                         &stopped,
                     );
                 }
-                Err(e) => failure = Some(format!("lost the lock connection: {e}")),
+                Err(e) => failure = Some(paging_failure("counting due events", &e)),
+            }
+            if failure.is_none() {
+                // Everything is handed out; keep watching the lock while the
+                // queue drains, so queued events are not delivered by a
+                // leader that no longer is one.
+                failure = watch_drain(&mut r.lock, &mut watch, &tx, &stopped);
             }
             if failure.is_some() {
-                // Another instance may lead now: nothing more is handed out.
+                // Another instance may lead now: nothing more is handed out,
+                // and workers stop taking queued events.
                 halt_ref.store(true, Relaxed);
-                r.lock.forget_connection();
             }
             drop(tx);
-            // The scope joins every worker here, before the lock is released.
+            // The scope joins every worker here; the lock is released (or
+            // its connection dropped) only after that.
         });
     }
-    if let Err(e) = r.lock.release() {
-        log::warn!(
-            "could not release the lock (its connection is dropped, which releases it): {e}"
-        );
+    if failure.is_some() {
+        // The lock connection failed or is suspect: drop it, which releases
+        // the lock if the server still held it. Workers are joined.
+        r.lock.forget_connection();
+    } else if let Err(e) = r.lock.release() {
+        failure = Some(format!(
+            "the lock connection failed before the lock was released: {e}"
+        ));
     }
     let mut report = Report::from_tally(&tally);
     report.started_at = Some(started_at);
     report.cutoff = Some(cutoff);
     report.due_at_start = due_at_start;
     report.failure = failure;
+    report.stopped_early = stop.load(Relaxed);
     let elapsed = started.elapsed();
     report.duration_ms = elapsed.as_millis() as u64;
     report.events_per_second = if elapsed.as_secs_f64() > 0.0 {
@@ -201,16 +215,16 @@ pub fn run_pass(
 /// the failure that stopped it, if any.
 fn page_all(
     lock: &mut LeaderLock,
+    watch: &mut LockWatch,
     cutoff: chrono::DateTime<Utc>,
     page_size: u32,
     tx: &ChannelSender<DueEvent>,
     stopped: &dyn Fn() -> bool,
 ) -> Option<String> {
     let mut cursor = due::start_cursor();
-    let mut watch = LockWatch::new();
     let pager = match lock.client_mut().and_then(Pager::prepare) {
         Ok(pager) => pager,
-        Err(e) => return Some(format!("lost the lock connection while paging: {e}")),
+        Err(e) => return Some(paging_failure("preparing the due query", &e)),
     };
     while !stopped() {
         let page = match lock
@@ -218,7 +232,7 @@ fn page_all(
             .and_then(|c| pager.page(c, cutoff, cursor, page_size))
         {
             Ok(page) => page,
-            Err(e) => return Some(format!("lost the lock connection while paging: {e}")),
+            Err(e) => return Some(paging_failure("paging", &e)),
         };
         let Some(last) = page.last() else { break };
         cursor = last.cursor();
@@ -226,6 +240,7 @@ fn page_all(
             match hand_out(tx, event, stopped, &mut || watch.alive(lock)) {
                 HandOut::Sent => {}
                 HandOut::Stopped => return None,
+                HandOut::NoWorkers => return Some("no worker thread is running".into()),
                 HandOut::LockLost => {
                     return Some("lost the lock connection while handing out events".into())
                 }
@@ -235,8 +250,37 @@ fn page_all(
     None
 }
 
+/// Waits until the workers have taken every queued event, checking the
+/// lock connection meanwhile.
+fn watch_drain(
+    lock: &mut LeaderLock,
+    watch: &mut LockWatch,
+    tx: &ChannelSender<DueEvent>,
+    stopped: &dyn Fn() -> bool,
+) -> Option<String> {
+    while !tx.is_empty() && !stopped() {
+        if !watch.alive(lock) {
+            return Some("lost the lock connection while the queue drained".into());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    None
+}
+
+/// The report's wording for a failed step on the lock connection.
+fn paging_failure(step: &str, e: &DbError) -> String {
+    if e.is_connection_lost() {
+        format!("lost the lock connection while {step}: {e}")
+    } else {
+        format!("{step} failed: {e}")
+    }
+}
+
 /// How often the lock connection is checked while events are handed out.
-const LOCK_CHECK_EVERY: Duration = Duration::from_millis(10);
+const LOCK_CHECK_EVERY: Duration = Duration::from_millis(50);
+
+/// How long one check may take before the connection counts as lost.
+const LOCK_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Checks that the lock connection is alive, at most every
 /// [`LOCK_CHECK_EVERY`]: a page can take long to hand out when workers are
@@ -258,7 +302,7 @@ impl LockWatch {
         }
         self.last = Instant::now();
         lock.client_mut()
-            .map(|c| c.is_valid(Duration::from_secs(1)).is_ok())
+            .map(|c| c.is_valid(LOCK_CHECK_TIMEOUT).is_ok())
             .unwrap_or(false)
     }
 }
@@ -267,8 +311,10 @@ impl LockWatch {
 enum HandOut {
     /// A worker will take it.
     Sent,
-    /// The pass was stopped (shutdown, or every worker is gone).
+    /// The pass was stopped (shutdown).
     Stopped,
+    /// Every worker is gone: nobody will take it.
+    NoWorkers,
     /// The lock connection is gone: another instance may lead.
     LockLost,
 }
@@ -292,7 +338,8 @@ fn hand_out(
         match tx.send_timeout(event, LOCK_CHECK_EVERY) {
             Ok(()) => return HandOut::Sent,
             Err(SendTimeoutError::Timeout(e)) => event = e,
-            Err(SendTimeoutError::Disconnected(_)) => return HandOut::Stopped,
+            Err(SendTimeoutError::Disconnected(_)) if stopped() => return HandOut::Stopped,
+            Err(SendTimeoutError::Disconnected(_)) => return HandOut::NoWorkers,
         }
     }
 }

@@ -81,6 +81,9 @@ pub struct Report {
     pub events_per_second: f64,
     /// Why the pass failed (lock lost, paging error), if it did.
     pub failure: Option<String>,
+    /// A shutdown request ended the pass before every due event was handed
+    /// out (the rest stay due).
+    pub stopped_early: bool,
 }
 
 impl Report {
@@ -124,6 +127,9 @@ impl Report {
             self.errors,
             self.panics
         );
+        if self.stopped_early {
+            s.push_str("; stopped early by a shutdown request");
+        }
         if let Some(f) = &self.failure {
             s.push_str(&format!("; {f}"));
         }
