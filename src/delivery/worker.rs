@@ -77,14 +77,18 @@ pub fn reconcile_event(
             }
             Check::Expired(update) => update,
             Check::Due => {
-                let outcome = match event_problem(event).or_else(|| channel_problem(status)) {
-                    Some(outcome) => outcome,
-                    None => {
+                let usable = match event_problem(event) {
+                    Some(problem) => Err(problem),
+                    None => usable_channel(status),
+                };
+                let outcome = match usable {
+                    Err(problem) => problem,
+                    Ok(channel) => {
                         let body = match &body {
                             Some(b) => b,
                             None => body.insert(webhook_body(event)),
                         };
-                        attempt(ctx, event, status, body)
+                        attempt(ctx, event, status, &channel, body)
                     }
                 };
                 state::apply(&status.view, &outcome, Utc::now(), ctx.policy, jitter)
@@ -118,53 +122,52 @@ fn event_problem(event: &DueEvent) -> Option<Outcome> {
     }
 }
 
-/// A reason not to send to this channel at all, as the state machine's
-/// outcome.
-fn channel_problem(status: &DueStatus) -> Option<Outcome> {
-    let t = &status.target;
-    if t.deleted {
-        return Some(Outcome::ChannelDeleted);
-    }
-    if t.disabled {
-        return Some(Outcome::ChannelDisabled);
-    }
-    if !t.assigned {
-        return Some(Outcome::ChannelUnassigned);
-    }
-    let invalid = |problem: String| Some(Outcome::InvalidChannel(problem));
-    if let Err(e) = endpoint::check_url(&t.url) {
-        return invalid(e);
-    }
-    if let Err(e) = Secret::parse(&t.signing_secret) {
-        return invalid(format!("signing secret: {e}"));
-    }
-    if let Err(e) = endpoint::parse_headers(&t.headers) {
-        return invalid(e);
-    }
-    None
+/// What sending to a channel needs, checked and parsed.
+struct UsableChannel {
+    secret: Secret,
+    headers: Vec<(String, String)>,
 }
 
-/// Sends one attempt (the channel passed [`channel_problem`]).
-fn attempt(ctx: &Context<'_>, event: &DueEvent, status: &DueStatus, body: &[u8]) -> Outcome {
+/// The channel's secret and headers, parsed; or the reason not to send to
+/// this channel at all, as the state machine's outcome.
+// The error is one of the small `Outcome` variants; boxing it would only
+// add an allocation per refused delivery.
+#[allow(clippy::result_large_err)]
+fn usable_channel(status: &DueStatus) -> Result<UsableChannel, Outcome> {
     let t = &status.target;
-    // Both were checked by `channel_problem`; re-parsing is cheap and keeps
-    // this function total.
-    let (secret, headers) = match (
-        Secret::parse(&t.signing_secret),
-        endpoint::parse_headers(&t.headers),
-    ) {
-        (Ok(s), Ok(h)) => (s, h),
-        (Err(e), _) => return Outcome::InvalidChannel(format!("signing secret: {e}")),
-        (_, Err(e)) => return Outcome::InvalidChannel(e),
-    };
+    if t.deleted {
+        return Err(Outcome::ChannelDeleted);
+    }
+    if t.disabled {
+        return Err(Outcome::ChannelDisabled);
+    }
+    if !t.assigned {
+        return Err(Outcome::ChannelUnassigned);
+    }
+    endpoint::check_url(&t.url).map_err(Outcome::InvalidChannel)?;
+    let secret = Secret::parse(&t.signing_secret)
+        .map_err(|e| Outcome::InvalidChannel(format!("signing secret: {e}")))?;
+    let headers = endpoint::parse_headers(&t.headers).map_err(Outcome::InvalidChannel)?;
+    Ok(UsableChannel { secret, headers })
+}
+
+/// Sends one attempt to a channel that passed [`usable_channel`].
+fn attempt(
+    ctx: &Context<'_>,
+    event: &DueEvent,
+    status: &DueStatus,
+    channel: &UsableChannel,
+    body: &[u8],
+) -> Outcome {
+    let t = &status.target;
     let msg_id = event.id.to_string();
     let result = ctx.sender.send(
         &Request {
             url: &t.url,
             msg_id: &msg_id,
             body,
-            secret: &secret,
-            headers: &headers,
+            secret: &channel.secret,
+            headers: &channel.headers,
         },
         Utc::now(),
     );
