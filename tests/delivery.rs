@@ -291,6 +291,22 @@ fn a_2xx_is_success_with_the_attempt_recorded() {
 }
 
 #[test]
+fn a_channel_url_with_a_host_name_is_looked_up_and_delivered() {
+    // IP-address URLs skip the lookup (every other test uses them); this one
+    // goes through the name lookup and then its kept addresses.
+    let mut f = Fixture::new();
+    let receiver = Receiver::start(Script::new(|_| Reply::status(200)));
+    let url = receiver.url().replace("127.0.0.1", "localhost");
+    assert!(url.contains("localhost"), "{url}");
+    f.single_channel(&url, "{}");
+    f.enqueue(PAYLOAD);
+    f.enqueue(PAYLOAD);
+    let report = pass_with(&f.config(vec![LONG]));
+    assert_eq!(report.delivered, 2, "{report:?}");
+    assert_eq!(receiver.count(), 2);
+}
+
+#[test]
 fn a_500_schedules_a_retry_and_the_retry_succeeds() {
     let mut f = Fixture::new();
     let receiver = Receiver::start(Script::sequence_per_id(vec![500, 200]));

@@ -13,8 +13,10 @@ use std::io::Read;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
+use ureq::unversioned::transport::DefaultConnector;
 
 use crate::config::DeliveryConfig;
+use crate::delivery::resolve::CachingResolver;
 use crate::delivery::sign::Secret;
 use crate::state::{classify_status, parse_retry_after, AttemptClass, AttemptResult};
 
@@ -44,7 +46,7 @@ pub struct Sender {
 impl Sender {
     /// Builds the shared agent from `[delivery]`.
     pub fn new(cfg: &DeliveryConfig) -> Sender {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+        let config = ureq::Agent::config_builder()
             .timeout_global(Some(cfg.timeout))
             .timeout_connect(Some(cfg.connect_timeout))
             .http_status_as_error(false)
@@ -53,8 +55,12 @@ impl Sender {
             .user_agent(USER_AGENT)
             .max_idle_connections(1024)
             .max_idle_connections_per_host(1024)
-            .build()
-            .into();
+            .build();
+        let agent = ureq::Agent::with_parts(
+            config,
+            DefaultConnector::default(),
+            CachingResolver::default(),
+        );
         Sender {
             agent,
             max_response_bytes: cfg.max_response_bytes,

@@ -1,9 +1,11 @@
 //! Delivering one event: the endpoint checks (`endpoint`), Standard Webhooks
-//! signing (`sign`), one HTTP attempt (`http`), and the worker step that ties
+//! signing (`sign`), one HTTP attempt (`http`) with its name resolution
+//! (`resolve`), and the worker step that ties
 //! them to the state machine and the database (`worker`). The decisions
 //! themselves (retry or fail, when next) are in `state`.
 
 pub mod endpoint;
 pub mod http;
+pub mod resolve;
 pub mod sign;
 pub mod worker;

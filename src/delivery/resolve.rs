@@ -1,0 +1,150 @@
+//! Name resolution for webhook requests, plugged into the `ureq` agent.
+//!
+//! `ureq` resolves the host on every call, before it looks for a pooled
+//! keep-alive connection, and when a timeout is set (ours always is) its
+//! default resolver starts a thread per lookup so that it can give up in
+//! time. For a busy reconciler that is a thread start per delivery, even to
+//! an IP address. This resolver:
+//!
+//! - answers an IP-address host at once, without a lookup;
+//! - keeps a host name's addresses for [`CACHE_TTL`] (what curl does by
+//!   default), so deliveries to the same endpoint look it up at most once a
+//!   minute; failed lookups are not kept;
+//! - does every real lookup through `ureq`'s own resolver, with its timeout.
+//!
+//! It is also the one place where a later SSRF guard would check addresses.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use ureq::http::Uri;
+use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::NextTimeout;
+
+/// How long a looked-up host name's addresses are reused.
+pub const CACHE_TTL: Duration = Duration::from_secs(60);
+
+/// Most host names kept; past that the cache starts afresh.
+const CACHE_MAX_HOSTS: usize = 4096;
+
+/// The resolver of the delivery agent. See the module documentation.
+#[derive(Debug, Default)]
+pub struct CachingResolver {
+    lookup: DefaultResolver,
+    cache: Mutex<HashMap<String, (Instant, ResolvedSocketAddrs)>>,
+}
+
+impl Resolver for CachingResolver {
+    fn resolve(
+        &self,
+        uri: &Uri,
+        config: &ureq::config::Config,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+            // Not a full URL: let ureq's resolver say what is wrong.
+            return self.lookup.resolve(uri, config, timeout);
+        };
+        let Some(port) = authority.port_u16().or(match scheme.as_str() {
+            "http" => Some(80),
+            "https" => Some(443),
+            _ => None,
+        }) else {
+            return self.lookup.resolve(uri, config, timeout);
+        };
+        let host = authority.host();
+        if let Some(ip) = ip_literal(host) {
+            let mut addrs = self.empty();
+            addrs.push(SocketAddr::new(ip, port));
+            return Ok(addrs);
+        }
+        let key = format!("{host}:{port}");
+        let now = Instant::now();
+        if let Some(addrs) = self.cached(&key, now) {
+            return Ok(addrs);
+        }
+        let addrs = self.lookup.resolve(uri, config, timeout)?;
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() >= CACHE_MAX_HOSTS {
+                cache.clear();
+            }
+            cache.insert(key, (now, addrs.clone()));
+        }
+        Ok(addrs)
+    }
+}
+
+impl CachingResolver {
+    /// The kept addresses of `key` if they are younger than [`CACHE_TTL`].
+    fn cached(&self, key: &str, now: Instant) -> Option<ResolvedSocketAddrs> {
+        let cache = self.cache.lock().ok()?;
+        let (at, addrs) = cache.get(key)?;
+        (now.saturating_duration_since(*at) < CACHE_TTL).then(|| addrs.clone())
+    }
+}
+
+/// The address a URL host names literally (`127.0.0.1`, `[::1]`), if it does.
+fn ip_literal(host: &str) -> Option<IpAddr> {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    bare.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(r: &CachingResolver, url: &str) -> Result<Vec<SocketAddr>, ureq::Error> {
+        let uri: Uri = url.parse().expect("test URL");
+        let config = ureq::config::Config::default();
+        let timeout = NextTimeout {
+            after: Duration::from_secs(5).into(),
+            reason: ureq::Timeout::Resolve,
+            ..NextTimeout::default()
+        };
+        r.resolve(&uri, &config, timeout)
+            .map(|a| a.iter().copied().collect())
+    }
+
+    #[test]
+    fn ip_literals_are_answered_without_a_lookup() {
+        let r = CachingResolver::default();
+        assert_eq!(
+            resolve(&r, "http://127.0.0.1:8080/hook").expect("v4"),
+            vec!["127.0.0.1:8080".parse::<SocketAddr>().expect("addr")]
+        );
+        assert_eq!(
+            resolve(&r, "https://[::1]/hook").expect("v6"),
+            vec!["[::1]:443".parse::<SocketAddr>().expect("addr")]
+        );
+        assert_eq!(
+            resolve(&r, "http://10.1.2.3/").expect("default port"),
+            vec!["10.1.2.3:80".parse::<SocketAddr>().expect("addr")]
+        );
+        assert!(r.cache.lock().expect("cache").is_empty());
+    }
+
+    #[test]
+    fn host_names_are_looked_up_once_and_kept() {
+        let r = CachingResolver::default();
+        let first = resolve(&r, "http://localhost:9/x").expect("localhost resolves");
+        assert!(!first.is_empty());
+        assert!(first.iter().all(|a| a.ip().is_loopback() && a.port() == 9));
+        assert!(r.cached("localhost:9", Instant::now()).is_some());
+        // A kept entry past its age is not used.
+        let later = Instant::now() + CACHE_TTL + Duration::from_secs(1);
+        assert!(r.cached("localhost:9", later).is_none());
+        assert_eq!(resolve(&r, "http://localhost:9/y").expect("again"), first);
+    }
+
+    #[test]
+    fn failed_lookups_are_not_kept() {
+        let r = CachingResolver::default();
+        assert!(resolve(&r, "http://no-such-host.invalid/").is_err());
+        assert!(r.cache.lock().expect("cache").is_empty());
+    }
+}
