@@ -391,11 +391,10 @@ const COUNT_SQL: &str = "SELECT count(DISTINCT event_id) FROM delivery_status
 /// The page query of `db::due` with its parameters inlined: cut-off now,
 /// start cursor, 50 events.
 fn explainable_page_sql() -> String {
-    notification_reconciler::db::due::PAGE_SQL
+    notification_reconciler::db::due::page_sql(50)
         .replace("$1", "now()")
         .replace("$2", "'-infinity'::timestamptz")
         .replace("$3", "'00000000-0000-0000-0000-000000000000'::uuid")
-        .replace("$4", "50")
 }
 
 // ------------------------------------------------------------------ helpers

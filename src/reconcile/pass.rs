@@ -222,14 +222,14 @@ fn page_all(
     stopped: &dyn Fn() -> bool,
 ) -> Option<String> {
     let mut cursor = due::start_cursor();
-    let pager = match lock.client_mut().and_then(Pager::prepare) {
+    let pager = match lock.client_mut().and_then(|c| Pager::prepare(c, page_size)) {
         Ok(pager) => pager,
         Err(e) => return Some(paging_failure("preparing the due query", &e)),
     };
     while !stopped() {
         let page = match lock
             .client_mut()
-            .and_then(|c| pager.page(c, cutoff, cursor, page_size))
+            .and_then(|c| pager.page(c, cutoff, cursor))
         {
             Ok(page) => page,
             Err(e) => return Some(paging_failure("paging", &e)),
