@@ -13,6 +13,13 @@
 //! - does every real lookup through `ureq`'s own resolver, with its timeout.
 //!
 //! It is also the one place where a later SSRF guard would check addresses.
+//! Such a guard must check the *resolved* addresses, not the host text
+//! (`http://2130706433/` is a host name to this module and resolves to
+//! 127.0.0.1), and must let a configured proxy's own address through: ureq
+//! resolves proxy hosts with the same resolver.
+//!
+//! ureq's resolver interface is outside its semver promise, so Cargo.toml
+//! pins ureq to 3.5.x.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -56,8 +63,13 @@ impl Resolver for CachingResolver {
         };
         let host = authority.host();
         if let Some(ip) = ip_literal(host) {
+            // The same address-family filter ureq's resolver applies.
+            let addr = SocketAddr::new(ip, port);
+            let Some(addr) = config.ip_family().keep_wanted(std::iter::once(addr)).next() else {
+                return Err(ureq::Error::HostNotFound);
+            };
             let mut addrs = self.empty();
-            addrs.push(SocketAddr::new(ip, port));
+            addrs.push(addr);
             return Ok(addrs);
         }
         let key = format!("{host}:{port}");
@@ -126,6 +138,24 @@ mod tests {
             vec!["10.1.2.3:80".parse::<SocketAddr>().expect("addr")]
         );
         assert!(r.cache.lock().expect("cache").is_empty());
+    }
+
+    #[test]
+    fn ip_literals_honour_the_agents_address_family() {
+        let r = CachingResolver::default();
+        let uri: Uri = "http://[::1]:80/".parse().expect("test URL");
+        let v4_only = ureq::config::Config::builder()
+            .ip_family(ureq::config::IpFamily::Ipv4Only)
+            .build();
+        let timeout = NextTimeout {
+            after: Duration::from_secs(5).into(),
+            reason: ureq::Timeout::Resolve,
+            ..NextTimeout::default()
+        };
+        assert!(matches!(
+            r.resolve(&uri, &v4_only, timeout),
+            Err(ureq::Error::HostNotFound)
+        ));
     }
 
     #[test]
