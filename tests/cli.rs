@@ -611,37 +611,20 @@ fn status_counts_states_and_shows_the_lock_holder() {
 fn an_unreachable_database_is_exit_code_1() {
     let nr = Nr::new(&closed_port_url());
     let id = Uuid::new_v4().to_string();
-    for args in [
-        vec!["migrate"],
-        vec!["status"],
-        vec!["status", "--json"],
-        vec!["channel", "list"],
-        vec![
-            "channel",
-            "create",
-            "--namespace",
-            "a",
-            "--name",
-            "b",
-            "--url",
-            "http://127.0.0.1:9/",
-        ],
-        vec!["channel", "disable", &id],
-        vec!["rule", "list"],
-        vec![
-            "event",
-            "emit",
-            "--namespace",
-            "a",
-            "--type",
-            "t",
-            "--data",
-            "{}",
-        ],
-        vec!["event", "list"],
-        vec!["event", "show", &id],
-        vec!["resend", &id],
+    for command in [
+        "migrate".to_owned(),
+        "status".to_owned(),
+        "status --json".to_owned(),
+        "channel list".to_owned(),
+        "channel create --namespace a --name b --url http://127.0.0.1:9/".to_owned(),
+        format!("channel disable {id}"),
+        "rule list".to_owned(),
+        "event emit --namespace a --type t --data {}".to_owned(),
+        "event list".to_owned(),
+        format!("event show {id}"),
+        format!("resend {id}"),
     ] {
+        let args: Vec<&str> = command.split_whitespace().collect();
         let line = nr.fails(1, &args);
         assert!(
             line.contains("cannot connect to the database"),

@@ -669,6 +669,15 @@ fn bad_args(name: &'static str, args: &[&str], names: &'static str) -> BadInput 
     }
 }
 
+/// Arguments that pass clap and are refused by the command itself, which
+/// runs with `config` (a reachable database).
+fn bad_command(name: &'static str, config: &str, args: &[&str], names: &'static str) -> BadInput {
+    BadInput {
+        config: Some(config.to_owned()),
+        ..bad_args(name, args, names)
+    }
+}
+
 /// At least 20 bad inputs: each exits 2 with exactly one stderr line that
 /// names the problem, and none panics.
 #[test]
@@ -835,10 +844,10 @@ fn bad_configuration_and_arguments_exit_2_with_one_clear_line() {
             "--channel",
         ),
         // These pass clap and are refused by the command, with a database.
-        BadInput {
-            name: "channel with an ftp URL",
-            config: Some(good.clone()),
-            args: [
+        bad_command(
+            "channel with an ftp URL",
+            &good,
+            &[
                 "channel",
                 "create",
                 "--namespace",
@@ -847,15 +856,13 @@ fn bad_configuration_and_arguments_exit_2_with_one_clear_line() {
                 "b",
                 "--url",
                 "ftp://x",
-            ]
-            .map(String::from)
-            .to_vec(),
-            names: "ftp://x",
-        },
-        BadInput {
-            name: "channel with a bad header",
-            config: Some(good.clone()),
-            args: [
+            ],
+            "ftp://x",
+        ),
+        bad_command(
+            "channel with a bad header",
+            &good,
+            &[
                 "channel",
                 "create",
                 "--namespace",
@@ -866,15 +873,13 @@ fn bad_configuration_and_arguments_exit_2_with_one_clear_line() {
                 "http://x",
                 "--header",
                 "Bad Name: v",
-            ]
-            .map(String::from)
-            .to_vec(),
-            names: "Bad Name",
-        },
-        BadInput {
-            name: "channel with a bad secret",
-            config: Some(good.clone()),
-            args: [
+            ],
+            "Bad Name",
+        ),
+        bad_command(
+            "channel with a bad secret",
+            &good,
+            &[
                 "channel",
                 "create",
                 "--namespace",
@@ -885,15 +890,13 @@ fn bad_configuration_and_arguments_exit_2_with_one_clear_line() {
                 "http://x",
                 "--secret",
                 "nope",
-            ]
-            .map(String::from)
-            .to_vec(),
-            names: "secret",
-        },
-        BadInput {
-            name: "emit bad JSON",
-            config: Some(good.clone()),
-            args: [
+            ],
+            "secret",
+        ),
+        bad_command(
+            "emit bad JSON",
+            &good,
+            &[
                 "event",
                 "emit",
                 "--namespace",
@@ -902,19 +905,15 @@ fn bad_configuration_and_arguments_exit_2_with_one_clear_line() {
                 "t",
                 "--data",
                 "{bad",
-            ]
-            .map(String::from)
-            .to_vec(),
-            names: "JSON",
-        },
-        BadInput {
-            name: "list by unknown state",
-            config: Some(good.clone()),
-            args: ["event", "list", "--state", "LOST"]
-                .map(String::from)
-                .to_vec(),
-            names: "LOST",
-        },
+            ],
+            "JSON",
+        ),
+        bad_command(
+            "list by unknown state",
+            &good,
+            &["event", "list", "--state", "LOST"],
+            "LOST",
+        ),
     ];
     assert!(cases.len() >= 20);
 
