@@ -217,6 +217,11 @@ pub fn resend(
         )
         .map_err(DbError::query("resending"))?;
     result.resent = updated.iter().map(|r| r.get(0)).collect();
+    if !result.resent.is_empty() {
+        // Wakes the leader on commit (see migration 0002's wake_channel).
+        tx.execute("SELECT pg_notify(wake_channel(), '')", &[])
+            .map_err(DbError::query("resending"))?;
+    }
     tx.commit().map_err(DbError::query("resending"))?;
     Ok(result)
 }
