@@ -31,8 +31,9 @@ use std::time::{Duration, Instant};
 
 use notification_reconciler::config::Config;
 use notification_reconciler::http_server;
-use notification_reconciler::reconcile::pass::{Hooks, NoHooks, PassOutcome, Reconciler};
+use notification_reconciler::reconcile::leader::{Hooks, NoHooks, PassOutcome, Reconciler};
 use notification_reconciler::reconcile::report::{Report, Tally};
+use notification_reconciler::reconcile::worker::Done;
 use support::{Script, TestDb};
 
 /// The argument that makes this binary the memory scenario's child.
@@ -317,8 +318,8 @@ struct StopAfter<'a> {
 }
 
 impl Hooks for StopAfter<'_> {
-    fn event_done(&self, tally: &Tally) {
-        if tally.events_done() >= self.limit {
+    fn finished(&self, _done: &Done, tally: &Tally) {
+        if tally.deliveries >= self.limit {
             self.stop.store(true, Ordering::Relaxed);
         }
     }
@@ -340,7 +341,7 @@ fn idle(sizes: &Sizes, rows: &mut Vec<Row>) -> Vec<String> {
         let t = Instant::now();
         let report = pass(&mut reconciler);
         durations.push(t.elapsed().as_secs_f64() * 1000.0);
-        assert_eq!(report.events_seen, 0, "idle: nothing is due");
+        assert_eq!(report.deliveries_seen, 0, "idle: nothing is due");
     }
     let first = durations.remove(0);
     durations.sort_by(f64::total_cmp);

@@ -73,11 +73,12 @@ fn sample(samples: &[(String, f64)], series: &str) -> f64 {
         .1
 }
 
-/// Sums "<n> <label>" over the daemon's "pass done:" summary lines.
+/// Sums "<n> <label>" over the daemon's "leading ok:" summary lines (one
+/// per interval in which deliveries finished).
 fn summed_from_log(log: &str, label: &str) -> u64 {
     let needle = format!(" {label},");
     log.lines()
-        .filter(|l| l.contains("pass done:"))
+        .filter(|l| l.contains("leading ok:"))
         .map(|l| {
             let at = l
                 .find(&needle)
@@ -204,7 +205,7 @@ fn run_started_while_the_database_is_down_keeps_running_and_delivers_once_it_is_
 }
 
 #[test]
-fn metrics_match_the_pass_reports_and_healthz_turns_503_when_the_database_stops() {
+fn metrics_match_the_interval_reports_and_healthz_turns_503_when_the_database_stops() {
     let cluster = Cluster::start_dedicated();
     let mut client = postgres::Client::connect(&cluster.url(), postgres::NoTls).expect("connect");
     notification_reconciler::db::migrate::run(&mut client, "notification").expect("migrate");
@@ -238,11 +239,11 @@ fn metrics_match_the_pass_reports_and_healthz_turns_503_when_the_database_stops(
         || tail(&daemon.stderr(), 40),
     );
     assert_eq!(count_state(&mut client, "SUCCESS"), total as i64);
-    // Each pass logs its summary before adding it to the metrics; wait for
-    // those lines to be in the captured stderr.
+    // Each interval's summary is logged at the next tick; wait for those
+    // lines to be in the captured stderr.
     let mut log = String::new();
     wait_until(
-        "the pass summaries of every delivery",
+        "the interval summaries of every delivery",
         LONG,
         || {
             log = daemon.stderr();
@@ -270,8 +271,20 @@ fn metrics_match_the_pass_reports_and_healthz_turns_503_when_the_database_stops(
     assert!(
         sample(
             &samples,
-            "notification_reconciler_passes_total{result=\"ok\"}"
-        ) >= 2.0
+            "notification_reconciler_wakeups_total{cause=\"interval\"}"
+        ) >= 1.0
+    );
+    // Every event's first attempt is in the latency histogram, once.
+    assert_eq!(
+        sample(
+            &samples,
+            "notification_reconciler_first_attempt_latency_seconds_count"
+        ),
+        total as f64
+    );
+    assert_eq!(
+        sample(&samples, "notification_reconciler_deliveries_in_flight"),
+        0.0
     );
     assert_eq!(
         sample(&samples, "notification_reconciler_worker_panics_total"),
@@ -298,7 +311,7 @@ fn metrics_match_the_pass_reports_and_healthz_turns_503_when_the_database_stops(
     );
     assert!(last.1.contains("database"), "{}", last.1);
     assert!(daemon.running(), "the daemon exited: {}", daemon.stderr());
-    assert!(daemon.wait_line("pass skipped", LONG));
+    assert!(daemon.wait_line("database unavailable", LONG));
     daemon.stop(LONG);
 }
 
@@ -311,7 +324,7 @@ fn sd_notify_sends_ready_watchdog_status_and_stopping() {
     socket
         .set_read_timeout(Some(Duration::from_millis(200)))
         .expect("read timeout");
-    // A long interval: watchdog pings must come from the wait between passes.
+    // A long interval: watchdog pings must come from the leader's loop.
     let mut daemon = start(
         &db.url,
         "[reconciler]\ninterval = \"1h\"\n",
@@ -345,8 +358,8 @@ fn sd_notify_sends_ready_watchdog_status_and_stopping() {
             .count()
             >= 2
     });
-    receive_until("a pass summary in STATUS=", &mut got, &|g| {
-        g.iter().any(|l| l.starts_with("STATUS=pass done:"))
+    receive_until("STATUS=leading", &mut got, &|g| {
+        g.iter().any(|l| l.starts_with("STATUS=leading"))
     });
     daemon.term();
     receive_until("STOPPING=1", &mut got, &|g| {

@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use notification_reconciler::config::Config;
 use notification_reconciler::db::statuses::{self, DeliveryStatus, MAX_ATTEMPTS_KEPT};
 use notification_reconciler::delivery::sign::{self, Secret};
-use notification_reconciler::reconcile::pass::NoHooks;
+use notification_reconciler::reconcile::leader::NoHooks;
 use notification_reconciler::reconcile::{PassOutcome, Reconciler, Report};
 use notification_reconciler::state::State;
 use postgres::{Client, NoTls};
@@ -286,7 +286,7 @@ fn a_2xx_is_success_with_the_attempt_recorded() {
     assert!(a.timestamp >= s.created_at, "{a:?}");
     // A second pass finds nothing to do.
     let again = pass_with(&f.config(vec![LONG]));
-    assert_eq!(again.events_seen, 0);
+    assert_eq!(again.deliveries_seen, 0);
     assert_eq!(receiver.count(), 1);
 }
 
@@ -584,7 +584,7 @@ fn resend_of_an_old_failed_status_is_delivered_again_with_a_fresh_clock() {
         )
         .unwrap();
     let mut r = Reconciler::new(&f.config(vec![LONG])).unwrap();
-    assert_eq!(pass(&mut r).events_seen, 0, "a FAILED status is not due");
+    assert_eq!(pass(&mut r).deliveries_seen, 0, "a FAILED status is not due");
 
     let result = statuses::resend(&mut f.client, event, None).unwrap();
     assert_eq!(result.resent.len(), 1);
@@ -667,7 +667,7 @@ fn retries_exhausted_fail_with_a_reason_naming_the_attempts() {
     );
     assert_eq!(s.attempt_count, 3);
     assert_eq!(s.next_attempt_at, None);
-    assert_eq!(pass(&mut r).events_seen, 0);
+    assert_eq!(pass(&mut r).deliveries_seen, 0);
     assert_eq!(receiver.count(), 3);
 }
 

@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Barrier, Mutex};
 use std::time::Duration;
 
-use notification_reconciler::db::due::DueEvent;
+use notification_reconciler::db::due::Delivery;
 use notification_reconciler::lock::derive_key;
-use notification_reconciler::reconcile::pass::{Hooks, NoHooks, PassOutcome, Reconciler};
+use notification_reconciler::reconcile::leader::{Hooks, NoHooks, PassOutcome, Reconciler};
 use notification_reconciler::reconcile::Report;
 use support::bin::{assert_fails, Bin};
 use support::fixtures::{self, enqueue, lock_is_free, seed, state_of, states};
@@ -82,7 +82,7 @@ fn concurrency_is_real_and_bounded_by_workers() {
         "peak concurrency at the receiver"
     );
     assert_eq!(report.delivered, 40);
-    assert_eq!(report.events_seen, 40);
+    assert_eq!(report.deliveries_seen, 40);
     assert_eq!(report.due_at_start, 40);
     assert!(report.ok());
     assert_each_once(&receiver, &events);
@@ -176,7 +176,7 @@ fn keyset_paging_delivers_every_event_in_one_pass() {
     config.reconciler.page_size = 7;
     let mut r = Reconciler::new(&config).unwrap();
     let report = pass(&mut r, &NoHooks);
-    assert_eq!(report.delivered, 500, "{}", report.summary());
+    assert_eq!(report.delivered, 500, "{}", report.summary("pass"));
     assert_each_once(&receiver, &events);
 }
 
@@ -187,7 +187,7 @@ struct HoldFirstUntil {
 }
 
 impl Hooks for HoldFirstUntil {
-    fn before_event(&self, _event: &DueEvent) {
+    fn before_delivery(&self, _delivery: &Delivery) {
         if !self.first.swap(true, Ordering::SeqCst) {
             while chrono::Utc::now() <= self.until {
                 std::thread::sleep(Duration::from_millis(20));
@@ -222,7 +222,7 @@ fn cutoff_is_computed_once_per_pass() {
         first: AtomicBool::new(false),
     };
     let report = pass(&mut r, &hooks);
-    assert_eq!(report.delivered, 3, "{}", report.summary());
+    assert_eq!(report.delivered, 3, "{}", report.summary("pass"));
     assert_eq!(
         state_of(&mut client, later),
         "PENDING",
@@ -241,9 +241,9 @@ fn cutoff_is_computed_once_per_pass() {
 struct PanicOn(String);
 
 impl Hooks for PanicOn {
-    fn before_event(&self, event: &DueEvent) {
-        if event.id.to_string() == self.0 {
-            panic!("injected panic for event {}", event.id);
+    fn before_delivery(&self, delivery: &Delivery) {
+        if delivery.event.id.to_string() == self.0 {
+            panic!("injected panic for event {}", delivery.event.id);
         }
     }
 }
@@ -276,7 +276,7 @@ struct KillLockOnThird {
 }
 
 impl Hooks for KillLockOnThird {
-    fn before_event(&self, _event: &DueEvent) {
+    fn before_delivery(&self, _delivery: &Delivery) {
         if self.seen.fetch_add(1, Ordering::SeqCst) == 2 {
             let mut admin = self.admin.lock().unwrap();
             let holder = notification_reconciler::lock::holder(&mut admin, self.key)
@@ -311,14 +311,14 @@ fn losing_the_lock_connection_stops_the_pass_and_the_next_pass_reacquires() {
         .expect("the pass must report the lock loss");
     assert!(failure.contains("lock connection"), "{failure}");
     assert!(
-        report.events_seen < 200,
+        report.deliveries_seen < 200,
         "kept handing out events after the lock was lost: {}",
-        report.summary()
+        report.summary("pass")
     );
     assert!(lock_is_free(&db.url, key));
     // The next pass reconnects, re-acquires and finishes the rest.
     let report = pass(&mut r, &NoHooks);
-    assert!(report.ok(), "{}", report.summary());
+    assert!(report.ok(), "{}", report.summary("pass"));
     let seen = deliveries(&receiver);
     for e in &events {
         assert!(
@@ -452,7 +452,7 @@ fn a_paging_error_on_a_live_lock_connection_keeps_the_lock_until_workers_are_joi
         .clone()
         .expect("the pass reports the paging error");
     assert!(failure.contains("paging failed"), "{failure}");
-    assert!(report.events_seen < 2000, "{}", report.summary());
+    assert!(report.deliveries_seen < 2000, "{}", report.summary("pass"));
     assert!(
         lock_is_free(&db.url, key),
         "lock held after the pass returned"

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use crate::config::Config;
-use crate::db::{self, migrate, statuses};
+use crate::db::{self, leaders, migrate, statuses};
 use crate::lock;
 
 /// `migrate`: applies pending migrations; prints what it did.
@@ -44,20 +44,40 @@ struct StatusReport {
     lock_key: String,
     lock_key_int8: i64,
     lock_holder: Option<lock::Holder>,
+    leader: Leader,
     schema: String,
     schema_version: i32,
 }
 
-/// `status`: counts by state, due now, oldest unfinished age, lock holder.
+/// Whether a leader is active, as `status` shows it.
+#[derive(serde::Serialize)]
+struct Leader {
+    /// Some instance holds the lock and leads.
+    active: bool,
+    /// Its record (when its lock connection is the holder).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    record: Option<leaders::LeaderRow>,
+}
+
+/// `status`: counts by state, due now, oldest unfinished age, lock holder,
+/// and the leader with its deliveries in flight.
 pub fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let mut client = super::connect(config)?;
     let counts = statuses::counts(&mut client)?;
     let key = lock::derive_key(&config.reconciler.lock_key);
+    let lock_holder = lock::holder(&mut client, key)?;
+    // A record left by a leader that died is not the holder's: ignore it.
+    let record = leaders::get(&mut client, key)?
+        .filter(|r| lock_holder.as_ref().is_some_and(|h| h.pid == r.backend_pid));
     let report = StatusReport {
         counts,
         lock_key: config.reconciler.lock_key.clone(),
         lock_key_int8: key,
-        lock_holder: lock::holder(&mut client, key)?,
+        leader: Leader {
+            active: lock_holder.is_some(),
+            record,
+        },
+        lock_holder,
         schema: config.database.schema.clone(),
         schema_version: migrate::latest_version(),
     };
@@ -89,6 +109,16 @@ pub fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
             h.since.to_rfc3339()
         ),
         None => println!("lock:      free (key {} = {})", report.lock_key, key),
+    }
+    match (&report.leader.record, report.leader.active) {
+        (Some(r), _) => println!(
+            "leader:    active since {}, {} deliveries in flight (as of {})",
+            r.since.to_rfc3339(),
+            r.in_flight,
+            r.updated_at.to_rfc3339()
+        ),
+        (None, true) => println!("leader:    active (no leader record yet)"),
+        (None, false) => println!("leader:    none (no instance leads)"),
     }
     Ok(ExitCode::SUCCESS)
 }

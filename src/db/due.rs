@@ -1,12 +1,15 @@
-//! The due query: one page of events that have unfinished deliveries due by
-//! the pass's cut-off, in keyset order `(created_at, id)`, each loaded with
-//! everything a worker needs to deliver it (its unfinished statuses and their
-//! channels, the rule assignment) so that workers read nothing before they
-//! send.
+//! The due query: one page of deliveries (event x channel) that are
+//! unfinished and due by a sweep's cut-off, in keyset order
+//! `(event_created_at, event_id, channel_id)`, each loaded with everything a
+//! worker needs to deliver it (the event, the status, the channel, the rule
+//! assignment) so that workers read nothing before they send.
 //!
-//! Keyset, not offset: statuses that finish while the pass runs drop out of
-//! the partial index, and an offset would then skip events that had not been
-//! handed out yet; a cursor on `(event_created_at, event_id)` cannot.
+//! Keyset, not offset: statuses that finish while a sweep runs drop out of
+//! the partial index, and an offset would then skip deliveries that had not
+//! been handed out yet; a cursor on the index's columns cannot.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Utc};
 use postgres::{GenericClient, Statement};
@@ -17,13 +20,15 @@ use super::statuses::parse_state;
 use super::DbError;
 use crate::state::{State, StatusView};
 
-/// Where the previous page ended.
+/// Where the previous page ended: the key of the last delivery looked at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cursor {
-    /// `created_at` of the last event handed out.
+    /// `event_created_at` of that delivery.
     pub created_at: DateTime<Utc>,
-    /// Its id.
-    pub id: Uuid,
+    /// Its event id.
+    pub event_id: Uuid,
+    /// Its channel id.
+    pub channel_id: Uuid,
 }
 
 /// A channel as a worker needs it. `Debug` leaves the signing secret out.
@@ -59,7 +64,7 @@ impl std::fmt::Debug for Target {
     }
 }
 
-/// One unfinished delivery of a due event.
+/// The status part of a due delivery.
 #[derive(Debug, Clone)]
 pub struct DueStatus {
     /// Status id.
@@ -72,8 +77,9 @@ pub struct DueStatus {
     pub target: Target,
 }
 
-/// A due event with its unfinished deliveries.
-#[derive(Debug, Clone)]
+/// The event part of a due delivery, shared by the sibling deliveries of one
+/// event read in the same page.
+#[derive(Debug)]
 pub struct DueEvent {
     /// Event id.
     pub id: Uuid,
@@ -85,22 +91,32 @@ pub struct DueEvent {
     pub created_at: DateTime<Utc>,
     /// The payload, as JSON text (sent verbatim as `data`).
     pub payload: Box<RawValue>,
-    /// Its unfinished deliveries (some may not be due yet).
-    pub statuses: Vec<DueStatus>,
+    /// The webhook body, built by the first worker that sends this event.
+    pub body: OnceLock<Vec<u8>>,
 }
 
-impl DueEvent {
-    /// The keyset position of this event.
+/// One due delivery: an event to one channel, the unit the leader hands out.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The event (shared with its sibling deliveries).
+    pub event: Arc<DueEvent>,
+    /// The status and its channel.
+    pub status: DueStatus,
+}
+
+impl Delivery {
+    /// The keyset position of this delivery.
     pub fn cursor(&self) -> Cursor {
         Cursor {
-            created_at: self.created_at,
-            id: self.id,
+            created_at: self.event.created_at,
+            event_id: self.event.id,
+            channel_id: self.status.target.id,
         }
     }
 }
 
-/// The due page query with its page size: `$1` cut-off, `$2`/`$3` cursor
-/// (public so that the benchmark can EXPLAIN exactly this text).
+/// The due page query with its page size: `$1` cut-off, `$2`/`$3`/`$4`
+/// cursor (public so that the benchmark can EXPLAIN exactly this text).
 ///
 /// The page size is part of the text, not a parameter: with `LIMIT $n` the
 /// planner's generic plan has to guess the row count and picks a hash join
@@ -114,10 +130,10 @@ pub fn page_sql(limit: u32) -> String {
 
 const PAGE_SQL_TEMPLATE: &str = "
 WITH page AS (
-    SELECT DISTINCT event_created_at, event_id FROM delivery_status
+    SELECT id, event_created_at, event_id, channel_id FROM delivery_status
     WHERE state IN ('PENDING', 'SENDING', 'RESENDING') AND next_attempt_at <= $1
-      AND (event_created_at, event_id) > ($2, $3)
-    ORDER BY event_created_at, event_id
+      AND (event_created_at, event_id, channel_id) > ($2, $3, $4)
+    ORDER BY event_created_at, event_id, channel_id
     LIMIT {limit}
 )
 SELECT e.id, e.namespace, e.type, e.created_at, e.payload::text,
@@ -125,28 +141,29 @@ SELECT e.id, e.namespace, e.type, e.created_at, e.payload::text,
        c.id, c.url, c.headers::text, c.signing_secret, c.disabled, c.deleted_at IS NOT NULL,
        EXISTS (SELECT 1 FROM rule_channel rc WHERE rc.rule_id = e.rule_id AND rc.channel_id = c.id)
 FROM page p
+JOIN delivery_status ds ON ds.id = p.id
 JOIN event e ON e.id = p.event_id
-JOIN delivery_status ds ON ds.event_id = e.id AND ds.state IN ('PENDING', 'SENDING', 'RESENDING')
-JOIN channel c ON c.id = ds.channel_id
-ORDER BY e.created_at, e.id, ds.channel_id";
+JOIN channel c ON c.id = p.channel_id
+ORDER BY p.event_created_at, p.event_id, p.channel_id";
 
-/// The first cursor: before every event.
+/// The first cursor: before every delivery.
 pub fn start_cursor() -> Cursor {
     Cursor {
         // Far before any event; PostgreSQL's range starts at 4713 BC.
         created_at: DateTime::<Utc>::from_timestamp(-60_000_000_000, 0).unwrap_or_default(),
-        id: Uuid::nil(),
+        event_id: Uuid::nil(),
+        channel_id: Uuid::nil(),
     }
 }
 
-/// The due query, prepared once per pass on the lock connection (so it is
-/// parsed once and its plan can be reused across pages).
+/// The due query, prepared once per connection (so it is parsed once and
+/// its plan can be reused across pages).
 pub struct Pager {
     statement: Statement,
 }
 
 impl Pager {
-    /// Prepares the due query for pages of `limit` events on `client`.
+    /// Prepares the due query for pages of `limit` deliveries on `client`.
     pub fn prepare(client: &mut impl GenericClient, limit: u32) -> Result<Pager, DbError> {
         let statement = client
             .prepare(&page_sql(limit))
@@ -154,41 +171,51 @@ impl Pager {
         Ok(Pager { statement })
     }
 
-    /// Reads the page of due events after `cursor`, on the connection that
-    /// prepared it.
+    /// Reads the page of due deliveries after `cursor`, on the connection
+    /// that prepared it.
     pub fn page(
         &self,
         client: &mut impl GenericClient,
         cutoff: DateTime<Utc>,
         cursor: Cursor,
-    ) -> Result<Vec<DueEvent>, DbError> {
+    ) -> Result<Vec<Delivery>, DbError> {
         let rows = client
-            .query(&self.statement, &[&cutoff, &cursor.created_at, &cursor.id])
-            .map_err(DbError::query("reading due events"))?;
-        events_from_rows(&rows)
+            .query(
+                &self.statement,
+                &[&cutoff, &cursor.created_at, &cursor.event_id, &cursor.channel_id],
+            )
+            .map_err(DbError::query("reading due deliveries"))?;
+        deliveries_from_rows(&rows)
     }
 }
 
-/// Groups the rows of one page into events with their statuses.
-fn events_from_rows(rows: &[postgres::Row]) -> Result<Vec<DueEvent>, DbError> {
-    let mut events: Vec<DueEvent> = Vec::new();
+/// Turns the rows of one page into deliveries; sibling deliveries of one
+/// event share its [`DueEvent`].
+fn deliveries_from_rows(rows: &[postgres::Row]) -> Result<Vec<Delivery>, DbError> {
+    let mut events: HashMap<Uuid, Arc<DueEvent>> = HashMap::new();
+    let mut deliveries = Vec::with_capacity(rows.len());
     for r in rows {
         let id: Uuid = r.get(0);
-        if events.last().is_none_or(|e| e.id != id) {
-            let payload: String = r.get(4);
-            let payload = RawValue::from_string(payload).map_err(|e| DbError::BadRow {
-                table: "event",
-                problem: format!("payload of event {id} is not JSON: {e}"),
-            })?;
-            events.push(DueEvent {
-                id,
-                namespace: r.get(1),
-                event_type: r.get(2),
-                created_at: r.get(3),
-                payload,
-                statuses: Vec::new(),
-            });
-        }
+        let event = match events.get(&id) {
+            Some(e) => Arc::clone(e),
+            None => {
+                let payload: String = r.get(4);
+                let payload = RawValue::from_string(payload).map_err(|e| DbError::BadRow {
+                    table: "event",
+                    problem: format!("payload of event {id} is not JSON: {e}"),
+                })?;
+                let event = Arc::new(DueEvent {
+                    id,
+                    namespace: r.get(1),
+                    event_type: r.get(2),
+                    created_at: r.get(3),
+                    payload,
+                    body: OnceLock::new(),
+                });
+                events.insert(id, Arc::clone(&event));
+                event
+            }
+        };
         let state: State = parse_state(r.get(7))?;
         let round_attempts: i32 = r.get(10);
         let status = DueStatus {
@@ -210,23 +237,38 @@ fn events_from_rows(rows: &[postgres::Row]) -> Result<Vec<DueEvent>, DbError> {
                 assigned: r.get(17),
             },
         };
-        if let Some(e) = events.last_mut() {
-            e.statuses.push(status);
-        }
+        deliveries.push(Delivery { event, status });
     }
-    Ok(events)
+    Ok(deliveries)
 }
 
-/// Number of unfinished statuses due by `cutoff` (the progress total and the
-/// `events due` metric).
+/// Number of unfinished deliveries due by `cutoff` (the progress total and
+/// the `deliveries due` metric).
 pub fn count_due(client: &mut impl GenericClient, cutoff: DateTime<Utc>) -> Result<i64, DbError> {
     let row = client
         .query_one(
-            "SELECT count(DISTINCT event_id) FROM delivery_status
+            "SELECT count(*) FROM delivery_status
              WHERE state IN ('PENDING', 'SENDING', 'RESENDING') AND next_attempt_at <= $1",
             &[&cutoff],
         )
-        .map_err(DbError::query("counting due events"))?;
+        .map_err(DbError::query("counting due deliveries"))?;
+    Ok(row.get(0))
+}
+
+/// When the earliest unfinished delivery that is not due by `cutoff` falls
+/// due (the leader's retry timer after a takeover and on each interval
+/// tick; between them it learns retry times from its own workers).
+pub fn next_due_after(
+    client: &mut impl GenericClient,
+    cutoff: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, DbError> {
+    let row = client
+        .query_one(
+            "SELECT min(next_attempt_at) FROM delivery_status
+             WHERE state IN ('PENDING', 'SENDING', 'RESENDING') AND next_attempt_at > $1",
+            &[&cutoff],
+        )
+        .map_err(DbError::query("finding the next due delivery"))?;
     Ok(row.get(0))
 }
 

@@ -10,6 +10,7 @@
 pub mod channels;
 pub mod due;
 pub mod events;
+pub mod leaders;
 pub mod migrate;
 pub mod rules;
 pub mod statuses;

@@ -1,18 +1,20 @@
-//! The worker step: what one worker does with one due event.
+//! The worker step: what one worker does with one due delivery (an event to
+//! one channel).
 //!
-//! For each unfinished delivery of the event: ask the state machine whether
-//! it is due or has timed out, check the event (its payload must be a JSON
-//! object) and the channel (deleted, disabled, no longer assigned, unusable
-//! URL/secret/headers), send the signed request,
+//! Ask the state machine whether it is due or has timed out, check the event
+//! (its payload must be a JSON object) and the channel (deleted, disabled, no
+//! longer assigned, unusable URL/secret/headers), send the signed request,
 //! let the state machine decide the update, and write it with the row's
 //! version (optimistic concurrency). Reads nothing before sending: the page
 //! brought everything. Holds no transaction across the HTTP call.
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use postgres::GenericClient;
 use serde_json::value::RawValue;
 
-use crate::db::due::{DueEvent, DueStatus};
+use crate::db::due::{Delivery, DueEvent, DueStatus};
 use crate::db::statuses::StatusWriter;
 use crate::db::DbError;
 use crate::delivery::endpoint;
@@ -20,14 +22,12 @@ use crate::delivery::http::{Request, Sender};
 use crate::delivery::sign::Secret;
 use crate::state::{self, Check, Jitter, Outcome, Policy, State, Update};
 
-/// What a worker needs besides the event and a connection.
+/// What a worker needs besides the delivery and a connection.
 pub struct Context<'a> {
     /// The shared HTTP sender.
     pub sender: &'a Sender,
     /// Retry schedule and timeouts.
     pub policy: &'a Policy,
-    /// The pass's cut-off: statuses due after it are left for later.
-    pub cutoff: DateTime<Utc>,
 }
 
 /// What happened to one delivery status.
@@ -46,65 +46,66 @@ pub enum StatusOutcome {
     NotDue,
 }
 
-/// A database error that stopped an event part-way: the outcomes already
-/// written, and the error (the rest of the event stays due).
-#[derive(Debug)]
-pub struct EventError {
-    /// Outcomes of the statuses written before the error.
-    pub done: Vec<StatusOutcome>,
-    /// The error.
-    pub source: DbError,
+/// What reconciling one delivery came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reconciled {
+    /// The outcome.
+    pub outcome: StatusOutcome,
+    /// When the next attempt is due, for a retry written by this step.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Enqueue to first attempt, when this step made the delivery's first
+    /// attempt.
+    pub first_attempt_latency: Option<Duration>,
 }
 
-/// Reconciles every unfinished delivery of `event`. Returns one outcome per
-/// status; a database error stops this event (its remaining statuses stay
-/// due) and carries the outcomes already written.
-pub fn reconcile_event(
+/// Reconciles one due delivery: decides, sends when due, and records the
+/// outcome. `cutoff` is the sweep's: a status due after it is left alone.
+pub fn reconcile_delivery(
     client: &mut impl GenericClient,
     writer: &StatusWriter,
     ctx: &Context<'_>,
-    event: &DueEvent,
+    delivery: &Delivery,
+    cutoff: DateTime<Utc>,
     jitter: &mut dyn Jitter,
-) -> Result<Vec<StatusOutcome>, EventError> {
-    let mut body: Option<Vec<u8>> = None;
-    let mut outcomes = Vec::with_capacity(event.statuses.len());
-    for status in &event.statuses {
-        let now = Utc::now();
-        let update = match state::check(&status.view, now, ctx.cutoff, ctx.policy) {
-            Check::Finished | Check::NotDue => {
-                outcomes.push(StatusOutcome::NotDue);
-                continue;
-            }
-            Check::Expired(update) => update,
-            Check::Due => {
-                let usable = match event_problem(event) {
-                    Some(problem) => Err(problem),
-                    None => usable_channel(status),
-                };
-                let outcome = match usable {
-                    Err(problem) => problem,
-                    Ok(channel) => {
-                        let body = match &body {
-                            Some(b) => b,
-                            None => body.insert(webhook_body(event)),
-                        };
-                        attempt(ctx, event, status, &channel, body)
-                    }
-                };
-                state::apply(&status.view, &outcome, Utc::now(), ctx.policy, jitter)
-            }
-        };
-        match write(client, writer, event, status, &update) {
-            Ok(outcome) => outcomes.push(outcome),
-            Err(source) => {
-                return Err(EventError {
-                    done: outcomes,
-                    source,
-                })
-            }
+) -> Result<Reconciled, DbError> {
+    let (event, status) = (&*delivery.event, &delivery.status);
+    let mut first_attempt_latency = None;
+    let update = match state::check(&status.view, Utc::now(), cutoff, ctx.policy) {
+        Check::Finished | Check::NotDue => {
+            return Ok(Reconciled {
+                outcome: StatusOutcome::NotDue,
+                next_attempt_at: None,
+                first_attempt_latency: None,
+            })
         }
-    }
-    Ok(outcomes)
+        Check::Expired(update) => update,
+        Check::Due => {
+            let usable = match event_problem(event) {
+                Some(problem) => Err(problem),
+                None => usable_channel(status),
+            };
+            let outcome = match usable {
+                Err(problem) => problem,
+                Ok(channel) => {
+                    if status.view.state == State::Pending && status.view.round_attempts == 0 {
+                        first_attempt_latency = (Utc::now() - event.created_at).to_std().ok();
+                    }
+                    let body = event.body.get_or_init(|| webhook_body(event));
+                    attempt(ctx, event, status, &channel, body)
+                }
+            };
+            state::apply(&status.view, &outcome, Utc::now(), ctx.policy, jitter)
+        }
+    };
+    let outcome = write(client, writer, event, status, &update)?;
+    Ok(Reconciled {
+        outcome,
+        next_attempt_at: match outcome {
+            StatusOutcome::RetryScheduled => update.next_attempt_at,
+            _ => None,
+        },
+        first_attempt_latency,
+    })
 }
 
 /// A reason the event cannot be sent to any channel: its payload, sent as

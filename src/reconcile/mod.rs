@@ -1,15 +1,29 @@
-//! The parallel reconciliation pass (DESIGN.md "Shape"): the main thread
-//! holds the leader lock on its dedicated connection and pages due events
-//! into a bounded channel; `workers` OS threads, each with its own pooled
-//! connection, reconcile them; the scope joins every worker, and only then is
-//! the lock released — on every path.
+//! Reconciling: the leader hands due deliveries to workers (DESIGN.md
+//! "Shape" and "The leader loop"). The main thread holds the leader lock on
+//! its dedicated connection, pages due deliveries on it and hands them over
+//! a bounded channel to `workers` OS threads, each with its own pooled
+//! connection; workers report every finished delivery back over a second
+//! channel; the scope joins every worker, and only then is the lock
+//! released, on every path.
 //!
-//! `pass` is the orchestration, `worker` the loop each thread runs, `report`
-//! the per-pass tally. What happens to one event is `delivery::worker`.
+//! - `leader`: the loop and its waits (`run` leads continuously, `once`
+//!   makes one sweep), and the [`Reconciler`] both start from.
+//! - `scheduler`: pure: which due deliveries to hand out now.
+//! - `lease`: the lock watch, and the proof of it workers check before
+//!   each attempt.
+//! - `listener`: LISTEN on the wake channel, forwarded into a crossbeam
+//!   channel.
+//! - `worker`: the loop each worker thread runs.
+//! - `report`: the tally of finished deliveries and its report.
+//!
+//! What happens to one delivery is `delivery::worker`.
 
-pub mod pass;
+pub mod leader;
+pub mod lease;
+pub mod listener;
 pub mod report;
+pub mod scheduler;
 pub mod worker;
 
-pub use pass::{run_pass, Hooks, PassOutcome, Reconciler};
+pub use leader::{Hooks, NoHooks, PassOutcome, Reconciler};
 pub use report::Report;

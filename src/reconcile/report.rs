@@ -1,64 +1,66 @@
-//! The per-pass report: what the pass saw and did, counted by outcome.
-//! Workers add to a [`Tally`] of atomics (the only state they share); the
-//! pass turns it into a [`Report`] once every worker has been joined.
-
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+//! What the leader did: a [`Tally`] of finished deliveries, counted by the
+//! main thread from the workers' reports (workers share no counters), and
+//! the [`Report`] made from it: for `once`, the one sweep; for `run`, each
+//! `interval` of leading and the whole time it led.
 
 use chrono::{DateTime, Utc};
 
 use crate::delivery::worker::StatusOutcome;
+use crate::reconcile::worker::{Done, Finished};
 
-/// Counters shared by the workers of one pass.
-#[derive(Debug, Default)]
+/// Counts of finished deliveries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tally {
-    /// Events taken from the channel.
-    pub events: AtomicU64,
-    /// Statuses now SUCCESS.
-    pub delivered: AtomicU64,
-    /// Statuses with a retry scheduled.
-    pub retry_scheduled: AtomicU64,
-    /// Statuses now FAILED.
-    pub failed: AtomicU64,
-    /// Writes refused because the row changed meanwhile.
-    pub changed_concurrently: AtomicU64,
-    /// Statuses skipped as not yet due.
-    pub not_due: AtomicU64,
-    /// Events whose reconcile returned an error (they stay due).
-    pub errors: AtomicU64,
-    /// Events whose reconcile panicked (they stay due).
-    pub panics: AtomicU64,
+    /// Deliveries whose outcome came back (every kind below).
+    pub deliveries: u64,
+    /// Now SUCCESS.
+    pub delivered: u64,
+    /// Retry scheduled (SENDING).
+    pub retry_scheduled: u64,
+    /// Now FAILED.
+    pub failed: u64,
+    /// Writes refused: the row changed concurrently.
+    pub changed_concurrently: u64,
+    /// Skipped: not due, or already finished.
+    pub not_due: u64,
+    /// Database errors (the delivery stays due).
+    pub errors: u64,
+    /// Panics caught (the delivery stays due).
+    pub panics: u64,
 }
 
 impl Tally {
-    /// Counts one status outcome.
-    pub fn count(&self, outcome: StatusOutcome) {
-        let counter = match outcome {
-            StatusOutcome::Delivered => &self.delivered,
-            StatusOutcome::RetryScheduled => &self.retry_scheduled,
-            StatusOutcome::Failed => &self.failed,
-            StatusOutcome::ChangedConcurrently => &self.changed_concurrently,
-            StatusOutcome::NotDue => &self.not_due,
+    /// Counts one finished delivery. Deliveries dropped unattempted at a
+    /// stop are not counted: they stay due and were never tried.
+    pub fn count(&mut self, done: &Done) {
+        let counter = match &done.finished {
+            Finished::Reconciled(r) => match r.outcome {
+                StatusOutcome::Delivered => &mut self.delivered,
+                StatusOutcome::RetryScheduled => &mut self.retry_scheduled,
+                StatusOutcome::Failed => &mut self.failed,
+                StatusOutcome::ChangedConcurrently => &mut self.changed_concurrently,
+                StatusOutcome::NotDue => &mut self.not_due,
+            },
+            Finished::Error => &mut self.errors,
+            Finished::Panicked => &mut self.panics,
+            Finished::Dropped => return,
         };
-        counter.fetch_add(1, Relaxed);
-    }
-
-    /// Events finished so far (for progress).
-    pub fn events_done(&self) -> u64 {
-        self.events.load(Relaxed)
+        *counter += 1;
+        self.deliveries += 1;
     }
 }
 
-/// What one pass did.
+/// What a sweep (`once`) or a stretch of leading (`run`) did.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Report {
-    /// When the pass started.
+    /// When it started.
     pub started_at: Option<DateTime<Utc>>,
-    /// The cut-off used for the whole pass.
+    /// `once`: the cut-off used for the whole sweep.
     pub cutoff: Option<DateTime<Utc>>,
-    /// Events with due deliveries at the start.
+    /// `once`: deliveries due at the start.
     pub due_at_start: u64,
-    /// Events handed to workers.
-    pub events_seen: u64,
+    /// Deliveries whose outcome came back.
+    pub deliveries_seen: u64,
     /// Status rows written.
     pub statuses_updated: u64,
     /// Now SUCCESS.
@@ -71,54 +73,60 @@ pub struct Report {
     pub changed_concurrently: u64,
     /// Skipped: not due yet.
     pub not_due: u64,
-    /// Events that hit a database error.
+    /// Deliveries that hit a database error (they stay due).
     pub errors: u64,
-    /// Events whose reconcile panicked.
+    /// Deliveries whose reconcile panicked (they stay due).
     pub panics: u64,
-    /// Wall time of the pass in milliseconds.
+    /// Wall time in milliseconds.
     pub duration_ms: u64,
-    /// Events per second.
-    pub events_per_second: f64,
-    /// Why the pass failed (lock lost, paging error), if it did.
+    /// Deliveries per second.
+    pub deliveries_per_second: f64,
+    /// Why leading ended abnormally (lock lost, paging error), if it did.
     pub failure: Option<String>,
-    /// A shutdown request ended the pass before every due event was handed
-    /// out (the rest stay due).
+    /// A shutdown request ended it before everything due was handed out
+    /// (the rest stay due).
     pub stopped_early: bool,
 }
 
 impl Report {
-    /// Fills the counts from a finished tally.
-    pub fn from_tally(t: &Tally) -> Report {
-        let r = Report {
-            events_seen: t.events.load(Relaxed),
-            delivered: t.delivered.load(Relaxed),
-            retry_scheduled: t.retry_scheduled.load(Relaxed),
-            failed: t.failed.load(Relaxed),
-            changed_concurrently: t.changed_concurrently.load(Relaxed),
-            not_due: t.not_due.load(Relaxed),
-            errors: t.errors.load(Relaxed),
-            panics: t.panics.load(Relaxed),
-            ..Report::default()
-        };
+    /// A report of `tally` over `duration`.
+    pub fn new(tally: &Tally, started_at: DateTime<Utc>, duration: std::time::Duration) -> Report {
+        let t = tally;
         Report {
-            statuses_updated: r.delivered + r.retry_scheduled + r.failed,
-            ..r
+            started_at: Some(started_at),
+            deliveries_seen: t.deliveries,
+            statuses_updated: t.delivered + t.retry_scheduled + t.failed,
+            delivered: t.delivered,
+            retry_scheduled: t.retry_scheduled,
+            failed: t.failed,
+            changed_concurrently: t.changed_concurrently,
+            not_due: t.not_due,
+            errors: t.errors,
+            panics: t.panics,
+            duration_ms: duration.as_millis() as u64,
+            deliveries_per_second: if duration.as_secs_f64() > 0.0 {
+                t.deliveries as f64 / duration.as_secs_f64()
+            } else {
+                0.0
+            },
+            ..Report::default()
         }
     }
 
-    /// Whether the pass completed (it may still have per-event errors).
+    /// Whether it ended normally (it may still have per-delivery errors).
     pub fn ok(&self) -> bool {
         self.failure.is_none()
     }
 
-    /// The one-line summary logged at info and shown as systemd STATUS.
-    pub fn summary(&self) -> String {
+    /// The one-line summary logged at info (and shown as systemd STATUS),
+    /// starting with `what` ("pass", "leading", "stopped leading").
+    pub fn summary(&self, what: &str) -> String {
         let mut s = format!(
-            "pass {}: {} events in {} ms ({:.1}/s): {} delivered, {} retry scheduled, {} failed, {} changed concurrently, {} not due, {} errors, {} panics",
-            if self.ok() { "done" } else { "FAILED" },
-            self.events_seen,
+            "{what} {}: {} deliveries in {} ms ({:.1}/s): {} delivered, {} retry scheduled, {} failed, {} changed concurrently, {} not due, {} errors, {} panics",
+            if self.ok() { "ok" } else { "FAILED" },
+            self.deliveries_seen,
             self.duration_ms,
-            self.events_per_second,
+            self.deliveries_per_second,
             self.delivered,
             self.retry_scheduled,
             self.failed,

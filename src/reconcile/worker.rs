@@ -1,94 +1,149 @@
-//! The loop each worker thread runs: take events from the channel until it
-//! is closed, reconcile each on the worker's own pooled connection, and count
-//! the outcome. A panic while reconciling one event is caught, logged with
-//! the event id, counted, and the connection is discarded; the worker goes
-//! on and the event stays due for the next pass.
+//! The loop each worker thread runs: take deliveries from the hand-off
+//! channel until it is closed, reconcile each on the worker's own pooled
+//! connection, and report each outcome back to the main thread (which frees
+//! its slot in the in-flight registry and counts it).
+//!
+//! An attempt starts only while the leader's lease is fresh (see `lease`);
+//! after a stop or a halt, deliveries still queued are dropped unattempted
+//! (they stay due). A panic while reconciling one delivery is caught,
+//! logged with the event id, reported, and the connection is discarded; the
+//! worker goes on and the delivery stays due.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering::Relaxed;
 
-use crate::db::due::DueEvent;
+use chrono::{DateTime, Utc};
+use crossbeam_channel::{Receiver, Sender};
+use uuid::Uuid;
+
+use crate::db::due::Delivery;
 use crate::db::statuses::StatusWriter;
-use crate::db::{Pool, PooledClient};
-use crate::delivery::worker::{reconcile_event, Context, EventError};
-use crate::reconcile::pass::Hooks;
-use crate::reconcile::report::Tally;
+use crate::db::{DbError, Pool, PooledClient};
+use crate::delivery::worker::{reconcile_delivery, Context, Reconciled};
+use crate::reconcile::leader::Hooks;
+use crate::reconcile::lease::Lease;
 use crate::state::RandomJitter;
 
-/// Reconciles every event `events` yields, then returns.
+/// One delivery handed to a worker, with the cut-off of the sweep that
+/// found it.
+#[derive(Debug)]
+pub struct Job {
+    /// The delivery.
+    pub delivery: Delivery,
+    /// The sweep's cut-off.
+    pub cutoff: DateTime<Utc>,
+}
+
+/// A worker's report of one delivery it was handed.
+#[derive(Debug, Clone)]
+pub struct Done {
+    /// The delivery status.
+    pub status_id: Uuid,
+    /// Its channel.
+    pub channel_id: Uuid,
+    /// What came of it.
+    pub finished: Finished,
+}
+
+/// What came of a delivery handed to a worker.
+#[derive(Debug, Clone)]
+pub enum Finished {
+    /// Reconciled and recorded (or refused as changed concurrently).
+    Reconciled(Reconciled),
+    /// A database error: nothing recorded, it stays due.
+    Error,
+    /// The reconcile panicked: nothing recorded, it stays due.
+    Panicked,
+    /// Not attempted (stop or halt): it stays due.
+    Dropped,
+}
+
+/// What a worker shares with the others (all read-only or atomic).
+pub struct Shared<'a> {
+    /// The workers' pool.
+    pub pool: &'a Pool,
+    /// Sender and policy.
+    pub ctx: &'a Context<'a>,
+    /// The leader's lease.
+    pub lease: &'a Lease,
+    /// Observers.
+    pub hooks: &'a dyn Hooks,
+}
+
+/// Reconciles every job until the channel closes, reporting each into
+/// `done`. `stopped` says to drop what is still queued.
 pub fn work(
-    events: impl IntoIterator<Item = DueEvent>,
-    pool: &Pool,
-    ctx: &Context<'_>,
-    tally: &Tally,
-    hooks: &dyn Hooks,
+    jobs: &Receiver<Job>,
+    done: &Sender<Done>,
+    shared: &Shared<'_>,
+    stopped: &dyn Fn() -> bool,
 ) {
     let mut conn: Option<PooledClient> = None;
     let mut jitter = RandomJitter;
-    for event in events {
-        reconcile_one(&event, &mut conn, pool, ctx, tally, hooks, &mut jitter);
-        tally.events.fetch_add(1, Relaxed);
-        // Progress, watchdog and health hang off this call: it runs on every
-        // path, and a panicking hook must not take the worker down.
-        if catch_unwind(AssertUnwindSafe(|| hooks.event_done(tally))).is_err() {
-            log::error!("a pass hook panicked after event {}", event.id);
+    for job in jobs.iter() {
+        let finished = if shared.lease.wait_fresh(stopped) {
+            reconcile_one(&job, &mut conn, shared, &mut jitter)
+        } else {
+            Finished::Dropped
+        };
+        let report = Done {
+            status_id: job.delivery.status.id,
+            channel_id: job.delivery.status.target.id,
+            finished,
+        };
+        if done.send(report).is_err() {
+            break;
         }
     }
 }
 
-/// Reconciles one event on the worker's connection (taking one from the
-/// pool if it has none), counting what happened.
+/// Reconciles one delivery on the worker's connection (taking one from the
+/// pool if it has none).
 fn reconcile_one(
-    event: &DueEvent,
+    job: &Job,
     conn: &mut Option<PooledClient>,
-    pool: &Pool,
-    ctx: &Context<'_>,
-    tally: &Tally,
-    hooks: &dyn Hooks,
+    shared: &Shared<'_>,
     jitter: &mut RandomJitter,
-) {
+) -> Finished {
+    let d = &job.delivery;
     let client = match conn {
         Some(c) => c,
-        None => match pool.get() {
+        None => match shared.pool.get() {
             Ok(c) => conn.insert(c),
             Err(e) => {
                 log::error!(
-                    "event {} ({}) left for the next pass: no database connection: {e}",
-                    event.id,
-                    event.namespace
+                    "delivery of event {} ({}) to channel {} left due: no database connection: {e}",
+                    d.event.id,
+                    d.event.namespace,
+                    d.status.target.id
                 );
-                tally.errors.fetch_add(1, Relaxed);
-                return;
+                return Finished::Error;
             }
         },
     };
-    let result = catch_unwind(AssertUnwindSafe(|| {
-        hooks.before_event(event);
+    let result = catch_unwind(AssertUnwindSafe(|| -> Result<Reconciled, DbError> {
+        shared.hooks.before_delivery(d);
         let writer = match client.writer.take() {
             Some(w) => w,
-            None => StatusWriter::prepare(&mut client.client).map_err(|source| EventError {
-                done: Vec::new(),
-                source,
-            })?,
+            None => StatusWriter::prepare(&mut client.client)?,
         };
-        let result = reconcile_event(&mut client.client, &writer, ctx, event, jitter);
+        let result = reconcile_delivery(&mut client.client, &writer, shared.ctx, d, job.cutoff, jitter);
         client.writer = Some(writer);
         result
     }));
     match result {
-        Ok(Ok(outcomes)) => outcomes.into_iter().for_each(|o| tally.count(o)),
-        Ok(Err(EventError { done, source })) => {
-            done.into_iter().for_each(|o| tally.count(o));
+        Ok(Ok(reconciled)) => Finished::Reconciled(reconciled),
+        Ok(Err(e)) => {
             log::error!(
-                "event {} ({}) left for the next pass: {source}",
-                event.id,
-                event.namespace
+                "delivery of event {} ({}) to channel {} left due: {e}",
+                d.event.id,
+                d.event.namespace,
+                d.status.target.id
             );
-            tally.errors.fetch_add(1, Relaxed);
-            if source.is_connection_lost() {
+            if e.is_connection_lost() {
                 client.discard = true;
                 *conn = None;
             }
+            Finished::Error
         }
         Err(panic) => {
             let what = panic
@@ -97,13 +152,14 @@ fn reconcile_one(
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
             log::error!(
-                "worker panicked on event {} ({}); it stays due for the next pass: {what}",
-                event.id,
-                event.namespace
+                "worker panicked on event {} ({}) to channel {}; it stays due: {what}",
+                d.event.id,
+                d.event.namespace,
+                d.status.target.id
             );
-            tally.panics.fetch_add(1, Relaxed);
             client.discard = true;
             *conn = None;
+            Finished::Panicked
         }
     }
 }

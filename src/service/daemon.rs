@@ -1,28 +1,37 @@
-//! `run`: the daemon loop. A pass every `reconciler.interval` (a pass longer
-//! than the interval is followed at once by the next, never overlapped);
-//! SIGTERM/SIGINT stop paging, let in-flight deliveries finish, release the
-//! lock and exit 0. A database that is down is logged once per interval and
-//! retried; the loop neither exits nor spins. A schema that is not at this
-//! binary's version stops the start with exit 1, naming `migrate`.
+//! `run`: the daemon. It tries to lead; while it holds the lock the
+//! reconciler's leader loop hands out deliveries as they fall due (see
+//! `reconcile::leader`); otherwise it stands by and tries again every
+//! [`STANDBY_RETRY`], so a standby takes over within a second of the
+//! leader's death. SIGTERM/SIGINT stop the hand-out, let in-flight
+//! deliveries finish, release the lock and exit 0. A database that is down
+//! is logged once per interval and retried; the loop neither exits nor
+//! spins. A schema that is not at this binary's version stops the start
+//! with exit 1, naming `migrate`.
 //!
-//! The loop also tells the outside world how it is doing: systemd through
-//! [`Notifier`] (READY, WATCHDOG, STATUS, STOPPING) and monitoring through
-//! [`Telemetry`] (metrics and health, served when `metrics.listen` is set).
-//! The pass itself is `reconcile`'s business.
+//! The daemon also runs the wake-up listener (`reconcile::listener`) and
+//! tells the outside world how it is doing: systemd through [`Notifier`]
+//! (READY, WATCHDOG, STATUS, STOPPING) and monitoring through [`Telemetry`]
+//! (metrics and health, served when `metrics.listen` is set).
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::db::due::DueEvent;
+use crate::db::due::Delivery;
 use crate::db::{self, DbError};
 use crate::lock;
-use crate::reconcile::pass::{Hooks, PassOutcome, Reconciler};
-use crate::reconcile::report::Tally;
-use crate::service::metrics::{self, Health, ListenError, Metrics, PassResult, Telemetry};
+use crate::reconcile::leader::{Hooks, PassOutcome, Reconciler, WakeCause};
+use crate::reconcile::listener;
+use crate::reconcile::report::{Report, Tally};
+use crate::reconcile::worker::Done;
+use crate::service::metrics::{self, Health, LeadResult, ListenError, Metrics, Telemetry};
 use crate::service::notify::Notifier;
 use crate::service::signals::Shutdown;
+
+/// How often a standby tries to take the lock.
+pub const STANDBY_RETRY: Duration = Duration::from_millis(250);
 
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
@@ -44,8 +53,7 @@ pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
 }
 
 /// How long `/healthz` tolerates no sign of progress: three intervals, but
-/// at least twice the delivery timeout (a pass whose every worker waits on a
-/// slow endpoint is not stalled).
+/// at least twice the delivery timeout.
 pub fn stall_after(config: &Config) -> Duration {
     (config.reconciler.interval * 3).max(config.delivery.timeout * 2)
 }
@@ -90,56 +98,77 @@ pub fn run_until(config: &Config, shutdown: &Shutdown) -> Result<(), DaemonError
     telemetry.health.db_ok();
     let mut reconciler = Reconciler::new(config)?;
     log::info!(
-        "started: {} workers, pass every {}, lock key {:?}",
+        "started: {} workers, interval {}, lock key {:?}",
         config.reconciler.workers,
         humantime::format_duration(interval),
         config.reconciler.lock_key
     );
-    notifier.ready("ready: first pass starting");
+    notifier.ready("ready: trying to lead");
 
     let hooks = DaemonHooks {
         notifier: &notifier,
         telemetry: &telemetry,
     };
-    while !shutdown.requested() {
-        let started = Instant::now();
-        telemetry.health.beat();
-        notifier.watchdog();
-        let status = match reconciler.run_pass(shutdown.flag(), &hooks) {
-            Ok(PassOutcome::LockHeld) => {
-                telemetry.metrics.pass_skipped(PassResult::LockHeld);
-                telemetry.health.db_ok();
-                "standby: another instance holds the lock".to_string()
-            }
-            Ok(PassOutcome::Ran(report)) => {
-                // run_pass has logged the summary.
-                telemetry.metrics.pass_ran(&report);
-                match &report.failure {
-                    None => telemetry.health.db_ok(),
-                    Some(f) => telemetry
-                        .health
-                        .db_problem(format!("the last pass failed: {f}")),
-                }
-                report.summary()
-            }
-            Err(e) => {
-                log::error!(
-                    "pass skipped, retrying in {}: {e}",
-                    humantime::format_duration(interval)
-                );
-                telemetry.metrics.pass_skipped(PassResult::Error);
-                telemetry
-                    .health
-                    .db_problem(format!("database unavailable at the last pass: {e}"));
-                format!("database unavailable: {e}")
-            }
-        };
-        notifier.status(&status);
-        if wait(shutdown, started + interval, &notifier, &telemetry) {
-            break;
+    let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
+    let listener_stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let spawned = std::thread::Builder::new()
+            .name("listener".into())
+            .spawn_scoped(scope, || {
+                listener::run(&config.database, &listener_stop, &wake_tx)
+            });
+        if let Err(e) = spawned {
+            log::error!("cannot start the wake-up listener (deliveries wait for reconciler.interval): {e}");
         }
-    }
-    drop(reconciler); // releases the lock if a pass still held it
+        while !shutdown.requested() {
+            telemetry.health.beat();
+            notifier.watchdog();
+            let retry_at = match reconciler.lead(shutdown.flag(), &hooks, &wake_rx) {
+                Ok(PassOutcome::LockHeld) => {
+                    telemetry.metrics.lead_ended(LeadResult::LockHeld);
+                    telemetry.health.db_ok();
+                    notifier.status("standby: another instance holds the lock");
+                    Instant::now() + STANDBY_RETRY
+                }
+                Ok(PassOutcome::Ran(report)) => {
+                    let summary = report.summary("stopped leading");
+                    match &report.failure {
+                        None => {
+                            log::info!("{summary}");
+                            telemetry.metrics.lead_ended(LeadResult::Stopped);
+                            telemetry.health.db_ok();
+                        }
+                        Some(f) => {
+                            log::error!("{summary}");
+                            telemetry.metrics.lead_ended(LeadResult::Lost);
+                            telemetry
+                                .health
+                                .db_problem(format!("leading ended: {f}"));
+                        }
+                    }
+                    notifier.status(&summary);
+                    Instant::now() + STANDBY_RETRY
+                }
+                Err(e) => {
+                    log::error!(
+                        "database unavailable, trying to lead again in {}: {e}",
+                        humantime::format_duration(interval)
+                    );
+                    telemetry.metrics.lead_ended(LeadResult::Error);
+                    telemetry
+                        .health
+                        .db_problem(format!("database unavailable: {e}"));
+                    notifier.status(&format!("database unavailable: {e}"));
+                    Instant::now() + interval
+                }
+            };
+            if wait(shutdown, retry_at, &notifier, &telemetry) {
+                break;
+            }
+        }
+        listener_stop.store(true, Ordering::Relaxed);
+    });
+    drop(reconciler); // releases the lock if it is still held
     stop(
         &notifier,
         "shutting down: in-flight deliveries recorded, lock released",
@@ -153,9 +182,9 @@ fn stop(notifier: &Notifier, status: &str) -> Result<(), DaemonError> {
     Ok(())
 }
 
-/// The daemon's only wait between passes: until `until` or a shutdown
+/// The daemon's wait while it does not lead: until `until` or a shutdown
 /// request (returns true then), waking to ping the watchdog and to show the
-/// loop is alive. Prompt delivery (LISTEN/NOTIFY) will wake it here too.
+/// loop is alive.
 fn wait(shutdown: &Shutdown, until: Instant, notifier: &Notifier, telemetry: &Telemetry) -> bool {
     let tick = notifier
         .ping_every()
@@ -174,28 +203,51 @@ fn wait(shutdown: &Shutdown, until: Instant, notifier: &Notifier, telemetry: &Te
     }
 }
 
-/// The pass's hooks in the daemon: progress keeps the watchdog fed and
-/// `/healthz` green during a long pass.
+/// The leader's hooks in the daemon: metrics, and the watchdog and
+/// `/healthz` kept fed while it leads.
 struct DaemonHooks<'a> {
     notifier: &'a Notifier,
     telemetry: &'a Telemetry,
 }
 
+impl DaemonHooks<'_> {
+    fn alive(&self) {
+        self.telemetry.health.beat();
+        self.notifier.watchdog_if_due();
+    }
+}
+
 impl Hooks for DaemonHooks<'_> {
     fn started(&self, due: u64) {
-        self.telemetry.metrics.pass_started(due);
-        self.telemetry.health.beat();
-        self.notifier.watchdog_if_due();
+        self.telemetry.metrics.leading(due);
+        self.telemetry.health.db_ok();
+        self.notifier.status("leading");
+        self.alive();
     }
 
-    fn before_event(&self, _event: &DueEvent) {
-        self.telemetry.health.beat();
-        self.notifier.watchdog_if_due();
+    fn before_delivery(&self, _delivery: &Delivery) {
+        self.alive();
     }
 
-    fn event_done(&self, _tally: &Tally) {
-        self.telemetry.health.beat();
-        self.notifier.watchdog_if_due();
+    fn finished(&self, done: &Done, _tally: &Tally) {
+        self.telemetry.metrics.finished(done);
+    }
+
+    fn woke(&self, cause: WakeCause) {
+        self.telemetry.metrics.woke(cause);
+    }
+
+    fn in_flight(&self, n: usize) {
+        self.telemetry.metrics.in_flight(n);
+    }
+
+    fn beat(&self) {
+        self.alive();
+    }
+
+    fn interval(&self, report: &Report, due: u64) {
+        self.telemetry.metrics.due(due);
+        self.notifier.status(&report.summary("leading"));
     }
 }
 

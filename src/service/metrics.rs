@@ -1,14 +1,13 @@
 //! What the daemon tells a monitoring system: Prometheus metrics (running
-//! totals kept from each pass's report, encoded by prometheus-client) and a
+//! totals kept from the leader's hooks, encoded by prometheus-client) and a
 //! health verdict, served by the crate's small synchronous `http_server` on
 //! `metrics.listen` at `/metrics` and `/healthz`.
 //!
-//! The daemon loop feeds [`Telemetry`] (pass results, heartbeats, the
+//! The daemon loop feeds [`Telemetry`] (outcomes, wake-ups, heartbeats, the
 //! database's state); this module decides what `/healthz` answers and how
-//! the numbers are written, and nothing about when passes run.
+//! the numbers are written, and nothing about when deliveries run.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,8 +17,12 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+
+use crate::delivery::worker::StatusOutcome;
 use crate::http_server;
-use crate::reconcile::report::Report;
+use crate::reconcile::leader::WakeCause;
+use crate::reconcile::worker::{Done, Finished};
 
 /// The prefix of every metric name.
 pub const PREFIX: &str = "notification_reconciler";
@@ -31,38 +34,6 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 /// A label set with one label.
 type Label = [(&'static str, &'static str); 1];
 
-/// How a pass ended, as the `result` label of `passes_total` says it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PassResult {
-    /// The pass ran to the end (per-event errors may still be counted).
-    Ok,
-    /// The pass ran but did not complete (lock connection lost, paging error).
-    Failed,
-    /// Another instance held the lock; nothing was done.
-    LockHeld,
-    /// The pass could not start (database unreachable).
-    Error,
-}
-
-impl PassResult {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PassResult::Ok => "ok",
-            PassResult::Failed => "failed",
-            PassResult::LockHeld => "lock_held",
-            PassResult::Error => "error",
-        }
-    }
-
-    const ALL: [PassResult; 4] = [
-        PassResult::Ok,
-        PassResult::Failed,
-        PassResult::LockHeld,
-        PassResult::Error,
-    ];
-}
-
 /// The delivery outcomes counted by `deliveries_total{outcome}`.
 const OUTCOMES: [&str; 4] = [
     "delivered",
@@ -71,14 +42,54 @@ const OUTCOMES: [&str; 4] = [
     "changed_concurrently",
 ];
 
+/// How an attempt to lead ended, as `lead_attempts_total{result}` says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeadResult {
+    /// It led and stopped normally (shutdown).
+    Stopped,
+    /// It led and lost the lock connection (or failed on it).
+    Lost,
+    /// Another instance held the lock (a standby check).
+    LockHeld,
+    /// The database could not be reached.
+    Error,
+}
+
+impl LeadResult {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeadResult::Stopped => "stopped",
+            LeadResult::Lost => "lost",
+            LeadResult::LockHeld => "lock_held",
+            LeadResult::Error => "error",
+        }
+    }
+
+    const ALL: [LeadResult; 4] = [
+        LeadResult::Stopped,
+        LeadResult::Lost,
+        LeadResult::LockHeld,
+        LeadResult::Error,
+    ];
+}
+
+/// Buckets of the enqueue to first attempt histogram, in seconds: 1 ms to
+/// about 65 s.
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.001, 2.0, 17)
+}
+
 /// The Prometheus metrics: running totals over the process's life.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     deliveries: Family<Label, Counter>,
-    passes: Family<Label, Counter>,
-    last_pass_duration: Gauge<f64, AtomicU64>,
-    due_at_last_pass_start: Gauge,
+    lead_attempts: Family<Label, Counter>,
+    wakeups: Family<Label, Counter>,
+    in_flight: Gauge,
+    first_attempt_latency: Histogram,
+    deliveries_due: Gauge,
     lock_held: Gauge,
     worker_panics: Counter,
 }
@@ -102,38 +113,53 @@ impl Metrics {
             "Delivery statuses written, by outcome (delivered, retry_scheduled, failed, changed_concurrently)",
             deliveries.clone(),
         );
-        let passes = Family::<Label, Counter>::default();
-        for result in PassResult::ALL {
-            let _ = passes.get_or_create(&[("result", result.as_str())]);
+        let lead_attempts = Family::<Label, Counter>::default();
+        for result in LeadResult::ALL {
+            let _ = lead_attempts.get_or_create(&[("result", result.as_str())]);
         }
         registry.register(
-            "passes",
-            "Passes by result (ok, failed, lock_held, error)",
-            passes.clone(),
+            "lead_attempts",
+            "Attempts to lead, by how they ended (stopped, lost, lock_held: a standby check, error: database unreachable)",
+            lead_attempts.clone(),
         );
-        let last_pass_duration = Gauge::<f64, AtomicU64>::default();
-        registry.register_with_unit(
-            "last_pass_duration",
-            "Wall time of the last pass that ran",
-            Unit::Seconds,
-            last_pass_duration.clone(),
-        );
-        let due_at_last_pass_start = Gauge::default();
+        let wakeups = Family::<Label, Counter>::default();
+        for cause in WakeCause::ALL {
+            let _ = wakeups.get_or_create(&[("cause", cause.as_str())]);
+        }
         registry.register(
-            "events_due_at_last_pass_start",
-            "Events with due deliveries when the last pass started",
-            due_at_last_pass_start.clone(),
+            "wakeups",
+            "Times the leader woke up to sweep, by cause (start, notification, listening, worker_done, retry_due, interval)",
+            wakeups.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "deliveries_in_flight",
+            "Deliveries handed to workers whose outcome is not recorded yet",
+            in_flight.clone(),
+        );
+        let first_attempt_latency = Histogram::new(latency_buckets());
+        registry.register_with_unit(
+            "first_attempt_latency",
+            "From enqueue to the start of a delivery's first attempt",
+            Unit::Seconds,
+            first_attempt_latency.clone(),
+        );
+        let deliveries_due = Gauge::default();
+        registry.register(
+            "deliveries_due",
+            "Unfinished deliveries due, counted when leading starts and at each interval",
+            deliveries_due.clone(),
         );
         let lock_held = Gauge::default();
         registry.register(
             "lock_held",
-            "1 when this instance's latest pass took the leader lock (it leads), else 0",
+            "1 while this instance holds the leader lock (it leads), else 0",
             lock_held.clone(),
         );
         let worker_panics = Counter::default();
         registry.register(
             "worker_panics",
-            "Events whose reconcile panicked (caught; the event stays due)",
+            "Deliveries whose reconcile panicked (caught; the delivery stays due)",
             worker_panics.clone(),
         );
         registry.register(
@@ -144,56 +170,70 @@ impl Metrics {
         Metrics {
             registry,
             deliveries,
-            passes,
-            last_pass_duration,
-            due_at_last_pass_start,
+            lead_attempts,
+            wakeups,
+            in_flight,
+            first_attempt_latency,
+            deliveries_due,
             lock_held,
             worker_panics,
         }
     }
 
-    /// A pass took the lock and found `due` events due.
-    pub fn pass_started(&self, due: u64) {
+    /// Leading started with `due` deliveries due.
+    pub fn leading(&self, due: u64) {
         self.lock_held.set(1);
-        self.due_at_last_pass_start
+        self.due(due);
+    }
+
+    /// `due` deliveries are due now.
+    pub fn due(&self, due: u64) {
+        self.deliveries_due
             .set(i64::try_from(due).unwrap_or(i64::MAX));
     }
 
-    /// Adds a pass that ran to the totals.
-    pub fn pass_ran(&self, report: &Report) {
-        let add = |outcome: &'static str, n: u64| {
-            self.deliveries
-                .get_or_create(&[("outcome", outcome)])
-                .inc_by(n);
-        };
-        add("delivered", report.delivered);
-        add("retry_scheduled", report.retry_scheduled);
-        add("failed", report.failed);
-        add("changed_concurrently", report.changed_concurrently);
-        self.worker_panics.inc_by(report.panics);
-        self.last_pass_duration
-            .set(report.duration_ms as f64 / 1000.0);
-        self.due_at_last_pass_start
-            .set(i64::try_from(report.due_at_start).unwrap_or(i64::MAX));
-        self.count_pass(if report.ok() {
-            PassResult::Ok
-        } else {
-            PassResult::Failed
-        });
-        if !report.ok() {
-            // A failed pass lost its lock connection: another may lead now.
-            self.lock_held.set(0);
+    /// A delivery's outcome came back.
+    pub fn finished(&self, done: &Done) {
+        match &done.finished {
+            Finished::Reconciled(r) => {
+                let outcome = match r.outcome {
+                    StatusOutcome::Delivered => "delivered",
+                    StatusOutcome::RetryScheduled => "retry_scheduled",
+                    StatusOutcome::Failed => "failed",
+                    StatusOutcome::ChangedConcurrently => "changed_concurrently",
+                    StatusOutcome::NotDue => return,
+                };
+                self.deliveries
+                    .get_or_create(&[("outcome", outcome)])
+                    .inc();
+                if let Some(latency) = r.first_attempt_latency {
+                    self.first_attempt_latency.observe(latency.as_secs_f64());
+                }
+            }
+            Finished::Panicked => {
+                self.worker_panics.inc();
+            }
+            Finished::Error | Finished::Dropped => {}
         }
     }
 
-    /// Counts a pass that did not run (`LockHeld` or `Error`).
-    pub fn pass_skipped(&self, result: PassResult) {
-        self.lock_held.set(0);
-        self.count_pass(result);
+    /// The leader woke up for `cause`.
+    pub fn woke(&self, cause: WakeCause) {
+        self.wakeups
+            .get_or_create(&[("cause", cause.as_str())])
+            .inc();
     }
 
-    fn count_pass(&self, result: PassResult) {
-        self.passes
+    /// `n` deliveries are in flight.
+    pub fn in_flight(&self, n: usize) {
+        self.in_flight.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// An attempt to lead ended as `result`.
+    pub fn lead_ended(&self, result: LeadResult) {
+        self.lock_held.set(0);
+        self.in_flight.set(0);
+        self.lead_attempts
             .get_or_create(&[("result", result.as_str())])
             .inc();
     }
@@ -335,33 +375,61 @@ fn answer(request: &http_server::Request, telemetry: &Telemetry) -> http_server:
 mod tests {
     use super::*;
 
+    fn reconciled(outcome: StatusOutcome, latency_ms: Option<u64>) -> Done {
+        Done {
+            status_id: uuid::Uuid::nil(),
+            channel_id: uuid::Uuid::nil(),
+            finished: Finished::Reconciled(crate::delivery::worker::Reconciled {
+                outcome,
+                next_attempt_at: None,
+                first_attempt_latency: latency_ms.map(Duration::from_millis),
+            }),
+        }
+    }
+
     #[test]
-    fn totals_add_up_over_passes() {
+    fn totals_add_up_over_outcomes_and_wakeups() {
         let m = Metrics::new();
-        let report = Report {
-            delivered: 3,
-            retry_scheduled: 2,
-            panics: 1,
-            due_at_start: 6,
-            duration_ms: 1500,
-            ..Report::default()
-        };
-        m.pass_started(6);
-        m.pass_ran(&report);
-        m.pass_ran(&report);
-        m.pass_skipped(PassResult::LockHeld);
+        m.leading(6);
+        for _ in 0..3 {
+            m.finished(&reconciled(StatusOutcome::Delivered, Some(3)));
+        }
+        m.finished(&reconciled(StatusOutcome::RetryScheduled, None));
+        m.finished(&reconciled(StatusOutcome::NotDue, None));
+        m.finished(&Done {
+            status_id: uuid::Uuid::nil(),
+            channel_id: uuid::Uuid::nil(),
+            finished: Finished::Panicked,
+        });
+        m.woke(WakeCause::Notified);
+        m.woke(WakeCause::Notified);
+        m.woke(WakeCause::Tick);
+        m.in_flight(4);
         let text = m.encode();
         for line in [
-            "notification_reconciler_deliveries_total{outcome=\"delivered\"} 6",
-            "notification_reconciler_deliveries_total{outcome=\"retry_scheduled\"} 4",
+            "notification_reconciler_deliveries_total{outcome=\"delivered\"} 3",
+            "notification_reconciler_deliveries_total{outcome=\"retry_scheduled\"} 1",
             "notification_reconciler_deliveries_total{outcome=\"failed\"} 0",
-            "notification_reconciler_passes_total{result=\"ok\"} 2",
-            "notification_reconciler_passes_total{result=\"lock_held\"} 1",
-            "notification_reconciler_passes_total{result=\"error\"} 0",
-            "notification_reconciler_worker_panics_total 2",
-            "notification_reconciler_last_pass_duration_seconds 1.5",
-            "notification_reconciler_events_due_at_last_pass_start 6",
+            "notification_reconciler_wakeups_total{cause=\"notification\"} 2",
+            "notification_reconciler_wakeups_total{cause=\"interval\"} 1",
+            "notification_reconciler_wakeups_total{cause=\"retry_due\"} 0",
+            "notification_reconciler_worker_panics_total 1",
+            "notification_reconciler_deliveries_due 6",
+            "notification_reconciler_deliveries_in_flight 4",
+            "notification_reconciler_first_attempt_latency_seconds_count 3",
+            "notification_reconciler_lock_held 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        m.lead_ended(LeadResult::Lost);
+        m.lead_ended(LeadResult::LockHeld);
+        let text = m.encode();
+        for line in [
+            "notification_reconciler_lead_attempts_total{result=\"lost\"} 1",
+            "notification_reconciler_lead_attempts_total{result=\"lock_held\"} 1",
+            "notification_reconciler_lead_attempts_total{result=\"stopped\"} 0",
             "notification_reconciler_lock_held 0",
+            "notification_reconciler_deliveries_in_flight 0",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }

@@ -1,6 +1,7 @@
-//! `once`: one pass, its report on stdout (`--json`: one JSON document), and
-//! the exit code: 0 when the pass ran, 1 when it failed, 75 when another
-//! instance holds the lock.
+//! `once`: one sweep of what is due now, its report on stdout (`--json`: one
+//! JSON document, also when the lock is held), and the exit code: 0 when the
+//! sweep ran, 1 when it failed, 75 when another instance holds the lock.
+//! The report is printed once, on stdout; nothing repeats it on stderr.
 
 use std::process::ExitCode;
 
@@ -8,7 +9,7 @@ use crate::cli::EXIT_LOCK_HELD;
 use crate::config::Config;
 use crate::db;
 use crate::lock;
-use crate::reconcile::pass::{NoHooks, PassOutcome, Reconciler};
+use crate::reconcile::leader::{NoHooks, PassOutcome, Reconciler};
 use crate::service::progress::Progress;
 use crate::service::signals::Shutdown;
 
@@ -35,6 +36,22 @@ pub fn run(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     }
     match outcome? {
         PassOutcome::LockHeld => {
+            if json {
+                #[derive(serde::Serialize)]
+                struct LockHeld<'a> {
+                    lock_held: bool,
+                    lock_key: &'a str,
+                    message: &'static str,
+                }
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&LockHeld {
+                        lock_held: true,
+                        lock_key: &config.reconciler.lock_key,
+                        message: "another instance holds the lock; nothing done",
+                    })?
+                );
+            }
             eprintln!(
                 "another instance holds the lock {:?}; nothing done",
                 config.reconciler.lock_key
@@ -45,7 +62,7 @@ pub fn run(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                println!("{}", report.summary());
+                println!("{}", report.summary("pass"));
             }
             match report.failure {
                 Some(f) => Err(PassFailed(f).into()),

@@ -1,12 +1,13 @@
-//! The progress bar `once` shows on a terminal: events done of those due at
-//! the pass start, rate and ETA, on stderr. Not shown when stderr is not a
+//! The progress bar `once` shows on a terminal: deliveries done of those due
+//! at the sweep start, rate and ETA, on stderr. Not shown when stderr is not a
 //! terminal or with `--json`.
 
 use std::io::IsTerminal;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::reconcile::pass::Hooks;
+use crate::reconcile::leader::Hooks;
+use crate::reconcile::worker::Done;
 use crate::reconcile::report::Tally;
 
 /// A progress bar fed by the pass's hooks.
@@ -22,7 +23,7 @@ impl Progress {
         }
         let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
         let style = ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} events ({per_sec}, ETA {eta})",
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} deliveries ({per_sec}, ETA {eta})",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar());
         bar.set_style(style);
@@ -40,7 +41,7 @@ impl Hooks for Progress {
         self.bar.set_length(due);
     }
 
-    fn event_done(&self, tally: &Tally) {
-        self.bar.set_position(tally.events_done());
+    fn finished(&self, _done: &Done, tally: &Tally) {
+        self.bar.set_position(tally.deliveries);
     }
 }

@@ -75,3 +75,16 @@ $$;
 DROP INDEX delivery_status_due;
 CREATE INDEX delivery_status_due ON delivery_status (event_created_at, event_id, channel_id)
     WHERE state IN ('PENDING', 'SENDING', 'RESENDING');
+
+-- Who leads under which lock key, for `status` (is a leader active, how
+-- many deliveries it has in flight) and for the next leader: a row left
+-- behind means the last leader did not release cleanly (its connection
+-- died), so the next one waits out a short grace before handing out.
+CREATE TABLE leader (
+    lock_key    bigint PRIMARY KEY,
+    backend_pid integer NOT NULL,
+    instance    text NOT NULL,
+    since       timestamptz NOT NULL,
+    in_flight   integer NOT NULL CHECK (in_flight >= 0),
+    updated_at  timestamptz NOT NULL
+);

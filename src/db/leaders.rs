@@ -1,0 +1,86 @@
+//! The `leader` table: who leads under which lock key, since when, and how
+//! many deliveries it has in flight (what `status` shows). Written only by
+//! the leader, on its lock connection: a row when it starts leading, a
+//! heartbeat at most once a second while the in-flight count changes, and
+//! the row's removal when it stops leading cleanly. A row still there when
+//! the next leader starts tells it the last one did not stop cleanly.
+
+use chrono::{DateTime, Utc};
+use postgres::GenericClient;
+
+use super::DbError;
+
+/// A leader as recorded.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LeaderRow {
+    /// Backend pid of its lock connection.
+    pub backend_pid: i32,
+    /// Its application name (role, host, process id).
+    pub instance: String,
+    /// When it started leading.
+    pub since: DateTime<Utc>,
+    /// Deliveries it had in flight at its last heartbeat.
+    pub in_flight: i32,
+    /// Its last heartbeat.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Records this connection as the leader under `key`. Returns true when a
+/// previous leader's row was still there (it did not stop cleanly).
+pub fn claim(client: &mut impl GenericClient, key: i64, instance: &str) -> Result<bool, DbError> {
+    let previous = client
+        .query_opt("SELECT 1 FROM leader WHERE lock_key = $1", &[&key])
+        .map_err(DbError::query("reading the leader record"))?;
+    client
+        .execute(
+            "INSERT INTO leader (lock_key, backend_pid, instance, since, in_flight, updated_at)
+             VALUES ($1, pg_backend_pid(), $2, now(), 0, now())
+             ON CONFLICT (lock_key) DO UPDATE SET backend_pid = excluded.backend_pid,
+                 instance = excluded.instance, since = now(), in_flight = 0, updated_at = now()",
+            &[&key, &instance],
+        )
+        .map_err(DbError::query("recording the leader"))?;
+    Ok(previous.is_some())
+}
+
+/// Updates the in-flight count of this connection's leader row.
+pub fn heartbeat(client: &mut impl GenericClient, key: i64, in_flight: usize) -> Result<(), DbError> {
+    let n = i32::try_from(in_flight).unwrap_or(i32::MAX);
+    client
+        .execute(
+            "UPDATE leader SET in_flight = $2, updated_at = now()
+             WHERE lock_key = $1 AND backend_pid = pg_backend_pid()",
+            &[&key, &n],
+        )
+        .map_err(DbError::query("updating the leader record"))?;
+    Ok(())
+}
+
+/// Removes this connection's leader row (a clean stop).
+pub fn release(client: &mut impl GenericClient, key: i64) -> Result<(), DbError> {
+    client
+        .execute(
+            "DELETE FROM leader WHERE lock_key = $1 AND backend_pid = pg_backend_pid()",
+            &[&key],
+        )
+        .map_err(DbError::query("removing the leader record"))?;
+    Ok(())
+}
+
+/// The leader row under `key`, if any (it may be a dead leader's: compare
+/// `backend_pid` with the lock holder).
+pub fn get(client: &mut impl GenericClient, key: i64) -> Result<Option<LeaderRow>, DbError> {
+    let row = client
+        .query_opt(
+            "SELECT backend_pid, instance, since, in_flight, updated_at FROM leader WHERE lock_key = $1",
+            &[&key],
+        )
+        .map_err(DbError::query("reading the leader record"))?;
+    Ok(row.map(|r| LeaderRow {
+        backend_pid: r.get(0),
+        instance: r.get(1),
+        since: r.get(2),
+        in_flight: r.get(3),
+        updated_at: r.get(4),
+    }))
+}
