@@ -584,7 +584,11 @@ fn resend_of_an_old_failed_status_is_delivered_again_with_a_fresh_clock() {
         )
         .unwrap();
     let mut r = Reconciler::new(&f.config(vec![LONG])).unwrap();
-    assert_eq!(pass(&mut r).deliveries_seen, 0, "a FAILED status is not due");
+    assert_eq!(
+        pass(&mut r).deliveries_seen,
+        0,
+        "a FAILED status is not due"
+    );
 
     let result = statuses::resend(&mut f.client, event, None).unwrap();
     assert_eq!(result.resent.len(), 1);

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use support::bin::{one_line_failure, Bin};
 use support::daemon::{config_toml, tail, wait_until, Daemon};
-use support::fixtures::{channel_and_rule, enqueue, seed, unfinished, NAMESPACE, SECRET};
+use support::fixtures::{channel_and_rule, channel_for, emit, enqueue, seed, unfinished, SECRET};
 use support::{migrated_db, Receiver, Script};
 
 fn ms(n: u64) -> Duration {
@@ -27,51 +27,6 @@ fn ms(n: u64) -> Duration {
 
 // ---------------------------------------------------------------------------
 // Helpers: channels with their own event type, raw hostile servers.
-
-/// Creates a channel (url, secret, headers as JSON text) and a rule for
-/// `event_type` assigned to it; returns the channel id.
-fn channel_for(
-    client: &mut postgres::Client,
-    event_type: &str,
-    url: &str,
-    secret: &str,
-    headers: &str,
-) -> uuid::Uuid {
-    let channel: uuid::Uuid = client
-        .query_one(
-            "INSERT INTO notification.channel (namespace, name, url, signing_secret, headers)
-             VALUES ($1, $2, $3, $4, $5::text::jsonb) RETURNING id",
-            &[&NAMESPACE, &event_type, &url, &secret, &headers],
-        )
-        .expect("insert channel")
-        .get(0);
-    client
-        .execute(
-            "WITH r AS (INSERT INTO notification.rule (namespace, name, event_type)
-                        VALUES ($1, $2, $2) RETURNING id)
-             INSERT INTO notification.rule_channel (rule_id, channel_id) SELECT id, $3 FROM r",
-            &[&NAMESPACE, &event_type, &channel],
-        )
-        .expect("insert rule");
-    channel
-}
-
-/// Enqueues `n` events of `event_type` with the payload of SQL expression
-/// `payload` (may use `g`, the 1-based number); returns their ids.
-fn emit(client: &mut postgres::Client, event_type: &str, payload: &str, n: i32) -> Vec<uuid::Uuid> {
-    client
-        .query(
-            &format!(
-                "SELECT notification.enqueue_event($1, $2, {payload})
-                 FROM generate_series(1, $3) AS g"
-            ),
-            &[&NAMESPACE, &event_type, &n],
-        )
-        .expect("enqueue")
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
 
 /// One delivery status as stored.
 #[derive(Debug)]
@@ -562,7 +517,10 @@ fn bad_rows_fail_their_delivery_with_a_reason_and_the_pass_goes_on() {
     println!("bad rows: once report {report}");
     assert!(status.success(), "once exit {status}: {}", once.stderr());
     assert_eq!(report["failure"], serde_json::Value::Null);
-    assert_eq!(report["deliveries_seen"], 28, "every event seen in one pass");
+    assert_eq!(
+        report["deliveries_seen"], 28,
+        "every event seen in one pass"
+    );
 
     for (what, channel, reason) in [
         ("URL that does not parse", bad_url, "does not parse"),

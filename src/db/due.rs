@@ -182,7 +182,12 @@ impl Pager {
         let rows = client
             .query(
                 &self.statement,
-                &[&cutoff, &cursor.created_at, &cursor.event_id, &cursor.channel_id],
+                &[
+                    &cutoff,
+                    &cursor.created_at,
+                    &cursor.event_id,
+                    &cursor.channel_id,
+                ],
             )
             .map_err(DbError::query("reading due deliveries"))?;
         deliveries_from_rows(&rows)

@@ -44,7 +44,11 @@ pub fn claim(client: &mut impl GenericClient, key: i64, instance: &str) -> Resul
 }
 
 /// Updates the in-flight count of this connection's leader row.
-pub fn heartbeat(client: &mut impl GenericClient, key: i64, in_flight: usize) -> Result<(), DbError> {
+pub fn heartbeat(
+    client: &mut impl GenericClient,
+    key: i64,
+    in_flight: usize,
+) -> Result<(), DbError> {
     let n = i32::try_from(in_flight).unwrap_or(i32::MAX);
     client
         .execute(

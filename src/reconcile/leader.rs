@@ -407,7 +407,10 @@ impl<'a> Main<'a> {
         let wakes = match self.mode {
             Mode::Once => &never,
             Mode::Continuous(w) => {
-                match lock.client_mut().and_then(|c| due::next_due_after(c, cutoff)) {
+                match lock
+                    .client_mut()
+                    .and_then(|c| due::next_due_after(c, cutoff))
+                {
                     Ok(t) => self.next_retry = t,
                     Err(e) => return Some(lock_failure("finding the next due delivery", &e)),
                 }

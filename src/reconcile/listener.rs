@@ -59,7 +59,10 @@ pub fn run(cfg: &DatabaseConfig, stop: &AtomicBool, wakes: &Sender<Wake>) {
             }
             Err(e) => {
                 if broken_since.is_none() {
-                    log::warn!("cannot listen for wake-ups, retrying every {}s: {e}", RECONNECT_EVERY.as_secs());
+                    log::warn!(
+                        "cannot listen for wake-ups, retrying every {}s: {e}",
+                        RECONNECT_EVERY.as_secs()
+                    );
                     broken_since = Some(Instant::now());
                 }
             }

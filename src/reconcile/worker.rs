@@ -126,7 +126,14 @@ fn reconcile_one(
             Some(w) => w,
             None => StatusWriter::prepare(&mut client.client)?,
         };
-        let result = reconcile_delivery(&mut client.client, &writer, shared.ctx, d, job.cutoff, jitter);
+        let result = reconcile_delivery(
+            &mut client.client,
+            &writer,
+            shared.ctx,
+            d,
+            job.cutoff,
+            jitter,
+        );
         client.writer = Some(writer);
         result
     }));

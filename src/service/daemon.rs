@@ -118,7 +118,9 @@ pub fn run_until(config: &Config, shutdown: &Shutdown) -> Result<(), DaemonError
                 listener::run(&config.database, &listener_stop, &wake_tx)
             });
         if let Err(e) = spawned {
-            log::error!("cannot start the wake-up listener (deliveries wait for reconciler.interval): {e}");
+            log::error!(
+                "cannot start the wake-up listener (deliveries wait for reconciler.interval): {e}"
+            );
         }
         while !shutdown.requested() {
             telemetry.health.beat();
@@ -141,9 +143,7 @@ pub fn run_until(config: &Config, shutdown: &Shutdown) -> Result<(), DaemonError
                         Some(f) => {
                             log::error!("{summary}");
                             telemetry.metrics.lead_ended(LeadResult::Lost);
-                            telemetry
-                                .health
-                                .db_problem(format!("leading ended: {f}"));
+                            telemetry.health.db_problem(format!("leading ended: {f}"));
                         }
                     }
                     notifier.status(&summary);

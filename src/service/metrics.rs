@@ -203,9 +203,7 @@ impl Metrics {
                     StatusOutcome::ChangedConcurrently => "changed_concurrently",
                     StatusOutcome::NotDue => return,
                 };
-                self.deliveries
-                    .get_or_create(&[("outcome", outcome)])
-                    .inc();
+                self.deliveries.get_or_create(&[("outcome", outcome)]).inc();
                 if let Some(latency) = r.first_attempt_latency {
                     self.first_attempt_latency.observe(latency.as_secs_f64());
                 }

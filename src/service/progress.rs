@@ -7,8 +7,8 @@ use std::io::IsTerminal;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::reconcile::leader::Hooks;
-use crate::reconcile::worker::Done;
 use crate::reconcile::report::Tally;
+use crate::reconcile::worker::Done;
 
 /// A progress bar fed by the pass's hooks.
 pub struct Progress {

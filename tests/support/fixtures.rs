@@ -81,6 +81,68 @@ pub fn seed(client: &mut Client, url: &str, n: i32) -> Vec<uuid::Uuid> {
     enqueue(client, n)
 }
 
+/// Creates a channel (url, secret, headers as JSON text) and a rule for
+/// `event_type` assigned to it; returns the channel id.
+pub fn channel_for(
+    client: &mut Client,
+    event_type: &str,
+    url: &str,
+    secret: &str,
+    headers: &str,
+) -> uuid::Uuid {
+    let channel: uuid::Uuid = client
+        .query_one(
+            "INSERT INTO notification.channel (namespace, name, url, signing_secret, headers)
+             VALUES ($1, $2, $3, $4, $5::text::jsonb) RETURNING id",
+            &[&NAMESPACE, &event_type, &url, &secret, &headers],
+        )
+        .expect("insert channel")
+        .get(0);
+    client
+        .execute(
+            "WITH r AS (INSERT INTO notification.rule (namespace, name, event_type)
+                        VALUES ($1, $2, $2) RETURNING id)
+             INSERT INTO notification.rule_channel (rule_id, channel_id) SELECT id, $3 FROM r",
+            &[&NAMESPACE, &event_type, &channel],
+        )
+        .expect("insert rule");
+    channel
+}
+
+/// Enqueues `n` events of `event_type` with the payload of SQL expression
+/// `payload` (may use `g`, the 1-based number); returns their ids.
+pub fn emit(client: &mut Client, event_type: &str, payload: &str, n: i32) -> Vec<uuid::Uuid> {
+    client
+        .query(
+            &format!(
+                "SELECT notification.enqueue_event($1, $2, {payload})
+                 FROM generate_series(1, $3) AS g"
+            ),
+            &[&NAMESPACE, &event_type, &n],
+        )
+        .expect("enqueue")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Creates another channel to `url` and assigns it to the rule of
+/// `event_type` made by [`channel_for`]; returns the channel id.
+pub fn add_channel(client: &mut Client, event_type: &str, url: &str) -> uuid::Uuid {
+    client
+        .query_one(
+            "WITH c AS (INSERT INTO notification.channel (namespace, name, url, signing_secret)
+                        VALUES ($1, $2, $3, $4) RETURNING id)
+             INSERT INTO notification.rule_channel (rule_id, channel_id)
+             SELECT r.id, c.id FROM c, notification.rule r
+             WHERE r.namespace = $1 AND r.event_type = $2
+             RETURNING channel_id",
+            &[&NAMESPACE, &event_type, &url, &SECRET],
+        )
+        .expect("add a channel to the rule")
+        .get(0)
+}
+
 /// Number of delivery statuses per state.
 pub fn states(client: &mut Client) -> BTreeMap<String, i64> {
     client
