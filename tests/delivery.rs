@@ -21,7 +21,7 @@ use notification_reconciler::reconcile::pass::NoHooks;
 use notification_reconciler::reconcile::{PassOutcome, Reconciler, Report};
 use notification_reconciler::state::State;
 use postgres::{Client, NoTls};
-use support::bin::Bin;
+use support::bin::{allow_loopback, Bin};
 use support::net::free_port;
 use support::{migrated_db, Receiver, Reply, Script, TestDb};
 use uuid::Uuid;
@@ -56,6 +56,7 @@ impl Fixture {
         config.delivery.retry_schedule = retry_schedule;
         config.delivery.timeout = Duration::from_secs(20);
         config.delivery.connect_timeout = Duration::from_secs(5);
+        config.delivery.allow_networks = support::fixtures::loopback_networks();
         config
     }
 
@@ -113,6 +114,30 @@ impl Fixture {
             .expect("enqueue_event");
         assert_eq!(rows.len(), 1, "expected one event (one active rule)");
         rows[0].get(0)
+    }
+
+    /// Inserts one event with a PENDING delivery to every channel of the
+    /// rule, bypassing `enqueue_event` and its checks.
+    fn insert_event_directly(&mut self, payload: &str) -> Uuid {
+        let event = self
+            .client
+            .query_one(
+                "INSERT INTO event (namespace, type, rule_id, payload)
+                 SELECT $1, $2, id, $3::text::jsonb FROM rule WHERE namespace = $1 AND event_type = $2
+                 RETURNING id",
+                &[&NS, &EVENT_TYPE, &payload],
+            )
+            .expect("insert event");
+        let event: Uuid = event.get(0);
+        self.client
+            .execute(
+                "INSERT INTO delivery_status (namespace, event_id, channel_id, event_created_at, state, next_attempt_at)
+                 SELECT e.namespace, e.id, rc.channel_id, e.created_at, 'PENDING', e.created_at
+                 FROM event e JOIN rule_channel rc ON rc.rule_id = e.rule_id WHERE e.id = $1",
+                &[&event],
+            )
+            .expect("insert delivery status");
+        event
     }
 
     /// Every delivery status of `event`, keyed by position in channel order.
@@ -540,8 +565,10 @@ fn a_payload_that_is_not_a_json_object_fails_without_a_request() {
     let mut f = Fixture::new();
     let receiver = Receiver::start(Script::status(200));
     f.single_channel(&receiver.url(), "{}");
-    let string = f.enqueue(r#""just a string""#);
-    let array = f.enqueue("[1, 2]");
+    // enqueue_event refuses such payloads since migration 0003 (tests in
+    // security.rs); rows written before it or by other means still exist.
+    let string = f.insert_event_directly(r#""just a string""#);
+    let array = f.insert_event_directly("[1, 2]");
     let object = f.enqueue(r#"{"ok": true}"#);
     let report = pass_with(&f.config(vec![LONG]));
     assert_eq!((report.failed, report.delivered), (2, 1), "{report:?}");
@@ -736,10 +763,12 @@ fn debug_logs_of_a_full_delivery_hold_neither_the_signing_secret_nor_the_databas
     let event = f.enqueue(PAYLOAD);
 
     let run = |args: &[&str], database_url: &str| {
-        let out = Bin::with_config("[delivery]\ntimeout = \"5s\"\nretry_schedule = [\"1m\"]\n")
-            .env("DATABASE_URL", database_url)
-            .env("RUST_LOG", "debug")
-            .run(args);
+        let out = Bin::with_config(&allow_loopback(
+            "[delivery]\ntimeout = \"5s\"\nretry_schedule = [\"1m\"]\n",
+        ))
+        .env("DATABASE_URL", database_url)
+        .env("RUST_LOG", "debug")
+        .run(args);
         let text = format!(
             "{}\n{}",
             String::from_utf8_lossy(&out.stdout),

@@ -18,8 +18,17 @@ pub const EVENT_TYPE: &str = "invoice.paid";
 /// The leader lock's key in the default config.
 pub const LOCK_KEY: &str = "notification.event_handler.reconcile_lock";
 
+/// The networks the tests' configs allow past the SSRF guard: loopback,
+/// where every receiver listens (the guard refuses it by default).
+pub fn loopback_networks() -> Vec<ipnet::IpNet> {
+    ["127.0.0.0/8", "::1/128"]
+        .iter()
+        .map(|n| n.parse().expect("loopback CIDR"))
+        .collect()
+}
+
 /// A config for the database at `url` with `workers` workers, a tiny retry
-/// schedule and short timeouts, as tests want.
+/// schedule, short timeouts and loopback allowed, as tests want.
 pub fn config(url: &str, workers: usize) -> Config {
     let mut c = Config::for_url(url);
     c.reconciler.workers = workers;
@@ -28,6 +37,7 @@ pub fn config(url: &str, workers: usize) -> Config {
     c.delivery.retry_schedule = vec![Duration::from_millis(10); 3];
     c.delivery.timeout = Duration::from_secs(10);
     c.delivery.connect_timeout = Duration::from_secs(2);
+    c.delivery.allow_networks = loopback_networks();
     c
 }
 
