@@ -839,4 +839,41 @@ fn debug_logs_of_a_full_delivery_hold_neither_the_signing_secret_nor_the_databas
     );
     assert_eq!(code, Some(0), "channel create failed:\n{text}");
     assert_clean("channel create", &text);
+
+    // Rotation: the new secret is printed once, on stdout (the contract),
+    // and neither it nor the old one appears anywhere else afterwards.
+    let rotated = Bin::with_config(&allow_loopback("[delivery]\nretry_schedule = [\"1m\"]\n"))
+        .env("DATABASE_URL", &url)
+        .env("RUST_LOG", "debug")
+        .run(&["channel", "rotate-secret", &channels[0].to_string()]);
+    assert_eq!(rotated.status.code(), Some(0), "{rotated:?}");
+    let new_secret = String::from_utf8_lossy(&rotated.stdout).trim().to_owned();
+    let new_key = new_secret.trim_start_matches("whsec_").to_owned();
+    let stderr = String::from_utf8_lossy(&rotated.stderr);
+    assert_clean("channel rotate-secret (stderr)", &stderr);
+    assert!(
+        !stderr.contains(&new_key),
+        "rotate-secret logged the new secret:\n{stderr}"
+    );
+    f.client
+        .execute("UPDATE delivery_status SET state = 'FAILED'", &[])
+        .unwrap();
+    let event_id = event.to_string();
+    for args in [
+        vec!["resend", event_id.as_str()],
+        vec!["once"],
+        vec!["event", "show", event_id.as_str()],
+        vec!["event", "show", event_id.as_str(), "--json"],
+        vec!["status", "--json"],
+        vec!["channel", "list", "--json"],
+        vec!["channel", "list"],
+    ] {
+        let (code, text) = run(&args, &url);
+        assert_eq!(code, Some(0), "{args:?} failed:\n{text}");
+        assert_clean(&format!("{args:?} after rotate-secret"), &text);
+        assert!(
+            !text.contains(&new_key),
+            "{args:?} printed the new secret:\n{text}"
+        );
+    }
 }

@@ -149,9 +149,9 @@ pub fn rotate_secret(
     let row = client
         .query_opt(
             "UPDATE channel SET
-                 previous_secret = CASE WHEN $3 > 0 THEN signing_secret END,
-                 previous_secret_until = CASE WHEN $3 > 0
-                     THEN now() + $3 * interval '1 microsecond' END,
+                 previous_secret = CASE WHEN $3::bigint > 0 THEN signing_secret END,
+                 previous_secret_until = CASE WHEN $3::bigint > 0
+                     THEN now() + $3::bigint * interval '1 microsecond' END,
                  signing_secret = $2,
                  updated_at = now()
              WHERE id = $1 AND deleted_at IS NULL
