@@ -102,6 +102,23 @@ fn loopback_forms(port: u16) -> Vec<String> {
 
 // ---- SSRF guard -------------------------------------------------------------
 
+/// A database with one channel per loopback notation of one receiver and
+/// one event enqueued for all of them.
+fn one_event_to_every_loopback_form() -> (TestDb, Receiver, Client, Vec<(String, Uuid)>) {
+    let db = migrated_db();
+    let receiver = Receiver::start(Script::status(200));
+    let mut client = db.client();
+    let channels = loopback_forms(receiver.addr().port())
+        .into_iter()
+        .map(|url| {
+            let id = channel(&mut client, &url, SECRET);
+            (url, id)
+        })
+        .collect();
+    enqueue(&mut client, 1);
+    (db, receiver, client, channels)
+}
+
 #[test]
 fn channel_create_with_a_literal_refused_address_exits_2_naming_the_key() {
     let db = migrated_db();
@@ -179,17 +196,7 @@ fn channel_create_with_a_literal_refused_address_exits_2_naming_the_key() {
 
 #[test]
 fn every_loopback_form_is_refused_by_default_without_a_request_and_failed_permanently() {
-    let db = migrated_db();
-    let receiver = Receiver::start(Script::status(200));
-    let mut client = db.client();
-    let channels: Vec<(String, Uuid)> = loopback_forms(receiver.addr().port())
-        .into_iter()
-        .map(|url| {
-            let id = channel(&mut client, &url, SECRET);
-            (url, id)
-        })
-        .collect();
-    enqueue(&mut client, 1);
+    let (db, receiver, mut client, channels) = one_event_to_every_loopback_form();
     let out = bin(DENY_ALL, &db.url).run(&["once"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert_eq!(receiver.count(), 0, "a refused address was connected to");
@@ -213,17 +220,7 @@ fn every_loopback_form_is_refused_by_default_without_a_request_and_failed_perman
 
 #[test]
 fn the_allow_list_lets_every_loopback_form_through() {
-    let db = migrated_db();
-    let receiver = Receiver::start(Script::status(200));
-    let mut client = db.client();
-    let channels: Vec<(String, Uuid)> = loopback_forms(receiver.addr().port())
-        .into_iter()
-        .map(|url| {
-            let id = channel(&mut client, &url, SECRET);
-            (url, id)
-        })
-        .collect();
-    enqueue(&mut client, 1);
+    let (db, receiver, mut client, channels) = one_event_to_every_loopback_form();
     let out = bin(&allow_all_loopback(), &db.url).run(&["once"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     for (url, id) in &channels {
