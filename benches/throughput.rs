@@ -409,6 +409,7 @@ fn config(url: &str, workers: usize) -> Config {
     config.reconciler.queue_capacity = 2 * workers;
     config.database.pool_size = workers as u32 + 2;
     config.delivery.timeout = Duration::from_secs(30);
+    config.delivery.allow_networks = support::fixtures::loopback_networks();
     config
 }
 

@@ -131,6 +131,8 @@ workers = 8
 [delivery]
 timeout = "5s"
 retry_schedule = ["1s", "2s", "3s", "5s", "5s"]
+# The sink listens on 127.0.0.1; the SSRF guard refuses loopback by default.
+allow_networks = ["127.0.0.0/8", "::1/128"]
 EOF
 nr() { "$bin" --config "$demo/config.toml" "$@"; }
 

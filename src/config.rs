@@ -117,6 +117,10 @@ pub struct RawDelivery {
     pub retry_schedule: Vec<String>,
     /// Response body bytes kept (and read).
     pub max_response_bytes: i64,
+    /// CIDRs exempt from the SSRF guard.
+    pub allow_networks: Vec<String>,
+    /// Largest payload `enqueue_event` accepts (set in the schema by `migrate`).
+    pub max_payload_bytes: i64,
 }
 
 /// `[log]` as written.
@@ -170,6 +174,8 @@ impl Default for RawDelivery {
                 .map(String::from)
                 .to_vec(),
             max_response_bytes: 1024,
+            allow_networks: Vec::new(),
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
         }
     }
 }
@@ -244,6 +250,10 @@ pub struct DeliveryConfig {
     pub retry_schedule: Vec<Duration>,
     /// Response bytes read and kept.
     pub max_response_bytes: usize,
+    /// Networks the SSRF guard lets through (default none).
+    pub allow_networks: Vec<ipnet::IpNet>,
+    /// The payload size cap `migrate` stores for `enqueue_event`.
+    pub max_payload_bytes: i64,
 }
 
 /// Validated `[log]`.
@@ -309,6 +319,13 @@ impl Config {
                 connect_timeout: d(self.delivery.connect_timeout),
                 retry_schedule: self.delivery.retry_schedule.iter().map(|v| d(*v)).collect(),
                 max_response_bytes: self.delivery.max_response_bytes,
+                allow_networks: self
+                    .delivery
+                    .allow_networks
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+                max_payload_bytes: self.delivery.max_payload_bytes,
             },
             log: EffLog {
                 level: self.log.level.clone(),
@@ -485,11 +502,28 @@ impl RawConfig {
                 "must be between 0 and 16777216",
             ));
         }
+        let allow_networks = dl
+            .allow_networks
+            .iter()
+            .map(|n| {
+                parse_network(n)
+                    .map_err(|p| invalid("delivery.allow_networks", format!("{n:?}"), &p))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if !(MIN_PAYLOAD_BYTES..=MAX_PAYLOAD_BYTES).contains(&dl.max_payload_bytes) {
+            return Err(invalid(
+                "delivery.max_payload_bytes",
+                dl.max_payload_bytes.to_string(),
+                &format!("must be between {MIN_PAYLOAD_BYTES} and {MAX_PAYLOAD_BYTES}"),
+            ));
+        }
         let delivery = DeliveryConfig {
             timeout: positive("delivery.timeout", &dl.timeout)?,
             connect_timeout: positive("delivery.connect_timeout", &dl.connect_timeout)?,
             retry_schedule,
             max_response_bytes: dl.max_response_bytes as usize,
+            allow_networks,
+            max_payload_bytes: dl.max_payload_bytes,
         };
 
         // [log]
@@ -543,6 +577,39 @@ impl RawConfig {
             metrics: MetricsConfig { listen },
         })
     }
+}
+
+/// Default of `delivery.max_payload_bytes`: 256 KiB.
+pub const DEFAULT_MAX_PAYLOAD_BYTES: i64 = 256 * 1024;
+/// Smallest `delivery.max_payload_bytes` (`{}` is 2 bytes).
+pub const MIN_PAYLOAD_BYTES: i64 = 2;
+/// Largest `delivery.max_payload_bytes`: just under PostgreSQL's jsonb limit
+/// of 256 MiB.
+pub const MAX_PAYLOAD_BYTES: i64 = 256 * 1024 * 1024 - 1;
+
+/// Parses one `delivery.allow_networks` entry: a CIDR (`10.1.0.0/16`,
+/// `::1/128`) or a single address. Host bits must be zero, so that a typo
+/// such as `10.1.2.3/8` does not allow more than was meant.
+fn parse_network(text: &str) -> Result<ipnet::IpNet, String> {
+    let text = text.trim();
+    let net = match text.parse::<ipnet::IpNet>() {
+        Ok(net) => net,
+        Err(_) => match text.parse::<std::net::IpAddr>() {
+            Ok(ip) => ipnet::IpNet::from(ip),
+            Err(_) => {
+                return Err(
+                    "must be a CIDR such as \"127.0.0.0/8\" or \"::1/128\", or one address".into(),
+                )
+            }
+        },
+    };
+    if net.trunc() != net {
+        return Err(format!(
+            "has host bits set; did you mean \"{}\"?",
+            net.trunc()
+        ));
+    }
+    Ok(net)
 }
 
 /// Checks that `url` is a `postgres://` or `postgresql://` URL the driver
@@ -655,6 +722,8 @@ struct EffDelivery {
     connect_timeout: String,
     retry_schedule: Vec<String>,
     max_response_bytes: usize,
+    allow_networks: Vec<String>,
+    max_payload_bytes: i64,
 }
 #[derive(Serialize)]
 struct EffLog {
@@ -805,6 +874,41 @@ mod tests {
     fn metrics_listen_must_be_an_address() {
         let e = err("[metrics]\nlisten = \"everywhere\"\n");
         assert!(e.contains("metrics.listen = \"everywhere\""), "{e}");
+    }
+
+    #[test]
+    fn allow_networks_and_max_payload_bytes() {
+        let c = load("").unwrap();
+        assert!(c.delivery.allow_networks.is_empty());
+        assert_eq!(c.delivery.max_payload_bytes, 262_144);
+        let c = load(
+            "[delivery]\nallow_networks = [\"127.0.0.0/8\", \"::1/128\", \"10.0.0.7\"]\nmax_payload_bytes = 1000\n",
+        )
+        .unwrap();
+        let shown: Vec<String> = c
+            .delivery
+            .allow_networks
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(shown, ["127.0.0.0/8", "::1/128", "10.0.0.7/32"]);
+        assert_eq!(c.delivery.max_payload_bytes, 1000);
+        assert!(c
+            .to_redacted_toml()
+            .contains("allow_networks = [\"127.0.0.0/8\""));
+        let e = err("[delivery]\nallow_networks = [\"127.0.0.0/8\", \"localhost\"]\n");
+        assert!(e.contains("delivery.allow_networks = \"localhost\""), "{e}");
+        assert!(e.contains("CIDR"), "{e}");
+        let e = err("[delivery]\nallow_networks = [\"10.1.2.3/8\"]\n");
+        assert!(
+            e.contains("delivery.allow_networks = \"10.1.2.3/8\""),
+            "{e}"
+        );
+        assert!(e.contains("10.0.0.0/8"), "{e}");
+        let e = err("[delivery]\nmax_payload_bytes = 0\n");
+        assert!(e.contains("delivery.max_payload_bytes = 0"), "{e}");
+        let e = err("[delivery]\nmax_payload_bytes = 300000000\n");
+        assert!(e.contains("delivery.max_payload_bytes = 300000000"), "{e}");
     }
 
     #[test]

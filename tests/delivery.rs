@@ -21,7 +21,7 @@ use notification_reconciler::reconcile::leader::NoHooks;
 use notification_reconciler::reconcile::{PassOutcome, Reconciler, Report};
 use notification_reconciler::state::State;
 use postgres::{Client, NoTls};
-use support::bin::Bin;
+use support::bin::{allow_loopback, Bin};
 use support::net::free_port;
 use support::{migrated_db, Receiver, Reply, Script, TestDb};
 use uuid::Uuid;
@@ -56,6 +56,7 @@ impl Fixture {
         config.delivery.retry_schedule = retry_schedule;
         config.delivery.timeout = Duration::from_secs(20);
         config.delivery.connect_timeout = Duration::from_secs(5);
+        config.delivery.allow_networks = support::fixtures::loopback_networks();
         config
     }
 
@@ -113,6 +114,19 @@ impl Fixture {
             .expect("enqueue_event");
         assert_eq!(rows.len(), 1, "expected one event (one active rule)");
         rows[0].get(0)
+    }
+
+    /// Inserts one event with a PENDING delivery to every channel of the
+    /// rule, bypassing `enqueue_event` and its checks.
+    fn insert_event_directly(&mut self, payload: &str) -> Uuid {
+        let literal = format!("'{}'::jsonb", payload.replace('\'', "''"));
+        support::fixtures::insert_event_directly(
+            &mut self.client,
+            NS,
+            EVENT_TYPE,
+            &literal,
+            "'0 s'",
+        )
     }
 
     /// Every delivery status of `event`, keyed by position in channel order.
@@ -540,8 +554,10 @@ fn a_payload_that_is_not_a_json_object_fails_without_a_request() {
     let mut f = Fixture::new();
     let receiver = Receiver::start(Script::status(200));
     f.single_channel(&receiver.url(), "{}");
-    let string = f.enqueue(r#""just a string""#);
-    let array = f.enqueue("[1, 2]");
+    // enqueue_event refuses such payloads since migration 0003 (tests in
+    // security.rs); rows written before it or by other means still exist.
+    let string = f.insert_event_directly(r#""just a string""#);
+    let array = f.insert_event_directly("[1, 2]");
     let object = f.enqueue(r#"{"ok": true}"#);
     let report = pass_with(&f.config(vec![LONG]));
     assert_eq!((report.failed, report.delivered), (2, 1), "{report:?}");
@@ -740,10 +756,12 @@ fn debug_logs_of_a_full_delivery_hold_neither_the_signing_secret_nor_the_databas
     let event = f.enqueue(PAYLOAD);
 
     let run = |args: &[&str], database_url: &str| {
-        let out = Bin::with_config("[delivery]\ntimeout = \"5s\"\nretry_schedule = [\"1m\"]\n")
-            .env("DATABASE_URL", database_url)
-            .env("RUST_LOG", "debug")
-            .run(args);
+        let out = Bin::with_config(&allow_loopback(
+            "[delivery]\ntimeout = \"5s\"\nretry_schedule = [\"1m\"]\n",
+        ))
+        .env("DATABASE_URL", database_url)
+        .env("RUST_LOG", "debug")
+        .run(args);
         let text = format!(
             "{}\n{}",
             String::from_utf8_lossy(&out.stdout),
@@ -814,4 +832,41 @@ fn debug_logs_of_a_full_delivery_hold_neither_the_signing_secret_nor_the_databas
     );
     assert_eq!(code, Some(0), "channel create failed:\n{text}");
     assert_clean("channel create", &text);
+
+    // Rotation: the new secret is printed once, on stdout (the contract),
+    // and neither it nor the old one appears anywhere else afterwards.
+    let rotated = Bin::with_config(&allow_loopback("[delivery]\nretry_schedule = [\"1m\"]\n"))
+        .env("DATABASE_URL", &url)
+        .env("RUST_LOG", "debug")
+        .run(&["channel", "rotate-secret", &channels[0].to_string()]);
+    assert_eq!(rotated.status.code(), Some(0), "{rotated:?}");
+    let new_secret = String::from_utf8_lossy(&rotated.stdout).trim().to_owned();
+    let new_key = new_secret.trim_start_matches("whsec_").to_owned();
+    let stderr = String::from_utf8_lossy(&rotated.stderr);
+    assert_clean("channel rotate-secret (stderr)", &stderr);
+    assert!(
+        !stderr.contains(&new_key),
+        "rotate-secret logged the new secret:\n{stderr}"
+    );
+    f.client
+        .execute("UPDATE delivery_status SET state = 'FAILED'", &[])
+        .unwrap();
+    let event_id = event.to_string();
+    for args in [
+        vec!["resend", event_id.as_str()],
+        vec!["once"],
+        vec!["event", "show", event_id.as_str()],
+        vec!["event", "show", event_id.as_str(), "--json"],
+        vec!["status", "--json"],
+        vec!["channel", "list", "--json"],
+        vec!["channel", "list"],
+    ] {
+        let (code, text) = run(&args, &url);
+        assert_eq!(code, Some(0), "{args:?} failed:\n{text}");
+        assert_clean(&format!("{args:?} after rotate-secret"), &text);
+        assert!(
+            !text.contains(&new_key),
+            "{args:?} printed the new secret:\n{text}"
+        );
+    }
 }

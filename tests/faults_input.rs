@@ -18,7 +18,10 @@ use std::time::Duration;
 
 use support::bin::{one_line_failure, Bin};
 use support::daemon::{config_toml, tail, wait_until, Daemon};
-use support::fixtures::{channel_and_rule, channel_for, emit, enqueue, seed, unfinished, SECRET};
+use support::fixtures::{
+    channel_and_rule, channel_for, emit, enqueue, insert_event_directly, seed, unfinished,
+    NAMESPACE, SECRET,
+};
 use support::{migrated_db, Receiver, Script};
 
 fn ms(n: u64) -> Duration {
@@ -440,8 +443,28 @@ fn bad_rows_fail_their_delivery_with_a_reason_and_the_pass_goes_on() {
     let url = receiver.url();
 
     let not_object = channel_for(&mut client, "bad.payload", &url, SECRET, "{}");
-    emit(&mut client, "bad.payload", "'[1, 2, 3]'::jsonb", 1);
-    emit(&mut client, "bad.payload", "'\"just a string\"'::jsonb", 1);
+    // enqueue_event refuses these since migration 0003; written around it.
+    insert_event_directly(
+        &mut client,
+        NAMESPACE,
+        "bad.payload",
+        "'[1, 2, 3]'::jsonb",
+        "'0 s'",
+    );
+    insert_event_directly(
+        &mut client,
+        NAMESPACE,
+        "bad.payload",
+        "'\"just a string\"'::jsonb",
+        "'0 s'",
+    );
+    // Over the default payload cap: an operator who raised it.
+    client
+        .execute(
+            "UPDATE notification.settings SET max_payload_bytes = 8 * 1024 * 1024",
+            &[],
+        )
+        .expect("raise the payload cap");
     let big = channel_for(&mut client, "big.payload", &url, SECRET, "{}");
     let big_events = emit(
         &mut client,

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use support::bin::Bin;
 use support::daemon::{config_toml, tail, wait_until, Daemon};
-use support::fixtures::{add_channel, channel_for, emit, unfinished, NAMESPACE};
+use support::fixtures::{
+    add_channel, channel_for, emit, insert_event_directly, unfinished, NAMESPACE,
+};
 use support::net::{free_addr, http_get};
 use support::{migrated_db, Receiver, Script, TestDb};
 
@@ -386,7 +388,7 @@ fn a_delivery_nobody_notified_is_found_by_the_interval_tick() {
     let db = migrated_db();
     let mut client = db.client();
     let receiver = Receiver::start(Script::status(200));
-    let channel = channel_for(
+    channel_for(
         &mut client,
         "quiet",
         &receiver.url(),
@@ -399,19 +401,7 @@ fn a_delivery_nobody_notified_is_found_by_the_interval_tick() {
     // due only a second from now, so no sweep before then takes it: what
     // finds it is the interval tick (its sweep, or the retry timer the tick
     // reads from the database).
-    let event: uuid::Uuid = client
-        .query_one(
-            "WITH e AS (INSERT INTO notification.event (namespace, type, rule_id, payload)
-                        SELECT $1, 'quiet', r.id, '{}' FROM notification.rule r
-                        WHERE r.event_type = 'quiet' RETURNING id, created_at)
-             INSERT INTO notification.delivery_status
-                 (namespace, event_id, channel_id, event_created_at, state, next_attempt_at)
-             SELECT $1, e.id, $2, e.created_at, 'PENDING', e.created_at + interval '1 s' FROM e
-             RETURNING event_id",
-            &[&NAMESPACE, &channel],
-        )
-        .expect("insert quietly")
-        .get(0);
+    let event = insert_event_directly(&mut client, NAMESPACE, "quiet", "'{}'::jsonb", "'1 s'");
     assert!(receiver.wait_for(1, LONG), "{}", tail(&d.stderr(), 20));
     assert_eq!(receiver.ids(), vec![event.to_string()]);
     assert!(

@@ -332,9 +332,10 @@ fn losing_the_lock_connection_stops_the_pass_and_the_next_pass_reacquires() {
 /// Runs `once` (with `--json` if `json`) against `db_url` with a config of
 /// two workers and a one-second retry step.
 fn once(db_url: &str, json: bool) -> std::process::Output {
-    let bin =
-        Bin::with_config("[reconciler]\nworkers = 2\n[delivery]\nretry_schedule = [\"1s\"]\n")
-            .env("DATABASE_URL", db_url);
+    let bin = Bin::with_config(&support::bin::allow_loopback(
+        "[reconciler]\nworkers = 2\n[delivery]\nretry_schedule = [\"1s\"]\n",
+    ))
+    .env("DATABASE_URL", db_url);
     if json {
         bin.run(&["once", "--json"])
     } else {

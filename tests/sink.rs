@@ -202,7 +202,8 @@ fn a_real_delivery_is_verified_by_the_sink() {
         .expect("set up and enqueue")
         .get(0);
 
-    let config = Config::for_url(&db.url);
+    let mut config = Config::for_url(&db.url);
+    config.delivery.allow_networks = support::fixtures::loopback_networks();
     let mut r = Reconciler::new(&config).expect("reconciler");
     match r.run_pass(&AtomicBool::new(false), &NoHooks).expect("pass") {
         PassOutcome::Ran(report) => assert_eq!(report.delivered, 1, "{report:?}"),

@@ -11,6 +11,15 @@ use crate::lock;
 pub fn migrate(config: &Config) -> anyhow::Result<ExitCode> {
     let mut client = db::connect(&config.database, &lock::app_name("migrate"))?;
     let applied = migrate::run(&mut client, &config.database.schema)?;
+    let settings = migrate::SchemaSettings {
+        max_payload_bytes: config.delivery.max_payload_bytes,
+    };
+    if migrate::write_settings(&mut client, &config.database.schema, settings)? {
+        println!(
+            "schema \"{}\": payload size cap set to {} bytes (delivery.max_payload_bytes)",
+            config.database.schema, settings.max_payload_bytes
+        );
+    }
     if applied.is_empty() {
         println!(
             "schema \"{}\" is up to date (version {})",

@@ -1,4 +1,4 @@
-//! `channel create|list|disable|enable|delete`.
+//! `channel create|list|disable|enable|delete|rotate-secret`.
 
 use std::process::ExitCode;
 
@@ -7,6 +7,10 @@ use crate::config::Config;
 use crate::db::channels::{self, NewChannel};
 use crate::delivery::endpoint;
 use crate::delivery::sign::Secret;
+use crate::delivery::ssrf::Guard;
+
+/// Longest `--overlap` of `rotate-secret`.
+const MAX_OVERLAP: std::time::Duration = std::time::Duration::from_secs(366 * 24 * 3600);
 
 /// Runs one `channel` subcommand.
 pub fn run(config: &Config, command: ChannelCommand) -> anyhow::Result<ExitCode> {
@@ -21,14 +25,14 @@ pub fn run(config: &Config, command: ChannelCommand) -> anyhow::Result<ExitCode>
         } => {
             non_empty("--namespace", &namespace)?;
             non_empty("--name", &name)?;
-            endpoint::check_url(&url).map_err(|e| UsageError(format!("--url: {e}")))?;
-            let secret = match secret {
-                Some(s) => {
-                    Secret::parse(&s).map_err(|e| UsageError(format!("--secret: {e}")))?;
-                    s
-                }
-                None => Secret::generate(),
-            };
+            let parsed =
+                endpoint::check_url(&url).map_err(|e| UsageError(format!("--url: {e}")))?;
+            if let Some(ip) = endpoint::literal_address(&parsed) {
+                Guard::new(config.delivery.allow_networks.clone())
+                    .check(ip)
+                    .map_err(|refused| UsageError(format!("--url {url:?}: {refused}")))?;
+            }
+            let secret = new_secret(secret)?;
             let mut map = serde_json::Map::new();
             for h in &headers {
                 let (k, v) = endpoint::parse_header_arg(h).map_err(UsageError)?;
@@ -85,6 +89,33 @@ pub fn run(config: &Config, command: ChannelCommand) -> anyhow::Result<ExitCode>
         ChannelCommand::Delete { id } => {
             change(config, id, "deleted", |c| channels::delete(c, id))?
         }
+        ChannelCommand::RotateSecret {
+            id,
+            secret,
+            overlap,
+        } => {
+            if overlap > MAX_OVERLAP {
+                return Err(UsageError(format!(
+                    "--overlap {}: must be at most {}",
+                    humantime::format_duration(overlap),
+                    humantime::format_duration(MAX_OVERLAP)
+                ))
+                .into());
+            }
+            let secret = new_secret(secret)?;
+            let mut client = super::connect(config)?;
+            let until = channels::rotate_secret(&mut client, id, &secret, overlap)?
+                .ok_or_else(|| UsageError(format!("no channel {id} (unknown or deleted)")))?;
+            println!("{secret}");
+            if overlap.is_zero() {
+                eprintln!("channel {id}: secret rotated; the old secret is no longer used");
+            } else {
+                eprintln!(
+                    "channel {id}: secret rotated; requests carry the old secret's signature too until {}",
+                    until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                );
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -101,6 +132,18 @@ fn change(
     }
     eprintln!("channel {id} {what}");
     Ok(())
+}
+
+/// `--secret` checked, or a new generated secret. The error never quotes
+/// the secret.
+fn new_secret(secret: Option<String>) -> Result<String, UsageError> {
+    match secret {
+        Some(s) => {
+            Secret::parse(&s).map_err(|e| UsageError(format!("--secret: {e}")))?;
+            Ok(s)
+        }
+        None => Ok(Secret::generate()),
+    }
 }
 
 /// Refuses an empty flag value.

@@ -7,7 +7,7 @@ use uuid::Uuid;
 use super::channel::non_empty;
 use super::{EventCommand, UsageError};
 use crate::config::Config;
-use crate::db::{events, statuses};
+use crate::db::{events, migrate, statuses, DbError};
 use crate::state::State;
 
 /// Runs one `event` subcommand.
@@ -20,9 +20,14 @@ pub fn run(config: &Config, command: EventCommand) -> anyhow::Result<ExitCode> {
         } => {
             non_empty("--namespace", &namespace)?;
             non_empty("--type", &event_type)?;
-            let payload = read_data(&data)?;
+            // Inline JSON is checked and a file opened before connecting, so
+            // a typo is a usage error even with the database down.
+            let data = open_data(&data)?;
             let mut client = super::connect(config)?;
-            let ids = events::emit(&mut client, &namespace, &event_type, &payload)?;
+            let cap = migrate::max_payload_bytes(&mut client)?;
+            let payload = data.read(cap)?;
+            let ids = events::emit(&mut client, &namespace, &event_type, &payload)
+                .map_err(refused_by_producer)?;
             if ids.is_empty() {
                 eprintln!(
                     "no active rule for type {event_type:?} in namespace {namespace:?}: no event created"
@@ -95,17 +100,84 @@ pub fn run(config: &Config, command: EventCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Reads `--data`: inline JSON, or `@path` to a JSON file.
-fn read_data(data: &str) -> Result<serde_json::Value, UsageError> {
-    let (text, source) = match data.strip_prefix('@') {
-        Some(path) => (
-            std::fs::read_to_string(path)
-                .map_err(|e| UsageError(format!("--data @{path}: cannot read the file: {e}")))?,
-            format!("--data @{path}"),
-        ),
-        None => (data.to_string(), "--data".to_string()),
-    };
-    serde_json::from_str(&text).map_err(|e| UsageError(format!("{source} is not JSON: {e}")))
+/// How many times the schema's payload cap a `--data @file` may be: the
+/// cap applies to the payload as PostgreSQL prints it, which differs from the
+/// file's own layout, so the file's size alone cannot decide; a file this
+/// much larger cannot be a payload within the cap in any sensible layout.
+const FILE_SLACK: u64 = 4;
+
+/// `--data` before the payload cap is known: parsed inline JSON, or an
+/// opened `@path`.
+enum Data {
+    /// Inline JSON, parsed.
+    Inline(serde_json::Value),
+    /// `@path`, opened, not read yet.
+    File(String, std::fs::File),
+}
+
+/// Parses inline `--data`, or opens `@path`.
+fn open_data(data: &str) -> Result<Data, UsageError> {
+    match data.strip_prefix('@') {
+        Some(path) => std::fs::File::open(path)
+            .map(|f| Data::File(path.to_owned(), f))
+            .map_err(|e| UsageError(format!("--data @{path}: cannot read the file: {e}"))),
+        None => serde_json::from_str(data)
+            .map(Data::Inline)
+            .map_err(|e| UsageError(format!("--data is not JSON: {e}"))),
+    }
+}
+
+impl Data {
+    /// The payload. A file is read at most [`FILE_SLACK`] × `cap` bytes
+    /// far: a bigger one is refused without reading it into memory whole.
+    fn read(self, cap: i64) -> Result<serde_json::Value, UsageError> {
+        match self {
+            Data::Inline(value) => Ok(value),
+            Data::File(path, file) => {
+                let text = read_bounded(&path, file, cap)?;
+                serde_json::from_str(&text)
+                    .map_err(|e| UsageError(format!("--data @{path} is not JSON: {e}")))
+            }
+        }
+    }
+}
+
+/// The text of `file`, unless it is larger than [`FILE_SLACK`] × `cap`.
+fn read_bounded(path: &str, file: std::fs::File, cap: i64) -> Result<String, UsageError> {
+    use std::io::Read;
+    let cannot =
+        |e: std::io::Error| UsageError(format!("--data @{path}: cannot read the file: {e}"));
+    let bound = u64::try_from(cap).unwrap_or(0).saturating_mul(FILE_SLACK);
+    let mut bytes = Vec::new();
+    file.take(bound.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    if bytes.len() as u64 > bound {
+        return Err(UsageError(format!(
+            "--data @{path}: the file is over {bound} bytes, too large for a payload of at most {cap} bytes (delivery.max_payload_bytes); not read"
+        )));
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| UsageError(format!("--data @{path} is not JSON: not UTF-8 text")))
+}
+
+/// `enqueue_event`'s own refusals (payload not an object, over the cap) as
+/// usage errors with the database's message; other errors unchanged.
+fn refused_by_producer(err: DbError) -> anyhow::Error {
+    use postgres::error::SqlState;
+    if let DbError::Query { source, .. } = &err {
+        if let Some(db) = source.as_db_error() {
+            if [
+                SqlState::INVALID_PARAMETER_VALUE,
+                SqlState::PROGRAM_LIMIT_EXCEEDED,
+            ]
+            .contains(db.code())
+            {
+                return UsageError(format!("event refused: {}", db.message())).into();
+            }
+        }
+    }
+    err.into()
 }
 
 /// `resend EVENT_ID [--channel ID]`: prints the channel id of every

@@ -138,6 +138,19 @@ pub enum ChannelCommand {
         /// Channel id.
         id: Uuid,
     },
+    /// Replace a channel's signing secret; prints the new secret. During the
+    /// overlap every request carries both signatures.
+    RotateSecret {
+        /// Channel id.
+        id: Uuid,
+        /// The new secret `whsec_<base64>`; generated when omitted.
+        #[arg(long)]
+        secret: Option<String>,
+        /// How long requests also carry the old secret's signature, e.g. 24h
+        /// (0s: drop the old secret at once).
+        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = humantime::parse_duration)]
+        overlap: std::time::Duration,
+    },
 }
 
 /// `rule …`

@@ -1,5 +1,6 @@
 //! The `channel` table: webhook endpoints with their URL, custom headers and
-//! signing secret. Checking what an operator typed (URL, headers, secret) is
+//! signing secret (and, during a rotation's overlap, the previous one).
+//! Checking what an operator typed (URL, headers, secret) is
 //! done by the CLI before it calls here; the worker re-checks stored rows.
 
 use chrono::{DateTime, Utc};
@@ -27,6 +28,12 @@ pub struct Channel {
     /// The signing secret; `None` unless asked for (never printed by default).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signing_secret: Option<String>,
+    /// The secret before the last rotation, while requests still carry its
+    /// signature; `None` unless asked for, like `signing_secret`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_signing_secret: Option<String>,
+    /// Until when requests carry the previous secret's signature too.
+    pub previous_secret_until: Option<DateTime<Utc>>,
     /// Disabled channels get no deliveries.
     pub disabled: bool,
     /// Created.
@@ -82,7 +89,9 @@ pub fn list(
     let rows = client
         .query(
             "SELECT id, namespace, name, type, url, headers, signing_secret, disabled,
-                    created_at, updated_at, deleted_at
+                    created_at, updated_at, deleted_at,
+                    CASE WHEN previous_secret_until > now() THEN previous_secret END,
+                    CASE WHEN previous_secret_until > now() THEN previous_secret_until END
              FROM channel
              WHERE deleted_at IS NULL AND ($1::text IS NULL OR namespace = $1)
              ORDER BY namespace, created_at, id",
@@ -103,6 +112,8 @@ pub fn list(
             created_at: r.get(8),
             updated_at: r.get(9),
             deleted_at: r.get(10),
+            previous_signing_secret: if with_secrets { r.get(11) } else { None },
+            previous_secret_until: r.get(12),
         })
         .collect())
 }
@@ -121,6 +132,34 @@ pub fn set_disabled(
         )
         .map_err(DbError::query("changing a channel"))?;
     Ok(n == 1)
+}
+
+/// Rotates a live channel's signing secret to `new_secret`; the old one
+/// stays valid (requests carry both signatures) for `overlap` from now.
+/// Returns the end of the overlap, or `None` when no live channel has that
+/// id. A zero overlap drops the old secret at once. Rotating again during an
+/// overlap keeps only the secret being replaced, not the one before it.
+pub fn rotate_secret(
+    client: &mut impl GenericClient,
+    id: Uuid,
+    new_secret: &str,
+    overlap: std::time::Duration,
+) -> Result<Option<DateTime<Utc>>, DbError> {
+    let micros = i64::try_from(overlap.as_micros()).unwrap_or(i64::MAX);
+    let row = client
+        .query_opt(
+            "UPDATE channel SET
+                 previous_secret = CASE WHEN $3::bigint > 0 THEN signing_secret END,
+                 previous_secret_until = CASE WHEN $3::bigint > 0
+                     THEN now() + $3::bigint * interval '1 microsecond' END,
+                 signing_secret = $2,
+                 updated_at = now()
+             WHERE id = $1 AND deleted_at IS NULL
+             RETURNING coalesce(previous_secret_until, now())",
+            &[&id, &new_secret, &micros],
+        )
+        .map_err(DbError::query("rotating a channel's secret"))?;
+    Ok(row.map(|r| r.get(0)))
 }
 
 /// Soft-deletes a channel; false when no live channel has that id.

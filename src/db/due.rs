@@ -42,6 +42,10 @@ pub struct Target {
     pub headers: String,
     /// Signing secret (not yet validated).
     pub signing_secret: String,
+    /// The secret before the last rotation, while its overlap lasts.
+    pub previous_secret: Option<String>,
+    /// When the previous secret's overlap ends.
+    pub previous_until: Option<DateTime<Utc>>,
     /// Disabled.
     pub disabled: bool,
     /// Soft-deleted.
@@ -57,6 +61,11 @@ impl std::fmt::Debug for Target {
             .field("url", &self.url)
             .field("headers", &self.headers)
             .field("signing_secret", &"<redacted>")
+            .field(
+                "previous_secret",
+                &self.previous_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("previous_until", &self.previous_until)
             .field("disabled", &self.disabled)
             .field("deleted", &self.deleted)
             .field("assigned", &self.assigned)
@@ -139,7 +148,8 @@ WITH page AS (
 SELECT e.id, e.namespace, e.type, e.created_at, e.payload::text,
        ds.id, ds.version, ds.state, ds.next_attempt_at, ds.clock_started_at, ds.round_attempts,
        c.id, c.url, c.headers::text, c.signing_secret, c.disabled, c.deleted_at IS NOT NULL,
-       EXISTS (SELECT 1 FROM rule_channel rc WHERE rc.rule_id = e.rule_id AND rc.channel_id = c.id)
+       EXISTS (SELECT 1 FROM rule_channel rc WHERE rc.rule_id = e.rule_id AND rc.channel_id = c.id),
+       c.previous_secret, c.previous_secret_until
 FROM page p
 JOIN delivery_status ds ON ds.id = p.id
 JOIN event e ON e.id = p.event_id
@@ -240,6 +250,8 @@ fn deliveries_from_rows(rows: &[postgres::Row]) -> Result<Vec<Delivery>, DbError
                 disabled: r.get(15),
                 deleted: r.get(16),
                 assigned: r.get(17),
+                previous_secret: r.get(18),
+                previous_until: r.get(19),
             },
         };
         deliveries.push(Delivery { event, status });
@@ -288,12 +300,15 @@ mod tests {
             url: "http://x/".into(),
             headers: "{}".into(),
             signing_secret: "whsec_c2VjcmV0c2VjcmV0c2VjcmV0".into(),
+            previous_secret: Some("whsec_b2xkb2xkb2xkb2xk".into()),
+            previous_until: None,
             disabled: false,
             deleted: false,
             assigned: true,
         };
         let shown = format!("{t:?}");
         assert!(!shown.contains("c2VjcmV0"), "{shown}");
+        assert!(!shown.contains("b2xk"), "{shown}");
         assert!(shown.contains("<redacted>"), "{shown}");
     }
 }

@@ -35,6 +35,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_leader_loop",
         sql: include_str!("migrations/0002_leader_loop.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_security",
+        sql: include_str!("migrations/0003_security.sql"),
+    },
 ];
 
 /// The schema version this binary needs.
@@ -98,6 +103,43 @@ fn apply_pending(client: &mut Client, schema: &str) -> Result<Vec<i32>, DbError>
         applied.push(m.version);
     }
     Ok(applied)
+}
+
+/// Settings the schema enforces itself, written by `migrate` from the
+/// config after the migrations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchemaSettings {
+    /// `delivery.max_payload_bytes`: the largest payload `enqueue_event`
+    /// accepts.
+    pub max_payload_bytes: i64,
+}
+
+/// Stores `settings` in the schema's `settings` row (what `enqueue_event`
+/// reads); returns whether the value changed.
+pub fn write_settings(
+    client: &mut Client,
+    schema: &str,
+    settings: SchemaSettings,
+) -> Result<bool, DbError> {
+    let cap = i32::try_from(settings.max_payload_bytes).unwrap_or(i32::MAX);
+    let n = client
+        .execute(
+            &format!(
+                "UPDATE {}.settings SET max_payload_bytes = $1 WHERE max_payload_bytes <> $1",
+                quote_ident(schema)
+            ),
+            &[&cap],
+        )
+        .map_err(DbError::query("storing the schema settings"))?;
+    Ok(n > 0)
+}
+
+/// The payload size cap stored in the schema.
+pub fn max_payload_bytes(client: &mut impl postgres::GenericClient) -> Result<i64, DbError> {
+    let row = client
+        .query_one("SELECT max_payload_bytes FROM settings", &[])
+        .map_err(DbError::query("reading the payload size cap"))?;
+    Ok(i64::from(row.get::<_, i32>(0)))
 }
 
 /// The schema's recorded version; 0 when the schema or its migrations table

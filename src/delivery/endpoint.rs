@@ -29,6 +29,18 @@ pub fn check_url(url: &str) -> Result<url::Url, String> {
     Ok(parsed)
 }
 
+/// The address a checked URL names literally, in whatever notation it was
+/// written (`url` normalises `2130706433`, `0x7f.1` and `[::ffff:7f00:1]`),
+/// or `None` for a host name. What the CLI checks against the SSRF guard
+/// at `channel create`; host names are checked when resolved.
+pub fn literal_address(url: &url::Url) -> Option<std::net::IpAddr> {
+    match url.host()? {
+        url::Host::Ipv4(ip) => Some(ip.into()),
+        url::Host::Ipv6(ip) => Some(ip.into()),
+        url::Host::Domain(_) => None,
+    }
+}
+
 /// Checks one custom header: a token name (RFC 9110), not reserved, and a
 /// value without control characters.
 pub fn check_header(name: &str, value: &str) -> Result<(), String> {
@@ -98,6 +110,25 @@ mod tests {
             .unwrap_err()
             .contains("does not parse"));
         assert!(check_url("http://").is_err());
+    }
+
+    #[test]
+    fn literal_addresses_in_every_notation() {
+        let lit = |u: &str| literal_address(&check_url(u).expect(u)).map(|ip| ip.to_string());
+        assert_eq!(lit("http://2130706433/").as_deref(), Some("127.0.0.1"));
+        assert_eq!(lit("http://0x7f.1/").as_deref(), Some("127.0.0.1"));
+        assert_eq!(lit("http://0177.0.0.1/").as_deref(), Some("127.0.0.1"));
+        assert_eq!(
+            lit("http://[::ffff:127.0.0.1]/").as_deref(),
+            Some("::ffff:127.0.0.1")
+        );
+        assert_eq!(lit("https://[::1]:8443/x").as_deref(), Some("::1"));
+        assert_eq!(
+            lit("http://169.254.169.254/latest/meta-data/").as_deref(),
+            Some("169.254.169.254")
+        );
+        assert_eq!(lit("https://example.com/hook"), None);
+        assert_eq!(lit("http://localhost:8080/"), None);
     }
 
     #[test]

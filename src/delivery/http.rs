@@ -16,8 +16,9 @@ use chrono::{DateTime, Utc};
 use ureq::unversioned::transport::DefaultConnector;
 
 use crate::config::DeliveryConfig;
-use crate::delivery::resolve::CachingResolver;
-use crate::delivery::sign::Secret;
+use crate::delivery::resolve::{refusal, CachingResolver};
+use crate::delivery::sign::SigningKeys;
+use crate::delivery::ssrf::Guard;
 use crate::state::{classify_status, parse_retry_after, AttemptClass, AttemptResult};
 
 /// The `user-agent` every request carries.
@@ -31,8 +32,8 @@ pub struct Request<'a> {
     pub msg_id: &'a str,
     /// The JSON body.
     pub body: &'a [u8],
-    /// Signing key.
-    pub secret: &'a Secret,
+    /// Signing keys (the previous one too during a rotation's overlap).
+    pub secret: &'a SigningKeys,
     /// Custom headers (already checked), sent after ours.
     pub headers: &'a [(String, String)],
 }
@@ -55,11 +56,13 @@ impl Sender {
             .user_agent(USER_AGENT)
             .max_idle_connections(1024)
             .max_idle_connections_per_host(1024)
+            // A proxy would resolve the target itself, past the SSRF guard.
+            .proxy(None)
             .build();
         let agent = ureq::Agent::with_parts(
             config,
             DefaultConnector::default(),
-            CachingResolver::default(),
+            CachingResolver::new(Guard::new(cfg.allow_networks.clone())),
         );
         Sender {
             agent,
@@ -71,7 +74,7 @@ impl Sender {
     /// fails: transport errors are part of the result.
     pub fn send(&self, req: &Request<'_>, now: DateTime<Utc>) -> AttemptResult {
         let timestamp = now.timestamp();
-        let signature = req.secret.sign(req.msg_id, timestamp, req.body);
+        let signature = req.secret.header(req.msg_id, now, req.body);
         let mut builder = self
             .agent
             .post(req.url)
@@ -120,6 +123,10 @@ impl Sender {
             }
             Err(e) => {
                 attempt.error = Some(describe(&e));
+                if refusal(&e).is_some() {
+                    // Resolving again will not make it an allowed address.
+                    attempt.class = AttemptClass::Permanent;
+                }
             }
         }
         attempt.duration = started.elapsed();
@@ -131,6 +138,9 @@ impl Sender {
 fn describe(err: &ureq::Error) -> String {
     match err {
         ureq::Error::Timeout(what) => format!("timed out ({what})"),
+        other if refusal(other).is_some() => {
+            refusal(other).map(ToString::to_string).unwrap_or_default()
+        }
         other => other.to_string(),
     }
 }

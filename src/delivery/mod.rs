@@ -1,6 +1,6 @@
 //! Delivering one event: the endpoint checks (`endpoint`), Standard Webhooks
 //! signing (`sign`), one HTTP attempt (`http`) with its name resolution
-//! (`resolve`), and the worker step that ties
+//! (`resolve`) and its SSRF guard (`ssrf`), and the worker step that ties
 //! them to the state machine and the database (`worker`). The decisions
 //! themselves (retry or fail, when next) are in `state`.
 
@@ -8,4 +8,5 @@ pub mod endpoint;
 pub mod http;
 pub mod resolve;
 pub mod sign;
+pub mod ssrf;
 pub mod worker;

@@ -1,6 +1,7 @@
 //! Standard Webhooks signing: channel secrets, the `webhook-signature`
-//! header we send, and its verification (used by the development `sink` and
-//! the tests).
+//! header we send (with the previous secret's signature too while a
+//! rotation's overlap lasts, [`SigningKeys`]), and its verification (used by
+//! the development `sink` and the tests).
 //!
 //! A secret is `whsec_` followed by the standard base64 of the HMAC key. The
 //! signature of a request is `v1,` + base64(HMAC-SHA256(key,
@@ -13,6 +14,8 @@
 
 use std::fmt;
 use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 
 use base64::alphabet;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
@@ -98,6 +101,61 @@ impl Secret {
         mac.update(format!(".{timestamp}.").as_bytes());
         mac.update(body);
         mac
+    }
+}
+
+/// A channel's keys as the sender needs them: the current secret and, while
+/// a rotation's overlap lasts, the previous one. `Debug` is redacted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigningKeys {
+    current: Secret,
+    previous: Option<(Secret, DateTime<Utc>)>,
+}
+
+impl SigningKeys {
+    /// Parses the stored secrets: `current`, and `previous` with the end of
+    /// its overlap (both or neither; a previous secret without an end is
+    /// ignored). A bad previous secret is an error like a bad current one.
+    pub fn parse(
+        current: &str,
+        previous: Option<&str>,
+        previous_until: Option<DateTime<Utc>>,
+    ) -> Result<SigningKeys, SecretError> {
+        let previous = match (previous, previous_until) {
+            (Some(p), Some(until)) => Some((Secret::parse(p)?, until)),
+            _ => None,
+        };
+        Ok(SigningKeys {
+            current: Secret::parse(current)?,
+            previous,
+        })
+    }
+
+    /// The `webhook-signature` value of one request signed at `now`: the
+    /// current secret's `v1,` signature, followed, space-separated, by the
+    /// previous secret's while `now` is before the overlap's end (Standard
+    /// Webhooks lets a header carry several). Receivers verifying with
+    /// either secret accept it.
+    pub fn header(&self, msg_id: &str, now: DateTime<Utc>, body: &[u8]) -> String {
+        let timestamp = now.timestamp();
+        let mut header = self.current.sign(msg_id, timestamp, body);
+        if let Some((previous, until)) = &self.previous {
+            if now < *until {
+                header.push(' ');
+                header.push_str(&previous.sign(msg_id, timestamp, body));
+            }
+        }
+        header
+    }
+}
+
+impl From<Secret> for SigningKeys {
+    /// One secret, no rotation in progress.
+    fn from(current: Secret) -> SigningKeys {
+        SigningKeys {
+            current,
+            previous: None,
+        }
     }
 }
 
@@ -325,6 +383,49 @@ mod tests {
             check(MSG_ID, "1614265330.5", SIGNATURE),
             Err(VerifyError::BadTimestamp)
         );
+    }
+
+    #[test]
+    fn during_the_overlap_both_secrets_verify_afterwards_only_the_new() {
+        let new = Secret::generate();
+        let old = Secret::generate();
+        let until = DateTime::<Utc>::from_timestamp(TIMESTAMP + 3600, 0).unwrap();
+        let keys = SigningKeys::parse(&new, Some(&old), Some(until)).unwrap();
+        let (new, old) = (Secret::parse(&new).unwrap(), Secret::parse(&old).unwrap());
+        let check = |secret: &Secret, at: i64| {
+            let now = DateTime::<Utc>::from_timestamp(at, 0).unwrap();
+            let header = keys.header(MSG_ID, now, BODY);
+            let verdict = verify(
+                secret,
+                MSG_ID,
+                &at.to_string(),
+                &header,
+                BODY,
+                at,
+                TOLERANCE,
+            );
+            (header, verdict)
+        };
+        let (header, by_new) = check(&new, TIMESTAMP);
+        assert_eq!(header.split(' ').count(), 2, "{header}");
+        assert!(header.split(' ').all(|s| s.starts_with("v1,")), "{header}");
+        assert_eq!(by_new, Ok(()));
+        assert_eq!(check(&old, TIMESTAMP).1, Ok(()));
+        // The last second of the overlap still carries both; its end only the new.
+        assert_eq!(check(&old, TIMESTAMP + 3599).1, Ok(()));
+        let (header, by_old) = check(&old, TIMESTAMP + 3600);
+        assert_eq!(header.split(' ').count(), 1, "{header}");
+        assert_eq!(by_old, Err(VerifyError::NoMatchingSignature));
+        assert_eq!(check(&new, TIMESTAMP + 3600).1, Ok(()));
+        // No rotation: one signature, the known answer.
+        let single = SigningKeys::from(secret());
+        let now = DateTime::<Utc>::from_timestamp(TIMESTAMP, 0).unwrap();
+        assert_eq!(single.header(MSG_ID, now, BODY), SIGNATURE);
+        assert_eq!(
+            SigningKeys::parse(SECRET, Some("nope"), Some(until)),
+            Err(SecretError::MissingPrefix)
+        );
+        assert!(!format!("{keys:?}").contains("whsec_"));
     }
 
     #[test]

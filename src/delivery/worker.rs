@@ -19,7 +19,7 @@ use crate::db::statuses::StatusWriter;
 use crate::db::DbError;
 use crate::delivery::endpoint;
 use crate::delivery::http::{Request, Sender};
-use crate::delivery::sign::Secret;
+use crate::delivery::sign::SigningKeys;
 use crate::state::{self, Check, Jitter, Outcome, Policy, State, Update};
 
 /// What a worker needs besides the delivery and a connection.
@@ -125,7 +125,7 @@ fn event_problem(event: &DueEvent) -> Option<Outcome> {
 
 /// What sending to a channel needs, checked and parsed.
 struct UsableChannel {
-    secret: Secret,
+    secret: SigningKeys,
     headers: Vec<(String, String)>,
 }
 
@@ -146,8 +146,12 @@ fn usable_channel(status: &DueStatus) -> Result<UsableChannel, Outcome> {
         return Err(Outcome::ChannelUnassigned);
     }
     endpoint::check_url(&t.url).map_err(Outcome::InvalidChannel)?;
-    let secret = Secret::parse(&t.signing_secret)
-        .map_err(|e| Outcome::InvalidChannel(format!("signing secret: {e}")))?;
+    let secret = SigningKeys::parse(
+        &t.signing_secret,
+        t.previous_secret.as_deref(),
+        t.previous_until,
+    )
+    .map_err(|e| Outcome::InvalidChannel(format!("signing secret: {e}")))?;
     let headers = endpoint::parse_headers(&t.headers).map_err(Outcome::InvalidChannel)?;
     Ok(UsableChannel { secret, headers })
 }

@@ -14,9 +14,39 @@ use std::process::{Command, Output};
 pub const BIN: &str = env!("CARGO_BIN_EXE_notification-reconciler");
 
 /// A config whose own URL points nowhere: only `DATABASE_URL` can make a
-/// command reach a database, which proves the override.
-pub const NOWHERE_CONFIG: &str =
-    "[database]\nurl = \"postgres://nobody@127.0.0.1:1/nowhere\"\n\n[log]\nlevel = \"warn\"\n";
+/// command reach a database, which proves the override. Loopback is allowed
+/// past the SSRF guard: the tests' receivers listen on 127.0.0.1.
+pub const NOWHERE_CONFIG: &str = "[database]\nurl = \"postgres://nobody@127.0.0.1:1/nowhere\"\n\n\
+     [delivery]\nallow_networks = [\"127.0.0.0/8\", \"::1/128\"]\n\n[log]\nlevel = \"warn\"\n";
+
+/// The `[delivery]` line that lets the tests' loopback receivers past the
+/// SSRF guard, which refuses loopback by default.
+pub const ALLOW_LOOPBACK: &str = "allow_networks = [\"127.0.0.0/8\", \"::1/128\"]";
+
+/// `text` with [`ALLOW_LOOPBACK`] added to its `[delivery]` section (or a
+/// new one at the end), unless it sets `allow_networks` itself.
+pub fn allow_loopback(text: &str) -> String {
+    if text.contains("allow_networks") {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len() + ALLOW_LOOPBACK.len() + 16);
+    let mut added = false;
+    for line in text.lines() {
+        out.push_str(line);
+        out.push('\n');
+        if !added && line.trim() == "[delivery]" {
+            out.push_str(ALLOW_LOOPBACK);
+            out.push('\n');
+            added = true;
+        }
+    }
+    if !added {
+        out.push_str("\n[delivery]\n");
+        out.push_str(ALLOW_LOOPBACK);
+        out.push('\n');
+    }
+    out
+}
 
 /// Environment variables removed from every child unless [`Bin::env`] sets
 /// them: the test runner's own must not leak into the binary.

@@ -54,11 +54,15 @@ impl Daemon {
         Daemon::spawn(name, config, &["run"], env)
     }
 
-    /// Starts the binary with `args` after `--config <file>`.
+    /// Starts the binary with `args` after `--config <file>`. The config
+    /// gets [`super::bin::ALLOW_LOOPBACK`] unless it sets `allow_networks`
+    /// itself (the receivers are on 127.0.0.1, which the SSRF guard refuses
+    /// by default; a test of that default sets `allow_networks = []`).
     pub fn spawn(name: &str, config: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let config = super::bin::allow_loopback(config);
         let bin = env
             .iter()
-            .fold(Bin::with_config(config), |bin, (k, v)| bin.env(k, v));
+            .fold(Bin::with_config(&config), |bin, (k, v)| bin.env(k, v));
         let stdout = fs::File::create(bin.dir().join("stdout")).expect("daemon: stdout file");
         let stderr = fs::File::create(bin.dir().join("stderr")).expect("daemon: stderr file");
         let child = bin

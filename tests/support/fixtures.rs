@@ -18,8 +18,17 @@ pub const EVENT_TYPE: &str = "invoice.paid";
 /// The leader lock's key in the default config.
 pub const LOCK_KEY: &str = "notification.event_handler.reconcile_lock";
 
+/// The networks the tests' configs allow past the SSRF guard: loopback,
+/// where every receiver listens (the guard refuses it by default).
+pub fn loopback_networks() -> Vec<ipnet::IpNet> {
+    ["127.0.0.0/8", "::1/128"]
+        .iter()
+        .map(|n| n.parse().expect("loopback CIDR"))
+        .collect()
+}
+
 /// A config for the database at `url` with `workers` workers, a tiny retry
-/// schedule and short timeouts, as tests want.
+/// schedule, short timeouts and loopback allowed, as tests want.
 pub fn config(url: &str, workers: usize) -> Config {
     let mut c = Config::for_url(url);
     c.reconciler.workers = workers;
@@ -28,6 +37,7 @@ pub fn config(url: &str, workers: usize) -> Config {
     c.delivery.retry_schedule = vec![Duration::from_millis(10); 3];
     c.delivery.timeout = Duration::from_secs(10);
     c.delivery.connect_timeout = Duration::from_secs(2);
+    c.delivery.allow_networks = loopback_networks();
     c
 }
 
@@ -124,6 +134,39 @@ pub fn emit(client: &mut Client, event_type: &str, payload: &str, n: i32) -> Vec
         .iter()
         .map(|r| r.get(0))
         .collect()
+}
+
+/// Inserts one event of `event_type` in `namespace` with the payload of SQL
+/// expression `payload` and a PENDING delivery to every channel of its rule,
+/// due `due_in` (an SQL interval such as `'0 s'`) after creation, bypassing
+/// `enqueue_event` (its checks and its notification); returns the event id.
+pub fn insert_event_directly(
+    client: &mut Client,
+    namespace: &str,
+    event_type: &str,
+    payload: &str,
+    due_in: &str,
+) -> uuid::Uuid {
+    client
+        .query_one(
+            &format!(
+                "WITH e AS (
+                     INSERT INTO notification.event (namespace, type, rule_id, payload)
+                     SELECT namespace, event_type, id, {payload} FROM notification.rule
+                     WHERE namespace = $1 AND event_type = $2
+                     RETURNING id, namespace, rule_id, created_at),
+                 s AS (
+                     INSERT INTO notification.delivery_status
+                         (namespace, event_id, channel_id, event_created_at, state, next_attempt_at)
+                     SELECT e.namespace, e.id, rc.channel_id, e.created_at, 'PENDING',
+                            e.created_at + interval {due_in}
+                     FROM e JOIN notification.rule_channel rc ON rc.rule_id = e.rule_id)
+                 SELECT id FROM e"
+            ),
+            &[&namespace, &event_type],
+        )
+        .expect("insert event directly")
+        .get(0)
 }
 
 /// Creates another channel to `url` and assigns it to the rule of
