@@ -10,12 +10,23 @@
 //! 3. memory under backlog: peak RSS of a child process (this binary,
 //!    re-executed with [`CHILD_FLAG`]) during the first deliveries of a huge
 //!    vs a small backlog;
-//! 4. idle pass: all events finished; pass duration and the due query plan.
+//! 4. idle pass: all events finished; pass duration and the due query plan;
+//! 5. promptness: the daemon (`run`, the real binary) with 32 workers, a
+//!    healthy receiver getting 100 events/s through `enqueue_event` while a
+//!    second endpoint answering after 5 s has 16 deliveries due: enqueue to
+//!    receipt p50/p90/p99/max, measured at the receiver from the enqueue
+//!    time the payload carries;
+//! 6. failover: two daemons, kill -9 of the leader, time to the standby's
+//!    first delivery.
+//!
+//! Scenarios 5 and 6 run the binary; `NR_BENCH_BIN=path` runs another build
+//! of it instead (an older version, for before/after figures; it is then
+//! given no `delivery.allow_networks`, a key older builds do not know).
 //!
 //! `cargo bench --bench throughput` runs the full sizes (several minutes);
 //! `-- --tiny` runs every scenario with small counts in well under a minute
 //! and checks only that every delivery happened (what CI runs). `--only
-//! latency|db|memory|idle` runs one scenario. Timing targets are reported,
+//! latency|db|memory|idle|prompt|failover` runs one scenario. Timing targets are reported,
 //! never asserted. The receiver is this file's own (one thread per
 //! keep-alive connection, no recording) so that it is never the bottleneck;
 //! `--support-receiver` uses the test support's recording receiver instead,
@@ -52,6 +63,11 @@ struct Sizes {
     memory_workers: usize,
     idle_events: u64,
     idle_passes: usize,
+    prompt_seconds: u64,
+    prompt_rate: u64,
+    prompt_slow: u64,
+    prompt_slow_latency: Duration,
+    failover_trials: usize,
 }
 
 impl Sizes {
@@ -68,6 +84,11 @@ impl Sizes {
             memory_workers: 16,
             idle_events: 1_000_000,
             idle_passes: 20,
+            prompt_seconds: 10,
+            prompt_rate: 100,
+            prompt_slow: 16,
+            prompt_slow_latency: Duration::from_secs(5),
+            failover_trials: 5,
         }
     }
 
@@ -84,6 +105,11 @@ impl Sizes {
             memory_workers: 16,
             idle_events: 5_000,
             idle_passes: 3,
+            prompt_seconds: 1,
+            prompt_rate: 50,
+            prompt_slow: 4,
+            prompt_slow_latency: Duration::from_millis(500),
+            failover_trials: 1,
         }
     }
 }
@@ -127,6 +153,12 @@ fn main() {
     }
     if wanted("idle") {
         plans = idle(&sizes, &mut rows);
+    }
+    if wanted("prompt") {
+        prompt(&sizes, &mut rows);
+    }
+    if wanted("failover") {
+        failover(&sizes, &mut rows);
     }
     print_table(&rows, tiny);
     for plan in plans {
@@ -386,16 +418,248 @@ fn idle(sizes: &Sizes, rows: &mut Vec<Row>) -> Vec<String> {
 }
 
 /// The count query of `db::due::count_due`, with the cut-off inlined.
-const COUNT_SQL: &str = "SELECT count(DISTINCT event_id) FROM delivery_status
+const COUNT_SQL: &str = "SELECT count(*) FROM delivery_status
      WHERE state IN ('PENDING', 'SENDING', 'RESENDING') AND next_attempt_at <= now()";
 
 /// The page query of `db::due` with its parameters inlined: cut-off now,
-/// start cursor, 50 events.
+/// start cursor, 50 deliveries.
 fn explainable_page_sql() -> String {
     notification_reconciler::db::due::page_sql(50)
         .replace("$1", "now()")
         .replace("$2", "'-infinity'::timestamptz")
         .replace("$3", "'00000000-0000-0000-0000-000000000000'::uuid")
+        .replace("$4", "'00000000-0000-0000-0000-000000000000'::uuid")
+}
+
+/// Scenario 5: enqueue to receipt through the real daemon while slow
+/// deliveries are in flight.
+fn prompt(sizes: &Sizes, rows: &mut Vec<Row>) {
+    let db = support::migrated_db();
+    let fast = support::Receiver::start(Script::status(200));
+    let slow =
+        support::Receiver::start(Script::status(200).with_latency(sizes.prompt_slow_latency));
+    let mut client = db.client();
+    support::fixtures::channel_for(
+        &mut client,
+        "fast",
+        &fast.url(),
+        support::fixtures::SECRET,
+        "{}",
+    );
+    support::fixtures::channel_for(
+        &mut client,
+        "slow",
+        &slow.url(),
+        support::fixtures::SECRET,
+        "{}",
+    );
+    support::fixtures::emit(&mut client, "slow", "'{}'::jsonb", sizes.prompt_slow as i32);
+    let mut daemon = BinDaemon::start(&db.url, 32, "15s");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while slow.in_flight() < sizes.prompt_slow as usize {
+        assert!(
+            Instant::now() < deadline,
+            "prompt: the slow deliveries never started:\n{}",
+            daemon.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The wall clock of the receiver's Instants, to compare with the
+    // database's clock_timestamp() (same machine).
+    let (base_instant, base_wall) = (Instant::now(), std::time::SystemTime::now());
+    let total = sizes.prompt_seconds * sizes.prompt_rate;
+    let every = Duration::from_secs(1) / sizes.prompt_rate as u32;
+    let start = Instant::now();
+    for i in 0..total {
+        let due = start + every * i as u32;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        client
+            .execute(
+                "SELECT notification.enqueue_event('acme', 'fast',
+                     jsonb_build_object('t', extract(epoch FROM clock_timestamp())::float8))",
+                &[],
+            )
+            .expect("prompt: enqueue");
+    }
+    assert!(
+        fast.wait_for(total as usize, Duration::from_secs(120)),
+        "prompt: {} of {total} arrived:\n{}",
+        fast.count(),
+        daemon.stderr()
+    );
+    let slow_still_in_flight = slow.in_flight();
+    daemon.stop();
+    let mut latencies: Vec<f64> = fast
+        .requests()
+        .iter()
+        .map(|rq| {
+            let enqueued = rq.json()["data"]["t"]
+                .as_f64()
+                .expect("prompt: t in the payload");
+            let received = base_wall + rq.at.saturating_duration_since(base_instant);
+            let received = received
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
+            (received - enqueued) * 1000.0
+        })
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1]
+    };
+    let (p50, p90, p99, max) = (pct(0.50), pct(0.90), pct(0.99), pct(1.0));
+    push(
+        rows,
+        Row {
+            scenario: "5 promptness",
+            setting: format!(
+                "{} events at {}/s, {} deliveries of {} ms in flight, 32 workers, interval 15s",
+                total,
+                sizes.prompt_rate,
+                sizes.prompt_slow,
+                sizes.prompt_slow_latency.as_millis()
+            ),
+            result: format!(
+                "enqueue→receipt p50 {p50:.1} ms, p90 {p90:.1} ms, p99 {p99:.1} ms, max {max:.1} ms ({slow_still_in_flight} slow still in flight at the end)"
+            ),
+            target: "p50 ≤ 25 ms, p99 ≤ 150 ms".into(),
+            met: Some(p50 <= 25.0 && p99 <= 150.0),
+        },
+    );
+}
+
+/// Scenario 6: kill -9 of the leader to the standby's first delivery.
+fn failover(sizes: &Sizes, rows: &mut Vec<Row>) {
+    let mut took = Vec::new();
+    for _ in 0..sizes.failover_trials {
+        let db = support::migrated_db();
+        let receiver =
+            support::Receiver::start(Script::status(200).with_latency(Duration::from_millis(10)));
+        let mut client = db.client();
+        support::fixtures::channel_for(
+            &mut client,
+            "flow",
+            &receiver.url(),
+            support::fixtures::SECRET,
+            "{}",
+        );
+        support::fixtures::emit(&mut client, "flow", "'{}'::jsonb", 3000);
+        let mut a = BinDaemon::start(&db.url, 4, "15s");
+        assert!(
+            receiver.wait_for(20, Duration::from_secs(60)),
+            "failover: A never delivered:\n{}",
+            a.stderr()
+        );
+        let mut b = BinDaemon::start(&db.url, 4, "15s");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !b.stderr().contains("started") {
+            assert!(
+                Instant::now() < deadline,
+                "failover: B never started:\n{}",
+                b.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        a.kill9();
+        let killed = Instant::now();
+        let deadline = killed + Duration::from_secs(60);
+        let first = loop {
+            if let Some(rq) = receiver.requests().into_iter().find(|rq| rq.at > killed) {
+                break rq.at;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "failover: B never delivered:\n{}",
+                b.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        took.push((first - killed).as_secs_f64() * 1000.0);
+        b.stop();
+    }
+    took.sort_by(f64::total_cmp);
+    let median = took[took.len() / 2];
+    let max = took[took.len() - 1];
+    push(
+        rows,
+        Row {
+            scenario: "6 failover",
+            setting: format!("kill -9 of the leader, {} trials", took.len()),
+            result: format!(
+                "to the standby's first delivery: median {median:.0} ms, max {max:.0} ms"
+            ),
+            target: "≤ 1000 ms".into(),
+            met: Some(max <= 1000.0),
+        },
+    );
+}
+
+/// The daemon binary (`NR_BENCH_BIN`, else this build's) as a child, with
+/// its log in a temp dir.
+struct BinDaemon {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl BinDaemon {
+    fn start(url: &str, workers: usize, interval: &str) -> BinDaemon {
+        let dir = tempfile::Builder::new()
+            .prefix("nr-bench-")
+            .tempdir()
+            .expect("bench: temp dir");
+        let (program, allow) = match std::env::var("NR_BENCH_BIN") {
+            Ok(p) => (p, ""),
+            Err(_) => (
+                support::bin::BIN.to_string(),
+                "allow_networks = [\"127.0.0.0/8\"]\n",
+            ),
+        };
+        let config = format!(
+            "[database]\nurl = \"{url}\"\npool_size = {}\n[reconciler]\nworkers = {workers}\ninterval = \"{interval}\"\n\
+             [delivery]\ntimeout = \"30s\"\n{allow}[log]\nlevel = \"info\"\n",
+            workers + 2
+        );
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, config).expect("bench: config");
+        let stderr = std::fs::File::create(dir.path().join("stderr")).expect("bench: stderr");
+        let child = Command::new(program)
+            .arg("--config")
+            .arg(&path)
+            .arg("run")
+            .env_remove("DATABASE_URL")
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("bench: spawn the daemon");
+        BinDaemon { child, dir }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default()
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for BinDaemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
 }
 
 // ------------------------------------------------------------------ helpers
