@@ -32,14 +32,11 @@ pub struct UsageError(pub String);
 #[derive(Debug, Parser)]
 #[command(name = "notification-reconciler", version, about)]
 pub struct Cli {
-    /// Configuration file.
-    #[arg(
-        long,
-        global = true,
-        value_name = "PATH",
-        default_value = "./config.toml"
-    )]
-    pub config: PathBuf,
+    /// Configuration file (must exist). Without it: ./config.toml, then
+    /// /etc/notification-reconciler/config.toml, else the defaults and the
+    /// environment.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -234,7 +231,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::sink::run(&args)
         }
         command => {
-            let config = Config::load(&cli.config, std::env::var("DATABASE_URL").ok())?;
+            let config =
+                Config::load_from(cli.config.as_deref(), std::env::var("DATABASE_URL").ok())?;
             init_logging(&config.log.level);
             dispatch(command, &config)
         }
@@ -246,7 +244,12 @@ fn dispatch(command: Command, config: &Config) -> anyhow::Result<ExitCode> {
         Command::Migrate => admin::migrate(config),
         Command::CheckConfig => admin::check_config(config),
         Command::Status { json } => admin::status(config, json),
-        Command::Run => crate::service::daemon::run(config),
+        Command::Run => {
+            for warning in crate::config_check::warnings(config) {
+                log::warn!("{}: {warning}", config.path.display());
+            }
+            crate::service::daemon::run(config)
+        }
         Command::Once { json } => crate::service::once::run(config, json),
         Command::Channel(c) => channel::run(config, c),
         Command::Rule(c) => rule::run(config, c),
