@@ -97,7 +97,8 @@ pub struct Server {
 /// Limits of a [`Server`].
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Largest request body read (larger: 413 and the connection closes).
+    /// Largest request body kept (larger: a log line, the body read away,
+    /// 413 and the connection closes).
     pub max_body: usize,
     /// A connection idle this long is closed.
     pub idle_timeout: Duration,
@@ -225,7 +226,7 @@ fn serve_connection(stream: TcpStream, limits: Limits, handler: &Handler) -> io:
             Some(Err(_)) => return respond(&mut writer, &Response::status(400), true),
         };
         if length > limits.max_body {
-            return respond(&mut writer, &Response::status(413), true);
+            return refuse_large_body(&mut reader, &mut writer, &request, length, limits);
         }
         let mut request = request;
         request.body = vec![0; length];
@@ -243,6 +244,40 @@ fn serve_connection(stream: TcpStream, limits: Limits, handler: &Handler) -> io:
             return Ok(());
         }
     }
+}
+
+/// Most bytes of an over-large body read and thrown away so that the
+/// client, still sending, gets to read the 413: closing a socket with unread
+/// input resets the connection, and the client would see only the reset.
+/// A body beyond this is cut off by closing (a reset, for such a client).
+const MAX_DISCARD: u64 = 256 * 1024 * 1024;
+
+/// Answers a request whose body of `length` bytes exceeds the limit: logs a
+/// line, reads the body away (unless the client waits for `100-continue`,
+/// then it sends none), answers 413 and closes the connection.
+fn refuse_large_body(
+    reader: &mut BufReader<TcpStream>,
+    writer: &mut TcpStream,
+    request: &Request,
+    length: usize,
+    limits: Limits,
+) -> io::Result<()> {
+    let peer = writer
+        .peer_addr()
+        .map_or_else(|_| "?".to_string(), |a| a.to_string());
+    log::warn!(
+        "{} {} from {peer}: body of {length} bytes is over the limit of {} bytes; answered 413",
+        request.method,
+        request.path,
+        limits.max_body
+    );
+    let expects_continue = request
+        .header("expect")
+        .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+    if !expects_continue && (length as u64) <= MAX_DISCARD {
+        io::copy(&mut reader.take(length as u64), &mut io::sink())?;
+    }
+    respond(writer, &Response::status(413), true)
 }
 
 /// Reads one request head (up to the blank line); `None` at a clean end of
@@ -388,6 +423,32 @@ mod tests {
         )
         .starts_with("HTTP/1.1 411"));
         assert!(roundtrip(&server, b"NOT HTTP\r\n\r\n").starts_with("HTTP/1.1 400"));
+    }
+
+    #[test]
+    fn a_body_over_the_limit_is_answered_413_not_reset() {
+        // The client writes the whole body before it reads: the server must
+        // read it away, or closing the socket resets the connection.
+        let limits = Limits {
+            max_body: 1024,
+            ..Limits::default()
+        };
+        let server = Server::bind("127.0.0.1:0".parse().unwrap(), limits, |_| {
+            Response::status(200)
+        })
+        .unwrap();
+        let body = vec![b'x'; 4 * 1024 * 1024];
+        let mut s = TcpStream::connect(server.addr()).unwrap();
+        write!(
+            s,
+            "POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        s.write_all(&body).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 413"), "{out}");
     }
 
     #[test]

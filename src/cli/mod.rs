@@ -209,9 +209,13 @@ pub struct SinkArgs {
     /// Address to listen on, e.g. 127.0.0.1:8080.
     #[arg(long)]
     pub listen: std::net::SocketAddr,
-    /// Verify signatures with this secret (401 when wrong).
-    #[arg(long)]
+    /// Verify signatures with this secret (401 when wrong). Visible in `ps`:
+    /// prefer --secret-file or the SINK_SECRET environment variable.
+    #[arg(long, conflicts_with = "secret_file")]
     pub secret: Option<String>,
+    /// Read the secret from this file (surrounding whitespace ignored).
+    #[arg(long, value_name = "PATH")]
+    pub secret_file: Option<PathBuf>,
     /// Status code of successful answers.
     #[arg(long, default_value_t = 200)]
     pub status: u16,
