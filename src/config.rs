@@ -146,6 +146,9 @@ pub struct RawDelivery {
     pub retry_schedule: Vec<String>,
     /// Response body bytes kept (and read).
     pub max_response_bytes: i64,
+    /// PEM bundle of CA certificates trusted besides the system's; empty =
+    /// none.
+    pub ca_file: String,
 }
 
 /// `[log]` as written.
@@ -199,6 +202,7 @@ impl Default for RawDelivery {
                 .map(String::from)
                 .to_vec(),
             max_response_bytes: 1024,
+            ca_file: String::new(),
         }
     }
 }
@@ -273,6 +277,12 @@ pub struct DeliveryConfig {
     pub retry_schedule: Vec<Duration>,
     /// Response bytes read and kept.
     pub max_response_bytes: usize,
+    /// `delivery.ca_file` as resolved (relative to the config file's
+    /// directory), if set.
+    pub ca_file: Option<PathBuf>,
+    /// The certificates read from `ca_file`, trusted besides the system's
+    /// (at least one when `ca_file` is set).
+    pub ca_certs: Vec<ureq::tls::Certificate<'static>>,
 }
 
 /// Validated `[log]`.
@@ -363,6 +373,12 @@ impl Config {
                 connect_timeout: d(self.delivery.connect_timeout),
                 retry_schedule: self.delivery.retry_schedule.iter().map(|v| d(*v)).collect(),
                 max_response_bytes: self.delivery.max_response_bytes,
+                ca_file: self
+                    .delivery
+                    .ca_file
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
             },
             log: EffLog {
                 level: self.log.level.clone(),
@@ -543,11 +559,22 @@ impl RawConfig {
                 "must be between 0 and 16777216",
             ));
         }
+        let (ca_file, ca_certs) = match dl.ca_file.trim() {
+            "" => (None, Vec::new()),
+            file => {
+                let resolved = path.parent().unwrap_or(Path::new("")).join(file);
+                let certs = read_ca_file(&resolved)
+                    .map_err(|p| invalid("delivery.ca_file", format!("{file:?}"), &p))?;
+                (Some(resolved), certs)
+            }
+        };
         let delivery = DeliveryConfig {
             timeout: positive("delivery.timeout", &dl.timeout)?,
             connect_timeout: positive("delivery.connect_timeout", &dl.connect_timeout)?,
             retry_schedule,
             max_response_bytes: dl.max_response_bytes as usize,
+            ca_file,
+            ca_certs,
         };
 
         // [log]
@@ -634,6 +661,39 @@ pub fn format_duration(d: Duration) -> String {
 /// so existing deployments keep their lock.
 pub fn default_lock_key(schema: &str) -> String {
     format!("{schema}.event_handler.reconcile_lock")
+}
+
+/// Reads the CA certificates of a PEM bundle (`delivery.ca_file`): at least
+/// one, every PEM block a certificate that parses; private keys are refused
+/// (a key has no business in a trust bundle, and it would be a secret
+/// lying where it is not expected).
+fn read_ca_file(path: &Path) -> Result<Vec<ureq::tls::Certificate<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
+            Ok(_) => {
+                return Err(format!(
+                    "{} holds a private key; give only CA certificates",
+                    path.display()
+                ))
+            }
+            Err(e) => {
+                return Err(format!(
+                    "{} is not a PEM certificate bundle: {e}",
+                    path.display()
+                ))
+            }
+        }
+    }
+    if certs.is_empty() {
+        return Err(format!(
+            "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            path.display()
+        ));
+    }
+    Ok(certs)
 }
 
 /// Checks that `url` is a `postgres://` or `postgresql://` URL the driver
@@ -746,6 +806,7 @@ struct EffDelivery {
     connect_timeout: String,
     retry_schedule: Vec<String>,
     max_response_bytes: usize,
+    ca_file: String,
 }
 #[derive(Serialize)]
 struct EffLog {
@@ -943,6 +1004,26 @@ mod tests {
         assert_eq!(find_config(&[&a, &b]).unwrap(), Some(b.clone()));
         std::fs::write(&a, "").unwrap();
         assert_eq!(find_config(&[&a, &b]).unwrap(), Some(a.clone()));
+    }
+
+    #[test]
+    fn ca_file_must_hold_pem_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.toml");
+        let resolve = |text: &str| {
+            RawConfig::parse(&config, text)
+                .and_then(|r| r.resolve(&config))
+                .map_err(|e| e.to_string())
+        };
+        let e = resolve("[delivery]\nca_file = \"missing.pem\"\n").unwrap_err();
+        assert!(
+            e.contains("delivery.ca_file = \"missing.pem\": cannot read"),
+            "{e}"
+        );
+        std::fs::write(dir.path().join("empty.pem"), "not pem\n").unwrap();
+        let e = resolve("[delivery]\nca_file = \"empty.pem\"\n").unwrap_err();
+        assert!(e.contains("holds no PEM certificate"), "{e}");
+        assert!(resolve("").unwrap().delivery.ca_file.is_none());
     }
 
     #[test]
