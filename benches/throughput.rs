@@ -412,12 +412,7 @@ fn explainable_page_sql() -> String {
 fn https_drain(tiny: bool, rows: &mut Vec<Row>) {
     let (events, workers) = if tiny { (200, 8) } else { (5_000, 8) };
     let ca = support::tls::TestCa::new();
-    let ca_certs: Vec<_> = ureq::tls::parse_pem(ca.ca_pem.as_bytes())
-        .filter_map(|item| match item {
-            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
-            _ => None,
-        })
-        .collect();
+    let ca_certs = ca.ca_certs();
     for https in [false, true] {
         let receiver = if https {
             support::Receiver::start_https(Script::status(200), &ca)
@@ -446,7 +441,11 @@ fn https_drain(tiny: bool, rows: &mut Vec<Row>) {
                     "{:.0}/s in {secs:.2} s, {:.0} µs CPU/delivery, {handshakes} {}",
                     events as f64 / secs,
                     cpu * 1e6 / events as f64,
-                    if https { "TLS handshakes" } else { "connections" }
+                    if https {
+                        "TLS handshakes"
+                    } else {
+                        "connections"
+                    }
                 ),
                 target: if https {
                     format!("handshakes ≤ {workers} (one per worker)")

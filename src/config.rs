@@ -817,16 +817,21 @@ struct EffMetrics {
     listen: String,
 }
 
+/// Parses and resolves `text` as the file `test.toml`; the error as its
+/// one-line message (for the unit tests here and in `config_check`).
+#[cfg(test)]
+pub(crate) fn load_text(text: &str) -> Result<Config, String> {
+    let p = Path::new("test.toml");
+    RawConfig::parse(p, text)
+        .and_then(|r| r.resolve(p))
+        .map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn load(text: &str) -> Result<Config, String> {
-        let p = Path::new("test.toml");
-        RawConfig::parse(p, text)
-            .and_then(|r| r.resolve(p))
-            .map_err(|e| e.to_string())
-    }
+    use super::load_text as load;
 
     fn err(text: &str) -> String {
         load(text).expect_err("config should be rejected")

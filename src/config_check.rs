@@ -138,18 +138,9 @@ fn quoted(d: Duration) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
-    use crate::config::RawConfig;
+    use crate::config::load_text as load;
 
     use super::*;
-
-    fn load(text: &str) -> Result<Config, String> {
-        let p = Path::new("test.toml");
-        RawConfig::parse(p, text)
-            .and_then(|r| r.resolve(p))
-            .map_err(|e| e.to_string())
-    }
 
     fn warned(text: &str) -> Vec<String> {
         warnings(&load(text).expect("config is valid"))

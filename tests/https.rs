@@ -131,12 +131,7 @@ fn keep_alive_holds_tls_handshakes_to_one_per_worker() {
     fixtures::seed(&mut db.client(), &receiver.url(), 40);
     let workers = 2;
     let mut config = fixtures::config(&db.url, workers);
-    config.delivery.ca_certs = ureq::tls::parse_pem(ca.ca_pem.as_bytes())
-        .filter_map(|item| match item {
-            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
-            _ => None,
-        })
-        .collect();
+    config.delivery.ca_certs = ca.ca_certs();
     let mut r = Reconciler::new(&config).expect("reconciler");
     match r.run_pass(&AtomicBool::new(false), &NoHooks).expect("pass") {
         PassOutcome::Ran(report) => assert_eq!(report.delivered, 40, "{report:?}"),

@@ -72,6 +72,17 @@ impl TestCa {
         }
     }
 
+    /// The CA certificate as `DeliveryConfig::ca_certs` holds it (what
+    /// `delivery.ca_file` would give).
+    pub fn ca_certs(&self) -> Vec<ureq::tls::Certificate<'static>> {
+        ureq::tls::parse_pem(self.ca_pem.as_bytes())
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// A PEM file holding only the CA certificate.
     pub fn ca_file(&self) -> PathBuf {
         self.dir.path().join("ca.pem")
