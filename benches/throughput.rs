@@ -22,11 +22,14 @@
 //! Scenarios 5 and 6 run the binary; `NR_BENCH_BIN=path` runs another build
 //! of it instead (an older version, for before/after figures; it is then
 //! given no `delivery.allow_networks`, a key older builds do not know).
+//! 7. HTTPS drain ([`https_drain`]): the same backlog over plain HTTP and
+//!    over HTTPS (a private CA from the test support, trusted through
+//!    `delivery.ca_file`): deliveries/s, CPU per delivery, TLS handshakes.
 //!
 //! `cargo bench --bench throughput` runs the full sizes (several minutes);
 //! `-- --tiny` runs every scenario with small counts in well under a minute
 //! and checks only that every delivery happened (what CI runs). `--only
-//! latency|db|memory|idle|prompt|failover` runs one scenario. Timing targets are reported,
+//! latency|db|memory|idle|prompt|failover|https` runs one scenario. Timing targets are reported,
 //! never asserted. The receiver is this file's own (one thread per
 //! keep-alive connection, no recording) so that it is never the bottleneck;
 //! `--support-receiver` uses the test support's recording receiver instead,
@@ -159,6 +162,9 @@ fn main() {
     }
     if wanted("failover") {
         failover(&sizes, &mut rows);
+    }
+    if wanted("https") {
+        https_drain(tiny, &mut rows);
     }
     print_table(&rows, tiny);
     for plan in plans {
@@ -659,6 +665,77 @@ impl BinDaemon {
 impl Drop for BinDaemon {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// Scenario 5: one pass draining a backlog to a recording receiver on
+/// 127.0.0.1, over plain HTTP and over HTTPS with a private CA given as
+/// `delivery.ca_file` material. Reports deliveries/s, CPU per delivery
+/// (this process: the reconciler and the in-process receiver, both TLS
+/// ends; PostgreSQL not included) and the TLS handshakes (connections the
+/// receiver accepted), which keep-alive should hold to one per worker.
+fn https_drain(tiny: bool, rows: &mut Vec<Row>) {
+    let (events, workers) = if tiny { (200, 8) } else { (5_000, 8) };
+    let ca = support::tls::TestCa::new();
+    let ca_certs = ca.ca_certs();
+    for https in [false, true] {
+        let receiver = if https {
+            support::Receiver::start_https(Script::status(200), &ca)
+        } else {
+            support::Receiver::start(Script::status(200))
+        };
+        let db = support::migrated_db();
+        seed(&db, events, "PENDING", &receiver.url());
+        let mut config = config(&db.url, workers);
+        config.delivery.ca_certs = ca_certs.clone();
+        let mut reconciler = Reconciler::new(&config).expect("bench: reconciler");
+        let (cpu0, t) = (process_cpu_seconds(), Instant::now());
+        let report = pass(&mut reconciler);
+        let (secs, cpu) = (t.elapsed().as_secs_f64(), process_cpu_seconds() - cpu0);
+        check_delivered(&report, events, "https drain");
+        let handshakes = receiver.connections();
+        push(
+            rows,
+            Row {
+                scenario: "5 HTTPS drain",
+                setting: format!(
+                    "{}, {workers} workers, {events} events",
+                    if https { "https" } else { "http" }
+                ),
+                result: format!(
+                    "{:.0}/s in {secs:.2} s, {:.0} µs CPU/delivery, {handshakes} {}",
+                    events as f64 / secs,
+                    cpu * 1e6 / events as f64,
+                    if https {
+                        "TLS handshakes"
+                    } else {
+                        "connections"
+                    }
+                ),
+                target: if https {
+                    format!("handshakes ≤ {workers} (one per worker)")
+                } else {
+                    String::new()
+                },
+                met: https.then_some(handshakes <= workers),
+            },
+        );
+    }
+}
+
+/// CPU time (user + system) this process has used, from `/proc/self/stat`
+/// (clock ticks of 1/100 s, Linux's fixed `USER_HZ`); 0 when unreadable.
+fn process_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which ends with ')'): state is the
+    // 3rd field, utime the 14th, stime the 15th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<f64>().ok());
+    match (ticks(14), ticks(15)) {
+        (Some(u), Some(s)) => (u + s) / 100.0,
+        _ => 0.0,
     }
 }
 

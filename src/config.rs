@@ -20,6 +20,34 @@ use serde::{Deserialize, Serialize};
 /// value is almost certainly a typo (PostgreSQL's default limit is 100).
 pub const MAX_WORKERS: i64 = 1024;
 
+/// Where a command looks for its configuration when `--config` is not
+/// given, in this order; when none exists the defaults (and the environment)
+/// apply.
+pub const SEARCH_PATH: [&str; 2] = ["./config.toml", "/etc/notification-reconciler/config.toml"];
+
+/// What [`Config::path`] says when no file was found on [`SEARCH_PATH`].
+pub const DEFAULTS_SOURCE: &str =
+    "<defaults: no ./config.toml or /etc/notification-reconciler/config.toml>";
+
+/// The first of `candidates` that exists; `None` when none does. Any error
+/// other than "not found" (a directory, no permission) is reported for that
+/// path rather than silently skipped.
+pub fn find_config(candidates: &[&Path]) -> Result<Option<PathBuf>, ConfigError> {
+    for path in candidates {
+        match std::fs::metadata(path) {
+            Ok(_) => return Ok(Some(path.to_path_buf())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// A configuration problem. The message names the key and the bad value.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -101,8 +129,9 @@ pub struct RawReconciler {
     pub pending_timeout: String,
     /// SENDING longer than this fail.
     pub sending_timeout: String,
-    /// Text the advisory lock key is derived from.
-    pub lock_key: String,
+    /// Text the advisory lock key is derived from; `None` (not written):
+    /// [`default_lock_key`] of the schema.
+    pub lock_key: Option<String>,
 }
 
 /// `[delivery]` as written.
@@ -121,6 +150,9 @@ pub struct RawDelivery {
     pub allow_networks: Vec<String>,
     /// Largest payload `enqueue_event` accepts (set in the schema by `migrate`).
     pub max_payload_bytes: i64,
+    /// PEM bundle of CA certificates trusted besides the system's; empty =
+    /// none.
+    pub ca_file: String,
 }
 
 /// `[log]` as written.
@@ -160,7 +192,7 @@ impl Default for RawReconciler {
             next_attempt_delay: "0s".into(),
             pending_timeout: "3h".into(),
             sending_timeout: "48h".into(),
-            lock_key: "notification.event_handler.reconcile_lock".into(),
+            lock_key: None,
         }
     }
 }
@@ -176,6 +208,7 @@ impl Default for RawDelivery {
             max_response_bytes: 1024,
             allow_networks: Vec::new(),
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            ca_file: String::new(),
         }
     }
 }
@@ -254,6 +287,12 @@ pub struct DeliveryConfig {
     pub allow_networks: Vec<ipnet::IpNet>,
     /// The payload size cap `migrate` stores for `enqueue_event`.
     pub max_payload_bytes: i64,
+    /// `delivery.ca_file` as resolved (relative to the config file's
+    /// directory), if set.
+    pub ca_file: Option<PathBuf>,
+    /// The certificates read from `ca_file`, trusted besides the system's
+    /// (at least one when `ca_file` is set).
+    pub ca_certs: Vec<ureq::tls::Certificate<'static>>,
 }
 
 /// Validated `[log]`.
@@ -285,6 +324,31 @@ impl Config {
         raw.resolve(path)
     }
 
+    /// Loads the configuration the command line asks for: `explicit` (the
+    /// `--config` path, which must exist) when given, else the first of
+    /// [`SEARCH_PATH`] that exists, else the defaults (with `database_url`
+    /// applied). A search-path file that exists but cannot be read is an
+    /// error, not skipped.
+    pub fn load_from(
+        explicit: Option<&Path>,
+        database_url: Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let candidates: Vec<&Path> = SEARCH_PATH.iter().map(Path::new).collect();
+        match explicit
+            .map(Path::to_path_buf)
+            .or(find_config(&candidates)?)
+        {
+            Some(path) => Config::load(&path, database_url),
+            None => {
+                let mut raw = RawConfig::default();
+                if let Some(url) = database_url.filter(|u| !u.is_empty()) {
+                    raw.database.url = url;
+                }
+                raw.resolve(Path::new(DEFAULTS_SOURCE))
+            }
+        }
+    }
+
     /// Builds the config a test or the benchmark uses: defaults, with `url`.
     pub fn for_url(url: &str) -> Config {
         let mut raw = RawConfig::default();
@@ -296,7 +360,7 @@ impl Config {
     /// The effective configuration as TOML, with the database password
     /// redacted (what `check-config` prints).
     pub fn to_redacted_toml(&self) -> String {
-        let d = |v: Duration| humantime::format_duration(v).to_string();
+        let d = format_duration;
         let effective = Effective {
             database: EffDatabase {
                 url: redact_url(&self.database.url),
@@ -326,6 +390,12 @@ impl Config {
                     .map(ToString::to_string)
                     .collect(),
                 max_payload_bytes: self.delivery.max_payload_bytes,
+                ca_file: self
+                    .delivery
+                    .ca_file
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
             },
             log: EffLog {
                 level: self.log.level.clone(),
@@ -457,13 +527,17 @@ impl RawConfig {
                 ))
             }
         };
-        if r.lock_key.trim().is_empty() {
-            return Err(invalid(
-                "reconciler.lock_key",
-                format!("{:?}", r.lock_key),
-                "must not be empty",
-            ));
-        }
+        let lock_key = match &r.lock_key {
+            None => default_lock_key(&db.schema),
+            Some(key) if key.trim().is_empty() => {
+                return Err(invalid(
+                    "reconciler.lock_key",
+                    format!("{key:?}"),
+                    "must not be empty",
+                ))
+            }
+            Some(key) => key.clone(),
+        };
         let reconciler = ReconcilerConfig {
             interval: positive("reconciler.interval", &r.interval)?,
             workers,
@@ -472,7 +546,7 @@ impl RawConfig {
             next_attempt_delay: duration("reconciler.next_attempt_delay", &r.next_attempt_delay)?,
             pending_timeout: positive("reconciler.pending_timeout", &r.pending_timeout)?,
             sending_timeout: positive("reconciler.sending_timeout", &r.sending_timeout)?,
-            lock_key: r.lock_key.clone(),
+            lock_key,
         };
 
         // [delivery]
@@ -517,6 +591,15 @@ impl RawConfig {
                 &format!("must be between {MIN_PAYLOAD_BYTES} and {MAX_PAYLOAD_BYTES}"),
             ));
         }
+        let (ca_file, ca_certs) = match dl.ca_file.trim() {
+            "" => (None, Vec::new()),
+            file => {
+                let resolved = path.parent().unwrap_or(Path::new("")).join(file);
+                let certs = read_ca_file(&resolved)
+                    .map_err(|p| invalid("delivery.ca_file", format!("{file:?}"), &p))?;
+                (Some(resolved), certs)
+            }
+        };
         let delivery = DeliveryConfig {
             timeout: positive("delivery.timeout", &dl.timeout)?,
             connect_timeout: positive("delivery.connect_timeout", &dl.connect_timeout)?,
@@ -524,6 +607,8 @@ impl RawConfig {
             max_response_bytes: dl.max_response_bytes as usize,
             allow_networks,
             max_payload_bytes: dl.max_payload_bytes,
+            ca_file,
+            ca_certs,
         };
 
         // [log]
@@ -561,7 +646,7 @@ impl RawConfig {
             )
         };
 
-        Ok(Config {
+        let config = Config {
             path: path.to_path_buf(),
             database: DatabaseConfig {
                 url: db.url.clone(),
@@ -575,7 +660,9 @@ impl RawConfig {
                 level: self.log.level.clone(),
             },
             metrics: MetricsConfig { listen },
-        })
+        };
+        crate::config_check::refuse_impossible(&config)?;
+        Ok(config)
     }
 }
 
@@ -610,6 +697,70 @@ fn parse_network(text: &str) -> Result<ipnet::IpNet, String> {
         ));
     }
     Ok(net)
+}
+
+/// A duration as `check-config` prints it: one number in the largest of
+/// `h`, `m`, `s`, `ms` that holds it exactly (`"48h"`, `"90m"`, `"1500ms"`,
+/// `"0s"`), so a value reads as it is usually written and never in days;
+/// anything finer than milliseconds in humantime's form. Parses back to
+/// the same duration.
+pub fn format_duration(d: Duration) -> String {
+    if d.is_zero() {
+        return "0s".into();
+    }
+    if d.subsec_nanos() % 1_000_000 != 0 {
+        return humantime::format_duration(d).to_string();
+    }
+    let ms = d.as_millis();
+    [(3_600_000, "h"), (60_000, "m"), (1_000, "s"), (1, "ms")]
+        .iter()
+        .find(|(unit, _)| ms % unit == 0)
+        .map_or_else(
+            || format!("{ms}ms"),
+            |(unit, name)| format!("{}{name}", ms / unit),
+        )
+}
+
+/// The lock key text when `reconciler.lock_key` is not written: derived from
+/// the schema, so that deployments on different schemas of one database
+/// never share a leader lock. For the default schema `notification` it is
+/// `notification.event_handler.reconcile_lock`, the key of earlier versions,
+/// so existing deployments keep their lock.
+pub fn default_lock_key(schema: &str) -> String {
+    format!("{schema}.event_handler.reconcile_lock")
+}
+
+/// Reads the CA certificates of a PEM bundle (`delivery.ca_file`): at least
+/// one, every PEM block a certificate that parses; private keys are refused
+/// (a key has no business in a trust bundle, and it would be a secret
+/// lying where it is not expected).
+fn read_ca_file(path: &Path) -> Result<Vec<ureq::tls::Certificate<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
+            Ok(_) => {
+                return Err(format!(
+                    "{} holds a private key; give only CA certificates",
+                    path.display()
+                ))
+            }
+            Err(e) => {
+                return Err(format!(
+                    "{} is not a PEM certificate bundle: {e}",
+                    path.display()
+                ))
+            }
+        }
+    }
+    if certs.is_empty() {
+        return Err(format!(
+            "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            path.display()
+        ));
+    }
+    Ok(certs)
 }
 
 /// Checks that `url` is a `postgres://` or `postgresql://` URL the driver
@@ -724,6 +875,7 @@ struct EffDelivery {
     max_response_bytes: usize,
     allow_networks: Vec<String>,
     max_payload_bytes: i64,
+    ca_file: String,
 }
 #[derive(Serialize)]
 struct EffLog {
@@ -734,16 +886,21 @@ struct EffMetrics {
     listen: String,
 }
 
+/// Parses and resolves `text` as the file `test.toml`; the error as its
+/// one-line message (for the unit tests here and in `config_check`).
+#[cfg(test)]
+pub(crate) fn load_text(text: &str) -> Result<Config, String> {
+    let p = Path::new("test.toml");
+    RawConfig::parse(p, text)
+        .and_then(|r| r.resolve(p))
+        .map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn load(text: &str) -> Result<Config, String> {
-        let p = Path::new("test.toml");
-        RawConfig::parse(p, text)
-            .and_then(|r| r.resolve(p))
-            .map_err(|e| e.to_string())
-    }
+    use super::load_text as load;
 
     fn err(text: &str) -> String {
         load(text).expect_err("config should be rejected")
@@ -909,6 +1066,73 @@ mod tests {
         assert!(e.contains("delivery.max_payload_bytes = 0"), "{e}");
         let e = err("[delivery]\nmax_payload_bytes = 300000000\n");
         assert!(e.contains("delivery.max_payload_bytes = 300000000"), "{e}");
+    }
+
+    #[test]
+    fn durations_print_as_written_or_as_hours_never_as_days() {
+        let shown = |text: &str| {
+            let d = humantime::parse_duration(text).unwrap();
+            let out = format_duration(d);
+            assert_eq!(humantime::parse_duration(&out).unwrap(), d, "{out}");
+            out
+        };
+        assert_eq!(shown("48h"), "48h");
+        assert_eq!(shown("2days"), "48h");
+        assert_eq!(shown("5m"), "5m");
+        assert_eq!(shown("1h 30m"), "90m");
+        assert_eq!(shown("15s"), "15s");
+        assert_eq!(shown("1500ms"), "1500ms");
+        assert_eq!(shown("0s"), "0s");
+        assert_eq!(shown("1us"), "1us");
+    }
+
+    #[test]
+    fn the_default_lock_key_follows_the_schema_and_an_explicit_one_is_kept() {
+        // The default schema keeps the key of earlier versions.
+        let c = load("").unwrap();
+        assert_eq!(
+            c.reconciler.lock_key,
+            "notification.event_handler.reconcile_lock"
+        );
+        let c = load("[database]\nschema = \"billing\"\n").unwrap();
+        assert_eq!(
+            c.reconciler.lock_key,
+            "billing.event_handler.reconcile_lock"
+        );
+        let c = load("[database]\nschema = \"billing\"\n[reconciler]\nlock_key = \"shared\"\n")
+            .unwrap();
+        assert_eq!(c.reconciler.lock_key, "shared");
+    }
+
+    #[test]
+    fn the_config_search_takes_the_first_existing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.toml"), dir.path().join("b.toml"));
+        assert_eq!(find_config(&[&a, &b]).unwrap(), None);
+        std::fs::write(&b, "").unwrap();
+        assert_eq!(find_config(&[&a, &b]).unwrap(), Some(b.clone()));
+        std::fs::write(&a, "").unwrap();
+        assert_eq!(find_config(&[&a, &b]).unwrap(), Some(a.clone()));
+    }
+
+    #[test]
+    fn ca_file_must_hold_pem_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.toml");
+        let resolve = |text: &str| {
+            RawConfig::parse(&config, text)
+                .and_then(|r| r.resolve(&config))
+                .map_err(|e| e.to_string())
+        };
+        let e = resolve("[delivery]\nca_file = \"missing.pem\"\n").unwrap_err();
+        assert!(
+            e.contains("delivery.ca_file = \"missing.pem\": cannot read"),
+            "{e}"
+        );
+        std::fs::write(dir.path().join("empty.pem"), "not pem\n").unwrap();
+        let e = resolve("[delivery]\nca_file = \"empty.pem\"\n").unwrap_err();
+        assert!(e.contains("holds no PEM certificate"), "{e}");
+        assert!(resolve("").unwrap().delivery.ca_file.is_none());
     }
 
     #[test]

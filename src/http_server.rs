@@ -8,7 +8,8 @@
 //! connections (eight workers starting a pass at once) left two of eight
 //! connections queued behind busy threads until the client's 10 s timeout
 //! (measured in `concurrency_is_real_and_bounded_by_workers`). One thread per
-//! connection cannot starve a connection. Not for the open internet: no TLS,
+//! connection cannot starve a connection. Not for the open internet: no TLS
+//! of its own (a caller may wrap connections: [`Server::bind_wrapped`]),
 //! no chunked request bodies (answered 411), bounded header and body sizes.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -86,6 +87,16 @@ impl Response {
 /// Handles one request; called on the connection's thread.
 pub type Handler = dyn Fn(&Request) -> Response + Send + Sync;
 
+/// A byte stream the server speaks HTTP/1.1 over: the accepted TCP stream,
+/// or what [`Wrap`] made of it (a TLS stream around it).
+pub trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
+
+/// Turns an accepted connection into the stream to serve, on the
+/// connection's own thread (e.g. a TLS server session around it; its
+/// handshake happens on the first read). An error ends the connection.
+pub type Wrap = dyn Fn(TcpStream) -> io::Result<Box<dyn Stream>> + Send + Sync;
+
 /// A running server; dropping it stops accepting (open connections end
 /// when their client closes them or stays idle past the idle timeout).
 pub struct Server {
@@ -97,7 +108,8 @@ pub struct Server {
 /// Limits of a [`Server`].
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Largest request body read (larger: 413 and the connection closes).
+    /// Largest request body kept (larger: a log line, the body read away,
+    /// 413 and the connection closes).
     pub max_body: usize,
     /// A connection idle this long is closed.
     pub idle_timeout: Duration,
@@ -119,6 +131,18 @@ impl Server {
         limits: Limits,
         handler: impl Fn(&Request) -> Response + Send + Sync + 'static,
     ) -> io::Result<Server> {
+        Server::bind_wrapped(addr, limits, Arc::new(|s| Ok(Box::new(s))), handler)
+    }
+
+    /// [`Server::bind`], serving each connection through `wrap` (this
+    /// server has no TLS of its own; the tests' HTTPS receiver wraps
+    /// connections in a rustls server session).
+    pub fn bind_wrapped(
+        addr: SocketAddr,
+        limits: Limits,
+        wrap: Arc<Wrap>,
+        handler: impl Fn(&Request) -> Response + Send + Sync + 'static,
+    ) -> io::Result<Server> {
         let listener = TcpListener::bind(addr)?;
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -133,11 +157,13 @@ impl Server {
                     }
                     let Ok(stream) = stream else { continue };
                     let handler = Arc::clone(&handler);
+                    let wrap = Arc::clone(&wrap);
                     let spawned =
                         std::thread::Builder::new()
                             .name("http-conn".into())
                             .spawn(move || {
-                                if let Err(e) = serve_connection(stream, limits, &*handler) {
+                                if let Err(e) = serve_connection(stream, limits, &*wrap, &*handler)
+                                {
                                     log::debug!("http connection ended: {e}");
                                 }
                             });
@@ -178,11 +204,18 @@ impl Drop for Server {
 }
 
 /// Serves requests on one connection until it closes.
-fn serve_connection(stream: TcpStream, limits: Limits, handler: &Handler) -> io::Result<()> {
+fn serve_connection(
+    stream: TcpStream,
+    limits: Limits,
+    wrap: &Wrap,
+    handler: &Handler,
+) -> io::Result<()> {
     stream.set_read_timeout(Some(limits.idle_timeout))?;
     stream.set_nodelay(true)?;
-    let mut writer = stream.try_clone()?;
-    let mut reader = BufReader::new(stream);
+    let peer = stream
+        .peer_addr()
+        .map_or_else(|_| "?".to_string(), |a| a.to_string());
+    let mut reader = BufReader::new(wrap(stream)?);
     loop {
         let head = match read_head(&mut reader)? {
             Some(head) => head,
@@ -211,10 +244,10 @@ fn serve_connection(stream: TcpStream, limits: Limits, handler: &Handler) -> io:
                     body: Vec::new(),
                 }
             }
-            _ => return respond(&mut writer, &Response::status(400), true),
+            _ => return respond(reader.get_mut(), &Response::status(400), true),
         };
         if request.header("transfer-encoding").is_some() {
-            return respond(&mut writer, &Response::status(411), true);
+            return respond(reader.get_mut(), &Response::status(411), true);
         }
         let length = match request
             .header("content-length")
@@ -222,10 +255,10 @@ fn serve_connection(stream: TcpStream, limits: Limits, handler: &Handler) -> io:
         {
             None => 0,
             Some(Ok(n)) => n,
-            Some(Err(_)) => return respond(&mut writer, &Response::status(400), true),
+            Some(Err(_)) => return respond(reader.get_mut(), &Response::status(400), true),
         };
         if length > limits.max_body {
-            return respond(&mut writer, &Response::status(413), true);
+            return refuse_large_body(&mut reader, &peer, &request, length, limits);
         }
         let mut request = request;
         request.body = vec![0; length];
@@ -238,16 +271,47 @@ fn serve_connection(stream: TcpStream, limits: Limits, handler: &Handler) -> io:
             false => connection.as_deref() == Some("close"),
         };
         let response = handler(&request);
-        respond(&mut writer, &response, close)?;
+        respond(reader.get_mut(), &response, close)?;
         if close {
             return Ok(());
         }
     }
 }
 
+/// Most bytes of an over-large body read and thrown away so that the
+/// client, still sending, gets to read the 413: closing a socket with unread
+/// input resets the connection, and the client would see only the reset.
+/// A body beyond this is cut off by closing (a reset, for such a client).
+const MAX_DISCARD: u64 = 256 * 1024 * 1024;
+
+/// Answers a request whose body of `length` bytes exceeds the limit: logs a
+/// line, reads the body away (unless the client waits for `100-continue`,
+/// then it sends none), answers 413 and closes the connection.
+fn refuse_large_body(
+    reader: &mut BufReader<Box<dyn Stream>>,
+    peer: &str,
+    request: &Request,
+    length: usize,
+    limits: Limits,
+) -> io::Result<()> {
+    log::warn!(
+        "{} {} from {peer}: body of {length} bytes is over the limit of {} bytes; answered 413",
+        request.method,
+        request.path,
+        limits.max_body
+    );
+    let expects_continue = request
+        .header("expect")
+        .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+    if !expects_continue && (length as u64) <= MAX_DISCARD {
+        io::copy(&mut reader.take(length as u64), &mut io::sink())?;
+    }
+    respond(reader.get_mut(), &Response::status(413), true)
+}
+
 /// Reads one request head (up to the blank line); `None` at a clean end of
 /// the connection.
-fn read_head(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Vec<u8>>> {
+fn read_head(reader: &mut BufReader<Box<dyn Stream>>) -> io::Result<Option<Vec<u8>>> {
     let mut head = Vec::new();
     loop {
         let before = head.len();
@@ -281,7 +345,7 @@ fn read_head(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Vec<u8>>> {
 }
 
 /// Writes a response.
-fn respond(writer: &mut TcpStream, response: &Response, close: bool) -> io::Result<()> {
+fn respond(writer: &mut dyn Stream, response: &Response, close: bool) -> io::Result<()> {
     let mut head = format!(
         "HTTP/1.1 {} {}\r\ncontent-length: {}\r\n",
         response.status,
@@ -388,6 +452,32 @@ mod tests {
         )
         .starts_with("HTTP/1.1 411"));
         assert!(roundtrip(&server, b"NOT HTTP\r\n\r\n").starts_with("HTTP/1.1 400"));
+    }
+
+    #[test]
+    fn a_body_over_the_limit_is_answered_413_not_reset() {
+        // The client writes the whole body before it reads: the server must
+        // read it away, or closing the socket resets the connection.
+        let limits = Limits {
+            max_body: 1024,
+            ..Limits::default()
+        };
+        let server = Server::bind("127.0.0.1:0".parse().unwrap(), limits, |_| {
+            Response::status(200)
+        })
+        .unwrap();
+        let body = vec![b'x'; 4 * 1024 * 1024];
+        let mut s = TcpStream::connect(server.addr()).unwrap();
+        write!(
+            s,
+            "POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        s.write_all(&body).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 413"), "{out}");
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //!
 //! The crate is a library with a thin binary (`src/main.rs`) on top, so that
 //! integration tests and the benchmark drive the very code the daemon runs.
-//! The modules follow the architecture: `config` (TOML → validated settings),
+//! The modules follow the architecture: `config` (TOML → validated settings), `config_check` (settings that
+//! together make delivery impossible or look wrong),
 //! `db` (connections, pool, migrations, queries), `lock` (the leader's advisory
 //! lock), `state` (the pure delivery state machine), `delivery` (signing, HTTP,
 //! one event's worker step), `reconcile` (the parallel pass), `service` (the
@@ -13,6 +14,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod config_check;
 pub mod db;
 pub mod delivery;
 pub mod http_server;

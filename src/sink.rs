@@ -2,7 +2,9 @@
 //! the Standard Webhooks signature and timestamp when given a secret (401
 //! when wrong), can fail a fraction of requests with 500 and answer after a
 //! latency so that retries can be watched, and prints one line per delivery:
-//! id, type, verified or not, status returned. Not meant for production.
+//! id, type, verified or not, status returned. The secret comes from
+//! `--secret`, `--secret-file` or the `SINK_SECRET` environment variable
+//! (the last two keep it out of `ps`). Not meant for production.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -20,6 +22,31 @@ pub const TIMESTAMP_TOLERANCE: Duration = Duration::from_secs(5 * 60);
 
 /// Largest request body the sink reads.
 const MAX_BODY: usize = 10 * 1024 * 1024;
+
+/// The environment variable the sink takes its secret from when neither
+/// `--secret` nor `--secret-file` is given (keeps it out of `ps`).
+pub const SECRET_ENV: &str = "SINK_SECRET";
+
+/// The secret's text and where it came from (for messages): `--secret`,
+/// else `--secret-file` (trimmed), else `env` (the value of [`SECRET_ENV`],
+/// ignored when empty), else none.
+fn secret_text(
+    args: &SinkArgs,
+    env: Option<String>,
+) -> Result<Option<(String, String)>, UsageError> {
+    if let Some(secret) = &args.secret {
+        return Ok(Some((secret.clone(), "--secret".into())));
+    }
+    if let Some(path) = &args.secret_file {
+        let source = format!("--secret-file {}", path.display());
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| UsageError(format!("{source}: cannot read the file: {e}")))?;
+        return Ok(Some((text.trim().to_string(), source)));
+    }
+    Ok(env
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| (v.trim().to_string(), SECRET_ENV.to_string())))
+}
 
 /// What the sink decided for one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,12 +73,17 @@ pub fn run(args: &SinkArgs) -> anyhow::Result<ExitCode> {
         ))
         .into());
     }
-    let secret = args
-        .secret
-        .as_deref()
-        .map(Secret::parse)
-        .transpose()
-        .map_err(|e| UsageError(format!("--secret: {e}")))?;
+    let secret = match secret_text(args, std::env::var(SECRET_ENV).ok())? {
+        Some((text, source)) => {
+            Some(Secret::parse(&text).map_err(|e| UsageError(format!("{source}: {e}")))?)
+        }
+        None => None,
+    };
+    let verified = if secret.is_some() {
+        "verified"
+    } else {
+        "not verified"
+    };
     let (status, fail_rate, latency) = (args.status, args.fail_rate, args.latency);
     let limits = Limits {
         max_body: MAX_BODY,
@@ -64,11 +96,7 @@ pub fn run(args: &SinkArgs) -> anyhow::Result<ExitCode> {
     eprintln!(
         "sink listening on http://{} (signatures {}, fail rate {}, latency {})",
         server.addr(),
-        if args.secret.is_some() {
-            "verified"
-        } else {
-            "not verified"
-        },
+        verified,
         args.fail_rate,
         args.latency
             .map(|l| humantime::format_duration(l).to_string())

@@ -100,6 +100,17 @@ fn parse_id(text: &str) -> Uuid {
     Uuid::parse_str(trimmed).unwrap_or_else(|e| panic!("not an id alone ({e}): {text:?}"))
 }
 
+/// The channel id of one line `resend` printed, which must say what was
+/// resent: `resent event E to channel C (NAME): was STATE, now RESENDING …`.
+fn resent_channel(line: &str, event: Uuid) -> Uuid {
+    let rest = line
+        .strip_prefix(&format!("resent event {event} to channel "))
+        .unwrap_or_else(|| panic!("resend printed no sentence naming the event: {line:?}"));
+    assert!(line.contains("now RESENDING"), "{line}");
+    let id = rest.split_whitespace().next().unwrap_or_default();
+    Uuid::parse_str(id).unwrap_or_else(|e| panic!("no channel id ({e}): {line:?}"))
+}
+
 /// A URL of a port nothing listens on.
 fn closed_port_url() -> String {
     format!("postgres://postgres@127.0.0.1:{}/postgres", free_port())
@@ -415,6 +426,21 @@ fn event_emit_list_and_show_round_trip() {
     assert_eq!(pending.as_array().expect("array").len(), 3);
     let text = nr.ok(&["event", "list", "--state", "SUCCESS"]);
     assert!(text.contains(&ids[0].to_string()), "{text}");
+    // A header row names the columns, and the rows line up under it.
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    let header: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(header, ["ID", "CREATED", "NAMESPACE", "TYPE", "STATES"]);
+    assert_eq!(
+        lines[0].find("TYPE"),
+        lines[1].find("invoice.paid"),
+        "{text}"
+    );
+    let empty = nr.ok(&["event", "list", "--state", "FAILED"]);
+    assert!(
+        empty.starts_with("ID "),
+        "the header even without rows: {empty}"
+    );
     nr.fails(2, &["event", "list", "--state", "DONE"]);
 
     // show
@@ -468,7 +494,9 @@ fn resend_moves_finished_and_sending_deliveries_to_resending_with_a_fresh_clock(
         client.query_one("SELECT now()", &[]).expect("now").get(0);
 
     let out = nr.ok(&["resend", &event.to_string()]);
-    let mut printed: Vec<Uuid> = out.lines().map(parse_id).collect();
+    let mut printed: Vec<Uuid> = out.lines().map(|l| resent_channel(l, event)).collect();
+    assert!(out.contains("(failed): was FAILED"), "{out}");
+    assert!(out.contains("(sending): was SENDING"), "{out}");
     printed.sort();
     let mut want = chans.to_vec();
     want.sort();
@@ -519,7 +547,9 @@ fn resend_refuses_pending_deliveries_and_honours_channel() {
         )
         .expect("fail both");
     let out = nr.ok(&["resend", &ev, "--channel", &b.to_string()]);
-    assert_eq!(parse_id(&out), b);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert_eq!(resent_channel(&out, event), b);
+    assert!(out.contains("(b): was FAILED"), "{out}");
     let state_of = |client: &mut postgres::Client, c: Uuid| -> String {
         client
             .query_one(
@@ -540,6 +570,60 @@ fn resend_refuses_pending_deliveries_and_honours_channel() {
     assert!(line.contains("nothing to resend"), "{line}");
     let line = nr.fails(2, &["resend", &Uuid::new_v4().to_string()]);
     assert!(line.contains("nothing to resend"), "{line}");
+}
+
+/// The binary for `schema` of the database at `url` (through
+/// `DATABASE_URL`).
+fn for_schema(url: &str, schema: &str) -> Bin {
+    Bin::with_config(&format!(
+        "[database]\nurl = \"postgres://nobody@127.0.0.1:1/nowhere\"\nschema = \"{schema}\"\n\n[log]\nlevel = \"warn\"\n"
+    ))
+    .env("DATABASE_URL", url)
+}
+
+#[test]
+fn two_deployments_on_different_schemas_of_one_database_do_not_share_the_lock() {
+    let db = support::fresh_db();
+    let (a, b) = (
+        for_schema(&db.url, "tenant_a"),
+        for_schema(&db.url, "tenant_b"),
+    );
+    a.ok(&["migrate"]);
+    b.ok(&["migrate"]);
+    let status_of = |bin: &Bin| -> Value {
+        serde_json::from_str(&bin.ok(&["status", "--json"])).expect("status --json")
+    };
+    let status_a = status_of(&a);
+    assert_eq!(
+        status_a["lock_key"], "tenant_a.event_handler.reconcile_lock",
+        "{status_a}"
+    );
+
+    // A session holds schema a's lock, as a's leader does.
+    let key_a = status_a["lock_key_int8"].as_i64().expect("lock_key_int8");
+    let mut leader_a = db.client();
+    leader_a
+        .execute("SELECT pg_advisory_lock($1)", &[&key_a])
+        .expect("take a's lock");
+    let out = a.run(&["once"]);
+    assert_eq!(
+        out.status.code(),
+        Some(75),
+        "a's own once sees its lock held"
+    );
+
+    // Schema b leads on its own key: once runs, status shows no holder.
+    let out = b.run(&["once"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "once on schema b was blocked by schema a's lock: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status_b = status_of(&b);
+    assert!(status_b["lock_holder"].is_null(), "{status_b}");
+    assert_ne!(status_b["lock_key_int8"], status_a["lock_key_int8"]);
+    drop(leader_a);
 }
 
 #[test]

@@ -239,3 +239,142 @@ fn the_repository_example_config_passes_check_config() {
     let t = effective(&run_check_config(Bin::with_config_file(&path), None));
     assert_eq!(get(&t, "database", "schema").as_str(), Some("notification"));
 }
+
+/// Runs `check-config` with no `--config`, in `dir` as the working
+/// directory, with `DATABASE_URL` set.
+fn check_config_in(dir: &Path, database_url: &str) -> Output {
+    Bin::without_config()
+        .env("DATABASE_URL", database_url)
+        .command(&["check-config"])
+        .current_dir(dir)
+        .output()
+        .expect("run check-config")
+}
+
+#[test]
+fn without_a_config_file_the_defaults_and_the_environment_apply() {
+    // Outside the repository: no ./config.toml. (The machine's
+    // /etc/notification-reconciler/config.toml would be found next; this
+    // test needs it absent.)
+    let system = Path::new("/etc/notification-reconciler/config.toml");
+    assert!(
+        !system.exists(),
+        "{} exists on this machine; the test needs it absent",
+        system.display()
+    );
+    let dir = TempDir::new().expect("temp dir");
+    let out = check_config_in(dir.path(), "postgres://ops:envpass@127.0.0.1:6543/other");
+    let t = effective(&out);
+    assert_eq!(
+        get(&t, "database", "url").as_str(),
+        Some("postgres://ops:***@127.0.0.1:6543/other")
+    );
+    assert_eq!(get(&t, "reconciler", "interval").as_str(), Some("15s"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("<defaults"), "{stderr}");
+}
+
+#[test]
+fn without_config_the_working_directorys_config_toml_is_used() {
+    let dir = TempDir::new().expect("temp dir");
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "[reconciler]\nworkers = 3\n",
+    )
+    .expect("write config");
+    let out = check_config_in(dir.path(), "postgres://ops@127.0.0.1:6543/other");
+    let t = effective(&out);
+    assert_eq!(get(&t, "reconciler", "workers").as_integer(), Some(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("./config.toml"), "{stderr}");
+}
+
+#[test]
+fn a_sending_timeout_shorter_than_the_first_retry_step_is_refused() {
+    let out = check_config(
+        "[reconciler]\nsending_timeout = \"1m\"\n[delivery]\nretry_schedule = [\"5m\"]\n",
+        None,
+    );
+    assert_rejected(
+        &out,
+        &[
+            "reconciler.sending_timeout = \"1m\"",
+            "delivery.retry_schedule[0] = \"5m\"",
+        ],
+    );
+}
+
+#[test]
+fn a_delivery_timeout_under_10ms_is_refused() {
+    let out = check_config("[delivery]\ntimeout = \"5ms\"\n", None);
+    assert_rejected(&out, &["delivery.timeout = \"5ms\"", "at least 10ms"]);
+}
+
+#[test]
+fn a_pending_timeout_not_longer_than_next_attempt_delay_is_refused() {
+    let out = check_config(
+        "[reconciler]\npending_timeout = \"5m\"\nnext_attempt_delay = \"10m\"\n",
+        None,
+    );
+    assert_rejected(
+        &out,
+        &[
+            "reconciler.pending_timeout = \"5m\"",
+            "reconciler.next_attempt_delay = \"10m\"",
+        ],
+    );
+}
+
+#[test]
+fn suspicious_settings_pass_check_config_with_warnings_naming_the_keys() {
+    let out = check_config(
+        "[reconciler]\nsending_timeout = \"1h\"\n[delivery]\ntimeout = \"500ms\"\nconnect_timeout = \"200ms\"\n",
+        None,
+    );
+    let _ = effective(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("warning: "))
+        .collect();
+    assert_eq!(warnings.len(), 2, "{stderr}");
+    assert!(
+        warnings[0].contains("delivery.timeout = \"500ms\""),
+        "{stderr}"
+    );
+    assert!(
+        warnings[1].contains("reconciler.sending_timeout = \"1h\""),
+        "{stderr}"
+    );
+    assert!(stderr.contains("valid, with 2 warnings"), "{stderr}");
+}
+
+#[test]
+fn check_config_prints_durations_as_written_not_in_days() {
+    let out = check_config(
+        "[reconciler]\nsending_timeout = \"48h\"\ninterval = \"90s\"\n[delivery]\nretry_schedule = [\"1500ms\", \"10h\"]\n",
+        None,
+    );
+    let t = effective(&out);
+    assert_eq!(
+        get(&t, "reconciler", "sending_timeout").as_str(),
+        Some("48h")
+    );
+    assert_eq!(get(&t, "reconciler", "interval").as_str(), Some("90s"));
+    let schedule: Vec<&str> = get(&t, "delivery", "retry_schedule")
+        .as_array()
+        .expect("retry_schedule is an array")
+        .iter()
+        .filter_map(toml::Value::as_str)
+        .collect();
+    assert_eq!(schedule, ["1500ms", "10h"]);
+}
+
+#[test]
+fn the_default_lock_key_follows_the_schema() {
+    let t = effective(&check_config("[database]\nschema = \"billing\"\n", None));
+    assert_eq!(
+        get(&t, "reconciler", "lock_key").as_str(),
+        Some("billing.event_handler.reconcile_lock")
+    );
+}

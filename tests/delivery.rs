@@ -652,7 +652,8 @@ fn resend_while_a_delivery_is_in_flight_keeps_the_operators_change() {
         assert!(held, "the retry never reached the receiver");
         (report, resent.unwrap().expect("resend"))
     });
-    assert_eq!(resent.resent, [channel]);
+    let resent: Vec<Uuid> = resent.resent.iter().map(|r| r.channel_id).collect();
+    assert_eq!(resent, [channel]);
     assert_eq!(report.changed_concurrently, 1, "{report:?}");
     assert_eq!(report.delivered, 0, "{report:?}");
     let s = f.status(event);

@@ -154,6 +154,7 @@ fn an_event_enqueued_while_a_slow_delivery_is_in_flight_is_delivered_meanwhile()
         1,
         "the slow delivery must still be in flight"
     );
+    drop(slow); // answers the hanging request, so the stop need not wait
     d.stop(LONG);
 }
 
@@ -182,17 +183,29 @@ fn a_hanging_channel_never_delays_its_sibling_channel_of_the_same_event() {
     );
     assert_eq!(fast.ids(), vec![event.to_string()]);
     assert_eq!(slow.ids(), vec![event.to_string()]);
-    let state: String = client
-        .query_one(
-            "SELECT ds.state FROM notification.delivery_status ds
-             JOIN notification.channel c ON c.id = ds.channel_id
-             WHERE ds.event_id = $1 AND c.url = $2",
-            &[&event, &fast.url()],
-        )
-        .expect("the fast channel's status")
-        .get(0);
-    assert_eq!(state, "SUCCESS", "recorded while its sibling still hangs");
-    assert_eq!(slow.in_flight(), 1);
+    let fast_state = |client: &mut postgres::Client| -> String {
+        client
+            .query_one(
+                "SELECT ds.state FROM notification.delivery_status ds
+                 JOIN notification.channel c ON c.id = ds.channel_id
+                 WHERE ds.event_id = $1 AND c.url = $2",
+                &[&event, &fast.url()],
+            )
+            .expect("the fast channel's status")
+            .get(0)
+    };
+    wait_until(
+        "the fast channel's SUCCESS recorded",
+        LONG,
+        || fast_state(&mut client) == "SUCCESS",
+        || d.stderr(),
+    );
+    assert_eq!(
+        slow.in_flight(),
+        1,
+        "recorded while its sibling still hangs"
+    );
+    drop(slow); // answers the hanging request, so the stop need not wait
     d.stop(LONG);
 }
 

@@ -29,14 +29,23 @@ struct Sink {
     child: Child,
     addr: String,
     lines: Lines<String>,
+    log: Lines<String>,
 }
 
 impl Sink {
     /// Starts `sink --listen 127.0.0.1:PORT` with `args` and waits until it
     /// listens (its start-up line on stderr).
     fn start(args: &[&str]) -> Sink {
+        Sink::start_with_env(args, &[])
+    }
+
+    /// [`Sink::start`] with `env` set in the sink's environment.
+    fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Sink {
         let addr = free_addr().to_string();
-        let mut child = Bin::without_config()
+        let bin = env
+            .iter()
+            .fold(Bin::without_config(), |bin, (k, v)| bin.env(k, v));
+        let mut child = bin
             .command(&["sink", "--listen", &addr])
             .args(args)
             .stdin(Stdio::null())
@@ -54,14 +63,19 @@ impl Sink {
                 }
             }
         });
-        let (ready_tx, ready) = mpsc::channel();
+        let (log_tx, ready) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = ready_tx.send(line);
+                let _ = log_tx.send(line);
             }
         });
-        let mut sink = Sink { child, addr, lines };
-        match ready.recv_timeout(WAIT) {
+        let mut sink = Sink {
+            child,
+            addr,
+            lines,
+            log: ready,
+        };
+        match sink.log.recv_timeout(WAIT) {
             Ok(line) if line.contains("listening") => sink,
             other => {
                 let _ = sink.child.kill();
@@ -72,6 +86,18 @@ impl Sink {
 
     fn url(&self) -> String {
         format!("http://{}/hook", self.addr)
+    }
+
+    /// The next line the sink wrote to stderr (its log).
+    fn next_log_line(&self) -> String {
+        self.log.recv_timeout(WAIT).expect("the sink logged a line")
+    }
+
+    /// The sink's command line as `ps` shows it.
+    fn cmdline(&self) -> String {
+        std::fs::read(format!("/proc/{}/cmdline", self.child.id()))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .expect("read the sink's command line")
     }
 
     /// The next line the sink printed.
@@ -212,6 +238,73 @@ fn a_real_delivery_is_verified_by_the_sink() {
     let line = sink.next_line();
     assert!(
         line.contains(&format!("id={event} type=invoice.paid verified -> 200")),
+        "{line}"
+    );
+}
+
+/// Asserts that `sink` verifies signatures with `secret`: a good one is
+/// accepted, one made with another secret refused.
+fn assert_verifies_with(sink: &Sink, secret: &str) {
+    let now = Utc::now().timestamp();
+    assert_eq!(post_signed(&sink.url(), secret, "msg_good", now, BODY), 200);
+    assert!(sink.next_line().contains("verified -> 200"));
+    let wrong = Secret::generate();
+    assert_eq!(
+        post_signed(&sink.url(), &wrong, "msg_wrong", now, BODY),
+        401
+    );
+    assert!(sink.next_line().ends_with("-> 401"));
+    let key = secret.trim_start_matches("whsec_");
+    assert!(
+        !sink.cmdline().contains(key),
+        "the secret is visible in ps: {}",
+        sink.cmdline()
+    );
+}
+
+#[test]
+fn sink_takes_its_secret_from_the_environment_or_a_file_out_of_sight_of_ps() {
+    let secret = Secret::generate();
+    let from_env = Sink::start_with_env(&[], &[("SINK_SECRET", &secret)]);
+    assert_verifies_with(&from_env, &secret);
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("secret");
+    std::fs::write(&file, format!("{secret}\n")).expect("write the secret file");
+    let path = file.to_string_lossy().to_string();
+    let from_file = Sink::start(&["--secret-file", &path]);
+    assert_verifies_with(&from_file, &secret);
+
+    // --secret still works, and wins over the environment.
+    let other = Secret::generate();
+    let given = Sink::start_with_env(&["--secret", &other], &[("SINK_SECRET", &secret)]);
+    let now = Utc::now().timestamp();
+    assert_eq!(post_signed(&given.url(), &other, "msg_1", now, BODY), 200);
+    assert_eq!(post_signed(&given.url(), &secret, "msg_2", now, BODY), 401);
+}
+
+#[test]
+fn a_body_over_the_sinks_cap_is_answered_413_and_logged() {
+    let sink = Sink::start(&[]);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(WAIT))
+        .build()
+        .into();
+    let body = vec![b' '; 11 * 1024 * 1024];
+    let status = agent
+        .post(&sink.url())
+        .header("content-type", "application/json")
+        .send(&body[..])
+        .map(|r| r.status().as_u16());
+    assert_eq!(
+        status.as_ref().ok(),
+        Some(&413),
+        "the sink did not answer 413: {status:?}"
+    );
+    let line = sink.next_log_line();
+    assert!(
+        line.contains("11534336 bytes") && line.contains("413"),
         "{line}"
     );
 }

@@ -39,9 +39,20 @@ pub fn migrate(config: &Config) -> anyhow::Result<ExitCode> {
 }
 
 /// `check-config`: the config is valid (else `run` already failed with 2);
-/// print the effective values.
+/// print the warnings about suspicious settings, then the effective values.
 pub fn check_config(config: &Config) -> anyhow::Result<ExitCode> {
-    eprintln!("{}: configuration is valid", config.path.display());
+    let warnings = crate::config_check::warnings(config);
+    for warning in &warnings {
+        eprintln!("warning: {}: {warning}", config.path.display());
+    }
+    match warnings.len() {
+        0 => eprintln!("{}: configuration is valid", config.path.display()),
+        n => eprintln!(
+            "{}: configuration is valid, with {n} warning{}",
+            config.path.display(),
+            if n == 1 { "" } else { "s" }
+        ),
+    }
     print!("{}", config.to_redacted_toml());
     Ok(ExitCode::SUCCESS)
 }

@@ -47,16 +47,22 @@ pub fn run(config: &Config, command: EventCommand) -> anyhow::Result<ExitCode> {
             if json {
                 super::print_json(&list)?;
             } else {
-                for e in &list {
-                    println!(
-                        "{}  {}  {}  {}  {}",
-                        e.id,
-                        e.created_at.to_rfc3339(),
-                        e.namespace,
-                        e.event_type,
-                        e.states.join(",")
-                    );
-                }
+                let rows: Vec<[String; 5]> = list
+                    .iter()
+                    .map(|e| {
+                        [
+                            e.id.to_string(),
+                            e.created_at.to_rfc3339(),
+                            e.namespace.clone(),
+                            e.event_type.clone(),
+                            e.states.join(","),
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    table(["ID", "CREATED", "NAMESPACE", "TYPE", "STATES"], &rows)
+                );
             }
         }
         EventCommand::Show { id, json } => {
@@ -180,8 +186,37 @@ fn refused_by_producer(err: DbError) -> anyhow::Error {
     err.into()
 }
 
-/// `resend EVENT_ID [--channel ID]`: prints the channel id of every
-/// delivery set to RESENDING. Deliveries still PENDING or RESENDING are
+/// Rows under a header row, each column as wide as its widest cell, two
+/// spaces apart (the last column unpadded). The header is printed even
+/// when there are no rows, so the output always says what its columns are.
+fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: [&str; N]| {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == N {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        out.push('\n');
+        out
+    };
+    let mut out = line(header);
+    for row in rows {
+        out.push_str(&line(row.each_ref().map(String::as_str)));
+    }
+    out
+}
+
+/// `resend EVENT_ID [--channel ID]`: prints one line per delivery set to
+/// RESENDING (the event, the channel id and name, the state it had). Deliveries still PENDING or RESENDING are
 /// already on their way and are refused; when nothing could be resent the
 /// command fails (exit 2) with one line saying why.
 pub fn resend(config: &Config, event_id: Uuid, channel: Option<Uuid>) -> anyhow::Result<ExitCode> {
@@ -206,8 +241,11 @@ pub fn resend(config: &Config, event_id: Uuid, channel: Option<Uuid>) -> anyhow:
         ))
         .into());
     }
-    for channel in &result.resent {
-        println!("{channel}");
+    for resent in &result.resent {
+        println!(
+            "resent event {event_id} to channel {} ({}): was {}, now RESENDING, due now",
+            resent.channel_id, resent.channel_name, resent.was
+        );
     }
     let mut note = format!(
         "{} deliver{} of event {event_id} set to RESENDING",
@@ -222,4 +260,22 @@ pub fn resend(config: &Config, event_id: Uuid, channel: Option<Uuid>) -> anyhow:
     }
     eprintln!("{note}");
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_table_has_a_header_row_and_aligned_columns() {
+        let rows = [
+            ["a".to_string(), "long cell".to_string(), "x".to_string()],
+            ["bbbb".to_string(), "c".to_string(), "y".to_string()],
+        ];
+        assert_eq!(
+            table(["ID", "WHAT", "LAST"], &rows),
+            "ID    WHAT       LAST\na     long cell  x\nbbbb  c          y\n"
+        );
+        assert_eq!(table(["ID", "WHAT"], &[]), "ID  WHAT\n");
+    }
 }

@@ -32,14 +32,11 @@ pub struct UsageError(pub String);
 #[derive(Debug, Parser)]
 #[command(name = "notification-reconciler", version, about)]
 pub struct Cli {
-    /// Configuration file.
-    #[arg(
-        long,
-        global = true,
-        value_name = "PATH",
-        default_value = "./config.toml"
-    )]
-    pub config: PathBuf,
+    /// Configuration file (must exist). Without it: ./config.toml, then
+    /// /etc/notification-reconciler/config.toml, else the defaults and the
+    /// environment.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -225,9 +222,13 @@ pub struct SinkArgs {
     /// Address to listen on, e.g. 127.0.0.1:8080.
     #[arg(long)]
     pub listen: std::net::SocketAddr,
-    /// Verify signatures with this secret (401 when wrong).
-    #[arg(long)]
+    /// Verify signatures with this secret (401 when wrong). Visible in `ps`:
+    /// prefer --secret-file or the SINK_SECRET environment variable.
+    #[arg(long, conflicts_with = "secret_file")]
     pub secret: Option<String>,
+    /// Read the secret from this file (surrounding whitespace ignored).
+    #[arg(long, value_name = "PATH")]
+    pub secret_file: Option<PathBuf>,
     /// Status code of successful answers.
     #[arg(long, default_value_t = 200)]
     pub status: u16,
@@ -247,7 +248,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::sink::run(&args)
         }
         command => {
-            let config = Config::load(&cli.config, std::env::var("DATABASE_URL").ok())?;
+            let config =
+                Config::load_from(cli.config.as_deref(), std::env::var("DATABASE_URL").ok())?;
             init_logging(&config.log.level);
             dispatch(command, &config)
         }
@@ -259,7 +261,12 @@ fn dispatch(command: Command, config: &Config) -> anyhow::Result<ExitCode> {
         Command::Migrate => admin::migrate(config),
         Command::CheckConfig => admin::check_config(config),
         Command::Status { json } => admin::status(config, json),
-        Command::Run => crate::service::daemon::run(config),
+        Command::Run => {
+            for warning in crate::config_check::warnings(config) {
+                log::warn!("{}: {warning}", config.path.display());
+            }
+            crate::service::daemon::run(config)
+        }
         Command::Once { json } => crate::service::once::run(config, json),
         Command::Channel(c) => channel::run(config, c),
         Command::Rule(c) => rule::run(config, c),

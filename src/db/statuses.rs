@@ -176,10 +176,21 @@ impl StatusWriter {
 #[derive(Debug, Default, serde::Serialize)]
 pub struct ResendResult {
     /// Statuses moved to RESENDING.
-    pub resent: Vec<Uuid>,
+    pub resent: Vec<Resent>,
     /// Channel ids whose status was refused, with its state (PENDING or
     /// RESENDING: already on its way).
     pub refused: Vec<(Uuid, State)>,
+}
+
+/// One delivery `resend` moved to RESENDING.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Resent {
+    /// Its channel.
+    pub channel_id: Uuid,
+    /// The channel's name.
+    pub channel_name: String,
+    /// Its state before the resend (SUCCESS, FAILED or SENDING).
+    pub was: State,
 }
 
 /// Moves the SUCCESS/FAILED/SENDING statuses of an event (optionally of one
@@ -192,9 +203,10 @@ pub fn resend(
     let mut tx = client.transaction().map_err(DbError::query("resending"))?;
     let rows = tx
         .query(
-            "SELECT channel_id, state FROM delivery_status
-             WHERE event_id = $1 AND ($2::uuid IS NULL OR channel_id = $2)
-             ORDER BY channel_id FOR UPDATE",
+            "SELECT s.channel_id, s.state, c.name
+             FROM delivery_status s JOIN channel c ON c.id = s.channel_id
+             WHERE s.event_id = $1 AND ($2::uuid IS NULL OR s.channel_id = $2)
+             ORDER BY s.channel_id FOR UPDATE OF s",
             &[&event_id, &channel],
         )
         .map_err(DbError::query("resending"))?;
@@ -216,7 +228,16 @@ pub fn resend(
             &[&event_id, &channel],
         )
         .map_err(DbError::query("resending"))?;
-    result.resent = updated.iter().map(|r| r.get(0)).collect();
+    for updated in &updated {
+        let channel_id: Uuid = updated.get(0);
+        if let Some(r) = rows.iter().find(|r| r.get::<_, Uuid>(0) == channel_id) {
+            result.resent.push(Resent {
+                channel_id,
+                channel_name: r.get(2),
+                was: parse_state(r.get(1))?,
+            });
+        }
+    }
     if !result.resent.is_empty() {
         // Wakes the leader on commit (see migration 0002's wake_channel).
         tx.execute("SELECT pg_notify(wake_channel(), '')", &[])

@@ -5,14 +5,16 @@
 //! explicitly (connect and whole-call), redirects are not followed (a 3xx is
 //! the attempt's answer), an HTTP error status is an outcome rather than an
 //! error, and at most `max_response_bytes` of the body are read. TLS is
-//! rustls with certificate verification. What the outcome *means* for the
-//! delivery is decided by `state`; this module only performs and describes
-//! the attempt.
+//! rustls with certificate verification against the system's trust store
+//! (plus `delivery.ca_file`, see [`trust_roots`]). What the outcome *means*
+//! for the delivery is decided by `state`; this module only performs and
+//! describes the attempt.
 
 use std::io::Read;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
+use ureq::tls::{Certificate, RootCerts, TlsConfig};
 use ureq::unversioned::transport::DefaultConnector;
 
 use crate::config::DeliveryConfig;
@@ -58,6 +60,14 @@ impl Sender {
             .max_idle_connections_per_host(1024)
             // A proxy would resolve the target itself, past the SSRF guard.
             .proxy(None)
+            .tls_config(
+                TlsConfig::builder()
+                    .root_certs(trust_roots(
+                        rustls_native_certs::load_native_certs(),
+                        &cfg.ca_certs,
+                    ))
+                    .build(),
+            )
             .build();
         let agent = ureq::Agent::with_parts(
             config,
@@ -132,6 +142,39 @@ impl Sender {
         attempt.duration = started.elapsed();
         attempt
     }
+}
+
+/// The certificates a server's chain may end in: the system's trust store
+/// (`system`, as `rustls-native-certs` finds it: `SSL_CERT_FILE` /
+/// `SSL_CERT_DIR` when set, else the distribution's bundle, e.g.
+/// `/etc/ssl/certs` where `update-ca-certificates` puts an added CA), plus
+/// `extra` (`delivery.ca_file`). When the system has no store at all (a
+/// bare container) and no `extra` is given, the bundled Mozilla roots are
+/// used instead, with a warning, so public endpoints still verify.
+pub fn trust_roots(
+    system: rustls_native_certs::CertificateResult,
+    extra: &[Certificate<'static>],
+) -> RootCerts {
+    for error in &system.errors {
+        log::warn!("reading the system's CA certificates: {error}");
+    }
+    if system.certs.is_empty() && extra.is_empty() {
+        log::warn!(
+            "no CA certificates found in the system's trust store; HTTPS endpoints are verified against the bundled Mozilla roots"
+        );
+        return RootCerts::WebPki;
+    }
+    log::debug!(
+        "trusting {} system CA certificate(s) and {} from delivery.ca_file",
+        system.certs.len(),
+        extra.len()
+    );
+    system
+        .certs
+        .iter()
+        .map(|c| Certificate::from_der(c.as_ref()).to_owned())
+        .chain(extra.iter().cloned())
+        .into()
 }
 
 /// One line for a transport error.

@@ -3,7 +3,7 @@
 //! dedicated cluster a test may stop and restart), a scriptable HTTP
 //! receiver that records what it got, the binary run to completion (`bin`)
 //! or as a long-running child (`daemon`), and the rows tests seed
-//! (`fixtures`).
+//! (`fixtures`), and a private CA for HTTPS receivers (`tls`).
 //!
 //! Test files use it with `mod support;`; the benchmark with
 //! `#[path = "../tests/support/mod.rs"] mod support;`. It holds no assertions
@@ -18,6 +18,7 @@ pub mod net;
 pub mod pg;
 pub mod receiver;
 pub mod script;
+pub mod tls;
 
 pub use cluster::Cluster;
 pub use pg::{fresh_db, migrated_db, shared_cluster, TestDb};

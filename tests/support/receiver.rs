@@ -18,11 +18,14 @@ use std::time::{Duration, Instant};
 use notification_reconciler::http_server::{self, Limits, Server};
 
 use super::script::{Reply, Request, Script};
+use super::tls::TestCa;
 
 /// A running receiver; dropping it stops the server (requests still held
 /// are answered 500).
 pub struct Receiver {
     addr: SocketAddr,
+    scheme: &'static str,
+    connections: Arc<AtomicUsize>,
     server: Option<Server>,
     shared: Arc<Shared>,
 }
@@ -54,6 +57,37 @@ struct Log {
 impl Receiver {
     /// Starts a receiver on a free port of 127.0.0.1 answering per `script`.
     pub fn start(script: Script) -> Receiver {
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&connections);
+        let wrap: Arc<http_server::Wrap> = Arc::new(move |tcp| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Ok(Box::new(tcp))
+        });
+        Receiver::start_wrapped(script, "http", wrap, connections)
+    }
+
+    /// [`Receiver::start`] over HTTPS with `tls`'s certificate (for
+    /// 127.0.0.1, signed by a test CA): every connection is a TLS session,
+    /// so [`Receiver::connections`] counts the TLS handshakes.
+    pub fn start_https(script: Script, tls: &TestCa) -> Receiver {
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&connections);
+        let config = Arc::clone(&tls.server);
+        let wrap: Arc<http_server::Wrap> = Arc::new(move |tcp| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let session = rustls::ServerConnection::new(Arc::clone(&config))
+                .map_err(std::io::Error::other)?;
+            Ok(Box::new(rustls::StreamOwned::new(session, tcp)))
+        });
+        Receiver::start_wrapped(script, "https", wrap, connections)
+    }
+
+    fn start_wrapped(
+        script: Script,
+        scheme: &'static str,
+        wrap: Arc<http_server::Wrap>,
+        connections: Arc<AtomicUsize>,
+    ) -> Receiver {
         let shared = Arc::new(Shared {
             control: Mutex::new(Control {
                 script,
@@ -71,20 +105,31 @@ impl Receiver {
             max_body: 64 * 1024 * 1024,
             ..Limits::default()
         };
-        let server = Server::bind("127.0.0.1:0".parse().expect("address"), limits, move |rq| {
-            serve(rq, &handler_shared)
-        })
+        let server = Server::bind_wrapped(
+            "127.0.0.1:0".parse().expect("address"),
+            limits,
+            wrap,
+            move |rq| serve(rq, &handler_shared),
+        )
         .unwrap_or_else(|e| panic!("receiver: cannot listen on 127.0.0.1:0: {e}"));
         Receiver {
             addr: server.addr(),
+            scheme,
+            connections,
             server: Some(server),
             shared,
         }
     }
 
-    /// The webhook URL, `http://127.0.0.1:PORT/hook`.
+    /// The webhook URL, `http://127.0.0.1:PORT/hook` (`https://` for
+    /// [`Receiver::start_https`]).
     pub fn url(&self) -> String {
-        format!("http://{}/hook", self.addr)
+        format!("{}://{}/hook", self.scheme, self.addr)
+    }
+
+    /// Connections accepted so far: with HTTPS, each one a TLS handshake.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 
     /// The address the receiver listens on.

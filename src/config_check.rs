@@ -1,0 +1,217 @@
+//! Plausibility of a configuration as a whole: settings that are each valid
+//! on their own but together make deliveries or retries impossible are
+//! refused ([`refuse_impossible`], called at the end of
+//! `RawConfig::resolve`, so every command refuses them with exit 2), and
+//! settings that are merely suspicious are listed ([`warnings`]: printed by
+//! `check-config` and logged when `run` starts).
+//!
+//! Both are pure functions of a resolved [`Config`]; the rules for a single
+//! key (ranges, formats) stay in `config`. Every message names the keys
+//! involved and their values as `check-config` prints them.
+
+use std::time::Duration;
+
+use crate::config::{format_duration, Config, ConfigError};
+
+/// Shortest `delivery.timeout` and `delivery.connect_timeout` accepted: in
+/// less, no receiver can be reached and answer, so every attempt would time
+/// out.
+pub const MIN_DELIVERY_TIMEOUT: Duration = Duration::from_millis(10);
+
+/// Below this `delivery.timeout` draws a warning: receivers over a real
+/// network, TLS handshake included, often need longer.
+pub const SHORT_DELIVERY_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Refuses combinations under which no delivery, or no retry, could ever
+/// happen. The first problem found is the error.
+pub fn refuse_impossible(config: &Config) -> Result<(), ConfigError> {
+    let invalid = |key: &'static str, value: Duration, problem: String| ConfigError::Invalid {
+        path: config.path.clone(),
+        key,
+        value: quoted(value),
+        problem,
+    };
+    let (r, d) = (&config.reconciler, &config.delivery);
+    for (key, value) in [
+        ("delivery.timeout", d.timeout),
+        ("delivery.connect_timeout", d.connect_timeout),
+    ] {
+        if value < MIN_DELIVERY_TIMEOUT {
+            return Err(invalid(
+                key,
+                value,
+                format!(
+                    "must be at least {}: no receiver can be reached and answer in less, so every attempt would time out",
+                    format_duration(MIN_DELIVERY_TIMEOUT)
+                ),
+            ));
+        }
+    }
+    if r.pending_timeout <= r.next_attempt_delay {
+        return Err(invalid(
+            "reconciler.pending_timeout",
+            r.pending_timeout,
+            format!(
+                "is not longer than reconciler.next_attempt_delay = {}: every delivery would time out before it is due, so none could ever be attempted",
+                quoted(r.next_attempt_delay)
+            ),
+        ));
+    }
+    let first = d.retry_schedule.first().copied().unwrap_or_default();
+    if r.sending_timeout <= first + r.next_attempt_delay {
+        return Err(invalid(
+            "reconciler.sending_timeout",
+            r.sending_timeout,
+            format!(
+                "is not longer than the first retry step (delivery.retry_schedule[0] = {}{}): the first retry would be due after the sending timeout, so no delivery could ever be retried",
+                quoted(first),
+                if r.next_attempt_delay.is_zero() {
+                    String::new()
+                } else {
+                    format!(" plus reconciler.next_attempt_delay = {}", quoted(r.next_attempt_delay))
+                }
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Suspicious but possible settings, one sentence each naming the keys.
+pub fn warnings(config: &Config) -> Vec<String> {
+    let (r, d) = (&config.reconciler, &config.delivery);
+    let mut out = Vec::new();
+    if d.timeout < SHORT_DELIVERY_TIMEOUT {
+        out.push(format!(
+            "delivery.timeout = {} is under {}: a receiver over a real network (TLS handshake included) often needs longer, so attempts may time out",
+            quoted(d.timeout),
+            format_duration(SHORT_DELIVERY_TIMEOUT)
+        ));
+    }
+    if d.connect_timeout > d.timeout {
+        out.push(format!(
+            "delivery.connect_timeout = {} is longer than delivery.timeout = {}: the whole-attempt timeout ends a slow connect first",
+            quoted(d.connect_timeout),
+            quoted(d.timeout)
+        ));
+    }
+    // The n-th retry is due at the earliest after the first n steps (each
+    // step also waits for the due cut-off).
+    let mut elapsed = Duration::ZERO;
+    let fitting = d
+        .retry_schedule
+        .iter()
+        .take_while(|step| {
+            elapsed += **step + r.next_attempt_delay;
+            elapsed < r.sending_timeout
+        })
+        .count();
+    if fitting < d.retry_schedule.len() {
+        let total: Duration = d.retry_schedule.iter().sum();
+        out.push(format!(
+            "reconciler.sending_timeout = {} is shorter than delivery.retry_schedule (its {} steps add up to {}): only {} of the {} retries can be made before the sending timeout fails the delivery",
+            quoted(r.sending_timeout),
+            d.retry_schedule.len(),
+            format_duration(total),
+            fitting,
+            d.retry_schedule.len()
+        ));
+    }
+    if r.pending_timeout < r.interval {
+        out.push(format!(
+            "reconciler.pending_timeout = {} is shorter than reconciler.interval = {}: a delivery whose wake-up notification is lost waits up to one interval for its first attempt and may fail before it",
+            quoted(r.pending_timeout),
+            quoted(r.interval)
+        ));
+    }
+    if let Some(i) = d.retry_schedule.iter().position(Duration::is_zero) {
+        out.push(format!(
+            "delivery.retry_schedule[{i}] = \"0s\": a retry without a pause hammers a receiver that is failing"
+        ));
+    }
+    out
+}
+
+/// A duration as written in the file, quoted.
+fn quoted(d: Duration) -> String {
+    format!("\"{}\"", format_duration(d))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::load_text as load;
+
+    use super::*;
+
+    fn warned(text: &str) -> Vec<String> {
+        warnings(&load(text).expect("config is valid"))
+    }
+
+    #[test]
+    fn the_defaults_are_possible_and_draw_no_warning() {
+        assert_eq!(warned(""), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_delivery_timeout_under_10ms_is_refused() {
+        let e = load("[delivery]\ntimeout = \"5ms\"\n").unwrap_err();
+        assert!(
+            e.contains("delivery.timeout = \"5ms\": must be at least 10ms"),
+            "{e}"
+        );
+        let e = load("[delivery]\nconnect_timeout = \"9ms\"\n").unwrap_err();
+        assert!(e.contains("delivery.connect_timeout = \"9ms\""), "{e}");
+        assert!(load("[delivery]\ntimeout = \"10ms\"\nconnect_timeout = \"10ms\"\n").is_ok());
+    }
+
+    #[test]
+    fn a_sending_timeout_not_longer_than_the_first_step_is_refused() {
+        let e = load("[reconciler]\nsending_timeout = \"4s\"\n").unwrap_err();
+        assert!(e.contains("reconciler.sending_timeout = \"4s\""), "{e}");
+        assert!(e.contains("delivery.retry_schedule[0] = \"5s\""), "{e}");
+        let e = load("[reconciler]\nsending_timeout = \"5s\"\n").unwrap_err();
+        assert!(e.contains("no delivery could ever be retried"), "{e}");
+        // The due cut-off delays every retry too.
+        let e = load("[reconciler]\nsending_timeout = \"1m\"\nnext_attempt_delay = \"1m\"\n")
+            .unwrap_err();
+        assert!(e.contains("reconciler.next_attempt_delay = \"1m\""), "{e}");
+        assert!(load("[reconciler]\nsending_timeout = \"6s\"\n").is_ok());
+    }
+
+    #[test]
+    fn a_pending_timeout_not_longer_than_the_due_delay_is_refused() {
+        let e = load("[reconciler]\npending_timeout = \"5m\"\nnext_attempt_delay = \"5m\"\n")
+            .unwrap_err();
+        assert!(e.contains("reconciler.pending_timeout = \"5m\""), "{e}");
+        assert!(e.contains("reconciler.next_attempt_delay = \"5m\""), "{e}");
+    }
+
+    #[test]
+    fn suspicious_settings_are_warned_about_naming_the_keys() {
+        let w = warned("[delivery]\ntimeout = \"200ms\"\nconnect_timeout = \"100ms\"\n");
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("delivery.timeout = \"200ms\" is under 1s"),
+            "{w:?}"
+        );
+        let w = warned("[delivery]\ntimeout = \"5s\"\n");
+        assert!(
+            w[0].starts_with(
+                "delivery.connect_timeout = \"10s\" is longer than delivery.timeout = \"5s\""
+            ),
+            "{w:?}"
+        );
+        let w = warned("[reconciler]\nsending_timeout = \"1h\"\n");
+        assert!(
+            w[0].contains("reconciler.sending_timeout = \"1h\""),
+            "{w:?}"
+        );
+        assert!(w[0].contains("only 3 of the 7 retries"), "{w:?}");
+        let w = warned("[reconciler]\npending_timeout = \"10s\"\n");
+        assert!(w[0].contains("reconciler.pending_timeout = \"10s\" is shorter than reconciler.interval = \"15s\""), "{w:?}");
+        let w = warned("[delivery]\nretry_schedule = [\"5s\", \"0s\"]\n");
+        assert!(
+            w[0].starts_with("delivery.retry_schedule[1] = \"0s\""),
+            "{w:?}"
+        );
+    }
+}
