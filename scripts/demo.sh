@@ -4,7 +4,7 @@
 # receiver that verifies signatures and fails 30% of requests), creates a
 # channel and a rule, emits 300 events, and runs the daemon with a short
 # retry schedule until nothing is unfinished. Retries show in the [sink]
-# lines (500 answers) and the [daemon] pass summaries. Then it prints
+# lines (500 answers) and the [daemon] interval summaries. Then it prints
 # `status`, stops everything it started (by PID) and removes target/demo,
 # also on Ctrl-C.
 #
@@ -122,7 +122,8 @@ pg pg_ctl start -D "$data" -l "$data/postgres.log" -w -t 60 >/dev/null ||
 export DATABASE_URL=postgres://postgres@127.0.0.1:$pg_port/postgres
 
 cat >"$demo/config.toml" <<EOF
-# The demo's configuration: a pass every second, a short retry schedule.
+# The demo's configuration: a safety-net sweep every second, a short retry
+# schedule.
 [database]
 url = "$DATABASE_URL"
 [reconciler]

@@ -115,7 +115,7 @@ pub struct RawDatabase {
 #[derive(Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawReconciler {
-    /// Time between passes.
+    /// The leader's safety-net sweep period.
     pub interval: String,
     /// Worker threads; 0 = available parallelism.
     pub workers: i64,
@@ -254,7 +254,7 @@ pub struct DatabaseConfig {
 /// Validated `[reconciler]`.
 #[derive(Debug, Clone)]
 pub struct ReconcilerConfig {
-    /// Time between pass starts.
+    /// The leader's safety-net sweep period (deliveries do not wait for it).
     pub interval: Duration,
     /// Worker threads, ≥ 1.
     pub workers: usize,

@@ -8,8 +8,8 @@
 //! together make delivery impossible or look wrong),
 //! `db` (connections, pool, migrations, queries), `lock` (the leader's advisory
 //! lock), `state` (the pure delivery state machine), `delivery` (signing, HTTP,
-//! one event's worker step), `reconcile` (the parallel pass), `service` (the
-//! daemon loop, signals, systemd, metrics), `sink` (the development receiver)
+//! one delivery's worker step), `reconcile` (the leader loop and its
+//! workers), `service` (the daemon, signals, systemd, metrics), `sink` (the development receiver)
 //! and `cli` (commands).
 
 pub mod cli;

@@ -3,7 +3,7 @@
 //! Only one instance reconciles at a time: the one holding a session-level
 //! `pg_try_advisory_lock` on a 64-bit key derived from `reconciler.lock_key`.
 //! The lock lives on its own `postgres::Client` that no worker ever touches;
-//! the pass also pages events on it, so a broken lock connection stops the
+//! the leader also pages deliveries on it, so a broken lock connection stops the
 //! paging at once (another instance may lead by then). The connection is
 //! reopened at the next attempt when it broke.
 //!
@@ -97,7 +97,7 @@ impl LeaderLock {
         if self.held {
             return Ok(true);
         }
-        // A connection idle since the last pass may have died with a server
+        // A connection idle since the last leadership may have died with a server
         // restart without noticing: one failure on a reused connection earns
         // one immediate retry on a fresh one.
         let reused = self.client.as_ref().is_some_and(|c| !c.is_closed());
@@ -132,7 +132,7 @@ impl LeaderLock {
         }
     }
 
-    /// The dedicated connection (the pass pages events on it).
+    /// The dedicated connection (the leader pages deliveries on it).
     pub fn client_mut(&mut self) -> Result<&mut postgres::Client, DbError> {
         self.client.as_mut().ok_or(DbError::NotConnected("lock"))
     }
@@ -144,7 +144,7 @@ impl LeaderLock {
         self.held = false;
     }
 
-    /// Releases the lock (keeps the connection for the next pass).
+    /// Releases the lock (keeps the connection for the next attempt to lead).
     pub fn release(&mut self) -> Result<(), DbError> {
         if !self.held {
             return Ok(());

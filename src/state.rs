@@ -182,7 +182,7 @@ pub struct StatusView {
 pub enum Check {
     /// `SUCCESS` or `FAILED`: nothing to do.
     Finished,
-    /// `next_attempt_at` is later than the pass's cut-off.
+    /// `next_attempt_at` is later than the sweep's cut-off.
     NotDue,
     /// The pending timeout (`PENDING`/`RESENDING`) or the sending timeout
     /// (`SENDING`) is reached: write this `FAILED` update, make no attempt.
@@ -196,7 +196,7 @@ pub enum Check {
 /// Timeouts come first and use `now`; they count from `clock_started_at`, so
 /// a resent old status starts afresh. A status is expired when
 /// `now - clock_started_at >= timeout`: exactly at the timeout is expired.
-/// Then a status whose `next_attempt_at` is later than `cutoff` (the pass's
+/// Then a status whose `next_attempt_at` is later than `cutoff` (the sweep's
 /// due cut-off) is not due; otherwise it is due.
 pub fn check(
     status: &StatusView,

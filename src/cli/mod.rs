@@ -49,9 +49,9 @@ pub enum Command {
     Migrate,
     /// Validate the configuration; print the effective config, secrets redacted.
     CheckConfig,
-    /// The daemon: a pass every interval until SIGTERM/SIGINT.
+    /// The daemon: leads (or stands by) until SIGTERM/SIGINT.
     Run,
-    /// One pass; print its report.
+    /// One sweep of what is due now; print its report.
     Once {
         /// Print the report as JSON.
         #[arg(long)]

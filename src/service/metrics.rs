@@ -247,7 +247,7 @@ impl Metrics {
 
 /// The health verdict behind `/healthz`: the loop must keep turning (a
 /// heartbeat at least every `stall_after`) and the database must have
-/// answered at the last pass.
+/// answered at the last attempt to lead.
 #[derive(Debug)]
 pub struct Health {
     stall_after: Duration,
@@ -277,7 +277,7 @@ impl Health {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The loop (or a pass) is making progress.
+    /// The loop is making progress.
     pub fn beat(&self) {
         self.state().last_beat = Instant::now();
     }
@@ -289,7 +289,7 @@ impl Health {
         s.last_beat = Instant::now();
     }
 
-    /// The database did not answer, or the pass failed on it: `why`.
+    /// The database did not answer, or leading failed on it: `why`.
     pub fn db_problem(&self, why: String) {
         let mut s = self.state();
         s.db_problem = Some(why);

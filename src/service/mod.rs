@@ -1,7 +1,7 @@
-//! Running the reconciler: `once` (one pass and its report) and `run` (the
-//! daemon loop with signals, systemd notifications and metrics). The pass
-//! itself is `reconcile`; this module decides when passes run and what the
-//! outside world is told about them.
+//! Running the reconciler: `once` (one sweep and its report) and `run` (the
+//! daemon: lead or stand by, with signals, systemd notifications and
+//! metrics). Leading itself is `reconcile`; this module decides when to try
+//! and what the outside world is told about it.
 
 pub mod daemon;
 pub mod metrics;
