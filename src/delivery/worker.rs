@@ -28,6 +28,9 @@ pub struct Context<'a> {
     pub sender: &'a Sender,
     /// Retry schedule and timeouts.
     pub policy: &'a Policy,
+    /// Asked right before a request goes out: false withholds it (the
+    /// leader can no longer vouch for its lock; nothing is written).
+    pub may_send: &'a (dyn Fn() -> bool + Sync),
 }
 
 /// What happened to one delivery status.
@@ -44,6 +47,9 @@ pub enum StatusOutcome {
     ChangedConcurrently,
     /// Not due yet (next attempt after the cut-off) or already finished.
     NotDue,
+    /// Due, but the request was withheld (`Context::may_send` said no):
+    /// nothing sent, nothing written; it stays due.
+    Withheld,
 }
 
 /// What reconciling one delivery came to.
@@ -87,6 +93,13 @@ pub fn reconcile_delivery(
             let outcome = match usable {
                 Err(problem) => problem,
                 Ok(channel) => {
+                    if !(ctx.may_send)() {
+                        return Ok(Reconciled {
+                            outcome: StatusOutcome::Withheld,
+                            next_attempt_at: None,
+                            first_attempt_latency: None,
+                        });
+                    }
                     if status.view.state == State::Pending && status.view.round_attempts == 0 {
                         first_attempt_latency = (Utc::now() - event.created_at).to_std().ok();
                     }

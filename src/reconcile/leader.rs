@@ -22,6 +22,7 @@
 //! A wake-up that arrives while a sweep runs makes another sweep follow it,
 //! so nothing due is missed and sweeps never overlap.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
@@ -32,7 +33,7 @@ use crate::config::Config;
 use crate::db::due::{self, Cursor, Delivery, Pager};
 use crate::db::{self, leaders, DbError, Pool};
 use crate::delivery::http::Sender as HttpSender;
-use crate::delivery::worker::Context;
+use crate::delivery::worker::{Context, StatusOutcome};
 use crate::lock::{self, LeaderLock};
 use crate::reconcile::lease::{
     Lease, LockWatch, IDLE_CHECK_EVERY, LOCK_CHECK_EVERY, TAKEOVER_GRACE,
@@ -47,8 +48,8 @@ use crate::state::Policy;
 /// Every method has a no-op default. All but `before_delivery` run on the
 /// main thread.
 pub trait Hooks: Sync {
-    /// Leading began; `due` deliveries are due now (`once`: the total).
-    fn started(&self, _due: u64) {}
+    /// Leading began; `once`: `due` deliveries are due (its total).
+    fn started(&self, _due: Option<u64>) {}
     /// A worker is about to reconcile `delivery` (runs inside the panic
     /// guard, on the worker's thread).
     fn before_delivery(&self, _delivery: &Delivery) {}
@@ -79,6 +80,9 @@ pub enum WakeCause {
     Listening,
     /// A worker finished while every slot was taken.
     WorkerDone,
+    /// A delivery's write was refused because the row changed while it was
+    /// in flight (an operator's resend): it may be due again.
+    Changed,
     /// The earliest known scheduled retry fell due.
     RetryDue,
     /// The `interval` tick (the safety net).
@@ -87,11 +91,12 @@ pub enum WakeCause {
 
 impl WakeCause {
     /// Every cause, for metrics labels.
-    pub const ALL: [WakeCause; 6] = [
+    pub const ALL: [WakeCause; 7] = [
         WakeCause::Start,
         WakeCause::Notified,
         WakeCause::Listening,
         WakeCause::WorkerDone,
+        WakeCause::Changed,
         WakeCause::RetryDue,
         WakeCause::Tick,
     ];
@@ -103,6 +108,7 @@ impl WakeCause {
             WakeCause::Notified => "notification",
             WakeCause::Listening => "listening",
             WakeCause::WorkerDone => "worker_done",
+            WakeCause::Changed => "changed_concurrently",
             WakeCause::RetryDue => "retry_due",
             WakeCause::Tick => "interval",
         }
@@ -237,52 +243,60 @@ fn lead(
         }
     }
 
-    let workers = r.config.reconciler.workers;
     let lease = Lease::new();
     let halt = AtomicBool::new(false);
-    let (job_tx, job_rx) = bounded::<Job>(r.config.reconciler.queue_capacity);
-    let (done_tx, done_rx) = unbounded::<Done>();
+    let stopped = || stop.load(Relaxed) || halt.load(Relaxed);
+    // The last look at the lease, right before a request goes out.
+    let may_send = || lease.wait_fresh(&stopped);
     let ctx = Context {
         sender: &r.sender,
         policy: &r.policy,
+        may_send: &may_send,
     };
     let shared = Shared {
         pool: &r.pool,
         ctx: &ctx,
-        lease: &lease,
         hooks,
     };
-    let mut main = Main::new(&r.config, mode, hooks);
     let mut failure: Option<String> = None;
-    {
-        let (shared, halt) = (&shared, &halt);
-        let stopped = move || stop.load(Relaxed) || halt.load(Relaxed);
-        std::thread::scope(|scope| {
-            for i in 0..workers {
-                let (jobs, done) = (job_rx.clone(), done_tx.clone());
-                let spawned = std::thread::Builder::new()
-                    .name(format!("worker-{i}"))
-                    .spawn_scoped(scope, move || worker::work(&jobs, &done, shared, &stopped));
-                if let Err(e) = spawned {
-                    log::error!("cannot start worker thread {i}: {e}");
-                }
+    let mut main = Main::new(&r.config, mode, hooks);
+    std::thread::scope(|scope| {
+        // Sized for everything the leader may have in flight, so that a
+        // hand-out never finds it full.
+        let (job_tx, job_rx) = bounded::<Job>(main.capacity(r.config.reconciler.workers));
+        let (done_tx, done_rx) = unbounded::<Done>();
+        let mut spawned = 0;
+        for i in 0..r.config.reconciler.workers {
+            let (jobs, done, shared, stopped) =
+                (job_rx.clone(), done_tx.clone(), &shared, &stopped);
+            match std::thread::Builder::new()
+                .name(format!("worker-{i}"))
+                .spawn_scoped(scope, move || worker::work(&jobs, &done, shared, stopped))
+            {
+                Ok(_) => spawned += 1,
+                Err(e) => log::error!("cannot start worker thread {i}: {e}"),
             }
-            drop(job_rx);
-            drop(done_tx);
-            failure = main.run(&mut r.lock, &lease, &job_tx, &done_rx, stop);
-            if failure.is_some() {
-                // Another instance may lead now: workers drop what is queued.
-                halt.store(true, Relaxed);
-            }
-            drop(job_tx);
-            // Workers finish the deliveries they are attempting, record them
-            // and exit; their reports complete the tally. The scope joins
-            // every worker here; the lock is released only after that.
-            for done in done_rx.iter() {
-                main.finished(done);
-            }
-        });
-    }
+        }
+        drop(job_rx);
+        drop(done_tx);
+        // Dropped on every path out of this closure, a panic of the main
+        // thread included: the hand-off closes, workers are halted, and the
+        // scope can join them.
+        let _halt_on_unwind = HaltOnDrop(&halt);
+        main.set_workers(spawned);
+        failure = main.run(&mut r.lock, &lease, &job_tx, &done_rx, stop);
+        if failure.is_some() {
+            // Another instance may lead now: workers drop what is queued.
+            halt.store(true, Relaxed);
+        }
+        drop(job_tx);
+        // Workers finish the deliveries they are attempting, record them
+        // and exit; their reports complete the tally. The scope joins every
+        // worker here; the lock is released only after that.
+        for done in done_rx.iter() {
+            main.finished(done);
+        }
+    });
     if failure.is_none() {
         if let Err(e) = r.lock.client_mut().and_then(|c| leaders::release(c, key)) {
             failure = Some(lock_failure("removing the leader record", &e));
@@ -299,10 +313,22 @@ fn lead(
     }
     let mut report = Report::new(&main.tally, started_at, started.elapsed());
     report.cutoff = main.first_cutoff;
-    report.due_at_start = main.due_at_start;
+    report.due_at_start = main.due_at_start.unwrap_or(0);
     report.failure = failure;
-    report.stopped_early = stop.load(Relaxed) && !main.swept_all;
+    report.stopped_early = matches!(mode, Mode::Once) && stop.load(Relaxed) && !main.swept_all;
     Ok(PassOutcome::Ran(report))
+}
+
+/// Halts the workers when dropped during a panic of the main thread, so that
+/// none waits for a lease that will never be renewed.
+struct HaltOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for HaltOnDrop<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, Relaxed);
+        }
+    }
 }
 
 /// The report's wording for a failed step on the lock connection.
@@ -314,11 +340,18 @@ fn lock_failure(step: &str, e: &DbError) -> String {
     }
 }
 
-/// A sweep in progress: its cut-off (fixed for the sweep) and where it is.
-#[derive(Debug, Clone, Copy)]
+/// A sweep in progress: its cut-off (fixed for the sweep), where its next
+/// page starts, and what it read but has not handed out yet.
 struct Sweep {
     cutoff: DateTime<Utc>,
     cursor: Cursor,
+    /// Read, not in flight when read (those are left out at once), not
+    /// handed out yet (no slot was free). Only this leader hands out, so
+    /// they cannot have become in flight meanwhile, nor been recorded by
+    /// one of its workers; the sweep hands them out before it reads on.
+    unread: VecDeque<Delivery>,
+    /// The last page read was short: there is nothing after `unread`.
+    last_page: bool,
 }
 
 /// The main thread's state while it leads.
@@ -328,24 +361,27 @@ struct Main<'a> {
     interval: Duration,
     delay: chrono::Duration,
     page_size: u32,
-    /// Deliveries that may be in flight at once: one per worker plus the
-    /// hand-off channel's capacity.
+    queue_capacity: usize,
+    /// Deliveries that may be in flight at once: one per running worker
+    /// plus `queue_capacity`.
     capacity: usize,
     in_flight: InFlight,
     sweep: Option<Sweep>,
     /// A wake-up came during the sweep: sweep again after it.
     again: bool,
+    /// When the earliest known retry is due by a sweep's cut-off (its
+    /// `next_attempt_at` plus `next_attempt_delay`).
     next_retry: Option<DateTime<Utc>>,
     next_tick: Instant,
-    /// The hand-off channel was full: look again soon.
-    channel_full: bool,
     watch: LockWatch,
     tally: Tally,
     window: Tally,
     window_started: (Instant, DateTime<Utc>),
+    /// The leader row's last heartbeat: when, and the count it wrote.
     heartbeat: (Instant, usize),
     first_cutoff: Option<DateTime<Utc>>,
-    due_at_start: u64,
+    /// `once`: deliveries due at the start (`run` counts at each tick).
+    due_at_start: Option<u64>,
     /// `once`: the sweep reached the end of what was due.
     swept_all: bool,
 }
@@ -353,29 +389,41 @@ struct Main<'a> {
 impl<'a> Main<'a> {
     fn new(config: &Config, mode: Mode<'a>, hooks: &'a dyn Hooks) -> Main<'a> {
         let r = &config.reconciler;
-        Main {
+        let mut main = Main {
             mode,
             hooks,
             interval: r.interval,
             delay: chrono::Duration::from_std(r.next_attempt_delay)
                 .unwrap_or(chrono::Duration::zero()),
             page_size: r.page_size,
-            capacity: r.workers + r.queue_capacity,
+            queue_capacity: r.queue_capacity,
+            capacity: 0,
             in_flight: InFlight::default(),
             sweep: None,
             again: false,
             next_retry: None,
             next_tick: Instant::now() + r.interval,
-            channel_full: false,
             watch: LockWatch::new(),
             tally: Tally::default(),
             window: Tally::default(),
             window_started: (Instant::now(), Utc::now()),
             heartbeat: (Instant::now(), 0),
             first_cutoff: None,
-            due_at_start: 0,
+            due_at_start: None,
             swept_all: false,
-        }
+        };
+        main.set_workers(r.workers);
+        main
+    }
+
+    /// How many deliveries may be in flight with `workers` workers.
+    fn capacity(&self, workers: usize) -> usize {
+        workers + self.queue_capacity
+    }
+
+    /// The number of workers actually running.
+    fn set_workers(&mut self, workers: usize) {
+        self.capacity = self.capacity(workers);
     }
 
     /// Leads until stop (None), lock loss or a failure on the lock
@@ -389,6 +437,12 @@ impl<'a> Main<'a> {
         done: &Receiver<Done>,
         stop: &AtomicBool,
     ) -> Option<String> {
+        if self.capacity == self.queue_capacity {
+            return Some("no worker thread is running".into());
+        }
+        if let Err(e) = self.watch.check(lock, lease) {
+            return Some(lock_failure("checking the lock connection", &e));
+        }
         let pager = match lock
             .client_mut()
             .and_then(|c| Pager::prepare(c, self.page_size))
@@ -398,31 +452,26 @@ impl<'a> Main<'a> {
         };
         let cutoff = self.cutoff_now();
         self.first_cutoff = Some(cutoff);
-        match lock.client_mut().and_then(|c| due::count_due(c, cutoff)) {
-            Ok(n) => self.due_at_start = n.max(0) as u64,
-            Err(e) => return Some(lock_failure("counting due deliveries", &e)),
-        }
-        self.hooks.started(self.due_at_start);
         let never = crossbeam_channel::never();
-        let wakes = match self.mode {
-            Mode::Once => &never,
-            Mode::Continuous(w) => {
-                match lock
-                    .client_mut()
-                    .and_then(|c| due::next_due_after(c, cutoff))
-                {
-                    Ok(t) => self.next_retry = t,
-                    Err(e) => return Some(lock_failure("finding the next due delivery", &e)),
+        let mut wakes = match self.mode {
+            Mode::Once => {
+                // The progress total; `run` counts at its ticks instead, so
+                // that a large backlog does not delay a takeover.
+                match lock.client_mut().and_then(|c| due::count_due(c, cutoff)) {
+                    Ok(n) => self.due_at_start = Some(n.max(0) as u64),
+                    Err(e) => return Some(lock_failure("counting due deliveries", &e)),
                 }
-                w
+                &never
             }
+            Mode::Continuous(w) => w,
         };
+        self.hooks.started(self.due_at_start);
         self.start_sweep(cutoff);
         self.hooks.woke(WakeCause::Start);
         loop {
             self.hooks.beat();
             while let Ok(d) = done.try_recv() {
-                self.on_done(d);
+                self.finished(d);
             }
             if stop.load(Relaxed) {
                 return None;
@@ -437,8 +486,8 @@ impl<'a> Main<'a> {
             } else {
                 LOCK_CHECK_EVERY
             };
-            if !self.watch.check_if_due(lock, lease, every) {
-                return Some("lost the lock connection".into());
+            if let Err(e) = self.watch.check_if_due(lock, lease, every) {
+                return Some(lock_failure("checking the lock connection", &e));
             }
             let mut progressed = false;
             if self.sweep.is_some() && self.in_flight.len() < self.capacity {
@@ -459,7 +508,7 @@ impl<'a> Main<'a> {
                 recv(done) -> d => match d {
                     Ok(d) => {
                         let was_full = self.in_flight.len() >= self.capacity;
-                        self.on_done(d);
+                        self.finished(d);
                         if was_full && self.sweep.is_some() {
                             self.hooks.woke(WakeCause::WorkerDone);
                         }
@@ -470,7 +519,7 @@ impl<'a> Main<'a> {
                     Ok(Wake::Notified) => self.wake(WakeCause::Notified),
                     Ok(Wake::Listening) => self.wake(WakeCause::Listening),
                     // The listener is gone; the interval tick still sweeps.
-                    Err(_) => {}
+                    Err(_) => wakes = &never,
                 },
                 default(timeout) => {}
             }
@@ -482,25 +531,22 @@ impl<'a> Main<'a> {
     fn wait_for(&self, every: Duration) -> Duration {
         let now = Instant::now();
         let mut until = now + STOP_POLL;
-        if self.channel_full {
-            until = until.min(now + Duration::from_millis(2));
-        }
         if !self.in_flight.is_empty() {
             until = until.min(self.watch.due_at(every));
         }
         if let Mode::Continuous(_) = self.mode {
             until = until.min(self.next_tick);
             if let Some(t) = self.next_retry {
-                let left = (t - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+                let left = (t - self.watch.db_now()).to_std().unwrap_or(Duration::ZERO);
                 until = until.min(now + left);
             }
         }
         until.saturating_duration_since(now)
     }
 
-    /// `run`'s timers: the interval tick (a sweep, the retry timer from the
-    /// database, the interval's report) and the earliest known retry; the
-    /// leader row's heartbeat.
+    /// `run`'s timers: the interval tick (a sweep, the due count and retry
+    /// timer from the database, the interval's report, parked deliveries
+    /// released), the earliest known retry, and the leader row's heartbeat.
     fn timers(&mut self, lock: &mut LeaderLock) -> Result<(), String> {
         let key = lock.key();
         if Instant::now() >= self.next_tick {
@@ -509,14 +555,9 @@ impl<'a> Main<'a> {
             let client = lock
                 .client_mut()
                 .map_err(|e| lock_failure("the interval sweep", &e))?;
-            let next = due::next_due_after(client, cutoff)
-                .map_err(|e| lock_failure("finding the next due delivery", &e))?;
             let due = due::count_due(client, cutoff)
                 .map_err(|e| lock_failure("counting due deliveries", &e))?;
-            self.next_retry = match (self.next_retry, next) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            self.arm_retry_timer(lock, cutoff)?;
             let (since, since_at) = self.window_started;
             let report = Report::new(&self.window, since_at, since.elapsed());
             if report.deliveries_seen > 0 {
@@ -527,14 +568,16 @@ impl<'a> Main<'a> {
             self.hooks.interval(&report, due.max(0) as u64);
             self.window = Tally::default();
             self.window_started = (Instant::now(), Utc::now());
+            self.in_flight.unpark_all();
             self.wake(WakeCause::Tick);
         }
-        if self.next_retry.is_some_and(|t| t <= Utc::now()) {
+        if self.next_retry.is_some_and(|t| t <= self.watch.db_now()) {
             self.next_retry = None;
             self.wake(WakeCause::RetryDue);
         }
         let (last, n) = self.heartbeat;
-        if self.in_flight.len() != n && last.elapsed() >= HEARTBEAT_EVERY {
+        let changed = self.in_flight.len() != n && last.elapsed() >= HEARTBEAT_EVERY;
+        if changed || last.elapsed() >= HEARTBEAT_EVERY * 10 {
             let n = self.in_flight.len();
             lock.client_mut()
                 .and_then(|c| leaders::heartbeat(c, key, n))
@@ -544,14 +587,39 @@ impl<'a> Main<'a> {
         Ok(())
     }
 
+    /// Sets the retry timer to the earliest unfinished delivery not due by
+    /// `cutoff`, if that is sooner than what it holds.
+    fn arm_retry_timer(
+        &mut self,
+        lock: &mut LeaderLock,
+        cutoff: DateTime<Utc>,
+    ) -> Result<(), String> {
+        let next = lock
+            .client_mut()
+            .and_then(|c| due::next_due_after(c, cutoff))
+            .map_err(|e| lock_failure("finding the next due delivery", &e))?;
+        self.note_retry(next);
+        Ok(())
+    }
+
+    /// Keeps the earlier of the timer and `next_attempt_at` (plus the delay).
+    fn note_retry(&mut self, next_attempt_at: Option<DateTime<Utc>>) {
+        if let Some(t) = next_attempt_at.map(|t| t + self.delay) {
+            self.next_retry = Some(self.next_retry.map_or(t, |n| n.min(t)));
+        }
+    }
+
+    /// The cut-off of a sweep starting now, on the database's clock.
     fn cutoff_now(&self) -> DateTime<Utc> {
-        Utc::now() - self.delay
+        self.watch.db_now() - self.delay
     }
 
     fn start_sweep(&mut self, cutoff: DateTime<Utc>) {
         self.sweep = Some(Sweep {
             cutoff,
             cursor: due::start_cursor(),
+            unread: VecDeque::new(),
+            last_page: false,
         });
     }
 
@@ -565,8 +633,8 @@ impl<'a> Main<'a> {
         }
     }
 
-    /// One page of the sweep: read it, let the scheduler pick, hand out.
-    /// Returns whether it moved (its cursor advanced, or it reached the end).
+    /// One step of the sweep: read a page when nothing read is left, let the
+    /// scheduler pick, hand out. Returns whether it moved.
     fn step(
         &mut self,
         lock: &mut LeaderLock,
@@ -574,93 +642,129 @@ impl<'a> Main<'a> {
         pager: &Pager,
         jobs: &Sender<Job>,
     ) -> Result<bool, String> {
-        let Some(mut sweep) = self.sweep else {
-            return Ok(false);
-        };
         // A fresh look at the lock right before handing out (renews the
         // lease the workers check).
-        if !self.watch.check_if_due(lock, lease, LOCK_CHECK_EVERY) {
-            return Err("lost the lock connection while handing out".into());
+        self.watch
+            .check_if_due(lock, lease, LOCK_CHECK_EVERY)
+            .map_err(|e| lock_failure("handing out", &e))?;
+        let Some(sweep) = self.sweep.as_mut() else {
+            return Ok(false);
+        };
+        if sweep.unread.is_empty() && !sweep.last_page {
+            let page = lock
+                .client_mut()
+                .and_then(|c| pager.page(c, sweep.cutoff, sweep.cursor))
+                .map_err(|e| lock_failure("paging", &e))?;
+            sweep.last_page = page.len() < self.page_size as usize;
+            if let Some(last) = page.last() {
+                sweep.cursor = last.cursor();
+            }
+            // What is in flight now is left out here, not at hand-out time:
+            // its outcome may arrive before the rest of the page is handed
+            // out, and this row would then be stale.
+            let in_flight = &self.in_flight;
+            sweep
+                .unread
+                .extend(page.into_iter().filter(|d| !in_flight.holds(&d.status.id)));
         }
-        let page = lock
-            .client_mut()
-            .and_then(|c| pager.page(c, sweep.cutoff, sweep.cursor))
-            .map_err(|e| lock_failure("paging", &e))?;
-        let candidates: Vec<Candidate> = page
+        if sweep.unread.is_empty() {
+            let cutoff = sweep.cutoff;
+            self.end_sweep(lock, cutoff)?;
+            return Ok(true);
+        }
+        let candidates: Vec<Candidate> = sweep
+            .unread
             .iter()
             .map(|d| Candidate {
                 status_id: d.status.id,
                 channel_id: d.status.target.id,
             })
             .collect();
-        let cursors: Vec<Cursor> = page.iter().map(Delivery::cursor).collect();
         let plan = scheduler::plan(
             &candidates,
             &self.in_flight,
             self.capacity - self.in_flight.len(),
         );
-        let mut consumed = plan.consumed;
-        let mut page: Vec<Option<Delivery>> = page.into_iter().map(Some).collect();
+        let looked_at: Vec<Delivery> = sweep.unread.drain(..plan.consumed).collect();
+        let mut chosen = plan.hand_out.iter().peekable();
+        let mut back = Vec::new();
         let before = self.in_flight.len();
-        self.channel_full = false;
-        for &i in &plan.hand_out {
-            let Some(delivery) = page[i].take() else {
+        for (i, delivery) in looked_at.into_iter().enumerate() {
+            if chosen.peek() != Some(&&i) {
+                continue; // in flight or parked: its outcome is on its way
+            }
+            chosen.next();
+            if !back.is_empty() {
+                back.push(delivery);
                 continue;
-            };
+            }
+            let status_id = delivery.status.id;
             match jobs.try_send(Job {
                 delivery,
                 cutoff: sweep.cutoff,
             }) {
-                Ok(()) => self.in_flight.insert(candidates[i]),
-                Err(TrySendError::Full(_)) => {
-                    // Resume at this one; it was not handed out.
-                    consumed = i;
-                    self.channel_full = true;
-                    break;
-                }
+                Ok(()) => self.in_flight.insert(status_id),
+                Err(TrySendError::Full(job)) => back.push(job.delivery),
                 Err(TrySendError::Disconnected(_)) => {
                     return Err("no worker thread is running".into())
                 }
             }
         }
+        // Not handed out (cannot happen while the channel holds `capacity`):
+        // they stay first in line.
+        for d in back.into_iter().rev() {
+            sweep.unread.push_front(d);
+        }
         let handed = self.in_flight.len() - before;
         if handed > 0 {
             self.hooks.in_flight(self.in_flight.len());
         }
-        if consumed > 0 {
-            sweep.cursor = cursors[consumed - 1];
-        }
-        let at_end = cursors.len() < self.page_size as usize && consumed == cursors.len();
-        if at_end {
-            self.sweep = None;
-            if matches!(self.mode, Mode::Once) {
-                self.swept_all = true;
-            } else if std::mem::take(&mut self.again) {
-                self.start_sweep(self.cutoff_now());
-            }
-        } else {
-            self.sweep = Some(sweep);
-        }
-        Ok(consumed > 0 || at_end)
+        Ok(plan.consumed > 0)
     }
 
-    /// A worker's report: free its slot, count it, note its retry time.
-    fn on_done(&mut self, done: Done) {
+    /// The sweep reached the end of what was due by `cutoff`.
+    fn end_sweep(&mut self, lock: &mut LeaderLock, cutoff: DateTime<Utc>) -> Result<(), String> {
+        self.sweep = None;
+        match self.mode {
+            Mode::Once => self.swept_all = true,
+            Mode::Continuous(_) => {
+                // What falls due next (a retry, an event enqueued with a
+                // next_attempt_delay, a row written behind our back).
+                self.arm_retry_timer(lock, cutoff)?;
+                if std::mem::take(&mut self.again) {
+                    self.start_sweep(self.cutoff_now());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A worker's report: free its slot, count it, note its retry time. A
+    /// delivery whose reconcile failed (database error, panic) stays out of
+    /// the sweeps until the next tick, so that a poisoned one is not retried
+    /// on every wake-up; one changed concurrently (an operator's resend while
+    /// it was in flight) is swept again at once.
+    fn finished(&mut self, done: Done) {
         if self.in_flight.remove(&done.status_id) {
             self.hooks.in_flight(self.in_flight.len());
         }
-        self.finished(done);
-    }
-
-    /// Counts a report (also after the hand-out ended).
-    fn finished(&mut self, done: Done) {
-        self.in_flight.remove(&done.status_id);
         self.tally.count(&done);
         self.window.count(&done);
-        if let Finished::Reconciled(r) = &done.finished {
-            if let Some(t) = r.next_attempt_at {
-                self.next_retry = Some(self.next_retry.map_or(t, |n| n.min(t)));
+        match &done.finished {
+            Finished::Reconciled(r) => {
+                self.note_retry(r.next_attempt_at);
+                if r.outcome == StatusOutcome::ChangedConcurrently
+                    && matches!(self.mode, Mode::Continuous(_))
+                {
+                    self.wake(WakeCause::Changed);
+                }
             }
+            Finished::Error | Finished::Panicked => {
+                if matches!(self.mode, Mode::Continuous(_)) {
+                    self.in_flight.park(done.status_id);
+                }
+            }
+            Finished::Dropped => {}
         }
         self.hooks.finished(&done, &self.tally);
     }

@@ -1,5 +1,5 @@
 //! The leader's proof that it still holds the lock, and what workers check
-//! before each attempt.
+//! right before each attempt.
 //!
 //! The lock is a session lock on the main thread's dedicated connection.
 //! When that connection dies, the server releases the lock at once and
@@ -8,20 +8,31 @@
 //!
 //! - the main thread checks the connection ([`LockWatch`]) at least every
 //!   [`LOCK_CHECK_EVERY`] while anything is in flight, and right before it
-//!   hands anything out; each good check renews the [`Lease`];
-//! - a worker starts an attempt only while the lease is fresh (renewed
-//!   within [`LEASE`]); otherwise it waits for a renewal or the halt;
-//! - an instance that takes over from a leader that did not release
-//!   cleanly waits [`TAKEOVER_GRACE`] (longer than [`LEASE`]) before it
-//!   hands anything out.
+//!   hands anything out; each good check renews the [`Lease`], stamped with
+//!   the moment the check was *sent* (the reply proves the lock was held
+//!   then, not later);
+//! - a worker sends an attempt only while the lease is fresh (stamped within
+//!   [`LEASE`]), checked right before the request goes out; otherwise it
+//!   waits for a renewal, or drops the delivery at a halt;
+//! - an instance that takes over from a leader that did not stop cleanly
+//!   waits [`TAKEOVER_GRACE`] (twice [`LEASE`]) before it hands anything out.
 //!
-//! Together: after a lock loss the old leader starts no attempt once the new
-//! one hands out, so the deliveries made twice are at most those the old
-//! leader had in flight (at most its `workers`).
+//! If the lock connection dies at T, every good check was sent before T, so
+//! the old leader's workers pass the lease check only before T + LEASE; the
+//! new leader hands out at T + TAKEOVER_GRACE at the earliest. A worker
+//! descheduled for longer than the difference between its check and its
+//! send can still send later: what the old leader sends twice is at most
+//! what it had in flight, one per worker.
+//!
+//! Each check also reads the database's clock, so that a sweep's cut-off is
+//! on the same clock as the `next_attempt_at` values it is compared with.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
+
+use crate::db::DbError;
 use crate::lock::LeaderLock;
 
 /// How often the lock connection is checked while deliveries are in flight.
@@ -30,15 +41,16 @@ pub const LOCK_CHECK_EVERY: Duration = Duration::from_millis(50);
 /// How often it is checked while nothing is in flight.
 pub const IDLE_CHECK_EVERY: Duration = Duration::from_secs(1);
 
-/// How long one check may take before the connection counts as lost.
-pub const LOCK_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// A worker starts an attempt only if the lock was seen alive this recently.
 pub const LEASE: Duration = Duration::from_millis(150);
 
 /// How long a new leader waits before handing out when the previous one did
 /// not release the lock cleanly (it may still be running, unaware).
 pub const TAKEOVER_GRACE: Duration = Duration::from_millis(300);
+
+/// A lease renewed when the check was sent at `T` must have run out before
+/// a successor that took the lock at `T` or later hands out, with margin.
+const _: () = assert!(TAKEOVER_GRACE.as_millis() >= 2 * LEASE.as_millis());
 
 /// When the lock was last seen alive, shared with the workers.
 #[derive(Debug)]
@@ -63,10 +75,15 @@ impl Lease {
         }
     }
 
+    /// The lock was seen alive by a check sent at `sent`.
+    pub fn renew_at(&self, sent: Instant) {
+        let ms = sent.saturating_duration_since(self.epoch).as_millis() as u64 + 1;
+        self.verified.fetch_max(ms, Ordering::AcqRel);
+    }
+
     /// The lock was just seen alive.
     pub fn renew(&self) {
-        let ms = self.epoch.elapsed().as_millis() as u64 + 1;
-        self.verified.store(ms, Ordering::Release);
+        self.renew_at(Instant::now());
     }
 
     /// Whether the lock was seen alive within [`LEASE`].
@@ -95,10 +112,13 @@ impl Lease {
     }
 }
 
-/// Checks the lock connection when a check is due, renewing the lease.
+/// Checks the lock connection when a check is due, renewing the lease and
+/// reading the database's clock.
 #[derive(Debug, Default)]
 pub struct LockWatch {
     last: Option<Instant>,
+    /// The database's clock at the last good check, and when it was read.
+    db_clock: Option<(DateTime<Utc>, Instant)>,
 }
 
 impl LockWatch {
@@ -107,26 +127,43 @@ impl LockWatch {
         LockWatch::default()
     }
 
-    /// Checks the connection if the last check is older than `every`;
-    /// false when it is gone.
-    pub fn check_if_due(&mut self, lock: &mut LeaderLock, lease: &Lease, every: Duration) -> bool {
+    /// Checks the connection if the last check is older than `every`.
+    pub fn check_if_due(
+        &mut self,
+        lock: &mut LeaderLock,
+        lease: &Lease,
+        every: Duration,
+    ) -> Result<(), DbError> {
         if self.last.is_some_and(|t| t.elapsed() < every) {
-            return true;
+            return Ok(());
         }
         self.check(lock, lease)
     }
 
-    /// Checks the connection now; false when it is gone.
-    pub fn check(&mut self, lock: &mut LeaderLock, lease: &Lease) -> bool {
-        self.last = Some(Instant::now());
-        let alive = lock
-            .client_mut()
-            .map(|c| c.is_valid(LOCK_CHECK_TIMEOUT).is_ok())
-            .unwrap_or(false);
-        if alive {
-            lease.renew();
+    /// Checks the connection now (one round trip that reads the database's
+    /// clock); an error means it is gone or unusable.
+    pub fn check(&mut self, lock: &mut LeaderLock, lease: &Lease) -> Result<(), DbError> {
+        let sent = Instant::now();
+        self.last = Some(sent);
+        let now: DateTime<Utc> = lock
+            .client_mut()?
+            .query_one("SELECT clock_timestamp()", &[])
+            .map_err(DbError::query("checking the lock connection"))?
+            .get(0);
+        lease.renew_at(sent);
+        self.db_clock = Some((now, Instant::now()));
+        Ok(())
+    }
+
+    /// The database's clock now, estimated from the last good check (the
+    /// local clock before the first).
+    pub fn db_now(&self) -> DateTime<Utc> {
+        match self.db_clock {
+            Some((at, read)) => {
+                at + chrono::Duration::from_std(read.elapsed()).unwrap_or(chrono::Duration::zero())
+            }
+            None => Utc::now(),
         }
-        alive
     }
 
     /// When the next check is due, for a check interval of `every`.
@@ -164,7 +201,18 @@ mod tests {
     }
 
     #[test]
-    fn the_grace_outlasts_the_lease() {
-        assert!(TAKEOVER_GRACE > LEASE + LOCK_CHECK_EVERY);
+    fn a_lease_is_stamped_when_its_check_was_sent_and_never_goes_back() {
+        let lease = Lease::new();
+        let sent = Instant::now();
+        std::thread::sleep(LEASE + Duration::from_millis(5));
+        // A reply arriving now to a check sent more than LEASE ago proves
+        // nothing about the last LEASE.
+        lease.renew_at(sent);
+        assert!(!lease.is_fresh());
+        lease.renew();
+        assert!(lease.is_fresh());
+        // An older stamp arriving late does not shorten a newer one.
+        lease.renew_at(sent);
+        assert!(lease.is_fresh());
     }
 }

@@ -40,6 +40,7 @@ impl Tally {
                 StatusOutcome::Failed => &mut self.failed,
                 StatusOutcome::ChangedConcurrently => &mut self.changed_concurrently,
                 StatusOutcome::NotDue => &mut self.not_due,
+                StatusOutcome::Withheld => return,
             },
             Finished::Error => &mut self.errors,
             Finished::Panicked => &mut self.panics,

@@ -4,11 +4,11 @@
 //!
 //! Today's rule: keyset order (oldest first), never a delivery that is
 //! already in flight (it was handed out and its outcome is not recorded
-//! yet), and no more than the free slots. Where the page cannot be taken in
+//! yet) or parked, and no more than the free slots. Where the page cannot be taken in
 //! full, the sweep resumes after the last delivery looked at, so nothing is
 //! skipped and nothing is handed out twice.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 
 use uuid::Uuid;
 
@@ -22,37 +22,50 @@ pub struct Candidate {
 }
 
 /// The registry of deliveries handed out whose outcome the leader has not
-/// heard yet (queued or being attempted). Kept by the main thread only.
+/// heard yet (queued or being attempted), and of those parked after a
+/// failed reconcile until the next tick. Kept by the main thread only.
 #[derive(Debug, Default)]
 pub struct InFlight {
-    by_status: HashMap<Uuid, Uuid>,
+    handed_out: HashSet<Uuid>,
+    parked: HashSet<Uuid>,
 }
 
 impl InFlight {
     /// Records a delivery as handed out.
-    pub fn insert(&mut self, c: Candidate) {
-        self.by_status.insert(c.status_id, c.channel_id);
+    pub fn insert(&mut self, status_id: Uuid) {
+        self.handed_out.insert(status_id);
     }
 
     /// Forgets a delivery whose outcome arrived; false if it was not in
     /// flight.
     pub fn remove(&mut self, status_id: &Uuid) -> bool {
-        self.by_status.remove(status_id).is_some()
+        self.handed_out.remove(status_id)
     }
 
-    /// Whether the delivery is in flight.
-    pub fn contains(&self, status_id: &Uuid) -> bool {
-        self.by_status.contains_key(status_id)
+    /// Keeps a delivery out of the sweeps until [`InFlight::unpark_all`].
+    pub fn park(&mut self, status_id: Uuid) {
+        self.parked.insert(status_id);
     }
 
-    /// How many deliveries are in flight.
+    /// Lets every parked delivery be handed out again.
+    pub fn unpark_all(&mut self) {
+        self.parked.clear();
+    }
+
+    /// Whether the delivery must not be handed out now: in flight, or
+    /// parked.
+    pub fn holds(&self, status_id: &Uuid) -> bool {
+        self.handed_out.contains(status_id) || self.parked.contains(status_id)
+    }
+
+    /// How many deliveries are in flight (parked ones are not).
     pub fn len(&self) -> usize {
-        self.by_status.len()
+        self.handed_out.len()
     }
 
     /// Whether nothing is in flight.
     pub fn is_empty(&self) -> bool {
-        self.by_status.is_empty()
+        self.handed_out.is_empty()
     }
 }
 
@@ -71,7 +84,7 @@ pub struct Plan {
 pub fn plan(page: &[Candidate], in_flight: &InFlight, free: usize) -> Plan {
     let mut plan = Plan::default();
     for (i, c) in page.iter().enumerate() {
-        if in_flight.contains(&c.status_id) {
+        if in_flight.holds(&c.status_id) {
             plan.consumed = i + 1;
             continue;
         }
@@ -115,8 +128,8 @@ mod tests {
     #[test]
     fn in_flight_deliveries_are_skipped_but_consumed() {
         let mut f = InFlight::default();
-        f.insert(cand(1));
-        f.insert(cand(3));
+        f.insert(cand(1).status_id);
+        f.park(cand(3).status_id);
         let p = plan(&page(4), &f, 10);
         assert_eq!(p.hand_out, vec![1, 3]);
         assert_eq!(p.consumed, 4);
@@ -134,7 +147,7 @@ mod tests {
         // Slots run out at index 1; index 2 is in flight, so the sweep may
         // resume after it; index 3 is the first that did not fit.
         let mut f = InFlight::default();
-        f.insert(cand(3));
+        f.insert(cand(3).status_id);
         let p = plan(&page(4), &f, 2);
         assert_eq!(p.hand_out, vec![0, 1]);
         assert_eq!(p.consumed, 3);
@@ -149,9 +162,15 @@ mod tests {
         let pg = page(5);
         for mask in 0u32..32 {
             let mut f = InFlight::default();
+            // Bit i: candidate i is held (in flight for even i, parked for
+            // odd i; the plan must treat both alike).
             for (i, c) in pg.iter().enumerate() {
                 if mask & (1 << i) != 0 {
-                    f.insert(*c);
+                    if i % 2 == 0 {
+                        f.insert(c.status_id);
+                    } else {
+                        f.park(c.status_id);
+                    }
                 }
             }
             for free in 0..=6 {
@@ -161,11 +180,11 @@ mod tests {
                 assert!(p.consumed <= pg.len());
                 for (i, c) in pg.iter().enumerate().take(p.consumed) {
                     assert!(
-                        p.hand_out.contains(&i) != f.contains(&c.status_id),
+                        p.hand_out.contains(&i) != f.holds(&c.status_id),
                         "mask {mask:05b} free {free}: candidate {i}"
                     );
                 }
-                let not_in_flight = pg.len() - f.len();
+                let not_in_flight = pg.iter().filter(|c| !f.holds(&c.status_id)).count();
                 assert_eq!(p.hand_out.len(), free.min(not_in_flight));
                 if p.hand_out.len() < free {
                     assert_eq!(p.consumed, pg.len(), "room left: the page is consumed");
@@ -177,12 +196,26 @@ mod tests {
     #[test]
     fn the_registry_counts_and_forgets() {
         let mut f = InFlight::default();
+        let id = cand(1).status_id;
         assert!(f.is_empty());
-        f.insert(cand(1));
-        f.insert(cand(1));
+        f.insert(id);
+        f.insert(id);
         assert_eq!(f.len(), 1);
-        assert!(f.remove(&cand(1).status_id));
-        assert!(!f.remove(&cand(1).status_id));
+        assert!(f.remove(&id));
+        assert!(!f.remove(&id));
         assert!(f.is_empty());
+    }
+
+    #[test]
+    fn parked_deliveries_are_held_but_not_in_flight_until_unparked() {
+        let mut f = InFlight::default();
+        let id = cand(2).status_id;
+        f.park(id);
+        assert!(f.holds(&id));
+        assert_eq!(f.len(), 0, "a parked delivery takes no slot");
+        assert_eq!(plan(&page(3), &f, 3).hand_out, vec![0, 2]);
+        f.unpark_all();
+        assert!(!f.holds(&id));
+        assert_eq!(plan(&page(3), &f, 3).hand_out, vec![0, 1, 2]);
     }
 }

@@ -3,9 +3,9 @@
 //! connection, and report each outcome back to the main thread (which frees
 //! its slot in the in-flight registry and counts it).
 //!
-//! An attempt starts only while the leader's lease is fresh (see `lease`);
-//! after a stop or a halt, deliveries still queued are dropped unattempted
-//! (they stay due). A panic while reconciling one delivery is caught,
+//! A request goes out only while the leader's lease is fresh (the context's
+//! `may_send`, see `lease`); after a stop or a halt, deliveries still queued
+//! are dropped unattempted (they stay due). A panic while reconciling one delivery is caught,
 //! logged with the event id, reported, and the connection is discarded; the
 //! worker goes on and the delivery stays due.
 
@@ -18,9 +18,8 @@ use uuid::Uuid;
 use crate::db::due::Delivery;
 use crate::db::statuses::StatusWriter;
 use crate::db::{DbError, Pool, PooledClient};
-use crate::delivery::worker::{reconcile_delivery, Context, Reconciled};
+use crate::delivery::worker::{reconcile_delivery, Context, Reconciled, StatusOutcome};
 use crate::reconcile::leader::Hooks;
-use crate::reconcile::lease::Lease;
 use crate::state::RandomJitter;
 
 /// One delivery handed to a worker, with the cut-off of the sweep that
@@ -38,8 +37,6 @@ pub struct Job {
 pub struct Done {
     /// The delivery status.
     pub status_id: Uuid,
-    /// Its channel.
-    pub channel_id: Uuid,
     /// What came of it.
     pub finished: Finished,
 }
@@ -53,7 +50,7 @@ pub enum Finished {
     Error,
     /// The reconcile panicked: nothing recorded, it stays due.
     Panicked,
-    /// Not attempted (stop or halt): it stays due.
+    /// Not attempted (stop, halt, or the lease ran out): it stays due.
     Dropped,
 }
 
@@ -61,10 +58,8 @@ pub enum Finished {
 pub struct Shared<'a> {
     /// The workers' pool.
     pub pool: &'a Pool,
-    /// Sender and policy.
+    /// Sender, policy and the lease check.
     pub ctx: &'a Context<'a>,
-    /// The leader's lease.
-    pub lease: &'a Lease,
     /// Observers.
     pub hooks: &'a dyn Hooks,
 }
@@ -80,14 +75,13 @@ pub fn work(
     let mut conn: Option<PooledClient> = None;
     let mut jitter = RandomJitter;
     for job in jobs.iter() {
-        let finished = if shared.lease.wait_fresh(stopped) {
-            reconcile_one(&job, &mut conn, shared, &mut jitter)
-        } else {
+        let finished = if stopped() {
             Finished::Dropped
+        } else {
+            reconcile_one(&job, &mut conn, shared, &mut jitter)
         };
         let report = Done {
             status_id: job.delivery.status.id,
-            channel_id: job.delivery.status.target.id,
             finished,
         };
         if done.send(report).is_err() {
@@ -138,6 +132,7 @@ fn reconcile_one(
         result
     }));
     match result {
+        Ok(Ok(r)) if r.outcome == StatusOutcome::Withheld => Finished::Dropped,
         Ok(Ok(reconciled)) => Finished::Reconciled(reconciled),
         Ok(Err(e)) => {
             log::error!(

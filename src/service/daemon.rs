@@ -33,6 +33,10 @@ use crate::service::signals::Shutdown;
 /// How often a standby tries to take the lock.
 pub const STANDBY_RETRY: Duration = Duration::from_millis(250);
 
+/// How often the daemon tries to lead while the database is unreachable
+/// (at most `reconciler.interval`); it logs that once per interval.
+pub const DB_RETRY: Duration = Duration::from_secs(1);
+
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -122,17 +126,27 @@ pub fn run_until(config: &Config, shutdown: &Shutdown) -> Result<(), DaemonError
                 "cannot start the wake-up listener (deliveries wait for reconciler.interval): {e}"
             );
         }
+        let mut last_status = String::new();
+        let mut status = |text: String| {
+            if text != last_status {
+                notifier.status(&text);
+                last_status = text;
+            }
+        };
+        let mut db_error_logged: Option<Instant> = None;
         while !shutdown.requested() {
             telemetry.health.beat();
             notifier.watchdog();
             let retry_at = match reconciler.lead(shutdown.flag(), &hooks, &wake_rx) {
                 Ok(PassOutcome::LockHeld) => {
+                    db_error_logged = None;
                     telemetry.metrics.lead_ended(LeadResult::LockHeld);
                     telemetry.health.db_ok();
-                    notifier.status("standby: another instance holds the lock");
+                    status("standby: another instance holds the lock".into());
                     Instant::now() + STANDBY_RETRY
                 }
                 Ok(PassOutcome::Ran(report)) => {
+                    db_error_logged = None;
                     let summary = report.summary("stopped leading");
                     match &report.failure {
                         None => {
@@ -146,20 +160,25 @@ pub fn run_until(config: &Config, shutdown: &Shutdown) -> Result<(), DaemonError
                             telemetry.health.db_problem(format!("leading ended: {f}"));
                         }
                     }
-                    notifier.status(&summary);
+                    status(summary);
                     Instant::now() + STANDBY_RETRY
                 }
                 Err(e) => {
-                    log::error!(
-                        "database unavailable, trying to lead again in {}: {e}",
-                        humantime::format_duration(interval)
-                    );
+                    // Retried every second, so that leading resumes soon
+                    // after the database does; logged once per interval.
+                    if db_error_logged.is_none_or(|t| t.elapsed() >= interval) {
+                        log::error!(
+                            "database unavailable, trying to lead again every {}: {e}",
+                            humantime::format_duration(DB_RETRY.min(interval))
+                        );
+                        db_error_logged = Some(Instant::now());
+                    }
                     telemetry.metrics.lead_ended(LeadResult::Error);
                     telemetry
                         .health
                         .db_problem(format!("database unavailable: {e}"));
-                    notifier.status(&format!("database unavailable: {e}"));
-                    Instant::now() + interval
+                    status(format!("database unavailable: {e}"));
+                    Instant::now() + DB_RETRY.min(interval)
                 }
             };
             if wait(shutdown, retry_at, &notifier, &telemetry) {
@@ -218,7 +237,7 @@ impl DaemonHooks<'_> {
 }
 
 impl Hooks for DaemonHooks<'_> {
-    fn started(&self, due: u64) {
+    fn started(&self, due: Option<u64>) {
         self.telemetry.metrics.leading(due);
         self.telemetry.health.db_ok();
         self.notifier.status("leading");

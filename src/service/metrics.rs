@@ -128,7 +128,7 @@ impl Metrics {
         }
         registry.register(
             "wakeups",
-            "Times the leader woke up to sweep, by cause (start, notification, listening, worker_done, retry_due, interval)",
+            "Times the leader woke up to sweep, by cause (start, notification, listening, worker_done, changed_concurrently, retry_due, interval)",
             wakeups.clone(),
         );
         let in_flight = Gauge::default();
@@ -180,10 +180,12 @@ impl Metrics {
         }
     }
 
-    /// Leading started with `due` deliveries due.
-    pub fn leading(&self, due: u64) {
+    /// Leading started (with `due` deliveries due, when counted).
+    pub fn leading(&self, due: Option<u64>) {
         self.lock_held.set(1);
-        self.due(due);
+        if let Some(due) = due {
+            self.due(due);
+        }
     }
 
     /// `due` deliveries are due now.
@@ -201,7 +203,7 @@ impl Metrics {
                     StatusOutcome::RetryScheduled => "retry_scheduled",
                     StatusOutcome::Failed => "failed",
                     StatusOutcome::ChangedConcurrently => "changed_concurrently",
-                    StatusOutcome::NotDue => return,
+                    StatusOutcome::NotDue | StatusOutcome::Withheld => return,
                 };
                 self.deliveries.get_or_create(&[("outcome", outcome)]).inc();
                 if let Some(latency) = r.first_attempt_latency {
@@ -376,7 +378,6 @@ mod tests {
     fn reconciled(outcome: StatusOutcome, latency_ms: Option<u64>) -> Done {
         Done {
             status_id: uuid::Uuid::nil(),
-            channel_id: uuid::Uuid::nil(),
             finished: Finished::Reconciled(crate::delivery::worker::Reconciled {
                 outcome,
                 next_attempt_at: None,
@@ -388,7 +389,7 @@ mod tests {
     #[test]
     fn totals_add_up_over_outcomes_and_wakeups() {
         let m = Metrics::new();
-        m.leading(6);
+        m.leading(Some(6));
         for _ in 0..3 {
             m.finished(&reconciled(StatusOutcome::Delivered, Some(3)));
         }
@@ -396,7 +397,6 @@ mod tests {
         m.finished(&reconciled(StatusOutcome::NotDue, None));
         m.finished(&Done {
             status_id: uuid::Uuid::nil(),
-            channel_id: uuid::Uuid::nil(),
             finished: Finished::Panicked,
         });
         m.woke(WakeCause::Notified);

@@ -37,8 +37,8 @@ impl Progress {
 }
 
 impl Hooks for Progress {
-    fn started(&self, due: u64) {
-        self.bar.set_length(due);
+    fn started(&self, due: Option<u64>) {
+        self.bar.set_length(due.unwrap_or(0));
     }
 
     fn finished(&self, _done: &Done, tally: &Tally) {

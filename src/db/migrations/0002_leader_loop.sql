@@ -88,3 +88,9 @@ CREATE TABLE leader (
     in_flight   integer NOT NULL CHECK (in_flight >= 0),
     updated_at  timestamptz NOT NULL
 );
+
+-- When the next unfinished delivery falls due: the leader's retry timer reads
+-- it after every sweep, so it must be an index lookup, not a scan of every
+-- unfinished row.
+CREATE INDEX delivery_status_next ON delivery_status (next_attempt_at)
+    WHERE state IN ('PENDING', 'SENDING', 'RESENDING');
