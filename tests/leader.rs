@@ -514,6 +514,12 @@ fn status_shows_the_active_leader_and_its_deliveries_in_flight() {
     );
     let status = status_json();
     assert_eq!(status["leader"]["active"], true, "{status}");
+    // While `run` leads it holds the lock all the time, not only in passes.
+    assert!(status["lock_holder"]["pid"].is_i64(), "{status}");
+    assert_eq!(
+        status["lock_holder"]["pid"], status["leader"]["record"]["backend_pid"],
+        "{status}"
+    );
     let text = bin.ok(&["status"]);
     assert!(text.contains("3 deliveries in flight"), "{text}");
     drop(slow); // answers the hanging requests
