@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use support::bin::Bin;
 use support::daemon::{config_toml, tail, wait_until, Daemon};
 use support::fixtures::{
-    add_channel, channel_for, emit, insert_event_directly, unfinished, NAMESPACE,
+    add_channel, channel_for, emit, insert_event_directly, unfinished, NAMESPACE, SECRET,
 };
 use support::net::{free_addr, http_get};
 use support::{migrated_db, Receiver, Script, TestDb};
@@ -43,6 +43,11 @@ fn daemon(db: &TestDb, workers: usize, interval: &str, retry: &str, metrics: Soc
         || d.stderr(),
     );
     d
+}
+
+/// A channel to `url` and a rule for `event_type` sending to it.
+fn hook(client: &mut postgres::Client, event_type: &str, url: &str) -> uuid::Uuid {
+    channel_for(client, event_type, url, SECRET, "{}")
 }
 
 /// The value of one metrics series (0 when absent or unreachable).
@@ -74,13 +79,7 @@ fn an_event_enqueued_while_the_leader_is_idle_is_delivered_at_once() {
     let db = migrated_db();
     let mut client = db.client();
     let receiver = Receiver::start(Script::status(200));
-    channel_for(
-        &mut client,
-        "fast",
-        &receiver.url(),
-        support::fixtures::SECRET,
-        "{}",
-    );
+    hook(&mut client, "fast", &receiver.url());
     let metrics = free_addr();
     let mut d = daemon(&db, 4, "1h", "\"1h\"", metrics);
     wait_until(
@@ -124,20 +123,8 @@ fn an_event_enqueued_while_a_slow_delivery_is_in_flight_is_delivered_meanwhile()
     let mut client = db.client();
     let slow = Receiver::start(Script::hang());
     let fast = Receiver::start(Script::status(200));
-    channel_for(
-        &mut client,
-        "slow",
-        &slow.url(),
-        support::fixtures::SECRET,
-        "{}",
-    );
-    channel_for(
-        &mut client,
-        "fast",
-        &fast.url(),
-        support::fixtures::SECRET,
-        "{}",
-    );
+    hook(&mut client, "slow", &slow.url());
+    hook(&mut client, "fast", &fast.url());
     let mut d = daemon(&db, 4, "1h", "\"1h\"", free_addr());
     emit(&mut client, "slow", "'{}'::jsonb", 1);
     wait_until(
@@ -164,13 +151,7 @@ fn a_hanging_channel_never_delays_its_sibling_channel_of_the_same_event() {
     let mut client = db.client();
     let slow = Receiver::start(Script::hang());
     let fast = Receiver::start(Script::status(200));
-    channel_for(
-        &mut client,
-        "both",
-        &slow.url(),
-        support::fixtures::SECRET,
-        "{}",
-    );
+    hook(&mut client, "both", &slow.url());
     add_channel(&mut client, "both", &fast.url());
     let mut d = daemon(&db, 4, "1h", "\"1h\"", free_addr());
     let event = emit(&mut client, "both", "'{}'::jsonb", 1)[0];
@@ -214,13 +195,7 @@ fn a_retry_due_in_two_seconds_is_attempted_then_without_the_interval() {
     let db = migrated_db();
     let mut client = db.client();
     let receiver = Receiver::start(Script::sequence_per_id(vec![500, 200]));
-    channel_for(
-        &mut client,
-        "retry",
-        &receiver.url(),
-        support::fixtures::SECRET,
-        "{}",
-    );
+    hook(&mut client, "retry", &receiver.url());
     let metrics = free_addr();
     let mut d = daemon(&db, 2, "1h", "\"2s\", \"1h\"", metrics);
     emit(&mut client, "retry", "'{}'::jsonb", 1);
@@ -258,13 +233,7 @@ fn nothing_is_delivered_twice_under_four_concurrent_producers() {
     let db = migrated_db();
     let mut client = db.client();
     let receiver = Receiver::start(Script::status(200));
-    channel_for(
-        &mut client,
-        "load",
-        &receiver.url(),
-        support::fixtures::SECRET,
-        "{}",
-    );
+    hook(&mut client, "load", &receiver.url());
     let mut d = daemon(&db, 8, "1h", "\"10ms\", \"10ms\"", free_addr());
     let url = db.url.clone();
     let producers: Vec<_> = (0..4)
@@ -326,13 +295,7 @@ fn lost_notifications_are_made_up_for_and_listening_resumes() {
     let db = migrated_db();
     let mut client = db.client();
     let receiver = Receiver::start(Script::status(200));
-    channel_for(
-        &mut client,
-        "fast",
-        &receiver.url(),
-        support::fixtures::SECRET,
-        "{}",
-    );
+    hook(&mut client, "fast", &receiver.url());
     let metrics = free_addr();
     let mut d = daemon(&db, 2, "1h", "\"1h\"", metrics);
     let mut first = None;
@@ -401,13 +364,7 @@ fn a_delivery_nobody_notified_is_found_by_the_interval_tick() {
     let db = migrated_db();
     let mut client = db.client();
     let receiver = Receiver::start(Script::status(200));
-    channel_for(
-        &mut client,
-        "quiet",
-        &receiver.url(),
-        support::fixtures::SECRET,
-        "{}",
-    );
+    hook(&mut client, "quiet", &receiver.url());
     let metrics = free_addr();
     let mut d = daemon(&db, 2, "1s", "\"1h\"", metrics);
     // Written behind enqueue_event's back, so no notification at all, and
@@ -431,13 +388,7 @@ fn after_kill_9_of_the_leader_a_standby_delivers_within_a_few_seconds() {
     let db = migrated_db();
     let mut client = db.client();
     let receiver = Receiver::start(Script::status(200).with_latency(Duration::from_millis(20)));
-    channel_for(
-        &mut client,
-        "flow",
-        &receiver.url(),
-        support::fixtures::SECRET,
-        "{}",
-    );
+    hook(&mut client, "flow", &receiver.url());
     emit(&mut client, "flow", "'{}'::jsonb", 2000);
     let mut a = daemon(&db, 2, "1h", "\"10ms\"", free_addr());
     assert!(receiver.wait_for(20, LONG), "{}", tail(&a.stderr(), 20));
@@ -484,13 +435,7 @@ fn status_shows_the_active_leader_and_its_deliveries_in_flight() {
     let db = migrated_db();
     let mut client = db.client();
     let slow = Receiver::start(Script::hang());
-    channel_for(
-        &mut client,
-        "slow",
-        &slow.url(),
-        support::fixtures::SECRET,
-        "{}",
-    );
+    hook(&mut client, "slow", &slow.url());
     let bin = Bin::for_database(&db.url);
     let before: serde_json::Value =
         serde_json::from_str(&bin.ok(&["status", "--json"])).expect("json");
