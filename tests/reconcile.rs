@@ -364,6 +364,16 @@ fn once_exit_codes_are_0_75_and_1() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("another instance holds the lock"));
+    // With --json, 75 still prints one JSON document saying so.
+    let out = once(&db.url, true);
+    assert_eq!(out.status.code(), Some(75));
+    let held: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("--json output parses when the lock is held");
+    assert_eq!(held["lock_held"], true, "{held}");
+    assert_eq!(
+        held["lock_key"], "notification.event_handler.reconcile_lock",
+        "{held}"
+    );
     assert_eq!(receiver.count(), 0);
     holder
         .execute("SELECT pg_advisory_unlock($1)", &[&key])
@@ -381,6 +391,20 @@ fn once_exit_codes_are_0_75_and_1() {
         serde_json::from_slice(&out.stdout).expect("--json output parses");
     assert_eq!(report["delivered"], 5);
     assert_each_once(&receiver, &events);
+
+    // The report is printed once: on stdout, not repeated on stderr.
+    enqueue(&mut client, 2);
+    let out = once(&db.url, false);
+    assert_eq!(out.status.code(), Some(0));
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(stdout.contains("pass ok: 2 deliveries"), "{stdout}");
+    assert!(
+        !stderr.contains("deliveries in") && !stderr.contains("delivered,"),
+        "the report is repeated on stderr: {stderr}"
+    );
 
     // 1 when the database is unreachable.
     let out = once(
