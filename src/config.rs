@@ -334,10 +334,13 @@ impl Config {
         database_url: Option<String>,
     ) -> Result<Config, ConfigError> {
         let candidates: Vec<&Path> = SEARCH_PATH.iter().map(Path::new).collect();
-        match explicit
-            .map(Path::to_path_buf)
-            .or(find_config(&candidates)?)
-        {
+        // An explicit path is used as given: the search path is not even
+        // looked at (an unreadable ./config.toml must not matter then).
+        let found = match explicit {
+            Some(path) => Some(path.to_path_buf()),
+            None => find_config(&candidates)?,
+        };
+        match found {
             Some(path) => Config::load(&path, database_url),
             None => {
                 let mut raw = RawConfig::default();

@@ -57,8 +57,11 @@ pub fn refuse_impossible(config: &Config) -> Result<(), ConfigError> {
             ),
         ));
     }
+    // The sending timeout counts from the delivery's creation. Its first
+    // attempt is due `next_attempt_delay` after that, and the retry the
+    // first step plus the delay again after the attempt.
     let first = d.retry_schedule.first().copied().unwrap_or_default();
-    if r.sending_timeout <= first + r.next_attempt_delay {
+    if r.sending_timeout <= first + r.next_attempt_delay * 2 {
         return Err(invalid(
             "reconciler.sending_timeout",
             r.sending_timeout,
@@ -68,7 +71,10 @@ pub fn refuse_impossible(config: &Config) -> Result<(), ConfigError> {
                 if r.next_attempt_delay.is_zero() {
                     String::new()
                 } else {
-                    format!(" plus reconciler.next_attempt_delay = {}", quoted(r.next_attempt_delay))
+                    format!(
+                        " plus twice reconciler.next_attempt_delay = {}: once before the first attempt, once before the retry",
+                        quoted(r.next_attempt_delay)
+                    )
                 }
             ),
         ));
@@ -94,9 +100,9 @@ pub fn warnings(config: &Config) -> Vec<String> {
             quoted(d.timeout)
         ));
     }
-    // The n-th retry is due at the earliest after the first n steps (each
-    // step also waits for the due cut-off).
-    let mut elapsed = Duration::ZERO;
+    // The n-th retry is due at the earliest after the first attempt's wait
+    // for the due cut-off and the first n steps (each also waiting for it).
+    let mut elapsed = r.next_attempt_delay;
     let fitting = d
         .retry_schedule
         .iter()
@@ -115,6 +121,14 @@ pub fn warnings(config: &Config) -> Vec<String> {
             fitting,
             d.retry_schedule.len()
         ));
+    }
+    if let Some(other) = r.lock_key.strip_suffix(".event_handler.reconcile_lock") {
+        if other != config.database.schema {
+            out.push(format!(
+                "reconciler.lock_key = {:?} is the default lock key of schema {other:?}, not of database.schema = {:?}: a deployment on schema {other:?} in the same database would share this lock (leave lock_key out to use this schema's own)",
+                r.lock_key, config.database.schema
+            ));
+        }
     }
     if r.pending_timeout < r.interval {
         out.push(format!(
@@ -174,6 +188,18 @@ mod tests {
         let e = load("[reconciler]\nsending_timeout = \"1m\"\nnext_attempt_delay = \"1m\"\n")
             .unwrap_err();
         assert!(e.contains("reconciler.next_attempt_delay = \"1m\""), "{e}");
+        // Twice: the first attempt waits for it too (creation + 1m), so the
+        // retry is due at creation + 1m + 5s + 1m at the earliest.
+        let e = load(
+            "[reconciler]\nsending_timeout = \"70s\"\nnext_attempt_delay = \"1m\"\n[delivery]\nretry_schedule = [\"5s\"]\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("reconciler.sending_timeout = \"70s\""), "{e}");
+        assert!(e.contains("twice reconciler.next_attempt_delay"), "{e}");
+        assert!(load(
+            "[reconciler]\nsending_timeout = \"126s\"\nnext_attempt_delay = \"1m\"\n[delivery]\nretry_schedule = [\"5s\"]\n",
+        )
+        .is_ok());
         assert!(load("[reconciler]\nsending_timeout = \"6s\"\n").is_ok());
     }
 
@@ -183,6 +209,24 @@ mod tests {
             .unwrap_err();
         assert!(e.contains("reconciler.pending_timeout = \"5m\""), "{e}");
         assert!(e.contains("reconciler.next_attempt_delay = \"5m\""), "{e}");
+    }
+
+    #[test]
+    fn another_schemas_default_lock_key_is_warned_about() {
+        let w = warned(
+            "[database]\nschema = \"billing\"\n[reconciler]\nlock_key = \"notification.event_handler.reconcile_lock\"\n",
+        );
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("default lock key of schema \"notification\""),
+            "{w:?}"
+        );
+        assert!(w[0].contains("database.schema = \"billing\""), "{w:?}");
+        assert!(warned("[database]\nschema = \"billing\"\n").is_empty());
+        assert!(
+            warned("[reconciler]\nlock_key = \"notification.event_handler.reconcile_lock\"\n")
+                .is_empty()
+        );
     }
 
     #[test]

@@ -252,6 +252,31 @@ fn check_config_in(dir: &Path, database_url: &str) -> Output {
 }
 
 #[test]
+fn an_explicit_config_is_used_without_looking_at_the_search_path() {
+    // ./config.toml exists but cannot be read (a symlink loop): with
+    // --config it must not matter.
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::os::unix::fs::symlink("config.toml", dir.path().join("config.toml")).expect("symlink");
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "[reconciler]\nworkers = 5\n").expect("write good.toml");
+    let out = Bin::with_config_file(&good)
+        .command(&["check-config"])
+        .current_dir(dir.path())
+        .output()
+        .expect("run check-config");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        get(&effective(&out), "reconciler", "workers").as_integer(),
+        Some(5)
+    );
+}
+
+#[test]
 fn without_a_config_file_the_defaults_and_the_environment_apply() {
     // Outside the repository: no ./config.toml. (The machine's
     // /etc/notification-reconciler/config.toml would be found next; this

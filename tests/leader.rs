@@ -50,6 +50,24 @@ fn hook(client: &mut postgres::Client, event_type: &str, url: &str) -> uuid::Uui
     channel_for(client, event_type, url, SECRET, "{}")
 }
 
+/// Waits until the daemon's listener listens and the leader has taken its
+/// `listening` wake-ups (at least `n`): a notification sent after this is
+/// counted as one (a queued wake-up would swallow it: they coalesce).
+fn wait_listening(client: &mut postgres::Client, metrics: SocketAddr, d: &Daemon, n: f64) {
+    wait_until(
+        "the listener to listen and its wake-up to be taken",
+        LONG,
+        || {
+            listener_pid(client).is_some()
+                && metric(
+                    metrics,
+                    "notification_reconciler_wakeups_total{cause=\"listening\"}",
+                ) >= n
+        },
+        || d.stderr(),
+    );
+}
+
 /// The value of one metrics series (0 when absent or unreachable).
 fn metric(addr: SocketAddr, series: &str) -> f64 {
     http_get(addr, "/metrics")
@@ -82,12 +100,9 @@ fn an_event_enqueued_while_the_leader_is_idle_is_delivered_at_once() {
     hook(&mut client, "fast", &receiver.url());
     let metrics = free_addr();
     let mut d = daemon(&db, 4, "1h", "\"1h\"", metrics);
-    wait_until(
-        "the listener",
-        LONG,
-        || listener_pid(&mut client).is_some(),
-        || d.stderr(),
-    );
+    // The listener's own wake-up must be consumed first: one arriving
+    // while it is still queued would coalesce with it.
+    wait_listening(&mut client, metrics, &d, 1.0);
     let events = emit(&mut client, "fast", "'{}'::jsonb", 1);
     assert!(
         receiver.wait_for(1, LONG),
@@ -330,6 +345,7 @@ fn lost_notifications_are_made_up_for_and_listening_resumes() {
         },
         || d.stderr(),
     );
+    wait_listening(&mut client, metrics, &d, 2.0);
     let before = metric(
         metrics,
         "notification_reconciler_wakeups_total{cause=\"notification\"}",

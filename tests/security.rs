@@ -399,23 +399,52 @@ fn enqueue_event_refuses_non_objects_and_oversized_payloads_and_the_caller_rolls
         )
         .expect("setup");
     let big = format!("{{\"pad\": \"{}\"}}", "x".repeat(100));
-    for (payload, code, message) in [
-        ("42", "22023", "enqueue_event: payload must be a JSON object, not number"),
-        ("[1, 2]", "22023", "enqueue_event: payload must be a JSON object, not array"),
-        ("null", "22023", "enqueue_event: payload must be a JSON object, not null"),
-        ("\"s\"", "22023", "enqueue_event: payload must be a JSON object, not string"),
+    let over = |n: u32| {
+        format!("enqueue_event: payload and annotations are {n} bytes, over the limit of 100 bytes (delivery.max_payload_bytes)")
+    };
+    let (over_payload, over_annotations) = (over(111), over(113));
+    for (payload, annotations, code, message) in [
         (
-            big.as_str(),
-            "54000",
-            "enqueue_event: payload is 111 bytes, over the limit of 100 bytes (delivery.max_payload_bytes)",
+            "42",
+            "{}",
+            "22023",
+            "enqueue_event: payload must be a JSON object, not number",
         ),
+        (
+            "[1, 2]",
+            "{}",
+            "22023",
+            "enqueue_event: payload must be a JSON object, not array",
+        ),
+        (
+            "null",
+            "{}",
+            "22023",
+            "enqueue_event: payload must be a JSON object, not null",
+        ),
+        (
+            "\"s\"",
+            "{}",
+            "22023",
+            "enqueue_event: payload must be a JSON object, not string",
+        ),
+        (
+            "{}",
+            "[1]",
+            "22023",
+            "enqueue_event: annotations must be a JSON object, not array",
+        ),
+        (big.as_str(), "{}", "54000", over_payload.as_str()),
+        // Annotations given count towards the cap too.
+        ("{}", big.as_str(), "54000", over_annotations.as_str()),
     ] {
         let mut tx = client.transaction().expect("begin");
-        tx.execute("INSERT INTO public.orders VALUES (1)", &[]).expect("business write");
+        tx.execute("INSERT INTO public.orders VALUES (1)", &[])
+            .expect("business write");
         let err = tx
             .query(
-                "SELECT notification.enqueue_event('acme', 'invoice.paid', $1::text::jsonb)",
-                &[&payload],
+                "SELECT notification.enqueue_event('acme', 'invoice.paid', $1::text::jsonb, $2::text::jsonb)",
+                &[&payload, &annotations],
             )
             .expect_err(payload);
         let db_err = err.as_db_error().expect("a database error");

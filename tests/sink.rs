@@ -121,6 +121,7 @@ fn post_signed(url: &str, secret: &str, id: &str, timestamp: i64, body: &str) ->
     let secret = Secret::parse(secret).expect("test secret parses");
     let signature = secret.sign(id, timestamp, body.as_bytes());
     let agent: ureq::Agent = ureq::Agent::config_builder()
+        .proxy(None) // loopback only, whatever *_PROXY says
         .http_status_as_error(false)
         .timeout_global(Some(WAIT))
         .build()
@@ -287,6 +288,7 @@ fn sink_takes_its_secret_from_the_environment_or_a_file_out_of_sight_of_ps() {
 fn a_body_over_the_sinks_cap_is_answered_413_and_logged() {
     let sink = Sink::start(&[]);
     let agent: ureq::Agent = ureq::Agent::config_builder()
+        .proxy(None) // loopback only, whatever *_PROXY says
         .http_status_as_error(false)
         .timeout_global(Some(WAIT))
         .build()

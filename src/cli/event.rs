@@ -24,7 +24,15 @@ pub fn run(config: &Config, command: EventCommand) -> anyhow::Result<ExitCode> {
             // a typo is a usage error even with the database down.
             let data = open_data(&data)?;
             let mut client = super::connect(config)?;
-            let cap = migrate::max_payload_bytes(&mut client)?;
+            // The stored cap bounds how much of a file is read; a producer
+            // role may not read `settings` (it needs only EXECUTE on
+            // enqueue_event), and then the configured value bounds the read
+            // while enqueue_event still applies the stored one.
+            let cap = match &data {
+                Data::Inline(_) => config.delivery.max_payload_bytes,
+                Data::File(..) => migrate::max_payload_bytes(&mut client)
+                    .unwrap_or(config.delivery.max_payload_bytes),
+            };
             let payload = data.read(cap)?;
             let ids = events::emit(&mut client, &namespace, &event_type, &payload)
                 .map_err(refused_by_producer)?;

@@ -149,7 +149,8 @@ SELECT e.id, e.namespace, e.type, e.created_at, e.payload::text,
        ds.id, ds.version, ds.state, ds.next_attempt_at, ds.clock_started_at, ds.round_attempts,
        c.id, c.url, c.headers::text, c.signing_secret, c.disabled, c.deleted_at IS NOT NULL,
        EXISTS (SELECT 1 FROM rule_channel rc WHERE rc.rule_id = e.rule_id AND rc.channel_id = c.id),
-       c.previous_secret, c.previous_secret_until
+       CASE WHEN c.previous_secret_until > now() THEN c.previous_secret END,
+       CASE WHEN c.previous_secret_until > now() THEN c.previous_secret_until END
 FROM page p
 JOIN delivery_status ds ON ds.id = p.id
 JOIN event e ON e.id = p.event_id

@@ -164,6 +164,11 @@ pub fn trust_roots(
         );
         return RootCerts::WebPki;
     }
+    if system.certs.is_empty() {
+        log::warn!(
+            "no CA certificates found in the system's trust store: HTTPS endpoints are verified against delivery.ca_file only, so public endpoints will fail verification"
+        );
+    }
     log::debug!(
         "trusting {} system CA certificate(s) and {} from delivery.ca_file",
         system.certs.len(),

@@ -50,12 +50,13 @@ pub fn allow_loopback(text: &str) -> String {
 
 /// Environment variables removed from every child unless [`Bin::env`] sets
 /// them: the test runner's own must not leak into the binary.
-const CLEARED_ENV: [&str; 5] = [
+const CLEARED_ENV: [&str; 6] = [
     "DATABASE_URL",
     "RUST_LOG",
     "NOTIFY_SOCKET",
     "WATCHDOG_USEC",
     "WATCHDOG_PID",
+    "SINK_SECRET",
 ];
 
 /// How to start the binary: which config file, which environment.

@@ -19,8 +19,9 @@ CREATE TABLE settings (
 INSERT INTO settings DEFAULT VALUES;
 
 -- enqueue_event as in 0002, plus the producer checks: the payload must be a
--- JSON object (it is sent as the webhook's "data") and at most
--- settings.max_payload_bytes long as text. Both raise, so the caller's
+-- JSON object (it is sent as the webhook's "data"), the annotations too when
+-- given, and the two together at most settings.max_payload_bytes long as
+-- text. Both raise, so the caller's
 -- transaction rolls back with nothing half-written. SQLSTATE 22023
 -- (invalid_parameter_value) for the kind, 54000 (program_limit_exceeded)
 -- for the size.
@@ -56,10 +57,18 @@ BEGIN
         RAISE EXCEPTION 'enqueue_event: payload must be a JSON object, not %', jsonb_typeof(p_payload)
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    IF p_annotations IS NOT NULL AND jsonb_typeof(p_annotations) <> 'object' THEN
+        RAISE EXCEPTION 'enqueue_event: annotations must be a JSON object, not %', jsonb_typeof(p_annotations)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     SELECT max_payload_bytes INTO cap FROM settings;
-    size := octet_length(p_payload::text);
+    -- Empty annotations (the default) cost nothing, so the cap is the
+    -- payload's own unless annotations are given.
+    size := octet_length(p_payload::text)
+        + CASE WHEN p_annotations IS NULL OR p_annotations = '{}'::jsonb THEN 0
+               ELSE octet_length(p_annotations::text) END;
     IF size > coalesce(cap, 262144) THEN
-        RAISE EXCEPTION 'enqueue_event: payload is % bytes, over the limit of % bytes (delivery.max_payload_bytes)',
+        RAISE EXCEPTION 'enqueue_event: payload and annotations are % bytes, over the limit of % bytes (delivery.max_payload_bytes)',
             size, coalesce(cap, 262144)
             USING ERRCODE = 'program_limit_exceeded';
     END IF;
@@ -101,3 +110,22 @@ BEGIN
 END
 $$;
 REVOKE EXECUTE ON FUNCTION enqueue_event(text, text, jsonb, jsonb) FROM PUBLIC;
+
+-- Upgrading must not lock out producers that called enqueue_event before
+-- this migration: then it ran with the caller's rights, so every such caller
+-- (but the owner, who keeps EXECUTE) held INSERT on event. Those roles keep
+-- EXECUTE; new producer roles are granted it as docs/operations.md says.
+DO $$
+DECLARE
+    g record;
+BEGIN
+    FOR g IN
+        SELECT DISTINCT grantee FROM information_schema.role_table_grants
+        WHERE table_schema = current_schema() AND table_name = 'event'
+          AND privilege_type = 'INSERT' AND grantee <> 'PUBLIC'
+    LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION enqueue_event(text, text, jsonb, jsonb) TO %I',
+                       g.grantee);
+    END LOOP;
+END
+$$;
