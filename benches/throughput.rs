@@ -621,10 +621,18 @@ struct BinDaemon {
 
 impl BinDaemon {
     fn start(url: &str, workers: usize, interval: &str) -> BinDaemon {
-        BinDaemon::start_with_pool(url, workers, workers as u32 + 2, interval)
+        BinDaemon::start_with(url, workers, workers as u32 + 2, interval, "")
     }
 
-    fn start_with_pool(url: &str, workers: usize, pool_size: u32, interval: &str) -> BinDaemon {
+    /// With `pool_size` connections, and `delivery_extra` appended to the
+    /// `[delivery]` section.
+    fn start_with(
+        url: &str,
+        workers: usize,
+        pool_size: u32,
+        interval: &str,
+        delivery_extra: &str,
+    ) -> BinDaemon {
         let dir = tempfile::Builder::new()
             .prefix("nr-bench-")
             .tempdir()
@@ -638,7 +646,7 @@ impl BinDaemon {
         };
         let config = format!(
             "[database]\nurl = \"{url}\"\npool_size = {pool_size}\n[reconciler]\nworkers = {workers}\ninterval = \"{interval}\"\n\
-             [delivery]\ntimeout = \"30s\"\n{allow}[log]\nlevel = \"info\"\n"
+             [delivery]\ntimeout = \"30s\"\n{allow}{delivery_extra}[log]\nlevel = \"info\"\n"
         );
         let path = dir.path().join("config.toml");
         std::fs::write(&path, config).expect("bench: config");
@@ -741,7 +749,9 @@ fn https_drain(tiny: bool, rows: &mut Vec<Row>) {
 /// while a thread samples `pg_stat_activity` for sessions of ours. Reports
 /// deliveries/s (daemon start to the last outcome recorded) against
 /// `workers / latency`, the most connections seen, the daemon's peak RSS
-/// and its worker threads' touched stack, and the RSS each worker adds.
+/// and its worker threads' touched stack, the RSS each worker adds, and
+/// what TLS adds per worker (256 workers against the test support's HTTPS
+/// receiver, answering after the same latency).
 fn concurrency(tiny: bool, rows: &mut Vec<Row>) {
     const POOL: u32 = 32;
     let (latency, runs): (Duration, &[(usize, u64)]) = if tiny {
@@ -755,12 +765,102 @@ fn concurrency(tiny: bool, rows: &mut Vec<Row>) {
     let receiver = Loopback::start(latency);
     let mut rss = Vec::new();
     for &(workers, deliveries) in runs {
+        let drain = Drain::run(&receiver.url(), workers, POOL, deliveries, "");
+        rss.push((workers, drain.hwm_mib));
+        let efficiency = drain.rate() / (workers as f64 / latency.as_secs_f64());
+        let judged = workers == 1024;
+        push(
+            rows,
+            Row {
+                scenario: "8 concurrency",
+                setting: format!(
+                    "{workers} workers, pool {POOL}, {deliveries} deliveries, {} ms",
+                    latency.as_millis()
+                ),
+                result: format!(
+                    "{}, eff {efficiency:.3}; {}",
+                    drain.rate_text(),
+                    drain.memory_text()
+                ),
+                target: if judged {
+                    format!("≥ 0.90 of ideal, ≤ {} connections, ≤ 128 MiB", POOL + 2)
+                } else {
+                    String::new()
+                },
+                met: judged.then_some(
+                    efficiency >= 0.90
+                        && drain.most <= i64::from(POOL) + 2
+                        && drain.hwm_mib <= 128.0,
+                ),
+            },
+        );
+    }
+    if let (Some(&(w0, r0)), Some(&(w1, r1))) = (rss.first(), rss.last()) {
+        if w1 > w0 {
+            push(
+                rows,
+                Row {
+                    scenario: "8 concurrency",
+                    setting: format!("RSS per worker, {w0} → {w1} workers"),
+                    result: format!("{:.0} KiB", (r1 - r0) * 1024.0 / (w1 - w0) as f64),
+                    target: String::new(),
+                    met: None,
+                },
+            );
+        }
+    }
+    // The same 256 workers over HTTPS: what each worker's TLS state adds.
+    let Some(&(workers, plain_mib)) = rss.iter().find(|(w, _)| *w == 256) else {
+        return;
+    };
+    let ca = support::tls::TestCa::new();
+    let tls = support::Receiver::start_https(Script::status(200).with_latency(latency), &ca);
+    let deliveries = 4 * workers as u64;
+    let drain = Drain::run(
+        &tls.url(),
+        workers,
+        POOL,
+        deliveries,
+        &format!("ca_file = \"{}\"\n", ca.ca_file().display()),
+    );
+    push(
+        rows,
+        Row {
+            scenario: "8 concurrency",
+            setting: format!("https, {workers} workers, pool {POOL}, {deliveries} deliveries"),
+            result: format!(
+                "{}; {}; TLS adds {:.0} KiB per worker",
+                drain.rate_text(),
+                drain.memory_text(),
+                (drain.hwm_mib - plain_mib) * 1024.0 / workers as f64
+            ),
+            target: String::new(),
+            met: None,
+        },
+    );
+}
+
+/// One drain of scenario 8: the daemon binary delivering a seeded backlog.
+struct Drain {
+    deliveries: u64,
+    secs: f64,
+    /// The most sessions of ours seen at once.
+    most: i64,
+    hwm_mib: f64,
+    stacks: String,
+}
+
+impl Drain {
+    /// Seeds `deliveries` to `url`, starts the daemon (`delivery_extra`
+    /// appended to its `[delivery]`) and waits until every outcome is
+    /// recorded.
+    fn run(url: &str, workers: usize, pool: u32, deliveries: u64, delivery_extra: &str) -> Drain {
         let db = support::migrated_db();
-        seed(&db, deliveries, "PENDING", &receiver.url());
+        seed(&db, deliveries, "PENDING", url);
         let mut client = db.client();
         let sampler = SessionSampler::start(&db.url, &db.name, Duration::from_millis(5));
         let t = Instant::now();
-        let mut daemon = BinDaemon::start_with_pool(&db.url, workers, POOL, "15s");
+        let mut daemon = BinDaemon::start_with(&db.url, workers, pool, "15s", delivery_extra);
         let deadline = t + Duration::from_secs(600);
         loop {
             let left: i64 = client
@@ -786,7 +886,6 @@ fn concurrency(tiny: bool, rows: &mut Vec<Row>) {
             .expect("concurrency: the daemon's /proc status");
         let stacks = touched_stacks(daemon.child.id());
         daemon.stop();
-        let most = sampler.finish().most;
         let hwm_mib = status
             .lines()
             .find_map(|l| l.strip_prefix("VmHWM:"))
@@ -794,47 +893,28 @@ fn concurrency(tiny: bool, rows: &mut Vec<Row>) {
             .and_then(|kib| kib.parse::<f64>().ok())
             .expect("concurrency: VmHWM")
             / 1024.0;
-        rss.push((workers, hwm_mib));
-        let rate = deliveries as f64 / secs;
-        let ideal = workers as f64 / latency.as_secs_f64();
-        let efficiency = rate / ideal;
-        let judged = workers == 1024;
-        push(
-            rows,
-            Row {
-                scenario: "8 concurrency",
-                setting: format!(
-                    "{workers} workers, pool {POOL}, {deliveries} deliveries, {} ms",
-                    latency.as_millis()
-                ),
-                result: format!(
-                    "{rate:.0}/s in {secs:.2} s, eff {efficiency:.3}; at most {most} connections; \
-                     peak RSS {hwm_mib:.1} MiB; {stacks}"
-                ),
-                target: if judged {
-                    format!("≥ 0.90 of ideal, ≤ {} connections, ≤ 128 MiB", POOL + 2)
-                } else {
-                    String::new()
-                },
-                met: judged.then_some(
-                    efficiency >= 0.90 && most <= i64::from(POOL) + 2 && hwm_mib <= 128.0,
-                ),
-            },
-        );
-    }
-    if let (Some(&(w0, r0)), Some(&(w1, r1))) = (rss.first(), rss.last()) {
-        if w1 > w0 {
-            push(
-                rows,
-                Row {
-                    scenario: "8 concurrency",
-                    setting: format!("RSS per worker, {w0} → {w1} workers"),
-                    result: format!("{:.0} KiB", (r1 - r0) * 1024.0 / (w1 - w0) as f64),
-                    target: String::new(),
-                    met: None,
-                },
-            );
+        Drain {
+            deliveries,
+            secs,
+            most: sampler.finish().most,
+            hwm_mib,
+            stacks,
         }
+    }
+
+    fn rate(&self) -> f64 {
+        self.deliveries as f64 / self.secs
+    }
+
+    fn rate_text(&self) -> String {
+        format!("{:.0}/s in {:.2} s", self.rate(), self.secs)
+    }
+
+    fn memory_text(&self) -> String {
+        format!(
+            "at most {} connections; peak RSS {:.1} MiB; {}",
+            self.most, self.hwm_mib, self.stacks
+        )
     }
 }
 

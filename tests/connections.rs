@@ -13,11 +13,10 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use support::daemon::{config_toml, tail, wait_until, Daemon};
-use support::fixtures::{seed, states, unfinished};
+use support::fixtures::{assert_all_delivered, seed, unfinished};
 use support::net::{free_addr, http_get};
 use support::sessions::SessionSampler;
 use support::{migrated_db, Cluster, Receiver, Reply, Script};
@@ -31,15 +30,6 @@ fn with_pool(config: String, pool_size: u32) -> String {
     );
     assert!(with.contains("pool_size"), "{config}");
     with
-}
-
-/// How often the receiver saw each `webhook-id`.
-fn seen(receiver: &Receiver) -> BTreeMap<String, usize> {
-    let mut seen = BTreeMap::new();
-    for id in receiver.ids() {
-        *seen.entry(id).or_insert(0) += 1;
-    }
-    seen
 }
 
 /// Statuses whose record is not exactly one attempt, with the attempts of
@@ -106,17 +96,8 @@ fn five_hundred_twelve_workers_on_eight_connections_deliver_five_thousand_exactl
     assert_eq!(code, 200, "{text}");
     daemon.stop(Duration::from_secs(30));
 
-    let by_state = states(&mut client);
-    assert_eq!(
-        by_state.get("SUCCESS").copied(),
-        Some(EVENTS as i64),
-        "{by_state:?}"
-    );
-    let seen = seen(&receiver);
-    assert_eq!(seen.len(), events.len(), "every event reached the receiver");
-    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
-    assert_eq!(receiver.count(), events.len());
+    let duplicates = assert_all_delivered(&mut client, &receiver, &events);
+    assert_eq!(duplicates, 0, "delivered more than once");
     let (not_one, some) = not_one_attempt(&mut client);
     assert_eq!(not_one, 0, "one attempt recorded each; e.g.\n{some}");
     let peak = receiver.peak_concurrency();
@@ -214,26 +195,18 @@ fn database_outage_with_deliveries_in_flight_records_their_outcomes_once_it_is_b
     assert!(daemon.running(), "the daemon exited:\n{stderr}");
     daemon.stop(Duration::from_secs(30));
 
-    let by_state = states(&mut client);
-    assert_eq!(
-        by_state.get("SUCCESS").copied(),
-        Some(EVENTS as i64),
-        "{by_state:?}"
-    );
-    let seen = seen(&receiver);
-    assert_eq!(seen.len(), events.len(), "every event reached the receiver");
-    let again: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    let again = assert_all_delivered(&mut client, &receiver, &events);
     let (rewritten, some) = not_one_attempt(&mut client);
     let left_due = stderr.lines().filter(|l| l.contains("left due")).count();
     println!(
         "outage: {answered_during_outage} answered while the database was down; \
-         {} attempted again, {rewritten} statuses without exactly one recorded attempt, \
-         {left_due} 'left due' lines",
-        again.len()
+         {again} attempted again, {rewritten} statuses without exactly one recorded attempt, \
+         {left_due} 'left due' lines"
     );
-    assert!(
-        again.is_empty(),
-        "outcomes held across the outage were attempted again: {again:?}\n{}",
+    assert_eq!(
+        again,
+        0,
+        "outcomes held across the outage were attempted again:\n{}",
         tail(&stderr, 30)
     );
     assert_eq!(
@@ -289,15 +262,7 @@ fn kill9_with_many_workers_on_few_connections_duplicates_at_most_the_deliveries_
     );
     last.stop(Duration::from_secs(30));
 
-    let by_state = states(&mut client);
-    assert_eq!(
-        by_state.get("SUCCESS").copied(),
-        Some(EVENTS as i64),
-        "{by_state:?}"
-    );
-    let seen = seen(&receiver);
-    assert_eq!(seen.len(), events.len(), "every event reached the receiver");
-    let duplicates = receiver.count() - seen.len();
+    let duplicates = assert_all_delivered(&mut client, &receiver, &events);
     println!(
         "kill -9: {KILLS} kills with {WORKERS} workers on 4 connections, requests in flight \
          at the kills {in_flight_at_kills:?}, {duplicates} duplicates (bound {})",

@@ -50,11 +50,19 @@ use crate::state::RandomJitter;
 /// delivery timeout.
 pub const RECORD_WAIT: Duration = Duration::from_secs(60);
 
-/// The stack size of a worker thread. A worker's deepest call paths (a TLS
-/// handshake through rustls, name resolution through the C library, a
-/// symbolised backtrace from a caught panic) were measured to touch well
-/// under a quarter of it; see docs/benchmarks.md "Concurrency".
-pub const STACK_SIZE: usize = 256 * 1024;
+/// The stack size of a worker thread: 256 KiB in release builds (what
+/// ships), where a worker's deepest paths (a TLS handshake through rustls,
+/// reading a large response, name resolution through the C library, a
+/// symbolised backtrace) run in a quarter of it; the daemon's workers touch
+/// about 36 KiB (docs/benchmarks.md "Concurrency"). Debug builds (the test
+/// suite) have far bigger frames: a TLS handshake overflows 128 KiB there,
+/// so they get 512 KiB. Only touched pages are resident; below 2 MiB no
+/// stack can be backed by a transparent huge page either.
+pub const STACK_SIZE: usize = if cfg!(debug_assertions) {
+    512 * 1024
+} else {
+    256 * 1024
+};
 
 /// One delivery handed to a worker, with the cut-off of the sweep that
 /// found it.
