@@ -25,11 +25,16 @@
 //! 7. HTTPS drain ([`https_drain`]): the same backlog over plain HTTP and
 //!    over HTTPS (a private CA from the test support, trusted through
 //!    `delivery.ca_file`): deliveries/s, CPU per delivery, TLS handshakes.
+//! 8. concurrency ([`concurrency`]): the daemon binary with 64, 256 and
+//!    1,024 workers on a pool of 32 connections against a receiver answering
+//!    after 1 s: deliveries/s against `workers / 1 s`, the most database
+//!    connections of ours seen at once, the daemon's peak RSS and its
+//!    worker threads' touched stack.
 //!
 //! `cargo bench --bench throughput` runs the full sizes (several minutes);
 //! `-- --tiny` runs every scenario with small counts in well under a minute
 //! and checks only that every delivery happened (what CI runs). `--only
-//! latency|db|memory|idle|prompt|failover|https` runs one scenario. Timing targets are reported,
+//! latency|db|memory|idle|prompt|failover|https|concurrency` runs one scenario. Timing targets are reported,
 //! never asserted. The receiver is this file's own (one thread per
 //! keep-alive connection, no recording) so that it is never the bottleneck;
 //! `--support-receiver` uses the test support's recording receiver instead,
@@ -48,6 +53,7 @@ use notification_reconciler::http_server;
 use notification_reconciler::reconcile::leader::{Hooks, NoHooks, PassOutcome, Reconciler};
 use notification_reconciler::reconcile::report::{Report, Tally};
 use notification_reconciler::reconcile::worker::Done;
+use support::sessions::SessionSampler;
 use support::{Script, TestDb};
 
 /// The argument that makes this binary the memory scenario's child.
@@ -165,6 +171,9 @@ fn main() {
     }
     if wanted("https") {
         https_drain(tiny, &mut rows);
+    }
+    if wanted("concurrency") {
+        concurrency(tiny, &mut rows);
     }
     print_table(&rows, tiny);
     for plan in plans {
@@ -635,6 +644,18 @@ struct BinDaemon {
 
 impl BinDaemon {
     fn start(url: &str, workers: usize, interval: &str) -> BinDaemon {
+        BinDaemon::start_with(url, workers, workers as u32 + 2, interval, "")
+    }
+
+    /// With `pool_size` connections, and `delivery_extra` appended to the
+    /// `[delivery]` section.
+    fn start_with(
+        url: &str,
+        workers: usize,
+        pool_size: u32,
+        interval: &str,
+        delivery_extra: &str,
+    ) -> BinDaemon {
         let dir = tempfile::Builder::new()
             .prefix("nr-bench-")
             .tempdir()
@@ -647,9 +668,8 @@ impl BinDaemon {
             ),
         };
         let config = format!(
-            "[database]\nurl = \"{url}\"\npool_size = {}\n[reconciler]\nworkers = {workers}\ninterval = \"{interval}\"\n\
-             [delivery]\ntimeout = \"30s\"\n{allow}[log]\nlevel = \"info\"\n",
-            workers + 2
+            "[database]\nurl = \"{url}\"\npool_size = {pool_size}\n[reconciler]\nworkers = {workers}\ninterval = \"{interval}\"\n\
+             [delivery]\ntimeout = \"30s\"\n{allow}{delivery_extra}[log]\nlevel = \"info\"\n"
         );
         let path = dir.path().join("config.toml");
         std::fs::write(&path, config).expect("bench: config");
@@ -744,6 +764,222 @@ fn https_drain(tiny: bool, rows: &mut Vec<Row>) {
             },
         );
     }
+}
+
+/// Scenario 8: many deliveries in flight on few database connections. The
+/// daemon binary (`run`) drains a backlog to this file's receiver answering
+/// after `latency`, with `workers` workers and a pool of 32 connections,
+/// while a thread samples `pg_stat_activity` for sessions of ours. Reports
+/// deliveries/s (daemon start to the last outcome recorded) against
+/// `workers / latency`, the most connections seen, the daemon's peak RSS
+/// and its worker threads' touched stack, the RSS each worker adds, and
+/// what TLS adds per worker (256 workers against the test support's HTTPS
+/// receiver, answering after the same latency).
+fn concurrency(tiny: bool, rows: &mut Vec<Row>) {
+    const POOL: u32 = 32;
+    let (latency, runs): (Duration, &[(usize, u64)]) = if tiny {
+        (Duration::from_millis(200), &[(64, 128), (256, 512)])
+    } else {
+        (
+            Duration::from_secs(1),
+            &[(64, 640), (256, 2_560), (1024, 10_000)],
+        )
+    };
+    let receiver = Loopback::start(latency);
+    let mut rss = Vec::new();
+    for &(workers, deliveries) in runs {
+        let drain = Drain::run(&receiver.url(), workers, POOL, deliveries, "");
+        rss.push((workers, drain.hwm_mib));
+        let efficiency = drain.rate() / (workers as f64 / latency.as_secs_f64());
+        let judged = workers == 1024;
+        push(
+            rows,
+            Row {
+                scenario: "8 concurrency",
+                setting: format!(
+                    "{workers} workers, pool {POOL}, {deliveries} deliveries, {} ms",
+                    latency.as_millis()
+                ),
+                result: format!(
+                    "{}, eff {efficiency:.3}; {}",
+                    drain.rate_text(),
+                    drain.memory_text()
+                ),
+                target: if judged {
+                    format!("≥ 0.90 of ideal, ≤ {} connections, ≤ 128 MiB", POOL + 2)
+                } else {
+                    String::new()
+                },
+                met: judged.then_some(
+                    efficiency >= 0.90
+                        && drain.most <= i64::from(POOL) + 2
+                        && drain.hwm_mib <= 128.0,
+                ),
+            },
+        );
+    }
+    if let (Some(&(w0, r0)), Some(&(w1, r1))) = (rss.first(), rss.last()) {
+        if w1 > w0 {
+            push(
+                rows,
+                Row {
+                    scenario: "8 concurrency",
+                    setting: format!("RSS per worker, {w0} → {w1} workers"),
+                    result: format!("{:.0} KiB", (r1 - r0) * 1024.0 / (w1 - w0) as f64),
+                    target: String::new(),
+                    met: None,
+                },
+            );
+        }
+    }
+    // The same 256 workers over HTTPS: what each worker's TLS state adds.
+    let Some(&(workers, plain_mib)) = rss.iter().find(|(w, _)| *w == 256) else {
+        return;
+    };
+    let ca = support::tls::TestCa::new();
+    let tls = support::Receiver::start_https(Script::status(200).with_latency(latency), &ca);
+    let deliveries = 4 * workers as u64;
+    let drain = Drain::run(
+        &tls.url(),
+        workers,
+        POOL,
+        deliveries,
+        &format!("ca_file = \"{}\"\n", ca.ca_file().display()),
+    );
+    push(
+        rows,
+        Row {
+            scenario: "8 concurrency",
+            setting: format!("https, {workers} workers, pool {POOL}, {deliveries} deliveries"),
+            result: format!(
+                "{}; {}; TLS adds {:.0} KiB per worker",
+                drain.rate_text(),
+                drain.memory_text(),
+                (drain.hwm_mib - plain_mib) * 1024.0 / workers as f64
+            ),
+            target: String::new(),
+            met: None,
+        },
+    );
+}
+
+/// One drain of scenario 8: the daemon binary delivering a seeded backlog.
+struct Drain {
+    deliveries: u64,
+    secs: f64,
+    /// The most sessions of ours seen at once.
+    most: i64,
+    hwm_mib: f64,
+    stacks: String,
+}
+
+impl Drain {
+    /// Seeds `deliveries` to `url`, starts the daemon (`delivery_extra`
+    /// appended to its `[delivery]`) and waits until every outcome is
+    /// recorded.
+    fn run(url: &str, workers: usize, pool: u32, deliveries: u64, delivery_extra: &str) -> Drain {
+        let db = support::migrated_db();
+        seed(&db, deliveries, "PENDING", url);
+        let mut client = db.client();
+        let sampler = SessionSampler::start(&db.url, &db.name, Duration::from_millis(5));
+        let t = Instant::now();
+        let mut daemon = BinDaemon::start_with(&db.url, workers, pool, "15s", delivery_extra);
+        let deadline = t + Duration::from_secs(600);
+        loop {
+            let left: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM notification.delivery_status
+                     WHERE state IN ('PENDING', 'SENDING', 'RESENDING')",
+                    &[],
+                )
+                .expect("concurrency: count unfinished")
+                .get(0);
+            if left == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "concurrency: {left} of {deliveries} left after 10 min:\n{}",
+                daemon.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let secs = t.elapsed().as_secs_f64();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.child.id()))
+            .expect("concurrency: the daemon's /proc status");
+        let stacks = touched_stacks(daemon.child.id());
+        daemon.stop();
+        let hwm_mib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|kib| kib.parse::<f64>().ok())
+            .expect("concurrency: VmHWM")
+            / 1024.0;
+        Drain {
+            deliveries,
+            secs,
+            most: sampler.finish().most,
+            hwm_mib,
+            stacks,
+        }
+    }
+
+    fn rate(&self) -> f64 {
+        self.deliveries as f64 / self.secs
+    }
+
+    fn rate_text(&self) -> String {
+        format!("{:.0}/s in {:.2} s", self.rate(), self.secs)
+    }
+
+    fn memory_text(&self) -> String {
+        format!(
+            "at most {} connections; peak RSS {:.1} MiB; {}",
+            self.most, self.hwm_mib, self.stacks
+        )
+    }
+}
+
+/// The resident part of the worker threads' stacks of process `pid`: the
+/// anonymous read-write mappings of exactly the worker stack size in
+/// `/proc/<pid>/smaps` (each thread's stack is one, between guard pages).
+fn touched_stacks(pid: u32) -> String {
+    let size_kib = notification_reconciler::reconcile::worker::STACK_SIZE / 1024;
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let value = |rest: &str| {
+        rest.split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<usize>().ok())
+    };
+    let mut rss = Vec::new();
+    let (mut anonymous_rw, mut size) = (false, None);
+    for line in smaps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let header = fields.first().is_some_and(|f| {
+            f.contains('-') && f.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+        });
+        if header {
+            anonymous_rw = fields.len() == 5 && fields[1] == "rw-p";
+            size = None;
+        } else if let Some(rest) = line.strip_prefix("Size:") {
+            size = value(rest);
+        } else if let Some(rest) = line.strip_prefix("Rss:") {
+            if anonymous_rw && size == Some(size_kib) {
+                rss.extend(value(rest));
+            }
+        }
+    }
+    if rss.is_empty() {
+        return format!("no {size_kib} KiB stacks found");
+    }
+    rss.sort_unstable();
+    format!(
+        "{} stacks of {size_kib} KiB: touched median {} KiB, max {} KiB",
+        rss.len(),
+        rss[rss.len() / 2],
+        rss[rss.len() - 1]
+    )
 }
 
 /// CPU time (user + system) this process has used, from `/proc/self/stat`

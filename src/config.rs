@@ -16,9 +16,25 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// Upper bound for `reconciler.workers` and `database.pool_size`: beyond it a
-/// value is almost certainly a typo (PostgreSQL's default limit is 100).
-pub const MAX_WORKERS: i64 = 1024;
+/// Upper bound for `reconciler.workers`: a worker is a thread that needs a
+/// database connection only to record an outcome, so thousands are
+/// affordable (docs/benchmarks.md "Concurrency"); beyond this a value is
+/// almost certainly a typo.
+pub const MAX_WORKERS: i64 = 4096;
+
+/// Upper bound for `database.pool_size`: what earlier versions allowed
+/// (1,024 workers + 2), so that no existing file breaks. Far more than is
+/// useful: PostgreSQL's default `max_connections` is 100.
+pub const MAX_POOL_SIZE: i64 = 1026;
+
+/// The automatic `database.pool_size` for `cpus` CPUs: 4 per CPU, at least
+/// 8. Workers hold a connection only while they record an outcome, so a
+/// few per CPU keep up with hundreds of workers.
+pub fn auto_pool_size(cpus: usize) -> u32 {
+    u32::try_from(cpus.saturating_mul(4))
+        .unwrap_or(u32::MAX)
+        .max(8)
+}
 
 /// Where a command looks for its configuration when `--config` is not
 /// given, in this order; when none exists the defaults (and the environment)
@@ -105,7 +121,7 @@ pub struct RawDatabase {
     pub url: String,
     /// Schema holding every object of the service.
     pub schema: String,
-    /// Pool size; 0 = workers + 2.
+    /// Pool size; 0 = 4 per CPU, at least 8.
     pub pool_size: i64,
     /// Connect timeout.
     pub connect_timeout: String,
@@ -245,7 +261,7 @@ pub struct DatabaseConfig {
     pub url: String,
     /// Schema name, a plain lower-case identifier.
     pub schema: String,
-    /// Pool size, at least `workers`.
+    /// Pool size, ≥ 1, independent of the number of workers.
     pub pool_size: u32,
     /// Connect timeout for every connection.
     pub connect_timeout: Duration,
@@ -493,24 +509,15 @@ impl RawConfig {
             }
         };
         let pool_size = match db.pool_size {
-            0 => workers as u32 + 2,
-            p if !(0..=MAX_WORKERS + 2).contains(&p) => {
+            0 => auto_pool_size(std::thread::available_parallelism().map_or(1, |n| n.get())),
+            p if (1..=MAX_POOL_SIZE).contains(&p) => p as u32,
+            p => {
                 return Err(invalid(
                     "database.pool_size",
                     p.to_string(),
-                    &format!("must be 0 (workers + 2) or between 1 and {}", MAX_WORKERS + 2),
+                    &format!("must be 0 (4 per CPU, at least 8) or between 1 and {MAX_POOL_SIZE}"),
                 ))
             }
-            p if (p as usize) < workers => {
-                return Err(invalid(
-                    "database.pool_size",
-                    p.to_string(),
-                    &format!(
-                        "is smaller than the {workers} workers; each worker needs its own connection (use 0 for workers + 2)"
-                    ),
-                ))
-            }
-            p => p as u32,
         };
         if !(1..=10_000).contains(&r.page_size) {
             return Err(invalid(
@@ -914,7 +921,8 @@ mod tests {
         let c = load("").unwrap();
         assert_eq!(c.database.schema, "notification");
         assert!(c.reconciler.workers >= 1);
-        assert_eq!(c.database.pool_size as usize, c.reconciler.workers + 2);
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(c.database.pool_size, auto_pool_size(cpus));
         assert_eq!(c.reconciler.queue_capacity, 2 * c.reconciler.workers);
         assert_eq!(c.reconciler.page_size, 50);
         assert_eq!(c.reconciler.interval, Duration::from_secs(15));
@@ -1009,10 +1017,32 @@ mod tests {
     }
 
     #[test]
-    fn pool_smaller_than_workers_is_refused() {
-        let e = err("[reconciler]\nworkers = 8\n[database]\npool_size = 4\n");
-        assert!(e.contains("database.pool_size = 4"), "{e}");
-        assert!(e.contains("8 workers"), "{e}");
+    fn pool_smaller_than_workers_is_allowed() {
+        let c = load("[reconciler]\nworkers = 512\n[database]\npool_size = 8\n").unwrap();
+        assert_eq!((c.reconciler.workers, c.database.pool_size), (512, 8));
+        let e = err("[database]\npool_size = -1\n");
+        assert!(e.contains("database.pool_size = -1"), "{e}");
+        let e = err("[database]\npool_size = 1027\n");
+        assert!(e.contains("database.pool_size = 1027"), "{e}");
+        assert!(e.contains("between 1 and 1026"), "{e}");
+    }
+
+    #[test]
+    fn automatic_pool_size_is_four_per_cpu_at_least_eight() {
+        assert_eq!(auto_pool_size(1), 8);
+        assert_eq!(auto_pool_size(2), 8);
+        assert_eq!(auto_pool_size(3), 12);
+        assert_eq!(auto_pool_size(64), 256);
+        assert_eq!(auto_pool_size(usize::MAX), u32::MAX);
+    }
+
+    #[test]
+    fn workers_go_up_to_4096() {
+        let c = load("[reconciler]\nworkers = 4096\n").unwrap();
+        assert_eq!(c.reconciler.workers, 4096);
+        let e = err("[reconciler]\nworkers = 4097\n");
+        assert!(e.contains("reconciler.workers = 4097"), "{e}");
+        assert!(e.contains("between 1 and 4096"), "{e}");
     }
 
     #[test]

@@ -125,12 +125,23 @@ fn non_postgres_database_url_env_is_refused_without_showing_the_password() {
 }
 
 #[test]
-fn pool_smaller_than_workers_is_refused() {
-    let out = check_config(
-        "[reconciler]\nworkers = 8\n[database]\npool_size = 4\n",
+fn pool_smaller_than_workers_is_allowed_and_an_absurd_pool_is_refused() {
+    let t = effective(&check_config(
+        "[reconciler]\nworkers = 512\n[database]\npool_size = 8\n",
         None,
-    );
-    assert_rejected(&out, &["database.pool_size = 4", "8 workers"]);
+    ));
+    assert_eq!(get(&t, "reconciler", "workers").as_integer(), Some(512));
+    assert_eq!(get(&t, "database", "pool_size").as_integer(), Some(8));
+    let out = check_config("[database]\npool_size = 5000\n", None);
+    assert_rejected(&out, &["database.pool_size = 5000", "between 1 and 1026"]);
+    let out = check_config("[reconciler]\nworkers = 5000\n", None);
+    assert_rejected(&out, &["reconciler.workers = 5000", "between 1 and 4096"]);
+}
+
+/// `database.pool_size = 0`: 4 per CPU, at least 8, whatever the workers.
+fn auto_pool_size() -> i64 {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as i64;
+    (4 * cpus).max(8)
 }
 
 /// Parses `check-config`'s stdout as TOML.
@@ -154,7 +165,10 @@ fn check_config_prints_the_effective_config_with_defaults_filled_in() {
     let out = check_config("[reconciler]\nworkers = 3\n", None);
     let t = effective(&out);
     assert_eq!(get(&t, "reconciler", "workers").as_integer(), Some(3));
-    assert_eq!(get(&t, "database", "pool_size").as_integer(), Some(5));
+    assert_eq!(
+        get(&t, "database", "pool_size").as_integer(),
+        Some(auto_pool_size())
+    );
     assert_eq!(
         get(&t, "reconciler", "queue_capacity").as_integer(),
         Some(6)
@@ -182,7 +196,7 @@ fn workers_zero_resolves_to_the_available_parallelism() {
     assert_eq!(get(&t, "reconciler", "workers").as_integer(), Some(cpus));
     assert_eq!(
         get(&t, "database", "pool_size").as_integer(),
-        Some(cpus + 2)
+        Some(auto_pool_size())
     );
     assert_eq!(
         get(&t, "reconciler", "queue_capacity").as_integer(),

@@ -713,9 +713,9 @@ fn bad_configuration_and_arguments_exit_2_with_one_clear_line() {
             "database",
         ),
         bad_config(
-            "pool smaller than workers (2)",
+            "negative pool size",
             &format!(
-                "[database]\nurl = \"{}\"\npool_size = 2\n[reconciler]\nworkers = 8\n",
+                "[database]\nurl = \"{}\"\npool_size = -2\n[reconciler]\nworkers = 8\n",
                 db.url
             ),
             "database.pool_size",

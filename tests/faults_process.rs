@@ -10,54 +10,19 @@
 
 mod support;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use notification_reconciler::lock::{derive_key, holder};
 use rand::Rng;
 use support::daemon::{config_toml, tail, wait_until, Daemon};
-use support::fixtures::{enqueue, lock_is_free, seed, states, unfinished, LOCK_KEY};
+use support::fixtures::{
+    assert_all_delivered, enqueue, lock_is_free, seed, seen, states, unfinished, LOCK_KEY,
+};
 use support::{migrated_db, Cluster, Receiver, Script};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
-}
-
-/// How often the receiver saw each `webhook-id`.
-fn seen(receiver: &Receiver) -> BTreeMap<String, usize> {
-    let mut seen = BTreeMap::new();
-    for id in receiver.ids() {
-        *seen.entry(id).or_insert(0) += 1;
-    }
-    seen
-}
-
-/// Checks that every event is SUCCESS and was seen at least once; returns
-/// the number of duplicate requests (requests beyond the first per event).
-fn assert_all_delivered(
-    client: &mut postgres::Client,
-    receiver: &Receiver,
-    events: &[uuid::Uuid],
-) -> usize {
-    let by_state = states(client);
-    assert_eq!(
-        by_state.get("SUCCESS").copied(),
-        Some(events.len() as i64),
-        "every delivery SUCCESS; by state: {by_state:?}"
-    );
-    let seen = seen(receiver);
-    let missing: Vec<_> = events
-        .iter()
-        .filter(|e| !seen.contains_key(&e.to_string()))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{} events never reached the receiver, e.g. {:?}",
-        missing.len(),
-        missing.first()
-    );
-    assert_eq!(seen.len(), events.len(), "unexpected ids at the receiver");
-    receiver.count() - seen.len()
 }
 
 /// `kill -9` at ten random moments while `run` delivers 2,000 events; a

@@ -1,7 +1,10 @@
 //! One HTTP attempt: a signed POST through a shared `ureq::Agent`.
 //!
 //! The agent is built once per process ([`Sender::new`]) and shared by every
-//! worker (its clones share one keep-alive pool). Every timeout is set
+//! worker (its clones share one keep-alive pool, which keeps up to one idle
+//! connection per worker). Each connection's buffers are kept small
+//! ([`BUFFER_BYTES`]): with a thousand workers they are most of what a
+//! worker costs in memory. Every timeout is set
 //! explicitly (connect and whole-call), redirects are not followed (a 3xx is
 //! the attempt's answer), an HTTP error status is an outcome rather than an
 //! error, and at most `max_response_bytes` of the body are read. TLS is
@@ -40,6 +43,19 @@ pub struct Request<'a> {
     pub headers: &'a [(String, String)],
 }
 
+/// The input and output buffer of each HTTP connection (ureq's default is
+/// 128 KiB each, zero-filled on first use: 256 KiB resident per keep-alive
+/// connection). The request goes out through the output buffer in pieces,
+/// so only its longest line (the URL, a header) must fit; the input buffer
+/// must hold the response's status line and headers.
+pub const BUFFER_BYTES: usize = 16 * 1024;
+
+/// The largest response head (status line and headers) accepted; a larger
+/// one makes the attempt fail (retryable) with "response header is too
+/// big". Kept under [`BUFFER_BYTES`] so that the limit, not a full buffer,
+/// is what a huge head runs into. 8 KiB is what common proxies allow.
+pub const MAX_RESPONSE_HEAD_BYTES: usize = 8 * 1024;
+
 /// Sends webhooks; cheap to share between threads by reference.
 pub struct Sender {
     agent: ureq::Agent,
@@ -47,8 +63,11 @@ pub struct Sender {
 }
 
 impl Sender {
-    /// Builds the shared agent from `[delivery]`.
-    pub fn new(cfg: &DeliveryConfig) -> Sender {
+    /// Builds the shared agent from `[delivery]`, keeping up to `workers`
+    /// idle keep-alive connections (one per worker: each reuses its
+    /// connection to a slow receiver instead of opening a new one).
+    pub fn new(cfg: &DeliveryConfig, workers: usize) -> Sender {
+        let idle = workers.max(1);
         let config = ureq::Agent::config_builder()
             .timeout_global(Some(cfg.timeout))
             .timeout_connect(Some(cfg.connect_timeout))
@@ -56,8 +75,11 @@ impl Sender {
             .max_redirects(0)
             .max_redirects_will_error(false)
             .user_agent(USER_AGENT)
-            .max_idle_connections(1024)
-            .max_idle_connections_per_host(1024)
+            .max_idle_connections(idle)
+            .max_idle_connections_per_host(idle)
+            .input_buffer_size(BUFFER_BYTES)
+            .output_buffer_size(BUFFER_BYTES)
+            .max_response_header_size(MAX_RESPONSE_HEAD_BYTES)
             // A proxy would resolve the target itself, past the SSRF guard.
             .proxy(None)
             .tls_config(

@@ -1,12 +1,17 @@
 //! The worker step: what one worker does with one due delivery (an event to
-//! one channel).
+//! one channel), in two halves that `reconcile::worker` runs one after the
+//! other.
 //!
-//! Ask the state machine whether it is due or has timed out, check the event
-//! (its payload must be a JSON object) and the channel (deleted, disabled, no
-//! longer assigned, unusable URL/secret/headers), send the signed request,
-//! let the state machine decide the update, and write it with the row's
-//! version (optimistic concurrency). Reads nothing before sending: the page
-//! brought everything. Holds no transaction across the HTTP call.
+//! [`decide`] needs no database: it asks the state machine whether the
+//! delivery is due or has timed out, checks the event (its payload must be a
+//! JSON object) and the channel (deleted, disabled, no longer assigned,
+//! unusable URL/secret/headers), sends the signed request, and lets the state
+//! machine decide the update. The page brought everything it reads.
+//! [`record`] writes that update with the row's version (optimistic
+//! concurrency) on a connection the caller took for just that. So no
+//! connection, let alone a transaction, is held across the HTTP call; where
+//! the connection comes from, and how long to wait for one, is the caller's
+//! business.
 
 use std::time::Duration;
 
@@ -64,26 +69,40 @@ pub struct Reconciled {
     pub first_attempt_latency: Option<Duration>,
 }
 
-/// Reconciles one due delivery: decides, sends when due, and records the
-/// outcome. `cutoff` is the sweep's: a status due after it is left alone.
-pub fn reconcile_delivery(
-    client: &mut impl GenericClient,
-    writer: &StatusWriter,
+/// What [`decide`] came to.
+#[derive(Debug)]
+pub enum Decision {
+    /// Nothing to write: [`StatusOutcome::NotDue`] or
+    /// [`StatusOutcome::Withheld`].
+    Nothing(StatusOutcome),
+    /// An update to write with [`record`]: the outcome of an attempt just
+    /// made, or a failure decided without one (timeout, unusable channel or
+    /// event).
+    Write(Pending),
+}
+
+/// An update decided but not written yet.
+#[derive(Debug)]
+pub struct Pending {
+    /// What to write.
+    pub update: Update,
+    /// Enqueue to first attempt, when this was the delivery's first attempt.
+    pub first_attempt_latency: Option<Duration>,
+}
+
+/// Decides one due delivery and, when it is due, sends the attempt; touches
+/// no database. `cutoff` is the sweep's: a status due after it is left
+/// alone.
+pub fn decide(
     ctx: &Context<'_>,
     delivery: &Delivery,
     cutoff: DateTime<Utc>,
     jitter: &mut dyn Jitter,
-) -> Result<Reconciled, DbError> {
+) -> Decision {
     let (event, status) = (&*delivery.event, &delivery.status);
     let mut first_attempt_latency = None;
     let update = match state::check(&status.view, Utc::now(), cutoff, ctx.policy) {
-        Check::Finished | Check::NotDue => {
-            return Ok(Reconciled {
-                outcome: StatusOutcome::NotDue,
-                next_attempt_at: None,
-                first_attempt_latency: None,
-            })
-        }
+        Check::Finished | Check::NotDue => return Decision::Nothing(StatusOutcome::NotDue),
         Check::Expired(update) => update,
         Check::Due => {
             let usable = match event_problem(event) {
@@ -94,11 +113,7 @@ pub fn reconcile_delivery(
                 Err(problem) => problem,
                 Ok(channel) => {
                     if !(ctx.may_send)() {
-                        return Ok(Reconciled {
-                            outcome: StatusOutcome::Withheld,
-                            next_attempt_at: None,
-                            first_attempt_latency: None,
-                        });
+                        return Decision::Nothing(StatusOutcome::Withheld);
                     }
                     if status.view.state == State::Pending && status.view.round_attempts == 0 {
                         first_attempt_latency = (Utc::now() - event.created_at).to_std().ok();
@@ -110,14 +125,29 @@ pub fn reconcile_delivery(
             state::apply(&status.view, &outcome, Utc::now(), ctx.policy, jitter)
         }
     };
-    let outcome = write(client, writer, event, status, &update)?;
+    Decision::Write(Pending {
+        update,
+        first_attempt_latency,
+    })
+}
+
+/// Writes what [`decide`] decided for `delivery`, with the row's version,
+/// on `client` (which prepared `writer`).
+pub fn record(
+    client: &mut impl GenericClient,
+    writer: &StatusWriter,
+    delivery: &Delivery,
+    pending: &Pending,
+) -> Result<Reconciled, DbError> {
+    let update = &pending.update;
+    let outcome = write(client, writer, &delivery.event, &delivery.status, update)?;
     Ok(Reconciled {
         outcome,
         next_attempt_at: match outcome {
             StatusOutcome::RetryScheduled => update.next_attempt_at,
             _ => None,
         },
-        first_attempt_latency,
+        first_attempt_latency: pending.first_attempt_latency,
     })
 }
 

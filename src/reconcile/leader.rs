@@ -7,7 +7,7 @@
 //! try lock ── held elsewhere ─> LockHeld
 //! record the leader row (a stale one: wait TAKEOVER_GRACE)
 //! scope {
-//!   spawn N workers (own pooled connection each)
+//!   spawn N workers (each takes a pooled connection only to record an outcome)
 //!   loop until stop / lock lost / (once) sweep done and nothing in flight:
 //!     outcomes from workers -> free their registry slots, count them
 //!     wait for the first of: notification | a worker finished (when full) |
@@ -45,14 +45,20 @@ use crate::reconcile::worker::{self, Done, Finished, Job, Shared};
 use crate::state::Policy;
 
 /// Observes the leader (progress display, metrics, tests injecting faults).
-/// Every method has a no-op default. All but `before_delivery` run on the
-/// main thread.
+/// Every method has a no-op default. All but `before_delivery`,
+/// `pool_wait` and `pool_in_use` run on the main thread.
 pub trait Hooks: Sync {
     /// Leading began; `once`: `due` deliveries are due (its total).
     fn started(&self, _due: Option<u64>) {}
     /// A worker is about to reconcile `delivery` (runs inside the panic
     /// guard, on the worker's thread).
     fn before_delivery(&self, _delivery: &Delivery) {}
+    /// A worker waited `waited` for a database connection to record an
+    /// outcome, whether it got one or not (on the worker's thread).
+    fn pool_wait(&self, _waited: Duration) {}
+    /// `n` connections of the workers' pool are taken right now: a worker
+    /// just took or gave back one (on the worker's thread).
+    fn pool_in_use(&self, _n: usize) {}
     /// A delivery's outcome came back; `tally` has the counts so far.
     fn finished(&self, _done: &Done, _tally: &Tally) {}
     /// The main thread woke up to sweep, for `cause`.
@@ -145,7 +151,7 @@ impl Reconciler {
         Ok(Reconciler {
             config: config.clone(),
             pool,
-            sender: HttpSender::new(&config.delivery),
+            sender: HttpSender::new(&config.delivery, config.reconciler.workers),
             policy: policy_from(config),
             lock: LeaderLock::new(&config.database, &config.reconciler.lock_key),
         })
@@ -271,6 +277,7 @@ fn lead(
                 (job_rx.clone(), done_tx.clone(), &shared, &stopped);
             match std::thread::Builder::new()
                 .name(format!("worker-{i}"))
+                .stack_size(worker::STACK_SIZE)
                 .spawn_scoped(scope, move || worker::work(&jobs, &done, shared, stopped))
             {
                 Ok(_) => spawned += 1,
@@ -292,9 +299,16 @@ fn lead(
         drop(job_tx);
         // Workers finish the deliveries they are attempting, record them
         // and exit; their reports complete the tally. The scope joins every
-        // worker here; the lock is released only after that.
-        for done in done_rx.iter() {
-            main.finished(done);
+        // worker here; the lock is released only after that. Recording may
+        // wait for the database (`worker::RECORD_WAIT`): the loop beats
+        // meanwhile, so the watchdog sees it alive.
+        loop {
+            use crossbeam_channel::RecvTimeoutError::{Disconnected, Timeout};
+            match done_rx.recv_timeout(STOP_POLL) {
+                Ok(done) => main.finished(done),
+                Err(Timeout) => hooks.beat(),
+                Err(Disconnected) => break,
+            }
         }
     });
     if failure.is_none() {

@@ -1,8 +1,9 @@
 //! Reconciling: the leader hands due deliveries to workers (DESIGN.md
 //! "Shape" and "The leader loop"). The main thread holds the leader lock on
 //! its dedicated connection, pages due deliveries on it and hands them over
-//! a bounded channel to `workers` OS threads, each with its own pooled
-//! connection; workers report every finished delivery back over a second
+//! a bounded channel to `workers` OS threads, which take a pooled
+//! connection only to record an outcome (so workers may far outnumber
+//! connections); workers report every finished delivery back over a second
 //! channel; the scope joins every worker, and only then is the lock
 //! released, on every path.
 //!

@@ -1,15 +1,34 @@
 //! The loop each worker thread runs: take deliveries from the hand-off
-//! channel until it is closed, reconcile each on the worker's own pooled
-//! connection, and report each outcome back to the main thread (which frees
-//! its slot in the in-flight registry and counts it).
+//! channel until it is closed, reconcile each, and report each outcome back
+//! to the main thread (which frees its slot in the in-flight registry and
+//! counts it).
+//!
+//! A worker holds a database connection only while it records an outcome.
+//! It decides and sends without one (`delivery::worker::decide`: the page
+//! brought everything), then takes a connection from the pool, writes the
+//! update on it (the status write is prepared once per pooled connection)
+//! and gives it back at once. So deliveries in flight are bounded by
+//! `reconciler.workers`, and connections by `database.pool_size`, each on
+//! its own; a pooled connection still serves one worker at a time, and no
+//! transaction is held across an HTTP call.
+//!
+//! An outcome is recorded after its attempt: a worker that has made one
+//! waits for a connection up to [`RECORD_WAIT`] (a database outage or
+//! restart, a saturated pool), and when the connection it got turns out to
+//! be dead (the server restarted under an idle pooled connection), it
+//! discards it and writes on a fresh one. Only when no connection came in
+//! time is the outcome dropped: the delivery stays due and is attempted
+//! again (at-least-once; the version check keeps a late write from
+//! overwriting a newer one).
 //!
 //! A request goes out only while the leader's lease is fresh (the context's
 //! `may_send`, see `lease`); after a stop or a halt, deliveries still queued
-//! are dropped unattempted (they stay due). A panic while reconciling one delivery is caught,
-//! logged with the event id, reported, and the connection is discarded; the
-//! worker goes on and the delivery stays due.
+//! are dropped unattempted (they stay due). A panic while reconciling one
+//! delivery is caught, logged with the event id, reported, and a connection
+//! it held is discarded; the worker goes on and the delivery stays due.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use crossbeam_channel::{Receiver, Sender};
@@ -17,10 +36,33 @@ use uuid::Uuid;
 
 use crate::db::due::Delivery;
 use crate::db::statuses::StatusWriter;
-use crate::db::{DbError, Pool, PooledClient};
-use crate::delivery::worker::{reconcile_delivery, Context, Reconciled, StatusOutcome};
+use crate::db::{DbError, Pool, PooledClient, WorkerConn};
+use crate::delivery::worker::{self, Context, Decision, Pending, Reconciled, StatusOutcome};
 use crate::reconcile::leader::Hooks;
 use crate::state::RandomJitter;
+
+/// How long a worker that has an outcome to record waits for a database
+/// connection (all checkouts and retries together) before it gives the
+/// outcome up and leaves the delivery due. Long enough to ride out a
+/// database restart or failover, short enough that a stop during an outage
+/// (at most `delivery.timeout` more for the attempt) ends within systemd's
+/// `TimeoutStopSec` of the shipped unit (2 min) with the default 30 s
+/// delivery timeout.
+pub const RECORD_WAIT: Duration = Duration::from_secs(60);
+
+/// The stack size of a worker thread: 256 KiB in release builds (what
+/// ships), where a worker's deepest paths (a TLS handshake through rustls,
+/// reading a large response, name resolution through the C library, a
+/// symbolised backtrace) run in a quarter of it; the daemon's workers touch
+/// about 36 KiB (docs/benchmarks.md "Concurrency"). Debug builds (the test
+/// suite) have far bigger frames: a TLS handshake overflows 128 KiB there,
+/// so they get 512 KiB. Only touched pages are resident; below 2 MiB no
+/// stack can be backed by a transparent huge page either.
+pub const STACK_SIZE: usize = if cfg!(debug_assertions) {
+    512 * 1024
+} else {
+    256 * 1024
+};
 
 /// One delivery handed to a worker, with the cut-off of the sweep that
 /// found it.
@@ -72,13 +114,12 @@ pub fn work(
     shared: &Shared<'_>,
     stopped: &dyn Fn() -> bool,
 ) {
-    let mut conn: Option<PooledClient> = None;
     let mut jitter = RandomJitter;
     for job in jobs.iter() {
         let finished = if stopped() {
             Finished::Dropped
         } else {
-            reconcile_one(&job, &mut conn, shared, &mut jitter)
+            reconcile_one(&job, shared, &mut jitter)
         };
         let report = Done {
             status_id: job.delivery.status.id,
@@ -90,46 +131,20 @@ pub fn work(
     }
 }
 
-/// Reconciles one delivery on the worker's connection (taking one from the
-/// pool if it has none).
-fn reconcile_one(
-    job: &Job,
-    conn: &mut Option<PooledClient>,
-    shared: &Shared<'_>,
-    jitter: &mut RandomJitter,
-) -> Finished {
+/// Decides and sends one delivery without a connection, then records the
+/// outcome on one taken for just that.
+fn reconcile_one(job: &Job, shared: &Shared<'_>, jitter: &mut RandomJitter) -> Finished {
     let d = &job.delivery;
-    let client = match conn {
-        Some(c) => c,
-        None => match shared.pool.get() {
-            Ok(c) => conn.insert(c),
-            Err(e) => {
-                log::error!(
-                    "delivery of event {} ({}) to channel {} left due: no database connection: {e}",
-                    d.event.id,
-                    d.event.namespace,
-                    d.status.target.id
-                );
-                return Finished::Error;
-            }
-        },
-    };
-    let result = catch_unwind(AssertUnwindSafe(|| -> Result<Reconciled, DbError> {
+    let result = catch_unwind(AssertUnwindSafe(|| {
         shared.hooks.before_delivery(d);
-        let writer = match client.writer.take() {
-            Some(w) => w,
-            None => StatusWriter::prepare(&mut client.client)?,
-        };
-        let result = reconcile_delivery(
-            &mut client.client,
-            &writer,
-            shared.ctx,
-            d,
-            job.cutoff,
-            jitter,
-        );
-        client.writer = Some(writer);
-        result
+        match worker::decide(shared.ctx, d, job.cutoff, jitter) {
+            Decision::Nothing(outcome) => Ok(Reconciled {
+                outcome,
+                next_attempt_at: None,
+                first_attempt_latency: None,
+            }),
+            Decision::Write(pending) => record(shared, d, &pending),
+        }
     }));
     match result {
         Ok(Ok(r)) if r.outcome == StatusOutcome::Withheld => Finished::Dropped,
@@ -141,10 +156,6 @@ fn reconcile_one(
                 d.event.namespace,
                 d.status.target.id
             );
-            if e.is_connection_lost() {
-                client.discard = true;
-                *conn = None;
-            }
             Finished::Error
         }
         Err(panic) => {
@@ -159,9 +170,179 @@ fn reconcile_one(
                 d.event.namespace,
                 d.status.target.id
             );
-            client.discard = true;
-            *conn = None;
             Finished::Panicked
         }
+    }
+}
+
+/// Why recording an outcome failed, for the log line.
+#[derive(Debug, thiserror::Error)]
+enum RecordError {
+    /// No working connection within [`RECORD_WAIT`] (the pool timed out,
+    /// or every connection tried broke).
+    #[error("its outcome ({state}: {reason}) was not recorded (waited up to {} s for a working database connection): {source}", RECORD_WAIT.as_secs())]
+    NoConnection {
+        /// The state it would have written.
+        state: crate::state::State,
+        /// The reason it would have written.
+        reason: String,
+        /// The last error.
+        source: DbError,
+    },
+    /// The write itself failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// Writes `pending` for `d` on a pooled connection taken for it, waiting for
+/// one up to [`RECORD_WAIT`] in all; a connection found dead is discarded
+/// and the write retried on another (at most once per pooled connection,
+/// plus one). A retry is safe: when the lost write had in fact committed,
+/// the version check refuses the second (it is then reported as changed
+/// concurrently), so nothing is written twice.
+fn record(shared: &Shared<'_>, d: &Delivery, pending: &Pending) -> Result<Reconciled, RecordError> {
+    let deadline = Instant::now() + RECORD_WAIT;
+    let tries = shared.pool.max_size() as usize + 1;
+    let gave_up = |source| RecordError::NoConnection {
+        state: pending.update.state,
+        reason: pending.update.reason.clone(),
+        source,
+    };
+    let mut try_no = 0;
+    loop {
+        try_no += 1;
+        let mut conn = Checkout::take(shared, deadline).map_err(gave_up)?;
+        match conn.write(d, pending) {
+            Ok(r) => return Ok(r),
+            Err(e)
+                if (e.is_connection_lost() || conn.closed())
+                    && try_no < tries
+                    && Instant::now() < deadline =>
+            {
+                log::warn!(
+                    "recording the delivery of event {} to channel {}: the connection broke ({e}); writing on another",
+                    d.event.id,
+                    d.status.target.id
+                );
+                conn.discard();
+            }
+            Err(e) => {
+                if e.is_connection_lost() || conn.closed() {
+                    conn.discard();
+                    return Err(gave_up(e));
+                }
+                return Err(e.into());
+            }
+        }
+    }
+}
+
+/// A pooled connection taken to record one outcome. Dropping it gives it
+/// back to the pool, or makes the pool discard it when it was marked, or
+/// when a panic unwinds through it (its state is then unknown).
+struct Checkout<'a> {
+    conn: Option<PooledClient>,
+    pool: &'a Pool,
+    hooks: &'a dyn Hooks,
+}
+
+impl<'a> Checkout<'a> {
+    /// Takes a connection, waiting until `deadline` at most; tells the hooks
+    /// how long it waited and how many are now in use.
+    fn take(shared: &Shared<'a>, deadline: Instant) -> Result<Checkout<'a>, DbError> {
+        let asked = Instant::now();
+        let got = shared
+            .pool
+            .get_timeout(deadline.saturating_duration_since(asked));
+        shared.hooks.pool_wait(asked.elapsed());
+        let conn = got?;
+        shared.hooks.pool_in_use(in_use(shared.pool));
+        Ok(Checkout {
+            conn: Some(conn),
+            pool: shared.pool,
+            hooks: shared.hooks,
+        })
+    }
+
+    /// The pooled connection (present until dropped).
+    fn conn(&mut self) -> Result<&mut WorkerConn, DbError> {
+        self.conn
+            .as_deref_mut()
+            .ok_or(DbError::NotConnected("worker"))
+    }
+
+    /// Records `pending`, preparing the status write on this connection the
+    /// first time it is used.
+    fn write(&mut self, d: &Delivery, pending: &Pending) -> Result<Reconciled, DbError> {
+        let WorkerConn { client, writer, .. } = self.conn()?;
+        let writer = match writer {
+            Some(w) => w,
+            None => writer.insert(StatusWriter::prepare(client)?),
+        };
+        worker::record(client, writer, d, pending)
+    }
+
+    /// Whether the connection is closed (the server ended the session).
+    fn closed(&self) -> bool {
+        self.conn.as_ref().is_none_or(|c| c.client.is_closed())
+    }
+
+    /// Makes the pool drop this connection when it comes back.
+    fn discard(&mut self) {
+        if let Some(c) = self.conn.as_mut() {
+            c.discard = true;
+        }
+    }
+}
+
+impl Drop for Checkout<'_> {
+    fn drop(&mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            if std::thread::panicking() {
+                conn.discard = true;
+                return; // dropped here; no hook while unwinding
+            }
+            drop(conn);
+            self.hooks.pool_in_use(in_use(self.pool));
+        }
+    }
+}
+
+/// Connections of `pool` taken by workers right now.
+fn in_use(pool: &Pool) -> usize {
+    let state = pool.state();
+    state.connections.saturating_sub(state.idle_connections) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `f` on a thread with `stack` bytes of stack, as workers run.
+    fn on_stack<T: Send + 'static>(stack: usize, f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::Builder::new()
+            .stack_size(stack)
+            .spawn(f)
+            .expect("spawn a thread")
+            .join()
+            .expect("the thread panicked")
+    }
+
+    /// The deepest things a worker's thread may do besides delivering (TLS
+    /// and HTTP are covered by the integration tests, which run on real
+    /// workers): a symbolised backtrace, as a panic hook prints it with
+    /// `RUST_BACKTRACE`, and a name lookup through the C library. Both fit
+    /// in a quarter of [`STACK_SIZE`], the margin docs/benchmarks.md gives;
+    /// a stack overflow aborts this test binary.
+    #[test]
+    fn a_quarter_of_the_worker_stack_holds_a_symbolised_backtrace_and_a_name_lookup() {
+        let (backtrace, _found) = on_stack(STACK_SIZE / 4, || {
+            let backtrace = std::backtrace::Backtrace::force_capture().to_string();
+            let found = std::net::ToSocketAddrs::to_socket_addrs(&("localhost", 80))
+                .map(Iterator::count)
+                .unwrap_or(0);
+            (backtrace, found)
+        });
+        assert!(!backtrace.is_empty());
     }
 }

@@ -26,6 +26,7 @@ use crate::reconcile::leader::{Hooks, PassOutcome, Reconciler, WakeCause};
 use crate::reconcile::listener;
 use crate::reconcile::report::{Report, Tally};
 use crate::reconcile::worker::Done;
+use crate::service::limits;
 use crate::service::metrics::{self, Health, LeadResult, ListenError, Metrics, Telemetry};
 use crate::service::notify::Notifier;
 use crate::service::signals::Shutdown;
@@ -102,11 +103,15 @@ pub fn run_until(config: &Config, shutdown: &Shutdown) -> Result<(), DaemonError
     telemetry.health.db_ok();
     let mut reconciler = Reconciler::new(config)?;
     log::info!(
-        "started: {} workers, interval {}, lock key {:?}",
+        "started: {} workers, {} pooled database connections, interval {}, lock key {:?}",
         config.reconciler.workers,
+        config.database.pool_size,
         humantime::format_duration(interval),
         config.reconciler.lock_key
     );
+    if let Some(warning) = limits::open_files_warning(config) {
+        log::warn!("{warning}");
+    }
     notifier.ready("ready: trying to lead");
 
     let hooks = DaemonHooks {
@@ -246,6 +251,14 @@ impl Hooks for DaemonHooks<'_> {
 
     fn before_delivery(&self, _delivery: &Delivery) {
         self.alive();
+    }
+
+    fn pool_wait(&self, waited: Duration) {
+        self.telemetry.metrics.pool_wait(waited);
+    }
+
+    fn pool_in_use(&self, n: usize) {
+        self.telemetry.metrics.pool_in_use(n);
     }
 
     fn finished(&self, done: &Done, _tally: &Tally) {

@@ -80,6 +80,12 @@ fn latency_buckets() -> impl Iterator<Item = f64> {
     exponential_buckets(0.001, 2.0, 17)
 }
 
+/// Buckets of the pool wait histogram, in seconds: 50 µs to about 100 s
+/// (a worker waits up to `reconcile::worker::RECORD_WAIT`).
+fn pool_wait_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.000_05, 2.0, 22)
+}
+
 /// The Prometheus metrics: running totals over the process's life.
 #[derive(Debug)]
 pub struct Metrics {
@@ -92,6 +98,8 @@ pub struct Metrics {
     deliveries_due: Gauge,
     lock_held: Gauge,
     worker_panics: Counter,
+    pool_wait: Histogram,
+    pool_in_use: Gauge,
 }
 
 impl Default for Metrics {
@@ -162,6 +170,19 @@ impl Metrics {
             "Deliveries whose reconcile panicked (caught; the delivery stays due)",
             worker_panics.clone(),
         );
+        let pool_wait = Histogram::new(pool_wait_buckets());
+        registry.register_with_unit(
+            "db_pool_wait",
+            "How long workers waited for a pooled database connection to record an outcome",
+            Unit::Seconds,
+            pool_wait.clone(),
+        );
+        let pool_in_use = Gauge::default();
+        registry.register(
+            "db_pool_in_use",
+            "Connections of the workers' pool taken right now (at most database.pool_size)",
+            pool_in_use.clone(),
+        );
         registry.register(
             "build",
             "Build information",
@@ -177,7 +198,19 @@ impl Metrics {
             deliveries_due,
             lock_held,
             worker_panics,
+            pool_wait,
+            pool_in_use,
         }
+    }
+
+    /// A worker waited `waited` for a pooled connection.
+    pub fn pool_wait(&self, waited: Duration) {
+        self.pool_wait.observe(waited.as_secs_f64());
+    }
+
+    /// `n` pooled connections are taken.
+    pub fn pool_in_use(&self, n: usize) {
+        self.pool_in_use.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// Leading started (with `due` deliveries due, when counted).
@@ -432,6 +465,27 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }
         assert!(text.contains("notification_reconciler_build_info{version=\""));
+    }
+
+    #[test]
+    fn pool_waits_and_connections_in_use_are_exported() {
+        let m = Metrics::new();
+        m.pool_wait(Duration::from_micros(20));
+        m.pool_wait(Duration::from_millis(3));
+        m.pool_in_use(7);
+        let text = m.encode();
+        // The 20 µs wait is in the first bucket (50 µs), the 3 ms one is not.
+        let first_bucket = text
+            .lines()
+            .find(|l| l.starts_with("notification_reconciler_db_pool_wait_seconds_bucket{"))
+            .unwrap_or_default();
+        assert!(first_bucket.ends_with("} 1"), "{first_bucket}\n{text}");
+        for line in [
+            "notification_reconciler_db_pool_wait_seconds_count 2",
+            "notification_reconciler_db_pool_in_use 7",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! and what the outside world is told about it.
 
 pub mod daemon;
+pub mod limits;
 pub mod metrics;
 pub mod notify;
 pub mod once;

@@ -248,3 +248,40 @@ pub fn lock_is_free(url: &str, key: i64) -> bool {
     }
     free
 }
+
+/// How often the receiver saw each `webhook-id`.
+pub fn seen(receiver: &super::Receiver) -> BTreeMap<String, usize> {
+    let mut seen = BTreeMap::new();
+    for id in receiver.ids() {
+        *seen.entry(id).or_insert(0) += 1;
+    }
+    seen
+}
+
+/// Checks that every event is SUCCESS and was seen at least once; returns
+/// the number of duplicate requests (requests beyond the first per event).
+pub fn assert_all_delivered(
+    client: &mut postgres::Client,
+    receiver: &super::Receiver,
+    events: &[uuid::Uuid],
+) -> usize {
+    let by_state = states(client);
+    assert_eq!(
+        by_state.get("SUCCESS").copied(),
+        Some(events.len() as i64),
+        "every delivery SUCCESS; by state: {by_state:?}"
+    );
+    let seen = seen(receiver);
+    let missing: Vec<_> = events
+        .iter()
+        .filter(|e| !seen.contains_key(&e.to_string()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} events never reached the receiver, e.g. {:?}",
+        missing.len(),
+        missing.first()
+    );
+    assert_eq!(seen.len(), events.len(), "unexpected ids at the receiver");
+    receiver.count() - seen.len()
+}

@@ -3,7 +3,8 @@
 //! dedicated cluster a test may stop and restart), a scriptable HTTP
 //! receiver that records what it got, the binary run to completion (`bin`)
 //! or as a long-running child (`daemon`), and the rows tests seed
-//! (`fixtures`), and a private CA for HTTPS receivers (`tls`).
+//! (`fixtures`), a private CA for HTTPS receivers (`tls`), and a sampler of
+//! the daemon's database sessions (`sessions`).
 //!
 //! Test files use it with `mod support;`; the benchmark with
 //! `#[path = "../tests/support/mod.rs"] mod support;`. It holds no assertions
@@ -18,6 +19,7 @@ pub mod net;
 pub mod pg;
 pub mod receiver;
 pub mod script;
+pub mod sessions;
 pub mod tls;
 
 pub use cluster::Cluster;
