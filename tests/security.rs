@@ -119,6 +119,20 @@ fn one_event_to_every_loopback_form() -> (TestDb, Receiver, Client, Vec<(String,
     (db, receiver, client, channels)
 }
 
+/// `channel create` of a channel named x in namespace acme to `url`.
+fn create_args(url: &str) -> [&str; 8] {
+    [
+        "channel",
+        "create",
+        "--namespace",
+        "acme",
+        "--name",
+        "x",
+        "--url",
+        url,
+    ]
+}
+
 #[test]
 fn channel_create_with_a_literal_refused_address_exits_2_naming_the_key() {
     let db = migrated_db();
@@ -133,58 +147,16 @@ fn channel_create_with_a_literal_refused_address_exits_2_naming_the_key() {
         "http://[fd00::1]/",
         "http://100.64.0.1/",
     ] {
-        let line = deny.fails(
-            2,
-            &[
-                "channel",
-                "create",
-                "--namespace",
-                "acme",
-                "--name",
-                "x",
-                "--url",
-                url,
-            ],
-        );
+        let line = deny.fails(2, &create_args(url));
         assert!(line.contains("delivery.allow_networks"), "{url}: {line}");
         assert!(line.contains("refused"), "{url}: {line}");
     }
     // A host name is checked when it is resolved, at delivery time.
-    deny.ok(&[
-        "channel",
-        "create",
-        "--namespace",
-        "acme",
-        "--name",
-        "x",
-        "--url",
-        "http://localhost:1/",
-    ]);
+    deny.ok(&create_args("http://localhost:1/"));
     // The allow list lets exactly its ranges through.
     let allow = bin(&allow_all_loopback(), &db.url);
-    allow.ok(&[
-        "channel",
-        "create",
-        "--namespace",
-        "acme",
-        "--name",
-        "x",
-        "--url",
-        "http://2130706433:1/",
-    ]);
-    let line = allow.fails(
-        2,
-        &[
-            "channel",
-            "create",
-            "--namespace",
-            "acme",
-            "--name",
-            "x",
-            "--url",
-            "http://169.254.169.254/",
-        ],
-    );
+    allow.ok(&create_args("http://2130706433:1/"));
+    let line = allow.fails(2, &create_args("http://169.254.169.254/"));
     assert!(line.contains("delivery.allow_networks"), "{line}");
     let n: i64 = db
         .client()
