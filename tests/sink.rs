@@ -115,17 +115,23 @@ impl Drop for Sink {
     }
 }
 
+/// The tests' HTTP client: loopback only (whatever `*_PROXY` says), every
+/// status returned as an answer, bounded by [`WAIT`].
+fn test_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .proxy(None)
+        .http_status_as_error(false)
+        .timeout_global(Some(WAIT))
+        .build()
+        .into()
+}
+
 /// POSTs `body` with Standard Webhooks headers signed by `secret` at
 /// `timestamp`; returns the status code.
 fn post_signed(url: &str, secret: &str, id: &str, timestamp: i64, body: &str) -> u16 {
     let secret = Secret::parse(secret).expect("test secret parses");
     let signature = secret.sign(id, timestamp, body.as_bytes());
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .proxy(None) // loopback only, whatever *_PROXY says
-        .http_status_as_error(false)
-        .timeout_global(Some(WAIT))
-        .build()
-        .into();
+    let agent = test_agent();
     agent
         .post(url)
         .header("webhook-id", id)
@@ -287,12 +293,7 @@ fn sink_takes_its_secret_from_the_environment_or_a_file_out_of_sight_of_ps() {
 #[test]
 fn a_body_over_the_sinks_cap_is_answered_413_and_logged() {
     let sink = Sink::start(&[]);
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .proxy(None) // loopback only, whatever *_PROXY says
-        .http_status_as_error(false)
-        .timeout_global(Some(WAIT))
-        .build()
-        .into();
+    let agent = test_agent();
     let body = vec![b' '; 11 * 1024 * 1024];
     let status = agent
         .post(&sink.url())
