@@ -30,11 +30,17 @@
 //!    after 1 s: deliveries/s against `workers / 1 s`, the most database
 //!    connections of ours seen at once, the daemon's peak RSS and its
 //!    worker threads' touched stack.
+//! 9. fairness ([`fairness`]): the daemon binary with 16 workers and the
+//!    automatic per-channel cap, a hanging endpoint with 10,000 due
+//!    deliveries (`delivery.timeout` 3 s) and a healthy one receiving 100
+//!    events/s for 10 s: the healthy endpoint's enqueue → receipt p50/p99
+//!    with and without the hanging one; and EXPLAIN ANALYZE of the due
+//!    queries with 1,000,000 due deliveries on one channel.
 //!
 //! `cargo bench --bench throughput` runs the full sizes (several minutes);
 //! `-- --tiny` runs every scenario with small counts in well under a minute
 //! and checks only that every delivery happened (what CI runs). `--only
-//! latency|db|memory|idle|prompt|failover|https|concurrency` runs one scenario. Timing targets are reported,
+//! latency|db|memory|idle|prompt|failover|https|concurrency|fairness` runs one scenario. Timing targets are reported,
 //! never asserted. The receiver is this file's own (one thread per
 //! keep-alive connection, no recording) so that it is never the bottleneck;
 //! `--support-receiver` uses the test support's recording receiver instead,
@@ -77,6 +83,11 @@ struct Sizes {
     prompt_slow: u64,
     prompt_slow_latency: Duration,
     failover_trials: usize,
+    fair_hanging: u64,
+    fair_timeout: &'static str,
+    fair_seconds: u64,
+    fair_rate: u64,
+    fair_backlog: u64,
 }
 
 impl Sizes {
@@ -98,6 +109,11 @@ impl Sizes {
             prompt_slow: 16,
             prompt_slow_latency: Duration::from_secs(5),
             failover_trials: 5,
+            fair_hanging: 10_000,
+            fair_timeout: "3s",
+            fair_seconds: 10,
+            fair_rate: 100,
+            fair_backlog: 1_000_000,
         }
     }
 
@@ -119,6 +135,11 @@ impl Sizes {
             prompt_slow: 4,
             prompt_slow_latency: Duration::from_millis(500),
             failover_trials: 1,
+            fair_hanging: 200,
+            fair_timeout: "1s",
+            fair_seconds: 1,
+            fair_rate: 50,
+            fair_backlog: 5_000,
         }
     }
 }
@@ -174,6 +195,10 @@ fn main() {
     }
     if wanted("concurrency") {
         concurrency(tiny, &mut rows);
+    }
+    if wanted("fairness") {
+        fairness(&sizes, &mut rows);
+        plans.extend(fair_explain(&sizes, &mut rows));
     }
     print_table(&rows, tiny);
     for plan in plans {
@@ -411,7 +436,7 @@ fn idle(sizes: &Sizes, rows: &mut Vec<Row>) -> Vec<String> {
         .expect("bench: search_path");
     let mut plans = Vec::new();
     for (name, sql) in [
-        ("due page query", explainable_page_sql()),
+        ("due channels query", explainable_channels_sql()),
         ("due count query", COUNT_SQL.to_string()),
     ] {
         let lines: Vec<String> = client
@@ -421,10 +446,10 @@ fn idle(sizes: &Sizes, rows: &mut Vec<Row>) -> Vec<String> {
             .map(|r| r.get::<_, String>(0))
             .collect();
         let plan = lines.join("\n");
-        // Either partial index of unfinished rows (the page walks the keyset
-        // one, the count may take the next_attempt_at one).
+        // Either partial index of unfinished rows (the channels query walks
+        // the channel-led one, the count may take the next_attempt_at one).
         assert!(
-            plan.contains("delivery_status_due") || plan.contains("delivery_status_next"),
+            plan.contains("delivery_status_channel_due") || plan.contains("delivery_status_next"),
             "idle: the {name} does not use a partial index of unfinished rows:\n{plan}"
         );
         plans.push(format!(
@@ -438,14 +463,22 @@ fn idle(sizes: &Sizes, rows: &mut Vec<Row>) -> Vec<String> {
 const COUNT_SQL: &str = "SELECT count(*) FROM delivery_status
      WHERE state IN ('PENDING', 'SENDING', 'RESENDING') AND next_attempt_at <= now()";
 
-/// The page query of `db::due` with its parameters inlined: cut-off now,
-/// start cursor, 50 deliveries.
-fn explainable_page_sql() -> String {
-    notification_reconciler::db::due::page_sql(50)
+/// The channels query of `db::due` with its cut-off inlined (now).
+fn explainable_channels_sql() -> String {
+    notification_reconciler::db::due::CHANNELS_SQL.replace("$1", "now()")
+}
+
+/// The read query of `db::due` with its parameters inlined: cut-off now,
+/// `channel` from its start, `per_channel` deliveries.
+fn explainable_read_sql(channel: &str, per_channel: u32) -> String {
+    notification_reconciler::db::due::read_sql(per_channel)
         .replace("$1", "now()")
-        .replace("$2", "'-infinity'::timestamptz")
-        .replace("$3", "'00000000-0000-0000-0000-000000000000'::uuid")
-        .replace("$4", "'00000000-0000-0000-0000-000000000000'::uuid")
+        .replace("$2", &format!("ARRAY['{channel}']::uuid[]"))
+        .replace("$3", "ARRAY['-infinity']::timestamptz[]")
+        .replace(
+            "$4",
+            "ARRAY['00000000-0000-0000-0000-000000000000']::uuid[]",
+        )
 }
 
 /// Scenario 5: enqueue to receipt through the real daemon while slow
@@ -481,52 +514,13 @@ fn prompt(sizes: &Sizes, rows: &mut Vec<Row>) {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    // The wall clock of the receiver's Instants, to compare with the
-    // database's clock_timestamp() (same machine).
-    let (base_instant, base_wall) = (Instant::now(), std::time::SystemTime::now());
     let total = sizes.prompt_seconds * sizes.prompt_rate;
-    let every = Duration::from_secs(1) / sizes.prompt_rate as u32;
-    let start = Instant::now();
-    for i in 0..total {
-        let due = start + every * i as u32;
-        if let Some(wait) = due.checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
-        }
-        client
-            .execute(
-                "SELECT notification.enqueue_event('acme', 'fast',
-                     jsonb_build_object('t', extract(epoch FROM clock_timestamp())::float8))",
-                &[],
-            )
-            .expect("prompt: enqueue");
-    }
-    assert!(
-        fast.wait_for(total as usize, Duration::from_secs(120)),
-        "prompt: {} of {total} arrived:\n{}",
-        fast.count(),
+    let latencies = timed_enqueues(&mut client, &fast, "fast", total, sizes.prompt_rate, || {
         daemon.stderr()
-    );
+    });
     let slow_still_in_flight = slow.in_flight();
     daemon.stop();
-    let mut latencies: Vec<f64> = fast
-        .requests()
-        .iter()
-        .map(|rq| {
-            let enqueued = rq.json()["data"]["t"]
-                .as_f64()
-                .expect("prompt: t in the payload");
-            let received = base_wall + rq.at.saturating_duration_since(base_instant);
-            let received = received
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or(0.0);
-            (received - enqueued) * 1000.0
-        })
-        .collect();
-    latencies.sort_by(f64::total_cmp);
-    let pct = |p: f64| {
-        latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1]
-    };
+    let pct = |p| percentile(&latencies, p);
     let (p50, p90, p99, max) = (pct(0.50), pct(0.90), pct(0.99), pct(1.0));
     push(
         rows,
@@ -546,6 +540,252 @@ fn prompt(sizes: &Sizes, rows: &mut Vec<Row>) {
             met: Some(p50 <= 25.0 && p99 <= 150.0),
         },
     );
+}
+
+/// Enqueues `total` events of `event_type` at `rate` a second through
+/// `enqueue_event`, each carrying its enqueue time (the database's clock),
+/// waits until `receiver` got them all, and returns each one's enqueue →
+/// receipt time in ms, sorted. `log` is shown when they do not arrive.
+fn timed_enqueues(
+    client: &mut postgres::Client,
+    receiver: &support::Receiver,
+    event_type: &str,
+    total: u64,
+    rate: u64,
+    log: impl Fn() -> String,
+) -> Vec<f64> {
+    // The wall clock of the receiver's Instants, to compare with the
+    // database's clock_timestamp() (same machine).
+    let (base_instant, base_wall) = (Instant::now(), std::time::SystemTime::now());
+    let every = Duration::from_secs(1) / rate as u32;
+    let start = Instant::now();
+    for i in 0..total {
+        let due = start + every * i as u32;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        client
+            .execute(
+                "SELECT notification.enqueue_event('acme', $1,
+                     jsonb_build_object('t', extract(epoch FROM clock_timestamp())::float8))",
+                &[&event_type],
+            )
+            .expect("bench: enqueue");
+    }
+    assert!(
+        receiver.wait_for(total as usize, Duration::from_secs(120)),
+        "bench: {} of {total} {event_type} events arrived:\n{}",
+        receiver.count(),
+        log()
+    );
+    let mut latencies: Vec<f64> = receiver
+        .requests()
+        .iter()
+        .map(|rq| {
+            let enqueued = rq.json()["data"]["t"]
+                .as_f64()
+                .expect("bench: t in the payload");
+            let received = base_wall + rq.at.saturating_duration_since(base_instant);
+            let received = received
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
+            (received - enqueued) * 1000.0
+        })
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    latencies
+}
+
+/// The `p` quantile (0..=1) of sorted `values`.
+fn percentile(values: &[f64], p: f64) -> f64 {
+    values[((values.len() as f64 * p).ceil() as usize).clamp(1, values.len()) - 1]
+}
+
+/// Scenario 9: a healthy endpoint's enqueue → receipt latency at a steady
+/// rate, without and with a hanging endpoint that has a large due backlog.
+fn fairness(sizes: &Sizes, rows: &mut Vec<Row>) {
+    let mut p99s = Vec::new();
+    for hanging in [false, true] {
+        let db = daemon_db();
+        let healthy = support::Receiver::start(Script::status(200));
+        let dead = support::Receiver::start(Script::hang());
+        let mut client = db.client();
+        let secret = support::fixtures::SECRET;
+        support::fixtures::channel_for(&mut client, "healthy", &healthy.url(), secret, "{}");
+        if hanging {
+            support::fixtures::channel_for(&mut client, "dead", &dead.url(), secret, "{}");
+            support::fixtures::emit(
+                &mut client,
+                "dead",
+                "'{}'::jsonb",
+                sizes.fair_hanging as i32,
+            );
+        }
+        let mut daemon = BinDaemon::start_with(
+            &db.url,
+            16,
+            18,
+            "15s",
+            &format!(
+                "timeout = \"{}\"\nmax_in_flight_per_channel = 0\n",
+                sizes.fair_timeout
+            ),
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while hanging && dead.in_flight() == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "fairness: the hanging deliveries never started:\n{}",
+                daemon.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let total = sizes.fair_seconds * sizes.fair_rate;
+        let latencies = timed_enqueues(
+            &mut client,
+            &healthy,
+            "healthy",
+            total,
+            sizes.fair_rate,
+            || daemon.stderr(),
+        );
+        let log = daemon.stderr();
+        daemon.stop();
+        let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
+        p99s.push(p99);
+        let breaker = if log.contains("breaker open") {
+            "its breaker opened"
+        } else {
+            "its breaker stayed closed"
+        };
+        push(
+            rows,
+            Row {
+                scenario: "9 fairness",
+                setting: if hanging {
+                    format!(
+                        "{total} events at {}/s, 16 workers, with a hanging endpoint: {} due, timeout {}",
+                        sizes.fair_rate, sizes.fair_hanging, sizes.fair_timeout
+                    )
+                } else {
+                    format!(
+                        "{total} events at {}/s, 16 workers, healthy endpoint alone",
+                        sizes.fair_rate
+                    )
+                },
+                result: if hanging {
+                    format!(
+                        "p50 {p50:.1} ms, p99 {p99:.1} ms; the hanging endpoint held at most {} workers, {breaker}, {} requests",
+                        dead.peak_concurrency(),
+                        dead.count()
+                    )
+                } else {
+                    format!("p50 {p50:.1} ms, p99 {p99:.1} ms")
+                },
+                target: String::new(),
+                met: None,
+            },
+        );
+    }
+    let ratio = p99s[1] / p99s[0];
+    push(
+        rows,
+        Row {
+            scenario: "9 fairness",
+            setting: "p99 with / p99 without the hanging endpoint".into(),
+            result: format!("{ratio:.2}"),
+            target: "≤ 1.5".into(),
+            met: Some(ratio <= 1.5),
+        },
+    );
+}
+
+/// Scenario 9, the due queries with a huge backlog on one channel: the
+/// channels query and the read of another channel's deliveries, EXPLAIN
+/// ANALYZE, with `fair_backlog` due deliveries on one channel and 10 on
+/// another (the newest events, so in the old global keyset order they came
+/// after the whole backlog).
+fn fair_explain(sizes: &Sizes, rows: &mut Vec<Row>) -> Vec<String> {
+    let db = support::migrated_db();
+    seed(
+        &db,
+        sizes.fair_backlog,
+        "PENDING",
+        "http://127.0.0.1:9/hook",
+    );
+    let mut client = db.client();
+    let other: String = client
+        .query_one(
+            "WITH c AS (INSERT INTO notification.channel (namespace, name, url, signing_secret)
+                        VALUES ('bench', 'other', 'http://127.0.0.1:9/other',
+                                'whsec_' || encode(sha256('other'::bytea), 'base64'))
+                        RETURNING id),
+                  s AS (INSERT INTO notification.delivery_status
+                            (namespace, event_id, channel_id, event_created_at, state,
+                             next_attempt_at, clock_started_at)
+                        SELECT 'bench', e.id, c.id, e.created_at, 'PENDING', e.created_at, now()
+                        FROM (SELECT id, created_at FROM notification.event
+                              ORDER BY created_at DESC LIMIT 10) e, c)
+             SELECT id::text FROM c",
+            &[],
+        )
+        .expect("bench: the other channel")
+        .get(0);
+    client
+        .batch_execute("VACUUM ANALYZE; SET search_path = notification")
+        .expect("bench: vacuum");
+    let mut plans = Vec::new();
+    for (name, sql) in [
+        ("due channels query", explainable_channels_sql()),
+        ("read of the other channel", explainable_read_sql(&other, 8)),
+    ] {
+        // Twice: the first warms the cache; the second is reported.
+        let mut lines = Vec::new();
+        for _ in 0..2 {
+            lines = client
+                .query(&format!("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {sql}"), &[])
+                .expect("bench: EXPLAIN")
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect();
+        }
+        let plan = lines.join("\n");
+        assert!(
+            plan.contains("delivery_status_channel_due"),
+            "fairness: the {name} does not use delivery_status_channel_due:\n{plan}"
+        );
+        let ms: f64 = lines
+            .iter()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("Execution Time: ")?
+                    .strip_suffix(" ms")?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(f64::NAN);
+        let buffers = lines
+            .iter()
+            .find_map(|l| l.trim().strip_prefix("Buffers: "))
+            .unwrap_or("?")
+            .to_string();
+        push(
+            rows,
+            Row {
+                scenario: "9 fairness",
+                setting: format!("{name}, {} due on one channel", sizes.fair_backlog),
+                result: format!("{ms:.2} ms (buffers {buffers})"),
+                target: "≤ 5 ms".into(),
+                met: Some(ms <= 5.0),
+            },
+        );
+        plans.push(format!(
+            "EXPLAIN ANALYZE of the {name} ({} due deliveries on one channel, 10 on another):\n{plan}",
+            sizes.fair_backlog
+        ));
+    }
+    plans
 }
 
 /// Scenario 6: kill -9 of the leader to the standby's first delivery.
@@ -660,16 +900,31 @@ impl BinDaemon {
             .prefix("nr-bench-")
             .tempdir()
             .expect("bench: temp dir");
+        // This build: loopback allowed, and (unless `delivery_extra` says
+        // otherwise) one channel may use every worker, as before fair
+        // scheduling, so that the single-channel scenarios stay comparable.
+        // An older build (NR_BENCH_BIN) knows neither key.
         let (program, allow) = match std::env::var("NR_BENCH_BIN") {
-            Ok(p) => (p, ""),
+            Ok(p) => (p, String::new()),
+            Err(_) if delivery_extra.contains("max_in_flight_per_channel") => (
+                support::bin::BIN.to_string(),
+                "allow_networks = [\"127.0.0.0/8\"]\n".to_string(),
+            ),
             Err(_) => (
                 support::bin::BIN.to_string(),
-                "allow_networks = [\"127.0.0.0/8\"]\n",
+                format!(
+                    "allow_networks = [\"127.0.0.0/8\"]\nmax_in_flight_per_channel = {workers}\n"
+                ),
             ),
+        };
+        let timeout = if delivery_extra.starts_with("timeout") {
+            ""
+        } else {
+            "timeout = \"30s\"\n"
         };
         let config = format!(
             "[database]\nurl = \"{url}\"\npool_size = {pool_size}\n[reconciler]\nworkers = {workers}\ninterval = \"{interval}\"\n\
-             [delivery]\ntimeout = \"30s\"\n{allow}{delivery_extra}[log]\nlevel = \"info\"\n"
+             [delivery]\n{timeout}{allow}{delivery_extra}[log]\nlevel = \"info\"\n"
         );
         let path = dir.path().join("config.toml");
         std::fs::write(&path, config).expect("bench: config");
@@ -1010,6 +1265,9 @@ fn config(url: &str, workers: usize) -> Config {
     config.database.pool_size = workers as u32 + 2;
     config.delivery.timeout = Duration::from_secs(30);
     config.delivery.allow_networks = support::fixtures::loopback_networks();
+    // These scenarios deliver to one channel: let it use every worker, so
+    // that they measure the pass, not the per-channel cap.
+    config.delivery.max_in_flight_per_channel = workers;
     config
 }
 

@@ -27,6 +27,24 @@ pub const MAX_WORKERS: i64 = 4096;
 /// useful: PostgreSQL's default `max_connections` is 100.
 pub const MAX_POOL_SIZE: i64 = 1026;
 
+/// The automatic `reconciler.workers` for `cpus` CPUs: 8 per CPU, at least
+/// 16. Workers mostly wait on the network, so several per CPU keep the
+/// machine busy; 16 leave room for a few slow endpoints on a small machine.
+pub fn auto_workers(cpus: usize) -> usize {
+    (8 * cpus).clamp(16, MAX_WORKERS as usize)
+}
+
+/// The automatic `delivery.max_in_flight_per_channel` for `workers`: a
+/// quarter of them, at least 1, so that one hanging endpoint can hold at
+/// most a quarter of the workers.
+pub fn auto_channel_cap(workers: usize) -> usize {
+    (workers / 4).max(1)
+}
+
+/// The longest a breaker's cool-down doubles to (unless
+/// `delivery.breaker_cooldown` itself is longer).
+pub const MAX_BREAKER_COOLDOWN: Duration = Duration::from_secs(600);
+
 /// The automatic `database.pool_size` for `cpus` CPUs: 4 per CPU, at least
 /// 8. Workers hold a connection only while they record an outcome, so a
 /// few per CPU keep up with hundreds of workers.
@@ -133,7 +151,7 @@ pub struct RawDatabase {
 pub struct RawReconciler {
     /// The leader's safety-net sweep period.
     pub interval: String,
-    /// Worker threads; 0 = available parallelism.
+    /// Worker threads; 0 = 8 per CPU, at least 16.
     pub workers: i64,
     /// Events per page of the due query.
     pub page_size: i64,
@@ -169,6 +187,17 @@ pub struct RawDelivery {
     /// PEM bundle of CA certificates trusted besides the system's; empty =
     /// none.
     pub ca_file: String,
+    /// Deliveries of one channel in flight at once; 0 = a quarter of the
+    /// workers, at least 1.
+    pub max_in_flight_per_channel: i64,
+    /// Consecutive failed attempts that open a channel's breaker; 0 = no
+    /// breaker.
+    pub breaker_failures: i64,
+    /// The breaker's first cool-down (doubles while failing, at most
+    /// [`MAX_BREAKER_COOLDOWN`] or this, whichever is longer).
+    pub breaker_cooldown: String,
+    /// Only failures this long: the channel is disabled; "0s" = never.
+    pub disable_after: String,
 }
 
 /// `[log]` as written.
@@ -225,6 +254,10 @@ impl Default for RawDelivery {
             allow_networks: Vec::new(),
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             ca_file: String::new(),
+            max_in_flight_per_channel: 0,
+            breaker_failures: 5,
+            breaker_cooldown: "30s".into(),
+            disable_after: "5d".into(),
         }
     }
 }
@@ -309,6 +342,15 @@ pub struct DeliveryConfig {
     /// The certificates read from `ca_file`, trusted besides the system's
     /// (at least one when `ca_file` is set).
     pub ca_certs: Vec<ureq::tls::Certificate<'static>>,
+    /// Deliveries of one channel in flight at once (queued or being
+    /// attempted), ≥ 1.
+    pub max_in_flight_per_channel: usize,
+    /// Consecutive failed attempts that open a channel's breaker; 0 = off.
+    pub breaker_failures: u32,
+    /// The breaker's first cool-down, > 0.
+    pub breaker_cooldown: Duration,
+    /// Auto-disable after only failures this long; zero = never.
+    pub disable_after: Duration,
 }
 
 /// Validated `[log]`.
@@ -409,6 +451,10 @@ impl Config {
                     .map(ToString::to_string)
                     .collect(),
                 max_payload_bytes: self.delivery.max_payload_bytes,
+                max_in_flight_per_channel: self.delivery.max_in_flight_per_channel,
+                breaker_failures: self.delivery.breaker_failures,
+                breaker_cooldown: d(self.delivery.breaker_cooldown),
+                disable_after: d(self.delivery.disable_after),
                 ca_file: self
                     .delivery
                     .ca_file
@@ -498,13 +544,13 @@ impl RawConfig {
 
         // [reconciler]
         let workers = match r.workers {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            0 => auto_workers(std::thread::available_parallelism().map_or(1, |n| n.get())),
             w if (1..=MAX_WORKERS).contains(&w) => w as usize,
             w => {
                 return Err(invalid(
                     "reconciler.workers",
                     w.to_string(),
-                    &format!("must be 0 (one per CPU) or between 1 and {MAX_WORKERS}"),
+                    &format!("must be 0 (8 per CPU, at least 16) or between 1 and {MAX_WORKERS}"),
                 ))
             }
         };
@@ -610,7 +656,31 @@ impl RawConfig {
                 (Some(resolved), certs)
             }
         };
+        let max_in_flight_per_channel = match dl.max_in_flight_per_channel {
+            0 => auto_channel_cap(workers),
+            c if (1..=MAX_WORKERS).contains(&c) => c as usize,
+            c => {
+                return Err(invalid(
+                    "delivery.max_in_flight_per_channel",
+                    c.to_string(),
+                    &format!(
+                        "must be 0 (a quarter of the workers, at least 1) or between 1 and {MAX_WORKERS}"
+                    ),
+                ))
+            }
+        };
+        if !(0..=1_000_000).contains(&dl.breaker_failures) {
+            return Err(invalid(
+                "delivery.breaker_failures",
+                dl.breaker_failures.to_string(),
+                "must be 0 (no breaker) or between 1 and 1000000",
+            ));
+        }
         let delivery = DeliveryConfig {
+            max_in_flight_per_channel,
+            breaker_failures: dl.breaker_failures as u32,
+            breaker_cooldown: positive("delivery.breaker_cooldown", &dl.breaker_cooldown)?,
+            disable_after: duration("delivery.disable_after", &dl.disable_after)?,
             timeout: positive("delivery.timeout", &dl.timeout)?,
             connect_timeout: positive("delivery.connect_timeout", &dl.connect_timeout)?,
             retry_schedule,
@@ -885,6 +955,10 @@ struct EffDelivery {
     max_response_bytes: usize,
     allow_networks: Vec<String>,
     max_payload_bytes: i64,
+    max_in_flight_per_channel: usize,
+    breaker_failures: u32,
+    breaker_cooldown: String,
+    disable_after: String,
     ca_file: String,
 }
 #[derive(Serialize)]
@@ -917,12 +991,49 @@ mod tests {
     }
 
     #[test]
+    fn automatic_workers_and_channel_caps() {
+        assert_eq!(auto_workers(1), 16);
+        assert_eq!(auto_workers(2), 16);
+        assert_eq!(auto_workers(3), 24);
+        assert_eq!(auto_workers(1000), 4096);
+        assert_eq!(auto_channel_cap(1), 1);
+        assert_eq!(auto_channel_cap(3), 1);
+        assert_eq!(auto_channel_cap(16), 4);
+        assert_eq!(auto_channel_cap(64), 16);
+        let c = load("[reconciler]\nworkers = 6\n").unwrap();
+        assert_eq!(c.delivery.max_in_flight_per_channel, 1);
+        let c = load("[delivery]\nmax_in_flight_per_channel = 7\nbreaker_failures = 0\ndisable_after = \"0s\"\n").unwrap();
+        assert_eq!(c.delivery.max_in_flight_per_channel, 7);
+        assert_eq!(c.delivery.breaker_failures, 0);
+        assert!(c.delivery.disable_after.is_zero());
+    }
+
+    #[test]
+    fn bad_fairness_keys_name_the_key() {
+        let e = err("[delivery]\nmax_in_flight_per_channel = -1\n");
+        assert!(e.contains("delivery.max_in_flight_per_channel = -1"), "{e}");
+        let e = err("[delivery]\nbreaker_failures = -3\n");
+        assert!(e.contains("delivery.breaker_failures"), "{e}");
+        let e = err("[delivery]\nbreaker_cooldown = \"0s\"\n");
+        assert!(e.contains("delivery.breaker_cooldown"), "{e}");
+        let e = err("[delivery]\ndisable_after = \"soon\"\n");
+        assert!(e.contains("delivery.disable_after"), "{e}");
+    }
+
+    #[test]
     fn empty_file_gives_the_documented_defaults() {
         let c = load("").unwrap();
         assert_eq!(c.database.schema, "notification");
-        assert!(c.reconciler.workers >= 1);
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(c.reconciler.workers, (8 * cpus).max(16));
         assert_eq!(c.database.pool_size, auto_pool_size(cpus));
+        assert_eq!(
+            c.delivery.max_in_flight_per_channel,
+            c.reconciler.workers / 4
+        );
+        assert_eq!(c.delivery.breaker_failures, 5);
+        assert_eq!(c.delivery.breaker_cooldown, Duration::from_secs(30));
+        assert_eq!(c.delivery.disable_after, Duration::from_secs(5 * 86400));
         assert_eq!(c.reconciler.queue_capacity, 2 * c.reconciler.workers);
         assert_eq!(c.reconciler.page_size, 50);
         assert_eq!(c.reconciler.interval, Duration::from_secs(15));

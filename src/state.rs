@@ -298,6 +298,32 @@ pub fn classify_status(code: u16) -> AttemptClass {
     }
 }
 
+/// How an attempt counts for its channel's health (the leader's circuit
+/// breaker and auto-disable; DESIGN.md "Fair scheduling").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// A 2xx response: the endpoint works.
+    Success,
+    /// The endpoint is unreachable or overloaded: a transport error
+    /// (timeout, connection refused or reset, a refused address), a 5xx,
+    /// 429 or 408. Counts toward opening the breaker.
+    Failure,
+    /// Another response (a 4xx, a 3xx): the endpoint answered but did not
+    /// accept this delivery. A failed attempt for auto-disable, but no sign
+    /// of an endpoint that is down, so it does not open the breaker.
+    Refused,
+}
+
+/// The [`Verdict`] of an attempt.
+pub fn verdict(result: &AttemptResult) -> Verdict {
+    match result.http_status {
+        None => Verdict::Failure,
+        Some(200..=299) => Verdict::Success,
+        Some(408 | 429 | 500..=599) => Verdict::Failure,
+        Some(_) => Verdict::Refused,
+    }
+}
+
 /// One attempt as performed by the HTTP layer (filled by I/O code, consumed
 /// by [`apply`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -657,6 +683,21 @@ mod tests {
         let mut a = attempt(Some(code), classify_status(code));
         a.retry_after = Some(retry_after);
         Outcome::Attempted(a)
+    }
+
+    #[test]
+    fn verdicts_of_every_kind_of_attempt() {
+        let v = |code| verdict(&attempt(code, AttemptClass::Retryable));
+        assert_eq!(v(None), Verdict::Failure, "transport error");
+        for code in [200, 201, 204, 299] {
+            assert_eq!(v(Some(code)), Verdict::Success, "{code}");
+        }
+        for code in [408, 429, 500, 502, 503, 504, 599] {
+            assert_eq!(v(Some(code)), Verdict::Failure, "{code}");
+        }
+        for code in [100, 301, 400, 401, 404, 410, 413, 499, 600] {
+            assert_eq!(v(Some(code)), Verdict::Refused, "{code}");
+        }
     }
 
     /// `apply` at `t0()` with the default policy and no jitter.

@@ -190,17 +190,22 @@ fn check_config_prints_the_effective_config_with_defaults_filled_in() {
 }
 
 #[test]
-fn workers_zero_resolves_to_the_available_parallelism() {
+fn workers_zero_resolves_to_eight_per_cpu_at_least_sixteen() {
     let t = effective(&check_config("[reconciler]\nworkers = 0\n", None));
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as i64;
-    assert_eq!(get(&t, "reconciler", "workers").as_integer(), Some(cpus));
+    let workers = (8 * cpus).max(16);
+    assert_eq!(get(&t, "reconciler", "workers").as_integer(), Some(workers));
+    assert_eq!(
+        get(&t, "delivery", "max_in_flight_per_channel").as_integer(),
+        Some(workers / 4)
+    );
     assert_eq!(
         get(&t, "database", "pool_size").as_integer(),
         Some(auto_pool_size())
     );
     assert_eq!(
         get(&t, "reconciler", "queue_capacity").as_integer(),
-        Some(2 * cpus)
+        Some(2 * workers)
     );
 }
 

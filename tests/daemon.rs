@@ -218,7 +218,7 @@ fn metrics_match_the_interval_reports_and_healthz_turns_503_when_the_database_st
         &cluster.url(),
         &format!(
             "[reconciler]\ninterval = \"300ms\"\nworkers = 3\n\
-             [delivery]\nretry_schedule = [\"1s\", \"1s\"]\n\
+             [delivery]\nretry_schedule = [\"1s\", \"1s\"]\nbreaker_failures = 0\n\
              [metrics]\nlisten = \"{metrics}\"\n"
         ),
         &[],

@@ -25,11 +25,14 @@ use support::{migrated_db, Receiver, Script, TestDb};
 
 const LONG: Duration = Duration::from_secs(60);
 
-/// A daemon with `workers` workers, `interval`, a 30 s delivery timeout, a
-/// retry schedule of `retry` and metrics on `metrics`.
+/// A daemon with `workers` workers (one channel may use all of them),
+/// `interval`, a 30 s delivery timeout, a retry schedule of `retry` and
+/// metrics on `metrics`.
 fn daemon(db: &TestDb, workers: usize, interval: &str, retry: &str, metrics: SocketAddr) -> Daemon {
-    let delivery =
-        format!("timeout = \"30s\"\nconnect_timeout = \"2s\"\nretry_schedule = [{retry}]\n");
+    let delivery = format!(
+        "timeout = \"30s\"\nconnect_timeout = \"2s\"\nretry_schedule = [{retry}]\n\
+         max_in_flight_per_channel = {workers}\n"
+    );
     let extra = format!("[metrics]\nlisten = \"{metrics}\"\n");
     let d = Daemon::run(
         "leader",

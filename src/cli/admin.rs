@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use crate::config::Config;
-use crate::db::{self, leaders, migrate, statuses};
+use crate::db::{self, channels, leaders, migrate, statuses, DbError};
 use crate::lock;
 
 /// `migrate`: applies pending migrations; prints what it did.
@@ -65,8 +65,20 @@ struct StatusReport {
     lock_key_int8: i64,
     lock_holder: Option<lock::Holder>,
     leader: Leader,
+    channels: ChannelCounts,
     schema: String,
     schema_version: i32,
+}
+
+/// Channel counts `status` shows (no per-channel detail: `channel list`).
+#[derive(serde::Serialize)]
+struct ChannelCounts {
+    /// Channels whose breaker is open or half-open (as of the leader's last
+    /// heartbeat).
+    breakers_open: usize,
+    /// Channels the leader disabled because every attempt failed for
+    /// `delivery.disable_after` (still disabled, not deleted).
+    auto_disabled: i64,
 }
 
 /// Whether a leader is active, as `status` shows it.
@@ -85,11 +97,18 @@ pub fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let mut client = super::connect(config)?;
     let counts = statuses::counts(&mut client)?;
     let key = lock::derive_key(&config.reconciler.lock_key);
-    let lock_holder = lock::holder(&mut client, key)?;
-    // A record left by a leader that died is not the holder's: ignore it.
-    let record = leaders::get(&mut client, key)?
-        .filter(|r| lock_holder.as_ref().is_some_and(|h| h.pid == r.backend_pid));
+    let (lock_holder, record) = live_leader(&mut client, key)?;
+    let breakers_open = record.as_ref().map_or(0, |r| {
+        r.channels.as_object().map_or(0, |m| {
+            m.values().filter(|v| v["breaker"] != "closed").count()
+        })
+    });
+    let channels = ChannelCounts {
+        breakers_open,
+        auto_disabled: channels::count_auto_disabled(&mut client)?,
+    };
     let report = StatusReport {
+        channels,
         counts,
         lock_key: config.reconciler.lock_key.clone(),
         lock_key_int8: key,
@@ -140,5 +159,21 @@ pub fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         (None, true) => println!("leader:    active (no leader record yet)"),
         (None, false) => println!("leader:    none (no instance leads)"),
     }
+    println!(
+        "channels:  {} breakers open, {} auto-disabled",
+        report.channels.breakers_open, report.channels.auto_disabled
+    );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The lock holder under `key` and its leader record, if the record is the
+/// holder's (a record left by a leader that died is ignored).
+pub(super) fn live_leader(
+    client: &mut postgres::Client,
+    key: i64,
+) -> Result<(Option<lock::Holder>, Option<leaders::LeaderRow>), DbError> {
+    let holder = lock::holder(client, key)?;
+    let record = leaders::get(client, key)?
+        .filter(|r| holder.as_ref().is_some_and(|h| h.pid == r.backend_pid));
+    Ok((holder, record))
 }

@@ -59,23 +59,35 @@ pub fn run(config: &Config, command: ChannelCommand) -> anyhow::Result<ExitCode>
         } => {
             let mut client = super::connect(config)?;
             let list = channels::list(&mut client, namespace.as_deref(), show_secrets)?;
+            let key = crate::lock::derive_key(&config.reconciler.lock_key);
+            let (_, leader) = super::admin::live_leader(&mut client, key)?;
+            let listed: Vec<Listed<'_>> = list
+                .iter()
+                .map(|c| Listed::new(c, leader.as_ref().map(|l| &l.channels)))
+                .collect();
             if json {
-                super::print_json(&list)?;
+                super::print_json(&listed)?;
             } else {
-                for c in &list {
+                for l in &listed {
+                    let c = l.channel;
                     let secret = c
                         .signing_secret
                         .as_deref()
                         .map(|s| format!("  secret={s}"))
                         .unwrap_or_default();
+                    let state = match (&c.disabled_reason, c.disabled) {
+                        (Some(reason), true) => format!("disabled ({reason})"),
+                        (None, true) => "disabled".to_string(),
+                        (_, false) => "enabled".to_string(),
+                    };
+                    let breaker = match (l.breaker, &l.open_until) {
+                        (Some("open"), Some(until)) => format!("  breaker open until {until}"),
+                        (Some("half_open"), _) => "  breaker half-open (probing)".to_string(),
+                        _ => String::new(),
+                    };
                     println!(
-                        "{}  {}  {}  {}  {}{}",
-                        c.id,
-                        c.namespace,
-                        c.name,
-                        if c.disabled { "disabled" } else { "enabled" },
-                        c.url,
-                        secret
+                        "{}  {}  {}  {}  {}{}{}",
+                        c.id, c.namespace, c.name, state, c.url, breaker, secret
                     );
                 }
             }
@@ -118,6 +130,35 @@ pub fn run(config: &Config, command: ChannelCommand) -> anyhow::Result<ExitCode>
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A channel as `channel list` shows it: the stored channel, plus what the
+/// leader publishes of it (its breaker and deliveries in flight, as of the
+/// leader's last heartbeat; `breaker` is `null` when no instance leads).
+#[derive(serde::Serialize)]
+struct Listed<'a> {
+    #[serde(flatten)]
+    channel: &'a channels::Channel,
+    breaker: Option<&'a str>,
+    in_flight: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    open_until: Option<String>,
+}
+
+impl<'a> Listed<'a> {
+    fn new(channel: &'a channels::Channel, published: Option<&'a serde_json::Value>) -> Self {
+        let entry = published.and_then(|p| p.get(channel.id.to_string()));
+        Listed {
+            channel,
+            breaker: match (published, entry) {
+                (None, _) => None,
+                (Some(_), None) => Some("closed"),
+                (Some(_), Some(e)) => e["breaker"].as_str().or(Some("closed")),
+            },
+            in_flight: entry.and_then(|e| e["in_flight"].as_u64()).unwrap_or(0),
+            open_until: entry.and_then(|e| e["open_until"].as_str().map(String::from)),
+        }
+    }
 }
 
 fn change(

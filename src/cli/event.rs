@@ -2,12 +2,13 @@
 
 use std::process::ExitCode;
 
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::channel::non_empty;
 use super::{EventCommand, UsageError};
 use crate::config::Config;
-use crate::db::{events, migrate, statuses, DbError};
+use crate::db::{channels, events, migrate, statuses, DbError};
 use crate::state::State;
 
 /// Runs one `event` subcommand.
@@ -270,9 +271,100 @@ pub fn resend(config: &Config, event_id: Uuid, channel: Option<Uuid>) -> anyhow:
     Ok(ExitCode::SUCCESS)
 }
 
+/// `resend --channel ID [--since TIME] [--state STATE]`: moves every
+/// matching delivery of the channel to RESENDING in one transaction and
+/// prints how many, by the state they had. The channel must be enabled
+/// (resent deliveries of a disabled channel would only fail again). No
+/// match is not an error: it prints that none was resent.
+pub fn resend_channel(
+    config: &Config,
+    channel_id: Uuid,
+    since: Option<&str>,
+    state: Option<State>,
+) -> anyhow::Result<ExitCode> {
+    let since = since.map(parse_since).transpose()?;
+    let states = match state {
+        None => vec![State::Success, State::Failed, State::Sending],
+        Some(s @ (State::Success | State::Failed | State::Sending)) => vec![s],
+        Some(s) => {
+            return Err(UsageError(format!(
+                "--state {s}: {s} deliveries are already on their way; only SUCCESS, FAILED or SENDING deliveries can be resent"
+            ))
+            .into())
+        }
+    };
+    let mut client = super::connect(config)?;
+    let channel = channels::standing(&mut client, channel_id)?
+        .ok_or_else(|| UsageError(format!("no channel {channel_id}")))?;
+    if channel.deleted {
+        return Err(UsageError(format!(
+            "channel {channel_id} is deleted; nothing can be delivered to it"
+        ))
+        .into());
+    }
+    if channel.disabled {
+        let why = channel
+            .disabled_reason
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default();
+        return Err(UsageError(format!(
+            "channel {channel_id} is disabled{why}: resent deliveries would fail again; run `channel enable {channel_id}` first"
+        ))
+        .into());
+    }
+    let result = statuses::resend_channel(&mut client, channel_id, since, &states)?;
+    let breakdown: Vec<String> = result
+        .by_state
+        .iter()
+        .map(|(state, n)| format!("{n} {state}"))
+        .collect();
+    let total = result.total();
+    println!(
+        "resent {total} deliver{} to channel {channel_id} ({}){}{}",
+        if total == 1 { "y" } else { "ies" },
+        channel.name,
+        if breakdown.is_empty() { "" } else { ": was " },
+        breakdown.join(", ")
+    );
+    if total > 0 {
+        eprintln!("{total} deliveries set to RESENDING, due now");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--since`: an RFC 3339 time, or a duration ago (`24h`, `90m`).
+fn parse_since(text: &str) -> Result<DateTime<Utc>, UsageError> {
+    let text = text.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let ago = humantime::parse_duration(text).map_err(|_| {
+        UsageError(format!(
+            "--since {text:?}: not a time; write an RFC 3339 time such as \"2026-12-01T08:00:00Z\" or a duration ago such as \"24h\""
+        ))
+    })?;
+    chrono::Duration::from_std(ago)
+        .ok()
+        .and_then(|d| Utc::now().checked_sub_signed(d))
+        .ok_or_else(|| UsageError(format!("--since {text:?}: too long ago")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn since_is_a_time_or_a_duration_ago() {
+        let t = parse_since("2026-12-01T08:00:00Z").unwrap();
+        assert_eq!(t.to_rfc3339(), "2026-12-01T08:00:00+00:00");
+        let t = parse_since("2026-12-01T09:00:00+01:00").unwrap();
+        assert_eq!(t.to_rfc3339(), "2026-12-01T08:00:00+00:00");
+        let ago = Utc::now() - parse_since("2h").unwrap();
+        assert!((7199..=7201).contains(&ago.num_seconds()), "{ago}");
+        let e = parse_since("yesterday").unwrap_err().to_string();
+        assert!(e.contains("--since \"yesterday\""), "{e}");
+        assert!(parse_since("100000000000y").is_err());
+    }
 
     #[test]
     fn a_table_has_a_header_row_and_aligned_columns() {

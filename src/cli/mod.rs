@@ -72,13 +72,22 @@ pub enum Command {
     /// Emit and inspect events.
     #[command(subcommand)]
     Event(EventCommand),
-    /// Deliver an event again (SUCCESS/FAILED/SENDING → RESENDING).
+    /// Deliver an event again (SUCCESS/FAILED/SENDING → RESENDING); without
+    /// EVENT_ID, every matching delivery of `--channel` (bulk resend).
     Resend {
-        /// The event.
-        event_id: Uuid,
-        /// Only this channel's delivery.
+        /// The event; omit it to resend a channel's deliveries in bulk.
+        event_id: Option<Uuid>,
+        /// Only this channel's delivery; without EVENT_ID, every delivery
+        /// of this channel that matches `--since` and `--state`.
         #[arg(long, value_name = "ID")]
         channel: Option<Uuid>,
+        /// Bulk: only deliveries of events created at or after TIME: an
+        /// RFC 3339 time (`2026-12-01T08:00:00Z`) or a duration ago (`24h`).
+        #[arg(long, value_name = "TIME", conflicts_with = "event_id")]
+        since: Option<String>,
+        /// Bulk: only deliveries in this state (SUCCESS, FAILED or SENDING).
+        #[arg(long, value_name = "STATE", conflicts_with = "event_id")]
+        state: Option<crate::state::State>,
     },
     /// A development webhook receiver that verifies signatures.
     Sink(SinkArgs),
@@ -271,7 +280,26 @@ fn dispatch(command: Command, config: &Config) -> anyhow::Result<ExitCode> {
         Command::Channel(c) => channel::run(config, c),
         Command::Rule(c) => rule::run(config, c),
         Command::Event(c) => event::run(config, c),
-        Command::Resend { event_id, channel } => event::resend(config, event_id, channel),
+        Command::Resend {
+            event_id: Some(event_id),
+            channel,
+            ..
+        } => event::resend(config, event_id, channel),
+        Command::Resend {
+            event_id: None,
+            channel: Some(channel),
+            since,
+            state,
+        } => event::resend_channel(config, channel, since.as_deref(), state),
+        Command::Resend {
+            event_id: None,
+            channel: None,
+            ..
+        } => Err(UsageError(
+            "resend needs an EVENT_ID, or --channel ID to resend a channel's deliveries in bulk"
+                .into(),
+        )
+        .into()),
         Command::Sink(_) => unreachable!("handled before loading the config"),
     }
 }

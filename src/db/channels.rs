@@ -36,6 +36,11 @@ pub struct Channel {
     pub previous_secret_until: Option<DateTime<Utc>>,
     /// Disabled channels get no deliveries.
     pub disabled: bool,
+    /// Why the leader disabled it (auto-disable); `None` when an operator
+    /// did, or when enabled.
+    pub disabled_reason: Option<String>,
+    /// Since when every attempt to it has failed, if they do.
+    pub failing_since: Option<DateTime<Utc>>,
     /// Created.
     pub created_at: DateTime<Utc>,
     /// Last changed.
@@ -91,7 +96,8 @@ pub fn list(
             "SELECT id, namespace, name, type, url, headers, signing_secret, disabled,
                     created_at, updated_at, deleted_at,
                     CASE WHEN previous_secret_until > now() THEN previous_secret END,
-                    CASE WHEN previous_secret_until > now() THEN previous_secret_until END
+                    CASE WHEN previous_secret_until > now() THEN previous_secret_until END,
+                    disabled_reason, failing_since
              FROM channel
              WHERE deleted_at IS NULL AND ($1::text IS NULL OR namespace = $1)
              ORDER BY namespace, created_at, id",
@@ -114,11 +120,16 @@ pub fn list(
             deleted_at: r.get(10),
             previous_signing_secret: if with_secrets { r.get(11) } else { None },
             previous_secret_until: r.get(12),
+            disabled_reason: r.get(13),
+            failing_since: r.get(14),
         })
         .collect())
 }
 
-/// Sets `disabled`; false when no live channel has that id.
+/// Sets `disabled` (an operator's); false when no live channel has that id.
+/// Either way the reason of an auto-disable is cleared, and enabling also
+/// forgets the channel's run of failures, so it gets a full
+/// `delivery.disable_after` again.
 pub fn set_disabled(
     client: &mut impl GenericClient,
     id: Uuid,
@@ -126,11 +137,101 @@ pub fn set_disabled(
 ) -> Result<bool, DbError> {
     let n = client
         .execute(
-            "UPDATE channel SET disabled = $2, updated_at = now()
+            "UPDATE channel SET disabled = $2, disabled_reason = NULL,
+                 failing_since = CASE WHEN $2 THEN failing_since END, updated_at = now()
              WHERE id = $1 AND deleted_at IS NULL",
             &[&id, &disabled],
         )
         .map_err(DbError::query("changing a channel"))?;
+    Ok(n == 1)
+}
+
+/// How many live channels the leader disabled (auto-disable) and are
+/// still disabled.
+pub fn count_auto_disabled(client: &mut impl GenericClient) -> Result<i64, DbError> {
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM channel
+             WHERE disabled AND disabled_reason IS NOT NULL AND deleted_at IS NULL",
+            &[],
+        )
+        .map_err(DbError::query("counting auto-disabled channels"))?;
+    Ok(row.get(0))
+}
+
+/// What a bulk resend needs to know of a channel.
+#[derive(Debug, Clone)]
+pub struct Standing {
+    /// Name.
+    pub name: String,
+    /// Disabled.
+    pub disabled: bool,
+    /// Why the leader disabled it, if it did.
+    pub disabled_reason: Option<String>,
+    /// Soft-deleted.
+    pub deleted: bool,
+}
+
+/// The channel's name and whether it can be delivered to; `None` when no
+/// channel has that id.
+pub fn standing(client: &mut impl GenericClient, id: Uuid) -> Result<Option<Standing>, DbError> {
+    let row = client
+        .query_opt(
+            "SELECT name, disabled, disabled_reason, deleted_at IS NOT NULL FROM channel WHERE id = $1",
+            &[&id],
+        )
+        .map_err(DbError::query("reading a channel"))?;
+    Ok(row.map(|r| Standing {
+        name: r.get(0),
+        disabled: r.get(1),
+        disabled_reason: r.get(2),
+        deleted: r.get(3),
+    }))
+}
+
+/// Records that the channel's run of failed attempts began at `since`
+/// (unless one is recorded already).
+pub fn start_failing(
+    client: &mut impl GenericClient,
+    id: Uuid,
+    since: DateTime<Utc>,
+) -> Result<(), DbError> {
+    client
+        .execute(
+            "UPDATE channel SET failing_since = $2 WHERE id = $1 AND failing_since IS NULL",
+            &[&id, &since],
+        )
+        .map_err(DbError::query("recording a channel's failures"))?;
+    Ok(())
+}
+
+/// Records that an attempt to the channel succeeded: no run of failures.
+pub fn stop_failing(client: &mut impl GenericClient, id: Uuid) -> Result<(), DbError> {
+    client
+        .execute(
+            "UPDATE channel SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL",
+            &[&id],
+        )
+        .map_err(DbError::query("recording a channel's recovery"))?;
+    Ok(())
+}
+
+/// Disables a live, enabled channel with `reason`, if it has been failing
+/// since `since` (not since later: an operator enabled it meanwhile).
+/// Returns whether it did.
+pub fn auto_disable(
+    client: &mut impl GenericClient,
+    id: Uuid,
+    since: DateTime<Utc>,
+    reason: &str,
+) -> Result<bool, DbError> {
+    let n = client
+        .execute(
+            "UPDATE channel SET disabled = true, disabled_reason = $3, updated_at = now()
+             WHERE id = $1 AND NOT disabled AND deleted_at IS NULL AND failing_since = $2",
+            &[&id, &since, &reason],
+        )
+        .map_err(DbError::query("disabling a failing channel"))?;
     Ok(n == 1)
 }
 

@@ -1,8 +1,11 @@
-//! The due query: one page of deliveries (event x channel) that are
-//! unfinished and due by a sweep's cut-off, in keyset order
-//! `(event_created_at, event_id, channel_id)`, each loaded with everything a
-//! worker needs to deliver it (the event, the status, the channel, the rule
-//! assignment) so that workers read nothing before they send.
+//! The due queries: which channels have deliveries (event x channel) that
+//! are unfinished and due by a sweep's cut-off, and, channel by channel,
+//! their oldest due deliveries in keyset order `(next_attempt_at, id)`, each
+//! loaded with everything a worker needs to deliver it (the event, the
+//! status, the channel, the rule assignment) so that workers read nothing
+//! before they send. Both are ranges of one partial index led by
+//! `channel_id` (migration 0004), so finding the other channels' work never
+//! scans one channel's backlog (docs/benchmarks.md "Fair scheduling").
 //!
 //! Keyset, not offset: statuses that finish while a sweep runs drop out of
 //! the partial index, and an offset would then skip deliveries that had not
@@ -20,15 +23,14 @@ use super::statuses::parse_state;
 use super::DbError;
 use crate::state::{State, StatusView};
 
-/// Where the previous page ended: the key of the last delivery looked at.
+/// Where a channel's previous read ended: the key of the last delivery
+/// read, in the channel's order `(next_attempt_at, id)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cursor {
-    /// `event_created_at` of that delivery.
-    pub created_at: DateTime<Utc>,
-    /// Its event id.
-    pub event_id: Uuid,
-    /// Its channel id.
-    pub channel_id: Uuid,
+    /// `next_attempt_at` of that delivery.
+    pub due_at: DateTime<Utc>,
+    /// Its status id.
+    pub status_id: Uuid,
 }
 
 /// A channel as a worker needs it. `Debug` leaves the signing secret out.
@@ -52,6 +54,9 @@ pub struct Target {
     pub deleted: bool,
     /// Still assigned to the event's rule.
     pub assigned: bool,
+    /// When the channel's current run of failed attempts began, if it is
+    /// in one (auto-disable).
+    pub failing_since: Option<DateTime<Utc>>,
 }
 
 impl std::fmt::Debug for Target {
@@ -69,6 +74,7 @@ impl std::fmt::Debug for Target {
             .field("disabled", &self.disabled)
             .field("deleted", &self.deleted)
             .field("assigned", &self.assigned)
+            .field("failing_since", &self.failing_since)
             .finish()
     }
 }
@@ -114,92 +120,143 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// The keyset position of this delivery.
+    /// The position of this delivery in its channel's order.
     pub fn cursor(&self) -> Cursor {
         Cursor {
-            created_at: self.event.created_at,
-            event_id: self.event.id,
-            channel_id: self.status.target.id,
+            due_at: self
+                .status
+                .view
+                .next_attempt_at
+                .unwrap_or_else(|| start_cursor().due_at),
+            status_id: self.status.id,
         }
+    }
+
+    /// Its channel.
+    pub fn channel_id(&self) -> Uuid {
+        self.status.target.id
     }
 }
 
-/// The due page query with its page size: `$1` cut-off, `$2`/`$3`/`$4`
-/// cursor (public so that the benchmark can EXPLAIN exactly this text).
+/// The channels with deliveries due by `$1`, in channel id order: a
+/// skip-scan of `delivery_status_channel_due` (one index descent per
+/// channel with unfinished deliveries, and one more to see whether any is
+/// due), so a channel's backlog, however large, costs two descents, not a
+/// scan. Public so that the benchmark can EXPLAIN exactly this text.
+pub const CHANNELS_SQL: &str = "
+WITH RECURSIVE ch(id) AS (
+    (SELECT channel_id FROM delivery_status
+     WHERE state IN ('PENDING', 'SENDING', 'RESENDING')
+     ORDER BY channel_id LIMIT 1)
+  UNION ALL
+    SELECT (SELECT d.channel_id FROM delivery_status d
+            WHERE d.state IN ('PENDING', 'SENDING', 'RESENDING') AND d.channel_id > ch.id
+            ORDER BY d.channel_id LIMIT 1)
+    FROM ch WHERE ch.id IS NOT NULL
+)
+SELECT ch.id FROM ch
+WHERE ch.id IS NOT NULL AND EXISTS (
+    SELECT 1 FROM delivery_status d
+    WHERE d.state IN ('PENDING', 'SENDING', 'RESENDING') AND d.channel_id = ch.id
+      AND d.next_attempt_at <= $1)
+ORDER BY ch.id";
+
+/// The read of due deliveries with the number read per channel: `$1`
+/// cut-off, then per channel (`$2`) the cursor after which to read (`$3`,
+/// `$4`); for each, its oldest due deliveries (`next_attempt_at`, then id),
+/// each a range of `delivery_status_channel_due`. Public so that the
+/// benchmark can EXPLAIN exactly this text.
 ///
-/// The page size is part of the text, not a parameter: with `LIMIT $n` the
-/// planner's generic plan has to guess the row count and picks a hash join
-/// over the whole event table (13 ms a page with 20,000 events), so every
-/// execution would be planned afresh (about 1 ms, more than running it).
-/// With the number in the text the generic plan is the good one and
-/// PostgreSQL switches to it after five executions (planning 0.02 ms).
-pub fn page_sql(limit: u32) -> String {
-    PAGE_SQL_TEMPLATE.replace("{limit}", &limit.to_string())
+/// The number is part of the text, not a parameter: with `LIMIT $n` the
+/// planner's generic plan has to guess the row count and may pick a hash
+/// join over the whole event table, so every execution would be planned
+/// afresh. With the number in the text the generic plan is the good one
+/// and PostgreSQL switches to it after five executions.
+pub fn read_sql(per_channel: u32) -> String {
+    READ_SQL_TEMPLATE.replace("{limit}", &per_channel.to_string())
 }
 
-const PAGE_SQL_TEMPLATE: &str = "
+const READ_SQL_TEMPLATE: &str = "
 WITH page AS (
-    SELECT id, event_created_at, event_id, channel_id FROM delivery_status
-    WHERE state IN ('PENDING', 'SENDING', 'RESENDING') AND next_attempt_at <= $1
-      AND (event_created_at, event_id, channel_id) > ($2, $3, $4)
-    ORDER BY event_created_at, event_id, channel_id
-    LIMIT {limit}
+    SELECT d.id, d.event_id, d.channel_id, d.next_attempt_at
+    FROM unnest($2::uuid[], $3::timestamptz[], $4::uuid[]) AS cur(channel_id, after_at, after_id)
+    CROSS JOIN LATERAL (
+        SELECT id, event_id, channel_id, next_attempt_at FROM delivery_status
+        WHERE state IN ('PENDING', 'SENDING', 'RESENDING')
+          AND channel_id = cur.channel_id AND next_attempt_at <= $1
+          AND (channel_id, next_attempt_at, id) > (cur.channel_id, cur.after_at, cur.after_id)
+        ORDER BY channel_id, next_attempt_at, id
+        LIMIT {limit}
+    ) d
 )
 SELECT e.id, e.namespace, e.type, e.created_at, e.payload::text,
        ds.id, ds.version, ds.state, ds.next_attempt_at, ds.clock_started_at, ds.round_attempts,
        c.id, c.url, c.headers::text, c.signing_secret, c.disabled, c.deleted_at IS NOT NULL,
        EXISTS (SELECT 1 FROM rule_channel rc WHERE rc.rule_id = e.rule_id AND rc.channel_id = c.id),
        CASE WHEN c.previous_secret_until > now() THEN c.previous_secret END,
-       CASE WHEN c.previous_secret_until > now() THEN c.previous_secret_until END
+       CASE WHEN c.previous_secret_until > now() THEN c.previous_secret_until END,
+       c.failing_since
 FROM page p
 JOIN delivery_status ds ON ds.id = p.id
 JOIN event e ON e.id = p.event_id
 JOIN channel c ON c.id = p.channel_id
-ORDER BY p.event_created_at, p.event_id, p.channel_id";
+ORDER BY p.channel_id, p.next_attempt_at, p.id";
 
-/// The first cursor: before every delivery.
+/// The first cursor of a channel: before every delivery.
 pub fn start_cursor() -> Cursor {
     Cursor {
         // Far before any event; PostgreSQL's range starts at 4713 BC.
-        created_at: DateTime::<Utc>::from_timestamp(-60_000_000_000, 0).unwrap_or_default(),
-        event_id: Uuid::nil(),
-        channel_id: Uuid::nil(),
+        due_at: DateTime::<Utc>::from_timestamp(-60_000_000_000, 0).unwrap_or_default(),
+        status_id: Uuid::nil(),
     }
 }
 
-/// The due query, prepared once per connection (so it is parsed once and
-/// its plan can be reused across pages).
+/// The due queries, prepared once per connection (so they are parsed once
+/// and their plans can be reused).
 pub struct Pager {
-    statement: Statement,
+    channels: Statement,
+    read: Statement,
 }
 
 impl Pager {
-    /// Prepares the due query for pages of `limit` deliveries on `client`.
-    pub fn prepare(client: &mut impl GenericClient, limit: u32) -> Result<Pager, DbError> {
-        let statement = client
-            .prepare(&page_sql(limit))
+    /// Prepares the due queries for reads of `per_channel` deliveries per
+    /// channel on `client`.
+    pub fn prepare(client: &mut impl GenericClient, per_channel: u32) -> Result<Pager, DbError> {
+        let channels = client
+            .prepare(CHANNELS_SQL)
+            .map_err(DbError::query("preparing the due channels query"))?;
+        let read = client
+            .prepare(&read_sql(per_channel))
             .map_err(DbError::query("preparing the due query"))?;
-        Ok(Pager { statement })
+        Ok(Pager { channels, read })
     }
 
-    /// Reads the page of due deliveries after `cursor`, on the connection
-    /// that prepared it.
-    pub fn page(
+    /// The channels with deliveries due by `cutoff`, in id order.
+    pub fn channels(
         &self,
         client: &mut impl GenericClient,
         cutoff: DateTime<Utc>,
-        cursor: Cursor,
-    ) -> Result<Vec<Delivery>, DbError> {
+    ) -> Result<Vec<Uuid>, DbError> {
         let rows = client
-            .query(
-                &self.statement,
-                &[
-                    &cutoff,
-                    &cursor.created_at,
-                    &cursor.event_id,
-                    &cursor.channel_id,
-                ],
-            )
+            .query(&self.channels, &[&cutoff])
+            .map_err(DbError::query("finding channels with due deliveries"))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Reads, for each `(channel, cursor)`, the channel's oldest deliveries
+    /// due by `cutoff` after its cursor, on the connection that prepared
+    /// it; grouped by channel in the order of `lanes`' ids, oldest first.
+    pub fn read(
+        &self,
+        client: &mut impl GenericClient,
+        cutoff: DateTime<Utc>,
+        lanes: &[(Uuid, Cursor)],
+    ) -> Result<Vec<Delivery>, DbError> {
+        let ids: Vec<Uuid> = lanes.iter().map(|l| l.0).collect();
+        let after_at: Vec<DateTime<Utc>> = lanes.iter().map(|l| l.1.due_at).collect();
+        let after_id: Vec<Uuid> = lanes.iter().map(|l| l.1.status_id).collect();
+        let rows = client
+            .query(&self.read, &[&cutoff, &ids, &after_at, &after_id])
             .map_err(DbError::query("reading due deliveries"))?;
         deliveries_from_rows(&rows)
     }
@@ -253,6 +310,7 @@ fn deliveries_from_rows(rows: &[postgres::Row]) -> Result<Vec<Delivery>, DbError
                 assigned: r.get(17),
                 previous_secret: r.get(18),
                 previous_until: r.get(19),
+                failing_since: r.get(20),
             },
         };
         deliveries.push(Delivery { event, status });
@@ -306,6 +364,7 @@ mod tests {
             disabled: false,
             deleted: false,
             assigned: true,
+            failing_since: None,
         };
         let shown = format!("{t:?}");
         assert!(!shown.contains("c2VjcmV0"), "{shown}");

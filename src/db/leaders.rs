@@ -23,6 +23,9 @@ pub struct LeaderRow {
     pub in_flight: i32,
     /// Its last heartbeat.
     pub updated_at: DateTime<Utc>,
+    /// Per channel with something to show, as of the last heartbeat: its
+    /// breaker and deliveries in flight.
+    pub channels: serde_json::Value,
 }
 
 /// Records this connection as the leader under `key`. Returns true when a
@@ -36,25 +39,28 @@ pub fn claim(client: &mut impl GenericClient, key: i64, instance: &str) -> Resul
             "INSERT INTO leader (lock_key, backend_pid, instance, since, in_flight, updated_at)
              VALUES ($1, pg_backend_pid(), $2, now(), 0, now())
              ON CONFLICT (lock_key) DO UPDATE SET backend_pid = excluded.backend_pid,
-                 instance = excluded.instance, since = now(), in_flight = 0, updated_at = now()",
+                 instance = excluded.instance, since = now(), in_flight = 0, channels = '{}',
+                 updated_at = now()",
             &[&key, &instance],
         )
         .map_err(DbError::query("recording the leader"))?;
     Ok(previous.is_some())
 }
 
-/// Updates the in-flight count of this connection's leader row.
+/// Updates the in-flight count and the per-channel state (breakers,
+/// in flight; see migration 0004) of this connection's leader row.
 pub fn heartbeat(
     client: &mut impl GenericClient,
     key: i64,
     in_flight: usize,
+    channels: &serde_json::Value,
 ) -> Result<(), DbError> {
     let n = i32::try_from(in_flight).unwrap_or(i32::MAX);
     client
         .execute(
-            "UPDATE leader SET in_flight = $2, updated_at = now()
+            "UPDATE leader SET in_flight = $2, channels = $3, updated_at = now()
              WHERE lock_key = $1 AND backend_pid = pg_backend_pid()",
-            &[&key, &n],
+            &[&key, &n, channels],
         )
         .map_err(DbError::query("updating the leader record"))?;
     Ok(())
@@ -76,7 +82,8 @@ pub fn release(client: &mut impl GenericClient, key: i64) -> Result<(), DbError>
 pub fn get(client: &mut impl GenericClient, key: i64) -> Result<Option<LeaderRow>, DbError> {
     let row = client
         .query_opt(
-            "SELECT backend_pid, instance, since, in_flight, updated_at FROM leader WHERE lock_key = $1",
+            "SELECT backend_pid, instance, since, in_flight, updated_at, channels
+             FROM leader WHERE lock_key = $1",
             &[&key],
         )
         .map_err(DbError::query("reading the leader record"))?;
@@ -86,5 +93,6 @@ pub fn get(client: &mut impl GenericClient, key: i64) -> Result<Option<LeaderRow
         since: r.get(2),
         in_flight: r.get(3),
         updated_at: r.get(4),
+        channels: r.get(5),
     }))
 }

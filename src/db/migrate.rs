@@ -40,6 +40,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0003_security",
         sql: include_str!("migrations/0003_security.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_fair_scheduling",
+        sql: include_str!("migrations/0004_fair_scheduling.sql"),
+    },
 ];
 
 /// The schema version this binary needs.

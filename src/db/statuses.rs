@@ -247,6 +247,63 @@ pub fn resend(
     Ok(result)
 }
 
+/// What a bulk `resend --channel` did: how many deliveries it moved to
+/// RESENDING, by the state they had.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct BulkResend {
+    /// Statuses moved, by their state before.
+    pub by_state: std::collections::BTreeMap<String, i64>,
+}
+
+impl BulkResend {
+    /// How many in all.
+    pub fn total(&self) -> i64 {
+        self.by_state.values().sum()
+    }
+}
+
+/// Moves every delivery of `channel_id` in one of `states` (of SUCCESS,
+/// FAILED, SENDING), of events created at or after `since` when given, to
+/// RESENDING with a fresh clock, in one transaction, and wakes the leader.
+pub fn resend_channel(
+    client: &mut impl GenericClient,
+    channel_id: Uuid,
+    since: Option<DateTime<Utc>>,
+    states: &[State],
+) -> Result<BulkResend, DbError> {
+    let states: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
+    let mut tx = client.transaction().map_err(DbError::query("resending"))?;
+    let rows = tx
+        .query(
+            "WITH old AS (
+                 SELECT id, state FROM delivery_status
+                 WHERE channel_id = $1 AND ($2::timestamptz IS NULL OR event_created_at >= $2)
+                   AND state = ANY($3) AND state IN ('SUCCESS', 'FAILED', 'SENDING')
+                 FOR UPDATE
+             ), moved AS (
+                 UPDATE delivery_status s SET state = 'RESENDING', reason = 'resent by operator',
+                     next_attempt_at = now(), clock_started_at = now(), round_attempts = 0,
+                     updated_at = now(), version = s.version + 1
+                 FROM old WHERE s.id = old.id
+                 RETURNING old.state AS was
+             )
+             SELECT was, count(*) FROM moved GROUP BY was",
+            &[&channel_id, &since, &states],
+        )
+        .map_err(DbError::query("resending"))?;
+    let mut result = BulkResend::default();
+    for r in &rows {
+        result.by_state.insert(r.get(0), r.get(1));
+    }
+    if result.total() > 0 {
+        // Wakes the leader on commit (see migration 0002's wake_channel).
+        tx.execute("SELECT pg_notify(wake_channel(), '')", &[])
+            .map_err(DbError::query("resending"))?;
+    }
+    tx.commit().map_err(DbError::query("resending"))?;
+    Ok(result)
+}
+
 /// Counts for `status`.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct Counts {

@@ -25,7 +25,7 @@ use crate::db::DbError;
 use crate::delivery::endpoint;
 use crate::delivery::http::{Request, Sender};
 use crate::delivery::sign::SigningKeys;
-use crate::state::{self, Check, Jitter, Outcome, Policy, State, Update};
+use crate::state::{self, Check, Jitter, Outcome, Policy, State, Update, Verdict};
 
 /// What a worker needs besides the delivery and a connection.
 pub struct Context<'a> {
@@ -67,6 +67,9 @@ pub struct Reconciled {
     /// Enqueue to first attempt, when this step made the delivery's first
     /// attempt.
     pub first_attempt_latency: Option<Duration>,
+    /// How the attempt this step made counts for the channel's health;
+    /// `None` when it made none.
+    pub verdict: Option<Verdict>,
 }
 
 /// What [`decide`] came to.
@@ -88,6 +91,8 @@ pub struct Pending {
     pub update: Update,
     /// Enqueue to first attempt, when this was the delivery's first attempt.
     pub first_attempt_latency: Option<Duration>,
+    /// How the attempt counts for the channel's health, when one was made.
+    pub verdict: Option<Verdict>,
 }
 
 /// Decides one due delivery and, when it is due, sends the attempt; touches
@@ -101,6 +106,7 @@ pub fn decide(
 ) -> Decision {
     let (event, status) = (&*delivery.event, &delivery.status);
     let mut first_attempt_latency = None;
+    let mut verdict = None;
     let update = match state::check(&status.view, Utc::now(), cutoff, ctx.policy) {
         Check::Finished | Check::NotDue => return Decision::Nothing(StatusOutcome::NotDue),
         Check::Expired(update) => update,
@@ -119,7 +125,11 @@ pub fn decide(
                         first_attempt_latency = (Utc::now() - event.created_at).to_std().ok();
                     }
                     let body = event.body.get_or_init(|| webhook_body(event));
-                    attempt(ctx, event, status, &channel, body)
+                    let outcome = attempt(ctx, event, status, &channel, body);
+                    if let Outcome::Attempted(result) = &outcome {
+                        verdict = Some(state::verdict(result));
+                    }
+                    outcome
                 }
             };
             state::apply(&status.view, &outcome, Utc::now(), ctx.policy, jitter)
@@ -128,6 +138,7 @@ pub fn decide(
     Decision::Write(Pending {
         update,
         first_attempt_latency,
+        verdict,
     })
 }
 
@@ -148,6 +159,7 @@ pub fn record(
             _ => None,
         },
         first_attempt_latency: pending.first_attempt_latency,
+        verdict: pending.verdict,
     })
 }
 

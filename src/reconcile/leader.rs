@@ -12,17 +12,23 @@
 //!     outcomes from workers -> free their registry slots, count them
 //!     wait for the first of: notification | a worker finished (when full) |
 //!                            earliest known retry due | interval tick | stop
-//!     sweep: page due deliveries (keyset, cut-off fixed per sweep), skip
-//!            what is in flight, scheduler picks, hand out over bounded()
+//!     sweep: find the channels with due work (cut-off fixed per sweep),
+//!            read each one's oldest due deliveries (keyset per channel),
+//!            skip what is in flight, scheduler picks round-robin within
+//!            each channel's cap and breaker, hand out over bounded()
 //!   stop handing out; workers finish in-flight deliveries and record them
 //! } join
 //! remove the leader row, unlock
 //! ```
 //!
-//! A wake-up that arrives while a sweep runs makes another sweep follow it,
-//! so nothing due is missed and sweeps never overlap.
+//! A wake-up starts a fresh sweep at once (one in progress is dropped, and
+//! what it read but did not hand out is read again), so nothing due is
+//! missed, sweeps never overlap, and new work is found however long a
+//! backlog the last sweep was working through. Outcomes feed each channel's
+//! breaker and run of failures (`health`); the channel rows they change are
+//! written on the lock connection at the next turn.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
@@ -31,18 +37,20 @@ use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender, TrySendErr
 
 use crate::config::Config;
 use crate::db::due::{self, Cursor, Delivery, Pager};
-use crate::db::{self, leaders, DbError, Pool};
+use crate::db::{self, channels, leaders, DbError, Pool};
 use crate::delivery::http::Sender as HttpSender;
 use crate::delivery::worker::{Context, StatusOutcome};
 use crate::lock::{self, LeaderLock};
+use crate::reconcile::health::{Channels, Write};
 use crate::reconcile::lease::{
     Lease, LockWatch, IDLE_CHECK_EVERY, LOCK_CHECK_EVERY, TAKEOVER_GRACE,
 };
 use crate::reconcile::listener::Wake;
 use crate::reconcile::report::{Report, Tally};
-use crate::reconcile::scheduler::{self, Candidate, InFlight};
+use crate::reconcile::scheduler::{self, InFlight, Lane};
 use crate::reconcile::worker::{self, Done, Finished, Job, Shared};
-use crate::state::Policy;
+use crate::state::{self, Check, Policy};
+use uuid::Uuid;
 
 /// Observes the leader (progress display, metrics, tests injecting faults).
 /// Every method has a no-op default. All but `before_delivery`,
@@ -69,6 +77,11 @@ pub trait Hooks: Sync {
     fn beat(&self) {}
     /// `run`: one `interval` of leading ended; `due` deliveries are due now.
     fn interval(&self, _report: &Report, _due: u64) {}
+    /// The number of channels whose breaker is open or half-open is now `n`.
+    fn breakers_open(&self, _n: usize) {}
+    /// A channel was auto-disabled (every attempt failed for
+    /// `delivery.disable_after`).
+    fn auto_disabled(&self) {}
 }
 
 /// Hooks that do nothing.
@@ -312,6 +325,10 @@ fn lead(
         }
     });
     if failure.is_none() {
+        // What the last outcomes asked for (runs of failures, auto-disable).
+        failure = main.write_channels(&mut r.lock).err();
+    }
+    if failure.is_none() {
         if let Err(e) = r.lock.client_mut().and_then(|c| leaders::release(c, key)) {
             failure = Some(lock_failure("removing the leader record", &e));
         }
@@ -354,18 +371,31 @@ fn lock_failure(step: &str, e: &DbError) -> String {
     }
 }
 
-/// A sweep in progress: its cut-off (fixed for the sweep), where its next
-/// page starts, and what it read but has not handed out yet.
+/// A sweep in progress: its cut-off (fixed for the sweep) and, once the
+/// channels with due work are known, each one's lane.
 struct Sweep {
     cutoff: DateTime<Utc>,
+    /// `None` until the channels with due work have been looked up.
+    lanes: Option<BTreeMap<Uuid, LaneState>>,
+}
+
+/// One channel's part of a sweep.
+struct LaneState {
+    /// Where its next read starts.
     cursor: Cursor,
     /// Read, not in flight when read (those are left out at once), not
-    /// handed out yet (no slot was free). Only this leader hands out, so
-    /// they cannot have become in flight meanwhile, nor been recorded by
-    /// one of its workers; the sweep hands them out before it reads on.
-    unread: VecDeque<Delivery>,
-    /// The last page read was short: there is nothing after `unread`.
-    last_page: bool,
+    /// handed out yet (its allowance or the free slots ran out). Only this
+    /// leader hands out, so they cannot have become in flight meanwhile,
+    /// nor been recorded by one of its workers.
+    queue: VecDeque<Delivery>,
+    /// Its last read was short: there is nothing after `queue`.
+    exhausted: bool,
+}
+
+impl LaneState {
+    fn done(&self) -> bool {
+        self.exhausted && self.queue.is_empty()
+    }
 }
 
 /// The main thread's state while it leads.
@@ -380,9 +410,19 @@ struct Main<'a> {
     /// plus `queue_capacity`.
     capacity: usize,
     in_flight: InFlight,
+    /// Every channel's breaker and run of failures.
+    channels: Channels,
+    /// Deliveries read per channel at a time.
+    per_channel: u32,
+    /// The channel served last (round-robin resumes after it).
+    last_served: Option<Uuid>,
+    /// The channels snapshot last published with the heartbeat.
+    published: serde_json::Value,
+    /// Channel rows to update (runs of failures, auto-disable), written on
+    /// the lock connection at the next turn.
+    writes: Vec<Write>,
+    policy: Policy,
     sweep: Option<Sweep>,
-    /// A wake-up came during the sweep: sweep again after it.
-    again: bool,
     /// When the earliest known retry is due by a sweep's cut-off (its
     /// `next_attempt_at` plus `next_attempt_delay`).
     next_retry: Option<DateTime<Utc>>,
@@ -413,8 +453,13 @@ impl<'a> Main<'a> {
             queue_capacity: r.queue_capacity,
             capacity: 0,
             in_flight: InFlight::default(),
+            channels: Channels::new(config),
+            per_channel: lane_read_size(config),
+            last_served: None,
+            published: serde_json::json!({}),
+            writes: Vec::new(),
+            policy: policy_from(config),
             sweep: None,
-            again: false,
             next_retry: None,
             next_tick: Instant::now() + r.interval,
             watch: LockWatch::new(),
@@ -459,7 +504,7 @@ impl<'a> Main<'a> {
         }
         let pager = match lock
             .client_mut()
-            .and_then(|c| Pager::prepare(c, self.page_size))
+            .and_then(|c| Pager::prepare(c, self.per_channel))
         {
             Ok(p) => p,
             Err(e) => return Some(lock_failure("preparing the due query", &e)),
@@ -486,6 +531,9 @@ impl<'a> Main<'a> {
             self.hooks.beat();
             while let Ok(d) = done.try_recv() {
                 self.finished(d);
+            }
+            if let Err(f) = self.write_channels(lock) {
+                return Some(f);
             }
             if stop.load(Relaxed) {
                 return None;
@@ -555,6 +603,10 @@ impl<'a> Main<'a> {
                 until = until.min(now + left);
             }
         }
+        if let Some(t) = self.next_probe() {
+            let left = (t - self.watch.db_now()).to_std().unwrap_or(Duration::ZERO);
+            until = until.min(now + left);
+        }
         until.saturating_duration_since(now)
     }
 
@@ -583,6 +635,7 @@ impl<'a> Main<'a> {
             self.window = Tally::default();
             self.window_started = (Instant::now(), Utc::now());
             self.in_flight.unpark_all();
+            self.channels.prune(&self.in_flight);
             self.wake(WakeCause::Tick);
         }
         if self.next_retry.is_some_and(|t| t <= self.watch.db_now()) {
@@ -590,13 +643,48 @@ impl<'a> Main<'a> {
             self.wake(WakeCause::RetryDue);
         }
         let (last, n) = self.heartbeat;
-        let changed = self.in_flight.len() != n && last.elapsed() >= HEARTBEAT_EVERY;
+        let snapshot = self.channels.snapshot(&self.in_flight);
+        let changed = (self.in_flight.len() != n || snapshot != self.published)
+            && last.elapsed() >= HEARTBEAT_EVERY;
         if changed || last.elapsed() >= HEARTBEAT_EVERY * 10 {
             let n = self.in_flight.len();
             lock.client_mut()
-                .and_then(|c| leaders::heartbeat(c, key, n))
+                .and_then(|c| leaders::heartbeat(c, key, n, &snapshot))
                 .map_err(|e| lock_failure("updating the leader record", &e))?;
             self.heartbeat = (Instant::now(), n);
+            self.published = snapshot;
+        }
+        Ok(())
+    }
+
+    /// Writes what the channels' health asked for: the start and end of a
+    /// run of failures, and auto-disable.
+    fn write_channels(&mut self, lock: &mut LeaderLock) -> Result<(), String> {
+        for w in std::mem::take(&mut self.writes) {
+            let client = lock
+                .client_mut()
+                .map_err(|e| lock_failure("updating a channel", &e))?;
+            let failed = |e: DbError| lock_failure("updating a channel", &e);
+            match w {
+                Write::StartFailing { channel_id, since } => {
+                    channels::start_failing(client, channel_id, since).map_err(failed)?
+                }
+                Write::StopFailing { channel_id } => {
+                    channels::stop_failing(client, channel_id).map_err(failed)?
+                }
+                Write::Disable {
+                    channel_id,
+                    since,
+                    reason,
+                } => {
+                    if channels::auto_disable(client, channel_id, since, &reason).map_err(failed)? {
+                        log::warn!(
+                            "channel {channel_id} disabled: {reason}; after fixing the endpoint, `channel enable {channel_id}`, then `resend --channel {channel_id} --since TIME`"
+                        );
+                        self.hooks.auto_disabled();
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -631,24 +719,23 @@ impl<'a> Main<'a> {
     fn start_sweep(&mut self, cutoff: DateTime<Utc>) {
         self.sweep = Some(Sweep {
             cutoff,
-            cursor: due::start_cursor(),
-            unread: VecDeque::new(),
-            last_page: false,
+            lanes: None,
         });
     }
 
-    /// A reason to sweep: now, or after the sweep in progress.
+    /// A reason to sweep: a fresh sweep starts now (one in progress is
+    /// dropped: what it read but did not hand out is read again), so work
+    /// that fell due is found at once, however long a backlog the sweep in
+    /// progress was working through.
     fn wake(&mut self, cause: WakeCause) {
         self.hooks.woke(cause);
-        if self.sweep.is_some() {
-            self.again = true;
-        } else {
-            self.start_sweep(self.cutoff_now());
-        }
+        self.start_sweep(self.cutoff_now());
     }
 
-    /// One step of the sweep: read a page when nothing read is left, let the
-    /// scheduler pick, hand out. Returns whether it moved.
+    /// One step of the sweep: look up the channels with due work, read
+    /// the next deliveries of lanes that ran empty, let the scheduler pick
+    /// round-robin within each channel's allowance, hand out. Returns
+    /// whether it moved.
     fn step(
         &mut self,
         lock: &mut LeaderLock,
@@ -664,60 +751,141 @@ impl<'a> Main<'a> {
         let Some(sweep) = self.sweep.as_mut() else {
             return Ok(false);
         };
-        if sweep.unread.is_empty() && !sweep.last_page {
-            let page = lock
+        let cutoff = sweep.cutoff;
+        let mut moved = false;
+        if sweep.lanes.is_none() {
+            let ids = lock
                 .client_mut()
-                .and_then(|c| pager.page(c, sweep.cutoff, sweep.cursor))
+                .and_then(|c| pager.channels(c, cutoff))
                 .map_err(|e| lock_failure("paging", &e))?;
-            sweep.last_page = page.len() < self.page_size as usize;
-            if let Some(last) = page.last() {
-                sweep.cursor = last.cursor();
-            }
-            // What is in flight now is left out here, not at hand-out time:
-            // its outcome may arrive before the rest of the page is handed
-            // out, and this row would then be stale.
-            let in_flight = &self.in_flight;
-            sweep
-                .unread
-                .extend(page.into_iter().filter(|d| !in_flight.holds(&d.status.id)));
+            let lanes = ids.into_iter().map(|id| {
+                let lane = LaneState {
+                    cursor: due::start_cursor(),
+                    queue: VecDeque::new(),
+                    exhausted: false,
+                };
+                (id, lane)
+            });
+            sweep.lanes = Some(lanes.collect());
+            moved = true;
         }
-        if sweep.unread.is_empty() {
-            let cutoff = sweep.cutoff;
+        let free = self.capacity.saturating_sub(self.in_flight.len());
+        let lanes = sweep.lanes.get_or_insert_with(BTreeMap::new);
+        // Read for the lanes that ran empty, in round-robin order, at most
+        // as many as could be served now, in one query.
+        let after = self.last_served;
+        let empty: Vec<(Uuid, Cursor)> = in_rotation(lanes, after)
+            .filter(|(_, l)| l.queue.is_empty() && !l.exhausted)
+            .take(free.clamp(1, self.page_size as usize))
+            .map(|(id, l)| (*id, l.cursor))
+            .collect();
+        if !empty.is_empty() {
+            let read = lock
+                .client_mut()
+                .and_then(|c| pager.read(c, cutoff, &empty))
+                .map_err(|e| lock_failure("paging", &e))?;
+            let mut counts: HashMap<Uuid, u32> = HashMap::new();
+            for d in read {
+                let channel_id = d.channel_id();
+                *counts.entry(channel_id).or_default() += 1;
+                self.channels.seen(&d.status.target);
+                let Some(lane) = lanes.get_mut(&channel_id) else {
+                    continue;
+                };
+                lane.cursor = d.cursor();
+                // What is in flight now is left out here, not at hand-out
+                // time: its outcome may arrive before the rest of the lane
+                // is handed out, and this row would then be stale.
+                if !self.in_flight.holds(&d.status.id) {
+                    lane.queue.push_back(d);
+                }
+            }
+            for (id, _) in &empty {
+                if let Some(lane) = lanes.get_mut(id) {
+                    lane.exhausted = counts.get(id).copied().unwrap_or(0) < self.per_channel;
+                }
+            }
+            moved = true;
+        }
+        let now = self.watch.db_now();
+        if matches!(self.mode, Mode::Once) {
+            // `once` makes one sweep: it does not wait out a cool-down. A
+            // channel whose breaker is open is left due.
+            for (id, lane) in lanes.iter_mut() {
+                if self.channels.is_open(id) && self.in_flight.of_channel(id) == 0 {
+                    if !lane.queue.is_empty() || !lane.exhausted {
+                        log::info!("channel {id}: breaker open; its due deliveries are left for the next pass");
+                    }
+                    lane.queue.clear();
+                    lane.exhausted = true;
+                }
+            }
+        }
+        lanes.retain(|_, l| !l.done());
+        if lanes.is_empty() {
             self.end_sweep(lock, cutoff)?;
             return Ok(true);
         }
-        let candidates: Vec<Candidate> = sweep
-            .unread
+        // The scheduler's view: each lane's queue (whether each delivery
+        // makes a request, on this host's clock, which the worker's check
+        // uses too) and allowance.
+        let wall = Utc::now();
+        let ids: Vec<Uuid> = lanes
             .iter()
-            .map(|d| Candidate {
-                status_id: d.status.id,
-                channel_id: d.status.target.id,
+            .filter(|(_, l)| !l.queue.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        let view: Vec<Lane> = ids
+            .iter()
+            .map(|id| Lane {
+                channel_id: *id,
+                queue: lanes[id]
+                    .queue
+                    .iter()
+                    .map(|d| makes_request(d, wall, cutoff, &self.policy))
+                    .collect(),
+                allowance: self
+                    .channels
+                    .allowance(id, now, self.in_flight.of_channel(id)),
             })
             .collect();
-        let plan = scheduler::plan(
-            &candidates,
-            &self.in_flight,
-            self.capacity - self.in_flight.len(),
-        );
-        let looked_at: Vec<Delivery> = sweep.unread.drain(..plan.consumed).collect();
-        let mut chosen = plan.hand_out.iter().peekable();
-        let mut back = Vec::new();
-        let before = self.in_flight.len();
-        for (i, delivery) in looked_at.into_iter().enumerate() {
-            if chosen.peek() != Some(&&i) {
-                continue; // in flight or parked: its outcome is on its way
+        let plan = scheduler::plan(&view, self.last_served, free);
+        if plan.hand_out.is_empty() {
+            return Ok(moved);
+        }
+        self.last_served = plan.last_served;
+        // Take the chosen out of their queues (highest position first, so
+        // the others keep theirs), then hand out in the plan's order.
+        let mut chosen: Vec<Option<(Delivery, bool)>> = Vec::new();
+        let mut order: Vec<(usize, usize, usize)> = plan
+            .hand_out
+            .iter()
+            .enumerate()
+            .map(|(k, &(i, j))| (i, j, k))
+            .collect();
+        order.sort_by_key(|&(i, j, _)| std::cmp::Reverse((i, j)));
+        chosen.resize_with(plan.hand_out.len(), || None);
+        for (i, j, k) in order {
+            let sends = view[i].queue[j];
+            if let Some(d) = lanes.get_mut(&ids[i]).and_then(|l| l.queue.remove(j)) {
+                chosen[k] = Some((d, sends));
             }
-            chosen.next();
+        }
+        let before = self.in_flight.len();
+        let mut back = Vec::new();
+        for (delivery, sends) in chosen.into_iter().flatten() {
             if !back.is_empty() {
                 back.push(delivery);
                 continue;
             }
-            let status_id = delivery.status.id;
-            match jobs.try_send(Job {
-                delivery,
-                cutoff: sweep.cutoff,
-            }) {
-                Ok(()) => self.in_flight.insert(status_id),
+            let (status_id, channel_id) = (delivery.status.id, delivery.channel_id());
+            match jobs.try_send(Job { delivery, cutoff }) {
+                Ok(()) => {
+                    self.in_flight.insert(status_id, channel_id);
+                    if sends {
+                        self.channels.handed_out(channel_id, now);
+                    }
+                }
                 Err(TrySendError::Full(job)) => back.push(job.delivery),
                 Err(TrySendError::Disconnected(_)) => {
                     return Err("no worker thread is running".into())
@@ -725,15 +893,24 @@ impl<'a> Main<'a> {
             }
         }
         // Not handed out (cannot happen while the channel holds `capacity`):
-        // they stay first in line.
+        // they go back first in their lanes.
         for d in back.into_iter().rev() {
-            sweep.unread.push_front(d);
+            if let Some(lane) = lanes.get_mut(&d.channel_id()) {
+                lane.queue.push_front(d);
+            }
         }
         let handed = self.in_flight.len() - before;
         if handed > 0 {
             self.hooks.in_flight(self.in_flight.len());
         }
-        Ok(plan.consumed > 0)
+        Ok(true)
+    }
+
+    /// When the earliest cool-down of a channel with work waiting in the
+    /// sweep ends.
+    fn next_probe(&self) -> Option<DateTime<Utc>> {
+        let lanes = self.sweep.as_ref()?.lanes.as_ref()?;
+        self.channels.next_probe(lanes.keys())
     }
 
     /// The sweep reached the end of what was due by `cutoff`.
@@ -745,9 +922,6 @@ impl<'a> Main<'a> {
                 // What falls due next (a retry, an event enqueued with a
                 // next_attempt_delay, a row written behind our back).
                 self.arm_retry_timer(lock, cutoff)?;
-                if std::mem::take(&mut self.again) {
-                    self.start_sweep(self.cutoff_now());
-                }
             }
         }
         Ok(())
@@ -759,7 +933,8 @@ impl<'a> Main<'a> {
     /// on every wake-up; one changed concurrently (an operator's resend while
     /// it was in flight) is swept again at once.
     fn finished(&mut self, done: Done) {
-        if self.in_flight.remove(&done.status_id) {
+        let channel_id = self.in_flight.remove(&done.status_id);
+        if channel_id.is_some() {
             self.hooks.in_flight(self.in_flight.len());
         }
         self.tally.count(&done);
@@ -767,6 +942,16 @@ impl<'a> Main<'a> {
         match &done.finished {
             Finished::Reconciled(r) => {
                 self.note_retry(r.next_attempt_at);
+                if let (Some(channel_id), Some(verdict)) = (channel_id, r.verdict) {
+                    let open = self.channels.open_count();
+                    let write = self
+                        .channels
+                        .record(channel_id, verdict, self.watch.db_now());
+                    self.writes.extend(write);
+                    if open != self.channels.open_count() {
+                        self.hooks.breakers_open(self.channels.open_count());
+                    }
+                }
                 if r.outcome == StatusOutcome::ChangedConcurrently
                     && matches!(self.mode, Mode::Continuous(_))
                 {
@@ -782,4 +967,47 @@ impl<'a> Main<'a> {
         }
         self.hooks.finished(&done, &self.tally);
     }
+}
+
+/// Deliveries read per channel at a time: enough to fill the channel's cap
+/// twice over, at most `page_size`, so that memory stays bounded however
+/// many channels have work.
+fn lane_read_size(config: &Config) -> u32 {
+    let cap = config.delivery.max_in_flight_per_channel.max(1);
+    let twice = u32::try_from(cap.saturating_mul(2)).unwrap_or(u32::MAX);
+    config.reconciler.page_size.min(twice).max(1)
+}
+
+/// Whether a worker will send a request for `d` (rather than only record a
+/// FAILED: timed out, or its channel is disabled, deleted or no longer
+/// assigned). `now` is this host's clock, as the worker's check uses: it
+/// checks later, so what is expired now is expired then.
+fn makes_request(d: &Delivery, now: DateTime<Utc>, cutoff: DateTime<Utc>, policy: &Policy) -> bool {
+    let t = &d.status.target;
+    if t.disabled || t.deleted || !t.assigned {
+        return false;
+    }
+    !matches!(
+        state::check(&d.status.view, now, cutoff, policy),
+        Check::Expired(_)
+    )
+}
+
+/// The lanes in round-robin order: those after the channel `after`, then
+/// the others.
+fn in_rotation(
+    lanes: &mut BTreeMap<Uuid, LaneState>,
+    after: Option<Uuid>,
+) -> impl Iterator<Item = (&Uuid, &mut LaneState)> {
+    let split = after.unwrap_or(Uuid::nil());
+    let mut head: Vec<(&Uuid, &mut LaneState)> = Vec::new();
+    let mut tail = Vec::new();
+    for (id, lane) in lanes.iter_mut() {
+        if after.is_some() && *id <= split {
+            tail.push((id, lane));
+        } else {
+            head.push((id, lane));
+        }
+    }
+    head.into_iter().chain(tail)
 }

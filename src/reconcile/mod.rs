@@ -9,7 +9,11 @@
 //!
 //! - `leader`: the loop and its waits (`run` leads continuously, `once`
 //!   makes one sweep), and the [`Reconciler`] both start from.
-//! - `scheduler`: pure: which due deliveries to hand out now.
+//! - `scheduler`: pure: which due deliveries to hand out now (round-robin
+//!   across channels, per-channel allowances), and the in-flight registry.
+//! - `breaker`: pure: each channel's circuit breaker.
+//! - `health`: the leader's per-channel state (breaker, failing since,
+//!   auto-disable) and what it publishes of it.
 //! - `lease`: the lock watch, and the proof of it workers check before
 //!   each attempt.
 //! - `listener`: LISTEN on the wake channel, forwarded into a crossbeam
@@ -19,6 +23,8 @@
 //!
 //! What happens to one delivery is `delivery::worker`.
 
+pub mod breaker;
+pub mod health;
 pub mod leader;
 pub mod lease;
 pub mod listener;

@@ -142,6 +142,7 @@ fn reconcile_one(job: &Job, shared: &Shared<'_>, jitter: &mut RandomJitter) -> F
                 outcome,
                 next_attempt_at: None,
                 first_attempt_latency: None,
+                verdict: None,
             }),
             Decision::Write(pending) => record(shared, d, &pending),
         }

@@ -277,6 +277,14 @@ impl Hooks for DaemonHooks<'_> {
         self.alive();
     }
 
+    fn breakers_open(&self, n: usize) {
+        self.telemetry.metrics.breakers_open(n);
+    }
+
+    fn auto_disabled(&self) {
+        self.telemetry.metrics.auto_disabled();
+    }
+
     fn interval(&self, report: &Report, due: u64) {
         self.telemetry.metrics.due(due);
         self.notifier.status(&report.summary("leading"));

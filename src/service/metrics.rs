@@ -100,6 +100,8 @@ pub struct Metrics {
     worker_panics: Counter,
     pool_wait: Histogram,
     pool_in_use: Gauge,
+    breakers_open: Gauge,
+    auto_disabled: Counter,
 }
 
 impl Default for Metrics {
@@ -183,6 +185,18 @@ impl Metrics {
             "Connections of the workers' pool taken right now (at most database.pool_size)",
             pool_in_use.clone(),
         );
+        let breakers_open = Gauge::default();
+        registry.register(
+            "channel_breakers_open",
+            "Channels whose circuit breaker is open or half-open (their deliveries wait, not attempted)",
+            breakers_open.clone(),
+        );
+        let auto_disabled = Counter::default();
+        registry.register(
+            "channels_auto_disabled",
+            "Channels this instance disabled because every attempt failed for delivery.disable_after",
+            auto_disabled.clone(),
+        );
         registry.register(
             "build",
             "Build information",
@@ -200,7 +214,19 @@ impl Metrics {
             worker_panics,
             pool_wait,
             pool_in_use,
+            breakers_open,
+            auto_disabled,
         }
+    }
+
+    /// `n` channels have their breaker open or half-open.
+    pub fn breakers_open(&self, n: usize) {
+        self.breakers_open.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// A channel was auto-disabled.
+    pub fn auto_disabled(&self) {
+        self.auto_disabled.inc();
     }
 
     /// A worker waited `waited` for a pooled connection.
@@ -266,6 +292,7 @@ impl Metrics {
     pub fn lead_ended(&self, result: LeadResult) {
         self.lock_held.set(0);
         self.in_flight.set(0);
+        self.breakers_open.set(0);
         self.lead_attempts
             .get_or_create(&[("result", result.as_str())])
             .inc();
@@ -415,6 +442,7 @@ mod tests {
                 outcome,
                 next_attempt_at: None,
                 first_attempt_latency: latency_ms.map(Duration::from_millis),
+                verdict: None,
             }),
         }
     }
@@ -436,6 +464,8 @@ mod tests {
         m.woke(WakeCause::Notified);
         m.woke(WakeCause::Tick);
         m.in_flight(4);
+        m.breakers_open(2);
+        m.auto_disabled();
         let text = m.encode();
         for line in [
             "notification_reconciler_deliveries_total{outcome=\"delivered\"} 3",
@@ -449,6 +479,8 @@ mod tests {
             "notification_reconciler_deliveries_in_flight 4",
             "notification_reconciler_first_attempt_latency_seconds_count 3",
             "notification_reconciler_lock_held 1",
+            "notification_reconciler_channel_breakers_open 2",
+            "notification_reconciler_channels_auto_disabled_total 1",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }

@@ -19,6 +19,11 @@ pub use super::bin::BIN;
 /// `interval`, short delivery timeouts and a tiny retry schedule, then `extra`
 /// appended verbatim (whole extra sections, e.g. `[metrics]`). A non-empty
 /// `delivery` replaces the body of the `[delivery]` section.
+///
+/// The default `[delivery]` body also lets one channel use every worker and
+/// turns the circuit breaker off: most of these tests deliver to a single
+/// channel and are about something else (throughput, faults, retries);
+/// tests of fair scheduling (tests/fairness.rs) set their own.
 pub fn config_toml(
     url: &str,
     workers: usize,
@@ -27,9 +32,12 @@ pub fn config_toml(
     extra: &str,
 ) -> String {
     let delivery = if delivery.is_empty() {
-        "timeout = \"5s\"\nconnect_timeout = \"2s\"\nretry_schedule = [\"10ms\", \"10ms\", \"10ms\"]\n"
+        format!(
+            "timeout = \"5s\"\nconnect_timeout = \"2s\"\nretry_schedule = [\"10ms\", \"10ms\", \"10ms\"]\n\
+             max_in_flight_per_channel = {workers}\nbreaker_failures = 0\n"
+        )
     } else {
-        delivery
+        delivery.to_owned()
     };
     format!(
         "[database]\nurl = \"{url}\"\nconnect_timeout = \"2s\"\n\n\

@@ -28,7 +28,10 @@ pub fn loopback_networks() -> Vec<ipnet::IpNet> {
 }
 
 /// A config for the database at `url` with `workers` workers, a tiny retry
-/// schedule, short timeouts and loopback allowed, as tests want.
+/// schedule, short timeouts and loopback allowed, as tests want; one
+/// channel may use every worker and the breaker is off (these tests deliver
+/// to one channel and are about something else; tests/fairness.rs tests
+/// the defaults).
 pub fn config(url: &str, workers: usize) -> Config {
     let mut c = Config::for_url(url);
     c.reconciler.workers = workers;
@@ -38,6 +41,8 @@ pub fn config(url: &str, workers: usize) -> Config {
     c.delivery.timeout = Duration::from_secs(10);
     c.delivery.connect_timeout = Duration::from_secs(2);
     c.delivery.allow_networks = loopback_networks();
+    c.delivery.max_in_flight_per_channel = workers;
+    c.delivery.breaker_failures = 0;
     c
 }
 

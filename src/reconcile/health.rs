@@ -1,0 +1,337 @@
+//! The leader's view of each channel's health: its circuit breaker
+//! (`breaker`) and how long every attempt has failed (auto-disable). No I/O:
+//! the leader feeds it what it reads and what workers report, and carries
+//! out the [`Write`]s it returns on its lock connection.
+//!
+//! `failing_since` is kept on the channel row, so a run of failures is
+//! measured across restarts and failovers; the breaker is the leader's own
+//! (a new leader starts with every breaker closed, so a dead endpoint gets
+//! at most `breaker_failures` more attempts after a failover).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use uuid::Uuid;
+
+use crate::config::{Config, MAX_BREAKER_COOLDOWN};
+use crate::db::due::Target;
+use crate::reconcile::breaker::{Breaker, BreakerPolicy};
+use crate::reconcile::scheduler::InFlight;
+use crate::state::Verdict;
+
+/// A change to a channel row the leader must write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// A run of failed attempts began at `since`.
+    StartFailing {
+        /// The channel.
+        channel_id: Uuid,
+        /// When.
+        since: DateTime<Utc>,
+    },
+    /// An attempt succeeded: the run of failures is over.
+    StopFailing {
+        /// The channel.
+        channel_id: Uuid,
+    },
+    /// Every attempt has failed for `disable_after`: disable the channel,
+    /// if it still failed since `since` (an operator may have enabled it).
+    Disable {
+        /// The channel.
+        channel_id: Uuid,
+        /// The start of the run of failures.
+        since: DateTime<Utc>,
+        /// The reason recorded on the channel.
+        reason: String,
+    },
+}
+
+#[derive(Debug, Default, Clone)]
+struct Health {
+    breaker: Breaker,
+    failing_since: Option<DateTime<Utc>>,
+    /// A `Disable` was returned for the current run of failures.
+    disabling: bool,
+}
+
+/// Every channel's health, kept by the leader's main thread.
+#[derive(Debug)]
+pub struct Channels {
+    policy: BreakerPolicy,
+    cap: usize,
+    disable_after: Duration,
+    health: HashMap<Uuid, Health>,
+}
+
+impl Channels {
+    /// Empty, with the settings of `[delivery]`.
+    pub fn new(config: &Config) -> Channels {
+        let d = &config.delivery;
+        Channels {
+            policy: BreakerPolicy {
+                threshold: d.breaker_failures,
+                cooldown: d.breaker_cooldown,
+                max_cooldown: MAX_BREAKER_COOLDOWN,
+            },
+            cap: d.max_in_flight_per_channel,
+            disable_after: d.disable_after,
+            health: HashMap::new(),
+        }
+    }
+
+    /// A delivery of the channel was read: its row says how long the
+    /// channel has been failing (the database is the truth: an operator's
+    /// `channel enable` clears it).
+    pub fn seen(&mut self, target: &Target) {
+        let h = self.health.entry(target.id).or_default();
+        if h.failing_since != target.failing_since {
+            h.failing_since = target.failing_since;
+            h.disabling = false;
+        }
+    }
+
+    /// How many more of the channel's deliveries that make a request may
+    /// go out at `now` with `in_flight` of them out.
+    pub fn allowance(&self, channel_id: &Uuid, now: DateTime<Utc>, in_flight: usize) -> usize {
+        self.breaker(channel_id)
+            .allowance(now, in_flight, self.cap, &self.policy)
+    }
+
+    /// A delivery of the channel that makes a request went out at `now`.
+    pub fn handed_out(&mut self, channel_id: Uuid, now: DateTime<Utc>) {
+        let h = self.health.entry(channel_id).or_default();
+        let was = h.breaker;
+        h.breaker.handed_out(now);
+        if was != h.breaker {
+            log::info!("channel {channel_id}: breaker cool-down over, sending one probe");
+        }
+    }
+
+    /// An attempt to the channel came back with `verdict` at `now`; returns
+    /// the write it calls for, if any.
+    pub fn record(
+        &mut self,
+        channel_id: Uuid,
+        verdict: Verdict,
+        now: DateTime<Utc>,
+    ) -> Option<Write> {
+        let h = self.health.entry(channel_id).or_default();
+        let was = h.breaker;
+        h.breaker.record(verdict, now, &self.policy);
+        match (was.is_open(), h.breaker) {
+            (false, Breaker::Open { cooldown, .. }) => log::warn!(
+                "channel {channel_id}: {} consecutive failed attempts; breaker open, no attempts for {}",
+                self.policy.threshold,
+                humantime::format_duration(cooldown)
+            ),
+            (true, Breaker::Open { cooldown, .. }) if !was.eq(&h.breaker) => log::warn!(
+                "channel {channel_id}: probe failed; breaker open for {}",
+                humantime::format_duration(cooldown)
+            ),
+            (true, Breaker::Closed { .. }) => {
+                log::info!("channel {channel_id}: attempt answered; breaker closed")
+            }
+            _ => {}
+        }
+        match (verdict, h.failing_since) {
+            (Verdict::Success, None) => None,
+            (Verdict::Success, Some(_)) => {
+                h.failing_since = None;
+                h.disabling = false;
+                Some(Write::StopFailing { channel_id })
+            }
+            (Verdict::Failure | Verdict::Refused, None) => {
+                h.failing_since = Some(now);
+                Some(Write::StartFailing {
+                    channel_id,
+                    since: now,
+                })
+            }
+            (Verdict::Failure | Verdict::Refused, Some(since)) => {
+                let limit = TimeDelta::from_std(self.disable_after).unwrap_or(TimeDelta::MAX);
+                if self.disable_after.is_zero() || h.disabling || now - since < limit {
+                    return None;
+                }
+                h.disabling = true;
+                Some(Write::Disable {
+                    channel_id,
+                    since,
+                    reason: format!(
+                        "auto-disabled: every attempt failed for {} (since {})",
+                        crate::config::format_duration(self.disable_after),
+                        since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    ),
+                })
+            }
+        }
+    }
+
+    /// Whether the channel's breaker is open or half-open.
+    pub fn is_open(&self, channel_id: &Uuid) -> bool {
+        self.breaker(channel_id).is_open()
+    }
+
+    /// The earliest end of a cool-down among `channels`.
+    pub fn next_probe<'a>(
+        &self,
+        channels: impl Iterator<Item = &'a Uuid>,
+    ) -> Option<DateTime<Utc>> {
+        channels.filter_map(|c| self.breaker(c).open_until()).min()
+    }
+
+    /// How many breakers are open or half-open.
+    pub fn open_count(&self) -> usize {
+        self.health.values().filter(|h| h.breaker.is_open()).count()
+    }
+
+    /// What the leader publishes (`status`, `channel list --json`): every
+    /// channel whose breaker is not closed-and-clean or that has
+    /// deliveries in flight.
+    pub fn snapshot(&self, in_flight: &InFlight) -> serde_json::Value {
+        let mut out = serde_json::Map::new();
+        let mut add = |id: &Uuid, b: Breaker, n: usize| {
+            let mut v = serde_json::json!({ "breaker": b.name(), "in_flight": n });
+            if let Breaker::Closed { failures } = b {
+                v["failures"] = failures.into();
+            }
+            if let Some(until) = b.open_until() {
+                v["open_until"] = until
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    .into();
+            }
+            out.insert(id.to_string(), v);
+        };
+        for (id, &n) in in_flight.channels() {
+            add(id, self.breaker(id), n);
+        }
+        for (id, h) in &self.health {
+            if h.breaker != Breaker::default() && in_flight.of_channel(id) == 0 {
+                add(id, h.breaker, 0);
+            }
+        }
+        serde_json::Value::Object(out)
+    }
+
+    /// Forgets channels with nothing to remember (closed, clean, not
+    /// failing, nothing in flight), so the map does not grow forever.
+    pub fn prune(&mut self, in_flight: &InFlight) {
+        self.health.retain(|id, h| {
+            h.breaker != Breaker::default()
+                || h.failing_since.is_some()
+                || in_flight.of_channel(id) > 0
+        });
+    }
+
+    fn breaker(&self, channel_id: &Uuid) -> Breaker {
+        self.health
+            .get(channel_id)
+            .map(|h| h.breaker)
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn channels(threshold: u32, disable_after: &str) -> Channels {
+        let mut c = crate::config::Config::for_url("postgres://x@127.0.0.1/x");
+        c.delivery.breaker_failures = threshold;
+        c.delivery.max_in_flight_per_channel = 4;
+        c.delivery.disable_after = humantime::parse_duration(disable_after).unwrap();
+        Channels::new(&c)
+    }
+
+    fn t(secs: i64) -> DateTime<Utc> {
+        DateTime::<Utc>::from_timestamp(1_800_000_000 + secs, 0).unwrap()
+    }
+
+    fn target(id: Uuid, failing_since: Option<DateTime<Utc>>) -> Target {
+        Target {
+            id,
+            url: "http://127.0.0.1:1/".into(),
+            headers: "{}".into(),
+            signing_secret: String::new(),
+            previous_secret: None,
+            previous_until: None,
+            disabled: false,
+            deleted: false,
+            assigned: true,
+            failing_since,
+        }
+    }
+
+    #[test]
+    fn a_run_of_failures_is_started_once_and_ended_by_a_success() {
+        let mut c = channels(5, "5d");
+        let id = Uuid::from_u128(7);
+        assert_eq!(
+            c.record(id, Verdict::Failure, t(0)),
+            Some(Write::StartFailing {
+                channel_id: id,
+                since: t(0)
+            })
+        );
+        assert_eq!(c.record(id, Verdict::Refused, t(1)), None);
+        assert_eq!(
+            c.record(id, Verdict::Success, t(2)),
+            Some(Write::StopFailing { channel_id: id })
+        );
+        assert_eq!(c.record(id, Verdict::Success, t(3)), None);
+    }
+
+    #[test]
+    fn only_failures_for_disable_after_disable_once() {
+        let mut c = channels(5, "1h");
+        let id = Uuid::from_u128(7);
+        c.seen(&target(id, Some(t(0))));
+        assert_eq!(c.record(id, Verdict::Failure, t(3599)), None);
+        let w = c.record(id, Verdict::Failure, t(3600));
+        assert!(
+            matches!(&w, Some(Write::Disable { since, reason, .. })
+                if *since == t(0) && reason.contains("every attempt failed for 1h")),
+            "{w:?}"
+        );
+        assert_eq!(c.record(id, Verdict::Failure, t(3700)), None, "once");
+        // An operator enabled it again: the row no longer says failing.
+        c.seen(&target(id, None));
+        assert!(matches!(
+            c.record(id, Verdict::Failure, t(3800)),
+            Some(Write::StartFailing { .. })
+        ));
+    }
+
+    #[test]
+    fn disable_after_zero_never_disables() {
+        let mut c = channels(5, "0s");
+        let id = Uuid::from_u128(7);
+        c.seen(&target(id, Some(t(0))));
+        assert_eq!(c.record(id, Verdict::Failure, t(100_000_000)), None);
+    }
+
+    #[test]
+    fn the_breaker_opens_and_is_published_and_pruned_when_clean() {
+        let mut c = channels(2, "5d");
+        let id = Uuid::from_u128(7);
+        let mut f = InFlight::default();
+        assert_eq!(c.allowance(&id, t(0), 0), 4);
+        c.record(id, Verdict::Failure, t(0));
+        c.record(id, Verdict::Failure, t(0));
+        assert!(c.is_open(&id));
+        assert_eq!(c.open_count(), 1);
+        assert_eq!(c.allowance(&id, t(1), 0), 0);
+        assert_eq!(c.next_probe([id].iter()), Some(t(30)));
+        let snap = c.snapshot(&f);
+        assert_eq!(snap[id.to_string()]["breaker"], "open");
+        c.handed_out(id, t(30));
+        f.insert(Uuid::from_u128(1), id);
+        assert_eq!(c.snapshot(&f)[id.to_string()]["in_flight"], 1);
+        f.remove(&Uuid::from_u128(1));
+        c.record(id, Verdict::Success, t(31));
+        assert_eq!(c.open_count(), 0);
+        assert_eq!(c.snapshot(&f), serde_json::json!({}));
+        c.prune(&f);
+        assert!(c.health.is_empty());
+    }
+}
