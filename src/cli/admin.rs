@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use crate::config::Config;
-use crate::db::{self, leaders, migrate, statuses};
+use crate::db::{self, leaders, migrate, shards as db_shards, statuses};
 use crate::lock;
 
 /// `migrate`: applies pending migrations; prints what it did.
@@ -18,6 +18,12 @@ pub fn migrate(config: &Config) -> anyhow::Result<ExitCode> {
         println!(
             "schema \"{}\": payload size cap set to {} bytes (delivery.max_payload_bytes)",
             config.database.schema, settings.max_payload_bytes
+        );
+    }
+    if db_shards::record(&mut client, config.reconciler.shards)? {
+        println!(
+            "schema \"{}\": shard count set to {} (reconciler.shards)",
+            config.database.schema, config.reconciler.shards
         );
     }
     if applied.is_empty() {
@@ -67,6 +73,20 @@ struct StatusReport {
     leader: Leader,
     schema: String,
     schema_version: i32,
+    /// The shard count recorded in the schema (`reconciler.shards`).
+    shard_count: u32,
+    shards: Vec<ShardStatus>,
+}
+
+/// One shard as `status` shows it.
+#[derive(serde::Serialize)]
+struct ShardStatus {
+    shard: u32,
+    lock_key_int8: i64,
+    /// The instance holding the shard's lock (None: nobody leads it).
+    leader: Option<String>,
+    /// Its deliveries due now.
+    due: i64,
 }
 
 /// Whether a leader is active, as `status` shows it.
@@ -89,6 +109,18 @@ pub fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     // A record left by a leader that died is not the holder's: ignore it.
     let record = leaders::get(&mut client, key)?
         .filter(|r| lock_holder.as_ref().is_some_and(|h| h.pid == r.backend_pid));
+    let shard_count = db_shards::recorded(&mut client)?;
+    let keys = crate::shard::shard_keys(&config.reconciler.lock_key, shard_count);
+    let holders = db_shards::holders(&mut client, &keys)?;
+    let due = db_shards::due_by_shard(&mut client, shard_count)?;
+    let shards = (0..shard_count)
+        .map(|s| ShardStatus {
+            shard: s,
+            lock_key_int8: keys[s as usize],
+            leader: holders[s as usize].clone(),
+            due: due[s as usize],
+        })
+        .collect();
     let report = StatusReport {
         counts,
         lock_key: config.reconciler.lock_key.clone(),
@@ -100,6 +132,8 @@ pub fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         lock_holder,
         schema: config.database.schema.clone(),
         schema_version: migrate::latest_version(),
+        shard_count,
+        shards,
     };
     if json {
         super::print_json(&report)?;
@@ -139,6 +173,18 @@ pub fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         ),
         (None, true) => println!("leader:    active (no leader record yet)"),
         (None, false) => println!("leader:    none (no instance leads)"),
+    }
+    if report.shard_count > 1 {
+        let led = report.shards.iter().filter(|s| s.leader.is_some()).count();
+        println!("shards:    {} ({led} led)", report.shard_count);
+        for s in &report.shards {
+            println!(
+                "  shard {:<4} due {:<8} {}",
+                s.shard,
+                s.due,
+                s.leader.as_deref().unwrap_or("not led")
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -134,14 +134,27 @@ impl Delivery {
 /// With the number in the text the generic plan is the good one and
 /// PostgreSQL switches to it after five executions (planning 0.02 ms).
 pub fn page_sql(limit: u32) -> String {
-    PAGE_SQL_TEMPLATE.replace("{limit}", &limit.to_string())
+    PAGE_SQL_TEMPLATE
+        .replace("{limit}", &limit.to_string())
+        .replace("{shards}", "")
+}
+
+/// [`page_sql`] for the shards `$5` (the count) and `$6` (an `int4[]`)
+/// only (`reconciler.shards` > 1; `db::shards`).
+pub fn page_sql_sharded(limit: u32) -> String {
+    PAGE_SQL_TEMPLATE
+        .replace("{limit}", &limit.to_string())
+        .replace(
+            "{shards}",
+            &format!("\n      AND {}", super::shards::shard_filter(5, 6)),
+        )
 }
 
 const PAGE_SQL_TEMPLATE: &str = "
 WITH page AS (
     SELECT id, event_created_at, event_id, channel_id FROM delivery_status
     WHERE state IN ('PENDING', 'SENDING', 'RESENDING') AND next_attempt_at <= $1
-      AND (event_created_at, event_id, channel_id) > ($2, $3, $4)
+      AND (event_created_at, event_id, channel_id) > ($2, $3, $4){shards}
     ORDER BY event_created_at, event_id, channel_id
     LIMIT {limit}
 )
@@ -171,6 +184,7 @@ pub fn start_cursor() -> Cursor {
 /// its plan can be reused across pages).
 pub struct Pager {
     statement: Statement,
+    sharded: bool,
 }
 
 impl Pager {
@@ -179,7 +193,21 @@ impl Pager {
         let statement = client
             .prepare(&page_sql(limit))
             .map_err(DbError::query("preparing the due query"))?;
-        Ok(Pager { statement })
+        Ok(Pager {
+            statement,
+            sharded: false,
+        })
+    }
+
+    /// Prepares [`page_sql_sharded`] (pages read with [`Pager::page_in`]).
+    pub fn prepare_sharded(client: &mut impl GenericClient, limit: u32) -> Result<Pager, DbError> {
+        let statement = client
+            .prepare(&page_sql_sharded(limit))
+            .map_err(DbError::query("preparing the due query"))?;
+        Ok(Pager {
+            statement,
+            sharded: true,
+        })
     }
 
     /// Reads the page of due deliveries after `cursor`, on the connection
@@ -190,17 +218,33 @@ impl Pager {
         cutoff: DateTime<Utc>,
         cursor: Cursor,
     ) -> Result<Vec<Delivery>, DbError> {
-        let rows = client
-            .query(
-                &self.statement,
-                &[
-                    &cutoff,
-                    &cursor.created_at,
-                    &cursor.event_id,
-                    &cursor.channel_id,
-                ],
-            )
-            .map_err(DbError::query("reading due deliveries"))?;
+        self.page_in(client, cutoff, cursor, None)
+    }
+
+    /// [`Pager::page`] of the shards `shards` of `k` when prepared sharded
+    /// (`shards` is then required; an empty list reads nothing).
+    pub fn page_in(
+        &self,
+        client: &mut impl GenericClient,
+        cutoff: DateTime<Utc>,
+        cursor: Cursor,
+        shards: Option<(u32, &[i32])>,
+    ) -> Result<Vec<Delivery>, DbError> {
+        let c = (
+            &cutoff,
+            &cursor.created_at,
+            &cursor.event_id,
+            &cursor.channel_id,
+        );
+        let rows = match (self.sharded, shards) {
+            (false, _) => client.query(&self.statement, &[c.0, c.1, c.2, c.3]),
+            (true, Some((_, []))) | (true, None) => return Ok(Vec::new()),
+            (true, Some((k, list))) => {
+                let k = k as i32;
+                client.query(&self.statement, &[c.0, c.1, c.2, c.3, &k, &list])
+            }
+        }
+        .map_err(DbError::query("reading due deliveries"))?;
         deliveries_from_rows(&rows)
     }
 }

@@ -21,6 +21,10 @@
 //!
 //! A wake-up that arrives while a sweep runs makes another sweep follow it,
 //! so nothing due is missed and sweeps never overlap.
+//!
+//! With `reconciler.shards` > 1 the lock is one lock per shard and the loop
+//! hands out only the deliveries of the shards it leads; taking and giving
+//! up shards while it leads is `shard::set`'s (the hooks below call it).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -42,6 +46,7 @@ use crate::reconcile::listener::Wake;
 use crate::reconcile::report::{Report, Tally};
 use crate::reconcile::scheduler::{self, Candidate, InFlight};
 use crate::reconcile::worker::{self, Done, Finished, Job, Shared};
+use crate::shard::set::ShardSet;
 use crate::state::Policy;
 
 /// Observes the leader (progress display, metrics, tests injecting faults).
@@ -69,6 +74,8 @@ pub trait Hooks: Sync {
     fn beat(&self) {}
     /// `run`: one `interval` of leading ended; `due` deliveries are due now.
     fn interval(&self, _report: &Report, _due: u64) {}
+    /// The number of shards whose lock this instance holds is now `n`.
+    fn shards_led(&self, _n: usize) {}
 }
 
 /// Hooks that do nothing.
@@ -153,7 +160,11 @@ impl Reconciler {
             pool,
             sender: HttpSender::new(&config.delivery, config.reconciler.workers),
             policy: policy_from(config),
-            lock: LeaderLock::new(&config.database, &config.reconciler.lock_key),
+            lock: LeaderLock::new(
+                &config.database,
+                &config.reconciler.lock_key,
+                config.reconciler.shards,
+            ),
         })
     }
 
@@ -215,25 +226,37 @@ fn lead(
     stop: &AtomicBool,
     hooks: &dyn Hooks,
 ) -> Result<PassOutcome, DbError> {
-    if !r.lock.try_acquire()? {
+    r.lock.set_register(matches!(mode, Mode::Continuous(_)));
+    let mut shards = match r.config.reconciler.shards {
+        1 => None,
+        k => Some(ShardSet::new(&r.config.reconciler.lock_key, k)),
+    };
+    if let Some(set) = shards.as_mut() {
+        if !start_shards(set, &mut r.lock, mode, stop)? {
+            log::debug!("other instances lead every shard this one may take");
+            return Ok(PassOutcome::LockHeld);
+        }
+        hooks.shards_led(set.held());
+    } else if !r.lock.try_acquire()? {
         log::debug!("another instance holds the lock");
         return Ok(PassOutcome::LockHeld);
     }
     let started = Instant::now();
     let started_at = Utc::now();
     let key = r.lock.key();
-    let unclean = match r
-        .lock
-        .client_mut()
-        .and_then(|c| leaders::claim(c, key, &lock::app_name("lock")))
-    {
-        Ok(unclean) => unclean,
-        Err(e) => {
-            r.lock.forget_connection();
-            return Err(e);
-        }
-    };
-    if let Mode::Continuous(_) = mode {
+    let unclean = shards.is_none()
+        && match r
+            .lock
+            .client_mut()
+            .and_then(|c| leaders::claim(c, key, &lock::app_name("lock")))
+        {
+            Ok(unclean) => unclean,
+            Err(e) => {
+                r.lock.forget_connection();
+                return Err(e);
+            }
+        };
+    if let (Mode::Continuous(_), None) = (mode, &shards) {
         log::info!("leading: took the lock {:?}", r.config.reconciler.lock_key);
     }
     if unclean {
@@ -266,6 +289,7 @@ fn lead(
     };
     let mut failure: Option<String> = None;
     let mut main = Main::new(&r.config, mode, hooks);
+    main.shards = shards;
     std::thread::scope(|scope| {
         // Sized for everything the leader may have in flight, so that a
         // hand-out never finds it full.
@@ -312,9 +336,16 @@ fn lead(
         }
     });
     if failure.is_none() {
-        if let Err(e) = r.lock.client_mut().and_then(|c| leaders::release(c, key)) {
+        let released = match main.shards.as_mut() {
+            Some(set) => set.release_rows(&mut r.lock),
+            None => r.lock.client_mut().and_then(|c| leaders::release(c, key)),
+        };
+        if let Err(e) = released {
             failure = Some(lock_failure("removing the leader record", &e));
         }
+    }
+    if main.shards.is_some() {
+        hooks.shards_led(0);
     }
     if failure.is_some() {
         // The lock connection failed or is suspect: drop it, which releases
@@ -331,6 +362,41 @@ fn lead(
     report.failure = failure;
     report.stopped_early = matches!(mode, Mode::Once) && stop.load(Relaxed) && !main.swept_all;
     Ok(PassOutcome::Ran(report))
+}
+
+/// Sharded: connects (recording the instance) and takes this instance's
+/// shards, `once` every free one, `run` its fair share. Whether it holds
+/// any. A connection found dead on reuse earns one retry on a fresh one.
+fn start_shards(
+    set: &mut ShardSet,
+    lock: &mut LeaderLock,
+    mode: Mode<'_>,
+    stop: &AtomicBool,
+) -> Result<bool, DbError> {
+    let reused = lock.has_connection();
+    let mut attempt = |lock: &mut LeaderLock| {
+        lock.connect()?;
+        match mode {
+            Mode::Once => set.take_all(lock, &|| stop.load(Relaxed)),
+            Mode::Continuous(_) => set.round(lock).map(|_| ()),
+        }
+    };
+    let mut result = attempt(lock);
+    if let Err(e) = &result {
+        if reused && e.is_connection_lost() {
+            log::debug!("lock connection was stale ({e}); reconnecting");
+            lock.forget_connection();
+            result = attempt(lock);
+        }
+    }
+    match result {
+        Ok(()) => Ok(set.held() > 0),
+        Err(e) => {
+            // Drops every shard lock taken so far with the connection.
+            lock.forget_connection();
+            Err(e)
+        }
+    }
 }
 
 /// Halts the workers when dropped during a panic of the main thread, so that
@@ -398,6 +464,8 @@ struct Main<'a> {
     due_at_start: Option<u64>,
     /// `once`: the sweep reached the end of what was due.
     swept_all: bool,
+    /// `reconciler.shards` > 1: the shards led (None: the one lock).
+    shards: Option<ShardSet>,
 }
 
 impl<'a> Main<'a> {
@@ -425,6 +493,7 @@ impl<'a> Main<'a> {
             first_cutoff: None,
             due_at_start: None,
             swept_all: false,
+            shards: None,
         };
         main.set_workers(r.workers);
         main
@@ -457,10 +526,11 @@ impl<'a> Main<'a> {
         if let Err(e) = self.watch.check(lock, lease) {
             return Some(lock_failure("checking the lock connection", &e));
         }
-        let pager = match lock
-            .client_mut()
-            .and_then(|c| Pager::prepare(c, self.page_size))
-        {
+        let sharded = self.shards.is_some();
+        let pager = match lock.client_mut().and_then(|c| match sharded {
+            true => Pager::prepare_sharded(c, self.page_size),
+            false => Pager::prepare(c, self.page_size),
+        }) {
             Ok(p) => p,
             Err(e) => return Some(lock_failure("preparing the due query", &e)),
         };
@@ -471,7 +541,7 @@ impl<'a> Main<'a> {
             Mode::Once => {
                 // The progress total; `run` counts at its ticks instead, so
                 // that a large backlog does not delay a takeover.
-                match lock.client_mut().and_then(|c| due::count_due(c, cutoff)) {
+                match lock.client_mut().and_then(|c| self.count_due(c, cutoff)) {
                     Ok(n) => self.due_at_start = Some(n.max(0) as u64),
                     Err(e) => return Some(lock_failure("counting due deliveries", &e)),
                 }
@@ -550,6 +620,9 @@ impl<'a> Main<'a> {
         }
         if let Mode::Continuous(_) = self.mode {
             until = until.min(self.next_tick);
+            if let Some(set) = &self.shards {
+                until = until.min(set.next_due());
+            }
             if let Some(t) = self.next_retry {
                 let left = (t - self.watch.db_now()).to_std().unwrap_or(Duration::ZERO);
                 until = until.min(now + left);
@@ -569,7 +642,8 @@ impl<'a> Main<'a> {
             let client = lock
                 .client_mut()
                 .map_err(|e| lock_failure("the interval sweep", &e))?;
-            let due = due::count_due(client, cutoff)
+            let due = self
+                .count_due(client, cutoff)
                 .map_err(|e| lock_failure("counting due deliveries", &e))?;
             self.arm_retry_timer(lock, cutoff)?;
             let (since, since_at) = self.window_started;
@@ -589,16 +663,64 @@ impl<'a> Main<'a> {
             self.next_retry = None;
             self.wake(WakeCause::RetryDue);
         }
+        self.shard_timers(lock)?;
         let (last, n) = self.heartbeat;
         let changed = self.in_flight.len() != n && last.elapsed() >= HEARTBEAT_EVERY;
         if changed || last.elapsed() >= HEARTBEAT_EVERY * 10 {
             let n = self.in_flight.len();
-            lock.client_mut()
-                .and_then(|c| leaders::heartbeat(c, key, n))
-                .map_err(|e| lock_failure("updating the leader record", &e))?;
+            match &self.shards {
+                Some(set) => set.heartbeat(lock),
+                None => lock
+                    .client_mut()
+                    .and_then(|c| leaders::heartbeat(c, key, n)),
+            }
+            .map_err(|e| lock_failure("updating the leader record", &e))?;
             self.heartbeat = (Instant::now(), n);
         }
         Ok(())
+    }
+
+    /// Sharded: the balance round when due, graces that ended, drained
+    /// shards unlocked; a shard taken starts a sweep, one given up leaves
+    /// the sweep's unread deliveries.
+    fn shard_timers(&mut self, lock: &mut LeaderLock) -> Result<(), String> {
+        let Some(set) = self.shards.as_mut() else {
+            return Ok(());
+        };
+        let before = set.held();
+        let changes = if set.round_due() {
+            set.round(lock)
+        } else {
+            set.settle(lock)
+        }
+        .map_err(|e| lock_failure("balancing the shards", &e))?;
+        let held = set.held();
+        if changes.deactivated {
+            if let Some(sweep) = self.sweep.as_mut() {
+                sweep.unread.retain(|d| set.hands_out(&d.status.target.id));
+            }
+        }
+        if held != before {
+            self.hooks.shards_led(held);
+        }
+        if changes.activated {
+            self.wake(WakeCause::Start);
+        }
+        Ok(())
+    }
+
+    /// Unfinished deliveries due by `cutoff` (of the shards led).
+    fn count_due(
+        &self,
+        client: &mut postgres::Client,
+        cutoff: DateTime<Utc>,
+    ) -> Result<i64, DbError> {
+        match &self.shards {
+            Some(set) => {
+                crate::db::shards::count_due_in(client, cutoff, set.count(), &set.active())
+            }
+            None => due::count_due(client, cutoff),
+        }
     }
 
     /// Sets the retry timer to the earliest unfinished delivery not due by
@@ -610,7 +732,12 @@ impl<'a> Main<'a> {
     ) -> Result<(), String> {
         let next = lock
             .client_mut()
-            .and_then(|c| due::next_due_after(c, cutoff))
+            .and_then(|c| match &self.shards {
+                Some(set) => {
+                    crate::db::shards::next_due_after_in(c, cutoff, set.count(), &set.active())
+                }
+                None => due::next_due_after(c, cutoff),
+            })
             .map_err(|e| lock_failure("finding the next due delivery", &e))?;
         self.note_retry(next);
         Ok(())
@@ -665,9 +792,13 @@ impl<'a> Main<'a> {
             return Ok(false);
         };
         if sweep.unread.is_empty() && !sweep.last_page {
+            let active = self.shards.as_ref().map(|set| (set.count(), set.active()));
             let page = lock
                 .client_mut()
-                .and_then(|c| pager.page(c, sweep.cutoff, sweep.cursor))
+                .and_then(|c| {
+                    let shards = active.as_ref().map(|(k, list)| (*k, list.as_slice()));
+                    pager.page_in(c, sweep.cutoff, sweep.cursor, shards)
+                })
                 .map_err(|e| lock_failure("paging", &e))?;
             sweep.last_page = page.len() < self.page_size as usize;
             if let Some(last) = page.last() {
@@ -712,12 +843,17 @@ impl<'a> Main<'a> {
                 back.push(delivery);
                 continue;
             }
-            let status_id = delivery.status.id;
+            let (status_id, channel_id) = (delivery.status.id, delivery.status.target.id);
             match jobs.try_send(Job {
                 delivery,
                 cutoff: sweep.cutoff,
             }) {
-                Ok(()) => self.in_flight.insert(status_id),
+                Ok(()) => {
+                    self.in_flight.insert(status_id);
+                    if let Some(set) = self.shards.as_mut() {
+                        set.handed(status_id, &channel_id);
+                    }
+                }
                 Err(TrySendError::Full(job)) => back.push(job.delivery),
                 Err(TrySendError::Disconnected(_)) => {
                     return Err("no worker thread is running".into())
@@ -761,6 +897,9 @@ impl<'a> Main<'a> {
     fn finished(&mut self, done: Done) {
         if self.in_flight.remove(&done.status_id) {
             self.hooks.in_flight(self.in_flight.len());
+        }
+        if let Some(set) = self.shards.as_mut() {
+            set.finished(&done.status_id);
         }
         self.tally.count(&done);
         self.window.count(&done);

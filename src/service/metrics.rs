@@ -100,6 +100,7 @@ pub struct Metrics {
     worker_panics: Counter,
     pool_wait: Histogram,
     pool_in_use: Gauge,
+    shards_led: Gauge,
 }
 
 impl Default for Metrics {
@@ -183,6 +184,12 @@ impl Metrics {
             "Connections of the workers' pool taken right now (at most database.pool_size)",
             pool_in_use.clone(),
         );
+        let shards_led = Gauge::default();
+        registry.register(
+            "shards_led",
+            "Shards whose lock this instance holds (reconciler.shards > 1; with one shard see lock_held)",
+            shards_led.clone(),
+        );
         registry.register(
             "build",
             "Build information",
@@ -200,12 +207,18 @@ impl Metrics {
             worker_panics,
             pool_wait,
             pool_in_use,
+            shards_led,
         }
     }
 
     /// A worker waited `waited` for a pooled connection.
     pub fn pool_wait(&self, waited: Duration) {
         self.pool_wait.observe(waited.as_secs_f64());
+    }
+
+    /// This instance holds `n` shard locks.
+    pub fn shards_led(&self, n: usize) {
+        self.shards_led.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// `n` pooled connections are taken.
