@@ -30,11 +30,16 @@
 //!    after 1 s: deliveries/s against `workers / 1 s`, the most database
 //!    connections of ours seen at once, the daemon's peak RSS and its
 //!    worker threads' touched stack.
+//! 9. scale-out ([`scaleout`]): 1, 2 and 3 daemons with 64 workers each and
+//!    `reconciler.shards = 12` against one PostgreSQL and a 100 ms
+//!    receiver: deliveries/s and the speed-up over one instance; then
+//!    kill -9 of one of three, time to the first delivery of its shards by
+//!    another.
 //!
 //! `cargo bench --bench throughput` runs the full sizes (several minutes);
 //! `-- --tiny` runs every scenario with small counts in well under a minute
 //! and checks only that every delivery happened (what CI runs). `--only
-//! latency|db|memory|idle|prompt|failover|https|concurrency` runs one scenario. Timing targets are reported,
+//! latency|db|memory|idle|prompt|failover|https|concurrency|scaleout` runs one scenario. Timing targets are reported,
 //! never asserted. The receiver is this file's own (one thread per
 //! keep-alive connection, no recording) so that it is never the bottleneck;
 //! `--support-receiver` uses the test support's recording receiver instead,
@@ -77,6 +82,8 @@ struct Sizes {
     prompt_slow: u64,
     prompt_slow_latency: Duration,
     failover_trials: usize,
+    /// Scale-out: deliveries per run, receiver latency, workers/instance.
+    scaleout: (u64, Duration, usize),
 }
 
 impl Sizes {
@@ -98,6 +105,7 @@ impl Sizes {
             prompt_slow: 16,
             prompt_slow_latency: Duration::from_secs(5),
             failover_trials: 5,
+            scaleout: (12_000, Duration::from_millis(100), 64),
         }
     }
 
@@ -119,6 +127,7 @@ impl Sizes {
             prompt_slow: 4,
             prompt_slow_latency: Duration::from_millis(500),
             failover_trials: 1,
+            scaleout: (600, Duration::from_millis(20), 8),
         }
     }
 }
@@ -174,6 +183,9 @@ fn main() {
     }
     if wanted("concurrency") {
         concurrency(tiny, &mut rows);
+    }
+    if wanted("scaleout") {
+        scaleout(&sizes, &mut rows);
     }
     print_table(&rows, tiny);
     for plan in plans {
@@ -614,6 +626,202 @@ fn failover(sizes: &Sizes, rows: &mut Vec<Row>) {
     );
 }
 
+/// Shards of the scale-out scenario (three instances lead 4 each).
+const SCALEOUT_SHARDS: u32 = 12;
+
+/// Channels of the scale-out scenario (spread over the shards).
+const SCALEOUT_CHANNELS: usize = 60;
+
+/// Scenario 9: deliveries/s of 1, 2 and 3 instances sharing 12 shards of
+/// one database, each with 64 workers, against a 100 ms receiver; then
+/// kill -9 of one of three to the first delivery of its shards by another.
+fn scaleout(sizes: &Sizes, rows: &mut Vec<Row>) {
+    let (events, latency, workers) = sizes.scaleout;
+    let receiver = AnyReceiver::start(latency, false);
+    let mut single = None;
+    for instances in 1..=3usize {
+        let db = scaleout_db(&receiver.url(), None);
+        let daemons: Vec<BinDaemon> = (0..instances)
+            .map(|_| BinDaemon::start_sharded(&db.url, workers, SCALEOUT_SHARDS))
+            .collect();
+        wait_balanced(&db, &daemons);
+        let per_channel = (events as usize).div_ceil(SCALEOUT_CHANNELS) as i32;
+        let mut client = db.client();
+        let before = receiver.count();
+        let started = Instant::now();
+        for c in 0..SCALEOUT_CHANNELS {
+            support::fixtures::emit(&mut client, &format!("t{c}"), "'{}'::jsonb", per_channel);
+        }
+        let total = (per_channel as usize * SCALEOUT_CHANNELS) as u64;
+        let deadline = started + Duration::from_secs(600);
+        while support::fixtures::unfinished(&mut client) > 0 {
+            assert!(Instant::now() < deadline, "scaleout: deliveries never finished");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let secs = started.elapsed().as_secs_f64();
+        assert!(
+            receiver.count() - before >= total,
+            "scaleout: the receiver missed deliveries"
+        );
+        let rate = total as f64 / secs;
+        let single_rate = *single.get_or_insert(rate);
+        let speedup = rate / single_rate;
+        let ideal = (instances * workers) as f64 / latency.as_secs_f64();
+        push(
+            rows,
+            Row {
+                scenario: "9 scale-out",
+                setting: format!(
+                    "{instances} instance(s) × {workers} workers, {SCALEOUT_SHARDS} shards, {total} deliveries, {} ms",
+                    latency.as_millis()
+                ),
+                result: format!(
+                    "{rate:.0}/s in {secs:.2} s, eff {:.3}, {speedup:.2}× 1 instance",
+                    rate / ideal
+                ),
+                target: if instances == 3 { "≥ 2.7× 1 instance".into() } else { String::new() },
+                met: (instances == 3).then_some(speedup >= 2.7),
+            },
+        );
+        for mut d in daemons {
+            d.stop();
+        }
+    }
+    scaleout_takeover(sizes, rows);
+}
+
+/// Scale-out, part 2: kill -9 of one of three instances while it delivers;
+/// the time until another instance delivers to a channel of its shards.
+fn scaleout_takeover(sizes: &Sizes, rows: &mut Vec<Row>) {
+    let (_, _, workers) = sizes.scaleout;
+    let mut took = Vec::new();
+    for _ in 0..sizes.failover_trials {
+        let receiver =
+            support::Receiver::start(Script::status(200).with_latency(Duration::from_millis(10)));
+        let mut channels = Vec::new();
+        let db = scaleout_db(&receiver.url(), Some(&mut channels));
+        let mut daemons: Vec<BinDaemon> = (0..3)
+            .map(|_| BinDaemon::start_sharded(&db.url, workers, SCALEOUT_SHARDS))
+            .collect();
+        wait_balanced(&db, &daemons);
+        let mut client = db.client();
+        for c in 0..SCALEOUT_CHANNELS {
+            support::fixtures::emit(&mut client, &format!("t{c}"), "'{}'::jsonb", 200);
+        }
+        assert!(
+            receiver.wait_for(300, Duration::from_secs(60)),
+            "scaleout: nothing delivered"
+        );
+        let victim = daemons.remove(1);
+        let victim_pid = victim.child.id();
+        let shards = holdings(&db).remove(&victim_pid).unwrap_or_default();
+        let victim_paths: Vec<String> = channels
+            .iter()
+            .enumerate()
+            .filter(|(_, id)| {
+                shards.contains(&notification_reconciler::shard::shard_of(id, SCALEOUT_SHARDS))
+            })
+            .map(|(c, _)| format!("c={c}"))
+            .collect();
+        assert!(!victim_paths.is_empty(), "scaleout: the victim led no channel");
+        let mut victim = victim;
+        victim.kill9();
+        let killed = Instant::now();
+        let deadline = killed + Duration::from_secs(60);
+        let first = loop {
+            let hit = receiver.requests().into_iter().find(|rq| {
+                rq.at > killed && victim_paths.iter().any(|p| rq.path.ends_with(p.as_str()))
+            });
+            if let Some(rq) = hit {
+                break rq.at;
+            }
+            assert!(Instant::now() < deadline, "scaleout: its shards were never taken");
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        took.push((first - killed).as_secs_f64() * 1000.0);
+        for mut d in daemons {
+            d.stop();
+        }
+    }
+    took.sort_by(f64::total_cmp);
+    let (median, max) = (took[took.len() / 2], took[took.len() - 1]);
+    push(
+        rows,
+        Row {
+            scenario: "9 scale-out",
+            setting: format!("kill -9 of one of 3 instances, {} trials", took.len()),
+            result: format!(
+                "to the first delivery of its shards by another: median {median:.0} ms, max {max:.0} ms"
+            ),
+            target: "≤ 2000 ms".into(),
+            met: Some(max <= 2000.0),
+        },
+    );
+}
+
+/// A migrated database with 12 shards recorded, 60 channels to `url`
+/// (`?c=N`, one event type `tN` each); their ids into `channels`.
+fn scaleout_db(url: &str, channels: Option<&mut Vec<uuid::Uuid>>) -> TestDb {
+    let db = support::migrated_db();
+    let mut client = db.client();
+    client
+        .execute("UPDATE notification.settings SET shards = $1", &[&(SCALEOUT_SHARDS as i32)])
+        .expect("scaleout: record the shard count");
+    let mut ids = Vec::new();
+    for c in 0..SCALEOUT_CHANNELS {
+        ids.push(support::fixtures::channel_for(
+            &mut client,
+            &format!("t{c}"),
+            &format!("{url}?c={c}"),
+            support::fixtures::SECRET,
+            "{}",
+        ));
+    }
+    if let Some(out) = channels {
+        *out = ids;
+    }
+    db
+}
+
+/// Which shards each daemon (by pid) holds.
+fn holdings(db: &TestDb) -> std::collections::BTreeMap<u32, Vec<u32>> {
+    let keys = notification_reconciler::shard::shard_keys(
+        support::fixtures::LOCK_KEY,
+        SCALEOUT_SHARDS,
+    );
+    let mut client = db.client();
+    client
+        .batch_execute("SET search_path TO notification")
+        .expect("scaleout: search_path");
+    let mut out = std::collections::BTreeMap::<u32, Vec<u32>>::new();
+    let held = notification_reconciler::db::shards::holders(&mut client, &keys)
+        .expect("scaleout: shard holders");
+    for (s, h) in held.into_iter().enumerate() {
+        let pid = h
+            .and_then(|n| n.rsplit("pid ").next().and_then(|p| p.trim().parse().ok()))
+            .unwrap_or(0);
+        out.entry(pid).or_default().push(s as u32);
+    }
+    out
+}
+
+/// Waits until every shard is led and the daemons share them evenly.
+fn wait_balanced(db: &TestDb, daemons: &[BinDaemon]) {
+    let fair = (SCALEOUT_SHARDS as usize).div_ceil(daemons.len());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let h = holdings(db);
+        if daemons
+            .iter()
+            .all(|d| h.get(&d.child.id()).map_or(0, Vec::len) == fair)
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "scaleout: never balanced: {h:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A database for the daemon binary: migrated by that binary when
 /// `NR_BENCH_BIN` names another build (it refuses a schema newer than it).
 fn daemon_db() -> TestDb {
@@ -647,6 +855,11 @@ impl BinDaemon {
         BinDaemon::start_with(url, workers, workers as u32 + 2, interval, "")
     }
 
+    /// With `reconciler.shards = shards` (this build only).
+    fn start_sharded(url: &str, workers: usize, shards: u32) -> BinDaemon {
+        BinDaemon::start_full(url, workers, 16, "15s", &format!("shards = {shards}\n"), "")
+    }
+
     /// With `pool_size` connections, and `delivery_extra` appended to the
     /// `[delivery]` section.
     fn start_with(
@@ -654,6 +867,18 @@ impl BinDaemon {
         workers: usize,
         pool_size: u32,
         interval: &str,
+        delivery_extra: &str,
+    ) -> BinDaemon {
+        BinDaemon::start_full(url, workers, pool_size, interval, "", delivery_extra)
+    }
+
+    /// With `reconciler_extra` appended to `[reconciler]` too.
+    fn start_full(
+        url: &str,
+        workers: usize,
+        pool_size: u32,
+        interval: &str,
+        reconciler_extra: &str,
         delivery_extra: &str,
     ) -> BinDaemon {
         let dir = tempfile::Builder::new()
@@ -668,7 +893,7 @@ impl BinDaemon {
             ),
         };
         let config = format!(
-            "[database]\nurl = \"{url}\"\npool_size = {pool_size}\n[reconciler]\nworkers = {workers}\ninterval = \"{interval}\"\n\
+            "[database]\nurl = \"{url}\"\npool_size = {pool_size}\n[reconciler]\nworkers = {workers}\ninterval = \"{interval}\"\n{reconciler_extra}\
              [delivery]\ntimeout = \"30s\"\n{allow}{delivery_extra}[log]\nlevel = \"info\"\n"
         );
         let path = dir.path().join("config.toml");
