@@ -649,13 +649,14 @@ fn scaleout(sizes: &Sizes, rows: &mut Vec<Row>) {
         let mut client = db.client();
         let before = receiver.count();
         let started = Instant::now();
-        for c in 0..SCALEOUT_CHANNELS {
-            support::fixtures::emit(&mut client, &format!("t{c}"), "'{}'::jsonb", per_channel);
-        }
+        emit_interleaved(&mut client, per_channel as usize * SCALEOUT_CHANNELS);
         let total = (per_channel as usize * SCALEOUT_CHANNELS) as u64;
         let deadline = started + Duration::from_secs(600);
         while support::fixtures::unfinished(&mut client) > 0 {
-            assert!(Instant::now() < deadline, "scaleout: deliveries never finished");
+            assert!(
+                Instant::now() < deadline,
+                "scaleout: deliveries never finished"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         let secs = started.elapsed().as_secs_f64();
@@ -705,9 +706,7 @@ fn scaleout_takeover(sizes: &Sizes, rows: &mut Vec<Row>) {
             .collect();
         wait_balanced(&db, &daemons);
         let mut client = db.client();
-        for c in 0..SCALEOUT_CHANNELS {
-            support::fixtures::emit(&mut client, &format!("t{c}"), "'{}'::jsonb", 200);
-        }
+        emit_interleaved(&mut client, 200 * SCALEOUT_CHANNELS);
         assert!(
             receiver.wait_for(300, Duration::from_secs(60)),
             "scaleout: nothing delivered"
@@ -719,11 +718,17 @@ fn scaleout_takeover(sizes: &Sizes, rows: &mut Vec<Row>) {
             .iter()
             .enumerate()
             .filter(|(_, id)| {
-                shards.contains(&notification_reconciler::shard::shard_of(id, SCALEOUT_SHARDS))
+                shards.contains(&notification_reconciler::shard::shard_of(
+                    id,
+                    SCALEOUT_SHARDS,
+                ))
             })
             .map(|(c, _)| format!("c={c}"))
             .collect();
-        assert!(!victim_paths.is_empty(), "scaleout: the victim led no channel");
+        assert!(
+            !victim_paths.is_empty(),
+            "scaleout: the victim led no channel"
+        );
         let mut victim = victim;
         victim.kill9();
         let killed = Instant::now();
@@ -735,7 +740,10 @@ fn scaleout_takeover(sizes: &Sizes, rows: &mut Vec<Row>) {
             if let Some(rq) = hit {
                 break rq.at;
             }
-            assert!(Instant::now() < deadline, "scaleout: its shards were never taken");
+            assert!(
+                Instant::now() < deadline,
+                "scaleout: its shards were never taken"
+            );
             std::thread::sleep(Duration::from_millis(1));
         };
         took.push((first - killed).as_secs_f64() * 1000.0);
@@ -765,7 +773,10 @@ fn scaleout_db(url: &str, channels: Option<&mut Vec<uuid::Uuid>>) -> TestDb {
     let db = support::migrated_db();
     let mut client = db.client();
     client
-        .execute("UPDATE notification.settings SET shards = $1", &[&(SCALEOUT_SHARDS as i32)])
+        .execute(
+            "UPDATE notification.settings SET shards = $1",
+            &[&(SCALEOUT_SHARDS as i32)],
+        )
         .expect("scaleout: record the shard count");
     let mut ids = Vec::new();
     for c in 0..SCALEOUT_CHANNELS {
@@ -783,12 +794,25 @@ fn scaleout_db(url: &str, channels: Option<&mut Vec<uuid::Uuid>>) -> TestDb {
     db
 }
 
+/// Enqueues `n` events, one per channel in turn (as live traffic arrives,
+/// not one channel's backlog after another's: the due order is by age, and
+/// fair scheduling across channels is issue 12's).
+fn emit_interleaved(client: &mut postgres::Client, n: usize) {
+    let n = n as i32;
+    let channels = SCALEOUT_CHANNELS as i32;
+    client
+        .execute(
+            "SELECT notification.enqueue_event($1, 't' || (g % $2), '{}'::jsonb)
+             FROM generate_series(0, $3 - 1) AS g",
+            &[&support::fixtures::NAMESPACE, &channels, &n],
+        )
+        .expect("scaleout: enqueue");
+}
+
 /// Which shards each daemon (by pid) holds.
 fn holdings(db: &TestDb) -> std::collections::BTreeMap<u32, Vec<u32>> {
-    let keys = notification_reconciler::shard::shard_keys(
-        support::fixtures::LOCK_KEY,
-        SCALEOUT_SHARDS,
-    );
+    let keys =
+        notification_reconciler::shard::shard_keys(support::fixtures::LOCK_KEY, SCALEOUT_SHARDS);
     let mut client = db.client();
     client
         .batch_execute("SET search_path TO notification")

@@ -681,8 +681,8 @@ impl<'a> Main<'a> {
     }
 
     /// Sharded: the balance round when due, graces that ended, drained
-    /// shards unlocked; a shard taken starts a sweep, one given up leaves
-    /// the sweep's unread deliveries.
+    /// shards unlocked; a shard taken restarts the sweep, one given up
+    /// leaves the sweep's unread deliveries.
     fn shard_timers(&mut self, lock: &mut LeaderLock) -> Result<(), String> {
         let Some(set) = self.shards.as_mut() else {
             return Ok(());
@@ -704,7 +704,12 @@ impl<'a> Main<'a> {
             self.hooks.shards_led(held);
         }
         if changes.activated {
-            self.wake(WakeCause::Start);
+            // A fresh sweep at once, not after the one in progress: the new
+            // shard's deliveries may lie behind its cursor. What the old one
+            // read and did not hand out is read again (nothing of it is in
+            // flight).
+            self.hooks.woke(WakeCause::Start);
+            self.start_sweep(self.cutoff_now());
         }
         Ok(())
     }
