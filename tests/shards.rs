@@ -11,11 +11,13 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use notification_reconciler::db::shards::{holders, shard_in_sql};
-use notification_reconciler::shard::{shard_keys, shard_of};
+use notification_reconciler::db::shards::shard_in_sql;
+use notification_reconciler::shard::shard_of;
 use support::bin::Bin;
 use support::daemon::{config_toml, tail, wait_until, Daemon};
-use support::fixtures::{assert_all_delivered, channel_for, emit, unfinished, LOCK_KEY, SECRET};
+use support::fixtures::{
+    assert_all_delivered, channel_for, emit, shard_holdings, unfinished, SECRET,
+};
 use support::{migrated_db, Receiver, Script, TestDb};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -70,24 +72,7 @@ fn schema_client(db: &TestDb) -> postgres::Client {
 
 /// Which shards each daemon (by pid) holds now.
 fn holdings(db: &TestDb, shards: u32) -> BTreeMap<u32, Vec<u32>> {
-    let keys = shard_keys(LOCK_KEY, shards);
-    let mut client = schema_client(db);
-    let mut out: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-    for (s, h) in holders(&mut client, &keys)
-        .expect("holders")
-        .into_iter()
-        .enumerate()
-    {
-        if let Some(name) = h {
-            let pid = name
-                .rsplit("pid ")
-                .next()
-                .and_then(|p| p.trim().parse().ok())
-                .unwrap_or(0);
-            out.entry(pid).or_default().push(s as u32);
-        }
-    }
-    out
+    shard_holdings(&mut schema_client(db), shards)
 }
 
 /// Whether every shard is held and each of `daemons` holds `each` (a
@@ -119,6 +104,40 @@ fn wait_all_finished(db: &TestDb, daemons: &[&Daemon]) {
         || unfinished(&mut client) == 0,
         || logs(daemons),
     );
+}
+
+/// Three instances (A, B, C) of `config`, once each leads 4 of 12 shards.
+fn three_balanced(db: &TestDb, config: &str) -> [Daemon; 3] {
+    let all = [
+        Daemon::run("A", config, &[]),
+        Daemon::run("B", config, &[]),
+        Daemon::run("C", config, &[]),
+    ];
+    let refs: Vec<&Daemon> = all.iter().collect();
+    wait_until(
+        "each instance to lead 4 shards",
+        WAIT,
+        || balanced(db, 12, &refs, (4, 4)),
+        || logs(&refs),
+    );
+    all
+}
+
+/// A 12-shard database, a receiver answering after 20 ms, three balanced
+/// instances with 4 workers, and then events to 24 channels, delivering.
+fn three_delivering(db: &TestDb, receiver: &Receiver) -> ([Daemon; 3], Vec<uuid::Uuid>, String) {
+    record_shards(db, 12);
+    let config = sharded_config(&db.url, 4, 12);
+    let daemons = three_balanced(db, &config);
+    let events = seed_channels(db, receiver, 24, 60);
+    let refs: Vec<&Daemon> = daemons.iter().collect();
+    wait_until(
+        "deliveries to start",
+        WAIT,
+        || receiver.count() > 100,
+        || logs(&refs),
+    );
+    (daemons, events, config)
 }
 
 #[test]
@@ -182,15 +201,7 @@ fn crash_kill9_one_of_three_its_shards_are_taken_nothing_lost_duplicates_at_most
     record_shards(&db, 12);
     let receiver = Receiver::start(Script::status(200).with_latency(Duration::from_millis(30)));
     let config = sharded_config(&db.url, WORKERS, 12);
-    let a = Daemon::run("A", &config, &[]);
-    let mut b = Daemon::run("B", &config, &[]);
-    let c = Daemon::run("C", &config, &[]);
-    wait_until(
-        "each instance to lead 4 shards",
-        WAIT,
-        || balanced(&db, 12, &[&a, &b, &c], (4, 4)),
-        || logs(&[&a, &b, &c]),
-    );
+    let [a, mut b, c] = three_balanced(&db, &config);
     let events = seed_channels(&db, &receiver, 24, 50);
     let victims = holdings(&db, 12).remove(&b.pid()).expect("B's shards");
     wait_until(
@@ -231,25 +242,8 @@ fn crash_kill9_one_of_three_its_shards_are_taken_nothing_lost_duplicates_at_most
 #[test]
 fn a_fourth_instance_joins_and_shards_move_to_it_without_a_duplicate() {
     let db = migrated_db();
-    record_shards(&db, 12);
     let receiver = Receiver::start(Script::status(200).with_latency(Duration::from_millis(20)));
-    let config = sharded_config(&db.url, 4, 12);
-    let a = Daemon::run("A", &config, &[]);
-    let b = Daemon::run("B", &config, &[]);
-    let c = Daemon::run("C", &config, &[]);
-    wait_until(
-        "each instance to lead 4 shards",
-        WAIT,
-        || balanced(&db, 12, &[&a, &b, &c], (4, 4)),
-        || logs(&[&a, &b, &c]),
-    );
-    let events = seed_channels(&db, &receiver, 24, 60);
-    wait_until(
-        "deliveries to start",
-        WAIT,
-        || receiver.count() > 100,
-        || logs(&[&a, &b, &c]),
-    );
+    let ([a, b, c], events, config) = three_delivering(&db, &receiver);
     let d = Daemon::run("D", &config, &[]);
     let all = [&a, &b, &c, &d];
     wait_until(
@@ -279,25 +273,8 @@ fn a_fourth_instance_joins_and_shards_move_to_it_without_a_duplicate() {
 #[test]
 fn sigterm_one_instance_gives_its_shards_up_cleanly_without_a_duplicate() {
     let db = migrated_db();
-    record_shards(&db, 12);
     let receiver = Receiver::start(Script::status(200).with_latency(Duration::from_millis(20)));
-    let config = sharded_config(&db.url, 4, 12);
-    let a = Daemon::run("A", &config, &[]);
-    let mut b = Daemon::run("B", &config, &[]);
-    let c = Daemon::run("C", &config, &[]);
-    wait_until(
-        "each instance to lead 4 shards",
-        WAIT,
-        || balanced(&db, 12, &[&a, &b, &c], (4, 4)),
-        || logs(&[&a, &b, &c]),
-    );
-    let events = seed_channels(&db, &receiver, 24, 60);
-    wait_until(
-        "deliveries to start",
-        WAIT,
-        || receiver.count() > 100,
-        || logs(&[&a, &b, &c]),
-    );
+    let ([a, mut b, c], events, _) = three_delivering(&db, &receiver);
     b.stop(Duration::from_secs(30));
     assert!(b.stderr().contains("gave up shard"), "{}", b.stderr());
     wait_until(

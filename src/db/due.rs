@@ -190,24 +190,23 @@ pub struct Pager {
 impl Pager {
     /// Prepares the due query for pages of `limit` deliveries on `client`.
     pub fn prepare(client: &mut impl GenericClient, limit: u32) -> Result<Pager, DbError> {
-        let statement = client
-            .prepare(&page_sql(limit))
-            .map_err(DbError::query("preparing the due query"))?;
-        Ok(Pager {
-            statement,
-            sharded: false,
-        })
+        Pager::prepare_text(client, &page_sql(limit), false)
     }
 
     /// Prepares [`page_sql_sharded`] (pages read with [`Pager::page_in`]).
     pub fn prepare_sharded(client: &mut impl GenericClient, limit: u32) -> Result<Pager, DbError> {
+        Pager::prepare_text(client, &page_sql_sharded(limit), true)
+    }
+
+    fn prepare_text(
+        client: &mut impl GenericClient,
+        sql: &str,
+        sharded: bool,
+    ) -> Result<Pager, DbError> {
         let statement = client
-            .prepare(&page_sql_sharded(limit))
+            .prepare(sql)
             .map_err(DbError::query("preparing the due query"))?;
-        Ok(Pager {
-            statement,
-            sharded: true,
-        })
+        Ok(Pager { statement, sharded })
     }
 
     /// Reads the page of due deliveries after `cursor`, on the connection
