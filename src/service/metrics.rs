@@ -279,6 +279,7 @@ impl Metrics {
     pub fn lead_ended(&self, result: LeadResult) {
         self.lock_held.set(0);
         self.in_flight.set(0);
+        self.shards_led.set(0);
         self.lead_attempts
             .get_or_create(&[("result", result.as_str())])
             .inc();
@@ -449,8 +450,10 @@ mod tests {
         m.woke(WakeCause::Notified);
         m.woke(WakeCause::Tick);
         m.in_flight(4);
+        m.shards_led(4);
         let text = m.encode();
         for line in [
+            "notification_reconciler_shards_led 4",
             "notification_reconciler_deliveries_total{outcome=\"delivered\"} 3",
             "notification_reconciler_deliveries_total{outcome=\"retry_scheduled\"} 1",
             "notification_reconciler_deliveries_total{outcome=\"failed\"} 0",
