@@ -232,7 +232,7 @@ fn lead(
         k => Some(ShardSet::new(&r.config.reconciler.lock_key, k)),
     };
     if let Some(set) = shards.as_mut() {
-        if !start_shards(set, &mut r.lock, mode, stop)? {
+        if !set.start(&mut r.lock, matches!(mode, Mode::Once), stop)? {
             log::debug!("other instances lead every shard this one may take");
             return Ok(PassOutcome::LockHeld);
         }
@@ -362,41 +362,6 @@ fn lead(
     report.failure = failure;
     report.stopped_early = matches!(mode, Mode::Once) && stop.load(Relaxed) && !main.swept_all;
     Ok(PassOutcome::Ran(report))
-}
-
-/// Sharded: connects (recording the instance) and takes this instance's
-/// shards, `once` every free one, `run` its fair share. Whether it holds
-/// any. A connection found dead on reuse earns one retry on a fresh one.
-fn start_shards(
-    set: &mut ShardSet,
-    lock: &mut LeaderLock,
-    mode: Mode<'_>,
-    stop: &AtomicBool,
-) -> Result<bool, DbError> {
-    let reused = lock.has_connection();
-    let mut attempt = |lock: &mut LeaderLock| {
-        lock.connect()?;
-        match mode {
-            Mode::Once => set.take_all(lock, &|| stop.load(Relaxed)),
-            Mode::Continuous(_) => set.round(lock).map(|_| ()),
-        }
-    };
-    let mut result = attempt(lock);
-    if let Err(e) = &result {
-        if reused && e.is_connection_lost() {
-            log::debug!("lock connection was stale ({e}); reconnecting");
-            lock.forget_connection();
-            result = attempt(lock);
-        }
-    }
-    match result {
-        Ok(()) => Ok(set.held() > 0),
-        Err(e) => {
-            // Drops every shard lock taken so far with the connection.
-            lock.forget_connection();
-            Err(e)
-        }
-    }
 }
 
 /// Halts the workers when dropped during a panic of the main thread, so that
@@ -721,9 +686,7 @@ impl<'a> Main<'a> {
         cutoff: DateTime<Utc>,
     ) -> Result<i64, DbError> {
         match &self.shards {
-            Some(set) => {
-                crate::db::shards::count_due_in(client, cutoff, set.count(), &set.active())
-            }
+            Some(set) => set.count_due(client, cutoff),
             None => due::count_due(client, cutoff),
         }
     }
@@ -738,9 +701,7 @@ impl<'a> Main<'a> {
         let next = lock
             .client_mut()
             .and_then(|c| match &self.shards {
-                Some(set) => {
-                    crate::db::shards::next_due_after_in(c, cutoff, set.count(), &set.active())
-                }
+                Some(set) => set.next_due_after(c, cutoff),
                 None => due::next_due_after(c, cutoff),
             })
             .map_err(|e| lock_failure("finding the next due delivery", &e))?;

@@ -19,8 +19,11 @@
 //! deliveries is in flight, so its next leader cannot send one twice.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
+use postgres::GenericClient;
 use uuid::Uuid;
 
 use super::balance::{self, View};
@@ -115,6 +118,64 @@ impl ShardSet {
         if let Some(s) = self.in_flight.remove(status_id) {
             self.counts[s as usize] = self.counts[s as usize].saturating_sub(1);
         }
+    }
+
+    /// Starting to lead: connects (recording the instance) and takes this
+    /// instance's shards, `once` every free one, `run` its fair share.
+    /// Whether it holds any. A connection found dead on reuse earns one
+    /// retry on a fresh one; after a failure no shard is held.
+    pub fn start(
+        &mut self,
+        lock: &mut LeaderLock,
+        once: bool,
+        stop: &AtomicBool,
+    ) -> Result<bool, DbError> {
+        let reused = lock.has_connection();
+        let attempt = |set: &mut ShardSet, lock: &mut LeaderLock| {
+            lock.connect()?;
+            if once {
+                set.take_all(lock, &|| stop.load(Relaxed))
+            } else {
+                set.round(lock).map(|_| ())
+            }
+        };
+        let mut result = attempt(self, lock);
+        if let Err(e) = &result {
+            if reused && e.is_connection_lost() {
+                log::debug!("lock connection was stale ({e}); reconnecting");
+                lock.forget_connection();
+                self.state.fill(State::NotHeld);
+                result = attempt(self, lock);
+            }
+        }
+        match result {
+            Ok(()) => Ok(self.held() > 0),
+            Err(e) => {
+                // Drops every shard lock taken so far with the connection.
+                lock.forget_connection();
+                self.state.fill(State::NotHeld);
+                Err(e)
+            }
+        }
+    }
+
+    /// Unfinished deliveries of the active shards due by `cutoff`.
+    pub fn count_due(
+        &self,
+        client: &mut impl GenericClient,
+        cutoff: DateTime<Utc>,
+    ) -> Result<i64, DbError> {
+        db_shards::count_due_in(client, cutoff, self.k, &self.active())
+    }
+
+    /// When the earliest unfinished delivery of the active shards not due
+    /// by `cutoff` falls due.
+    pub fn next_due_after(
+        &self,
+        client: &mut impl GenericClient,
+        cutoff: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, DbError> {
+        db_shards::next_due_after_in(client, cutoff, self.k, &self.active())
     }
 
     /// Whether a balance round is due.
