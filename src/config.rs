@@ -166,6 +166,8 @@ pub struct RawReconciler {
     /// Text the advisory lock key is derived from; `None` (not written):
     /// [`default_lock_key`] of the schema.
     pub lock_key: Option<String>,
+    /// Shards the channels are split into (scale-out); 1 = one leader.
+    pub shards: i64,
 }
 
 /// `[delivery]` as written.
@@ -238,6 +240,7 @@ impl Default for RawReconciler {
             pending_timeout: "3h".into(),
             sending_timeout: "48h".into(),
             lock_key: None,
+            shards: 1,
         }
     }
 }
@@ -319,6 +322,8 @@ pub struct ReconcilerConfig {
     pub sending_timeout: Duration,
     /// Lock key text.
     pub lock_key: String,
+    /// Shards, 1..=[`crate::shard::MAX_SHARDS`] (1 = one leader, as before).
+    pub shards: u32,
 }
 
 /// Validated `[delivery]`.
@@ -438,6 +443,7 @@ impl Config {
                 pending_timeout: d(self.reconciler.pending_timeout),
                 sending_timeout: d(self.reconciler.sending_timeout),
                 lock_key: self.reconciler.lock_key.clone(),
+                shards: self.reconciler.shards,
             },
             delivery: EffDelivery {
                 timeout: d(self.delivery.timeout),
@@ -594,6 +600,8 @@ impl RawConfig {
             }
             Some(key) => key.clone(),
         };
+        let shards = crate::shard::validate_shards(r.shards)
+            .map_err(|why| invalid("reconciler.shards", r.shards.to_string(), &why))?;
         let reconciler = ReconcilerConfig {
             interval: positive("reconciler.interval", &r.interval)?,
             workers,
@@ -603,6 +611,7 @@ impl RawConfig {
             pending_timeout: positive("reconciler.pending_timeout", &r.pending_timeout)?,
             sending_timeout: positive("reconciler.sending_timeout", &r.sending_timeout)?,
             lock_key,
+            shards,
         };
 
         // [delivery]
@@ -946,6 +955,7 @@ struct EffReconciler {
     pending_timeout: String,
     sending_timeout: String,
     lock_key: String,
+    shards: u32,
 }
 #[derive(Serialize)]
 struct EffDelivery {

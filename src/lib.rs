@@ -21,5 +21,6 @@ pub mod http_server;
 pub mod lock;
 pub mod reconcile;
 pub mod service;
+pub mod shard;
 pub mod sink;
 pub mod state;

@@ -7,10 +7,18 @@
 //! paging at once (another instance may lead by then). The connection is
 //! reopened at the next attempt when it broke.
 //!
+//! With shards (`reconciler.shards` > 1) the same connection holds one
+//! lock per shard the instance leads ([`LeaderLock::try_lock_key`],
+//! [`LeaderLock::unlock_key`]); which ones is `shard::set`'s business. Every
+//! fresh lock connection records its instance in the `instance` table
+//! (`db::shards::register`), so that other instances count it as alive.
+//!
 //! Key derivation: the first 8 bytes of SHA-256 of the key text, read as a
 //! big-endian signed 64-bit integer. In `pg_locks` the holder shows as
 //! `locktype = 'advisory'`, `classid` = the high 32 bits, `objid` = the low
 //! 32 bits, `objsubid = 1` (see [`HOLDER_SQL`]).
+
+use std::collections::BTreeSet;
 
 use sha2::{Digest, Sha256};
 
@@ -68,17 +76,84 @@ pub struct LeaderLock {
     key: i64,
     client: Option<postgres::Client>,
     held: bool,
+    /// The configured shard count (recorded with the instance row).
+    shards: u32,
+    /// Shard keys held besides `key` (shards > 1).
+    shard_keys: BTreeSet<i64>,
+    /// Record the instance when connecting (not for `once`).
+    register: bool,
 }
 
 impl LeaderLock {
-    /// A lock for `key_text` on the database of `cfg`; connects lazily.
-    pub fn new(cfg: &DatabaseConfig, key_text: &str) -> LeaderLock {
+    /// A lock for `key_text` on the database of `cfg`, for an instance
+    /// configured with `shards`; connects lazily.
+    pub fn new(cfg: &DatabaseConfig, key_text: &str, shards: u32) -> LeaderLock {
         LeaderLock {
             cfg: cfg.clone(),
             key: derive_key(key_text),
             client: None,
             held: false,
+            shards,
+            shard_keys: BTreeSet::new(),
+            register: true,
         }
+    }
+
+    /// Whether a fresh connection records the instance as alive (`run`:
+    /// yes, so that others share the shards with it; `once`: no).
+    pub fn set_register(&mut self, on: bool) {
+        self.register = on;
+    }
+
+    /// Opens the connection when it is not open (recording the instance).
+    pub fn connect(&mut self) -> Result<&mut postgres::Client, DbError> {
+        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+            self.forget_connection();
+            let mut client = db::connect(&self.cfg, &app_name("lock"))?;
+            if self.register {
+                db::shards::register(&mut client, &app_name("lock"), self.shards)?;
+            }
+            self.client = Some(client);
+        }
+        self.client_mut()
+    }
+
+    /// Whether the connection was open at the last look (a reused one may
+    /// still turn out dead at its next statement).
+    pub fn has_connection(&self) -> bool {
+        self.client.as_ref().is_some_and(|c| !c.is_closed())
+    }
+
+    /// Tries to take the shard lock `key` on the open connection.
+    pub fn try_lock_key(&mut self, key: i64) -> Result<bool, DbError> {
+        if self.shard_keys.contains(&key) {
+            return Ok(true);
+        }
+        let got: bool = self
+            .client_mut()?
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+            .map_err(DbError::query("taking a shard lock"))?
+            .get(0);
+        if got {
+            self.shard_keys.insert(key);
+        }
+        Ok(got)
+    }
+
+    /// Releases the shard lock `key`.
+    pub fn unlock_key(&mut self, key: i64) -> Result<(), DbError> {
+        if !self.shard_keys.remove(&key) {
+            return Ok(());
+        }
+        self.client_mut()?
+            .execute("SELECT pg_advisory_unlock($1)", &[&key])
+            .map_err(DbError::query("releasing a shard lock"))?;
+        Ok(())
+    }
+
+    /// The shard keys held.
+    pub fn held_keys(&self) -> &BTreeSet<i64> {
+        &self.shard_keys
     }
 
     /// The derived key.
@@ -111,9 +186,9 @@ impl LeaderLock {
     }
 
     fn try_lock_once(&mut self) -> Result<bool, DbError> {
-        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+        if let Err(e) = self.connect() {
             self.forget_connection();
-            self.client = Some(db::connect(&self.cfg, &app_name("lock"))?);
+            return Err(e);
         }
         let key = self.key;
         let result = self.client_mut().and_then(|c| {
@@ -142,10 +217,18 @@ impl LeaderLock {
     pub fn forget_connection(&mut self) {
         self.client = None;
         self.held = false;
+        self.shard_keys.clear();
     }
 
     /// Releases the lock (keeps the connection for the next attempt to lead).
     pub fn release(&mut self) -> Result<(), DbError> {
+        for key in std::mem::take(&mut self.shard_keys) {
+            self.shard_keys.insert(key);
+            if let Err(e) = self.unlock_key(key) {
+                self.forget_connection();
+                return Err(e);
+            }
+        }
         if !self.held {
             return Ok(());
         }

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use crate::config::Config;
-use crate::db::{self, channels, leaders, migrate, statuses, DbError};
+use crate::db::{self, channels, leaders, migrate, shards as db_shards, statuses, DbError};
 use crate::lock;
 
 /// `migrate`: applies pending migrations; prints what it did.
@@ -18,6 +18,12 @@ pub fn migrate(config: &Config) -> anyhow::Result<ExitCode> {
         println!(
             "schema \"{}\": payload size cap set to {} bytes (delivery.max_payload_bytes)",
             config.database.schema, settings.max_payload_bytes
+        );
+    }
+    if db_shards::record(&mut client, config.reconciler.shards)? {
+        println!(
+            "schema \"{}\": shard count set to {} (reconciler.shards)",
+            config.database.schema, config.reconciler.shards
         );
     }
     if applied.is_empty() {
@@ -68,6 +74,20 @@ struct StatusReport {
     channels: ChannelCounts,
     schema: String,
     schema_version: i32,
+    /// The shard count recorded in the schema (`reconciler.shards`).
+    shard_count: u32,
+    shards: Vec<ShardStatus>,
+}
+
+/// One shard as `status` shows it.
+#[derive(serde::Serialize)]
+struct ShardStatus {
+    shard: u32,
+    lock_key_int8: i64,
+    /// The instance holding the shard's lock (None: nobody leads it).
+    leader: Option<String>,
+    /// Its deliveries due now.
+    due: i64,
 }
 
 /// Channel counts `status` shows (no per-channel detail: `channel list`).
@@ -98,15 +118,25 @@ pub fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let counts = statuses::counts(&mut client)?;
     let key = lock::derive_key(&config.reconciler.lock_key);
     let (lock_holder, record) = live_leader(&mut client, key)?;
-    let breakers_open = record.as_ref().map_or(0, |r| {
-        r.channels.as_object().map_or(0, |m| {
-            m.values().filter(|v| v["breaker"] != "closed").count()
-        })
+    let breakers_open = leaders::published(&mut client)?.map_or(0, |m| {
+        m.values().filter(|v| v["breaker"] != "closed").count()
     });
     let channels = ChannelCounts {
         breakers_open,
         auto_disabled: channels::count_auto_disabled(&mut client)?,
     };
+    let shard_count = db_shards::recorded(&mut client)?;
+    let keys = crate::shard::shard_keys(&config.reconciler.lock_key, shard_count);
+    let holders = db_shards::holders(&mut client, &keys)?;
+    let due = db_shards::due_by_shard(&mut client, shard_count)?;
+    let shards = (0..shard_count)
+        .map(|s| ShardStatus {
+            shard: s,
+            lock_key_int8: keys[s as usize],
+            leader: holders[s as usize].clone(),
+            due: due[s as usize],
+        })
+        .collect();
     let report = StatusReport {
         channels,
         counts,
@@ -119,6 +149,8 @@ pub fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         lock_holder,
         schema: config.database.schema.clone(),
         schema_version: migrate::latest_version(),
+        shard_count,
+        shards,
     };
     if json {
         super::print_json(&report)?;
@@ -163,6 +195,18 @@ pub fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         "channels:  {} breakers open, {} auto-disabled",
         report.channels.breakers_open, report.channels.auto_disabled
     );
+    if report.shard_count > 1 {
+        let led = report.shards.iter().filter(|s| s.leader.is_some()).count();
+        println!("shards:    {} ({led} led)", report.shard_count);
+        for s in &report.shards {
+            println!(
+                "  shard {:<4} due {:<8} {}",
+                s.shard,
+                s.due,
+                s.leader.as_deref().unwrap_or("not led")
+            );
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -59,11 +59,10 @@ pub fn run(config: &Config, command: ChannelCommand) -> anyhow::Result<ExitCode>
         } => {
             let mut client = super::connect(config)?;
             let list = channels::list(&mut client, namespace.as_deref(), show_secrets)?;
-            let key = crate::lock::derive_key(&config.reconciler.lock_key);
-            let (_, leader) = super::admin::live_leader(&mut client, key)?;
+            let published = crate::db::leaders::published(&mut client)?;
             let listed: Vec<Listed<'_>> = list
                 .iter()
-                .map(|c| Listed::new(c, leader.as_ref().map(|l| &l.channels)))
+                .map(|c| Listed::new(c, published.as_ref()))
                 .collect();
             if json {
                 super::print_json(&listed)?;
@@ -146,8 +145,11 @@ struct Listed<'a> {
 }
 
 impl<'a> Listed<'a> {
-    fn new(channel: &'a channels::Channel, published: Option<&'a serde_json::Value>) -> Self {
-        let entry = published.and_then(|p| p.get(channel.id.to_string()));
+    fn new(
+        channel: &'a channels::Channel,
+        published: Option<&'a serde_json::Map<String, serde_json::Value>>,
+    ) -> Self {
+        let entry = published.and_then(|p| p.get(&channel.id.to_string()));
         Listed {
             channel,
             breaker: match (published, entry) {

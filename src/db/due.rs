@@ -143,7 +143,10 @@ impl Delivery {
 /// channel with unfinished deliveries, and one more to see whether any is
 /// due), so a channel's backlog, however large, costs two descents, not a
 /// scan. Public so that the benchmark can EXPLAIN exactly this text.
-pub const CHANNELS_SQL: &str = "
+pub const CHANNELS_SQL: &str = CHANNELS_SQL_TEMPLATE;
+
+/// [`CHANNELS_SQL`] with its `{shards}` slot (empty, or the shard filter).
+const CHANNELS_SQL_TEMPLATE: &str = "
 WITH RECURSIVE ch(id) AS (
     (SELECT channel_id FROM delivery_status
      WHERE state IN ('PENDING', 'SENDING', 'RESENDING')
@@ -158,8 +161,20 @@ SELECT ch.id FROM ch
 WHERE ch.id IS NOT NULL AND EXISTS (
     SELECT 1 FROM delivery_status d
     WHERE d.state IN ('PENDING', 'SENDING', 'RESENDING') AND d.channel_id = ch.id
-      AND d.next_attempt_at <= $1)
+      AND d.next_attempt_at <= $1){shards}
 ORDER BY ch.id";
+
+/// The channels query: all channels, or with `reconciler.shards` > 1 only
+/// those of the shards `$2` (the count) and `$3` (an `int4[]`; `db::shards`).
+/// The shard filter is on the channels, so the reads that follow need none.
+fn channels_sql(sharded: bool) -> String {
+    let filter = if sharded {
+        format!("\n  AND {}", super::shards::shard_filter_of("ch.id", 2, 3))
+    } else {
+        String::new()
+    };
+    CHANNELS_SQL_TEMPLATE.replace("{shards}", &filter)
+}
 
 /// The read of due deliveries with the number read per channel: `$1`
 /// cut-off, then per channel (`$2`) the cursor after which to read (`$3`,
@@ -216,30 +231,49 @@ pub fn start_cursor() -> Cursor {
 pub struct Pager {
     channels: Statement,
     read: Statement,
+    sharded: bool,
 }
 
 impl Pager {
     /// Prepares the due queries for reads of `per_channel` deliveries per
-    /// channel on `client`.
-    pub fn prepare(client: &mut impl GenericClient, per_channel: u32) -> Result<Pager, DbError> {
+    /// channel on `client`; `sharded`: the channels query takes the shards
+    /// led ([`Pager::channels`]).
+    pub fn prepare(
+        client: &mut impl GenericClient,
+        per_channel: u32,
+        sharded: bool,
+    ) -> Result<Pager, DbError> {
         let channels = client
-            .prepare(CHANNELS_SQL)
+            .prepare(&channels_sql(sharded))
             .map_err(DbError::query("preparing the due channels query"))?;
         let read = client
             .prepare(&read_sql(per_channel))
             .map_err(DbError::query("preparing the due query"))?;
-        Ok(Pager { channels, read })
+        Ok(Pager {
+            channels,
+            read,
+            sharded,
+        })
     }
 
-    /// The channels with deliveries due by `cutoff`, in id order.
+    /// The channels with deliveries due by `cutoff`, in id order; when
+    /// prepared sharded, only those of `shards` (the count and the shards
+    /// led; none led reads nothing).
     pub fn channels(
         &self,
         client: &mut impl GenericClient,
         cutoff: DateTime<Utc>,
+        shards: Option<(u32, &[i32])>,
     ) -> Result<Vec<Uuid>, DbError> {
-        let rows = client
-            .query(&self.channels, &[&cutoff])
-            .map_err(DbError::query("finding channels with due deliveries"))?;
+        let rows = match (self.sharded, shards) {
+            (false, _) => client.query(&self.channels, &[&cutoff]),
+            (true, Some((_, []))) | (true, None) => return Ok(Vec::new()),
+            (true, Some((k, list))) => {
+                let k = k as i32;
+                client.query(&self.channels, &[&cutoff, &k, &list])
+            }
+        }
+        .map_err(DbError::query("finding channels with due deliveries"))?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 

@@ -96,3 +96,28 @@ pub fn get(client: &mut impl GenericClient, key: i64) -> Result<Option<LeaderRow
         channels: r.get(5),
     }))
 }
+
+/// What every live leader (one per shard led; a row whose backend is gone
+/// is a dead leader's and left out) published of its channels at its last
+/// heartbeat, merged; `None` when no leader is live.
+pub fn published(
+    client: &mut impl GenericClient,
+) -> Result<Option<serde_json::Map<String, serde_json::Value>>, DbError> {
+    let rows = client
+        .query(
+            "SELECT channels FROM leader l
+             WHERE EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = l.backend_pid)",
+            &[],
+        )
+        .map_err(DbError::query("reading the leaders' channel state"))?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let mut merged = serde_json::Map::new();
+    for r in &rows {
+        if let serde_json::Value::Object(m) = r.get::<_, serde_json::Value>(0) {
+            merged.extend(m);
+        }
+    }
+    Ok(Some(merged))
+}

@@ -45,6 +45,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0004_fair_scheduling",
         sql: include_str!("migrations/0004_fair_scheduling.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_shards",
+        sql: include_str!("migrations/0005_shards.sql"),
+    },
 ];
 
 /// The schema version this binary needs.

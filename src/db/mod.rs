@@ -13,6 +13,7 @@ pub mod events;
 pub mod leaders;
 pub mod migrate;
 pub mod rules;
+pub mod shards;
 pub mod statuses;
 
 use std::time::Duration;
@@ -107,6 +108,24 @@ pub enum DbError {
         found: i32,
         /// Newest version this binary knows.
         expected: i32,
+    },
+    /// `reconciler.shards` is not the shard count recorded in the schema.
+    #[error("reconciler.shards = {configured}, but the database records {recorded} shards: every instance must use the same value; to change it, stop every instance, set reconciler.shards and run `notification-reconciler migrate` (see docs/operations.md)")]
+    ShardsMismatch {
+        /// The configured count.
+        configured: u32,
+        /// The recorded count.
+        recorded: u32,
+    },
+    /// `migrate` was asked to change the shard count while instances run.
+    #[error("reconciler.shards = {configured}, but the database records {recorded} shards and {} instance(s) are running ({}): stop every instance before changing the shard count", live.len(), live.join(", "))]
+    ShardsInUse {
+        /// The recorded count.
+        recorded: u32,
+        /// The configured count.
+        configured: u32,
+        /// The live instances' names.
+        live: Vec<String>,
     },
     /// The connection a step needs is not open (it broke earlier).
     #[error("the {0} connection is not open")]

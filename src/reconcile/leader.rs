@@ -27,6 +27,11 @@
 //! backlog the last sweep was working through. Outcomes feed each channel's
 //! breaker and run of failures (`health`); the channel rows they change are
 //! written on the lock connection at the next turn.
+//!
+//! With `reconciler.shards` > 1 the lock is one lock per shard and the loop
+//! hands out only the deliveries of the shards it leads (the channels query
+//! asks only for their channels); taking and giving up shards while it
+//! leads is `shard::set`'s (the hooks below call it).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -49,6 +54,7 @@ use crate::reconcile::listener::Wake;
 use crate::reconcile::report::{Report, Tally};
 use crate::reconcile::scheduler::{self, InFlight, Lane};
 use crate::reconcile::worker::{self, Done, Finished, Job, Shared};
+use crate::shard::set::ShardSet;
 use crate::state::{self, Check, Policy};
 use uuid::Uuid;
 
@@ -82,6 +88,8 @@ pub trait Hooks: Sync {
     /// A channel was auto-disabled (every attempt failed for
     /// `delivery.disable_after`).
     fn auto_disabled(&self) {}
+    /// The number of shards whose lock this instance holds is now `n`.
+    fn shards_led(&self, _n: usize) {}
 }
 
 /// Hooks that do nothing.
@@ -166,7 +174,11 @@ impl Reconciler {
             pool,
             sender: HttpSender::new(&config.delivery, config.reconciler.workers),
             policy: policy_from(config),
-            lock: LeaderLock::new(&config.database, &config.reconciler.lock_key),
+            lock: LeaderLock::new(
+                &config.database,
+                &config.reconciler.lock_key,
+                config.reconciler.shards,
+            ),
         })
     }
 
@@ -228,25 +240,37 @@ fn lead(
     stop: &AtomicBool,
     hooks: &dyn Hooks,
 ) -> Result<PassOutcome, DbError> {
-    if !r.lock.try_acquire()? {
+    r.lock.set_register(matches!(mode, Mode::Continuous(_)));
+    let mut shards = match r.config.reconciler.shards {
+        1 => None,
+        k => Some(ShardSet::new(&r.config.reconciler.lock_key, k)),
+    };
+    if let Some(set) = shards.as_mut() {
+        if !set.start(&mut r.lock, matches!(mode, Mode::Once), stop)? {
+            log::debug!("other instances lead every shard this one may take");
+            return Ok(PassOutcome::LockHeld);
+        }
+        hooks.shards_led(set.held());
+    } else if !r.lock.try_acquire()? {
         log::debug!("another instance holds the lock");
         return Ok(PassOutcome::LockHeld);
     }
     let started = Instant::now();
     let started_at = Utc::now();
     let key = r.lock.key();
-    let unclean = match r
-        .lock
-        .client_mut()
-        .and_then(|c| leaders::claim(c, key, &lock::app_name("lock")))
-    {
-        Ok(unclean) => unclean,
-        Err(e) => {
-            r.lock.forget_connection();
-            return Err(e);
-        }
-    };
-    if let Mode::Continuous(_) = mode {
+    let unclean = shards.is_none()
+        && match r
+            .lock
+            .client_mut()
+            .and_then(|c| leaders::claim(c, key, &lock::app_name("lock")))
+        {
+            Ok(unclean) => unclean,
+            Err(e) => {
+                r.lock.forget_connection();
+                return Err(e);
+            }
+        };
+    if let (Mode::Continuous(_), None) = (mode, &shards) {
         log::info!("leading: took the lock {:?}", r.config.reconciler.lock_key);
     }
     if unclean {
@@ -279,6 +303,7 @@ fn lead(
     };
     let mut failure: Option<String> = None;
     let mut main = Main::new(&r.config, mode, hooks);
+    main.shards = shards;
     std::thread::scope(|scope| {
         // Sized for everything the leader may have in flight, so that a
         // hand-out never finds it full.
@@ -329,9 +354,16 @@ fn lead(
         failure = main.write_channels(&mut r.lock).err();
     }
     if failure.is_none() {
-        if let Err(e) = r.lock.client_mut().and_then(|c| leaders::release(c, key)) {
+        let released = match main.shards.as_mut() {
+            Some(set) => set.release_rows(&mut r.lock),
+            None => r.lock.client_mut().and_then(|c| leaders::release(c, key)),
+        };
+        if let Err(e) = released {
             failure = Some(lock_failure("removing the leader record", &e));
         }
+    }
+    if main.shards.is_some() {
+        hooks.shards_led(0);
     }
     if failure.is_some() {
         // The lock connection failed or is suspect: drop it, which releases
@@ -438,6 +470,8 @@ struct Main<'a> {
     due_at_start: Option<u64>,
     /// `once`: the sweep reached the end of what was due.
     swept_all: bool,
+    /// `reconciler.shards` > 1: the shards led (None: the one lock).
+    shards: Option<ShardSet>,
 }
 
 impl<'a> Main<'a> {
@@ -470,6 +504,7 @@ impl<'a> Main<'a> {
             first_cutoff: None,
             due_at_start: None,
             swept_all: false,
+            shards: None,
         };
         main.set_workers(r.workers);
         main
@@ -502,9 +537,10 @@ impl<'a> Main<'a> {
         if let Err(e) = self.watch.check(lock, lease) {
             return Some(lock_failure("checking the lock connection", &e));
         }
+        let sharded = self.shards.is_some();
         let pager = match lock
             .client_mut()
-            .and_then(|c| Pager::prepare(c, self.per_channel))
+            .and_then(|c| Pager::prepare(c, self.per_channel, sharded))
         {
             Ok(p) => p,
             Err(e) => return Some(lock_failure("preparing the due query", &e)),
@@ -516,7 +552,7 @@ impl<'a> Main<'a> {
             Mode::Once => {
                 // The progress total; `run` counts at its ticks instead, so
                 // that a large backlog does not delay a takeover.
-                match lock.client_mut().and_then(|c| due::count_due(c, cutoff)) {
+                match lock.client_mut().and_then(|c| self.count_due(c, cutoff)) {
                     Ok(n) => self.due_at_start = Some(n.max(0) as u64),
                     Err(e) => return Some(lock_failure("counting due deliveries", &e)),
                 }
@@ -598,6 +634,9 @@ impl<'a> Main<'a> {
         }
         if let Mode::Continuous(_) = self.mode {
             until = until.min(self.next_tick);
+            if let Some(set) = &self.shards {
+                until = until.min(set.next_due());
+            }
             if let Some(t) = self.next_retry {
                 let left = (t - self.watch.db_now()).to_std().unwrap_or(Duration::ZERO);
                 until = until.min(now + left);
@@ -621,7 +660,8 @@ impl<'a> Main<'a> {
             let client = lock
                 .client_mut()
                 .map_err(|e| lock_failure("the interval sweep", &e))?;
-            let due = due::count_due(client, cutoff)
+            let due = self
+                .count_due(client, cutoff)
                 .map_err(|e| lock_failure("counting due deliveries", &e))?;
             self.arm_retry_timer(lock, cutoff)?;
             let (since, since_at) = self.window_started;
@@ -642,15 +682,20 @@ impl<'a> Main<'a> {
             self.next_retry = None;
             self.wake(WakeCause::RetryDue);
         }
+        self.shard_timers(lock)?;
         let (last, n) = self.heartbeat;
         let snapshot = self.channels.snapshot(&self.in_flight);
         let changed = (self.in_flight.len() != n || snapshot != self.published)
             && last.elapsed() >= HEARTBEAT_EVERY;
         if changed || last.elapsed() >= HEARTBEAT_EVERY * 10 {
             let n = self.in_flight.len();
-            lock.client_mut()
-                .and_then(|c| leaders::heartbeat(c, key, n, &snapshot))
-                .map_err(|e| lock_failure("updating the leader record", &e))?;
+            match &self.shards {
+                Some(set) => set.heartbeat(lock, &snapshot),
+                None => lock
+                    .client_mut()
+                    .and_then(|c| leaders::heartbeat(c, key, n, &snapshot)),
+            }
+            .map_err(|e| lock_failure("updating the leader record", &e))?;
             self.heartbeat = (Instant::now(), n);
             self.published = snapshot;
         }
@@ -689,6 +734,53 @@ impl<'a> Main<'a> {
         Ok(())
     }
 
+    /// Sharded: the balance round when due, graces that ended, drained
+    /// shards unlocked; a shard taken restarts the sweep, one given up
+    /// leaves the sweep's unread deliveries.
+    fn shard_timers(&mut self, lock: &mut LeaderLock) -> Result<(), String> {
+        let Some(set) = self.shards.as_mut() else {
+            return Ok(());
+        };
+        let before = set.held();
+        let changes = if set.round_due() {
+            set.round(lock)
+        } else {
+            set.settle(lock)
+        }
+        .map_err(|e| lock_failure("balancing the shards", &e))?;
+        let held = set.held();
+        if changes.deactivated {
+            // The lanes of channels of a shard given up leave the sweep.
+            if let Some(lanes) = self.sweep.as_mut().and_then(|s| s.lanes.as_mut()) {
+                lanes.retain(|channel_id, _| set.hands_out(channel_id));
+            }
+        }
+        if held != before {
+            self.hooks.shards_led(held);
+        }
+        if changes.activated {
+            // A fresh sweep at once, not after the one in progress: the new
+            // shard's deliveries may lie behind its cursor. What the old one
+            // read and did not hand out is read again (nothing of it is in
+            // flight).
+            self.hooks.woke(WakeCause::Start);
+            self.start_sweep(self.cutoff_now());
+        }
+        Ok(())
+    }
+
+    /// Unfinished deliveries due by `cutoff` (of the shards led).
+    fn count_due(
+        &self,
+        client: &mut postgres::Client,
+        cutoff: DateTime<Utc>,
+    ) -> Result<i64, DbError> {
+        match &self.shards {
+            Some(set) => set.count_due(client, cutoff),
+            None => due::count_due(client, cutoff),
+        }
+    }
+
     /// Sets the retry timer to the earliest unfinished delivery not due by
     /// `cutoff`, if that is sooner than what it holds.
     fn arm_retry_timer(
@@ -698,7 +790,10 @@ impl<'a> Main<'a> {
     ) -> Result<(), String> {
         let next = lock
             .client_mut()
-            .and_then(|c| due::next_due_after(c, cutoff))
+            .and_then(|c| match &self.shards {
+                Some(set) => set.next_due_after(c, cutoff),
+                None => due::next_due_after(c, cutoff),
+            })
             .map_err(|e| lock_failure("finding the next due delivery", &e))?;
         self.note_retry(next);
         Ok(())
@@ -754,9 +849,13 @@ impl<'a> Main<'a> {
         let cutoff = sweep.cutoff;
         let mut moved = false;
         if sweep.lanes.is_none() {
+            let active = self.shards.as_ref().map(|set| (set.count(), set.active()));
             let ids = lock
                 .client_mut()
-                .and_then(|c| pager.channels(c, cutoff))
+                .and_then(|c| {
+                    let shards = active.as_ref().map(|(k, list)| (*k, list.as_slice()));
+                    pager.channels(c, cutoff, shards)
+                })
                 .map_err(|e| lock_failure("paging", &e))?;
             let lanes = ids.into_iter().map(|id| {
                 let lane = LaneState {
@@ -882,6 +981,9 @@ impl<'a> Main<'a> {
             match jobs.try_send(Job { delivery, cutoff }) {
                 Ok(()) => {
                     self.in_flight.insert(status_id, channel_id);
+                    if let Some(set) = self.shards.as_mut() {
+                        set.handed(status_id, &channel_id);
+                    }
                     if sends {
                         self.channels.handed_out(channel_id, now);
                     }
@@ -936,6 +1038,9 @@ impl<'a> Main<'a> {
         let channel_id = self.in_flight.remove(&done.status_id);
         if channel_id.is_some() {
             self.hooks.in_flight(self.in_flight.len());
+        }
+        if let Some(set) = self.shards.as_mut() {
+            set.finished(&done.status_id);
         }
         self.tally.count(&done);
         self.window.count(&done);

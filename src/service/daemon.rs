@@ -79,9 +79,15 @@ pub fn run_until(config: &Config, shutdown: &Shutdown) -> Result<(), DaemonError
     // Start-up checks: refuse a wrong schema; a database that is down is
     // waited for, one line per interval.
     loop {
-        match db::connect_checked(&config.database, &lock::app_name("startup")) {
-            Ok(_) => break,
-            Err(e @ (DbError::NotMigrated { .. } | DbError::TooNew { .. })) => {
+        let checked = db::connect_checked(&config.database, &lock::app_name("startup"))
+            .and_then(|mut c| db::shards::ensure_recorded(&mut c, config.reconciler.shards));
+        match checked {
+            Ok(()) => break,
+            Err(
+                e @ (DbError::NotMigrated { .. }
+                | DbError::TooNew { .. }
+                | DbError::ShardsMismatch { .. }),
+            ) => {
                 notifier.stopping(&format!("refusing to start: {e}"));
                 return Err(e.into());
             }
@@ -103,11 +109,12 @@ pub fn run_until(config: &Config, shutdown: &Shutdown) -> Result<(), DaemonError
     telemetry.health.db_ok();
     let mut reconciler = Reconciler::new(config)?;
     log::info!(
-        "started: {} workers, {} pooled database connections, interval {}, lock key {:?}",
+        "started: {} workers, {} pooled database connections, interval {}, lock key {:?}, {} shard(s)",
         config.reconciler.workers,
         config.database.pool_size,
         humantime::format_duration(interval),
-        config.reconciler.lock_key
+        config.reconciler.lock_key,
+        config.reconciler.shards
     );
     if let Some(warning) = limits::open_files_warning(config) {
         log::warn!("{warning}");
@@ -283,6 +290,10 @@ impl Hooks for DaemonHooks<'_> {
 
     fn auto_disabled(&self) {
         self.telemetry.metrics.auto_disabled();
+    }
+
+    fn shards_led(&self, n: usize) {
+        self.telemetry.metrics.shards_led(n);
     }
 
     fn interval(&self, report: &Report, due: u64) {

@@ -102,6 +102,7 @@ pub struct Metrics {
     pool_in_use: Gauge,
     breakers_open: Gauge,
     auto_disabled: Counter,
+    shards_led: Gauge,
 }
 
 impl Default for Metrics {
@@ -197,6 +198,12 @@ impl Metrics {
             "Channels this instance disabled because every attempt failed for delivery.disable_after",
             auto_disabled.clone(),
         );
+        let shards_led = Gauge::default();
+        registry.register(
+            "shards_led",
+            "Shards whose lock this instance holds (reconciler.shards > 1; with one shard see lock_held)",
+            shards_led.clone(),
+        );
         registry.register(
             "build",
             "Build information",
@@ -216,6 +223,7 @@ impl Metrics {
             pool_in_use,
             breakers_open,
             auto_disabled,
+            shards_led,
         }
     }
 
@@ -232,6 +240,11 @@ impl Metrics {
     /// A worker waited `waited` for a pooled connection.
     pub fn pool_wait(&self, waited: Duration) {
         self.pool_wait.observe(waited.as_secs_f64());
+    }
+
+    /// This instance holds `n` shard locks.
+    pub fn shards_led(&self, n: usize) {
+        self.shards_led.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// `n` pooled connections are taken.
@@ -293,6 +306,7 @@ impl Metrics {
         self.lock_held.set(0);
         self.in_flight.set(0);
         self.breakers_open.set(0);
+        self.shards_led.set(0);
         self.lead_attempts
             .get_or_create(&[("result", result.as_str())])
             .inc();
@@ -466,8 +480,10 @@ mod tests {
         m.in_flight(4);
         m.breakers_open(2);
         m.auto_disabled();
+        m.shards_led(4);
         let text = m.encode();
         for line in [
+            "notification_reconciler_shards_led 4",
             "notification_reconciler_deliveries_total{outcome=\"delivered\"} 3",
             "notification_reconciler_deliveries_total{outcome=\"retry_scheduled\"} 1",
             "notification_reconciler_deliveries_total{outcome=\"failed\"} 0",

@@ -20,10 +20,9 @@ pub struct PassFailed(pub String);
 
 /// Runs `once`.
 pub fn run(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
-    drop(db::connect_checked(
-        &config.database,
-        &lock::app_name("once"),
-    )?);
+    let mut client = db::connect_checked(&config.database, &lock::app_name("once"))?;
+    db::shards::ensure_recorded(&mut client, config.reconciler.shards)?;
+    drop(client);
     let shutdown = Shutdown::install()?;
     let mut reconciler = Reconciler::new(config)?;
     let progress = Progress::on_terminal(!json);

@@ -105,11 +105,30 @@ pub fn channel_for(
     secret: &str,
     headers: &str,
 ) -> uuid::Uuid {
+    channel_with_id(
+        client,
+        uuid::Uuid::new_v4(),
+        event_type,
+        url,
+        secret,
+        headers,
+    )
+}
+
+/// [`channel_for`] with the channel id given (to place it in a shard).
+pub fn channel_with_id(
+    client: &mut Client,
+    id: uuid::Uuid,
+    event_type: &str,
+    url: &str,
+    secret: &str,
+    headers: &str,
+) -> uuid::Uuid {
     let channel: uuid::Uuid = client
         .query_one(
-            "INSERT INTO notification.channel (namespace, name, url, signing_secret, headers)
-             VALUES ($1, $2, $3, $4, $5::text::jsonb) RETURNING id",
-            &[&NAMESPACE, &event_type, &url, &secret, &headers],
+            "INSERT INTO notification.channel (id, namespace, name, url, signing_secret, headers)
+             VALUES ($1, $2, $3, $4, $5, $6::text::jsonb) RETURNING id",
+            &[&id, &NAMESPACE, &event_type, &url, &secret, &headers],
         )
         .expect("insert channel")
         .get(0);
@@ -261,6 +280,26 @@ pub fn seen(receiver: &super::Receiver) -> BTreeMap<String, usize> {
         *seen.entry(id).or_insert(0) += 1;
     }
     seen
+}
+
+/// Which shards of [`LOCK_KEY`] split `shards` ways each process holds
+/// (by pid, read from the instance name; 0: a session that is not a
+/// running instance). `client` must have the schema on its search_path.
+pub fn shard_holdings(client: &mut Client, shards: u32) -> BTreeMap<u32, Vec<u32>> {
+    let keys = notification_reconciler::shard::shard_keys(LOCK_KEY, shards);
+    let held = notification_reconciler::db::shards::holders(client, &keys).expect("shard holders");
+    let mut out: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    for (s, h) in held.into_iter().enumerate() {
+        if let Some(name) = h {
+            let pid = name
+                .rsplit("pid ")
+                .next()
+                .and_then(|p| p.trim().parse().ok())
+                .unwrap_or(0);
+            out.entry(pid).or_default().push(s as u32);
+        }
+    }
+    out
 }
 
 /// Checks that every event is SUCCESS and was seen at least once; returns
