@@ -390,7 +390,7 @@ fn random_half_failures_end_with_everything_delivered() {
     let events = seed(&mut client, &receiver.url(), 100);
     let schedule = vec!["\"10ms\""; 25].join(", ");
     let delivery =
-        format!("timeout = \"2s\"\nconnect_timeout = \"1s\"\nretry_schedule = [{schedule}]\n");
+        format!("timeout = \"2s\"\nconnect_timeout = \"1s\"\nretry_schedule = [{schedule}]\nbreaker_failures = 0\n");
     let mut daemon = Daemon::run(
         "half",
         &config_toml(&db.url, 4, "100ms", &delivery, ""),
