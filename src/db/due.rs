@@ -142,10 +142,7 @@ impl Delivery {
 /// skip-scan of `delivery_status_channel_due` (one index descent per
 /// channel with unfinished deliveries, and one more to see whether any is
 /// due), so a channel's backlog, however large, costs two descents, not a
-/// scan. Public so that the benchmark can EXPLAIN exactly this text.
-pub const CHANNELS_SQL: &str = CHANNELS_SQL_TEMPLATE;
-
-/// [`CHANNELS_SQL`] with its `{shards}` slot (empty, or the shard filter).
+/// scan. With its `{shards}` slot: see [`channels_sql`].
 const CHANNELS_SQL_TEMPLATE: &str = "
 WITH RECURSIVE ch(id) AS (
     (SELECT channel_id FROM delivery_status
@@ -167,7 +164,8 @@ ORDER BY ch.id";
 /// The channels query: all channels, or with `reconciler.shards` > 1 only
 /// those of the shards `$2` (the count) and `$3` (an `int4[]`; `db::shards`).
 /// The shard filter is on the channels, so the reads that follow need none.
-fn channels_sql(sharded: bool) -> String {
+/// Public so that the benchmark can EXPLAIN exactly this text.
+pub fn channels_sql(sharded: bool) -> String {
     let filter = if sharded {
         format!("\n  AND {}", super::shards::shard_filter_of("ch.id", 2, 3))
     } else {

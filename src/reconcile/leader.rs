@@ -870,11 +870,21 @@ impl<'a> Main<'a> {
         }
         let free = self.capacity.saturating_sub(self.in_flight.len());
         let lanes = sweep.lanes.get_or_insert_with(BTreeMap::new);
-        // Read for the lanes that ran empty, in round-robin order, at most
-        // as many as could be served now, in one query.
+        let now = self.watch.db_now();
+        // Read for the lanes that ran empty and may send now, in round-robin
+        // order, at most as many as could be served now, in one query. A
+        // lane at its cap or behind an open breaker is read when it may
+        // send again (a slot frees, the cool-down ends), so that a blocked
+        // channel costs nothing per sweep; what timed out in it is failed
+        // then.
         let after = self.last_served;
+        let (channels, in_flight) = (&self.channels, &self.in_flight);
         let empty: Vec<(Uuid, Cursor)> = in_rotation(lanes, after)
-            .filter(|(_, l)| l.queue.is_empty() && !l.exhausted)
+            .filter(|(id, l)| {
+                l.queue.is_empty()
+                    && !l.exhausted
+                    && channels.allowance(id, now, in_flight.of_channel(id)) > 0
+            })
             .take(free.clamp(1, self.page_size as usize))
             .map(|(id, l)| (*id, l.cursor))
             .collect();
@@ -906,7 +916,6 @@ impl<'a> Main<'a> {
             }
             moved = true;
         }
-        let now = self.watch.db_now();
         if matches!(self.mode, Mode::Once) {
             // `once` makes one sweep: it does not wait out a cool-down. A
             // channel whose breaker is open is left due.
