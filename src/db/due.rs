@@ -142,16 +142,19 @@ impl Delivery {
 /// skip-scan of `delivery_status_channel_due` (one index descent per
 /// channel with unfinished deliveries, and one more to see whether any is
 /// due), so a channel's backlog, however large, costs two descents, not a
-/// scan. With its `{shards}` slot: see [`channels_sql`].
+/// scan. Each step orders by the whole key of that index, so that only it
+/// can serve the step: the plain `channel_id` index would walk a channel's
+/// finished rows to find the next unfinished one. With its `{shards}` slot:
+/// see [`channels_sql`].
 const CHANNELS_SQL_TEMPLATE: &str = "
 WITH RECURSIVE ch(id) AS (
     (SELECT channel_id FROM delivery_status
      WHERE state IN ('PENDING', 'SENDING', 'RESENDING')
-     ORDER BY channel_id LIMIT 1)
+     ORDER BY channel_id, next_attempt_at, id LIMIT 1)
   UNION ALL
     SELECT (SELECT d.channel_id FROM delivery_status d
             WHERE d.state IN ('PENDING', 'SENDING', 'RESENDING') AND d.channel_id > ch.id
-            ORDER BY d.channel_id LIMIT 1)
+            ORDER BY d.channel_id, d.next_attempt_at, d.id LIMIT 1)
     FROM ch WHERE ch.id IS NOT NULL
 )
 SELECT ch.id FROM ch
