@@ -132,6 +132,10 @@ workers = 8
 [delivery]
 timeout = "5s"
 retry_schedule = ["1s", "2s", "3s", "5s", "5s"]
+# A sink failing 30% of answers at random trips the circuit breaker now and
+# then (5 failures in a row); a short cool-down keeps the demo quick and
+# shows the breaker open, probe and close in the log.
+breaker_cooldown = "2s"
 # The sink listens on 127.0.0.1; the SSRF guard refuses loopback by default.
 allow_networks = ["127.0.0.0/8", "::1/128"]
 EOF
