@@ -1083,13 +1083,13 @@ impl<'a> Main<'a> {
     }
 }
 
-/// Deliveries read per channel at a time: enough to fill the channel's cap
-/// twice over, at most `page_size`, so that memory stays bounded however
-/// many channels have work.
+/// Deliveries read per channel at a time: `page_size`. Only lanes that
+/// ran empty and may send are read, at most as many as there are free
+/// slots, so what is held stays bounded. (Reading only twice the cap made
+/// a busy channel cost six times the queries: scenario 2 fell from 0.19 to
+/// 0.13 of the raw UPDATE rate.)
 fn lane_read_size(config: &Config) -> u32 {
-    let cap = config.delivery.max_in_flight_per_channel.max(1);
-    let twice = u32::try_from(cap.saturating_mul(2)).unwrap_or(u32::MAX);
-    config.reconciler.page_size.min(twice).max(1)
+    config.reconciler.page_size.max(1)
 }
 
 /// Whether a worker will send a request for `d` (rather than only record a
