@@ -65,6 +65,24 @@ fn count(client: &mut postgres::Client, channel: uuid::Uuid, state: &str) -> i64
         .get(0)
 }
 
+/// Waits until `channel` has `n` deliveries in `state`; `what` names the
+/// wait, the daemon's log is shown when it times out.
+fn wait_for_count(
+    client: &mut postgres::Client,
+    channel: uuid::Uuid,
+    state: &str,
+    n: i64,
+    what: &str,
+    d: &Daemon,
+) {
+    wait_until(
+        what,
+        LONG,
+        || count(client, channel, state) == n,
+        || d.stderr(),
+    );
+}
+
 #[test]
 fn a_hanging_endpoint_holds_at_most_its_cap_while_a_healthy_one_gets_everything() {
     let db = migrated_db();
@@ -91,11 +109,13 @@ fn a_hanging_endpoint_holds_at_most_its_cap_while_a_healthy_one_gets_everything(
         hanging.in_flight(),
         tail(&d.stderr(), 30)
     );
-    wait_until(
+    wait_for_count(
+        &mut client,
+        fast,
+        "SUCCESS",
+        i64::from(n),
         "every healthy delivery recorded",
-        LONG,
-        || count(&mut client, fast, "SUCCESS") == i64::from(n),
-        || d.stderr(),
+        &d,
     );
     // The hanging ones are still timing out (60 s): nothing of them ended.
     assert_eq!(count(&mut client, slow, "SUCCESS"), 0);
@@ -163,11 +183,13 @@ fn a_backlog_on_one_channel_does_not_hold_up_another() {
         "cap 2: {}",
         busy.peak_concurrency()
     );
-    wait_until(
+    wait_for_count(
+        &mut client,
+        a,
+        "SUCCESS",
+        i64::from(backlog),
         "the backlog to drain",
-        LONG,
-        || count(&mut client, a, "SUCCESS") == i64::from(backlog),
-        || d.stderr(),
+        &d,
     );
 }
 
@@ -251,11 +273,13 @@ fn a_failing_endpoint_gets_a_few_attempts_then_one_probe_per_cooldown_then_drain
     );
     // It recovers: the next probe succeeds and the backlog drains.
     failing.set_script(Script::status(200));
-    wait_until(
+    wait_for_count(
+        &mut client,
+        channel,
+        "SUCCESS",
+        i64::from(n),
         "the backlog to drain after the endpoint recovered",
-        LONG,
-        || count(&mut client, channel, "SUCCESS") == i64::from(n),
-        || d.stderr(),
+        &d,
     );
     wait_until(
         "the breaker to show closed",
@@ -323,11 +347,13 @@ fn a_channel_failing_for_disable_after_is_disabled_and_bulk_resend_recovers_it()
     );
     assert!(bin.ok(&["status"]).contains("1 auto-disabled"));
     // Its deliveries fail for the disabled channel.
-    wait_until(
+    wait_for_count(
+        &mut client,
+        channel,
+        "FAILED",
+        i64::from(n),
         "every delivery FAILED",
-        LONG,
-        || count(&mut client, channel, "FAILED") == i64::from(n),
-        || d.stderr(),
+        &d,
     );
     // The endpoint is fixed. A bulk resend of a disabled channel is refused
     // (it would only fail again), and names the way out.
@@ -386,11 +412,13 @@ fn a_channel_failing_for_disable_after_is_disabled_and_bulk_resend_recovers_it()
         )),
         "{out}"
     );
-    wait_until(
+    wait_for_count(
+        &mut client,
+        channel,
+        "SUCCESS",
+        i64::from(n),
         "every resent delivery delivered",
-        LONG,
-        || count(&mut client, channel, "SUCCESS") == i64::from(n),
-        || d.stderr(),
+        &d,
     );
     assert_eq!(
         failing.count() - before,
