@@ -139,29 +139,30 @@ impl Delivery {
 }
 
 /// The channels with deliveries due by `$1`, in channel id order: a
-/// skip-scan of `delivery_status_channel_due` (one index descent per
-/// channel with unfinished deliveries, and one more to see whether any is
-/// due), so a channel's backlog, however large, costs two descents, not a
-/// scan. Each step orders by the whole key of that index, so that only it
-/// can serve the step: the plain `channel_id` index would walk a channel's
-/// finished rows to find the next unfinished one. With its `{shards}` slot:
-/// see [`channels_sql`].
+/// skip-scan of `delivery_status_channel_due`, one index descent per channel
+/// with unfinished deliveries, however large its backlog. The first entry of
+/// a channel in that index is its earliest `next_attempt_at`, so one descent
+/// also tells whether it has anything due, and `$1` is compared only outside
+/// the scan: no step has a condition another index could serve. (Asking
+/// "is any due" in a second probe let the planner answer it for all channels
+/// at once, with a hash join over every due row or a walk of the plain
+/// `channel_id` index: tests/due_plans.rs.) Each step orders by the whole key
+/// of the index, so that only it can serve the step. With its `{shards}`
+/// slot: see [`channels_sql`].
 const CHANNELS_SQL_TEMPLATE: &str = "
-WITH RECURSIVE ch(id) AS (
-    (SELECT channel_id FROM delivery_status
+WITH RECURSIVE ch(id, first_at) AS (
+    (SELECT channel_id, next_attempt_at FROM delivery_status
      WHERE state IN ('PENDING', 'SENDING', 'RESENDING')
      ORDER BY channel_id, next_attempt_at, id LIMIT 1)
   UNION ALL
-    SELECT (SELECT d.channel_id FROM delivery_status d
-            WHERE d.state IN ('PENDING', 'SENDING', 'RESENDING') AND d.channel_id > ch.id
-            ORDER BY d.channel_id, d.next_attempt_at, d.id LIMIT 1)
-    FROM ch WHERE ch.id IS NOT NULL
+    SELECT n.channel_id, n.next_attempt_at
+    FROM ch CROSS JOIN LATERAL (
+        SELECT d.channel_id, d.next_attempt_at FROM delivery_status d
+        WHERE d.state IN ('PENDING', 'SENDING', 'RESENDING') AND d.channel_id > ch.id
+        ORDER BY d.channel_id, d.next_attempt_at, d.id LIMIT 1) n
 )
 SELECT ch.id FROM ch
-WHERE ch.id IS NOT NULL AND EXISTS (
-    SELECT 1 FROM delivery_status d
-    WHERE d.state IN ('PENDING', 'SENDING', 'RESENDING') AND d.channel_id = ch.id
-      AND d.next_attempt_at <= $1){shards}
+WHERE ch.first_at <= $1{shards}
 ORDER BY ch.id";
 
 /// The channels query: all channels, or with `reconciler.shards` > 1 only
@@ -183,40 +184,48 @@ pub fn channels_sql(sharded: bool) -> String {
 /// each a range of `delivery_status_channel_due`. Public so that the
 /// benchmark can EXPLAIN exactly this text.
 ///
+/// Every step is a `LATERAL` subquery with a `LIMIT`, which PostgreSQL cannot
+/// flatten into a join: the channel, the range of the index and each event
+/// are looked up per lane and per row, by key. As a plain join, a stale or
+/// small-table estimate made it hash-join a sequential scan of the whole
+/// event table, and the index on `next_attempt_at` is kept out by its
+/// predicate (migration 0006); tests/due_plans.rs checks the plans.
+///
 /// The number is part of the text, not a parameter: with `LIMIT $n` the
-/// planner's generic plan has to guess the row count and may pick a hash
-/// join over the whole event table, so every execution would be planned
-/// afresh. With the number in the text the generic plan is the good one
-/// and PostgreSQL switches to it after five executions.
+/// planner's generic plan has to guess the row count, so every execution
+/// would be planned afresh. With the number in the text the generic plan is
+/// the good one and PostgreSQL switches to it after five executions.
 pub fn read_sql(per_channel: u32) -> String {
     READ_SQL_TEMPLATE.replace("{limit}", &per_channel.to_string())
 }
 
 const READ_SQL_TEMPLATE: &str = "
-WITH page AS (
-    SELECT d.id, d.event_id, d.channel_id, d.next_attempt_at
-    FROM unnest($2::uuid[], $3::timestamptz[], $4::uuid[]) AS cur(channel_id, after_at, after_id)
-    CROSS JOIN LATERAL (
-        SELECT id, event_id, channel_id, next_attempt_at FROM delivery_status
-        WHERE state IN ('PENDING', 'SENDING', 'RESENDING')
-          AND channel_id = cur.channel_id AND next_attempt_at <= $1
-          AND (channel_id, next_attempt_at, id) > (cur.channel_id, cur.after_at, cur.after_id)
-        ORDER BY channel_id, next_attempt_at, id
-        LIMIT {limit}
-    ) d
-)
 SELECT e.id, e.namespace, e.type, e.created_at, e.payload::text,
-       ds.id, ds.version, ds.state, ds.next_attempt_at, ds.clock_started_at, ds.round_attempts,
+       d.id, d.version, d.state, d.next_attempt_at, d.clock_started_at, d.round_attempts,
        c.id, c.url, c.headers::text, c.signing_secret, c.disabled, c.deleted_at IS NOT NULL,
        EXISTS (SELECT 1 FROM rule_channel rc WHERE rc.rule_id = e.rule_id AND rc.channel_id = c.id),
        CASE WHEN c.previous_secret_until > now() THEN c.previous_secret END,
        CASE WHEN c.previous_secret_until > now() THEN c.previous_secret_until END,
        c.failing_since
-FROM page p
-JOIN delivery_status ds ON ds.id = p.id
-JOIN event e ON e.id = p.event_id
-JOIN channel c ON c.id = p.channel_id
-ORDER BY p.channel_id, p.next_attempt_at, p.id";
+FROM unnest($2::uuid[], $3::timestamptz[], $4::uuid[]) AS cur(channel_id, after_at, after_id)
+CROSS JOIN LATERAL (
+    SELECT id, url, headers, signing_secret, disabled, deleted_at,
+           previous_secret, previous_secret_until, failing_since
+    FROM channel WHERE id = cur.channel_id LIMIT 1
+) c
+CROSS JOIN LATERAL (
+    SELECT id, event_id, version, state, next_attempt_at, clock_started_at, round_attempts
+    FROM delivery_status
+    WHERE state IN ('PENDING', 'SENDING', 'RESENDING')
+      AND channel_id = cur.channel_id AND next_attempt_at <= $1
+      AND (channel_id, next_attempt_at, id) > (cur.channel_id, cur.after_at, cur.after_id)
+    ORDER BY channel_id, next_attempt_at, id
+    LIMIT {limit}
+) d
+CROSS JOIN LATERAL (
+    SELECT id, namespace, type, created_at, payload, rule_id FROM event WHERE id = d.event_id LIMIT 1
+) e
+ORDER BY cur.channel_id, d.next_attempt_at, d.id";
 
 /// The first cursor of a channel: before every delivery.
 pub fn start_cursor() -> Cursor {
@@ -358,13 +367,28 @@ fn deliveries_from_rows(rows: &[postgres::Row]) -> Result<Vec<Delivery>, DbError
 pub fn count_due(client: &mut impl GenericClient, cutoff: DateTime<Utc>) -> Result<i64, DbError> {
     let row = client
         .query_one(
-            "SELECT count(*) FROM delivery_status
-             WHERE state IN ('PENDING', 'SENDING', 'RESENDING') AND next_attempt_at <= $1",
+            &format!(
+                "SELECT count(*) FROM delivery_status
+                 WHERE {NEXT_INDEX_FILTER} AND next_attempt_at <= $1"
+            ),
             &[&cutoff],
         )
         .map_err(DbError::query("counting due deliveries"))?;
     Ok(row.get(0))
 }
+
+/// The condition that lets a query use `delivery_status_next`, the index on
+/// `next_attempt_at` of the retry timer and the due count: its predicate
+/// carries an always-true `attempt_count >= 0` that only these queries
+/// repeat, so that the planner never picks it for a channel's read
+/// (migration 0006).
+pub const NEXT_INDEX_FILTER: &str =
+    "state IN ('PENDING', 'SENDING', 'RESENDING') AND attempt_count >= 0";
+
+/// The retry timer's query (`next_due_after`); public for the plan test.
+pub const NEXT_DUE_AFTER_SQL: &str = "SELECT min(next_attempt_at) FROM delivery_status
+             WHERE state IN ('PENDING', 'SENDING', 'RESENDING') AND attempt_count >= 0
+               AND next_attempt_at > $1";
 
 /// When the earliest unfinished delivery that is not due by `cutoff` falls
 /// due (the leader's retry timer after a takeover and on each interval
@@ -374,11 +398,7 @@ pub fn next_due_after(
     cutoff: DateTime<Utc>,
 ) -> Result<Option<DateTime<Utc>>, DbError> {
     let row = client
-        .query_one(
-            "SELECT min(next_attempt_at) FROM delivery_status
-             WHERE state IN ('PENDING', 'SENDING', 'RESENDING') AND next_attempt_at > $1",
-            &[&cutoff],
-        )
+        .query_one(NEXT_DUE_AFTER_SQL, &[&cutoff])
         .map_err(DbError::query("finding the next due delivery"))?;
     Ok(row.get(0))
 }

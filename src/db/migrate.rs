@@ -50,6 +50,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0005_shards",
         sql: include_str!("migrations/0005_shards.sql"),
     },
+    Migration {
+        version: 6,
+        name: "0006_due_plans",
+        sql: include_str!("migrations/0006_due_plans.sql"),
+    },
 ];
 
 /// The schema version this binary needs.

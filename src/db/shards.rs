@@ -146,8 +146,9 @@ pub fn count_due_in(
 ) -> Result<i64, DbError> {
     let sql = format!(
         "SELECT count(*) FROM delivery_status
-         WHERE state IN ('PENDING', 'SENDING', 'RESENDING') AND next_attempt_at <= $1
+         WHERE {} AND next_attempt_at <= $1
            AND {}",
+        super::due::NEXT_INDEX_FILTER,
         shard_filter(2, 3)
     );
     let k = k as i32;
@@ -167,8 +168,9 @@ pub fn next_due_after_in(
 ) -> Result<Option<DateTime<Utc>>, DbError> {
     let sql = format!(
         "SELECT min(next_attempt_at) FROM delivery_status
-         WHERE state IN ('PENDING', 'SENDING', 'RESENDING') AND next_attempt_at > $1
+         WHERE {} AND next_attempt_at > $1
            AND {}",
+        super::due::NEXT_INDEX_FILTER,
         shard_filter(2, 3)
     );
     let k = k as i32;
