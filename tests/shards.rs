@@ -189,6 +189,14 @@ fn three_instances_twelve_shards_deliver_6000_events_exactly_once_and_hold_4_eac
             .all(|s| s["leader"].is_string() && s["due"] == 0),
         "{status}"
     );
+    // The text's lock and leader lines summarize the shards.
+    let text = Bin::with_config(&config).ok(&["status"]);
+    assert!(
+        text.contains("lock:      one per shard (12 shards of key ")
+            && text.contains("leader:    12 of 12 shards led, by 3 instances")
+            && text.contains("shards:    12 (12 led)"),
+        "{text}"
+    );
     for d in all {
         assert!(d.stderr().contains("took shard"), "{}", d.stderr());
     }

@@ -171,6 +171,33 @@ pub fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         ),
         None => println!("oldest unfinished: none"),
     }
+    if report.shard_count > 1 {
+        // Sharded instances take one lock per shard, never the one-shard
+        // key: these two lines summarize the shards (listed below).
+        let holders: Vec<&str> = report
+            .shards
+            .iter()
+            .filter_map(|s| s.leader.as_deref())
+            .collect();
+        let instances: std::collections::BTreeSet<&str> = holders.iter().copied().collect();
+        println!(
+            "lock:      one per shard ({} shards of key {})",
+            report.shard_count, report.lock_key
+        );
+        println!(
+            "leader:    {} of {} shards led, by {} {}",
+            holders.len(),
+            report.shard_count,
+            instances.len(),
+            if instances.len() == 1 {
+                "instance"
+            } else {
+                "instances"
+            }
+        );
+        print_channels_and_shards(&report);
+        return Ok(ExitCode::SUCCESS);
+    }
     match &report.lock_holder {
         Some(h) => println!(
             "lock:      held by backend pid {} ({}, from {}, since {})",
@@ -191,6 +218,13 @@ pub fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         (None, true) => println!("leader:    active (no leader record yet)"),
         (None, false) => println!("leader:    none (no instance leads)"),
     }
+    print_channels_and_shards(&report);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `status`'s last lines: the channels' counts and, with shards, the table
+/// of shards.
+fn print_channels_and_shards(report: &StatusReport) {
     println!(
         "channels:  {} breakers open, {} auto-disabled",
         report.channels.breakers_open, report.channels.auto_disabled
@@ -207,7 +241,6 @@ pub fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// The lock holder under `key` and its leader record, if the record is the
