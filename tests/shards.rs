@@ -18,6 +18,7 @@ use support::daemon::{config_toml, tail, wait_until, Daemon};
 use support::fixtures::{
     assert_all_delivered, channel_for, emit, shard_holdings, unfinished, SECRET,
 };
+use support::net::{free_addr, http_get};
 use support::{migrated_db, Receiver, Script, TestDb};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -252,13 +253,27 @@ fn a_fourth_instance_joins_and_shards_move_to_it_without_a_duplicate() {
     let db = migrated_db();
     let receiver = Receiver::start(Script::status(200).with_latency(Duration::from_millis(20)));
     let ([a, b, c], events, config) = three_delivering(&db, &receiver);
-    let d = Daemon::run("D", &config, &[]);
+    // D's metrics show the shards it leads.
+    let metrics = free_addr();
+    let d_config = format!("{config}\n[metrics]\nlisten = \"{metrics}\"\n");
+    let d = Daemon::run("D", &d_config, &[]);
     let all = [&a, &b, &c, &d];
     wait_until(
         "each of four instances to lead 3 shards",
         WAIT,
         || balanced(&db, 12, &all, (3, 3)),
         || format!("{:?}\n{}", holdings(&db, 12), logs(&all)),
+    );
+    wait_until(
+        "D's metrics to show 3 shards led",
+        WAIT,
+        || {
+            http_get(metrics, "/metrics").is_some_and(|(_, body)| {
+                body.lines()
+                    .any(|l| l == "notification_reconciler_shards_led 3")
+            })
+        },
+        || format!("{:?}", http_get(metrics, "/metrics")),
     );
     wait_all_finished(&db, &all);
     let mut client = db.client();
