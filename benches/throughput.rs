@@ -451,13 +451,7 @@ fn idle(sizes: &Sizes, rows: &mut Vec<Row>) -> Vec<String> {
         ("due channels query", explainable_channels_sql()),
         ("due count query", count_sql()),
     ] {
-        let lines: Vec<String> = client
-            .query(&format!("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {sql}"), &[])
-            .expect("bench: EXPLAIN")
-            .iter()
-            .map(|r| r.get::<_, String>(0))
-            .collect();
-        let plan = lines.join("\n");
+        let plan = explain_analyze(&mut client, &sql).join("\n");
         // Either partial index of unfinished rows (the channels query walks
         // the channel-led one, the count may take the next_attempt_at one).
         assert!(
@@ -469,6 +463,16 @@ fn idle(sizes: &Sizes, rows: &mut Vec<Row>) -> Vec<String> {
         ));
     }
     plans
+}
+
+/// The lines of `EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) sql`.
+fn explain_analyze(client: &mut postgres::Client, sql: &str) -> Vec<String> {
+    client
+        .query(&format!("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {sql}"), &[])
+        .expect("bench: EXPLAIN")
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect()
 }
 
 /// The count query of `db::due::count_due`, with the cut-off inlined.
@@ -771,18 +775,9 @@ fn fair_explain(sizes: &Sizes, rows: &mut Vec<Row>) -> Vec<String> {
                 ))
                 .expect("bench: PREPARE");
             // Twice: the first warms the cache; the second is reported.
-            let mut lines = Vec::new();
-            for _ in 0..2 {
-                lines = client
-                    .query(
-                        &format!("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE q({args})"),
-                        &[],
-                    )
-                    .expect("bench: EXPLAIN")
-                    .iter()
-                    .map(|r| r.get::<_, String>(0))
-                    .collect();
-            }
+            let execute = format!("EXECUTE q({args})");
+            explain_analyze(&mut client, &execute);
+            let lines = explain_analyze(&mut client, &execute);
             let plan = lines.join("\n");
             assert!(
                 plan.contains("delivery_status_channel_due"),

@@ -109,22 +109,18 @@ fn check_all(db: &TestDb, big: &str, small: &str, stats: &str) {
     let nil = "'00000000-0000-0000-0000-000000000000'::uuid";
     for mode in ["force_custom_plan", "force_generic_plan"] {
         let what = |q: &str| format!("{q} ({stats}, {mode})");
-        let p = plan(
-            &mut c,
-            mode,
-            "timestamptz",
-            &due::channels_sql(false),
-            "now()",
-        );
-        assert_channel_led(&what("the channels query"), &p);
-        let p = plan(
-            &mut c,
-            mode,
-            "timestamptz, int4, int4[]",
-            &due::channels_sql(true),
-            "now(), 4, ARRAY[0, 1, 2, 3]",
-        );
-        assert_channel_led(&what("the sharded channels query"), &p);
+        for (name, types, sharded, args) in [
+            ("the channels query", "timestamptz", false, "now()"),
+            (
+                "the sharded channels query",
+                "timestamptz, int4, int4[]",
+                true,
+                "now(), 4, ARRAY[0, 1, 2, 3]",
+            ),
+        ] {
+            let p = plan(&mut c, mode, types, &due::channels_sql(sharded), args);
+            assert_channel_led(&what(name), &p);
+        }
         for (name, lanes) in [
             ("the small channel's read", vec![small]),
             ("the big channel's read", vec![big]),

@@ -195,36 +195,28 @@ pub fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
                 "instances"
             }
         );
-        print_channels_and_shards(&report);
-        return Ok(ExitCode::SUCCESS);
+    } else {
+        match &report.lock_holder {
+            Some(h) => println!(
+                "lock:      held by backend pid {} ({}, from {}, since {})",
+                h.pid,
+                h.application_name,
+                h.client_addr,
+                h.since.to_rfc3339()
+            ),
+            None => println!("lock:      free (key {} = {})", report.lock_key, key),
+        }
+        match (&report.leader.record, report.leader.active) {
+            (Some(r), _) => println!(
+                "leader:    active since {}, {} deliveries in flight (as of {})",
+                r.since.to_rfc3339(),
+                r.in_flight,
+                r.updated_at.to_rfc3339()
+            ),
+            (None, true) => println!("leader:    active (no leader record yet)"),
+            (None, false) => println!("leader:    none (no instance leads)"),
+        }
     }
-    match &report.lock_holder {
-        Some(h) => println!(
-            "lock:      held by backend pid {} ({}, from {}, since {})",
-            h.pid,
-            h.application_name,
-            h.client_addr,
-            h.since.to_rfc3339()
-        ),
-        None => println!("lock:      free (key {} = {})", report.lock_key, key),
-    }
-    match (&report.leader.record, report.leader.active) {
-        (Some(r), _) => println!(
-            "leader:    active since {}, {} deliveries in flight (as of {})",
-            r.since.to_rfc3339(),
-            r.in_flight,
-            r.updated_at.to_rfc3339()
-        ),
-        (None, true) => println!("leader:    active (no leader record yet)"),
-        (None, false) => println!("leader:    none (no instance leads)"),
-    }
-    print_channels_and_shards(&report);
-    Ok(ExitCode::SUCCESS)
-}
-
-/// `status`'s last lines: the channels' counts and, with shards, the table
-/// of shards.
-fn print_channels_and_shards(report: &StatusReport) {
     println!(
         "channels:  {} breakers open, {} auto-disabled",
         report.channels.breakers_open, report.channels.auto_disabled
@@ -241,6 +233,7 @@ fn print_channels_and_shards(report: &StatusReport) {
             );
         }
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The lock holder under `key` and its leader record, if the record is the

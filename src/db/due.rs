@@ -377,18 +377,27 @@ pub fn count_due(client: &mut impl GenericClient, cutoff: DateTime<Utc>) -> Resu
     Ok(row.get(0))
 }
 
+/// The text of [`NEXT_INDEX_FILTER`], as a macro so that
+/// [`NEXT_DUE_AFTER_SQL`] can be built from it at compile time.
+macro_rules! next_index_filter {
+    () => {
+        "state IN ('PENDING', 'SENDING', 'RESENDING') AND attempt_count >= 0"
+    };
+}
+
 /// The condition that lets a query use `delivery_status_next`, the index on
 /// `next_attempt_at` of the retry timer and the due count: its predicate
 /// carries an always-true `attempt_count >= 0` that only these queries
 /// repeat, so that the planner never picks it for a channel's read
 /// (migration 0006).
-pub const NEXT_INDEX_FILTER: &str =
-    "state IN ('PENDING', 'SENDING', 'RESENDING') AND attempt_count >= 0";
+pub const NEXT_INDEX_FILTER: &str = next_index_filter!();
 
 /// The retry timer's query (`next_due_after`); public for the plan test.
-pub const NEXT_DUE_AFTER_SQL: &str = "SELECT min(next_attempt_at) FROM delivery_status
-             WHERE state IN ('PENDING', 'SENDING', 'RESENDING') AND attempt_count >= 0
-               AND next_attempt_at > $1";
+pub const NEXT_DUE_AFTER_SQL: &str = concat!(
+    "SELECT min(next_attempt_at) FROM delivery_status WHERE ",
+    next_index_filter!(),
+    " AND next_attempt_at > $1"
+);
 
 /// When the earliest unfinished delivery that is not due by `cutoff` falls
 /// due (the leader's retry timer after a takeover and on each interval
