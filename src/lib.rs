@@ -9,12 +9,13 @@
 //! `db` (connections, pool, migrations, queries), `lock` (the leader's advisory
 //! lock), `state` (the pure delivery state machine), `delivery` (signing, HTTP,
 //! one delivery's worker step), `reconcile` (the leader loop and its
-//! workers), `service` (the daemon, signals, systemd, metrics), `sink` (the development receiver)
-//! and `cli` (commands).
+//! workers), `service` (the daemon, signals, systemd, metrics), `sink` (the development receiver),
+//! `console` (the embedded web console's files) and `cli` (commands).
 
 pub mod cli;
 pub mod config;
 pub mod config_check;
+pub mod console;
 pub mod db;
 pub mod delivery;
 pub mod http_server;
