@@ -1,0 +1,406 @@
+"""Browser scenarios for the web console, run by tests/console.rs.
+
+Usage: python scenarios.py SCENARIO PARAMS.json RESULTS.json
+
+The Rust test starts the real daemon (API and console on 127.0.0.1), seeds
+PostgreSQL through the real CLI, writes what the scenario needs (base URL,
+tokens, ids) to PARAMS.json, runs one scenario here and checks the outcome
+through the CLI afterwards. This script drives Debian's Chromium
+(`executable_path`, never Playwright's own browser download) with
+Playwright's sync API, writes what the Rust side must check to
+RESULTS.json, and exits 1 with one clear message when the page does not
+behave.
+
+Every scenario also watches the whole page: an uncaught script error, a
+Content-Security-Policy violation, a JavaScript dialog or a request that
+leaves the console's own origin fails it.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from urllib.parse import urlsplit
+
+from playwright.sync_api import sync_playwright, expect
+
+TIMEOUT_MS = 15_000
+UNFINISHED = ("PENDING", "SENDING", "RESENDING")
+
+
+class Failure(Exception):
+    """A scenario's check failed; the message says which and why."""
+
+
+def check(cond, message):
+    if not cond:
+        raise Failure(message)
+
+
+class Console:
+    """One browser page on the console, with everything it did recorded."""
+
+    def __init__(self, browser, base, width=1280, height=900):
+        self.base = base.rstrip("/")
+        self.origin = urlsplit(self.base).netloc
+        self.context = browser.new_context(viewport={"width": width, "height": height})
+        self.context.set_default_timeout(TIMEOUT_MS)
+        expect.set_options(timeout=TIMEOUT_MS)
+        self.page = self.context.new_page()
+        self.requests = []
+        self.problems = []
+        self.page.on("request", lambda r: self.requests.append(r.url))
+        self.page.on("pageerror", lambda e: self.problems.append(f"uncaught script error: {e}"))
+        self.page.on("dialog", self._dialog)
+        self.page.on("console", self._console)
+
+    def _dialog(self, dialog):
+        self.problems.append(f"a {dialog.type} dialog opened: {dialog.message!r}")
+        dialog.dismiss()
+
+    def _console(self, msg):
+        text = msg.text
+        if "Content Security Policy" in text or "Content-Security-Policy" in text:
+            self.problems.append(f"CSP violation: {text}")
+
+    def open(self, fragment=""):
+        self.page.goto(f"{self.base}/console/{fragment}")
+
+    def sign_in(self, token):
+        """Signs in through the form, with the keyboard only."""
+        self.open()
+        token_box = self.page.locator("#token")
+        expect(token_box).to_be_focused()
+        self.page.keyboard.type(token)
+        self.page.keyboard.press("Enter")
+        self.wait_signed_in()
+
+    def sign_in_by_link(self, token):
+        """Opens the customer link /console/#token=…"""
+        self.open(f"#token={token}")
+        self.wait_signed_in()
+        check("token=" not in self.page.url, f"the token is still in the address bar: {self.page.url}")
+        stored = self.page.evaluate("() => sessionStorage.getItem('nr-console.token')")
+        check(stored == token, "the token from the link was not kept in sessionStorage")
+
+    def wait_signed_in(self):
+        expect(self.page.locator("#nav")).to_be_visible()
+        self.page.wait_for_function("() => (document.body.dataset.rendered || 'x') !== 'signin' && document.body.dataset.rendered !== undefined")
+        self.no_error()
+
+    def go(self, fragment):
+        """Navigates inside the console (hash routing) and waits for the page."""
+        self.page.evaluate("h => { location.hash = h; }", fragment)
+        self.page.wait_for_function("h => document.body.dataset.rendered === h", arg=fragment)
+
+    def no_error(self):
+        box = self.page.locator("#error")
+        if box.is_visible():
+            raise Failure(f"the page shows an error: {box.inner_text()}")
+
+    def finish(self):
+        """The checks every scenario ends with."""
+        check(not self.problems, "; ".join(self.problems))
+        strays = [u for u in self.requests
+                  if urlsplit(u).scheme not in ("data", "blob") and urlsplit(u).netloc != self.origin]
+        check(not strays, f"requests left the console's origin: {strays}")
+        self.context.close()
+
+
+# --- scenarios ---------------------------------------------------------------
+
+
+def namespace_isolation(browser, p, out):
+    """A namespace token lists its own channels and events only; another
+    namespace's event is not found; an admin token can switch namespaces;
+    the keyboard reaches the pages; signing out forgets the token."""
+    c = Console(browser, p["base"])
+    c.sign_in(p["token"])
+    ns = c.page.locator("#namespace")
+    expect(ns).to_have_value(p["namespace"])
+    check(ns.get_attribute("readonly") is not None, "a namespace token can type another namespace")
+
+    # Keyboard: Tab from the top reaches the "Channels" link; Enter opens it.
+    c.page.locator("#skip").focus()
+    for _ in range(10):
+        c.page.keyboard.press("Tab")
+        if c.page.evaluate("() => document.activeElement.textContent") == "Channels":
+            break
+    c.page.keyboard.press("Enter")
+    expect(c.page.locator("main h1")).to_have_text("Channels")
+
+    table = c.page.locator("#channels")
+    for name in p["own_channels"]:
+        expect(table.get_by_role("link", name=name, exact=True)).to_be_visible()
+    text = table.inner_text()
+    for name in p["other_channels"]:
+        check(name not in text, f"another namespace's channel {name!r} is listed")
+
+    c.go("#/events")
+    events = c.page.locator("#events")
+    for event_id in p["own_events"]:
+        expect(events.locator(f"tr[data-event='{event_id}']")).to_have_count(1)
+    for event_id in p["other_events"]:
+        expect(events.locator(f"tr[data-event='{event_id}']")).to_have_count(0)
+
+    # Another namespace's event, asked for by id: the API's 404 message.
+    c.go(f"#/events/{p['other_events'][0]}")
+    expect(c.page.locator("main h1")).to_have_text("Cannot show this page")
+    expect(c.page.locator("#error")).to_contain_text("HTTP 404")
+
+    c.page.get_by_role("button", name="Sign out").click()
+    expect(c.page.locator("#signin-form")).to_be_visible()
+    check(c.page.evaluate("() => sessionStorage.length") == 0, "sign-out left the token in sessionStorage")
+
+    # An admin picks any namespace.
+    c.sign_in(p["admin_token"])
+    options = c.page.locator("#namespaces option")
+    listed = [options.nth(i).get_attribute("value") for i in range(options.count())]
+    for want in (p["namespace"], p["other_namespace"]):
+        check(want in listed, f"admin namespace list {listed} lacks {want!r}")
+    c.go("#/channels")
+    c.page.locator("#namespace").fill(p["other_namespace"])
+    c.page.locator("#namespace").press("Enter")
+    expect(c.page.locator("#channels")).to_contain_text(p["other_channels"][0])
+    check(p["own_channels"][0] not in c.page.locator("#channels").inner_text(),
+          "after switching namespace the first namespace's channels are still listed")
+    c.finish()
+
+
+def event_detail(browser, p, out):
+    """An event whose endpoint answered 500 then 200 shows both attempts;
+    the resend button moves it to RESENDING and the page itself shows
+    SUCCESS once the receiver got it again. Takes the README screenshot,
+    then checks the page at 375 px wide."""
+    c = Console(browser, p["base"], width=1200, height=900)
+    c.sign_in_by_link(p["token"])
+    c.go(f"#/events/{p['event_id']}")
+    delivery = c.page.locator(f"article.delivery[data-channel='{p['channel_id']}']")
+    expect(delivery).to_have_attribute("data-state", "SUCCESS")
+    expect(delivery.locator("h3")).to_contain_text(p["channel_name"])
+    statuses = delivery.locator("tr.attempt td.http-status")
+    expect(statuses).to_have_text(["500", "200"])
+    expect(delivery.locator("tr.attempt").first).to_contain_text("database is down")
+    expect(c.page.locator("#payload")).to_contain_text('"invoice": "in_1042"')
+
+    delivery.get_by_role("button", name="Resend").click()
+    expect(c.page.locator("#notice")).to_contain_text("Resent to")
+    expect(delivery).to_have_attribute("data-state", "RESENDING")
+    out["saw_resending"] = True
+    # No reload by the test: the page refreshes itself while unfinished.
+    expect(delivery).to_have_attribute("data-state", "SUCCESS", timeout=30_000)
+    expect(statuses).to_have_text(["500", "200", "200"])
+    c.no_error()
+
+    c.page.locator("#notice").evaluate("n => { n.hidden = true; }")
+    c.page.screenshot(path=p["screenshot"], full_page=True)
+    out["screenshot"] = p["screenshot"]
+
+    c.page.set_viewport_size({"width": 375, "height": 800})
+    for fragment in ("#/", "#/channels", "#/events", f"#/events/{p['event_id']}", f"#/channels/{p['channel_id']}", "#/recover"):
+        c.go(fragment)
+        wide = c.page.evaluate("() => document.documentElement.scrollWidth")
+        check(wide <= 375, f"{fragment} is {wide} px wide at a 375 px viewport (horizontal scrolling)")
+    c.finish()
+
+
+def create_and_edit(browser, p, out):
+    """A channel created and edited in the console, tested, its secret shown
+    and rotated, then disabled; the Rust side compares `channel list --json`."""
+    c = Console(browser, p["base"])
+    c.sign_in(p["token"])
+    c.go("#/channels")
+    form = c.page.locator("#create-channel")
+    form.get_by_label("Name").fill(p["name"])
+    form.get_by_label("URL").fill(p["url"])
+    form.get_by_label("Headers").fill("X-Team: billing")
+    form.get_by_role("button", name="Create channel").click()
+    expect(c.page.locator("main h1")).to_have_text(p["name"])
+    expect(c.page.locator("#notice")).to_contain_text("created")
+    out["channel_id"] = c.page.locator("main dl.facts code").first.inner_text()
+
+    # A refused edit shows the API's message.
+    edit = c.page.locator("#edit-channel")
+    edit.get_by_label("URL").fill("ftp://127.0.0.1/hook")
+    edit.get_by_role("button", name="Save changes").click()
+    expect(c.page.locator("#error")).to_contain_text("Refused (HTTP 4")
+    out["refused_message"] = c.page.locator("#error").inner_text()
+
+    edit.get_by_label("Name").fill(p["new_name"])
+    edit.get_by_label("URL").fill(p["new_url"])
+    edit.get_by_label("Headers").fill("X-Team: payments\nX-Env: test")
+    edit.get_by_role("button", name="Save changes").click()
+    expect(c.page.locator("#notice")).to_contain_text("Channel saved.")
+    expect(c.page.locator("#error")).to_be_hidden()
+    expect(c.page.locator("main h1")).to_have_text(p["new_name"])
+    expect(c.page.locator("#channel-url")).to_have_text(p["new_url"])
+
+    c.page.get_by_role("button", name="Send test event").click()
+    expect(c.page.locator("#notice")).to_contain_text("Test event sent")
+    link = c.page.locator("#notice a").first
+    out["test_event_id"] = link.inner_text()
+    # Follow it until it is delivered, then come back (disabling the
+    # channel first would fail the test event).
+    link.click()
+    expect(c.page.locator("main h1")).to_contain_text("webhook.test")
+    expect(c.page.locator("article.delivery")).to_have_attribute("data-state", "SUCCESS", timeout=30_000)
+    c.page.go_back()
+    expect(c.page.locator("main h1")).to_have_text(p["new_name"])
+
+    check(c.page.locator("#secret-value").count() == 0, "the secret is shown without being asked for")
+    c.page.get_by_role("button", name="Show signing secret").click()
+    expect(c.page.locator("#secret-value")).to_contain_text("whsec_")
+    out["secret_before"] = c.page.locator("#secret-value").inner_text()
+
+    rotate = c.page.locator("#rotate-secret")
+    rotate.get_by_label("Overlap").fill("24h")
+    rotate.get_by_role("button", name="Rotate secret").click()
+    expect(c.page.locator("#notice")).to_contain_text("Secret rotated")
+    c.page.get_by_role("button", name="Show signing secret").click()
+    expect(c.page.locator("#secret-value")).to_contain_text("whsec_")
+    out["secret_after"] = c.page.locator("#secret-value").inner_text()
+
+    c.page.get_by_role("button", name="Disable").click()
+    expect(c.page.get_by_role("button", name="Enable")).to_be_visible()
+    c.no_error()
+    c.finish()
+
+
+HOSTILE_MARKERS = ("window.__pwned", "onerror")
+
+
+def hostile_text(browser, p, out):
+    """Names, payloads, headers and response bodies holding HTML render as
+    text: no script runs, no dialog opens, no request for `x` is made."""
+    c = Console(browser, p["base"])
+    c.sign_in(p["token"])
+    pages = [
+        "#/",
+        "#/channels",
+        f"#/channels/{p['channel_id']}",
+        "#/events",
+        f"#/events/{p['event_id']}",
+        f"#/events?channel={p['channel_id']}",
+        f"#/recover?channel={p['channel_id']}",
+    ]
+    for fragment in pages:
+        c.go(fragment)
+        c.page.wait_for_timeout(200)  # let any injected image or script try
+        check(c.page.evaluate("() => window.__pwned === undefined"), f"{fragment}: an injected script ran")
+        imgs = c.page.locator("main img, #notice img, #error img").count()
+        check(imgs == 0, f"{fragment}: {imgs} <img> element(s) came from data")
+        scripts = c.page.locator("script").count()
+        check(scripts == 1, f"{fragment}: {scripts} <script> elements (only the module should exist)")
+    c.go(f"#/channels/{p['channel_id']}")
+    expect(c.page.locator("main h1")).to_have_text(p["channel_name"])
+    expect(c.page.locator("#channel-headers")).to_contain_text(p["header_value"])
+    c.go("#/channels")
+    expect(c.page.locator("#channels").get_by_role("link", name=p["channel_name"], exact=True)).to_be_visible()
+    c.go(f"#/events/{p['event_id']}")
+    payload = json.loads(c.page.locator("#payload").inner_text())
+    check(payload == p["payload"], f"payload shown as {payload!r}, sent {p['payload']!r}")
+    expect(c.page.locator("article.delivery h3")).to_contain_text(p["channel_name"])
+    expect(c.page.locator("tr.attempt pre.body").first).to_have_text(p["response_body"])
+    strays = [u for u in c.requests if urlsplit(u).path.endswith("/x")]
+    check(not strays, f"a request for the injected image was made: {strays}")
+    c.finish()
+
+
+def read_only(browser, p, out):
+    """A read-only token (signed in by a customer link) sees the pages
+    without a single write button."""
+    c = Console(browser, p["base"])
+    c.sign_in_by_link(p["token"])
+    expect(c.page.locator("#who")).to_contain_text("read-only")
+    c.go("#/channels")
+    expect(c.page.locator("#channels")).to_contain_text(p["channel_name"])
+    check(c.page.locator("#create-channel").count() == 0, "the create form is offered to a read-only token")
+    c.go(f"#/channels/{p['channel_id']}")
+    for sel in ("#edit-channel", "#rotate-secret", "#disable", "#enable", "#send-test", "#delete"):
+        check(c.page.locator(sel).count() == 0, f"{sel} is offered to a read-only token")
+    expect(c.page.locator("main .note")).to_contain_text("read-only")
+    c.go(f"#/events/{p['event_id']}")
+    expect(c.page.locator("article.delivery").first).to_be_visible()
+    check(c.page.get_by_role("button", name="Resend").count() == 0, "a resend button is offered to a read-only token")
+    c.go("#/recover")
+    check(c.page.locator("#recover").count() == 0, "the recover form is offered to a read-only token")
+    buttons = [b.strip() for b in c.page.locator("main button").all_inner_texts()]
+    check(all(b in ("Show signing secret", "Refresh", "Apply") for b in buttons), f"unexpected buttons {buttons}")
+    c.no_error()
+    c.finish()
+
+
+def recover(browser, p, out):
+    """The recover page counts with a dry run, then resends on a second click."""
+    c = Console(browser, p["base"])
+    c.sign_in(p["token"])
+    c.go(f"#/recover?channel={p['channel_id']}")
+    form = c.page.locator("#recover")
+    expect(form.get_by_label("Channel")).to_have_value(p["channel_id"])
+    form.get_by_label("Since").fill("1h")
+    form.get_by_label("Deliveries in state").select_option("FAILED")
+    form.get_by_role("button", name="Count deliveries").click()
+    expect(c.page.locator("#recover-count")).to_contain_text(f"{p['expected']} deliveries would be resent")
+    out["counted_at"] = time.time()
+    c.page.locator("#recover-confirm").click()
+    expect(c.page.locator("#recover-done")).to_contain_text(f"Resent {p['expected']} deliveries")
+    c.no_error()
+    c.finish()
+
+
+def revoked(browser, p, out):
+    """A token revoked while signed in returns the page to the sign-in form
+    with the API's message."""
+    c = Console(browser, p["base"])
+    c.sign_in(p["token"])
+    done = subprocess.run(p["revoke"], capture_output=True, text=True, timeout=60)
+    check(done.returncode == 0, f"revoking failed: {done.stderr}")
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        c.page.locator("#nav a", has_text="Channels").click()
+        c.page.wait_for_timeout(300)
+        if c.page.locator("#signin-form").is_visible():
+            break
+        c.page.locator("#nav a", has_text="Overview").click()
+        c.page.wait_for_timeout(300)
+        if c.page.locator("#signin-form").is_visible():
+            break
+    expect(c.page.locator("#signin-form")).to_be_visible()
+    expect(c.page.locator("#error")).to_contain_text("Signed out")
+    check(c.page.evaluate("() => sessionStorage.length") == 0, "the revoked token is still in sessionStorage")
+    check(not c.page.locator("#nav").is_visible(), "the page navigation is still shown after sign-out")
+    c.finish()
+
+
+SCENARIOS = {f.__name__: f for f in (namespace_isolation, event_detail, create_and_edit, hostile_text, read_only, recover, revoked)}
+
+
+def main():
+    if len(sys.argv) != 4 or sys.argv[1] not in SCENARIOS:
+        print(f"usage: {sys.argv[0]} {{{'|'.join(SCENARIOS)}}} PARAMS.json RESULTS.json", file=sys.stderr)
+        return 2
+    name, params_path, results_path = sys.argv[1:]
+    with open(params_path, encoding="utf-8") as f:
+        params = json.load(f)
+    chromium = os.environ.get("NR_CHROMIUM", "/usr/bin/chromium")
+    out = {}
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, headless=True)
+        try:
+            SCENARIOS[name](browser, params, out)
+        except Failure as e:
+            print(f"console scenario {name}: {e}", file=sys.stderr)
+            return 1
+        except AssertionError as e:
+            print(f"console scenario {name}: {e}", file=sys.stderr)
+            return 1
+        finally:
+            browser.close()
+    with open(results_path, "w", encoding="utf-8") as f:
+        json.dump(out, f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
