@@ -84,6 +84,7 @@ function showSignIn(message) {
   if (message) showError({ message });
   else clearError();
   document.title = "Sign in · notification-reconciler";
+  document.body.dataset.rendered = "signin";
   renderSignIn($("main"), (token) => {
     clearError();
     session.clear();
@@ -174,6 +175,8 @@ async function route(navigated) {
   }
   const { path, params } = parseHash();
   const main = $("main");
+  // Tests (and anyone curious) can tell when this address is fully shown.
+  delete document.body.dataset.rendered;
   const found = ROUTES.map((r) => [r, path.match(r.pattern)]).find(([, m]) => m);
   for (const link of $("nav").querySelectorAll("a")) {
     if (found && link.dataset.page === found[0].page) link.setAttribute("aria-current", "page");
@@ -182,12 +185,14 @@ async function route(navigated) {
   const ns = session.namespace || "";
   if (!found) {
     main.replaceChildren(h("h1", { tabindex: "-1" }, "No such page"), h("p", {}, h("a", { href: "#/" }, "Go to the overview")));
+    document.body.dataset.rendered = location.hash;
     return;
   }
   const [r, match] = found;
   if (!ns && r.page !== "overview") {
     main.replaceChildren(h("h1", { tabindex: "-1" }, "Pick a namespace"),
       h("p", {}, "Type a namespace in the box at the top to see its channels and events."));
+    document.body.dataset.rendered = location.hash;
     return;
   }
   const ctx = {
@@ -251,6 +256,7 @@ async function route(navigated) {
       main.replaceChildren(h("h1", { tabindex: "-1" }, "Cannot show this page"), h("p", {}, err.message));
     }
   }
+  if (current()) document.body.dataset.rendered = location.hash;
   if (navigated && current()) {
     const heading = main.querySelector("h1");
     if (heading) {
@@ -263,7 +269,7 @@ async function route(navigated) {
 // --- start -------------------------------------------------------------------
 
 function start() {
-  onUnauthorized((err) => signOut(`Signed out: ${err.message}`));
+  onUnauthorized((err) => signOut(state.me ? `Signed out: ${err.message}` : `Sign-in refused: ${err.message}`));
   $("signout").addEventListener("click", () => signOut(null));
   $("skip").addEventListener("click", (e) => {
     e.preventDefault();
