@@ -206,7 +206,9 @@ async function route(navigated) {
     // Replaces the page with `nodes` if this render is still the current one.
     show(...nodes) {
       if (!current()) return;
-      main.replaceChildren(...nodes);
+      // Through h(), so that null parts (a section left out) add nothing
+      // rather than the text "null".
+      main.replaceChildren(...h("div", {}, ...nodes).childNodes);
       const title = main.querySelector("h1");
       document.title = `${title ? title.textContent : "Console"} · ${ns} · notification-reconciler`;
     },

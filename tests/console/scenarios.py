@@ -93,6 +93,16 @@ class Console:
         """Navigates inside the console (hash routing) and waits for the page."""
         self.page.evaluate("h => { location.hash = h; }", fragment)
         self.page.wait_for_function("h => document.body.dataset.rendered === h", arg=fragment)
+        self.no_stray_text(fragment)
+
+    def no_stray_text(self, where):
+        """No JavaScript value leaked into the page as text ("null", …)."""
+        stray = self.page.evaluate("""() => [...document.querySelectorAll('body, body *')]
+            .flatMap((e) => [...e.childNodes])
+            .filter((n) => n.nodeType === Node.TEXT_NODE)
+            .map((n) => n.textContent.trim())
+            .filter((t) => /^(null|undefined|NaN|\\[object Object\\])$/.test(t))""")
+        check(not stray, f"{where}: the page shows {stray}")
 
     def no_error(self):
         box = self.page.locator("#error")
