@@ -1,40 +1,35 @@
-//! `rule create|list`.
+//! `rule create|list|delete`: parses the flags, calls `ops::rules`, prints
+//! the result.
 
 use std::process::ExitCode;
 
-use super::channel::non_empty;
-use super::{RuleCommand, UsageError};
+use super::{ops_error, RuleCommand};
 use crate::config::Config;
-use crate::db::{channels, rules};
+use crate::ops::rules::{self, NewRuleInput};
 
 /// Runs one `rule` subcommand.
 pub fn run(config: &Config, command: RuleCommand) -> anyhow::Result<ExitCode> {
+    let mut client = super::connect(config)?;
     match command {
         RuleCommand::Create {
             namespace,
             name,
             event_type,
-            channels: ids,
+            channels,
         } => {
-            non_empty("--namespace", &namespace)?;
-            non_empty("--name", &name)?;
-            non_empty("--event-type", &event_type)?;
-            let mut client = super::connect(config)?;
-            let missing = channels::missing(&mut client, &namespace, &ids)?;
-            if !missing.is_empty() {
-                let list: Vec<String> = missing.iter().map(|u| u.to_string()).collect();
-                return Err(UsageError(format!(
-                    "no channel {} in namespace {namespace:?} (unknown, deleted, or of another namespace)",
-                    list.join(", ")
-                ))
-                .into());
-            }
-            let id = rules::create(&mut client, &namespace, &name, &event_type, &ids)?;
-            println!("{id}");
+            let input = NewRuleInput {
+                namespace,
+                name,
+                event_type,
+                channels,
+            };
+            let rule = rules::create(&mut client, input).map_err(ops_error)?;
+            println!("{}", rule.id);
         }
         RuleCommand::List { namespace, json } => {
-            let mut client = super::connect(config)?;
-            let list = rules::list(&mut client, namespace.as_deref())?;
+            let list = rules::list(&mut client, namespace.as_deref(), None)
+                .map_err(ops_error)?
+                .items;
             if json {
                 super::print_json(&list)?;
             } else {
@@ -51,6 +46,10 @@ pub fn run(config: &Config, command: RuleCommand) -> anyhow::Result<ExitCode> {
                     );
                 }
             }
+        }
+        RuleCommand::Delete { id } => {
+            rules::delete(&mut client, None, id).map_err(ops_error)?;
+            eprintln!("rule {id} deleted");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -55,6 +55,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0006_due_plans",
         sql: include_str!("migrations/0006_due_plans.sql"),
     },
+    Migration {
+        version: 7,
+        name: "0007_api",
+        sql: include_str!("migrations/0007_api.sql"),
+    },
 ];
 
 /// The schema version this binary needs.

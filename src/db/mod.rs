@@ -10,9 +10,11 @@
 pub mod channels;
 pub mod due;
 pub mod events;
+pub mod idempotency;
 pub mod leaders;
 pub mod migrate;
 pub mod rules;
+pub mod tokens;
 pub mod shards;
 pub mod statuses;
 

@@ -61,17 +61,36 @@ pub fn list(
     client: &mut impl GenericClient,
     namespace: Option<&str>,
 ) -> Result<Vec<Rule>, DbError> {
+    list_after(client, namespace, None, None)
+}
+
+/// The query of every rule read: live rules with their channels; `$1`
+/// namespace or NULL, `$2`/`$3` keyset (created_at, id) or NULL, `$4`
+/// limit or NULL, `$5` one id or NULL.
+const SELECT_SQL: &str = "SELECT r.id, r.namespace, r.name, r.event_type, r.disabled,
+        coalesce(array_agg(rc.channel_id ORDER BY rc.channel_id)
+                 FILTER (WHERE rc.channel_id IS NOT NULL), '{}'),
+        r.created_at, r.updated_at
+ FROM rule r LEFT JOIN rule_channel rc ON rc.rule_id = r.id
+ WHERE r.deleted_at IS NULL AND ($1::text IS NULL OR r.namespace = $1)
+   AND ($2::timestamptz IS NULL OR (r.created_at, r.id) > ($2, $3::uuid))
+   AND ($5::uuid IS NULL OR r.id = $5)
+ GROUP BY r.id
+ ORDER BY r.namespace, r.created_at, r.id
+ LIMIT $4";
+
+fn query(
+    client: &mut impl GenericClient,
+    namespace: Option<&str>,
+    after: Option<(DateTime<Utc>, Uuid)>,
+    limit: Option<i64>,
+    id: Option<Uuid>,
+) -> Result<Vec<Rule>, DbError> {
+    let (after_at, after_id) = after.unzip();
     let rows = client
         .query(
-            "SELECT r.id, r.namespace, r.name, r.event_type, r.disabled,
-                    coalesce(array_agg(rc.channel_id ORDER BY rc.channel_id)
-                             FILTER (WHERE rc.channel_id IS NOT NULL), '{}'),
-                    r.created_at, r.updated_at
-             FROM rule r LEFT JOIN rule_channel rc ON rc.rule_id = r.id
-             WHERE r.deleted_at IS NULL AND ($1::text IS NULL OR r.namespace = $1)
-             GROUP BY r.id
-             ORDER BY r.namespace, r.created_at, r.id",
-            &[&namespace],
+            SELECT_SQL,
+            &[&namespace, &after_at, &after_id, &limit, &id],
         )
         .map_err(DbError::query("listing rules"))?;
     Ok(rows
@@ -87,4 +106,34 @@ pub fn list(
             updated_at: r.get(7),
         })
         .collect())
+}
+
+/// Lists live rules in (namespace, created_at, id) order, optionally of one
+/// namespace, after `after` = (created_at, id) within it, at most `limit`.
+pub fn list_after(
+    client: &mut impl GenericClient,
+    namespace: Option<&str>,
+    after: Option<(DateTime<Utc>, Uuid)>,
+    limit: Option<i64>,
+) -> Result<Vec<Rule>, DbError> {
+    query(client, namespace, after, limit, None)
+}
+
+/// One live rule; `None` when there is none with that id.
+pub fn get(client: &mut impl GenericClient, id: Uuid) -> Result<Option<Rule>, DbError> {
+    Ok(query(client, None, None, Some(1), Some(id))?.pop())
+}
+
+/// Soft-deletes a rule: it matches no new event from now on; deliveries
+/// already enqueued for its events go on (its channel assignment is kept).
+/// False when no live rule has that id.
+pub fn delete(client: &mut impl GenericClient, id: Uuid) -> Result<bool, DbError> {
+    let n = client
+        .execute(
+            "UPDATE rule SET deleted_at = now(), updated_at = now()
+             WHERE id = $1 AND deleted_at IS NULL",
+            &[&id],
+        )
+        .map_err(DbError::query("deleting a rule"))?;
+    Ok(n == 1)
 }
