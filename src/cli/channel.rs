@@ -29,6 +29,7 @@ pub fn run(config: &Config, command: ChannelCommand) -> anyhow::Result<ExitCode>
                 secret,
                 disabled,
             };
+            channels::check_new(&guard, &input).map_err(ops_error)?;
             let mut client = super::connect(config)?;
             let created = channels::create(&mut client, &guard, input).map_err(ops_error)?;
             println!("{}", created.channel.channel.id);
@@ -90,8 +91,9 @@ pub fn run(config: &Config, command: ChannelCommand) -> anyhow::Result<ExitCode>
                 )
                 .into());
             }
-            let mut client = super::connect(config)?;
             let patch = ChannelPatch { name, url, headers };
+            channels::check_patch(&guard, &patch).map_err(ops_error)?;
+            let mut client = super::connect(config)?;
             channels::update(&mut client, &guard, None, id, patch).map_err(ops_error)?;
             eprintln!("channel {id} updated");
         }
@@ -115,6 +117,7 @@ pub fn run(config: &Config, command: ChannelCommand) -> anyhow::Result<ExitCode>
             secret,
             overlap,
         } => {
+            channels::check_rotation(secret.as_deref(), overlap).map_err(ops_error)?;
             let mut client = super::connect(config)?;
             let rotated = channels::rotate_secret(&mut client, None, id, secret, overlap)
                 .map_err(ops_error)?;

@@ -9,6 +9,21 @@ use crate::ops::rules::{self, NewRuleInput};
 
 /// Runs one `rule` subcommand.
 pub fn run(config: &Config, command: RuleCommand) -> anyhow::Result<ExitCode> {
+    if let RuleCommand::Create {
+        namespace,
+        name,
+        event_type,
+        channels,
+    } = &command
+    {
+        rules::check_new(&NewRuleInput {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            event_type: event_type.clone(),
+            channels: channels.clone(),
+        })
+        .map_err(ops_error)?;
+    }
     let mut client = super::connect(config)?;
     match command {
         RuleCommand::Create {

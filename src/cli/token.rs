@@ -9,7 +9,7 @@ use crate::ops::tokens::{self, NewTokenInput};
 
 /// Runs one `token` subcommand.
 pub fn run(config: &Config, command: TokenCommand) -> anyhow::Result<ExitCode> {
-    let mut client = super::connect(config)?;
+    let connect = || super::connect(config);
     match command {
         TokenCommand::Create {
             name,
@@ -24,7 +24,8 @@ pub fn run(config: &Config, command: TokenCommand) -> anyhow::Result<ExitCode> {
                 read_only,
                 expires,
             };
-            let created = tokens::create(&mut client, input).map_err(ops_error)?;
+            tokens::check_new(&input).map_err(ops_error)?;
+            let created = tokens::create(&mut connect()?, input).map_err(ops_error)?;
             println!("{}", created.token);
             let r = &created.record;
             eprintln!(
@@ -43,7 +44,7 @@ pub fn run(config: &Config, command: TokenCommand) -> anyhow::Result<ExitCode> {
             );
         }
         TokenCommand::List { json } => {
-            let list = tokens::list(&mut client).map_err(ops_error)?;
+            let list = tokens::list(&mut connect()?).map_err(ops_error)?;
             if json {
                 super::print_json(&list)?;
             } else {
@@ -68,7 +69,7 @@ pub fn run(config: &Config, command: TokenCommand) -> anyhow::Result<ExitCode> {
             }
         }
         TokenCommand::Revoke { id } => {
-            tokens::revoke(&mut client, id).map_err(ops_error)?;
+            tokens::revoke(&mut connect()?, id).map_err(ops_error)?;
             eprintln!("token {id} revoked");
         }
     }

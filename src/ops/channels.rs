@@ -118,15 +118,27 @@ pub fn new_secret(secret: Option<String>) -> Result<String, OpsError> {
     }
 }
 
+/// Checks a new channel without the database (the command line does this
+/// before it connects, so a typo is a usage error even with the database
+/// down); [`create`] checks again.
+pub fn check_new(guard: &Guard, input: &NewChannelInput) -> Result<(), OpsError> {
+    name_like("namespace", &input.namespace)?;
+    name_like("name", &input.name)?;
+    check_url(guard, &input.url)?;
+    headers_object(&input.headers)?;
+    if let Some(s) = &input.secret {
+        Secret::parse(s).map_err(|e| OpsError::invalid("secret", e.to_string()))?;
+    }
+    Ok(())
+}
+
 /// Creates a channel.
 pub fn create(
     client: &mut postgres::Client,
     guard: &Guard,
     input: NewChannelInput,
 ) -> Result<Created, OpsError> {
-    name_like("namespace", &input.namespace)?;
-    name_like("name", &input.name)?;
-    check_url(guard, &input.url)?;
+    check_new(guard, &input)?;
     let headers = headers_object(&input.headers)?;
     let secret = new_secret(input.secret)?;
     let id = channels::create(
@@ -219,6 +231,20 @@ pub struct ChannelPatch {
     pub headers: Option<Vec<(String, String)>>,
 }
 
+/// Checks a channel change without the database.
+pub fn check_patch(guard: &Guard, patch: &ChannelPatch) -> Result<(), OpsError> {
+    if let Some(name) = &patch.name {
+        name_like("name", name)?;
+    }
+    if let Some(url) = &patch.url {
+        check_url(guard, url)?;
+    }
+    if let Some(headers) = &patch.headers {
+        headers_object(headers)?;
+    }
+    Ok(())
+}
+
 /// Changes a channel's name, URL or headers. Deliveries already enqueued go
 /// to the new URL from their next attempt; the delivery record is kept.
 pub fn update(
@@ -228,12 +254,7 @@ pub fn update(
     id: Uuid,
     patch: ChannelPatch,
 ) -> Result<ChannelView, OpsError> {
-    if let Some(name) = &patch.name {
-        name_like("name", name)?;
-    }
-    if let Some(url) = &patch.url {
-        check_url(guard, url)?;
-    }
+    check_patch(guard, &patch)?;
     let headers = patch.headers.as_deref().map(headers_object).transpose()?;
     stored(client, namespace, id, false)?;
     let change = ChannelChange {
@@ -284,15 +305,12 @@ pub struct Rotated {
     pub previous_secret_until: Option<DateTime<Utc>>,
 }
 
-/// Replaces a channel's signing secret (`secret`, or a generated one); the
-/// old one stays valid for `overlap` (at most [`MAX_OVERLAP`]).
-pub fn rotate_secret(
-    client: &mut postgres::Client,
-    namespace: Option<&str>,
-    id: Uuid,
-    secret: Option<String>,
-    overlap: Duration,
-) -> Result<Rotated, OpsError> {
+/// Checks a rotation without the database: the overlap's bound and the
+/// given secret's form.
+pub fn check_rotation(secret: Option<&str>, overlap: Duration) -> Result<(), OpsError> {
+    if let Some(s) = secret {
+        Secret::parse(s).map_err(|e| OpsError::invalid("secret", e.to_string()))?;
+    }
     if overlap > MAX_OVERLAP {
         return Err(OpsError::invalid(
             "overlap",
@@ -303,6 +321,19 @@ pub fn rotate_secret(
             ),
         ));
     }
+    Ok(())
+}
+
+/// Replaces a channel's signing secret (`secret`, or a generated one); the
+/// old one stays valid for `overlap` (at most [`MAX_OVERLAP`]).
+pub fn rotate_secret(
+    client: &mut postgres::Client,
+    namespace: Option<&str>,
+    id: Uuid,
+    secret: Option<String>,
+    overlap: Duration,
+) -> Result<Rotated, OpsError> {
+    check_rotation(secret.as_deref(), overlap)?;
     let secret = new_secret(secret)?;
     stored(client, namespace, id, false)?;
     let until = channels::rotate_secret(client, id, &secret, overlap)?

@@ -21,14 +21,20 @@ pub struct NewRuleInput {
     pub channels: Vec<Uuid>,
 }
 
-/// Creates a rule.
-pub fn create(client: &mut postgres::Client, input: NewRuleInput) -> Result<Rule, OpsError> {
+/// Checks a new rule without the database.
+pub fn check_new(input: &NewRuleInput) -> Result<(), OpsError> {
     name_like("namespace", &input.namespace)?;
     name_like("name", &input.name)?;
     name_like("event_type", &input.event_type)?;
     if input.channels.is_empty() {
         return Err(OpsError::invalid("channels", "must name at least one channel"));
     }
+    Ok(())
+}
+
+/// Creates a rule.
+pub fn create(client: &mut postgres::Client, input: NewRuleInput) -> Result<Rule, OpsError> {
+    check_new(&input)?;
     let missing = channels::missing(client, &input.namespace, &input.channels)?;
     if !missing.is_empty() {
         let list: Vec<String> = missing.iter().map(|u| u.to_string()).collect();

@@ -46,16 +46,17 @@ pub fn hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-/// Makes a token.
-pub fn create(
-    client: &mut postgres::Client,
-    input: NewTokenInput,
-) -> Result<CreatedToken, OpsError> {
+/// Checks a new token without the database.
+pub fn check_new(input: &NewTokenInput) -> Result<(), OpsError> {
+    expiry_micros(input).map(|_| ())
+}
+
+fn expiry_micros(input: &NewTokenInput) -> Result<Option<i64>, OpsError> {
     name_like("name", &input.name)?;
     if let Some(ns) = &input.namespace {
         name_like("namespace", ns)?;
     }
-    let expires_in_micros = match input.expires {
+    Ok(match input.expires {
         None => None,
         Some(d) if d.is_zero() || d > MAX_EXPIRY => {
             return Err(OpsError::invalid(
@@ -68,7 +69,15 @@ pub fn create(
             ))
         }
         Some(d) => Some(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
-    };
+    })
+}
+
+/// Makes a token.
+pub fn create(
+    client: &mut postgres::Client,
+    input: NewTokenInput,
+) -> Result<CreatedToken, OpsError> {
+    let expires_in_micros = expiry_micros(&input)?;
     let bytes: [u8; 32] = rand::random();
     let token = format!(
         "{TOKEN_PREFIX}{}",
