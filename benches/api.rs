@@ -40,21 +40,47 @@ fn main() {
     let bin = Bin::for_database(&db.url);
     // Hold the leader lock: the daemon stands by and only serves the API.
     let mut lock = db.client();
-    let key = notification_reconciler::lock::derive_key("notification.event_handler.reconcile_lock");
+    let key =
+        notification_reconciler::lock::derive_key("notification.event_handler.reconcile_lock");
     let held: bool = lock
         .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
         .expect("bench: lock")
         .get(0);
     assert!(held, "bench: cannot hold the leader lock");
     let (daemon, api) = daemon_with_api("bench", &db.url, "");
-    let token = bin.ok(&["token", "create", "--name", "bench", "--namespace", NS]).trim().to_string();
+    let token = bin
+        .ok(&["token", "create", "--name", "bench", "--namespace", NS])
+        .trim()
+        .to_string();
     let channel = bin.ok(&[
-        "channel", "create", "--namespace", NS, "--name", "c", "--url", "http://127.0.0.1:9/",
+        "channel",
+        "create",
+        "--namespace",
+        NS,
+        "--name",
+        "c",
+        "--url",
+        "http://127.0.0.1:9/",
     ]);
-    bin.ok(&["rule", "create", "--namespace", NS, "--name", "r", "--event-type", TYPE, "--channel", channel.trim()]);
+    bin.ok(&[
+        "rule",
+        "create",
+        "--namespace",
+        NS,
+        "--name",
+        "r",
+        "--event-type",
+        TYPE,
+        "--channel",
+        channel.trim(),
+    ]);
     let base = format!("http://{api}");
     let rss_before = rss_kib(daemon.pid());
-    println!("machine: {} CPUs; daemon RSS before the runs: {} KiB", cpus(), rss_before);
+    println!(
+        "machine: {} CPUs; daemon RSS before the runs: {} KiB",
+        cpus(),
+        rss_before
+    );
 
     println!("\n1. POST events for {:?} per run", run_for);
     let mut peak_rss = rss_before;
@@ -150,7 +176,8 @@ fn direct_rate(url: &str, clients: usize, run_for: Duration) -> f64 {
                     .expect("bench: prepare");
                 let payload = serde_json::json!({"amount": 1, "note": "direct"});
                 while Instant::now() < until {
-                    c.query(&stmt, &[&NS, &TYPE, &payload]).expect("bench: enqueue");
+                    c.query(&stmt, &[&NS, &TYPE, &payload])
+                        .expect("bench: enqueue");
                     done.fetch_add(1, Ordering::Relaxed);
                 }
             });
@@ -191,7 +218,10 @@ fn api_rate(base: &str, token: &str, clients: usize, run_for: Duration, pid: u32
             std::thread::sleep(Duration::from_millis(100));
         }
     });
-    (done.load(Ordering::Relaxed) as f64 / run_for.as_secs_f64(), peak)
+    (
+        done.load(Ordering::Relaxed) as f64 / run_for.as_secs_f64(),
+        peak,
+    )
 }
 
 /// `n` finished events of the namespace, each with one SUCCESS delivery

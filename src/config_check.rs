@@ -166,7 +166,11 @@ mod tests {
     #[test]
     fn an_api_on_a_non_loopback_address_is_warned_about() {
         let w = warned("[api]\nlisten = \"0.0.0.0:8080\"\n");
-        assert!(w.iter().any(|w| w.contains("api.listen = \"0.0.0.0:8080\"")), "{w:?}");
+        assert!(
+            w.iter()
+                .any(|w| w.contains("api.listen = \"0.0.0.0:8080\"")),
+            "{w:?}"
+        );
         assert!(warned("[api]\nlisten = \"127.0.0.1:8080\"\n").is_empty());
     }
 

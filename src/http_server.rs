@@ -150,14 +150,17 @@ impl Default for Limits {
 /// (`None`: inside a request, not evictable).
 #[derive(Default)]
 struct Registry {
-    conns: std::sync::Mutex<std::collections::HashMap<u64, (TcpStream, Option<std::time::Instant>)>>,
+    conns:
+        std::sync::Mutex<std::collections::HashMap<u64, (TcpStream, Option<std::time::Instant>)>>,
 }
 
 impl Registry {
     fn lock(
         &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, (TcpStream, Option<std::time::Instant>)>>
-    {
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::HashMap<u64, (TcpStream, Option<std::time::Instant>)>,
+    > {
         // A panic elsewhere cannot leave the map half-changed: every change
         // is one insert, remove or field write.
         self.conns.lock().unwrap_or_else(|e| e.into_inner())
@@ -264,9 +267,13 @@ impl Server {
                         std::thread::Builder::new()
                             .name("http-conn".into())
                             .spawn(move || {
-                                if let Err(e) =
-                                    serve_connection(stream, limits, &*wrap, &*handler, slot.as_ref())
-                                {
+                                if let Err(e) = serve_connection(
+                                    stream,
+                                    limits,
+                                    &*wrap,
+                                    &*handler,
+                                    slot.as_ref(),
+                                ) {
                                     log::debug!("http connection ended: {e}");
                                 }
                             });
@@ -377,7 +384,11 @@ fn serve_connection(
         if request.header("transfer-encoding").is_some() {
             return respond(
                 reader.get_mut(),
-                &refusal(411, "length_required", "chunked bodies are not accepted: send Content-Length"),
+                &refusal(
+                    411,
+                    "length_required",
+                    "chunked bodies are not accepted: send Content-Length",
+                ),
                 true,
             );
         }

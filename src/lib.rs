@@ -12,12 +12,12 @@
 //! workers), `service` (the daemon, signals, systemd, metrics), `sink` (the development receiver)
 //! and `cli` (commands).
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod config_check;
-pub mod db;
-pub mod api;
 pub mod console;
+pub mod db;
 pub mod delivery;
 pub mod http_server;
 pub mod lock;

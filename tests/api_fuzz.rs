@@ -21,7 +21,10 @@ use support::migrated_db;
 fn schemathesis() -> Option<PathBuf> {
     let candidates = [
         std::env::var_os("NR_PYTHON_BIN").map(|d| PathBuf::from(d).join("st")),
-        Some(PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/py/bin/st"))),
+        Some(PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/target/py/bin/st"
+        ))),
     ];
     for c in candidates.into_iter().flatten() {
         if c.is_file() {
@@ -51,7 +54,13 @@ fn schemathesis_finds_no_server_error_and_no_answer_against_the_document() {
     let token = out.trim().to_string();
     // Some objects for the operations that read one (ids the fuzzer will
     // mostly not guess: those answer 404, which the document allows).
-    let c = call(api, "POST", "/v1/namespaces/fuzz/channels", Some(&token), Some(&json!({"name": "c", "url": "http://127.0.0.1:9/"})));
+    let c = call(
+        api,
+        "POST",
+        "/v1/namespaces/fuzz/channels",
+        Some(&token),
+        Some(&json!({"name": "c", "url": "http://127.0.0.1:9/"})),
+    );
     assert_eq!(c.status, 201, "{}", c.text);
     let report = tempfile::tempdir().expect("tempdir");
     let output = Command::new(&st)

@@ -74,7 +74,10 @@ impl TokenCache {
 /// The token of an `Authorization: Bearer TOKEN` header, or 401.
 fn bearer(header: Option<&str>) -> Result<&str, ApiError> {
     let header = header.ok_or_else(|| {
-        ApiError::new(401, "send an API token: Authorization: Bearer TOKEN (see `token create`)")
+        ApiError::new(
+            401,
+            "send an API token: Authorization: Bearer TOKEN (see `token create`)",
+        )
     })?;
     let (scheme, token) = header.trim().split_once(' ').unwrap_or((header, ""));
     if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
@@ -94,7 +97,13 @@ mod tests {
     fn only_bearer_headers_are_read() {
         assert_eq!(bearer(Some("Bearer abc")).unwrap(), "abc");
         assert_eq!(bearer(Some("bearer  abc ")).unwrap(), "abc");
-        for bad in [None, Some(""), Some("Basic abc"), Some("Bearer"), Some("Bearer  ")] {
+        for bad in [
+            None,
+            Some(""),
+            Some("Basic abc"),
+            Some("Bearer"),
+            Some("Bearer  "),
+        ] {
             assert_eq!(bearer(bad).unwrap_err().status, 401, "{bad:?}");
         }
     }

@@ -12,7 +12,12 @@ use crate::http_server::Request;
 /// parameters, or `+json` types).
 fn is_json(request: &Request) -> bool {
     request.header("content-type").is_some_and(|ct| {
-        let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let mime = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
     })
 }
@@ -106,8 +111,10 @@ pub fn query(
             .with_param(k.into_owned()));
         }
         if out.insert(k.to_string(), v.into_owned()).is_some() {
-            return Err(ApiError::new(400, format!("query parameter {k:?} is given twice"))
-                .with_param(k.into_owned()));
+            return Err(
+                ApiError::new(400, format!("query parameter {k:?} is given twice"))
+                    .with_param(k.into_owned()),
+            );
         }
     }
     Ok(out)
@@ -141,7 +148,10 @@ mod tests {
     #[test]
     fn bad_bodies_get_the_right_status() {
         assert_eq!(status("application/json", br#"{"name":"a"}"#), 200);
-        assert_eq!(status("application/json; charset=utf-8", br#"{"name":"a"}"#), 200);
+        assert_eq!(
+            status("application/json; charset=utf-8", br#"{"name":"a"}"#),
+            200
+        );
         assert_eq!(status("text/plain", br#"{"name":"a"}"#), 415);
         assert_eq!(status("application/json", b"{\"name\":\"\xff\"}"), 400);
         assert_eq!(status("application/json", b"{\"name\":"), 400);
@@ -150,8 +160,11 @@ mod tests {
         assert_eq!(status("application/json", br#"{"name":5}"#), 422);
         assert_eq!(status("application/json", br#"{"n":1}"#), 422);
         assert_eq!(status("application/json", br#"[]"#), 422);
-        let e = json::<Body>(&request("application/json", br#"{"name":"a","bogus":1}"#), false)
-            .unwrap_err();
+        let e = json::<Body>(
+            &request("application/json", br#"{"name":"a","bogus":1}"#),
+            false,
+        )
+        .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("bogus"), "{e:?}");
     }
 
@@ -159,7 +172,12 @@ mod tests {
     fn unknown_and_repeated_query_parameters_are_refused() {
         assert!(query(Some("limit=5&cursor=x"), &["limit", "cursor"]).is_ok());
         assert_eq!(query(Some("bogus=1"), &["limit"]).unwrap_err().status, 400);
-        assert_eq!(query(Some("limit=1&limit=2"), &["limit"]).unwrap_err().status, 400);
+        assert_eq!(
+            query(Some("limit=1&limit=2"), &["limit"])
+                .unwrap_err()
+                .status,
+            400
+        );
         assert_eq!(query(Some("type=a%20b"), &["type"]).unwrap()["type"], "a b");
     }
 

@@ -108,7 +108,10 @@ mod tests {
     #[test]
     fn the_callers_errors_are_4xx_and_name_the_field() {
         let e = ApiError::from(OpsError::invalid("url", "bad"));
-        assert_eq!((e.status, e.code, e.param.as_deref()), (422, "invalid", Some("url")));
+        assert_eq!(
+            (e.status, e.code, e.param.as_deref()),
+            (422, "invalid", Some("url"))
+        );
         let body: serde_json::Value = serde_json::from_slice(&e.response().body).unwrap();
         assert_eq!(body["error"]["code"], "invalid");
         assert_eq!(body["error"]["message"], "url: bad");

@@ -138,7 +138,13 @@ pub(super) fn update_channel(ctx: &Ctx, call: &Call<'_>, db: &mut Client) -> Ans
         url: b.url,
         headers: b.headers.map(pairs),
     };
-    Reply::ok(&channels::update(db, &ctx.guard, Some(call.ns()), id, patch)?)
+    Reply::ok(&channels::update(
+        db,
+        &ctx.guard,
+        Some(call.ns()),
+        id,
+        patch,
+    )?)
 }
 
 pub(super) fn delete_channel(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
@@ -164,8 +170,11 @@ pub(super) fn disable_channel(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answ
 fn no_fields(map: serde_json::Map<String, serde_json::Value>) -> Result<(), ApiError> {
     match map.keys().next() {
         None => Ok(()),
-        Some(k) => Err(ApiError::new(400, format!("unknown field {k:?}: this route takes no fields"))
-            .with_param(k.clone())),
+        Some(k) => Err(ApiError::new(
+            400,
+            format!("unknown field {k:?}: this route takes no fields"),
+        )
+        .with_param(k.clone())),
     }
 }
 
@@ -173,7 +182,13 @@ pub(super) fn rotate_secret(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer
     let id = call.id("channel")?;
     let b: Rotate = body::json(call.request, true)?;
     let overlap = channels::parse_duration("overlap", b.overlap.as_deref().unwrap_or("24h"))?;
-    Reply::ok(&channels::rotate_secret(db, Some(call.ns()), id, b.secret, overlap)?)
+    Reply::ok(&channels::rotate_secret(
+        db,
+        Some(call.ns()),
+        id,
+        b.secret,
+        overlap,
+    )?)
 }
 
 pub(super) fn channel_secret(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
@@ -198,7 +213,14 @@ pub(super) fn resend_channel(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answe
         .map(|s| channels::parse_since("since", s))
         .transpose()?;
     let state = b.state.as_deref().map(|s| state("state", s)).transpose()?;
-    Reply::ok(&channels::resend(db, Some(call.ns()), id, since, state, b.dry_run)?)
+    Reply::ok(&channels::resend(
+        db,
+        Some(call.ns()),
+        id,
+        since,
+        state,
+        b.dry_run,
+    )?)
 }
 
 pub(super) fn list_rules(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
@@ -235,7 +257,12 @@ pub(super) fn create_event(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer 
         annotations: b.annotations,
     };
     match call.request.header("idempotency-key") {
-        None => Reply::json(201, &events::Emitted { ids: events::emit(db, &input)? }),
+        None => Reply::json(
+            201,
+            &events::Emitted {
+                ids: events::emit(db, &input)?,
+            },
+        ),
         Some(key) => match events::emit_idempotent(db, &input, key, &call.request.body)? {
             Idempotent::Fresh(emitted) => Reply::json(201, &emitted),
             Idempotent::Replayed { status, body } => {
@@ -254,7 +281,10 @@ pub(super) fn list_events(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
             .get("channel")
             .map(|c| {
                 c.parse::<Uuid>().map_err(|_| {
-                    ApiError::from(OpsError::invalid("channel", format!("{c:?} is not a channel id")))
+                    ApiError::from(OpsError::invalid(
+                        "channel",
+                        format!("{c:?} is not a channel id"),
+                    ))
                 })
             })
             .transpose()?,

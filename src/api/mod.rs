@@ -153,7 +153,7 @@ impl Expiry {
                 if let Ok(mut conn) = pool.get_timeout(POOL_WAIT) {
                     loop {
                         match db::idempotency::expire(&mut conn.client, 1000) {
-                            Ok(n) if n == 1000 => continue,
+                            Ok(1000) => continue,
                             Ok(_) => break,
                             Err(e) => {
                                 log::warn!("api: {e}");
@@ -264,10 +264,15 @@ fn answer(
     query: Option<&str>,
 ) -> Result<(&'static str, Response), Failed> {
     if path == "/console" {
-        return Ok(("console", Response::status(308).with_header("location", "/console/")));
+        return Ok((
+            "console",
+            Response::status(308).with_header("location", "/console/"),
+        ));
     }
     if let Some(rest) = path.strip_prefix("/console/") {
-        return console(request, rest).map(|r| ("console", r)).map_err(|e| ("console", e));
+        return console(request, rest)
+            .map(|r| ("console", r))
+            .map_err(|e| ("console", e));
     }
     let (route, params) = routes::find(&request.method, path).map_err(|e| ("unrouted", e))?;
     let id = route.operation;
@@ -280,7 +285,10 @@ fn answer(
         .tokens
         .authenticate(request.header("authorization"), || pooled(ctx))
         .map_err(fail)?;
-    let ns = params.iter().find(|(n, _)| *n == "ns").map(|(_, v)| v.as_str());
+    let ns = params
+        .iter()
+        .find(|(n, _)| *n == "ns")
+        .map(|(_, v)| v.as_str());
     if let Some(ns) = ns {
         if !crate::ops::tokens::may_see(&token, ns) {
             return Err(fail(ApiError::not_found(format!("no namespace {ns:?}"))));
@@ -322,7 +330,10 @@ fn answer(
 fn pooled(ctx: &Ctx) -> Result<db::PooledClient, ApiError> {
     ctx.pool.get_timeout(POOL_WAIT).map_err(|e| {
         log::warn!("api: no database connection: {e}");
-        ApiError::new(503, "no database connection is available; try again shortly")
+        ApiError::new(
+            503,
+            "no database connection is available; try again shortly",
+        )
     })
 }
 

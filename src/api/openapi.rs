@@ -86,11 +86,21 @@ fn schemas() -> Value {
         "open_until": { "type": "string" }
     });
     let channel_required = [
-        "id", "namespace", "name", "type", "url", "headers", "disabled", "created_at",
-        "updated_at", "breaker", "in_flight",
+        "id",
+        "namespace",
+        "name",
+        "type",
+        "url",
+        "headers",
+        "disabled",
+        "created_at",
+        "updated_at",
+        "breaker",
+        "in_flight",
     ];
     let mut created_props = channel_props.clone();
-    created_props["signing_secret"] = json!({ "type": "string", "description": "whsec_ + base64; shown once" });
+    created_props["signing_secret"] =
+        json!({ "type": "string", "description": "whsec_ + base64; shown once" });
     let mut created_required = channel_required.to_vec();
     created_required.push("signing_secret");
     let attempt = object(
@@ -111,7 +121,17 @@ fn schemas() -> Value {
             "clock_started_at": time(), "created_at": time(), "updated_at": time(),
             "version": { "type": "integer" }
         }),
-        &["id", "event_id", "channel_id", "state", "reason", "attempt_count", "attempts", "created_at", "updated_at"],
+        &[
+            "id",
+            "event_id",
+            "channel_id",
+            "state",
+            "reason",
+            "attempt_count",
+            "attempts",
+            "created_at",
+            "updated_at",
+        ],
         false,
     );
     let counts = json!({ "type": "object", "additionalProperties": { "type": "integer" } });
@@ -233,12 +253,21 @@ fn error_response(status: u16) -> Value {
 
 fn query_parameter(name: &str) -> Value {
     let (schema, what) = match name {
-        "limit" => (json!({ "type": "integer", "minimum": 1, "maximum": 500, "default": 50 }), "Rows per page"),
-        "cursor" => (json!({ "type": "string" }), "The next_cursor of the previous page"),
+        "limit" => (
+            json!({ "type": "integer", "minimum": 1, "maximum": 500, "default": 50 }),
+            "Rows per page",
+        ),
+        "cursor" => (
+            json!({ "type": "string" }),
+            "The next_cursor of the previous page",
+        ),
         "type" => (json!({ "type": "string" }), "Only events of this type"),
         "state" => (state(), "Only events with a delivery in this state"),
         "channel" => (uuid(), "Only events with a delivery to this channel"),
-        "since" => (json!({ "type": "string" }), "Only events created at or after this time (RFC 3339, or a duration ago such as 24h)"),
+        "since" => (
+            json!({ "type": "string" }),
+            "Only events created at or after this time (RFC 3339, or a duration ago such as 24h)",
+        ),
         _ => (json!({ "type": "string" }), ""),
     };
     json!({ "name": name, "in": "query", "required": false, "description": what, "schema": schema })
@@ -285,7 +314,9 @@ fn operation(route: &super::routes::Route) -> Value {
     }
     let mut responses = Map::new();
     let ok = match route.answer {
-        Some(s) => json!({ "description": "OK", "content": { "application/json": { "schema": reference(s) } } }),
+        Some(s) => {
+            json!({ "description": "OK", "content": { "application/json": { "schema": reference(s) } } })
+        }
         None => json!({ "description": "Done; no body" }),
     };
     responses.insert(route.ok.to_string(), ok);

@@ -100,10 +100,13 @@ pub static ROUTES: &[Route] = &[
     Route { method: "POST", path: "/v1/namespaces/{ns}/events/{id}/resend", operation: "resendEvent", summary: "Resend an event's finished deliveries (or the one to a channel)", access: Access::Write, query: &[], body: Body::Optional("EventResend"), ok: 200, answer: Some("ResendReport"), errors: &[400, 409, 413, 415, 422], handler: Handler::Db(h::resend_event) },
 ];
 
+/// Path parameters: (name, percent-decoded value).
+pub type Params = Vec<(&'static str, String)>;
+
 /// The route for `method` and `path`, with its path parameters
 /// (percent-decoded). A path no route has is 404; a path whose routes take
 /// other methods is 405 naming them.
-pub fn find(method: &str, path: &str) -> Result<(&'static Route, Vec<(&'static str, String)>), ApiError> {
+pub fn find(method: &str, path: &str) -> Result<(&'static Route, Params), ApiError> {
     let segments: Vec<&str> = path.split('/').collect();
     let mut allowed = Vec::new();
     for route in ROUTES {
@@ -120,7 +123,10 @@ pub fn find(method: &str, path: &str) -> Result<(&'static Route, Vec<(&'static s
     } else {
         Err(ApiError::new(
             405,
-            format!("{method} is not allowed on {path:?}; use {}", allowed.join(", ")),
+            format!(
+                "{method} is not allowed on {path:?}; use {}",
+                allowed.join(", ")
+            ),
         ))
     }
 }
@@ -131,7 +137,7 @@ impl std::fmt::Debug for Route {
     }
 }
 
-fn matches(template: &'static str, segments: &[&str]) -> Option<Vec<(&'static str, String)>> {
+fn matches(template: &'static str, segments: &[&str]) -> Option<Params> {
     let parts: Vec<&'static str> = template.split('/').collect();
     if parts.len() != segments.len() {
         return None;
@@ -164,11 +170,25 @@ mod tests {
     fn routes_are_found_with_their_parameters() {
         let (r, p) = find("GET", "/v1/namespaces/acme%20co/channels/abc").unwrap();
         assert_eq!(r.operation, "getChannel");
-        assert_eq!(p, vec![("ns", "acme co".to_string()), ("id", "abc".to_string())]);
-        assert_eq!(find("PUT", "/v1/namespaces/a/channels").unwrap_err().status, 405);
+        assert_eq!(
+            p,
+            vec![("ns", "acme co".to_string()), ("id", "abc".to_string())]
+        );
+        assert_eq!(
+            find("PUT", "/v1/namespaces/a/channels").unwrap_err().status,
+            405
+        );
         assert_eq!(find("GET", "/v1/nothing").unwrap_err().status, 404);
-        assert_eq!(find("GET", "/v1/namespaces//channels").unwrap_err().status, 404);
-        assert_eq!(find("GET", "/v1/namespaces/%ff/channels").unwrap_err().status, 404);
+        assert_eq!(
+            find("GET", "/v1/namespaces//channels").unwrap_err().status,
+            404
+        );
+        assert_eq!(
+            find("GET", "/v1/namespaces/%ff/channels")
+                .unwrap_err()
+                .status,
+            404
+        );
     }
 
     #[test]

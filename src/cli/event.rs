@@ -88,8 +88,7 @@ pub fn run(config: &Config, command: EventCommand) -> anyhow::Result<ExitCode> {
         }
         EventCommand::Show { id, json } => {
             let mut client = super::connect(config)?;
-            let (event, statuses) =
-                ops_events::show(&mut client, None, id).map_err(ops_error)?;
+            let (event, statuses) = ops_events::show(&mut client, None, id).map_err(ops_error)?;
             if json {
                 super::print_json(&serde_json::json!({ "event": event, "deliveries": statuses }))?;
             } else {
@@ -268,8 +267,8 @@ pub fn resend_channel(
         .map_err(ops_error)?;
     channels::resendable_states(state).map_err(ops_error)?;
     let mut client = super::connect(config)?;
-    let result = channels::resend(&mut client, None, channel_id, since, state, false)
-        .map_err(ops_error)?;
+    let result =
+        channels::resend(&mut client, None, channel_id, since, state, false).map_err(ops_error)?;
     let breakdown: Vec<String> = result
         .by_state
         .iter()

@@ -62,7 +62,11 @@ pub fn run(config: &Config, command: TokenCommand) -> anyhow::Result<ExitCode> {
                         t.id,
                         t.name,
                         t.namespace.as_deref().unwrap_or("(admin)"),
-                        if t.read_only { "read-only" } else { "read-write" },
+                        if t.read_only {
+                            "read-only"
+                        } else {
+                            "read-write"
+                        },
                         state
                     );
                 }

@@ -14,9 +14,9 @@ pub mod idempotency;
 pub mod leaders;
 pub mod migrate;
 pub mod rules;
-pub mod tokens;
 pub mod shards;
 pub mod statuses;
+pub mod tokens;
 
 use std::time::Duration;
 

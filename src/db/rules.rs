@@ -88,10 +88,7 @@ fn query(
 ) -> Result<Vec<Rule>, DbError> {
     let (after_at, after_id) = after.unzip();
     let rows = client
-        .query(
-            SELECT_SQL,
-            &[&namespace, &after_at, &after_id, &limit, &id],
-        )
+        .query(SELECT_SQL, &[&namespace, &after_at, &after_id, &limit, &id])
         .map_err(DbError::query("listing rules"))?;
     Ok(rows
         .iter()

@@ -255,7 +255,22 @@ pub struct BulkResend {
     pub by_state: std::collections::BTreeMap<String, i64>,
 }
 
+/// The deliveries a bulk resend takes: of channel `$1`, of events created
+/// at or after `$2` (when not NULL), in one of the states `$3` that are
+/// resendable.
+const RESENDABLE: &str = "channel_id = $1 AND ($2::timestamptz IS NULL OR event_created_at >= $2)
+     AND state = ANY($3) AND state IN ('SUCCESS', 'FAILED', 'SENDING')";
+
 impl BulkResend {
+    /// From rows of (state, count).
+    fn from_rows(rows: &[postgres::Row]) -> BulkResend {
+        let mut result = BulkResend::default();
+        for r in rows {
+            result.by_state.insert(r.get(0), r.get(1));
+        }
+        result
+    }
+
     /// How many in all.
     pub fn total(&self) -> i64 {
         self.by_state.values().sum()
@@ -275,10 +290,9 @@ pub fn resend_channel(
     let mut tx = client.transaction().map_err(DbError::query("resending"))?;
     let rows = tx
         .query(
-            "WITH old AS (
-                 SELECT id, state FROM delivery_status
-                 WHERE channel_id = $1 AND ($2::timestamptz IS NULL OR event_created_at >= $2)
-                   AND state = ANY($3) AND state IN ('SUCCESS', 'FAILED', 'SENDING')
+            &format!(
+                "WITH old AS (
+                 SELECT id, state FROM delivery_status WHERE {RESENDABLE}
                  FOR UPDATE
              ), moved AS (
                  UPDATE delivery_status s SET state = 'RESENDING', reason = 'resent by operator',
@@ -287,14 +301,12 @@ pub fn resend_channel(
                  FROM old WHERE s.id = old.id
                  RETURNING old.state AS was
              )
-             SELECT was, count(*) FROM moved GROUP BY was",
+             SELECT was, count(*) FROM moved GROUP BY was"
+            ),
             &[&channel_id, &since, &states],
         )
         .map_err(DbError::query("resending"))?;
-    let mut result = BulkResend::default();
-    for r in &rows {
-        result.by_state.insert(r.get(0), r.get(1));
-    }
+    let result = BulkResend::from_rows(&rows);
     if result.total() > 0 {
         // Wakes the leader on commit (see migration 0002's wake_channel).
         tx.execute("SELECT pg_notify(wake_channel(), '')", &[])
@@ -314,18 +326,13 @@ pub fn count_resendable(
     let states: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
     let rows = client
         .query(
-            "SELECT state, count(*) FROM delivery_status
-             WHERE channel_id = $1 AND ($2::timestamptz IS NULL OR event_created_at >= $2)
-               AND state = ANY($3) AND state IN ('SUCCESS', 'FAILED', 'SENDING')
-             GROUP BY state",
+            &format!(
+                "SELECT state, count(*) FROM delivery_status WHERE {RESENDABLE} GROUP BY state"
+            ),
             &[&channel_id, &since, &states],
         )
         .map_err(DbError::query("counting deliveries to resend"))?;
-    let mut result = BulkResend::default();
-    for r in &rows {
-        result.by_state.insert(r.get(0), r.get(1));
-    }
-    Ok(result)
+    Ok(BulkResend::from_rows(&rows))
 }
 
 /// Counts for `status`.
@@ -400,5 +407,8 @@ pub fn attempts_per_minute(
             &[&namespace],
         )
         .map_err(DbError::query("counting attempts per minute"))?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
 }

@@ -44,8 +44,7 @@ pub struct NewToken<'a> {
     pub expires_in_micros: Option<i64>,
 }
 
-const COLUMNS: &str =
-    "id, name, namespace, admin, read_only, created_at, expires_at, revoked_at";
+const COLUMNS: &str = "id, name, namespace, admin, read_only, created_at, expires_at, revoked_at";
 
 fn from_row(r: &postgres::Row) -> Token {
     Token {

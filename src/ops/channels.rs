@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::page::{Cursor, Page, Paged};
-use super::{name_like, visible, OpsError};
+use super::{name_like, not_found, visible, OpsError};
 use crate::db::channels::{self, Channel, ChannelChange, NewChannel};
 use crate::db::{events, leaders, statuses};
 use crate::delivery::endpoint;
@@ -199,14 +199,7 @@ pub fn stored(
 ) -> Result<Channel, OpsError> {
     channels::get(client, id, with_secrets)?
         .filter(|c| visible(namespace, &c.namespace))
-        .ok_or_else(|| not_found(namespace, id))
-}
-
-fn not_found(namespace: Option<&str>, id: Uuid) -> OpsError {
-    match namespace {
-        Some(ns) => OpsError::NotFound(format!("no channel {id} in namespace {ns:?}")),
-        None => OpsError::NotFound(format!("no channel {id} (unknown or deleted)")),
-    }
+        .ok_or_else(|| not_found("channel", namespace, id))
 }
 
 /// One channel with its health.
@@ -263,7 +256,7 @@ pub fn update(
         headers,
     };
     if !channels::update(client, id, &change)? {
-        return Err(not_found(namespace, id));
+        return Err(not_found("channel", namespace, id));
     }
     get(client, namespace, id)
 }
@@ -277,7 +270,7 @@ pub fn set_disabled(
 ) -> Result<ChannelView, OpsError> {
     stored(client, namespace, id, false)?;
     if !channels::set_disabled(client, id, disabled)? {
-        return Err(not_found(namespace, id));
+        return Err(not_found("channel", namespace, id));
     }
     get(client, namespace, id)
 }
@@ -290,7 +283,7 @@ pub fn delete(
 ) -> Result<(), OpsError> {
     stored(client, namespace, id, false)?;
     if !channels::delete(client, id)? {
-        return Err(not_found(namespace, id));
+        return Err(not_found("channel", namespace, id));
     }
     Ok(())
 }
@@ -337,7 +330,7 @@ pub fn rotate_secret(
     let secret = new_secret(secret)?;
     stored(client, namespace, id, false)?;
     let until = channels::rotate_secret(client, id, &secret, overlap)?
-        .ok_or_else(|| not_found(namespace, id))?;
+        .ok_or_else(|| not_found("channel", namespace, id))?;
     Ok(Rotated {
         signing_secret: secret,
         previous_secret_until: (!overlap.is_zero()).then_some(until),
@@ -352,7 +345,7 @@ pub fn secret(
 ) -> Result<String, OpsError> {
     stored(client, namespace, id, true)?
         .signing_secret
-        .ok_or_else(|| not_found(namespace, id))
+        .ok_or_else(|| not_found("channel", namespace, id))
 }
 
 /// What a bulk resend did (or, with `dry_run`, would do).

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::page::{Cursor, Page, Paged};
-use super::{name_like, visible, OpsError};
+use super::{name_like, not_found, visible, OpsError};
 use crate::db::events::{self, Event, EventFilter, EventSummary};
 use crate::db::idempotency::{self, Outcome};
 use crate::db::statuses::{self, DeliveryStatus};
@@ -40,7 +40,10 @@ impl EmitInput {
 
 /// Emits an event through `enqueue_event` (same checks and limits as any
 /// producer); returns the new event ids, one per matching active rule.
-pub fn emit(client: &mut impl postgres::GenericClient, input: &EmitInput) -> Result<Vec<Uuid>, OpsError> {
+pub fn emit(
+    client: &mut impl postgres::GenericClient,
+    input: &EmitInput,
+) -> Result<Vec<Uuid>, OpsError> {
     input.check()?;
     events::emit(
         client,
@@ -184,14 +187,7 @@ pub fn show(
 ) -> Result<(Event, Vec<DeliveryStatus>), OpsError> {
     events::show(client, id)?
         .filter(|(e, _)| visible(namespace, &e.namespace))
-        .ok_or_else(|| not_found(namespace, id))
-}
-
-fn not_found(namespace: Option<&str>, id: Uuid) -> OpsError {
-    match namespace {
-        Some(ns) => OpsError::NotFound(format!("no event {id} in namespace {ns:?}")),
-        None => OpsError::NotFound(format!("no event {id}")),
-    }
+        .ok_or_else(|| not_found("event", namespace, id))
 }
 
 /// A refused delivery of a resend: already on its way.
@@ -230,7 +226,11 @@ pub fn resend(
             if standing.disabled || standing.deleted {
                 return Err(OpsError::Conflict(format!(
                     "channel {c} is {}: a resent delivery would fail again",
-                    if standing.deleted { "deleted" } else { "disabled" }
+                    if standing.deleted {
+                        "deleted"
+                    } else {
+                        "disabled"
+                    }
                 )));
             }
         }

@@ -78,6 +78,15 @@ fn visible(ns: Option<&str>, of: &str) -> bool {
     ns.is_none_or(|ns| ns == of)
 }
 
+/// "No `kind` `id`", said the same way for an object that does not exist
+/// and one of another namespace.
+fn not_found(kind: &str, namespace: Option<&str>, id: uuid::Uuid) -> OpsError {
+    match namespace {
+        Some(ns) => OpsError::NotFound(format!("no {kind} {id} in namespace {ns:?}")),
+        None => OpsError::NotFound(format!("no {kind} {id} (unknown or deleted)")),
+    }
+}
+
 /// Longest name, namespace or event type accepted (bytes).
 pub const MAX_NAME_BYTES: usize = 200;
 
@@ -91,7 +100,10 @@ pub fn name_like(field: &str, value: &str) -> Result<(), OpsError> {
         ));
     }
     if value.chars().any(char::is_control) {
-        return Err(OpsError::invalid(field, "must not contain control characters"));
+        return Err(OpsError::invalid(
+            field,
+            "must not contain control characters",
+        ));
     }
     Ok(())
 }

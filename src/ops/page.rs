@@ -101,9 +101,7 @@ impl<T> Paged<T> {
         let limit = usize::try_from(page.limit).unwrap_or(usize::MAX);
         let more = rows.len() > limit;
         rows.truncate(limit);
-        let next_cursor = more
-            .then(|| rows.last().map(|r| key(r).encode()))
-            .flatten();
+        let next_cursor = more.then(|| rows.last().map(|r| key(r).encode())).flatten();
         Paged {
             items: rows,
             next_cursor,
@@ -122,7 +120,13 @@ mod tests {
             id: Uuid::new_v4(),
         };
         assert_eq!(Cursor::decode(&c.encode()).unwrap(), c);
-        for bad in ["", "!!!", "bm90IGEgY3Vyc29y", "MTIzLm5vdC1hLXV1aWQ", "../../etc"] {
+        for bad in [
+            "",
+            "!!!",
+            "bm90IGEgY3Vyc29y",
+            "MTIzLm5vdC1hLXV1aWQ",
+            "../../etc",
+        ] {
             let e = Cursor::decode(bad).unwrap_err().to_string();
             assert!(e.starts_with("cursor: "), "{bad}: {e}");
         }
@@ -149,7 +153,10 @@ mod tests {
         };
         let p = Paged::from_rows(vec![1, 2, 3], page, |i| at(*i));
         assert_eq!(p.items, vec![1, 2]);
-        assert_eq!(Cursor::decode(p.next_cursor.as_deref().unwrap()).unwrap(), at(2));
+        assert_eq!(
+            Cursor::decode(p.next_cursor.as_deref().unwrap()).unwrap(),
+            at(2)
+        );
         let p = Paged::from_rows(vec![1, 2], page, |i| at(*i));
         assert!(p.next_cursor.is_none());
     }

@@ -4,9 +4,9 @@
 use uuid::Uuid;
 
 use super::page::{Cursor, Page, Paged};
-use super::{name_like, visible, OpsError};
-use crate::db::rules::{self, Rule};
+use super::{name_like, not_found, visible, OpsError};
 use crate::db::channels;
+use crate::db::rules::{self, Rule};
 
 /// What a new rule is made of.
 #[derive(Debug)]
@@ -27,7 +27,10 @@ pub fn check_new(input: &NewRuleInput) -> Result<(), OpsError> {
     name_like("name", &input.name)?;
     name_like("event_type", &input.event_type)?;
     if input.channels.is_empty() {
-        return Err(OpsError::invalid("channels", "must name at least one channel"));
+        return Err(OpsError::invalid(
+            "channels",
+            "must name at least one channel",
+        ));
     }
     Ok(())
 }
@@ -90,14 +93,7 @@ pub fn get(
 ) -> Result<Rule, OpsError> {
     rules::get(client, id)?
         .filter(|r| visible(namespace, &r.namespace))
-        .ok_or_else(|| not_found(namespace, id))
-}
-
-fn not_found(namespace: Option<&str>, id: Uuid) -> OpsError {
-    match namespace {
-        Some(ns) => OpsError::NotFound(format!("no rule {id} in namespace {ns:?}")),
-        None => OpsError::NotFound(format!("no rule {id} (unknown or deleted)")),
-    }
+        .ok_or_else(|| not_found("rule", namespace, id))
 }
 
 /// Deletes a rule: it matches no new event; deliveries already enqueued go on.
@@ -108,7 +104,7 @@ pub fn delete(
 ) -> Result<(), OpsError> {
     get(client, namespace, id)?;
     if !rules::delete(client, id)? {
-        return Err(not_found(namespace, id));
+        return Err(not_found("rule", namespace, id));
     }
     Ok(())
 }

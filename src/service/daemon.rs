@@ -112,7 +112,11 @@ pub fn run_until(config: &Config, shutdown: &Shutdown) -> Result<(), DaemonError
     telemetry.health.db_ok();
     // The management API needs no lock: leader and standby serve it alike.
     let _api = match config.api.listen {
-        Some(addr) => Some(crate::api::serve(config, addr, Some(Arc::clone(&telemetry)))?),
+        Some(addr) => Some(crate::api::serve(
+            config,
+            addr,
+            Some(Arc::clone(&telemetry)),
+        )?),
         None => None,
     };
     let mut reconciler = Reconciler::new(config)?;

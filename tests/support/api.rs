@@ -45,11 +45,18 @@ impl Answer {
 /// should close the connection or be the last one).
 pub fn raw(addr: SocketAddr, raw: &[u8]) -> Answer {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("api: connect");
-    s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
     s.write_all(raw).expect("api: write");
     let mut bytes = Vec::new();
     let _ = s.read_to_end(&mut bytes);
-    parse(&bytes).unwrap_or_else(|| panic!("api: no HTTP answer to {:?}: {:?}", String::from_utf8_lossy(&raw[..raw.len().min(200)]), String::from_utf8_lossy(&bytes)))
+    parse(&bytes).unwrap_or_else(|| {
+        panic!(
+            "api: no HTTP answer to {:?}: {:?}",
+            String::from_utf8_lossy(&raw[..raw.len().min(200)]),
+            String::from_utf8_lossy(&bytes)
+        )
+    })
 }
 
 fn parse(bytes: &[u8]) -> Option<Answer> {
@@ -77,7 +84,14 @@ pub fn call(
     token: Option<&str>,
     body: Option<&Value>,
 ) -> Answer {
-    call_with(addr, method, path, token, body.map(|b| b.to_string()).as_deref(), &[])
+    call_with(
+        addr,
+        method,
+        path,
+        token,
+        body.map(|b| b.to_string()).as_deref(),
+        &[],
+    )
 }
 
 /// [`call`] with a body given as text and extra headers.
@@ -97,7 +111,11 @@ pub fn call_with(
         req.push_str(&format!("{n}: {v}\r\n"));
     }
     let body = body.unwrap_or("");
-    if !body.is_empty() && !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("content-type")) {
+    if !body.is_empty()
+        && !headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+    {
         req.push_str("content-type: application/json\r\n");
     }
     req.push_str(&format!("content-length: {}\r\n\r\n{body}", body.len()));
