@@ -206,6 +206,39 @@ fn every_route_answers_and_agrees_with_the_command_line() {
         "create rule",
     );
     let rule_id = rule["id"].as_str().unwrap().to_string();
+    let filtered = ok(
+        &call(
+            api,
+            "PATCH",
+            &format!("{ns}/rules/{rule_id}"),
+            Some(&acme),
+            Some(&json!({"filter": "$.amount > 10"})),
+        ),
+        200,
+        "filter",
+    );
+    assert_eq!(filtered["filter"], "($.\"amount\" > 10)");
+    let bad = call(
+        api,
+        "PATCH",
+        &format!("{ns}/rules/{rule_id}"),
+        Some(&acme),
+        Some(&json!({"filter": "$.amount >>> 10"})),
+    );
+    error(&bad, 422, "bad filter");
+    assert_eq!(bad.json["error"]["param"], "filter");
+    let unfiltered = ok(
+        &call(
+            api,
+            "PATCH",
+            &format!("{ns}/rules/{rule_id}"),
+            Some(&acme),
+            Some(&json!({"filter": null})),
+        ),
+        200,
+        "no filter",
+    );
+    assert!(unfiltered["filter"].is_null());
     ok(
         &call(
             api,

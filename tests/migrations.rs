@@ -256,7 +256,7 @@ fn migrate_up_to(db: &TestDb, version: i32) {
 }
 
 #[test]
-fn a_database_holding_data_upgrades_to_the_api_schema_and_its_events_are_listed() {
+fn a_database_holding_data_upgrades_from_version_6_and_its_events_are_listed() {
     let db = fresh_db();
     migrate_up_to(&db, 6);
     let mut c = db.client();
@@ -310,6 +310,15 @@ fn a_database_holding_data_upgrades_to_the_api_schema_and_its_events_are_listed(
     .unwrap();
     assert_eq!(listed.items.len(), 10);
     assert!(listed.next_cursor.is_some());
+    // The rule made before filters existed still matches every payload.
+    let new: i64 = c
+        .query_one(
+            "SELECT count(*) FROM notification.enqueue_event('acme', 'paid', '{\"late\": true}')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(new, 1);
     // Tokens work on the upgraded schema.
     let token = bin.ok(&["token", "create", "--name", "t", "--admin"]);
     assert!(token.trim().starts_with("nrt_"));

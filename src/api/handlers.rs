@@ -13,7 +13,7 @@ use super::{Call, Ctx, Reply};
 use crate::ops::channels::{self, ChannelPatch, NewChannelInput};
 use crate::ops::events::{self, EmitInput, Idempotent, ListQuery};
 use crate::ops::page::Page;
-use crate::ops::rules::{self, NewRuleInput};
+use crate::ops::rules::{self, NewRuleInput, RulePatch};
 use crate::ops::OpsError;
 use crate::state::State;
 
@@ -67,6 +67,22 @@ struct RuleCreate {
     name: String,
     event_type: String,
     channels: Vec<Uuid>,
+    filter: Option<String>,
+}
+
+/// `PATCH .../rules/{id}` body.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleUpdate {
+    channels: Option<Vec<Uuid>>,
+    /// Absent: keep; `null`: remove; a string: set.
+    #[serde(default, deserialize_with = "present")]
+    filter: Option<Option<String>>,
+}
+
+/// A field that may be absent (`None`), `null` (`Some(None)`) or a value.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    <Option<String> as serde::Deserialize>::deserialize(d).map(Some)
 }
 
 /// `POST .../events` body.
@@ -235,8 +251,29 @@ pub(super) fn create_rule(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
         name: b.name,
         event_type: b.event_type,
         channels: b.channels,
+        filter: b.filter,
     };
     Reply::json(201, &rules::create(db, input)?)
+}
+
+pub(super) fn update_rule(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
+    let id = call.id("rule")?;
+    let b: RuleUpdate = body::json(call.request, false)?;
+    if let Some(set) = &b.channels {
+        if set.is_empty() {
+            return Err(OpsError::invalid(
+                "channels",
+                "a rule must keep at least one channel (delete the rule instead)",
+            )
+            .into());
+        }
+    }
+    let patch = RulePatch {
+        set: b.channels,
+        filter: b.filter,
+        ..RulePatch::default()
+    };
+    Reply::ok(&rules::update(db, Some(call.ns()), id, patch)?)
 }
 
 pub(super) fn get_rule(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {

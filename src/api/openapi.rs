@@ -168,8 +168,13 @@ fn schemas() -> Value {
         "RuleCreate": object(json!({
             "name": { "type": "string", "minLength": 1, "maxLength": 200 },
             "event_type": { "type": "string", "minLength": 1, "maxLength": 200 },
-            "channels": { "type": "array", "items": uuid(), "minItems": 1 }
+            "channels": { "type": "array", "items": uuid(), "minItems": 1 },
+            "filter": { "type": "string", "description": "A PostgreSQL jsonpath predicate over the payload, e.g. \"$.amount > 1000\"" }
         }), &["name", "event_type", "channels"], true),
+        "RuleUpdate": object(json!({
+            "channels": { "type": "array", "items": uuid(), "minItems": 1, "description": "The whole new list" },
+            "filter": { "type": ["string", "null"], "description": "A jsonpath predicate; null removes the filter" }
+        }), &[], true),
         "EventCreate": object(json!({
             "type": { "type": "string", "minLength": 1, "maxLength": 200 },
             "payload": { "type": "object" },
@@ -183,6 +188,7 @@ fn schemas() -> Value {
             "id": uuid(), "namespace": { "type": "string" }, "name": { "type": "string" },
             "event_type": { "type": "string" }, "disabled": { "type": "boolean" },
             "channels": { "type": "array", "items": uuid() },
+            "filter": nullable("string"),
             "created_at": time(), "updated_at": time()
         }), &["id", "namespace", "name", "event_type", "disabled", "channels", "created_at", "updated_at"], false),
         "RuleList": list_of("Rule"),

@@ -234,6 +234,28 @@ pub enum RuleCommand {
         /// Channel id (repeatable, at least one).
         #[arg(long = "channel", value_name = "ID", required = true)]
         channels: Vec<Uuid>,
+        /// Only events whose payload meets this PostgreSQL jsonpath
+        /// predicate, e.g. '$.amount > 1000'.
+        #[arg(long, value_name = "JSONPATH_PREDICATE")]
+        filter: Option<String>,
+    },
+    /// Change a rule's channels or filter.
+    Update {
+        /// Rule id.
+        id: Uuid,
+        /// Assign this channel too (repeatable).
+        #[arg(long = "add-channel", value_name = "ID")]
+        add: Vec<Uuid>,
+        /// Unassign this channel (repeatable); its deliveries still due for
+        /// the rule's events end FAILED.
+        #[arg(long = "remove-channel", value_name = "ID")]
+        remove: Vec<Uuid>,
+        /// Set the payload filter (a jsonpath predicate).
+        #[arg(long, value_name = "JSONPATH_PREDICATE", conflicts_with = "no_filter")]
+        filter: Option<String>,
+        /// Remove the payload filter.
+        #[arg(long)]
+        no_filter: bool,
     },
     /// List rules.
     List {

@@ -1,11 +1,11 @@
-//! `rule create|list|delete`: parses the flags, calls `ops::rules`, prints
+//! `rule create|list|update|delete`: parses the flags, calls `ops::rules`, prints
 //! the result.
 
 use std::process::ExitCode;
 
 use super::{ops_error, RuleCommand};
 use crate::config::Config;
-use crate::ops::rules::{self, NewRuleInput};
+use crate::ops::rules::{self, NewRuleInput, RulePatch};
 
 /// Runs one `rule` subcommand.
 pub fn run(config: &Config, command: RuleCommand) -> anyhow::Result<ExitCode> {
@@ -14,6 +14,7 @@ pub fn run(config: &Config, command: RuleCommand) -> anyhow::Result<ExitCode> {
         name,
         event_type,
         channels,
+        filter,
     } = &command
     {
         rules::check_new(&NewRuleInput {
@@ -21,8 +22,24 @@ pub fn run(config: &Config, command: RuleCommand) -> anyhow::Result<ExitCode> {
             name: name.clone(),
             event_type: event_type.clone(),
             channels: channels.clone(),
+            filter: filter.clone(),
         })
         .map_err(ops_error)?;
+    }
+    if let RuleCommand::Update {
+        add,
+        remove,
+        filter,
+        no_filter,
+        ..
+    } = &command
+    {
+        if add.is_empty() && remove.is_empty() && filter.is_none() && !no_filter {
+            return Err(super::UsageError(
+                "rule update: nothing to change; give --add-channel, --remove-channel, --filter or --no-filter".into(),
+            )
+            .into());
+        }
     }
     let mut client = super::connect(config)?;
     match command {
@@ -31,12 +48,14 @@ pub fn run(config: &Config, command: RuleCommand) -> anyhow::Result<ExitCode> {
             name,
             event_type,
             channels,
+            filter,
         } => {
             let input = NewRuleInput {
                 namespace,
                 name,
                 event_type,
                 channels,
+                filter,
             };
             let rule = rules::create(&mut client, input).map_err(ops_error)?;
             println!("{}", rule.id);
@@ -51,16 +70,40 @@ pub fn run(config: &Config, command: RuleCommand) -> anyhow::Result<ExitCode> {
                 for r in &list {
                     let chans: Vec<String> = r.channels.iter().map(|c| c.to_string()).collect();
                     println!(
-                        "{}  {}  {}  {}  {}  channels={}",
+                        "{}  {}  {}  {}  {}  channels={}{}",
                         r.id,
                         r.namespace,
                         r.name,
                         r.event_type,
                         if r.disabled { "disabled" } else { "enabled" },
-                        chans.join(",")
+                        chans.join(","),
+                        r.filter
+                            .as_deref()
+                            .map(|f| format!("  filter={f}"))
+                            .unwrap_or_default()
                     );
                 }
             }
+        }
+        RuleCommand::Update {
+            id,
+            add,
+            remove,
+            filter,
+            no_filter,
+        } => {
+            let patch = RulePatch {
+                add,
+                remove,
+                set: None,
+                filter: if no_filter {
+                    Some(None)
+                } else {
+                    filter.map(Some)
+                },
+            };
+            rules::update(&mut client, None, id, patch).map_err(ops_error)?;
+            eprintln!("rule {id} updated");
         }
         RuleCommand::Delete { id } => {
             rules::delete(&mut client, None, id).map_err(ops_error)?;

@@ -60,6 +60,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0007_api",
         sql: include_str!("migrations/0007_api.sql"),
     },
+    Migration {
+        version: 8,
+        name: "0008_rule_filters",
+        sql: include_str!("migrations/0008_rule_filters.sql"),
+    },
 ];
 
 /// The schema version this binary needs.

@@ -22,6 +22,8 @@ pub struct Rule {
     pub disabled: bool,
     /// Assigned channel ids.
     pub channels: Vec<Uuid>,
+    /// The jsonpath predicate an event's payload must meet, if any.
+    pub filter: Option<String>,
     /// Created.
     pub created_at: DateTime<Utc>,
     /// Last changed.
@@ -29,20 +31,23 @@ pub struct Rule {
 }
 
 /// Inserts a rule assigned to `channels` (one transaction); returns its id.
+/// `filter` must have passed [`check_filter`].
 pub fn create(
     client: &mut impl GenericClient,
     namespace: &str,
     name: &str,
     event_type: &str,
     channels: &[Uuid],
+    filter: Option<&str>,
 ) -> Result<Uuid, DbError> {
     let mut tx = client
         .transaction()
         .map_err(DbError::query("creating a rule"))?;
     let row = tx
         .query_one(
-            "INSERT INTO rule (namespace, name, event_type) VALUES ($1, $2, $3) RETURNING id",
-            &[&namespace, &name, &event_type],
+            "INSERT INTO rule (namespace, name, event_type, filter)
+             VALUES ($1, $2, $3, $4::text::jsonpath) RETURNING id",
+            &[&namespace, &name, &event_type, &filter],
         )
         .map_err(DbError::query("creating a rule"))?;
     let id: Uuid = row.get(0);
@@ -70,7 +75,7 @@ pub fn list(
 const SELECT_SQL: &str = "SELECT r.id, r.namespace, r.name, r.event_type, r.disabled,
         coalesce(array_agg(rc.channel_id ORDER BY rc.channel_id)
                  FILTER (WHERE rc.channel_id IS NOT NULL), '{}'),
-        r.created_at, r.updated_at
+        r.created_at, r.updated_at, r.filter::text
  FROM rule r LEFT JOIN rule_channel rc ON rc.rule_id = r.id
  WHERE r.deleted_at IS NULL AND ($1::text IS NULL OR r.namespace = $1)
    AND ($2::timestamptz IS NULL OR (r.created_at, r.id) > ($2, $3::uuid))
@@ -101,8 +106,83 @@ fn query(
             channels: r.get(5),
             created_at: r.get(6),
             updated_at: r.get(7),
+            filter: r.get(8),
         })
         .collect())
+}
+
+/// PostgreSQL's word on a filter: `Ok(None)` when it parses as a jsonpath,
+/// `Ok(Some(message))` with the parser's message when it does not.
+pub fn check_filter(
+    client: &mut impl GenericClient,
+    filter: &str,
+) -> Result<Option<String>, DbError> {
+    match client.query_one("SELECT $1::text::jsonpath::text", &[&filter]) {
+        Ok(_) => Ok(None),
+        Err(e) => match e.as_db_error() {
+            Some(db)
+                if db.code().code().starts_with("42") || db.code().code().starts_with("22") =>
+            {
+                Ok(Some(db.message().to_string()))
+            }
+            _ => Err(DbError::Query {
+                what: "checking a filter",
+                source: e,
+            }),
+        },
+    }
+}
+
+/// What a rule update changes.
+#[derive(Debug, Default)]
+pub struct RuleChange<'a> {
+    /// Channels to assign.
+    pub add: &'a [Uuid],
+    /// Channels to unassign (their deliveries still due fail as unassigned).
+    pub remove: &'a [Uuid],
+    /// `Some(None)` removes the filter, `Some(Some(f))` sets it (checked
+    /// with [`check_filter`]), `None` keeps it.
+    pub filter: Option<Option<&'a str>>,
+}
+
+/// Changes a live rule in one transaction; false when no live rule has
+/// that id.
+pub fn update(
+    client: &mut impl GenericClient,
+    id: Uuid,
+    change: &RuleChange<'_>,
+) -> Result<bool, DbError> {
+    let mut tx = client
+        .transaction()
+        .map_err(DbError::query("changing a rule"))?;
+    let (set_filter, filter) = match change.filter {
+        None => (false, None),
+        Some(f) => (true, f),
+    };
+    let n = tx
+        .execute(
+            "UPDATE rule SET updated_at = now(),
+                 filter = CASE WHEN $2 THEN $3::text::jsonpath ELSE filter END
+             WHERE id = $1 AND deleted_at IS NULL",
+            &[&id, &set_filter, &filter],
+        )
+        .map_err(DbError::query("changing a rule"))?;
+    if n == 0 {
+        return Ok(false);
+    }
+    tx.execute(
+        "DELETE FROM rule_channel WHERE rule_id = $1 AND channel_id = ANY($2)",
+        &[&id, &change.remove],
+    )
+    .map_err(DbError::query("changing a rule's channels"))?;
+    tx.execute(
+        "INSERT INTO rule_channel (rule_id, channel_id)
+         SELECT $1, c FROM unnest($2::uuid[]) AS c ON CONFLICT DO NOTHING",
+        &[&id, &change.add],
+    )
+    .map_err(DbError::query("changing a rule's channels"))?;
+    tx.commit().map_err(DbError::query("changing a rule"))?;
+    Ok(true)
 }
 
 /// Lists live rules in (namespace, created_at, id) order, optionally of one

@@ -1,5 +1,6 @@
-//! Rule operations: create (every channel must be a live channel of the
-//! rule's namespace), list, read and delete.
+//! Rule operations: create and update (every channel must be a live
+//! channel of the rule's namespace; a payload filter must be a jsonpath
+//! PostgreSQL parses), list, read and delete.
 
 use uuid::Uuid;
 
@@ -19,6 +20,8 @@ pub struct NewRuleInput {
     pub event_type: String,
     /// The channels it sends to (at least one).
     pub channels: Vec<Uuid>,
+    /// A jsonpath predicate over the payload (`$.amount > 1000`), if any.
+    pub filter: Option<String>,
 }
 
 /// Checks a new rule without the database.
@@ -35,20 +38,48 @@ pub fn check_new(input: &NewRuleInput) -> Result<(), OpsError> {
     Ok(())
 }
 
-/// Creates a rule.
-pub fn create(client: &mut postgres::Client, input: NewRuleInput) -> Result<Rule, OpsError> {
-    check_new(&input)?;
-    let missing = channels::missing(client, &input.namespace, &input.channels)?;
+/// Refuses channels that are not live channels of `namespace`.
+fn check_channels(
+    client: &mut postgres::Client,
+    field: &str,
+    namespace: &str,
+    ids: &[Uuid],
+) -> Result<(), OpsError> {
+    let missing = channels::missing(client, namespace, ids)?;
     if !missing.is_empty() {
         let list: Vec<String> = missing.iter().map(|u| u.to_string()).collect();
         return Err(OpsError::invalid(
-            "channels",
+            field,
             format!(
-                "no channel {} in namespace {:?} (unknown, deleted, or of another namespace)",
+                "no channel {} in namespace {namespace:?} (unknown, deleted, or of another namespace)",
                 list.join(", "),
-                input.namespace
             ),
         ));
+    }
+    Ok(())
+}
+
+/// Refuses a filter PostgreSQL does not parse as a jsonpath, with its
+/// message (at rule create and update: never at enqueue time).
+fn check_filter(client: &mut postgres::Client, filter: &str) -> Result<(), OpsError> {
+    if filter.trim().is_empty() {
+        return Err(OpsError::invalid("filter", "must not be empty"));
+    }
+    match rules::check_filter(client, filter)? {
+        None => Ok(()),
+        Some(message) => Err(OpsError::invalid(
+            "filter",
+            format!("{filter:?} is not a jsonpath predicate: {message}"),
+        )),
+    }
+}
+
+/// Creates a rule.
+pub fn create(client: &mut postgres::Client, input: NewRuleInput) -> Result<Rule, OpsError> {
+    check_new(&input)?;
+    check_channels(client, "channels", &input.namespace, &input.channels)?;
+    if let Some(f) = &input.filter {
+        check_filter(client, f)?;
     }
     let id = rules::create(
         client,
@@ -56,6 +87,7 @@ pub fn create(client: &mut postgres::Client, input: NewRuleInput) -> Result<Rule
         &input.name,
         &input.event_type,
         &input.channels,
+        input.filter.as_deref(),
     )?;
     get(client, Some(&input.namespace), id)
 }
@@ -94,6 +126,75 @@ pub fn get(
     rules::get(client, id)?
         .filter(|r| visible(namespace, &r.namespace))
         .ok_or_else(|| not_found("rule", namespace, id))
+}
+
+/// What a rule update changes.
+#[derive(Debug, Default)]
+pub struct RulePatch {
+    /// Channels to assign.
+    pub add: Vec<Uuid>,
+    /// Channels to unassign: their deliveries still due for this rule's
+    /// events end FAILED ("no longer assigned").
+    pub remove: Vec<Uuid>,
+    /// The whole channel list (the API's `channels`): replaces the set.
+    pub set: Option<Vec<Uuid>>,
+    /// `Some(None)` removes the filter, `Some(Some(f))` sets it.
+    pub filter: Option<Option<String>>,
+}
+
+/// Changes a rule's channels or filter; a rule keeps at least one channel.
+pub fn update(
+    client: &mut postgres::Client,
+    namespace: Option<&str>,
+    id: Uuid,
+    patch: RulePatch,
+) -> Result<Rule, OpsError> {
+    let rule = get(client, namespace, id)?;
+    let (add, remove) = match &patch.set {
+        Some(set) => (
+            set.clone(),
+            rule.channels
+                .iter()
+                .filter(|c| !set.contains(c))
+                .copied()
+                .collect(),
+        ),
+        None => (patch.add.clone(), patch.remove.clone()),
+    };
+    let field = if patch.set.is_some() {
+        "channels"
+    } else {
+        "add_channel"
+    };
+    check_channels(client, field, &rule.namespace, &add)?;
+    let left = rule
+        .channels
+        .iter()
+        .chain(&add)
+        .filter(|c| !remove.contains(c))
+        .count();
+    if left == 0 {
+        return Err(OpsError::invalid(
+            if patch.set.is_some() {
+                "channels"
+            } else {
+                "remove_channel"
+            },
+            "a rule must keep at least one channel (delete the rule instead)",
+        ));
+    }
+    if let Some(Some(f)) = &patch.filter {
+        check_filter(client, f)?;
+    }
+    let change = rules::RuleChange {
+        add: &add,
+        remove: &remove,
+        filter: patch.filter.as_ref().map(|f| f.as_deref()),
+    };
+    if !rules::update(client, id, &change)? {
+        return Err(not_found("rule", namespace, id));
+    }
+    get(client, namespace, id)
 }
 
 /// Deletes a rule: it matches no new event; deliveries already enqueued go on.
