@@ -129,6 +129,8 @@ pub struct RawConfig {
     pub log: RawLog,
     /// `[metrics]`
     pub metrics: RawMetrics,
+    /// `[api]`
+    pub api: RawApi,
 }
 
 /// `[database]` as written.
@@ -218,6 +220,28 @@ pub struct RawMetrics {
     pub listen: String,
 }
 
+/// `[api]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawApi {
+    /// `host:port` of the management API and console; empty = off.
+    pub listen: String,
+    /// Most connections served at once.
+    pub max_connections: i64,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: i64,
+}
+
+impl Default for RawApi {
+    fn default() -> Self {
+        RawApi {
+            listen: String::new(),
+            max_connections: 256,
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
 impl Default for RawDatabase {
     fn default() -> Self {
         RawDatabase {
@@ -288,6 +312,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[metrics]`
     pub metrics: MetricsConfig,
+    /// `[api]`
+    pub api: ApiConfig,
 }
 
 /// Validated `[database]`.
@@ -370,6 +396,17 @@ pub struct LogConfig {
 pub struct MetricsConfig {
     /// Where the metrics server listens, if anywhere.
     pub listen: Option<SocketAddr>,
+}
+
+/// Validated `[api]`.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Where the management API and console listen, if anywhere.
+    pub listen: Option<SocketAddr>,
+    /// Most connections served at once (1 to 65,536).
+    pub max_connections: usize,
+    /// Largest request body accepted (1 KiB to 64 MiB).
+    pub max_body_bytes: usize,
 }
 
 impl Config {
@@ -477,6 +514,11 @@ impl Config {
                     .listen
                     .map(|a| a.to_string())
                     .unwrap_or_default(),
+            },
+            api: EffApi {
+                listen: self.api.listen.map(|a| a.to_string()).unwrap_or_default(),
+                max_connections: self.api.max_connections,
+                max_body_bytes: self.api.max_body_bytes,
             },
         };
         toml::to_string(&effective).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
@@ -735,6 +777,38 @@ impl RawConfig {
             )
         };
 
+        // [api]
+        let api_listen = if self.api.listen.trim().is_empty() {
+            None
+        } else {
+            Some(self.api.listen.trim().parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    "api.listen",
+                    format!("{:?}", self.api.listen),
+                    "must be an address with a port, e.g. \"127.0.0.1:8080\", or empty for off",
+                )
+            })?)
+        };
+        if !(1..=65_536).contains(&self.api.max_connections) {
+            return Err(invalid(
+                "api.max_connections",
+                self.api.max_connections.to_string(),
+                "must be between 1 and 65536",
+            ));
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&self.api.max_body_bytes) {
+            return Err(invalid(
+                "api.max_body_bytes",
+                self.api.max_body_bytes.to_string(),
+                "must be between 1024 (1 KiB) and 67108864 (64 MiB)",
+            ));
+        }
+        let api = ApiConfig {
+            listen: api_listen,
+            max_connections: self.api.max_connections as usize,
+            max_body_bytes: self.api.max_body_bytes as usize,
+        };
+
         let config = Config {
             path: path.to_path_buf(),
             database: DatabaseConfig {
@@ -749,6 +823,7 @@ impl RawConfig {
                 level: self.log.level.clone(),
             },
             metrics: MetricsConfig { listen },
+            api,
         };
         crate::config_check::refuse_impossible(&config)?;
         Ok(config)
@@ -937,6 +1012,7 @@ struct Effective {
     delivery: EffDelivery,
     log: EffLog,
     metrics: EffMetrics,
+    api: EffApi,
 }
 #[derive(Serialize)]
 struct EffDatabase {
@@ -978,6 +1054,12 @@ struct EffLog {
 #[derive(Serialize)]
 struct EffMetrics {
     listen: String,
+}
+#[derive(Serialize)]
+struct EffApi {
+    listen: String,
+    max_connections: usize,
+    max_body_bytes: usize,
 }
 
 /// Parses and resolves `text` as the file `test.toml`; the error as its

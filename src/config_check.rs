@@ -142,6 +142,13 @@ pub fn warnings(config: &Config) -> Vec<String> {
             "delivery.retry_schedule[{i}] = \"0s\": a retry without a pause hammers a receiver that is failing"
         ));
     }
+    if let Some(addr) = config.api.listen {
+        if !addr.ip().is_loopback() {
+            out.push(format!(
+                "api.listen = \"{addr}\" is not a loopback address: the API speaks plain HTTP and its bearer tokens would cross the network in clear; listen on 127.0.0.1 behind a TLS reverse proxy (docs/api.md)"
+            ));
+        }
+    }
     out
 }
 
@@ -155,6 +162,17 @@ mod tests {
     use crate::config::load_text as load;
 
     use super::*;
+
+    #[test]
+    fn an_api_on_a_non_loopback_address_is_warned_about() {
+        let w = warned("[api]\nlisten = \"0.0.0.0:8080\"\n");
+        assert!(
+            w.iter()
+                .any(|w| w.contains("api.listen = \"0.0.0.0:8080\"")),
+            "{w:?}"
+        );
+        assert!(warned("[api]\nlisten = \"127.0.0.1:8080\"\n").is_empty());
+    }
 
     fn warned(text: &str) -> Vec<String> {
         warnings(&load(text).expect("config is valid"))

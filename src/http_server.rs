@@ -1,6 +1,18 @@
 //! A minimal synchronous HTTP/1.1 server for the development `sink`, the
-//! metrics endpoint and the tests' receiver: one thread per connection,
-//! keep-alive, `Content-Length` bodies, requests parsed by `httparse`.
+//! metrics endpoint, the management API and the tests' receiver: one thread
+//! per connection, keep-alive, `Content-Length` bodies, requests parsed by
+//! `httparse`.
+//!
+//! Abuse (the management API faces applications, not only us): with
+//! [`Limits::max_connections`] set, at most that many connections are served
+//! at once; a connection arriving at the cap evicts the connection that has
+//! waited longest for a request head (idle keep-alive connections and
+//! slow-header clients cost nothing to drop: no request of theirs is under
+//! way), and only when every connection is inside a request is the new one
+//! answered 503. A request head must arrive whole within
+//! [`Limits::head_timeout`] of its first byte and a body within
+//! [`Limits::body_timeout`], however slowly the bytes trickle in, so a
+//! slowloris client holds a thread for a bounded time.
 //!
 //! Why not tiny_http: its connection thread pool starts new threads only when
 //! none is idle *at the moment a connection arrives*, and a keep-alive
@@ -113,6 +125,12 @@ pub struct Limits {
     pub max_body: usize,
     /// A connection idle this long is closed.
     pub idle_timeout: Duration,
+    /// Most connections served at once (`None`: no cap).
+    pub max_connections: Option<usize>,
+    /// A request head must be complete this long after its first byte.
+    pub head_timeout: Duration,
+    /// A request body must be complete this long after its head.
+    pub body_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -120,7 +138,72 @@ impl Default for Limits {
         Limits {
             max_body: 16 * 1024 * 1024,
             idle_timeout: Duration::from_secs(60),
+            max_connections: None,
+            head_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(300),
         }
+    }
+}
+
+/// The open connections of a capped server: for each, a handle on its
+/// socket (to shut it down) and since when it has waited for a request head
+/// (`None`: inside a request, not evictable).
+#[derive(Default)]
+struct Registry {
+    conns:
+        std::sync::Mutex<std::collections::HashMap<u64, (TcpStream, Option<std::time::Instant>)>>,
+}
+
+impl Registry {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::HashMap<u64, (TcpStream, Option<std::time::Instant>)>,
+    > {
+        // A panic elsewhere cannot leave the map half-changed: every change
+        // is one insert, remove or field write.
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes room for one more connection under `cap`: evicts the
+    /// connection waiting longest for a head. False when none can go.
+    fn make_room(&self, cap: usize) -> bool {
+        let mut conns = self.lock();
+        if conns.len() < cap {
+            return true;
+        }
+        let oldest = conns
+            .iter()
+            .filter_map(|(id, (_, idle))| idle.map(|at| (at, *id)))
+            .min();
+        match oldest {
+            Some((_, id)) => {
+                if let Some((stream, _)) = conns.remove(&id) {
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn set_idle(&self, id: u64, idle: bool) {
+        if let Some(entry) = self.lock().get_mut(&id) {
+            entry.1 = idle.then(std::time::Instant::now);
+        }
+    }
+}
+
+/// A connection's place in the [`Registry`], removed when dropped.
+struct Slot {
+    registry: Arc<Registry>,
+    id: u64,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&self.id);
     }
 }
 
@@ -148,22 +231,49 @@ impl Server {
         let stop = Arc::new(AtomicBool::new(false));
         let handler: Arc<Handler> = Arc::new(handler);
         let stop_accept = Arc::clone(&stop);
+        let registry = Arc::new(Registry::default());
         let accept = std::thread::Builder::new()
             .name(format!("http-{addr}"))
             .spawn(move || {
+                let mut next_id: u64 = 0;
                 for stream in listener.incoming() {
                     if stop_accept.load(Ordering::SeqCst) {
                         break;
                     }
                     let Ok(stream) = stream else { continue };
+                    let slot = match limits.max_connections {
+                        None => None,
+                        Some(cap) => {
+                            if !registry.make_room(cap) {
+                                refuse_busy(stream);
+                                continue;
+                            }
+                            next_id += 1;
+                            let Ok(handle) = stream.try_clone() else {
+                                continue;
+                            };
+                            registry
+                                .lock()
+                                .insert(next_id, (handle, Some(std::time::Instant::now())));
+                            Some(Slot {
+                                registry: Arc::clone(&registry),
+                                id: next_id,
+                            })
+                        }
+                    };
                     let handler = Arc::clone(&handler);
                     let wrap = Arc::clone(&wrap);
                     let spawned =
                         std::thread::Builder::new()
                             .name("http-conn".into())
                             .spawn(move || {
-                                if let Err(e) = serve_connection(stream, limits, &*wrap, &*handler)
-                                {
+                                if let Err(e) = serve_connection(
+                                    stream,
+                                    limits,
+                                    &*wrap,
+                                    &*handler,
+                                    slot.as_ref(),
+                                ) {
                                     log::debug!("http connection ended: {e}");
                                 }
                             });
@@ -203,24 +313,43 @@ impl Drop for Server {
     }
 }
 
+/// Answers a connection over the cap 503 and closes it (best effort: the
+/// answer fits any socket buffer, so the write does not block).
+fn refuse_busy(mut stream: TcpStream) {
+    log::warn!("http: every connection is inside a request; a new connection answered 503");
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    let _ = stream.write_all(
+        b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nretry-after: 1\r\nconnection: close\r\n\r\n",
+    );
+}
+
 /// Serves requests on one connection until it closes.
 fn serve_connection(
     stream: TcpStream,
     limits: Limits,
     wrap: &Wrap,
     handler: &Handler,
+    slot: Option<&Slot>,
 ) -> io::Result<()> {
     stream.set_read_timeout(Some(limits.idle_timeout))?;
+    stream.set_write_timeout(Some(limits.body_timeout))?;
     stream.set_nodelay(true)?;
+    let timer = stream.try_clone()?;
     let peer = stream
         .peer_addr()
         .map_or_else(|_| "?".to_string(), |a| a.to_string());
     let mut reader = BufReader::new(wrap(stream)?);
     loop {
-        let head = match read_head(&mut reader)? {
+        if let Some(slot) = slot {
+            slot.registry.set_idle(slot.id, true);
+        }
+        let head = match read_head(&mut reader, &timer, limits)? {
             Some(head) => head,
             None => return Ok(()),
         };
+        if let Some(slot) = slot {
+            slot.registry.set_idle(slot.id, false);
+        }
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut parsed = httparse::Request::new(&mut headers);
         let http10;
@@ -244,10 +373,37 @@ fn serve_connection(
                     body: Vec::new(),
                 }
             }
-            _ => return respond(reader.get_mut(), &Response::status(400), true),
+            _ => {
+                return respond(
+                    reader.get_mut(),
+                    &refusal(400, "bad_request", "the request head is not HTTP/1.x"),
+                    true,
+                )
+            }
         };
         if request.header("transfer-encoding").is_some() {
-            return respond(reader.get_mut(), &Response::status(411), true);
+            return respond(
+                reader.get_mut(),
+                &refusal(
+                    411,
+                    "length_required",
+                    "chunked bodies are not accepted: send Content-Length",
+                ),
+                true,
+            );
+        }
+        if request
+            .headers
+            .iter()
+            .filter(|(n, _)| n == "content-length")
+            .count()
+            > 1
+        {
+            return respond(
+                reader.get_mut(),
+                &refusal(400, "bad_request", "more than one Content-Length header"),
+                true,
+            );
         }
         let length = match request
             .header("content-length")
@@ -255,14 +411,20 @@ fn serve_connection(
         {
             None => 0,
             Some(Ok(n)) => n,
-            Some(Err(_)) => return respond(reader.get_mut(), &Response::status(400), true),
+            Some(Err(_)) => {
+                return respond(
+                    reader.get_mut(),
+                    &refusal(400, "bad_request", "Content-Length is not a number"),
+                    true,
+                )
+            }
         };
         if length > limits.max_body {
             return refuse_large_body(&mut reader, &peer, &request, length, limits);
         }
         let mut request = request;
-        request.body = vec![0; length];
-        reader.read_exact(&mut request.body)?;
+        request.body = read_body(&mut reader, &timer, length, limits.body_timeout)?;
+        timer.set_read_timeout(Some(limits.idle_timeout))?;
         // HTTP/1.1 keeps the connection unless told to close; HTTP/1.0
         // closes it unless told to keep it.
         let connection = request.header("connection").map(str::to_ascii_lowercase);
@@ -306,17 +468,51 @@ fn refuse_large_body(
     if !expects_continue && (length as u64) <= MAX_DISCARD {
         io::copy(&mut reader.take(length as u64), &mut io::sink())?;
     }
-    respond(reader.get_mut(), &Response::status(413), true)
+    let message = format!("the body is over the limit of {} bytes", limits.max_body);
+    respond(reader.get_mut(), &refusal(413, "too_large", &message), true)
+}
+
+/// A request refused by the server itself, with a JSON error body in the
+/// management API's shape (`{"error": {"code", "message"}}`).
+fn refusal(status: u16, code: &str, message: &str) -> Response {
+    let body = serde_json::json!({ "error": { "code": code, "message": message } });
+    Response::text(
+        status,
+        "application/json",
+        serde_json::to_vec(&body).unwrap_or_default(),
+    )
+}
+
+/// The time left until `deadline` as a read timeout, or a timeout error
+/// when it has passed.
+fn remaining(deadline: std::time::Instant, what: &str) -> io::Result<Duration> {
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    if left.is_zero() {
+        return Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("{what} not received in time"),
+        ));
+    }
+    Ok(left)
 }
 
 /// Reads one request head (up to the blank line); `None` at a clean end of
-/// the connection.
-fn read_head(reader: &mut BufReader<Box<dyn Stream>>) -> io::Result<Option<Vec<u8>>> {
+/// the connection. The first byte may take up to the idle timeout; the
+/// whole head must then arrive within `head_timeout`, however slowly.
+fn read_head(
+    reader: &mut BufReader<Box<dyn Stream>>,
+    timer: &TcpStream,
+    limits: Limits,
+) -> io::Result<Option<Vec<u8>>> {
     let mut head = Vec::new();
+    let mut deadline = None;
     loop {
-        let before = head.len();
-        let n = reader.read_until(b'\n', &mut head)?;
-        if n == 0 {
+        match deadline {
+            None => timer.set_read_timeout(Some(limits.idle_timeout))?,
+            Some(at) => timer.set_read_timeout(Some(remaining(at, "request head")?))?,
+        }
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
             return if head.is_empty() {
                 Ok(None)
             } else {
@@ -326,22 +522,62 @@ fn read_head(reader: &mut BufReader<Box<dyn Stream>>) -> io::Result<Option<Vec<u
                 ))
             };
         }
+        if deadline.is_none() {
+            deadline = Some(std::time::Instant::now() + limits.head_timeout);
+        }
+        let mut used = 0;
+        let mut done = false;
+        for &b in buf {
+            used += 1;
+            head.push(b);
+            if b == b'\n' {
+                if head == b"\r\n" || head == b"\n" {
+                    // Stray blank line between requests: skip it.
+                    head.clear();
+                } else if head.ends_with(b"\r\n\r\n") || head.ends_with(b"\n\n") {
+                    done = true;
+                    break;
+                }
+            }
+        }
+        reader.consume(used);
         if head.len() > MAX_HEAD {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "request head too large",
             ));
         }
-        let line = &head[before..];
-        if line == b"\r\n" || line == b"\n" {
-            if before == 0 {
-                // Stray blank line between requests: skip it.
-                head.clear();
-                continue;
-            }
+        if done {
             return Ok(Some(head));
         }
     }
+}
+
+/// Reads a body of `length` bytes, all of it within `timeout`.
+fn read_body(
+    reader: &mut BufReader<Box<dyn Stream>>,
+    timer: &TcpStream,
+    length: usize,
+    timeout: Duration,
+) -> io::Result<Vec<u8>> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut body = vec![0; length];
+    let mut got = 0;
+    while got < length {
+        timer.set_read_timeout(Some(remaining(deadline, "request body")?))?;
+        match reader.read(&mut body[got..]) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed mid-body",
+                ))
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(body)
 }
 
 /// Writes a response.
@@ -375,11 +611,16 @@ fn reason(status: u16) -> &'static str {
         302 => "Found",
         400 => "Bad Request",
         401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
+        405 => "Method Not Allowed",
         408 => "Request Timeout",
         410 => "Gone",
         411 => "Length Required",
+        409 => "Conflict",
         413 => "Content Too Large",
+        415 => "Unsupported Media Type",
+        422 => "Unprocessable Content",
         429 => "Too Many Requests",
         500 => "Internal Server Error",
         502 => "Bad Gateway",

@@ -12,6 +12,7 @@
 //! workers), `service` (the daemon, signals, systemd, metrics), `sink` (the development receiver),
 //! `console` (the embedded web console's files) and `cli` (commands).
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod config_check;
@@ -20,6 +21,7 @@ pub mod db;
 pub mod delivery;
 pub mod http_server;
 pub mod lock;
+pub mod ops;
 pub mod reconcile;
 pub mod service;
 pub mod shard;

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use crate::config::Config;
-use crate::db::{self, channels, leaders, migrate, shards as db_shards, statuses, DbError};
+use crate::db::{self, migrate, shards as db_shards};
 use crate::lock;
 
 /// `migrate`: applies pending migrations; prints what it did.
@@ -63,95 +63,12 @@ pub fn check_config(config: &Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-#[derive(serde::Serialize)]
-struct StatusReport {
-    #[serde(flatten)]
-    counts: statuses::Counts,
-    lock_key: String,
-    lock_key_int8: i64,
-    lock_holder: Option<lock::Holder>,
-    leader: Leader,
-    channels: ChannelCounts,
-    schema: String,
-    schema_version: i32,
-    /// The shard count recorded in the schema (`reconciler.shards`).
-    shard_count: u32,
-    shards: Vec<ShardStatus>,
-}
-
-/// One shard as `status` shows it.
-#[derive(serde::Serialize)]
-struct ShardStatus {
-    shard: u32,
-    lock_key_int8: i64,
-    /// The instance holding the shard's lock (None: nobody leads it).
-    leader: Option<String>,
-    /// Its deliveries due now.
-    due: i64,
-}
-
-/// Channel counts `status` shows (no per-channel detail: `channel list`).
-#[derive(serde::Serialize)]
-struct ChannelCounts {
-    /// Channels whose breaker is open or half-open (as of the leader's last
-    /// heartbeat).
-    breakers_open: usize,
-    /// Channels the leader disabled because every attempt failed for
-    /// `delivery.disable_after` (still disabled, not deleted).
-    auto_disabled: i64,
-}
-
-/// Whether a leader is active, as `status` shows it.
-#[derive(serde::Serialize)]
-struct Leader {
-    /// Some instance holds the lock and leads.
-    active: bool,
-    /// Its record (when its lock connection is the holder).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    record: Option<leaders::LeaderRow>,
-}
-
 /// `status`: counts by state, due now, oldest unfinished age, lock holder,
 /// and the leader with its deliveries in flight.
 pub fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let mut client = super::connect(config)?;
-    let counts = statuses::counts(&mut client)?;
-    let key = lock::derive_key(&config.reconciler.lock_key);
-    let (lock_holder, record) = live_leader(&mut client, key)?;
-    let breakers_open = leaders::published(&mut client)?.map_or(0, |m| {
-        m.values().filter(|v| v["breaker"] != "closed").count()
-    });
-    let channels = ChannelCounts {
-        breakers_open,
-        auto_disabled: channels::count_auto_disabled(&mut client)?,
-    };
-    let shard_count = db_shards::recorded(&mut client)?;
-    let keys = crate::shard::shard_keys(&config.reconciler.lock_key, shard_count);
-    let holders = db_shards::holders(&mut client, &keys)?;
-    let due = db_shards::due_by_shard(&mut client, shard_count)?;
-    let shards = (0..shard_count)
-        .map(|s| ShardStatus {
-            shard: s,
-            lock_key_int8: keys[s as usize],
-            leader: holders[s as usize].clone(),
-            due: due[s as usize],
-        })
-        .collect();
-    let report = StatusReport {
-        channels,
-        counts,
-        lock_key: config.reconciler.lock_key.clone(),
-        lock_key_int8: key,
-        leader: Leader {
-            active: lock_holder.is_some(),
-            record,
-        },
-        lock_holder,
-        schema: config.database.schema.clone(),
-        schema_version: migrate::latest_version(),
-        shard_count,
-        shards,
-    };
+    let report = crate::ops::status::report(&mut client, config)?;
+    let key = report.lock_key_int8;
     if json {
         super::print_json(&report)?;
         return Ok(ExitCode::SUCCESS);
@@ -234,16 +151,4 @@ pub fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The lock holder under `key` and its leader record, if the record is the
-/// holder's (a record left by a leader that died is ignored).
-pub(super) fn live_leader(
-    client: &mut postgres::Client,
-    key: i64,
-) -> Result<(Option<lock::Holder>, Option<leaders::LeaderRow>), DbError> {
-    let holder = lock::holder(client, key)?;
-    let record = leaders::get(client, key)?
-        .filter(|r| holder.as_ref().is_some_and(|h| h.pid == r.backend_pid));
-    Ok((holder, record))
 }

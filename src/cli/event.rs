@@ -2,13 +2,14 @@
 
 use std::process::ExitCode;
 
-use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::channel::non_empty;
-use super::{EventCommand, UsageError};
+use super::{ops_error, EventCommand, UsageError};
 use crate::config::Config;
-use crate::db::{channels, events, migrate, statuses, DbError};
+use crate::db::{events, migrate};
+use crate::ops::channels;
+use crate::ops::events::{self as ops_events, EmitInput};
+use crate::ops::{non_empty, OpsError};
 use crate::state::State;
 
 /// Runs one `event` subcommand.
@@ -19,8 +20,8 @@ pub fn run(config: &Config, command: EventCommand) -> anyhow::Result<ExitCode> {
             event_type,
             data,
         } => {
-            non_empty("--namespace", &namespace)?;
-            non_empty("--type", &event_type)?;
+            non_empty("namespace", &namespace).map_err(ops_error)?;
+            non_empty("type", &event_type).map_err(ops_error)?;
             // Inline JSON is checked and a file opened before connecting, so
             // a typo is a usage error even with the database down.
             let data = open_data(&data)?;
@@ -35,8 +36,19 @@ pub fn run(config: &Config, command: EventCommand) -> anyhow::Result<ExitCode> {
                     .unwrap_or(config.delivery.max_payload_bytes),
             };
             let payload = data.read(cap)?;
-            let ids = events::emit(&mut client, &namespace, &event_type, &payload)
-                .map_err(refused_by_producer)?;
+            let input = EmitInput {
+                namespace: namespace.clone(),
+                event_type: event_type.clone(),
+                payload,
+                annotations: None,
+            };
+            let ids = ops_events::emit(&mut client, &input).map_err(|e| match e {
+                // The payload is what --data gave.
+                OpsError::Invalid { field, message } if field == "payload" => {
+                    ops_error(OpsError::invalid("data", message))
+                }
+                e => ops_error(e),
+            })?;
             if ids.is_empty() {
                 eprintln!(
                     "no active rule for type {event_type:?} in namespace {namespace:?}: no event created"
@@ -76,8 +88,7 @@ pub fn run(config: &Config, command: EventCommand) -> anyhow::Result<ExitCode> {
         }
         EventCommand::Show { id, json } => {
             let mut client = super::connect(config)?;
-            let (event, statuses) = events::show(&mut client, id)?
-                .ok_or_else(|| UsageError(format!("no event {id}")))?;
+            let (event, statuses) = ops_events::show(&mut client, None, id).map_err(ops_error)?;
             if json {
                 super::print_json(&serde_json::json!({ "event": event, "deliveries": statuses }))?;
             } else {
@@ -176,25 +187,6 @@ fn read_bounded(path: &str, file: std::fs::File, cap: i64) -> Result<String, Usa
         .map_err(|_| UsageError(format!("--data @{path} is not JSON: not UTF-8 text")))
 }
 
-/// `enqueue_event`'s own refusals (payload not an object, over the cap) as
-/// usage errors with the database's message; other errors unchanged.
-fn refused_by_producer(err: DbError) -> anyhow::Error {
-    use postgres::error::SqlState;
-    if let DbError::Query { source, .. } = &err {
-        if let Some(db) = source.as_db_error() {
-            if [
-                SqlState::INVALID_PARAMETER_VALUE,
-                SqlState::PROGRAM_LIMIT_EXCEEDED,
-            ]
-            .contains(db.code())
-            {
-                return UsageError(format!("event refused: {}", db.message())).into();
-            }
-        }
-    }
-    err.into()
-}
-
 /// Rows under a header row, each column as wide as its widest cell, two
 /// spaces apart (the last column unpadded). The header is printed even
 /// when there are no rows, so the output always says what its columns are.
@@ -225,31 +217,13 @@ fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
 }
 
 /// `resend EVENT_ID [--channel ID]`: prints one line per delivery set to
-/// RESENDING (the event, the channel id and name, the state it had). Deliveries still PENDING or RESENDING are
-/// already on their way and are refused; when nothing could be resent the
-/// command fails (exit 2) with one line saying why.
+/// RESENDING (the event, the channel id and name, the state it had).
+/// Deliveries still PENDING or RESENDING are already on their way and are
+/// refused; when nothing could be resent the command fails (exit 2) with one
+/// line saying why.
 pub fn resend(config: &Config, event_id: Uuid, channel: Option<Uuid>) -> anyhow::Result<ExitCode> {
     let mut client = super::connect(config)?;
-    let result = statuses::resend(&mut client, event_id, channel)?;
-    let refused: Vec<String> = result
-        .refused
-        .iter()
-        .map(|(channel, state)| format!("channel {channel} is {state}"))
-        .collect();
-    if result.resent.is_empty() {
-        if refused.is_empty() {
-            let what = match channel {
-                Some(c) => format!("event {event_id} has no delivery to channel {c}"),
-                None => format!("event {event_id} has no deliveries (unknown event?)"),
-            };
-            return Err(UsageError(format!("nothing to resend: {what}")).into());
-        }
-        return Err(UsageError(format!(
-            "nothing to resend: the delivery of event {event_id} is still on its way ({}); only SUCCESS, FAILED or SENDING deliveries can be resent",
-            refused.join(", ")
-        ))
-        .into());
-    }
+    let result = ops_events::resend(&mut client, None, event_id, channel).map_err(ops_error)?;
     for resent in &result.resent {
         println!(
             "resent event {event_id} to channel {} ({}): was {}, now RESENDING, due now",
@@ -261,7 +235,12 @@ pub fn resend(config: &Config, event_id: Uuid, channel: Option<Uuid>) -> anyhow:
         result.resent.len(),
         if result.resent.len() == 1 { "y" } else { "ies" }
     );
-    if !refused.is_empty() {
+    if !result.refused.is_empty() {
+        let refused: Vec<String> = result
+            .refused
+            .iter()
+            .map(|r| format!("channel {} is {}", r.channel_id, r.state))
+            .collect();
         note.push_str(&format!(
             "; not resent, already on their way: {}",
             refused.join(", ")
@@ -282,47 +261,24 @@ pub fn resend_channel(
     since: Option<&str>,
     state: Option<State>,
 ) -> anyhow::Result<ExitCode> {
-    let since = since.map(parse_since).transpose()?;
-    let states = match state {
-        None => vec![State::Success, State::Failed, State::Sending],
-        Some(s @ (State::Success | State::Failed | State::Sending)) => vec![s],
-        Some(s) => {
-            return Err(UsageError(format!(
-                "--state {s}: {s} deliveries are already on their way; only SUCCESS, FAILED or SENDING deliveries can be resent"
-            ))
-            .into())
-        }
-    };
+    let since = since
+        .map(|s| channels::parse_since("since", s))
+        .transpose()
+        .map_err(ops_error)?;
+    channels::resendable_states(state).map_err(ops_error)?;
     let mut client = super::connect(config)?;
-    let channel = channels::standing(&mut client, channel_id)?
-        .ok_or_else(|| UsageError(format!("no channel {channel_id}")))?;
-    if channel.deleted {
-        return Err(UsageError(format!(
-            "channel {channel_id} is deleted; nothing can be delivered to it"
-        ))
-        .into());
-    }
-    if channel.disabled {
-        let why = channel
-            .disabled_reason
-            .map(|r| format!(" ({r})"))
-            .unwrap_or_default();
-        return Err(UsageError(format!(
-            "channel {channel_id} is disabled{why}: resent deliveries would fail again; run `channel enable {channel_id}` first"
-        ))
-        .into());
-    }
-    let result = statuses::resend_channel(&mut client, channel_id, since, &states)?;
+    let result =
+        channels::resend(&mut client, None, channel_id, since, state, false).map_err(ops_error)?;
     let breakdown: Vec<String> = result
         .by_state
         .iter()
         .map(|(state, n)| format!("{n} {state}"))
         .collect();
-    let total = result.total();
+    let total = result.resent;
     println!(
         "resent {total} deliver{} to channel {channel_id} ({}){}{}",
         if total == 1 { "y" } else { "ies" },
-        channel.name,
+        result.channel_name,
         if breakdown.is_empty() { "" } else { ": was " },
         breakdown.join(", ")
     );
@@ -332,39 +288,9 @@ pub fn resend_channel(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `--since`: an RFC 3339 time, or a duration ago (`24h`, `90m`).
-fn parse_since(text: &str) -> Result<DateTime<Utc>, UsageError> {
-    let text = text.trim();
-    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
-        return Ok(t.with_timezone(&Utc));
-    }
-    let ago = humantime::parse_duration(text).map_err(|_| {
-        UsageError(format!(
-            "--since {text:?}: not a time; write an RFC 3339 time such as \"2026-12-01T08:00:00Z\" or a duration ago such as \"24h\""
-        ))
-    })?;
-    chrono::Duration::from_std(ago)
-        .ok()
-        .and_then(|d| Utc::now().checked_sub_signed(d))
-        .ok_or_else(|| UsageError(format!("--since {text:?}: too long ago")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn since_is_a_time_or_a_duration_ago() {
-        let t = parse_since("2026-12-01T08:00:00Z").unwrap();
-        assert_eq!(t.to_rfc3339(), "2026-12-01T08:00:00+00:00");
-        let t = parse_since("2026-12-01T09:00:00+01:00").unwrap();
-        assert_eq!(t.to_rfc3339(), "2026-12-01T08:00:00+00:00");
-        let ago = Utc::now() - parse_since("2h").unwrap();
-        assert!((7199..=7201).contains(&ago.num_seconds()), "{ago}");
-        let e = parse_since("yesterday").unwrap_err().to_string();
-        assert!(e.contains("--since \"yesterday\""), "{e}");
-        assert!(parse_since("100000000000y").is_err());
-    }
 
     #[test]
     fn a_table_has_a_header_row_and_aligned_columns() {

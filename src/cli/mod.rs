@@ -9,6 +9,7 @@ mod admin;
 mod channel;
 mod event;
 mod rule;
+mod token;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,6 +19,7 @@ use uuid::Uuid;
 
 use crate::config::{Config, ConfigError};
 use crate::db::DbError;
+use crate::ops::OpsError;
 
 /// Exit code of `once` when another instance holds the lock.
 pub const EXIT_LOCK_HELD: u8 = 75;
@@ -89,8 +91,46 @@ pub enum Command {
         #[arg(long, value_name = "STATE", conflicts_with = "event_id")]
         state: Option<crate::state::State>,
     },
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// A development webhook receiver that verifies signatures.
     Sink(SinkArgs),
+}
+
+/// `token …`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create an API token; prints the token once (only its hash is stored).
+    #[command(group(clap::ArgGroup::new("scope").required(true).args(["namespace", "admin"])))]
+    Create {
+        /// A name for people (what it is for).
+        #[arg(long)]
+        name: String,
+        /// The one namespace the token works in.
+        #[arg(long)]
+        namespace: Option<String>,
+        /// An admin token: every namespace, and /v1/status.
+        #[arg(long)]
+        admin: bool,
+        /// Refused on every write (403).
+        #[arg(long)]
+        read_only: bool,
+        /// Stops working after this long, e.g. 1h, 90d (default: never).
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        expires: Option<std::time::Duration>,
+    },
+    /// List tokens (never the tokens themselves).
+    List {
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token: every instance refuses it within a second.
+    Revoke {
+        /// Token id.
+        id: Uuid,
+    },
 }
 
 /// `channel …`
@@ -128,6 +168,24 @@ pub enum ChannelCommand {
         /// Include the signing secrets.
         #[arg(long)]
         show_secrets: bool,
+    },
+    /// Change a channel's URL, name or custom headers; deliveries still due
+    /// go to the new URL.
+    Update {
+        /// Channel id.
+        id: Uuid,
+        /// New endpoint URL (checked like at create).
+        #[arg(long)]
+        url: Option<String>,
+        /// New name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Custom header 'Name: value' (repeatable); replaces all headers.
+        #[arg(long = "header", value_name = "'K: V'")]
+        headers: Vec<String>,
+        /// Remove every custom header.
+        #[arg(long, conflicts_with = "headers")]
+        clear_headers: bool,
     },
     /// Disable a channel (its pending deliveries fail).
     Disable {
@@ -176,6 +234,28 @@ pub enum RuleCommand {
         /// Channel id (repeatable, at least one).
         #[arg(long = "channel", value_name = "ID", required = true)]
         channels: Vec<Uuid>,
+        /// Only events whose payload meets this PostgreSQL jsonpath
+        /// predicate, e.g. '$.amount > 1000'.
+        #[arg(long, value_name = "JSONPATH_PREDICATE")]
+        filter: Option<String>,
+    },
+    /// Change a rule's channels or filter.
+    Update {
+        /// Rule id.
+        id: Uuid,
+        /// Assign this channel too (repeatable).
+        #[arg(long = "add-channel", value_name = "ID")]
+        add: Vec<Uuid>,
+        /// Unassign this channel (repeatable); its deliveries still due for
+        /// the rule's events end FAILED.
+        #[arg(long = "remove-channel", value_name = "ID")]
+        remove: Vec<Uuid>,
+        /// Set the payload filter (a jsonpath predicate).
+        #[arg(long, value_name = "JSONPATH_PREDICATE", conflicts_with = "no_filter")]
+        filter: Option<String>,
+        /// Remove the payload filter.
+        #[arg(long)]
+        no_filter: bool,
     },
     /// List rules.
     List {
@@ -185,6 +265,12 @@ pub enum RuleCommand {
         /// Print as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Delete a rule: it matches no new event; deliveries already enqueued
+    /// go on.
+    Delete {
+        /// Rule id.
+        id: Uuid,
     },
 }
 
@@ -280,6 +366,7 @@ fn dispatch(command: Command, config: &Config) -> anyhow::Result<ExitCode> {
         Command::Channel(c) => channel::run(config, c),
         Command::Rule(c) => rule::run(config, c),
         Command::Event(c) => event::run(config, c),
+        Command::Token(c) => token::run(config, c),
         Command::Resend {
             event_id: Some(event_id),
             channel,
@@ -315,6 +402,27 @@ fn init_logging(level: &str) {
         .filter_module("tokio_postgres::query", log::LevelFilter::Info)
         .format_timestamp_millis()
         .try_init();
+}
+
+/// An operation's error as the command line shows it: the caller's errors
+/// become usage errors (exit 2) naming the flag (`--event-type`) where the
+/// operation names the field (`event_type`); database failures stay.
+pub(crate) fn ops_error(err: OpsError) -> anyhow::Error {
+    match err {
+        OpsError::Invalid { field, message } => {
+            let flag = if field.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                format!("--{}", field.replace('_', "-"))
+            } else {
+                field
+            };
+            let sep = if message.starts_with('"') { " " } else { ": " };
+            UsageError(format!("{flag}{sep}{message}")).into()
+        }
+        OpsError::NotFound(m) | OpsError::Conflict(m) | OpsError::TooLarge(m) => {
+            UsageError(m).into()
+        }
+        OpsError::Db(e) => e.into(),
+    }
 }
 
 /// The exit code for an error from [`run`]: 2 for usage and configuration

@@ -1,56 +1,113 @@
-//! `rule create|list`.
+//! `rule create|list|update|delete`: parses the flags, calls `ops::rules`, prints
+//! the result.
 
 use std::process::ExitCode;
 
-use super::channel::non_empty;
-use super::{RuleCommand, UsageError};
+use super::{ops_error, RuleCommand};
 use crate::config::Config;
-use crate::db::{channels, rules};
+use crate::ops::rules::{self, NewRuleInput, RulePatch};
 
 /// Runs one `rule` subcommand.
 pub fn run(config: &Config, command: RuleCommand) -> anyhow::Result<ExitCode> {
+    if let RuleCommand::Create {
+        namespace,
+        name,
+        event_type,
+        channels,
+        filter,
+    } = &command
+    {
+        rules::check_new(&NewRuleInput {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            event_type: event_type.clone(),
+            channels: channels.clone(),
+            filter: filter.clone(),
+        })
+        .map_err(ops_error)?;
+    }
+    if let RuleCommand::Update {
+        add,
+        remove,
+        filter,
+        no_filter,
+        ..
+    } = &command
+    {
+        if add.is_empty() && remove.is_empty() && filter.is_none() && !no_filter {
+            return Err(super::UsageError(
+                "rule update: nothing to change; give --add-channel, --remove-channel, --filter or --no-filter".into(),
+            )
+            .into());
+        }
+    }
+    let mut client = super::connect(config)?;
     match command {
         RuleCommand::Create {
             namespace,
             name,
             event_type,
-            channels: ids,
+            channels,
+            filter,
         } => {
-            non_empty("--namespace", &namespace)?;
-            non_empty("--name", &name)?;
-            non_empty("--event-type", &event_type)?;
-            let mut client = super::connect(config)?;
-            let missing = channels::missing(&mut client, &namespace, &ids)?;
-            if !missing.is_empty() {
-                let list: Vec<String> = missing.iter().map(|u| u.to_string()).collect();
-                return Err(UsageError(format!(
-                    "no channel {} in namespace {namespace:?} (unknown, deleted, or of another namespace)",
-                    list.join(", ")
-                ))
-                .into());
-            }
-            let id = rules::create(&mut client, &namespace, &name, &event_type, &ids)?;
-            println!("{id}");
+            let input = NewRuleInput {
+                namespace,
+                name,
+                event_type,
+                channels,
+                filter,
+            };
+            let rule = rules::create(&mut client, input).map_err(ops_error)?;
+            println!("{}", rule.id);
         }
         RuleCommand::List { namespace, json } => {
-            let mut client = super::connect(config)?;
-            let list = rules::list(&mut client, namespace.as_deref())?;
+            let list = rules::list(&mut client, namespace.as_deref(), None)
+                .map_err(ops_error)?
+                .items;
             if json {
                 super::print_json(&list)?;
             } else {
                 for r in &list {
                     let chans: Vec<String> = r.channels.iter().map(|c| c.to_string()).collect();
                     println!(
-                        "{}  {}  {}  {}  {}  channels={}",
+                        "{}  {}  {}  {}  {}  channels={}{}",
                         r.id,
                         r.namespace,
                         r.name,
                         r.event_type,
                         if r.disabled { "disabled" } else { "enabled" },
-                        chans.join(",")
+                        chans.join(","),
+                        r.filter
+                            .as_deref()
+                            .map(|f| format!("  filter={f}"))
+                            .unwrap_or_default()
                     );
                 }
             }
+        }
+        RuleCommand::Update {
+            id,
+            add,
+            remove,
+            filter,
+            no_filter,
+        } => {
+            let patch = RulePatch {
+                add,
+                remove,
+                set: None,
+                filter: if no_filter {
+                    Some(None)
+                } else {
+                    filter.map(Some)
+                },
+            };
+            rules::update(&mut client, None, id, patch).map_err(ops_error)?;
+            eprintln!("rule {id} updated");
+        }
+        RuleCommand::Delete { id } => {
+            rules::delete(&mut client, None, id).map_err(ops_error)?;
+            eprintln!("rule {id} deleted");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -1,7 +1,7 @@
 //! The `channel` table: webhook endpoints with their URL, custom headers and
 //! signing secret (and, during a rotation's overlap, the previous one).
-//! Checking what an operator typed (URL, headers, secret) is
-//! done by the CLI before it calls here; the worker re-checks stored rows.
+//! Checking what an operator typed (URL, headers, secret) is done by
+//! `ops::channels` before it calls here; the worker re-checks stored rows.
 
 use chrono::{DateTime, Utc};
 use postgres::GenericClient;
@@ -84,6 +84,34 @@ pub fn create(client: &mut impl GenericClient, new: &NewChannel<'_>) -> Result<U
     Ok(row.get(0))
 }
 
+/// The columns [`from_row`] reads, in its order.
+const COLUMNS: &str = "id, namespace, name, type, url, headers, signing_secret, disabled,
+     created_at, updated_at, deleted_at,
+     CASE WHEN previous_secret_until > now() THEN previous_secret END,
+     CASE WHEN previous_secret_until > now() THEN previous_secret_until END,
+     disabled_reason, failing_since";
+
+/// A row of [`COLUMNS`] as a channel; the secrets only with `with_secrets`.
+fn from_row(r: &postgres::Row, with_secrets: bool) -> Channel {
+    Channel {
+        id: r.get(0),
+        namespace: r.get(1),
+        name: r.get(2),
+        kind: r.get(3),
+        url: r.get(4),
+        headers: r.get(5),
+        signing_secret: with_secrets.then(|| r.get(6)),
+        disabled: r.get(7),
+        created_at: r.get(8),
+        updated_at: r.get(9),
+        deleted_at: r.get(10),
+        previous_signing_secret: if with_secrets { r.get(11) } else { None },
+        previous_secret_until: r.get(12),
+        disabled_reason: r.get(13),
+        failing_since: r.get(14),
+    }
+}
+
 /// Lists channels (not deleted), optionally of one namespace; the secret only
 /// with `with_secrets`.
 pub fn list(
@@ -91,39 +119,77 @@ pub fn list(
     namespace: Option<&str>,
     with_secrets: bool,
 ) -> Result<Vec<Channel>, DbError> {
+    list_after(client, namespace, None, None, with_secrets)
+}
+
+/// Lists channels (not deleted) in (namespace, created_at, id) order,
+/// optionally of one namespace, after `after` = (created_at, id) within it,
+/// at most `limit` (`None`: all).
+pub fn list_after(
+    client: &mut impl GenericClient,
+    namespace: Option<&str>,
+    after: Option<(DateTime<Utc>, Uuid)>,
+    limit: Option<i64>,
+    with_secrets: bool,
+) -> Result<Vec<Channel>, DbError> {
+    let (after_at, after_id) = after.unzip();
     let rows = client
         .query(
-            "SELECT id, namespace, name, type, url, headers, signing_secret, disabled,
-                    created_at, updated_at, deleted_at,
-                    CASE WHEN previous_secret_until > now() THEN previous_secret END,
-                    CASE WHEN previous_secret_until > now() THEN previous_secret_until END,
-                    disabled_reason, failing_since
-             FROM channel
-             WHERE deleted_at IS NULL AND ($1::text IS NULL OR namespace = $1)
-             ORDER BY namespace, created_at, id",
-            &[&namespace],
+            &format!(
+                "SELECT {COLUMNS} FROM channel
+                 WHERE deleted_at IS NULL AND ($1::text IS NULL OR namespace = $1)
+                   AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3::uuid))
+                 ORDER BY namespace, created_at, id
+                 LIMIT $4"
+            ),
+            &[&namespace, &after_at, &after_id, &limit],
         )
         .map_err(DbError::query("listing channels"))?;
-    Ok(rows
-        .iter()
-        .map(|r| Channel {
-            id: r.get(0),
-            namespace: r.get(1),
-            name: r.get(2),
-            kind: r.get(3),
-            url: r.get(4),
-            headers: r.get(5),
-            signing_secret: with_secrets.then(|| r.get(6)),
-            disabled: r.get(7),
-            created_at: r.get(8),
-            updated_at: r.get(9),
-            deleted_at: r.get(10),
-            previous_signing_secret: if with_secrets { r.get(11) } else { None },
-            previous_secret_until: r.get(12),
-            disabled_reason: r.get(13),
-            failing_since: r.get(14),
-        })
-        .collect())
+    Ok(rows.iter().map(|r| from_row(r, with_secrets)).collect())
+}
+
+/// One live (not deleted) channel; `None` when there is none with that id.
+pub fn get(
+    client: &mut impl GenericClient,
+    id: Uuid,
+    with_secrets: bool,
+) -> Result<Option<Channel>, DbError> {
+    let row = client
+        .query_opt(
+            &format!("SELECT {COLUMNS} FROM channel WHERE id = $1 AND deleted_at IS NULL"),
+            &[&id],
+        )
+        .map_err(DbError::query("reading a channel"))?;
+    Ok(row.map(|r| from_row(&r, with_secrets)))
+}
+
+/// What an update changes (`None`: keep).
+#[derive(Debug, Default)]
+pub struct ChannelChange<'a> {
+    /// New name.
+    pub name: Option<&'a str>,
+    /// New validated URL.
+    pub url: Option<&'a str>,
+    /// New validated headers (replace the old ones whole).
+    pub headers: Option<serde_json::Value>,
+}
+
+/// Changes a live channel; false when no live channel has that id.
+/// Deliveries already enqueued go to the new URL from their next attempt.
+pub fn update(
+    client: &mut impl GenericClient,
+    id: Uuid,
+    change: &ChannelChange<'_>,
+) -> Result<bool, DbError> {
+    let n = client
+        .execute(
+            "UPDATE channel SET name = coalesce($2, name), url = coalesce($3, url),
+                 headers = coalesce($4, headers), updated_at = now()
+             WHERE id = $1 AND deleted_at IS NULL",
+            &[&id, &change.name, &change.url, &change.headers],
+        )
+        .map_err(DbError::query("changing a channel"))?;
+    Ok(n == 1)
 }
 
 /// Sets `disabled` (an operator's); false when no live channel has that id.

@@ -203,7 +203,8 @@ const READ_SQL_TEMPLATE: &str = "
 SELECT e.id, e.namespace, e.type, e.created_at, e.payload::text,
        d.id, d.version, d.state, d.next_attempt_at, d.clock_started_at, d.round_attempts,
        c.id, c.url, c.headers::text, c.signing_secret, c.disabled, c.deleted_at IS NOT NULL,
-       EXISTS (SELECT 1 FROM rule_channel rc WHERE rc.rule_id = e.rule_id AND rc.channel_id = c.id),
+       (e.rule_id IS NULL
+        OR EXISTS (SELECT 1 FROM rule_channel rc WHERE rc.rule_id = e.rule_id AND rc.channel_id = c.id)),
        CASE WHEN c.previous_secret_until > now() THEN c.previous_secret END,
        CASE WHEN c.previous_secret_until > now() THEN c.previous_secret_until END,
        c.failing_since

@@ -52,35 +52,104 @@ pub fn emit(
     namespace: &str,
     event_type: &str,
     payload: &serde_json::Value,
+    annotations: Option<&serde_json::Value>,
 ) -> Result<Vec<Uuid>, DbError> {
     let rows = client
         .query(
-            "SELECT enqueue_event($1, $2, $3, '{}'::jsonb)",
-            &[&namespace, &event_type, payload],
+            "SELECT enqueue_event($1, $2, $3, coalesce($4, '{}'::jsonb))",
+            &[&namespace, &event_type, payload, &annotations],
         )
         .map_err(DbError::query("enqueueing an event"))?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// The newest `limit` events, optionally only those with a delivery in `state`.
-pub fn list(
+/// Creates an event without a rule and one PENDING delivery of it to
+/// `channel` (the test event of a channel), in one transaction, and wakes
+/// the leader; returns the event id. An event without a rule is delivered
+/// to the channel it was made for (`db::due`'s read).
+pub fn emit_to_channel(
     client: &mut impl GenericClient,
-    state: Option<State>,
+    namespace: &str,
+    event_type: &str,
+    payload: &serde_json::Value,
+    channel: Uuid,
+) -> Result<Uuid, DbError> {
+    let mut tx = client
+        .transaction()
+        .map_err(DbError::query("sending a test event"))?;
+    let row = tx
+        .query_one(
+            "WITH e AS (
+                 INSERT INTO event (namespace, type, payload, created_at)
+                 VALUES ($1, $2, $3, clock_timestamp()) RETURNING id, created_at
+             )
+             INSERT INTO delivery_status
+                 (namespace, event_id, channel_id, event_created_at, state,
+                  next_attempt_at, clock_started_at, created_at, updated_at)
+             SELECT $1, e.id, $4, e.created_at, 'PENDING', e.created_at, e.created_at,
+                    e.created_at, e.created_at
+             FROM e RETURNING event_id",
+            &[&namespace, &event_type, payload, &channel],
+        )
+        .map_err(DbError::query("sending a test event"))?;
+    tx.execute("SELECT pg_notify(wake_channel(), '')", &[])
+        .map_err(DbError::query("sending a test event"))?;
+    tx.commit()
+        .map_err(DbError::query("sending a test event"))?;
+    Ok(row.get(0))
+}
+
+/// Which events [`list_filtered`] returns.
+#[derive(Debug, Default, Clone)]
+pub struct EventFilter<'a> {
+    /// Only this namespace.
+    pub namespace: Option<&'a str>,
+    /// Only this type.
+    pub event_type: Option<&'a str>,
+    /// Only events with a delivery in this state.
+    pub state: Option<State>,
+    /// Only events with a delivery to this channel.
+    pub channel: Option<Uuid>,
+    /// Only events created at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Only events before this one in newest-first order: (created_at, id).
+    pub before: Option<(DateTime<Utc>, Uuid)>,
+}
+
+/// The newest `limit` events that match `filter`, newest first.
+pub fn list_filtered(
+    client: &mut impl GenericClient,
+    filter: &EventFilter<'_>,
     limit: i64,
 ) -> Result<Vec<EventSummary>, DbError> {
-    let state = state.map(|s| s.as_str());
+    let state = filter.state.map(|s| s.as_str());
+    let (before_at, before_id) = filter.before.unzip();
     let rows = client
         .query(
             "SELECT e.id, e.namespace, e.type, e.created_at,
-                    coalesce(array_agg(ds.state ORDER BY ds.channel_id)
-                             FILTER (WHERE ds.id IS NOT NULL), '{}')
-             FROM event e LEFT JOIN delivery_status ds ON ds.event_id = e.id
-             WHERE $1::text IS NULL
-                OR EXISTS (SELECT 1 FROM delivery_status x WHERE x.event_id = e.id AND x.state = $1)
-             GROUP BY e.id
+                    coalesce((SELECT array_agg(ds.state ORDER BY ds.channel_id)
+                              FROM delivery_status ds WHERE ds.event_id = e.id), '{}')
+             FROM event e
+             WHERE ($1::text IS NULL OR e.namespace = $1)
+               AND ($2::text IS NULL OR e.type = $2)
+               AND ($3::text IS NULL
+                    OR EXISTS (SELECT 1 FROM delivery_status x WHERE x.event_id = e.id AND x.state = $3))
+               AND ($4::uuid IS NULL
+                    OR EXISTS (SELECT 1 FROM delivery_status x WHERE x.event_id = e.id AND x.channel_id = $4))
+               AND ($5::timestamptz IS NULL OR e.created_at >= $5)
+               AND ($6::timestamptz IS NULL OR (e.created_at, e.id) < ($6, $7::uuid))
              ORDER BY e.created_at DESC, e.id DESC
-             LIMIT $2",
-            &[&state, &limit],
+             LIMIT $8",
+            &[
+                &filter.namespace,
+                &filter.event_type,
+                &state,
+                &filter.channel,
+                &filter.since,
+                &before_at,
+                &before_id,
+                &limit,
+            ],
         )
         .map_err(DbError::query("listing events"))?;
     Ok(rows
@@ -93,6 +162,42 @@ pub fn list(
             states: r.get(4),
         })
         .collect())
+}
+
+/// The newest `limit` events, optionally only those with a delivery in `state`.
+pub fn list(
+    client: &mut impl GenericClient,
+    state: Option<State>,
+    limit: i64,
+) -> Result<Vec<EventSummary>, DbError> {
+    let filter = EventFilter {
+        state,
+        ..EventFilter::default()
+    };
+    list_filtered(client, &filter, limit)
+}
+
+/// Every namespace that has events, live channels or live rules, sorted.
+/// Events' namespaces are found by a skip scan of their index (one probe
+/// per namespace), not by reading every event.
+pub fn namespaces(client: &mut impl GenericClient) -> Result<Vec<String>, DbError> {
+    let rows = client
+        .query(
+            "WITH RECURSIVE ns AS (
+                 (SELECT namespace FROM event ORDER BY namespace LIMIT 1)
+                 UNION ALL
+                 SELECT (SELECT e.namespace FROM event e WHERE e.namespace > ns.namespace
+                         ORDER BY e.namespace LIMIT 1)
+                 FROM ns WHERE ns.namespace IS NOT NULL
+             )
+             SELECT namespace FROM ns WHERE namespace IS NOT NULL
+             UNION SELECT namespace FROM channel WHERE deleted_at IS NULL
+             UNION SELECT namespace FROM rule WHERE deleted_at IS NULL
+             ORDER BY 1",
+            &[],
+        )
+        .map_err(DbError::query("listing namespaces"))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// One event with all its delivery statuses; `None` when unknown.

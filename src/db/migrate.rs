@@ -55,6 +55,16 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0006_due_plans",
         sql: include_str!("migrations/0006_due_plans.sql"),
     },
+    Migration {
+        version: 7,
+        name: "0007_api",
+        sql: include_str!("migrations/0007_api.sql"),
+    },
+    Migration {
+        version: 8,
+        name: "0008_rule_filters",
+        sql: include_str!("migrations/0008_rule_filters.sql"),
+    },
 ];
 
 /// The schema version this binary needs.

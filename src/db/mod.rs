@@ -10,11 +10,13 @@
 pub mod channels;
 pub mod due;
 pub mod events;
+pub mod idempotency;
 pub mod leaders;
 pub mod migrate;
 pub mod rules;
 pub mod shards;
 pub mod statuses;
+pub mod tokens;
 
 use std::time::Duration;
 

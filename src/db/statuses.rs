@@ -255,7 +255,22 @@ pub struct BulkResend {
     pub by_state: std::collections::BTreeMap<String, i64>,
 }
 
+/// The deliveries a bulk resend takes: of channel `$1`, of events created
+/// at or after `$2` (when not NULL), in one of the states `$3` that are
+/// resendable.
+const RESENDABLE: &str = "channel_id = $1 AND ($2::timestamptz IS NULL OR event_created_at >= $2)
+     AND state = ANY($3) AND state IN ('SUCCESS', 'FAILED', 'SENDING')";
+
 impl BulkResend {
+    /// From rows of (state, count).
+    fn from_rows(rows: &[postgres::Row]) -> BulkResend {
+        let mut result = BulkResend::default();
+        for r in rows {
+            result.by_state.insert(r.get(0), r.get(1));
+        }
+        result
+    }
+
     /// How many in all.
     pub fn total(&self) -> i64 {
         self.by_state.values().sum()
@@ -275,10 +290,9 @@ pub fn resend_channel(
     let mut tx = client.transaction().map_err(DbError::query("resending"))?;
     let rows = tx
         .query(
-            "WITH old AS (
-                 SELECT id, state FROM delivery_status
-                 WHERE channel_id = $1 AND ($2::timestamptz IS NULL OR event_created_at >= $2)
-                   AND state = ANY($3) AND state IN ('SUCCESS', 'FAILED', 'SENDING')
+            &format!(
+                "WITH old AS (
+                 SELECT id, state FROM delivery_status WHERE {RESENDABLE}
                  FOR UPDATE
              ), moved AS (
                  UPDATE delivery_status s SET state = 'RESENDING', reason = 'resent by operator',
@@ -287,14 +301,12 @@ pub fn resend_channel(
                  FROM old WHERE s.id = old.id
                  RETURNING old.state AS was
              )
-             SELECT was, count(*) FROM moved GROUP BY was",
+             SELECT was, count(*) FROM moved GROUP BY was"
+            ),
             &[&channel_id, &since, &states],
         )
         .map_err(DbError::query("resending"))?;
-    let mut result = BulkResend::default();
-    for r in &rows {
-        result.by_state.insert(r.get(0), r.get(1));
-    }
+    let result = BulkResend::from_rows(&rows);
     if result.total() > 0 {
         // Wakes the leader on commit (see migration 0002's wake_channel).
         tx.execute("SELECT pg_notify(wake_channel(), '')", &[])
@@ -302,6 +314,25 @@ pub fn resend_channel(
     }
     tx.commit().map_err(DbError::query("resending"))?;
     Ok(result)
+}
+
+/// What [`resend_channel`] would move, counted without changing anything.
+pub fn count_resendable(
+    client: &mut impl GenericClient,
+    channel_id: Uuid,
+    since: Option<DateTime<Utc>>,
+    states: &[State],
+) -> Result<BulkResend, DbError> {
+    let states: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
+    let rows = client
+        .query(
+            &format!(
+                "SELECT state, count(*) FROM delivery_status WHERE {RESENDABLE} GROUP BY state"
+            ),
+            &[&channel_id, &since, &states],
+        )
+        .map_err(DbError::query("counting deliveries to resend"))?;
+    Ok(BulkResend::from_rows(&rows))
 }
 
 /// Counts for `status`.
@@ -317,14 +348,23 @@ pub struct Counts {
 
 /// Counts statuses by state, due now, and the oldest unfinished age.
 pub fn counts(client: &mut impl GenericClient) -> Result<Counts, DbError> {
+    counts_of(client, None)
+}
+
+/// [`counts`] of one namespace (every namespace: `None`).
+pub fn counts_of(
+    client: &mut impl GenericClient,
+    namespace: Option<&str>,
+) -> Result<Counts, DbError> {
     let mut counts = Counts::default();
     for s in State::ALL {
         counts.by_state.insert(s.as_str().to_string(), 0);
     }
     let rows = client
         .query(
-            "SELECT state, count(*) FROM delivery_status GROUP BY state",
-            &[],
+            "SELECT state, count(*) FROM delivery_status
+             WHERE $1::text IS NULL OR namespace = $1 GROUP BY state",
+            &[&namespace],
         )
         .map_err(DbError::query("counting statuses"))?;
     for r in &rows {
@@ -334,11 +374,41 @@ pub fn counts(client: &mut impl GenericClient) -> Result<Counts, DbError> {
         .query_one(
             "SELECT count(*) FILTER (WHERE next_attempt_at <= now()),
                     extract(epoch FROM now() - min(created_at))::float8
-             FROM delivery_status WHERE state IN ('PENDING', 'SENDING', 'RESENDING')",
-            &[],
+             FROM delivery_status WHERE state IN ('PENDING', 'SENDING', 'RESENDING')
+               AND ($1::text IS NULL OR namespace = $1)",
+            &[&namespace],
         )
         .map_err(DbError::query("counting due statuses"))?;
     counts.due_now = row.get(0);
     counts.oldest_unfinished_age_seconds = row.get(1);
     Ok(counts)
+}
+
+/// Attempts and failed attempts of a namespace per minute over the last
+/// hour, oldest first, one entry for every minute (zeros included).
+pub fn attempts_per_minute(
+    client: &mut impl GenericClient,
+    namespace: &str,
+) -> Result<Vec<(DateTime<Utc>, i64, i64)>, DbError> {
+    let rows = client
+        .query(
+            "WITH a AS (
+                 SELECT date_trunc('minute', (x->>'timestamp')::timestamptz) AS m,
+                        x->>'state' AS state
+                 FROM delivery_status ds, jsonb_array_elements(ds.attempts) x
+                 WHERE ds.namespace = $1 AND ds.updated_at > now() - interval '61 minutes'
+                   AND (x->>'timestamp')::timestamptz > now() - interval '60 minutes'
+             )
+             SELECT g.m, count(a.m), count(a.m) FILTER (WHERE a.state <> 'SUCCESS')
+             FROM generate_series(date_trunc('minute', now()) - interval '59 minutes',
+                                  date_trunc('minute', now()), interval '1 minute') AS g(m)
+             LEFT JOIN a ON a.m = g.m
+             GROUP BY g.m ORDER BY g.m",
+            &[&namespace],
+        )
+        .map_err(DbError::query("counting attempts per minute"))?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
 }

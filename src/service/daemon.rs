@@ -48,6 +48,9 @@ pub enum DaemonError {
     /// `metrics.listen` cannot be bound.
     #[error(transparent)]
     Metrics(#[from] ListenError),
+    /// `api.listen` cannot be bound.
+    #[error(transparent)]
+    Api(#[from] crate::api::ApiStartError),
 }
 
 /// Runs the daemon until a shutdown signal.
@@ -107,6 +110,15 @@ pub fn run_until(config: &Config, shutdown: &Shutdown) -> Result<(), DaemonError
         }
     }
     telemetry.health.db_ok();
+    // The management API needs no lock: leader and standby serve it alike.
+    let _api = match config.api.listen {
+        Some(addr) => Some(crate::api::serve(
+            config,
+            addr,
+            Some(Arc::clone(&telemetry)),
+        )?),
+        None => None,
+    };
     let mut reconciler = Reconciler::new(config)?;
     log::info!(
         "started: {} workers, {} pooled database connections, interval {}, lock key {:?}, {} shard(s)",

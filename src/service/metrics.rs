@@ -103,6 +103,8 @@ pub struct Metrics {
     breakers_open: Gauge,
     auto_disabled: Counter,
     shards_led: Gauge,
+    api_requests: Family<[(&'static str, &'static str); 2], Counter>,
+    api_duration: Histogram,
 }
 
 impl Default for Metrics {
@@ -204,6 +206,19 @@ impl Metrics {
             "Shards whose lock this instance holds (reconciler.shards > 1; with one shard see lock_held)",
             shards_led.clone(),
         );
+        let api_requests = Family::<[(&'static str, &'static str); 2], Counter>::default();
+        registry.register(
+            "api_requests",
+            "Management API requests answered, by route (the OpenAPI operationId) and status class (2xx, 4xx, 5xx)",
+            api_requests.clone(),
+        );
+        let api_duration = Histogram::new(exponential_buckets(0.000_1, 2.0, 18));
+        registry.register_with_unit(
+            "api_request_duration",
+            "Time to answer a management API request, from its head read to its answer built",
+            Unit::Seconds,
+            api_duration.clone(),
+        );
         registry.register(
             "build",
             "Build information",
@@ -224,7 +239,25 @@ impl Metrics {
             breakers_open,
             auto_disabled,
             shards_led,
+            api_requests,
+            api_duration,
         }
+    }
+
+    /// A management API request to `route` was answered `status` after
+    /// `took`.
+    pub fn api_request(&self, route: &'static str, status: u16, took: Duration) {
+        let class = match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.api_requests
+            .get_or_create(&[("route", route), ("class", class)])
+            .inc();
+        self.api_duration.observe(took.as_secs_f64());
     }
 
     /// `n` channels have their breaker open or half-open.

@@ -11,6 +11,7 @@
 //! about the daemon itself: those live in the tests that use it.
 #![allow(dead_code, unused_imports)] // each test binary uses a different part
 
+pub mod api;
 pub mod bin;
 pub mod cluster;
 pub mod daemon;

@@ -164,7 +164,7 @@ impl Server {
 
 /// Connects to `url` without TLS, with a 10 s connect timeout; panics saying
 /// which URL failed.
-fn connect(url: &str) -> Client {
+pub fn connect(url: &str) -> Client {
     let mut config: postgres::Config = url
         .parse()
         .unwrap_or_else(|e| panic!("test support: bad database URL {url}: {e}"));

@@ -1,0 +1,258 @@
+//! The management API benchmark of docs/benchmarks.md ("API"): the real
+//! binary (`run` with `api.listen`, standing by: the benchmark holds the
+//! leader lock so no delivery competes for the CPU) against a throw-away
+//! PostgreSQL from the test support.
+//!
+//! 1. `POST /v1/namespaces/{ns}/events` from 8 and 64 concurrent keep-alive
+//!    clients against direct `enqueue_event` calls on 8 and 64 connections
+//!    (each an event with one PENDING delivery), for a fixed time each;
+//!    target: the API's rate ≥ 0.5× the direct rate. The daemon's RSS is
+//!    sampled during the 64-client run; target: ≤ 16 MiB above its RSS
+//!    before the runs.
+//! 2. `GET /v1/namespaces/{ns}/events/{id}` of random events with
+//!    1,000,000 stored (each with a delivery and two attempts), from one
+//!    keep-alive client: p50/p99; target p99 ≤ 5 ms.
+//!
+//! `cargo bench --bench api` runs the full sizes (a few minutes); `-- --tiny`
+//! runs small sizes and checks only that every request succeeded (what CI
+//! runs). Timing targets are reported, never asserted.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use support::api::daemon_with_api;
+use support::bin::Bin;
+
+const NS: &str = "bench";
+const TYPE: &str = "bench.created";
+
+fn main() {
+    let tiny = std::env::args().any(|a| a == "--tiny");
+    let (run_for, stored) = if tiny {
+        (Duration::from_secs(1), 2_000)
+    } else {
+        (Duration::from_secs(10), 1_000_000)
+    };
+    let db = support::migrated_db();
+    let bin = Bin::for_database(&db.url);
+    // Hold the leader lock: the daemon stands by and only serves the API.
+    let mut lock = db.client();
+    let key =
+        notification_reconciler::lock::derive_key("notification.event_handler.reconcile_lock");
+    let held: bool = lock
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+        .expect("bench: lock")
+        .get(0);
+    assert!(held, "bench: cannot hold the leader lock");
+    let (daemon, api) = daemon_with_api("bench", &db.url, "");
+    let token = bin
+        .ok(&["token", "create", "--name", "bench", "--namespace", NS])
+        .trim()
+        .to_string();
+    let channel = bin.ok(&[
+        "channel",
+        "create",
+        "--namespace",
+        NS,
+        "--name",
+        "c",
+        "--url",
+        "http://127.0.0.1:9/",
+    ]);
+    bin.ok(&[
+        "rule",
+        "create",
+        "--namespace",
+        NS,
+        "--name",
+        "r",
+        "--event-type",
+        TYPE,
+        "--channel",
+        channel.trim(),
+    ]);
+    let base = format!("http://{api}");
+    let rss_before = rss_kib(daemon.pid());
+    println!(
+        "machine: {} CPUs; daemon RSS before the runs: {} KiB",
+        cpus(),
+        rss_before
+    );
+
+    println!("\n1. POST events for {:?} per run", run_for);
+    let mut peak_rss = rss_before;
+    for clients in [8usize, 64] {
+        let direct = direct_rate(&db.url, clients, run_for);
+        let (via_api, rss) = api_rate(&base, &token, clients, run_for, daemon.pid());
+        peak_rss = peak_rss.max(rss);
+        println!(
+            "   {clients:>2} clients: direct enqueue_event {direct:>8.0}/s, API {via_api:>8.0}/s = {:.2}x (target >= 0.5x)",
+            via_api / direct
+        );
+    }
+    println!(
+        "   daemon RSS: {} KiB before, {} KiB peak during the 64-client run: +{:.1} MiB (target <= 16 MiB)",
+        rss_before,
+        peak_rss,
+        (peak_rss.saturating_sub(rss_before)) as f64 / 1024.0
+    );
+
+    println!("\n2. GET event by id with {stored} events stored");
+    let t = Instant::now();
+    let ids = seed(&db, stored);
+    println!("   seeded in {:.1} s", t.elapsed().as_secs_f64());
+    let agent = agent();
+    let mut lat = Vec::new();
+    let samples = if tiny { 200 } else { 5_000 };
+    for i in 0..samples {
+        let id = &ids[(i * 7919) % ids.len()];
+        let t = Instant::now();
+        let r = agent
+            .get(&format!("{base}/v1/namespaces/{NS}/events/{id}"))
+            .header("authorization", &format!("Bearer {token}"))
+            .call()
+            .expect("bench: GET");
+        let status = r.status().as_u16();
+        let _ = r.into_body().read_to_vec();
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(status, 200, "bench: GET event {id}");
+    }
+    lat.sort_by(f64::total_cmp);
+    println!(
+        "   {} GETs: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (target p99 <= 5 ms)",
+        samples,
+        pct(&lat, 0.5),
+        pct(&lat, 0.99),
+        lat.last().copied().unwrap_or(0.0)
+    );
+    drop(lock);
+    if tiny {
+        println!("\n(tiny sizes: targets not judged)");
+    }
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// The resident set of `pid` in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+/// Events/s of `clients` connections calling `enqueue_event` in autocommit.
+fn direct_rate(url: &str, clients: usize, run_for: Duration) -> f64 {
+    let done = AtomicU64::new(0);
+    let until = Instant::now() + run_for;
+    std::thread::scope(|s| {
+        for _ in 0..clients {
+            s.spawn(|| {
+                let mut c = support::pg::connect(url);
+                let stmt = c
+                    .prepare("SELECT notification.enqueue_event($1, $2, $3::jsonb, '{}'::jsonb)")
+                    .expect("bench: prepare");
+                let payload = serde_json::json!({"amount": 1, "note": "direct"});
+                while Instant::now() < until {
+                    c.query(&stmt, &[&NS, &TYPE, &payload])
+                        .expect("bench: enqueue");
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    done.load(Ordering::Relaxed) as f64 / run_for.as_secs_f64()
+}
+
+/// Events/s of `clients` keep-alive clients POSTing events, and the
+/// daemon's highest RSS sampled meanwhile.
+fn api_rate(base: &str, token: &str, clients: usize, run_for: Duration, pid: u32) -> (f64, u64) {
+    let done = AtomicU64::new(0);
+    let until = Instant::now() + run_for;
+    let url = format!("{base}/v1/namespaces/{NS}/events");
+    let auth = format!("Bearer {token}");
+    let body = format!(r#"{{"type": "{TYPE}", "payload": {{"amount": 1, "note": "api"}}}}"#);
+    let mut peak = 0;
+    std::thread::scope(|s| {
+        for _ in 0..clients {
+            s.spawn(|| {
+                let agent = agent();
+                while Instant::now() < until {
+                    let r = agent
+                        .post(&url)
+                        .header("authorization", &auth)
+                        .header("content-type", "application/json")
+                        .send(body.as_str())
+                        .expect("bench: POST");
+                    let status = r.status().as_u16();
+                    let _ = r.into_body().read_to_vec();
+                    assert_eq!(status, 201, "bench: POST answered {status}");
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        while Instant::now() < until {
+            peak = peak.max(rss_kib(pid));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    (
+        done.load(Ordering::Relaxed) as f64 / run_for.as_secs_f64(),
+        peak,
+    )
+}
+
+/// `n` finished events of the namespace, each with one SUCCESS delivery
+/// and two recorded attempts, written server-side; returns a sample of ids.
+fn seed(db: &support::TestDb, n: usize) -> Vec<String> {
+    let mut c = db.client();
+    c.batch_execute(&format!(
+        "SET search_path = notification;
+         INSERT INTO event (namespace, type, payload, created_at)
+         SELECT '{NS}', '{TYPE}', jsonb_build_object('i', g, 'amount', g % 1000),
+                now() - (g || ' seconds')::interval
+         FROM generate_series(1, {n}) g;
+         INSERT INTO delivery_status (namespace, event_id, channel_id, event_created_at, state,
+                                      attempts, attempt_count, created_at, updated_at)
+         SELECT e.namespace, e.id, (SELECT id FROM channel LIMIT 1), e.created_at, 'SUCCESS',
+                jsonb_build_array(
+                  jsonb_build_object('timestamp', e.created_at, 'state', 'SENDING', 'http_status', 500,
+                                     'duration_ms', 3, 'url', 'http://127.0.0.1:9/', 'response_body', 'no', 'error', null),
+                  jsonb_build_object('timestamp', e.created_at, 'state', 'SUCCESS', 'http_status', 200,
+                                     'duration_ms', 2, 'url', 'http://127.0.0.1:9/', 'response_body', 'ok', 'error', null)),
+                2, e.created_at, e.created_at
+         FROM event e WHERE e.namespace = '{NS}' AND e.payload ? 'i';
+         ANALYZE event; ANALYZE delivery_status;"
+    ))
+    .expect("bench: seed");
+    c.query(
+        "SELECT id::text FROM notification.event WHERE payload ? 'i' ORDER BY random() LIMIT 5000",
+        &[],
+    )
+    .expect("bench: ids")
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}

@@ -1,0 +1,373 @@
+//! One function per API route: decode what the route takes, call the
+//! operation in `ops` (the same one the command line calls), encode what it
+//! returns. Nothing here decides anything the command line could decide
+//! differently.
+
+use std::collections::BTreeMap;
+
+use uuid::Uuid;
+
+use super::body;
+use super::error::ApiError;
+use super::{Call, Ctx, Reply};
+use crate::ops::channels::{self, ChannelPatch, NewChannelInput};
+use crate::ops::events::{self, EmitInput, Idempotent, ListQuery};
+use crate::ops::page::Page;
+use crate::ops::rules::{self, NewRuleInput, RulePatch};
+use crate::ops::OpsError;
+use crate::state::State;
+
+type Client = postgres::Client;
+type Answer = Result<Reply, ApiError>;
+
+/// `POST .../channels` body.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChannelCreate {
+    name: String,
+    url: String,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    secret: Option<String>,
+    #[serde(default)]
+    disabled: bool,
+}
+
+/// `PATCH .../channels/{id}` body.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChannelUpdate {
+    name: Option<String>,
+    url: Option<String>,
+    headers: Option<BTreeMap<String, String>>,
+}
+
+/// `POST .../rotate-secret` body.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rotate {
+    secret: Option<String>,
+    overlap: Option<String>,
+}
+
+/// `POST .../channels/{id}/resend` body.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BulkResend {
+    since: Option<String>,
+    state: Option<String>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// `POST .../rules` body.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleCreate {
+    name: String,
+    event_type: String,
+    channels: Vec<Uuid>,
+    filter: Option<String>,
+}
+
+/// `PATCH .../rules/{id}` body.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleUpdate {
+    channels: Option<Vec<Uuid>>,
+    /// Absent: keep; `null`: remove; a string: set.
+    #[serde(default, deserialize_with = "present")]
+    filter: Option<Option<String>>,
+}
+
+/// A field that may be absent (`None`), `null` (`Some(None)`) or a value.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    <Option<String> as serde::Deserialize>::deserialize(d).map(Some)
+}
+
+/// `POST .../events` body.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventCreate {
+    #[serde(rename = "type")]
+    event_type: String,
+    payload: serde_json::Value,
+    annotations: Option<serde_json::Value>,
+}
+
+/// `POST .../events/{id}/resend` body.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventResend {
+    channel: Option<Uuid>,
+}
+
+fn pairs(headers: BTreeMap<String, String>) -> Vec<(String, String)> {
+    headers.into_iter().collect()
+}
+
+fn state(field: &str, text: &str) -> Result<State, ApiError> {
+    text.to_ascii_uppercase().parse::<State>().map_err(|_| {
+        ApiError::from(OpsError::invalid(
+            field,
+            format!("{text:?} is not a state (PENDING, SENDING, RESENDING, SUCCESS, FAILED)"),
+        ))
+    })
+}
+
+fn page(call: &Call<'_>) -> Result<(Page, std::collections::HashMap<String, String>), ApiError> {
+    let q = body::query(call.query, call.route.query)?;
+    let page = Page::parse(
+        q.get("limit").map(String::as_str),
+        q.get("cursor").map(String::as_str),
+    )?;
+    Ok((page, q))
+}
+
+pub(super) fn list_channels(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
+    let (page, _) = page(call)?;
+    Reply::ok(&channels::list(db, Some(call.ns()), Some(page), false)?)
+}
+
+pub(super) fn create_channel(ctx: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
+    let b: ChannelCreate = body::json(call.request, false)?;
+    let input = NewChannelInput {
+        namespace: call.ns().to_string(),
+        name: b.name,
+        url: b.url,
+        headers: pairs(b.headers),
+        secret: b.secret,
+        disabled: b.disabled,
+    };
+    Reply::json(201, &channels::create(db, &ctx.guard, input)?)
+}
+
+pub(super) fn get_channel(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
+    Reply::ok(&channels::get(db, Some(call.ns()), call.id("channel")?)?)
+}
+
+pub(super) fn update_channel(ctx: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
+    let id = call.id("channel")?;
+    let b: ChannelUpdate = body::json(call.request, false)?;
+    let patch = ChannelPatch {
+        name: b.name,
+        url: b.url,
+        headers: b.headers.map(pairs),
+    };
+    Reply::ok(&channels::update(
+        db,
+        &ctx.guard,
+        Some(call.ns()),
+        id,
+        patch,
+    )?)
+}
+
+pub(super) fn delete_channel(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
+    channels::delete(db, Some(call.ns()), call.id("channel")?)?;
+    Ok(Reply::empty())
+}
+
+pub(super) fn enable_channel(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
+    let id = call.id("channel")?;
+    body::json::<serde_json::Map<String, serde_json::Value>>(call.request, true)
+        .and_then(no_fields)?;
+    Reply::ok(&channels::set_disabled(db, Some(call.ns()), id, false)?)
+}
+
+pub(super) fn disable_channel(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
+    let id = call.id("channel")?;
+    body::json::<serde_json::Map<String, serde_json::Value>>(call.request, true)
+        .and_then(no_fields)?;
+    Reply::ok(&channels::set_disabled(db, Some(call.ns()), id, true)?)
+}
+
+/// Refuses any field in a body that takes none.
+fn no_fields(map: serde_json::Map<String, serde_json::Value>) -> Result<(), ApiError> {
+    match map.keys().next() {
+        None => Ok(()),
+        Some(k) => Err(ApiError::new(
+            400,
+            format!("unknown field {k:?}: this route takes no fields"),
+        )
+        .with_param(k.clone())),
+    }
+}
+
+pub(super) fn rotate_secret(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
+    let id = call.id("channel")?;
+    let b: Rotate = body::json(call.request, true)?;
+    let overlap = channels::parse_duration("overlap", b.overlap.as_deref().unwrap_or("24h"))?;
+    Reply::ok(&channels::rotate_secret(
+        db,
+        Some(call.ns()),
+        id,
+        b.secret,
+        overlap,
+    )?)
+}
+
+pub(super) fn channel_secret(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
+    let secret = channels::secret(db, Some(call.ns()), call.id("channel")?)?;
+    Reply::ok(&serde_json::json!({ "signing_secret": secret }))
+}
+
+pub(super) fn test_channel(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
+    let id = call.id("channel")?;
+    body::json::<serde_json::Map<String, serde_json::Value>>(call.request, true)
+        .and_then(no_fields)?;
+    let event = channels::send_test(db, Some(call.ns()), id)?;
+    Reply::json(201, &serde_json::json!({ "ids": [event] }))
+}
+
+pub(super) fn resend_channel(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
+    let id = call.id("channel")?;
+    let b: BulkResend = body::json(call.request, true)?;
+    let since = b
+        .since
+        .as_deref()
+        .map(|s| channels::parse_since("since", s))
+        .transpose()?;
+    let state = b.state.as_deref().map(|s| state("state", s)).transpose()?;
+    Reply::ok(&channels::resend(
+        db,
+        Some(call.ns()),
+        id,
+        since,
+        state,
+        b.dry_run,
+    )?)
+}
+
+pub(super) fn list_rules(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
+    let (page, _) = page(call)?;
+    Reply::ok(&rules::list(db, Some(call.ns()), Some(page))?)
+}
+
+pub(super) fn create_rule(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
+    let b: RuleCreate = body::json(call.request, false)?;
+    let input = NewRuleInput {
+        namespace: call.ns().to_string(),
+        name: b.name,
+        event_type: b.event_type,
+        channels: b.channels,
+        filter: b.filter,
+    };
+    Reply::json(201, &rules::create(db, input)?)
+}
+
+pub(super) fn update_rule(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
+    let id = call.id("rule")?;
+    let b: RuleUpdate = body::json(call.request, false)?;
+    if let Some(set) = &b.channels {
+        if set.is_empty() {
+            return Err(OpsError::invalid(
+                "channels",
+                "a rule must keep at least one channel (delete the rule instead)",
+            )
+            .into());
+        }
+    }
+    let patch = RulePatch {
+        set: b.channels,
+        filter: b.filter,
+        ..RulePatch::default()
+    };
+    Reply::ok(&rules::update(db, Some(call.ns()), id, patch)?)
+}
+
+pub(super) fn get_rule(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
+    Reply::ok(&rules::get(db, Some(call.ns()), call.id("rule")?)?)
+}
+
+pub(super) fn delete_rule(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
+    rules::delete(db, Some(call.ns()), call.id("rule")?)?;
+    Ok(Reply::empty())
+}
+
+pub(super) fn create_event(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
+    let b: EventCreate = body::json(call.request, false)?;
+    let input = EmitInput {
+        namespace: call.ns().to_string(),
+        event_type: b.event_type,
+        payload: b.payload,
+        annotations: b.annotations,
+    };
+    match call.request.header("idempotency-key") {
+        None => Reply::json(
+            201,
+            &events::Emitted {
+                ids: events::emit(db, &input)?,
+            },
+        ),
+        Some(key) => match events::emit_idempotent(db, &input, key, &call.request.body)? {
+            Idempotent::Fresh(emitted) => Reply::json(201, &emitted),
+            Idempotent::Replayed { status, body } => {
+                Ok(Reply::json(status, &body)?.with_header("idempotent-replayed", "true"))
+            }
+        },
+    }
+}
+
+pub(super) fn list_events(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
+    let (page, q) = page(call)?;
+    let query = ListQuery {
+        event_type: q.get("type").cloned(),
+        state: q.get("state").map(|s| state("state", s)).transpose()?,
+        channel: q
+            .get("channel")
+            .map(|c| {
+                c.parse::<Uuid>().map_err(|_| {
+                    ApiError::from(OpsError::invalid(
+                        "channel",
+                        format!("{c:?} is not a channel id"),
+                    ))
+                })
+            })
+            .transpose()?,
+        since: q
+            .get("since")
+            .map(|s| channels::parse_since("since", s))
+            .transpose()?,
+    };
+    Reply::ok(&events::list(db, Some(call.ns()), &query, page)?)
+}
+
+/// An event with its deliveries, as `GET .../events/{id}` answers it.
+#[derive(serde::Serialize)]
+struct EventDetail {
+    #[serde(flatten)]
+    event: crate::db::events::Event,
+    deliveries: Vec<crate::db::statuses::DeliveryStatus>,
+}
+
+pub(super) fn get_event(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
+    let (event, deliveries) = events::show(db, Some(call.ns()), call.id("event")?)?;
+    Reply::ok(&EventDetail { event, deliveries })
+}
+
+pub(super) fn resend_event(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
+    let id = call.id("event")?;
+    let b: EventResend = body::json(call.request, true)?;
+    Reply::ok(&events::resend(db, Some(call.ns()), id, b.channel)?)
+}
+
+pub(super) fn stats(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
+    Reply::ok(&events::stats(db, call.ns())?)
+}
+
+pub(super) fn status(ctx: &Ctx, _: &Call<'_>, db: &mut Client) -> Answer {
+    Reply::ok(&crate::ops::status::report(db, &ctx.config)?)
+}
+
+pub(super) fn whoami(_: &Ctx, call: &Call<'_>, _: &mut Client) -> Answer {
+    Reply::ok(&call.token)
+}
+
+pub(super) fn namespaces(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
+    let items = match call.token.as_ref().and_then(|t| t.namespace.clone()) {
+        Some(ns) => vec![ns],
+        None => crate::db::events::namespaces(db)?,
+    };
+    Reply::ok(&serde_json::json!({ "items": items }))
+}

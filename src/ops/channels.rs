@@ -1,0 +1,511 @@
+//! Channel operations: create (URL checked against the SSRF guard, headers
+//! checked, secret made), list, read with health, update, enable, disable,
+//! delete, rotate the secret, bulk resend and the test event. The leader's
+//! view of a channel (breaker, deliveries in flight) comes from what it
+//! publishes in its heartbeat (`db::leaders::published`).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::page::{Cursor, Page, Paged};
+use super::{name_like, not_found, visible, OpsError};
+use crate::db::channels::{self, Channel, ChannelChange, NewChannel};
+use crate::db::{events, leaders, statuses};
+use crate::delivery::endpoint;
+use crate::delivery::sign::Secret;
+use crate::delivery::ssrf::Guard;
+use crate::state::State;
+
+/// Longest overlap of a secret rotation.
+pub const MAX_OVERLAP: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// A channel as both doors show it: the stored channel, plus what the
+/// leader publishes of it (its breaker and deliveries in flight, as of the
+/// leader's last heartbeat; `breaker` is `null` when no instance leads).
+#[derive(Debug, serde::Serialize)]
+pub struct ChannelView {
+    /// The stored channel.
+    #[serde(flatten)]
+    pub channel: Channel,
+    /// `closed`, `open` or `half_open`; `None` when no instance leads.
+    pub breaker: Option<String>,
+    /// Deliveries to it in flight.
+    pub in_flight: u64,
+    /// Until when an open breaker stays open.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open_until: Option<String>,
+}
+
+impl ChannelView {
+    fn new(
+        channel: Channel,
+        published: Option<&serde_json::Map<String, serde_json::Value>>,
+    ) -> ChannelView {
+        let entry = published.and_then(|p| p.get(&channel.id.to_string()));
+        let breaker = match (published, entry) {
+            (None, _) => None,
+            (Some(_), None) => Some("closed"),
+            (Some(_), Some(e)) => e["breaker"].as_str().or(Some("closed")),
+        };
+        ChannelView {
+            breaker: breaker.map(String::from),
+            in_flight: entry.and_then(|e| e["in_flight"].as_u64()).unwrap_or(0),
+            open_until: entry.and_then(|e| e["open_until"].as_str().map(String::from)),
+            channel,
+        }
+    }
+}
+
+/// What a new channel is made of.
+#[derive(Debug)]
+pub struct NewChannelInput {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Endpoint URL.
+    pub url: String,
+    /// Custom headers (name, value).
+    pub headers: Vec<(String, String)>,
+    /// `whsec_…` secret; generated when `None`.
+    pub secret: Option<String>,
+    /// Create it disabled.
+    pub disabled: bool,
+}
+
+/// A channel just made, with its secret (shown this once).
+#[derive(Debug, serde::Serialize)]
+pub struct Created {
+    /// The channel.
+    #[serde(flatten)]
+    pub channel: ChannelView,
+    /// Its signing secret.
+    pub signing_secret: String,
+}
+
+/// Checks a channel URL: http(s), a host, and a literal address the SSRF
+/// guard allows (host names are checked when resolved, at delivery).
+pub fn check_url(guard: &Guard, url: &str) -> Result<(), OpsError> {
+    let parsed = endpoint::check_url(url).map_err(|e| OpsError::invalid("url", e))?;
+    if let Some(ip) = endpoint::literal_address(&parsed) {
+        guard
+            .check(ip)
+            .map_err(|refused| OpsError::invalid("url", format!("{url:?}: {refused}")))?;
+    }
+    Ok(())
+}
+
+/// Checked custom headers as the stored JSON object.
+pub fn headers_object(headers: &[(String, String)]) -> Result<serde_json::Value, OpsError> {
+    let mut map = serde_json::Map::new();
+    for (name, value) in headers {
+        endpoint::check_header(name, value).map_err(|e| OpsError::invalid("headers", e))?;
+        map.insert(name.clone(), serde_json::Value::String(value.clone()));
+    }
+    Ok(serde_json::Value::Object(map))
+}
+
+/// `secret` checked, or a new generated one. The error never quotes it.
+pub fn new_secret(secret: Option<String>) -> Result<String, OpsError> {
+    match secret {
+        Some(s) => {
+            Secret::parse(&s).map_err(|e| OpsError::invalid("secret", e.to_string()))?;
+            Ok(s)
+        }
+        None => Ok(Secret::generate()),
+    }
+}
+
+/// Checks a new channel without the database (the command line does this
+/// before it connects, so a typo is a usage error even with the database
+/// down); [`create`] checks again.
+pub fn check_new(guard: &Guard, input: &NewChannelInput) -> Result<(), OpsError> {
+    name_like("namespace", &input.namespace)?;
+    name_like("name", &input.name)?;
+    check_url(guard, &input.url)?;
+    headers_object(&input.headers)?;
+    if let Some(s) = &input.secret {
+        Secret::parse(s).map_err(|e| OpsError::invalid("secret", e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Creates a channel.
+pub fn create(
+    client: &mut postgres::Client,
+    guard: &Guard,
+    input: NewChannelInput,
+) -> Result<Created, OpsError> {
+    check_new(guard, &input)?;
+    let headers = headers_object(&input.headers)?;
+    let secret = new_secret(input.secret)?;
+    let id = channels::create(
+        client,
+        &NewChannel {
+            namespace: &input.namespace,
+            name: &input.name,
+            url: &input.url,
+            headers,
+            signing_secret: &secret,
+            disabled: input.disabled,
+        },
+    )?;
+    Ok(Created {
+        channel: get(client, Some(&input.namespace), id)?,
+        signing_secret: secret,
+    })
+}
+
+/// Lists live channels, optionally of one namespace, one page at a time
+/// (`page` = `None`: all of them). Secrets only with `with_secrets`.
+pub fn list(
+    client: &mut postgres::Client,
+    namespace: Option<&str>,
+    page: Option<Page>,
+    with_secrets: bool,
+) -> Result<Paged<ChannelView>, OpsError> {
+    let rows = channels::list_after(
+        client,
+        namespace,
+        page.and_then(|p| p.after).map(|c| (c.created_at, c.id)),
+        page.map(|p| p.limit + 1),
+        with_secrets,
+    )?;
+    let published = leaders::published(client)?;
+    let views: Vec<ChannelView> = rows
+        .into_iter()
+        .map(|c| ChannelView::new(c, published.as_ref()))
+        .collect();
+    Ok(match page {
+        Some(page) => Paged::from_rows(views, page, |v| Cursor {
+            created_at: v.channel.created_at,
+            id: v.channel.id,
+        }),
+        None => Paged {
+            items: views,
+            next_cursor: None,
+        },
+    })
+}
+
+/// The live channel `id` of `namespace` (any, when `None`), without secrets.
+pub fn stored(
+    client: &mut postgres::Client,
+    namespace: Option<&str>,
+    id: Uuid,
+    with_secrets: bool,
+) -> Result<Channel, OpsError> {
+    channels::get(client, id, with_secrets)?
+        .filter(|c| visible(namespace, &c.namespace))
+        .ok_or_else(|| not_found("channel", namespace, id))
+}
+
+/// One channel with its health.
+pub fn get(
+    client: &mut postgres::Client,
+    namespace: Option<&str>,
+    id: Uuid,
+) -> Result<ChannelView, OpsError> {
+    let channel = stored(client, namespace, id, false)?;
+    let published = leaders::published(client)?;
+    Ok(ChannelView::new(channel, published.as_ref()))
+}
+
+/// What an update may change (`None`: keep).
+#[derive(Debug, Default)]
+pub struct ChannelPatch {
+    /// New name.
+    pub name: Option<String>,
+    /// New URL (checked like at create).
+    pub url: Option<String>,
+    /// New custom headers, replacing the old ones whole.
+    pub headers: Option<Vec<(String, String)>>,
+}
+
+/// Checks a channel change without the database.
+pub fn check_patch(guard: &Guard, patch: &ChannelPatch) -> Result<(), OpsError> {
+    if let Some(name) = &patch.name {
+        name_like("name", name)?;
+    }
+    if let Some(url) = &patch.url {
+        check_url(guard, url)?;
+    }
+    if let Some(headers) = &patch.headers {
+        headers_object(headers)?;
+    }
+    Ok(())
+}
+
+/// Changes a channel's name, URL or headers. Deliveries already enqueued go
+/// to the new URL from their next attempt; the delivery record is kept.
+pub fn update(
+    client: &mut postgres::Client,
+    guard: &Guard,
+    namespace: Option<&str>,
+    id: Uuid,
+    patch: ChannelPatch,
+) -> Result<ChannelView, OpsError> {
+    check_patch(guard, &patch)?;
+    let headers = patch.headers.as_deref().map(headers_object).transpose()?;
+    stored(client, namespace, id, false)?;
+    let change = ChannelChange {
+        name: patch.name.as_deref(),
+        url: patch.url.as_deref(),
+        headers,
+    };
+    if !channels::update(client, id, &change)? {
+        return Err(not_found("channel", namespace, id));
+    }
+    get(client, namespace, id)
+}
+
+/// Enables or disables a channel (disabling fails its pending deliveries).
+pub fn set_disabled(
+    client: &mut postgres::Client,
+    namespace: Option<&str>,
+    id: Uuid,
+    disabled: bool,
+) -> Result<ChannelView, OpsError> {
+    stored(client, namespace, id, false)?;
+    if !channels::set_disabled(client, id, disabled)? {
+        return Err(not_found("channel", namespace, id));
+    }
+    get(client, namespace, id)
+}
+
+/// Soft-deletes a channel (its pending deliveries fail).
+pub fn delete(
+    client: &mut postgres::Client,
+    namespace: Option<&str>,
+    id: Uuid,
+) -> Result<(), OpsError> {
+    stored(client, namespace, id, false)?;
+    if !channels::delete(client, id)? {
+        return Err(not_found("channel", namespace, id));
+    }
+    Ok(())
+}
+
+/// A rotated secret.
+#[derive(Debug, serde::Serialize)]
+pub struct Rotated {
+    /// The new secret.
+    pub signing_secret: String,
+    /// Until when requests also carry the old secret's signature (`None`:
+    /// the old secret was dropped at once).
+    pub previous_secret_until: Option<DateTime<Utc>>,
+}
+
+/// Checks a rotation without the database: the overlap's bound and the
+/// given secret's form.
+pub fn check_rotation(secret: Option<&str>, overlap: Duration) -> Result<(), OpsError> {
+    if let Some(s) = secret {
+        Secret::parse(s).map_err(|e| OpsError::invalid("secret", e.to_string()))?;
+    }
+    if overlap > MAX_OVERLAP {
+        return Err(OpsError::invalid(
+            "overlap",
+            format!(
+                "{}: must be at most {}",
+                humantime::format_duration(overlap),
+                humantime::format_duration(MAX_OVERLAP)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Replaces a channel's signing secret (`secret`, or a generated one); the
+/// old one stays valid for `overlap` (at most [`MAX_OVERLAP`]).
+pub fn rotate_secret(
+    client: &mut postgres::Client,
+    namespace: Option<&str>,
+    id: Uuid,
+    secret: Option<String>,
+    overlap: Duration,
+) -> Result<Rotated, OpsError> {
+    check_rotation(secret.as_deref(), overlap)?;
+    let secret = new_secret(secret)?;
+    stored(client, namespace, id, false)?;
+    let until = channels::rotate_secret(client, id, &secret, overlap)?
+        .ok_or_else(|| not_found("channel", namespace, id))?;
+    Ok(Rotated {
+        signing_secret: secret,
+        previous_secret_until: (!overlap.is_zero()).then_some(until),
+    })
+}
+
+/// A channel's current signing secret (shown only when asked for).
+pub fn secret(
+    client: &mut postgres::Client,
+    namespace: Option<&str>,
+    id: Uuid,
+) -> Result<String, OpsError> {
+    stored(client, namespace, id, true)?
+        .signing_secret
+        .ok_or_else(|| not_found("channel", namespace, id))
+}
+
+/// What a bulk resend did (or, with `dry_run`, would do).
+#[derive(Debug, serde::Serialize)]
+pub struct BulkResendReport {
+    /// The channel.
+    pub channel_id: Uuid,
+    /// Its name.
+    pub channel_name: String,
+    /// How many deliveries were (would be) set to RESENDING.
+    pub resent: i64,
+    /// The same, by the state they had.
+    pub by_state: std::collections::BTreeMap<String, i64>,
+    /// Only counted, nothing changed.
+    pub dry_run: bool,
+}
+
+/// The states a bulk resend takes: `state`, or all three resendable ones.
+pub fn resendable_states(state: Option<State>) -> Result<Vec<State>, OpsError> {
+    match state {
+        None => Ok(vec![State::Success, State::Failed, State::Sending]),
+        Some(s @ (State::Success | State::Failed | State::Sending)) => Ok(vec![s]),
+        Some(s) => Err(OpsError::invalid(
+            "state",
+            format!(
+                "{s}: {s} deliveries are already on their way; only SUCCESS, FAILED or SENDING deliveries can be resent"
+            ),
+        )),
+    }
+}
+
+/// Moves every matching delivery of a channel (of events created at or
+/// after `since`; in `state`, else SUCCESS, FAILED and SENDING) to
+/// RESENDING, or with `dry_run` only counts them. The channel must be
+/// enabled: resent deliveries of a disabled channel would only fail again.
+pub fn resend(
+    client: &mut postgres::Client,
+    namespace: Option<&str>,
+    id: Uuid,
+    since: Option<DateTime<Utc>>,
+    state: Option<State>,
+    dry_run: bool,
+) -> Result<BulkResendReport, OpsError> {
+    let states = resendable_states(state)?;
+    let channel = stored(client, namespace, id, false)?;
+    if channel.disabled {
+        let why = channel
+            .disabled_reason
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default();
+        return Err(OpsError::Conflict(format!(
+            "channel {id} is disabled{why}: resent deliveries would fail again; enable it first (run `channel enable {id}` first, or POST .../channels/{id}/enable)"
+        )));
+    }
+    let result = if dry_run {
+        statuses::count_resendable(client, id, since, &states)?
+    } else {
+        statuses::resend_channel(client, id, since, &states)?
+    };
+    Ok(BulkResendReport {
+        channel_id: id,
+        channel_name: channel.name,
+        resent: result.total(),
+        by_state: result.by_state,
+        dry_run,
+    })
+}
+
+/// The event type of a test event.
+pub const TEST_EVENT_TYPE: &str = "webhook.test";
+
+/// Sends a test event (type [`TEST_EVENT_TYPE`]) to this channel only;
+/// returns its id. The channel must be enabled.
+pub fn send_test(
+    client: &mut postgres::Client,
+    namespace: Option<&str>,
+    id: Uuid,
+) -> Result<Uuid, OpsError> {
+    let channel = stored(client, namespace, id, false)?;
+    if channel.disabled {
+        return Err(OpsError::Conflict(format!(
+            "channel {id} is disabled: a test event would fail; enable it first"
+        )));
+    }
+    let payload = serde_json::json!({
+        "test": true,
+        "channel_id": id,
+        "message": "a test event sent from notification-reconciler",
+    });
+    Ok(events::emit_to_channel(
+        client,
+        &channel.namespace,
+        TEST_EVENT_TYPE,
+        &payload,
+        id,
+    )?)
+}
+
+/// Parses a duration such as `"24h"` for `field`.
+pub fn parse_duration(field: &str, text: &str) -> Result<Duration, OpsError> {
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        OpsError::invalid(
+            field,
+            format!("{text:?} is not a duration ({e}); write e.g. \"90s\", \"24h\""),
+        )
+    })
+}
+
+/// A time of a `since` filter: an RFC 3339 time, or a duration ago (`24h`).
+pub fn parse_since(field: &str, text: &str) -> Result<DateTime<Utc>, OpsError> {
+    let text = text.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let ago = humantime::parse_duration(text).map_err(|_| {
+        OpsError::invalid(
+            field,
+            format!("{text:?}: not a time; write an RFC 3339 time such as \"2026-12-01T08:00:00Z\" or a duration ago such as \"24h\""),
+        )
+    })?;
+    chrono::Duration::from_std(ago)
+        .ok()
+        .and_then(|d| Utc::now().checked_sub_signed(d))
+        .ok_or_else(|| OpsError::invalid(field, format!("{text:?}: too long ago")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_is_a_time_or_a_duration_ago() {
+        let t = parse_since("since", "2026-12-01T08:00:00Z").unwrap();
+        assert_eq!(t.to_rfc3339(), "2026-12-01T08:00:00+00:00");
+        let t = parse_since("since", "2026-12-01T09:00:00+01:00").unwrap();
+        assert_eq!(t.to_rfc3339(), "2026-12-01T08:00:00+00:00");
+        let ago = Utc::now() - parse_since("since", "2h").unwrap();
+        assert!((7199..=7201).contains(&ago.num_seconds()), "{ago}");
+        let e = parse_since("since", "yesterday").unwrap_err().to_string();
+        assert!(e.starts_with("since: \"yesterday\""), "{e}");
+        assert!(parse_since("since", "100000000000y").is_err());
+    }
+
+    #[test]
+    fn a_refused_address_is_refused_and_loopback_may_be_allowed() {
+        let strict = Guard::new(Vec::new());
+        let e = check_url(&strict, "http://127.0.0.1:9/x").unwrap_err();
+        assert!(e.to_string().starts_with("url: "), "{e}");
+        assert!(check_url(&strict, "ftp://example.com/").is_err());
+        let loopback = Guard::new(vec!["127.0.0.0/8".parse().unwrap()]);
+        check_url(&loopback, "http://127.0.0.1:9/x").unwrap();
+    }
+
+    #[test]
+    fn only_resendable_states_are_taken() {
+        assert_eq!(resendable_states(None).unwrap().len(), 3);
+        assert!(resendable_states(Some(State::Pending)).is_err());
+        assert_eq!(
+            resendable_states(Some(State::Failed)).unwrap(),
+            vec![State::Failed]
+        );
+    }
+}
