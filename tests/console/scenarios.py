@@ -65,7 +65,13 @@ class Console:
             self.problems.append(f"CSP violation: {text}")
 
     def open(self, fragment=""):
-        self.page.goto(f"{self.base}/console/{fragment}")
+        response = self.page.goto(f"{self.base}/console/{fragment}")
+        headers = response.headers
+        csp = headers.get("content-security-policy", "")
+        check("script-src 'self'" in csp and "default-src 'none'" in csp and "unsafe" not in csp,
+              f"the console is served without the strict Content-Security-Policy: {csp!r}")
+        check(headers.get("x-content-type-options") == "nosniff", "the console is served without nosniff")
+        check(headers.get("referrer-policy") == "no-referrer", "the console is served without no-referrer")
 
     def sign_in(self, token):
         """Signs in through the form, with the keyboard only."""
