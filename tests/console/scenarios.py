@@ -39,7 +39,11 @@ def check(cond, message):
 
 
 class Console:
-    """One browser page on the console, with everything it did recorded."""
+    """One browser page on the console, with everything it did recorded.
+    With NR_CONSOLE_SHOTS=DIR, every page it goes to is saved there as a
+    screenshot."""
+
+    shot = 0
 
     def __init__(self, browser, base, width=1280, height=900):
         self.base = base.rstrip("/")
@@ -100,6 +104,11 @@ class Console:
         self.page.evaluate("h => { location.hash = h; }", fragment)
         self.page.wait_for_function("h => document.body.dataset.rendered === h", arg=fragment)
         self.no_stray_text(fragment)
+        shots = os.environ.get("NR_CONSOLE_SHOTS")
+        if shots:  # for looking at every page a scenario visits
+            Console.shot += 1
+            name = "".join(ch if ch.isalnum() else "_" for ch in fragment)[:40]
+            self.page.screenshot(path=os.path.join(shots, f"{os.getpid()}-{Console.shot:02}{name}.png"), full_page=True)
 
     def no_stray_text(self, where):
         """No JavaScript value leaked into the page as text ("null", …)."""
