@@ -5,7 +5,8 @@
 //! runs one browser scenario and checks the outcome through the CLI, the
 //! database and the receiver.
 //!
-//! Chromium and Playwright are test-only tools that `.ci/run` installs
+//! Chromium, Playwright and axe-core (the `axe-playwright-python` package,
+//! for the accessibility checks) are test-only tools that `.ci/run` installs
 //! (`NR_CONSOLE_PYTHON` names the Python that has Playwright,
 //! `NR_CHROMIUM` the browser). When they are missing the tests print a
 //! loud SKIPPED line and pass, unless `NR_CONSOLE_REQUIRED=1` (set by
@@ -61,12 +62,12 @@ fn find_tools() -> Result<Tools, String> {
         None => PathBuf::from("python3"),
     };
     let probe = Command::new(&python)
-        .args(["-c", "import playwright.sync_api"])
+        .args(["-c", "import playwright.sync_api, axe_playwright_python"])
         .output()
         .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
     if !probe.status.success() {
         return Err(format!(
-            "{} cannot import playwright (pip install playwright; .ci/run makes target/console-venv)",
+            "{} cannot import playwright and axe_playwright_python (pip install playwright axe-playwright-python; .ci/run makes target/console-venv)",
             python.display()
         ));
     }

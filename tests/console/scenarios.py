@@ -23,6 +23,7 @@ import sys
 import time
 from urllib.parse import urlsplit
 
+from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import sync_playwright, expect
 
 TIMEOUT_MS = 15_000
@@ -119,6 +120,13 @@ class Console:
             .filter((t) => /^(null|undefined|NaN|\\[object Object\\])$/.test(t))""")
         check(not stray, f"{where}: the page shows {stray}")
 
+    def accessible(self, where):
+        """axe-core (WCAG 2 A/AA rules: labels, names, contrast, landmarks,
+        …) finds nothing on the page as shown."""
+        found = Axe().run(self.page).response["violations"]
+        report = [f"{v['id']} ({v['impact']}) at {[n['target'] for n in v['nodes']][:3]}" for v in found]
+        check(not report, f"{where}: accessibility violations: {report}")
+
     def no_error(self):
         box = self.page.locator("#error")
         if box.is_visible():
@@ -141,6 +149,8 @@ def namespace_isolation(browser, p, out):
     namespace's event is not found; an admin token can switch namespaces;
     the keyboard reaches the pages; signing out forgets the token."""
     c = Console(browser, p["base"])
+    c.open()
+    c.accessible("the sign-in page")
     c.sign_in(p["token"])
     ns = c.page.locator("#namespace")
     expect(ns).to_have_value(p["namespace"])
@@ -197,7 +207,8 @@ def event_detail(browser, p, out):
     """An event whose endpoint answered 500 then 200 shows both attempts;
     the resend button moves it to RESENDING and the page itself shows
     SUCCESS once the receiver got it again. Takes the README screenshot,
-    then checks the page at 375 px wide."""
+    then checks every page at 375 px wide: no sideways scrolling, and
+    axe-core's accessibility rules pass."""
     c = Console(browser, p["base"], width=1200, height=900)
     c.sign_in_by_link(p["token"])
     c.go(f"#/events/{p['event_id']}")
@@ -227,6 +238,7 @@ def event_detail(browser, p, out):
         c.go(fragment)
         wide = c.page.evaluate("() => document.documentElement.scrollWidth")
         check(wide <= 375, f"{fragment} is {wide} px wide at a 375 px viewport (horizontal scrolling)")
+        c.accessible(f"{fragment} at 375 px")
     c.finish()
 
 
@@ -297,7 +309,8 @@ HOSTILE_MARKERS = ("window.__pwned", "onerror")
 
 def hostile_text(browser, p, out):
     """Names, payloads, headers and response bodies holding HTML render as
-    text: no script runs, no dialog opens, no request for `x` is made."""
+    text: no script runs, no dialog opens, no request for `x` is made. Each
+    page also passes axe-core's accessibility rules."""
     c = Console(browser, p["base"])
     c.sign_in(p["token"])
     pages = [
@@ -317,6 +330,7 @@ def hostile_text(browser, p, out):
         check(imgs == 0, f"{fragment}: {imgs} <img> element(s) came from data")
         scripts = c.page.locator("script").count()
         check(scripts == 1, f"{fragment}: {scripts} <script> elements (only the module should exist)")
+        c.accessible(fragment)
     c.go(f"#/channels/{p['channel_id']}")
     expect(c.page.locator("main h1")).to_have_text(p["channel_name"])
     expect(c.page.locator("#channel-headers")).to_contain_text(p["header_value"])
