@@ -372,6 +372,59 @@ fn keep_screenshot(shot: &Path) {
 }
 
 #[test]
+fn the_event_log_pages_with_the_cursor_and_filters() {
+    let Some((tools, _browser)) = browser() else {
+        return;
+    };
+    let site = Site::start();
+    let ok = Receiver::start(Script::status(200));
+    let failing = Receiver::start(Script::status(500));
+    let paid_to = site.channel(ACME, "Receives paid", &ok.url(), &[]);
+    let failed_to = site.channel(ACME, "Always 500", &failing.url(), &[]);
+    site.rule(ACME, "invoice.paid", &[&paid_to]);
+    site.rule(ACME, "invoice.failed", &[&failed_to]);
+    let mut emitted = Vec::new();
+    for i in 0..5 {
+        let (kind, channel) = if i % 2 == 0 {
+            ("invoice.paid", &paid_to)
+        } else {
+            ("invoice.failed", &failed_to)
+        };
+        let event = site.emit(ACME, kind, &json!({ "n": i })).remove(0);
+        emitted.push((event, kind, channel.clone()));
+    }
+    for (event, kind, channel) in &emitted {
+        let state = if *kind == "invoice.paid" {
+            "SUCCESS"
+        } else {
+            "FAILED"
+        };
+        site.wait_state(event, channel, state);
+    }
+    let ids = |kind: &str| -> Vec<&String> {
+        emitted
+            .iter()
+            .filter(|(_, k, _)| *k == kind)
+            .map(|(e, _, _)| e)
+            .collect()
+    };
+    let newest_first: Vec<&String> = emitted.iter().rev().map(|(e, _, _)| e).collect();
+    let token = site.token("acme-log", &["--namespace", ACME]);
+
+    site.scenario(
+        &tools,
+        "event_log",
+        json!({
+            "token": token,
+            "newest_first": newest_first,
+            "paid": ids("invoice.paid"),
+            "failed": ids("invoice.failed"),
+            "failing_channel": failed_to,
+        }),
+    );
+}
+
+#[test]
 fn a_channel_created_and_edited_in_the_console_is_what_channel_list_shows() {
     let Some((tools, _browser)) = browser() else {
         return;

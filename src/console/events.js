@@ -11,9 +11,12 @@ const FILTERS = ["type", "state", "channel", "since"];
 
 export async function renderEvents(ctx) {
   const filters = Object.fromEntries(FILTERS.map((k) => [k, ctx.params.get(k) || ""]));
+  // A page size in the address (`limit`, 1–500) is kept while paging.
+  const asked = Number.parseInt(ctx.params.get("limit") || "", 10);
+  if (asked >= 1 && asked <= 500) filters.limit = String(asked);
   const cursor = ctx.params.get("cursor") || "";
   const [page, channels] = await Promise.all([
-    call("GET", withQuery(nsPath(ctx.ns, "events"), { ...filters, limit: PAGE, cursor })),
+    call("GET", withQuery(nsPath(ctx.ns, "events"), { limit: PAGE, ...filters, cursor })),
     allChannels(ctx.ns).catch(() => []),
   ]);
   const names = new Map(channels.map((c) => [c.id, c.name]));
@@ -52,11 +55,12 @@ function filterForm(ctx, filters, channels) {
   const apply = h("button", { type: "submit", class: "primary" }, "Apply");
   const form = h("form", { class: "filters", id: "event-filters", role: "search" },
     field("Type", type), field("State", state), field("Channel", channel), field("Since", since),
-    h("div", { class: "field actions" }, apply, h("a", { href: route(["events"]) }, "Clear")));
+    h("div", { class: "field actions" }, apply, h("a", { href: route(["events"], { limit: filters.limit }) }, "Clear")));
   form.addEventListener("submit", (e) => {
     e.preventDefault();
     const d = since.value ? new Date(since.value) : null;
     ctx.go(route(["events"], {
+      limit: filters.limit,
       type: type.value.trim(),
       state: state.value,
       channel: channel.value,
