@@ -75,6 +75,8 @@ fn schemathesis_finds_no_server_error_and_no_answer_against_the_document() {
         .arg(format!("Authorization: Bearer {token}"))
         .arg("--report-dir")
         .arg(report.path())
+        // Its caches (.schemathesis, .hypothesis) go to the temp dir too.
+        .current_dir(report.path())
         .env("SCHEMATHESIS_TELEMETRY", "false")
         .env("NO_COLOR", "1")
         .output()
