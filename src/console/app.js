@@ -189,7 +189,7 @@ async function route(navigated) {
     return;
   }
   const [r, match] = found;
-  if (!ns && r.page !== "overview") {
+  if (!ns) {
     main.replaceChildren(h("h1", { tabindex: "-1" }, "Pick a namespace"),
       h("p", {}, "Type a namespace in the box at the top to see its channels and events."));
     document.body.dataset.rendered = location.hash;
