@@ -8,11 +8,13 @@
 //! at once; a connection arriving at the cap evicts the connection that has
 //! waited longest for a request head (idle keep-alive connections and
 //! slow-header clients cost nothing to drop: no request of theirs is under
-//! way), and only when every connection is inside a request is the new one
-//! answered 503. A request head must arrive whole within
-//! [`Limits::head_timeout`] of its first byte and a body within
-//! [`Limits::body_timeout`], however slowly the bytes trickle in, so a
-//! slowloris client holds a thread for a bounded time.
+//! way), else the one that has waited longest on its client (a body that
+//! does not come, an answer read slowly); only when every connection is
+//! inside the handler is the new one answered 503. A request head must
+//! arrive whole within [`Limits::head_timeout`] of its first byte, a body
+//! within [`Limits::body_timeout`], and an answer must be read within the
+//! same time, however slowly the bytes trickle, so a slow client holds a
+//! thread for a bounded time.
 //!
 //! Why not tiny_http: its connection thread pool starts new threads only when
 //! none is idle *at the moment a connection arrives*, and a keep-alive
@@ -145,40 +147,49 @@ impl Default for Limits {
     }
 }
 
+/// What a connection of a capped server is doing, for eviction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    /// Waiting for (the rest of) a request head, since then: dropped first.
+    Idle(std::time::Instant),
+    /// Waiting on its client: reading a body, or writing an answer the
+    /// client reads slowly. Dropped when no idle connection is left.
+    Client(std::time::Instant),
+    /// Inside the handler: never dropped (a request under way is not cut).
+    Handling,
+}
+
 /// The open connections of a capped server: for each, a handle on its
-/// socket (to shut it down) and since when it has waited for a request head
-/// (`None`: inside a request, not evictable).
+/// socket (to shut it down) and its [`Phase`].
 #[derive(Default)]
 struct Registry {
-    conns:
-        std::sync::Mutex<std::collections::HashMap<u64, (TcpStream, Option<std::time::Instant>)>>,
+    conns: std::sync::Mutex<std::collections::HashMap<u64, (TcpStream, Phase)>>,
 }
 
 impl Registry {
     fn lock(
         &self,
-    ) -> std::sync::MutexGuard<
-        '_,
-        std::collections::HashMap<u64, (TcpStream, Option<std::time::Instant>)>,
-    > {
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, (TcpStream, Phase)>> {
         // A panic elsewhere cannot leave the map half-changed: every change
         // is one insert, remove or field write.
         self.conns.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Makes room for one more connection under `cap`: evicts the
-    /// connection waiting longest for a head. False when none can go.
+    /// connection idle longest, else the one waiting longest on its client.
+    /// False when every connection is inside the handler.
     fn make_room(&self, cap: usize) -> bool {
         let mut conns = self.lock();
         if conns.len() < cap {
             return true;
         }
-        let oldest = conns
+        let victim = conns
             .iter()
-            .filter_map(|(id, (_, idle))| idle.map(|at| (at, *id)))
-            .min();
-        match oldest {
-            Some((_, id)) => {
+            .filter(|(_, (_, phase))| *phase != Phase::Handling)
+            .min_by_key(|(_, (_, phase))| *phase)
+            .map(|(id, _)| *id);
+        match victim {
+            Some(id) => {
                 if let Some((stream, _)) = conns.remove(&id) {
                     let _ = stream.shutdown(std::net::Shutdown::Both);
                 }
@@ -188,11 +199,25 @@ impl Registry {
         }
     }
 
-    fn set_idle(&self, id: u64, idle: bool) {
-        if let Some(entry) = self.lock().get_mut(&id) {
-            entry.1 = idle.then(std::time::Instant::now);
+    /// Sets a connection's phase; false when it was evicted meanwhile (its
+    /// socket is shut: the request must not be handled).
+    fn set(&self, id: u64, phase: Phase) -> bool {
+        match self.lock().get_mut(&id) {
+            Some(entry) => {
+                entry.1 = phase;
+                true
+            }
+            None => false,
         }
     }
+}
+
+/// An evicted connection's error.
+fn evicted() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "evicted for a new connection",
+    )
 }
 
 /// A connection's place in the [`Registry`], removed when dropped.
@@ -254,7 +279,7 @@ impl Server {
                             };
                             registry
                                 .lock()
-                                .insert(next_id, (handle, Some(std::time::Instant::now())));
+                                .insert(next_id, (handle, Phase::Idle(std::time::Instant::now())));
                             Some(Slot {
                                 registry: Arc::clone(&registry),
                                 id: next_id,
@@ -316,7 +341,7 @@ impl Drop for Server {
 /// Answers a connection over the cap 503 and closes it (best effort: the
 /// answer fits any socket buffer, so the write does not block).
 fn refuse_busy(mut stream: TcpStream) {
-    log::warn!("http: every connection is inside a request; a new connection answered 503");
+    log::warn!("http: every connection is inside the handler; a new connection answered 503");
     let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
     let _ = stream.write_all(
         b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nretry-after: 1\r\nconnection: close\r\n\r\n",
@@ -339,17 +364,17 @@ fn serve_connection(
         .peer_addr()
         .map_or_else(|_| "?".to_string(), |a| a.to_string());
     let mut reader = BufReader::new(wrap(stream)?);
+    let phase = |p: Phase| match slot {
+        Some(slot) if !slot.registry.set(slot.id, p) => Err(evicted()),
+        _ => Ok(()),
+    };
     loop {
-        if let Some(slot) = slot {
-            slot.registry.set_idle(slot.id, true);
-        }
+        phase(Phase::Idle(std::time::Instant::now()))?;
         let head = match read_head(&mut reader, &timer, limits)? {
             Some(head) => head,
             None => return Ok(()),
         };
-        if let Some(slot) = slot {
-            slot.registry.set_idle(slot.id, false);
-        }
+        phase(Phase::Client(std::time::Instant::now()))?;
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut parsed = httparse::Request::new(&mut headers);
         let http10;
@@ -405,10 +430,13 @@ fn serve_connection(
                 true,
             );
         }
-        let length = match request
-            .header("content-length")
-            .map(|v| v.trim().parse::<usize>())
-        {
+        let length = match request.header("content-length").map(|v| {
+            let v = v.trim();
+            if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+                return "x".parse::<usize>();
+            }
+            v.parse::<usize>()
+        }) {
             None => 0,
             Some(Ok(n)) => n,
             Some(Err(_)) => {
@@ -432,8 +460,16 @@ fn serve_connection(
             true => connection.as_deref() != Some("keep-alive"),
             false => connection.as_deref() == Some("close"),
         };
+        phase(Phase::Handling)?;
         let response = handler(&request);
-        respond(reader.get_mut(), &response, close)?;
+        phase(Phase::Client(std::time::Instant::now()))?;
+        respond_by(
+            reader.get_mut(),
+            &timer,
+            &response,
+            close,
+            std::time::Instant::now() + limits.body_timeout,
+        )?;
         if close {
             return Ok(());
         }
@@ -580,8 +616,37 @@ fn read_body(
     Ok(body)
 }
 
+/// Writes a response, all of it before `deadline` however slowly the
+/// client reads (the socket's write timeout is set to the time left before
+/// each chunk).
+fn respond_by(
+    writer: &mut dyn Stream,
+    timer: &TcpStream,
+    response: &Response,
+    close: bool,
+    deadline: std::time::Instant,
+) -> io::Result<()> {
+    let mut bytes = head_of(response, close).into_bytes();
+    bytes.extend_from_slice(&response.body);
+    for chunk in bytes.chunks(16 * 1024) {
+        timer.set_write_timeout(Some(remaining(
+            deadline,
+            "the client's reading of the answer",
+        )?))?;
+        writer.write_all(chunk)?;
+    }
+    writer.flush()
+}
+
 /// Writes a response.
 fn respond(writer: &mut dyn Stream, response: &Response, close: bool) -> io::Result<()> {
+    writer.write_all(head_of(response, close).as_bytes())?;
+    writer.write_all(&response.body)?;
+    writer.flush()
+}
+
+/// A response's status line and headers.
+fn head_of(response: &Response, close: bool) -> String {
     let mut head = format!(
         "HTTP/1.1 {} {}\r\ncontent-length: {}\r\n",
         response.status,
@@ -595,9 +660,7 @@ fn respond(writer: &mut dyn Stream, response: &Response, close: bool) -> io::Res
         head.push_str("connection: close\r\n");
     }
     head.push_str("\r\n");
-    writer.write_all(head.as_bytes())?;
-    writer.write_all(&response.body)?;
-    writer.flush()
+    head
 }
 
 /// The reason phrase of common codes.

@@ -18,11 +18,16 @@ pub const CACHE_TTL: Duration = Duration::from_millis(500);
 /// Most tokens remembered (the cache is emptied when full).
 const CACHE_MAX: usize = 4096;
 
-/// Tokens recently found live, by hash.
+/// Tokens recently looked up, by hash: the live ones, and (so that a flood
+/// of made-up tokens does not take a database connection per request) the
+/// refused ones, each trusted for [`CACHE_TTL`].
 #[derive(Default)]
 pub struct TokenCache {
-    entries: Mutex<HashMap<[u8; 32], (Token, Instant)>>,
+    entries: Mutex<HashMap<[u8; 32], Looked>>,
 }
+
+/// A lookup's answer (`None`: refused) and when it was made.
+type Looked = (Option<Token>, Instant);
 
 impl TokenCache {
     /// The live token the request presents, or 401.
@@ -32,6 +37,9 @@ impl TokenCache {
         client: impl FnOnce() -> Result<crate::db::PooledClient, ApiError>,
     ) -> Result<Token, ApiError> {
         let presented = bearer(header)?;
+        if !tokens::well_formed(presented) {
+            return Err(refused());
+        }
         let hash = tokens::hash(presented);
         let now = Instant::now();
         let cached = self
@@ -41,6 +49,11 @@ impl TokenCache {
             .get(&hash)
             .filter(|(_, at)| now.duration_since(*at) < CACHE_TTL)
             .map(|(t, _)| t.clone());
+        let cached = match cached {
+            Some(None) => return Err(refused()),
+            Some(Some(t)) => Some(t),
+            None => None,
+        };
         let token = match cached {
             Some(t) => Some(t),
             None => {
@@ -50,25 +63,19 @@ impl TokenCache {
                 if entries.len() >= CACHE_MAX {
                     entries.clear();
                 }
-                match &found {
-                    Some(t) => {
-                        entries.insert(hash, (t.clone(), now));
-                    }
-                    None => {
-                        entries.remove(&hash);
-                    }
-                }
+                entries.insert(hash, (found.clone(), now));
                 found
             }
         };
         match token {
             Some(t) if t.expires_at.is_none_or(|at| at > chrono::Utc::now()) => Ok(t),
-            _ => Err(ApiError::new(
-                401,
-                "the bearer token is unknown, revoked or expired",
-            )),
+            _ => Err(refused()),
         }
     }
+}
+
+fn refused() -> ApiError {
+    ApiError::new(401, "the bearer token is unknown, revoked or expired")
 }
 
 /// The token of an `Authorization: Bearer TOKEN` header, or 401.

@@ -110,6 +110,13 @@ pub fn query(
             )
             .with_param(k.into_owned()));
         }
+        if v.chars().any(char::is_control) {
+            return Err(ApiError::new(
+                422,
+                format!("query parameter {k:?} contains a control character"),
+            )
+            .with_param(k.into_owned()));
+        }
         if out.insert(k.to_string(), v.into_owned()).is_some() {
             return Err(
                 ApiError::new(400, format!("query parameter {k:?} is given twice"))

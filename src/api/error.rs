@@ -77,6 +77,7 @@ pub fn code_of(status: u16) -> &'static str {
 impl From<OpsError> for ApiError {
     fn from(err: OpsError) -> ApiError {
         match err {
+            OpsError::Invalid { field, message } if field.is_empty() => ApiError::new(422, message),
             OpsError::Invalid { field, message } => {
                 ApiError::new(422, format!("{field}: {message}")).with_param(field)
             }
@@ -84,7 +85,13 @@ impl From<OpsError> for ApiError {
             OpsError::Conflict(m) => ApiError::new(409, m),
             OpsError::TooLarge(m) => ApiError::new(413, m).with_param("payload"),
             OpsError::Db(e) => {
-                log::error!("api: {e}");
+                let mut line = e.to_string();
+                let mut cause = std::error::Error::source(&e);
+                while let Some(c) = cause {
+                    line.push_str(&format!(": {c}"));
+                    cause = c.source();
+                }
+                log::error!("api: {line}");
                 if e.is_connection_lost() {
                     ApiError::new(503, "the database is unreachable; try again shortly")
                 } else {
@@ -97,7 +104,7 @@ impl From<OpsError> for ApiError {
 
 impl From<crate::db::DbError> for ApiError {
     fn from(err: crate::db::DbError) -> ApiError {
-        ApiError::from(OpsError::Db(err))
+        ApiError::from(OpsError::from(err))
     }
 }
 

@@ -114,7 +114,7 @@ pub fn find(method: &str, path: &str) -> Result<(&'static Route, Params), ApiErr
         let Some(params) = matches(route.path, &segments) else {
             continue;
         };
-        if route.method == method || (method == "HEAD" && route.method == "GET") {
+        if route.method == method {
             return Ok((route, params));
         }
         allowed.push(route.method);

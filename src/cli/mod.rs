@@ -409,6 +409,7 @@ fn init_logging(level: &str) {
 /// operation names the field (`event_type`); database failures stay.
 pub(crate) fn ops_error(err: OpsError) -> anyhow::Error {
     match err {
+        OpsError::Invalid { field, message } if field.is_empty() => UsageError(message).into(),
         OpsError::Invalid { field, message } => {
             let flag = if field.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
                 format!("--{}", field.replace('_', "-"))

@@ -228,6 +228,8 @@ pub fn count_auto_disabled(client: &mut impl GenericClient) -> Result<i64, DbErr
 /// What a bulk resend needs to know of a channel.
 #[derive(Debug, Clone)]
 pub struct Standing {
+    /// Namespace.
+    pub namespace: String,
     /// Name.
     pub name: String,
     /// Disabled.
@@ -243,15 +245,17 @@ pub struct Standing {
 pub fn standing(client: &mut impl GenericClient, id: Uuid) -> Result<Option<Standing>, DbError> {
     let row = client
         .query_opt(
-            "SELECT name, disabled, disabled_reason, deleted_at IS NOT NULL FROM channel WHERE id = $1",
+            "SELECT namespace, name, disabled, disabled_reason, deleted_at IS NOT NULL
+             FROM channel WHERE id = $1",
             &[&id],
         )
         .map_err(DbError::query("reading a channel"))?;
     Ok(row.map(|r| Standing {
-        name: r.get(0),
-        disabled: r.get(1),
-        disabled_reason: r.get(2),
-        deleted: r.get(3),
+        namespace: r.get(0),
+        name: r.get(1),
+        disabled: r.get(2),
+        disabled_reason: r.get(3),
+        deleted: r.get(4),
     }))
 }
 

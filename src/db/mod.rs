@@ -148,6 +148,20 @@ impl DbError {
         move |source| DbError::Query { what, source }
     }
 
+    /// PostgreSQL's message when a statement failed on a value it cannot
+    /// take (SQLSTATE class 22, data exception: a NUL character, a date out
+    /// of its range, text that is no valid jsonpath …): the caller's input,
+    /// not a failure of the service.
+    pub fn data_exception(&self) -> Option<String> {
+        match self {
+            DbError::Query { source, .. } => source
+                .as_db_error()
+                .filter(|db| db.code().code().starts_with("22"))
+                .map(|db| db.message().to_string()),
+            _ => None,
+        }
+    }
+
     /// Whether the error means the connection is gone (it must be discarded).
     pub fn is_connection_lost(&self) -> bool {
         match self {

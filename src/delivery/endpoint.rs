@@ -19,6 +19,9 @@ pub const RESERVED_HEADERS: [&str; 8] = [
 
 /// Checks a channel URL: absolute, `http` or `https`, with a host.
 pub fn check_url(url: &str) -> Result<url::Url, String> {
+    if url.chars().any(char::is_control) {
+        return Err(format!("URL {url:?} contains a control character"));
+    }
     let parsed = url::Url::parse(url).map_err(|e| format!("URL {url:?} does not parse: {e}"))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(format!("URL {url:?} is not http:// or https://"));

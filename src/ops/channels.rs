@@ -458,7 +458,7 @@ pub fn parse_duration(field: &str, text: &str) -> Result<Duration, OpsError> {
 pub fn parse_since(field: &str, text: &str) -> Result<DateTime<Utc>, OpsError> {
     let text = text.trim();
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
-        return Ok(t.with_timezone(&Utc));
+        return super::check_time(field, t.with_timezone(&Utc));
     }
     let ago = humantime::parse_duration(text).map_err(|_| {
         OpsError::invalid(
@@ -469,6 +469,7 @@ pub fn parse_since(field: &str, text: &str) -> Result<DateTime<Utc>, OpsError> {
     chrono::Duration::from_std(ago)
         .ok()
         .and_then(|d| Utc::now().checked_sub_signed(d))
+        .and_then(|t| super::check_time(field, t).ok())
         .ok_or_else(|| OpsError::invalid(field, format!("{text:?}: too long ago")))
 }
 
@@ -487,6 +488,11 @@ mod tests {
         let e = parse_since("since", "yesterday").unwrap_err().to_string();
         assert!(e.starts_with("since: \"yesterday\""), "{e}");
         assert!(parse_since("since", "100000000000y").is_err());
+        assert!(
+            parse_since("since", "100000y").is_err(),
+            "beyond PostgreSQL's range"
+        );
+        assert!(parse_since("since", "+10000-01-01T00:00:00Z").is_err());
     }
 
     #[test]

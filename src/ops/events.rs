@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::page::{Cursor, Page, Paged};
-use super::{name_like, not_found, visible, OpsError};
+use super::{non_empty, not_found, visible, OpsError};
 use crate::db::events::{self, Event, EventFilter, EventSummary};
 use crate::db::idempotency::{self, Outcome};
 use crate::db::statuses::{self, DeliveryStatus};
@@ -33,8 +33,8 @@ impl EmitInput {
     /// The names; the payload's own rules (an object, within the size cap)
     /// are `enqueue_event`'s, so that every producer gets the same.
     fn check(&self) -> Result<(), OpsError> {
-        name_like("namespace", &self.namespace)?;
-        name_like("type", &self.event_type)
+        non_empty("namespace", &self.namespace)?;
+        non_empty("type", &self.event_type)
     }
 }
 
@@ -61,14 +61,19 @@ fn refused_by_producer(err: DbError) -> OpsError {
     if let DbError::Query { source, .. } = &err {
         if let Some(db) = source.as_db_error() {
             if *db.code() == SqlState::INVALID_PARAMETER_VALUE {
-                return OpsError::invalid("payload", format!("event refused: {}", db.message()));
+                let field = if db.message().contains("annotations must") {
+                    "annotations"
+                } else {
+                    "payload"
+                };
+                return OpsError::invalid(field, format!("event refused: {}", db.message()));
             }
             if *db.code() == SqlState::PROGRAM_LIMIT_EXCEEDED {
                 return OpsError::TooLarge(format!("event refused: {}", db.message()));
             }
         }
     }
-    OpsError::Db(err)
+    OpsError::from(err)
 }
 
 /// The answer to an emit: the new ids.
@@ -222,7 +227,8 @@ pub fn resend(
         show(client, namespace, id)?;
     }
     if let Some(c) = channel {
-        if let Some(standing) = channels::standing(client, c)? {
+        let standing = channels::standing(client, c)?.filter(|s| visible(namespace, &s.namespace));
+        if let Some(standing) = standing {
             if standing.disabled || standing.deleted {
                 return Err(OpsError::Conflict(format!(
                     "channel {c} is {}: a resent delivery would fail again",

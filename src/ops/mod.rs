@@ -25,8 +25,9 @@ use crate::db::DbError;
 pub enum OpsError {
     /// A value is not acceptable (a bad URL, a refused address, a bad
     /// duration). `field` is the API's field name (`event_type`); the
-    /// command line shows it as its flag (`--event-type`).
-    #[error("{field}: {message}")]
+    /// command line shows it as its flag (`--event-type`). Empty when no
+    /// one field is at fault (a value the database refused).
+    #[error("{}{message}", if field.is_empty() { String::new() } else { format!("{field}: ") })]
     Invalid {
         /// The field (JSON name) that is wrong.
         field: String,
@@ -45,7 +46,21 @@ pub enum OpsError {
     TooLarge(String),
     /// The database failed.
     #[error(transparent)]
-    Db(#[from] DbError),
+    Db(DbError),
+}
+
+impl From<DbError> for OpsError {
+    /// A value PostgreSQL refuses (a data exception: a NUL character, a
+    /// date out of its range) is the caller's input; anything else is a
+    /// failure of the service.
+    fn from(err: DbError) -> OpsError {
+        match err.data_exception() {
+            Some(message) => {
+                OpsError::invalid("", format!("the database refused a value: {message}"))
+            }
+            None => OpsError::Db(err),
+        }
+    }
 }
 
 impl OpsError {
@@ -84,6 +99,24 @@ fn not_found(kind: &str, namespace: Option<&str>, id: uuid::Uuid) -> OpsError {
     match namespace {
         Some(ns) => OpsError::NotFound(format!("no {kind} {id} in namespace {ns:?}")),
         None => OpsError::NotFound(format!("no {kind} {id} (unknown or deleted)")),
+    }
+}
+
+/// The earliest and latest times accepted in a filter or cursor: years 1
+/// to 9999 (PostgreSQL's `timestamptz` takes a wider range, chrono wider
+/// still; nothing outside this is a time anybody means).
+pub fn check_time(
+    field: &str,
+    t: chrono::DateTime<chrono::Utc>,
+) -> Result<chrono::DateTime<chrono::Utc>, OpsError> {
+    use chrono::Datelike;
+    if (1..=9999).contains(&t.year()) {
+        Ok(t)
+    } else {
+        Err(OpsError::invalid(
+            field,
+            "must be a time between the years 1 and 9999",
+        ))
     }
 }
 

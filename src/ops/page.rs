@@ -78,8 +78,9 @@ impl Cursor {
         let text = String::from_utf8(bytes).map_err(|_| bad())?;
         let (micros, id) = text.split_once('.').ok_or_else(bad)?;
         let micros: i64 = micros.parse().map_err(|_| bad())?;
+        let created_at = DateTime::<Utc>::from_timestamp_micros(micros).ok_or_else(bad)?;
         Ok(Cursor {
-            created_at: DateTime::<Utc>::from_timestamp_micros(micros).ok_or_else(bad)?,
+            created_at: super::check_time("cursor", created_at).map_err(|_| bad())?,
             id: id.parse().map_err(|_| bad())?,
         })
     }

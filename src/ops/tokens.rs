@@ -111,12 +111,21 @@ pub fn revoke(client: &mut postgres::Client, id: Uuid) -> Result<(), OpsError> {
     Ok(())
 }
 
+/// Whether `presented` has the form of a token (checked before any lookup).
+pub fn well_formed(presented: &str) -> bool {
+    presented.len() == TOKEN_PREFIX.len() + 43
+        && presented.starts_with(TOKEN_PREFIX)
+        && presented[TOKEN_PREFIX.len()..]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// The live token a presented bearer token is, if it is one.
 pub fn authenticate(
     client: &mut postgres::Client,
     presented: &str,
 ) -> Result<Option<Token>, OpsError> {
-    if !presented.starts_with(TOKEN_PREFIX) || presented.len() > 200 {
+    if !well_formed(presented) {
         return Ok(None);
     }
     Ok(tokens::find_live(client, &hash(presented))?)
@@ -149,6 +158,15 @@ mod tests {
         assert!(may_see(&token(Some("a")), "a"));
         assert!(!may_see(&token(Some("a")), "b"));
         assert!(may_see(&token(None), "b"));
+    }
+
+    #[test]
+    fn only_tokens_of_the_made_form_are_looked_up() {
+        let made = format!("{TOKEN_PREFIX}{}", "A".repeat(43));
+        assert!(well_formed(&made));
+        assert!(!well_formed("nrt_x"));
+        assert!(!well_formed(&format!("{TOKEN_PREFIX}{}", "!".repeat(43))));
+        assert!(!well_formed(&"A".repeat(47)));
     }
 
     #[test]
