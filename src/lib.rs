@@ -9,7 +9,8 @@
 //! `db` (connections, pool, migrations, queries), `lock` (the leader's advisory
 //! lock), `state` (the pure delivery state machine), `delivery` (signing, HTTP,
 //! one delivery's worker step), `reconcile` (the leader loop and its
-//! workers), `service` (the daemon, signals, systemd, metrics), `sink` (the development receiver)
+//! workers), `service` (the daemon, signals, systemd, metrics), `sink` (the development receiver),
+//! `ops` (the operations the command line and the API both call)
 //! and `cli` (commands).
 
 pub mod cli;
@@ -19,6 +20,7 @@ pub mod db;
 pub mod delivery;
 pub mod http_server;
 pub mod lock;
+pub mod ops;
 pub mod reconcile;
 pub mod service;
 pub mod shard;

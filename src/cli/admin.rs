@@ -1,10 +1,12 @@
-//! `migrate`, `check-config` and `status`: the operator's view of the
-//! service as a whole.
+//! `migrate`, `check-config`, `status` and `prune`: the operator's view of
+//! the service as a whole.
 
 use std::process::ExitCode;
 
 use crate::config::Config;
-use crate::db::{self, channels, leaders, migrate, shards as db_shards, statuses, DbError};
+use crate::db::{
+    self, channels, leaders, migrate, prune as db_prune, shards as db_shards, statuses, DbError,
+};
 use crate::lock;
 
 /// `migrate`: applies pending migrations; prints what it did.
@@ -77,6 +79,8 @@ struct StatusReport {
     /// The shard count recorded in the schema (`reconciler.shards`).
     shard_count: u32,
     shards: Vec<ShardStatus>,
+    /// The oldest finished event kept and how many are due for pruning.
+    retention: db_prune::Retention,
 }
 
 /// One shard as `status` shows it.
@@ -137,7 +141,9 @@ pub fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
             due: due[s as usize],
         })
         .collect();
+    let retention = db_prune::retention(&mut client, config.retention.keep_finished)?;
     let report = StatusReport {
+        retention,
         channels,
         counts,
         lock_key: config.reconciler.lock_key.clone(),
@@ -170,6 +176,26 @@ pub fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
             humantime::format_duration(std::time::Duration::from_secs(age.max(0.0) as u64))
         ),
         None => println!("oldest unfinished: none"),
+    }
+    let r = &report.retention;
+    let oldest = match r.oldest_kept_finished_at {
+        Some(at) => format!(
+            "oldest finished kept: {} ({} old)",
+            at.to_rfc3339(),
+            humantime::format_duration(std::time::Duration::from_secs(
+                (chrono::Utc::now() - at).num_seconds().max(0) as u64
+            ))
+        ),
+        None => "oldest finished kept: none".to_string(),
+    };
+    if r.keep_finished_seconds == 0 {
+        println!("retention: off (keep_finished = \"0s\"); {oldest}");
+    } else {
+        println!(
+            "retention: keep finished {}; {} events due for pruning; {oldest}",
+            crate::config::format_duration(config.retention.keep_finished),
+            r.due_for_pruning
+        );
     }
     if report.shard_count > 1 {
         // Sharded instances take one lock per shard, never the one-shard
@@ -246,4 +272,36 @@ pub(super) fn live_leader(
     let record = leaders::get(client, key)?
         .filter(|r| holder.as_ref().is_some_and(|h| h.pid == r.backend_pid));
     Ok((holder, record))
+}
+
+/// `prune`: removes (or counts, with `dry_run`) the finished events older
+/// than `older_than` (default `retention.keep_finished`).
+pub fn prune(
+    config: &Config,
+    older_than: Option<std::time::Duration>,
+    dry_run: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let older_than = older_than.unwrap_or(config.retention.keep_finished);
+    let mut client = super::connect(config)?;
+    let report = crate::ops::prune::prune(&mut client, older_than, dry_run)?;
+    if json {
+        super::print_json(&report)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(cutoff) = report.cutoff else {
+        println!("retention is off (older than \"0s\" means keep forever): nothing removed");
+        return Ok(ExitCode::SUCCESS);
+    };
+    let r = &report.removed;
+    println!(
+        "{} {} events, {} delivery statuses, {} attempts: finished events created before {} (older than {})",
+        if report.dry_run { "would remove" } else { "removed" },
+        r.events,
+        r.delivery_statuses,
+        r.attempts,
+        cutoff.to_rfc3339(),
+        crate::config::format_duration(older_than)
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -12,6 +12,7 @@ pub mod due;
 pub mod events;
 pub mod leaders;
 pub mod migrate;
+pub mod prune;
 pub mod rules;
 pub mod shards;
 pub mod statuses;
