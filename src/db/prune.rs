@@ -21,14 +21,15 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use postgres::GenericClient;
+use postgres::types::Type;
+use postgres::{GenericClient, Statement};
 use uuid::Uuid;
 
 use super::DbError;
 
 /// Events one [`step`] looks at, at most: small enough that a step holds
-/// its row locks for a few milliseconds (docs/benchmarks.md, retention).
-pub const BATCH: i64 = 500;
+/// its row locks for a few milliseconds (docs/benchmarks.md, scenario 11).
+pub const BATCH: i64 = 200;
 
 /// What was (or would be) removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -100,15 +101,17 @@ pub fn step(
     from: Option<Cursor>,
     batch: i64,
 ) -> Result<Step, DbError> {
-    let (after_at, after_id) = match from {
-        Some(c) => (Some(c.created_at), c.id),
-        None => (None, Uuid::nil()),
-    };
+    let statement = prepare(client)?;
+    step_with(client, &statement, cutoff, from, batch)
+}
+
+/// Prepares [`step`]'s statement (a sweep prepares it once).
+fn prepare(client: &mut impl GenericClient) -> Result<Statement, DbError> {
     let sql = format!(
         "WITH cand AS (
              SELECT e.id, e.created_at FROM event e
              WHERE e.created_at < $1
-               AND ($2::timestamptz IS NULL OR (e.created_at, e.id) > ($2, $3))
+               AND (e.created_at, e.id) > (coalesce($2, '-infinity'::timestamptz), $3)
                AND NOT EXISTS (SELECT 1 FROM delivery_status s
                                WHERE s.event_id = e.id AND s.state IN {UNFINISHED})
              ORDER BY e.created_at, e.id
@@ -125,11 +128,16 @@ pub fn step(
              SELECT s.event_id, s.state FROM delivery_status s
              WHERE s.event_id IN (SELECT id FROM cand)
              FOR UPDATE SKIP LOCKED
+         ), finished AS (
+             SELECT l.event_id, count(*) AS n FROM locked l
+             WHERE l.state IN ('SUCCESS', 'FAILED')
+             GROUP BY l.event_id
          ), doomed AS (
-             SELECT c.id FROM cand c LEFT JOIN seen ON seen.event_id = c.id
-             WHERE coalesce(seen.n, 0) = (SELECT count(*) FROM locked l
-                                          WHERE l.event_id = c.id
-                                            AND l.state IN ('SUCCESS', 'FAILED'))
+             -- Every status seen is locked and finished (none: finished).
+             SELECT c.id FROM cand c
+             LEFT JOIN seen ON seen.event_id = c.id
+             LEFT JOIN finished f ON f.event_id = c.id
+             WHERE coalesce(seen.n, 0) = coalesce(f.n, 0)
          ), gone_statuses AS (
              DELETE FROM delivery_status s USING doomed d WHERE s.event_id = d.id
              RETURNING jsonb_array_length(s.attempts) AS attempts
@@ -145,9 +153,29 @@ pub fn step(
                 last.created_at, last.id
          FROM (SELECT 1) one LEFT JOIN last ON true"
     );
+    client
+        .prepare_typed(
+            &sql,
+            &[Type::TIMESTAMPTZ, Type::TIMESTAMPTZ, Type::UUID, Type::INT8],
+        )
+        .map_err(DbError::query("preparing the pruning statement"))
+}
+
+/// [`step`] with its statement prepared.
+fn step_with(
+    client: &mut impl GenericClient,
+    statement: &Statement,
+    cutoff: DateTime<Utc>,
+    from: Option<Cursor>,
+    batch: i64,
+) -> Result<Step, DbError> {
+    let (after_at, after_id) = match from {
+        Some(c) => (Some(c.created_at), c.id),
+        None => (None, Uuid::nil()),
+    };
     let started = Instant::now();
     let row = client
-        .query_one(&sql, &[&cutoff, &after_at, &after_id, &batch])
+        .query_one(statement, &[&cutoff, &after_at, &after_id, &batch])
         .map_err(DbError::query("pruning finished events"))?;
     let took = started.elapsed();
     let cursor = match (row.get::<_, Option<DateTime<Utc>>>(4), row.get(5)) {
@@ -175,10 +203,11 @@ pub fn sweep(
     batch: i64,
     after: &mut dyn FnMut(&Step) -> bool,
 ) -> Result<Removed, DbError> {
+    let statement = prepare(client)?;
     let mut total = Removed::default();
     let mut from = None;
     loop {
-        let step = step(client, cutoff, from, batch)?;
+        let step = step_with(client, &statement, cutoff, from, batch)?;
         total += step.removed;
         from = step.cursor;
         if !after(&step) || step.looked_at < batch {
