@@ -328,16 +328,17 @@ fn lead(
         }
         drop(job_rx);
         drop(done_tx);
-        // `run` prunes while it leads, on a thread of this scope with its
-        // own connection; dropping `prune_stop` (every path out of this
-        // closure) stops it, and the scope joins it before the unlock.
+        // `run` prunes while it leads, on a thread of this scope with a
+        // pooled connection of its own; dropping `prune_stop` (every path
+        // out of this closure) stops it, and the scope joins it before the
+        // unlock.
         let (prune_stop, prune_stopped) = bounded::<()>(0);
         if matches!(mode, Mode::Continuous(_)) && !r.config.retention.keep_finished.is_zero() {
-            let config = &r.config;
+            let (config, pool) = (&r.config, &r.pool);
             if let Err(e) = std::thread::Builder::new()
                 .name("pruner".into())
                 .spawn_scoped(scope, move || {
-                    crate::reconcile::pruner::run(config, &prune_stopped, hooks)
+                    crate::reconcile::pruner::run(config, pool, &prune_stopped, hooks)
                 })
             {
                 log::error!("cannot start the pruner thread: {e}");

@@ -1,8 +1,11 @@
 //! The leader's background pruner: while an instance leads (`run`, not
 //! `once`), one thread of the leader's scope removes the finished events
-//! older than `retention.keep_finished` in small steps (`db::prune`), on
-//! its own connection, so that the main thread keeps handing out work and
-//! no worker waits for a pooled connection because of it.
+//! older than `retention.keep_finished` in small steps (`db::prune`), so
+//! that the main thread keeps handing out work. It takes a connection of
+//! the workers' pool for each sweep (one no other thread holds meanwhile)
+//! and gives it back between sweeps, so an instance still opens at most
+//! `pool_size + 2` connections; the lock connection stays the main
+//! thread's.
 //!
 //! A sweep starts when leading starts and then every `reconciler.interval`;
 //! its cut-off is fixed when it starts. Between two steps the thread rests
@@ -19,8 +22,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use postgres::Client;
 
 use crate::config::Config;
-use crate::db::{self, prune};
-use crate::lock;
+use crate::db::{self, prune, Pool};
 use crate::reconcile::leader::Hooks;
 
 /// Whether `stop`'s sender is gone (or it sent): time to stop.
@@ -34,21 +36,15 @@ fn rest(stop: &Receiver<()>, d: Duration) -> bool {
 }
 
 /// Prunes until `stop` says so. Does nothing when retention is off.
-pub fn run(config: &Config, stop: &Receiver<()>, hooks: &dyn Hooks) {
+pub fn run(config: &Config, pool: &Pool, stop: &Receiver<()>, hooks: &dyn Hooks) {
     let keep = config.retention.keep_finished;
     if keep.is_zero() {
         return;
     }
-    let mut client: Option<Client> = None;
     loop {
-        if client.is_none() {
-            match db::connect(&config.database, &lock::app_name("pruner")) {
-                Ok(c) => client = Some(c),
-                Err(e) => log::warn!("pruning: {e}"),
-            }
-        }
-        if let Some(c) = client.as_mut() {
-            match sweep(c, keep, stop, hooks) {
+        match pool.get() {
+            Err(e) => log::warn!("pruning: {}", db::DbError::Pool(e)),
+            Ok(mut conn) => match sweep(&mut conn.client, keep, stop, hooks) {
                 Ok(removed) if removed.events > 0 => log::info!(
                     "pruned {} finished events older than {} ({} delivery statuses, {} attempts)",
                     removed.events,
@@ -59,11 +55,10 @@ pub fn run(config: &Config, stop: &Receiver<()>, hooks: &dyn Hooks) {
                 Ok(_) => {}
                 Err(e) => {
                     log::warn!("pruning: {e}");
-                    if e.is_connection_lost() {
-                        client = None;
-                    }
+                    // The pool drops it instead of handing it out again.
+                    conn.discard = e.is_connection_lost();
                 }
-            }
+            },
         }
         if !rest(stop, config.reconciler.interval) {
             return;
