@@ -50,8 +50,8 @@
 //! `cargo bench --bench throughput` runs the full sizes (several minutes);
 //! `-- --tiny` runs every scenario with small counts in well under a minute
 //! and checks only that every delivery happened (what CI runs). `--only
-//! latency|db|memory|idle|prompt|failover|https|concurrency|scaleout|fairness|retention|retention-steady`
-//! runs one scenario. Timing targets are reported,
+//! latency|db|memory|idle|prompt|failover|https|concurrency|scaleout|fairness|retention|retention-catchup|retention-steady`
+//! runs one scenario (`--backlog N`: the retention catch-up's backlog). Timing targets are reported,
 //! never asserted. The receiver is this file's own (one thread per
 //! keep-alive connection, no recording) so that it is never the bottleneck;
 //! `--support-receiver` uses the test support's recording receiver instead,
@@ -220,13 +220,23 @@ fn main() {
         fairness(&sizes, &mut rows);
         plans.extend(fair_explain(&sizes, &mut rows));
     }
-    let retention_sizes = if tiny {
+    let mut retention_sizes = if tiny {
         retention::RetentionSizes::tiny()
     } else {
         retention::RetentionSizes::full()
     };
     if wanted("retention") {
         retention::steps(&retention_sizes, &mut rows);
+    }
+    if wanted("retention") || wanted("retention-catchup") {
+        if let Some(n) = args
+            .iter()
+            .position(|a| a == "--backlog")
+            .and_then(|i| args.get(i + 1))
+            .and_then(|n| n.parse().ok())
+        {
+            retention_sizes.backlog = n;
+        }
         retention::catch_up(&retention_sizes, &mut rows);
     }
     if wanted("retention-steady") {

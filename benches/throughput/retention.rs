@@ -1,4 +1,5 @@
-//! Scenario 11, retention (`--only retention`, `--only retention-steady`),
+//! Scenario 11, retention (`--only retention`: steps and catch-up, `--only retention-catchup`,
+//! `--only retention-steady`; `--backlog N` sets the catch-up backlog),
 //! part of the throughput benchmark (see its header):
 //!
 //! - **steps** ([`steps`]): `db::prune` sweeping a seeded backlog of
