@@ -87,9 +87,12 @@ pub fn cutoff(client: &mut impl GenericClient, keep: Duration) -> Result<DateTim
     Ok(row.get(0))
 }
 
-/// The statuses that are not finished, as SQL (one list for every query
-/// here).
-const UNFINISHED: &str = "('PENDING', 'SENDING', 'RESENDING')";
+/// "Event `e` is finished" in the statement's snapshot: none of its
+/// statuses is unfinished (none at all counts as finished). One copy for
+/// every query here.
+const FINISHED: &str = "NOT EXISTS (SELECT 1 FROM delivery_status s
+                                    WHERE s.event_id = e.id
+                                      AND s.state IN ('PENDING', 'SENDING', 'RESENDING'))";
 
 /// Removes up to `batch` prunable events created before `cutoff` and after
 /// `from`, in `(created_at, id)` order, in one statement. Waits for no row
@@ -112,8 +115,7 @@ fn prepare(client: &mut impl GenericClient) -> Result<Statement, DbError> {
              SELECT e.id, e.created_at FROM event e
              WHERE e.created_at < $1
                AND (e.created_at, e.id) > (coalesce($2, '-infinity'::timestamptz), $3)
-               AND NOT EXISTS (SELECT 1 FROM delivery_status s
-                               WHERE s.event_id = e.id AND s.state IN {UNFINISHED})
+               AND {FINISHED}
              ORDER BY e.created_at, e.id
              LIMIT $4
              FOR UPDATE OF e SKIP LOCKED
@@ -223,8 +225,7 @@ pub fn count(client: &mut impl GenericClient, cutoff: DateTime<Utc>) -> Result<R
         "WITH prunable AS (
              SELECT e.id FROM event e
              WHERE e.created_at < $1
-               AND NOT EXISTS (SELECT 1 FROM delivery_status s
-                               WHERE s.event_id = e.id AND s.state IN {UNFINISHED})
+               AND {FINISHED}
          )
          SELECT (SELECT count(*) FROM prunable), count(s.id),
                 coalesce(sum(jsonb_array_length(s.attempts)), 0)::int8
@@ -257,8 +258,7 @@ pub struct Retention {
 pub fn retention(client: &mut impl GenericClient, keep: Duration) -> Result<Retention, DbError> {
     let sql = format!(
         "SELECT e.created_at FROM event e
-         WHERE NOT EXISTS (SELECT 1 FROM delivery_status s
-                           WHERE s.event_id = e.id AND s.state IN {UNFINISHED})
+         WHERE {FINISHED}
          ORDER BY e.created_at, e.id LIMIT 1"
     );
     let oldest = client
@@ -269,7 +269,15 @@ pub fn retention(client: &mut impl GenericClient, keep: Duration) -> Result<Rete
         0
     } else {
         let cutoff = cutoff(client, keep)?;
-        count(client, cutoff)?.events
+        let sql = format!(
+            "SELECT count(*) FROM event e
+             WHERE e.created_at < $1
+               AND {FINISHED}"
+        );
+        client
+            .query_one(&sql, &[&cutoff])
+            .map_err(DbError::query("counting prunable events"))?
+            .get(0)
     };
     Ok(Retention {
         keep_finished_seconds: keep.as_secs(),
