@@ -39,7 +39,8 @@ fn channels(c: &mut Client, n: i64) -> Vec<Uuid> {
 
 /// Inserts an event created at SQL expression `created_at`, with one
 /// delivery status per entry of `states` (on `chans`, in order), each
-/// holding one attempt record; returns its id.
+/// holding one attempt record, the unfinished ones due in a day; returns
+/// its id.
 fn event(c: &mut Client, created_at: &str, states: &[&str], chans: &[Uuid]) -> Uuid {
     let states: Vec<String> = states.iter().map(|s| s.to_string()).collect();
     let chans = &chans[..states.len()];
@@ -53,7 +54,9 @@ fn event(c: &mut Client, created_at: &str, states: &[&str], chans: &[Uuid]) -> U
                      (namespace, event_id, channel_id, event_created_at, state,
                       next_attempt_at, attempts, attempt_count)
                  SELECT 'acme', e.id, x.channel, e.created_at, x.state,
-                        CASE WHEN x.state IN ('SUCCESS', 'FAILED') THEN NULL ELSE now() END,
+                        -- Unfinished ones are due tomorrow: a daemon leaves them be.
+                        CASE WHEN x.state IN ('SUCCESS', 'FAILED') THEN NULL
+                             ELSE now() + interval '1 day' END,
                         '[{{\"http_status\": 200}}]', 1
                  FROM e, unnest($1::uuid[], $2::text[]) AS x(channel, state)
              )
