@@ -41,16 +41,24 @@
 //!    events/s for 10 s: the healthy endpoint's enqueue → receipt p50/p99
 //!    with and without the hanging one; and EXPLAIN ANALYZE of the due
 //!    queries with 1,000,000 due deliveries on one channel.
+//! 11. retention (`benches/throughput/retention.rs`; `--only retention`
+//!    and `--only retention-steady`): pruning a backlog of finished events
+//!    (in-process steps; the daemon catching up while new work arrives, its
+//!    latency with and without pruning) against what partitions would cost
+//!    to adopt, and the disk of a steady state with `keep_finished = "2m"`.
 //!
 //! `cargo bench --bench throughput` runs the full sizes (several minutes);
 //! `-- --tiny` runs every scenario with small counts in well under a minute
 //! and checks only that every delivery happened (what CI runs). `--only
-//! latency|db|memory|idle|prompt|failover|https|concurrency|scaleout|fairness` runs one scenario. Timing targets are reported,
+//! latency|db|memory|idle|prompt|failover|https|concurrency|scaleout|fairness|retention|retention-catchup|retention-steady`
+//! runs one scenario (`--backlog N`: the retention catch-up's backlog). Timing targets are reported,
 //! never asserted. The receiver is this file's own (one thread per
 //! keep-alive connection, no recording) so that it is never the bottleneck;
 //! `--support-receiver` uses the test support's recording receiver instead,
 //! to compare.
 
+#[path = "throughput/retention.rs"]
+mod retention;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -211,6 +219,28 @@ fn main() {
     if wanted("fairness") {
         fairness(&sizes, &mut rows);
         plans.extend(fair_explain(&sizes, &mut rows));
+    }
+    let mut retention_sizes = if tiny {
+        retention::RetentionSizes::tiny()
+    } else {
+        retention::RetentionSizes::full()
+    };
+    if wanted("retention") {
+        retention::steps(&retention_sizes, &mut rows);
+    }
+    if wanted("retention") || wanted("retention-catchup") {
+        if let Some(n) = args
+            .iter()
+            .position(|a| a == "--backlog")
+            .and_then(|i| args.get(i + 1))
+            .and_then(|n| n.parse().ok())
+        {
+            retention_sizes.backlog = n;
+        }
+        retention::catch_up(&retention_sizes, &mut rows);
+    }
+    if wanted("retention-steady") {
+        retention::steady(&retention_sizes, &mut rows);
     }
     print_table(&rows, tiny);
     for plan in plans {
@@ -561,13 +591,26 @@ fn timed_enqueues(
     rate: u64,
     log: impl Fn() -> String,
 ) -> Vec<f64> {
+    timed_enqueues_while(client, receiver, event_type, rate, |i| i < total, log)
+}
+
+/// [`timed_enqueues`] for as long as `more(events enqueued so far)` holds.
+fn timed_enqueues_while(
+    client: &mut postgres::Client,
+    receiver: &support::Receiver,
+    event_type: &str,
+    rate: u64,
+    more: impl Fn(u64) -> bool,
+    log: impl Fn() -> String,
+) -> Vec<f64> {
     // The wall clock of the receiver's Instants, to compare with the
     // database's clock_timestamp() (same machine).
     let (base_instant, base_wall) = (Instant::now(), std::time::SystemTime::now());
     let every = Duration::from_secs(1) / rate as u32;
     let start = Instant::now();
-    for i in 0..total {
-        let due = start + every * i as u32;
+    let mut total = 0;
+    while more(total) {
+        let due = start + every * total as u32;
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
@@ -578,6 +621,7 @@ fn timed_enqueues(
                 &[&event_type],
             )
             .expect("bench: enqueue");
+        total += 1;
     }
     assert!(
         receiver.wait_for(total as usize, Duration::from_secs(120)),
@@ -1166,6 +1210,12 @@ impl BinDaemon {
         delivery_extra: &str,
     ) -> BinDaemon {
         BinDaemon::start_full(url, workers, pool_size, interval, "", delivery_extra)
+    }
+
+    /// With whole sections `sections` appended (e.g. `[retention]`; this
+    /// build only).
+    fn start_sections(url: &str, workers: usize, interval: &str, sections: &str) -> BinDaemon {
+        BinDaemon::start_full(url, workers, workers as u32 + 2, interval, "", sections)
     }
 
     /// With `reconciler_extra` appended to `[reconciler]` too.

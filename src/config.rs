@@ -125,6 +125,8 @@ pub struct RawConfig {
     pub reconciler: RawReconciler,
     /// `[delivery]`
     pub delivery: RawDelivery,
+    /// `[retention]`
+    pub retention: RawRetention,
     /// `[log]`
     pub log: RawLog,
     /// `[metrics]`
@@ -202,6 +204,14 @@ pub struct RawDelivery {
     pub breaker_cooldown: String,
     /// Only failures this long: the channel is disabled; "0s" = never.
     pub disable_after: String,
+}
+
+/// `[retention]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawRetention {
+    /// Finished events older than this are pruned; "0s" = kept forever.
+    pub keep_finished: String,
 }
 
 /// `[log]` as written.
@@ -289,6 +299,14 @@ impl Default for RawDelivery {
     }
 }
 
+impl Default for RawRetention {
+    fn default() -> Self {
+        RawRetention {
+            keep_finished: "30d".into(),
+        }
+    }
+}
+
 impl Default for RawLog {
     fn default() -> Self {
         RawLog {
@@ -308,6 +326,8 @@ pub struct Config {
     pub reconciler: ReconcilerConfig,
     /// `[delivery]`
     pub delivery: DeliveryConfig,
+    /// `[retention]`
+    pub retention: RetentionConfig,
     /// `[log]`
     pub log: LogConfig,
     /// `[metrics]`
@@ -382,6 +402,14 @@ pub struct DeliveryConfig {
     pub breaker_cooldown: Duration,
     /// Auto-disable after only failures this long; zero = never.
     pub disable_after: Duration,
+}
+
+/// Validated `[retention]`.
+#[derive(Debug, Clone)]
+pub struct RetentionConfig {
+    /// An event older than this whose deliveries are all finished is
+    /// pruned (by the leader, and by `prune`); zero = kept forever.
+    pub keep_finished: Duration,
 }
 
 /// Validated `[log]`.
@@ -504,6 +532,9 @@ impl Config {
                     .as_ref()
                     .map(|p| p.display().to_string())
                     .unwrap_or_default(),
+            },
+            retention: EffRetention {
+                keep_finished: d(self.retention.keep_finished),
             },
             log: EffLog {
                 level: self.log.level.clone(),
@@ -742,6 +773,11 @@ impl RawConfig {
             ca_certs,
         };
 
+        // [retention]
+        let retention = RetentionConfig {
+            keep_finished: duration("retention.keep_finished", &self.retention.keep_finished)?,
+        };
+
         // [log]
         if self.log.level.trim().is_empty() {
             return Err(invalid(
@@ -819,6 +855,7 @@ impl RawConfig {
             },
             reconciler,
             delivery,
+            retention,
             log: LogConfig {
                 level: self.log.level.clone(),
             },
@@ -1010,6 +1047,7 @@ struct Effective {
     database: EffDatabase,
     reconciler: EffReconciler,
     delivery: EffDelivery,
+    retention: EffRetention,
     log: EffLog,
     metrics: EffMetrics,
     api: EffApi,
@@ -1046,6 +1084,10 @@ struct EffDelivery {
     breaker_cooldown: String,
     disable_after: String,
     ca_file: String,
+}
+#[derive(Serialize)]
+struct EffRetention {
+    keep_finished: String,
 }
 #[derive(Serialize)]
 struct EffLog {
@@ -1098,6 +1140,23 @@ mod tests {
         assert_eq!(c.delivery.max_in_flight_per_channel, 7);
         assert_eq!(c.delivery.breaker_failures, 0);
         assert!(c.delivery.disable_after.is_zero());
+    }
+
+    #[test]
+    fn retention_keep_finished_defaults_to_30d_and_0s_keeps_forever() {
+        let c = load("").unwrap();
+        assert_eq!(c.retention.keep_finished, Duration::from_secs(30 * 86400));
+        assert!(c
+            .to_redacted_toml()
+            .contains("[retention]\nkeep_finished = \"720h\""));
+        let c = load("[retention]\nkeep_finished = \"0s\"\n").unwrap();
+        assert!(c.retention.keep_finished.is_zero());
+        let c = load("[retention]\nkeep_finished = \"2m\"\n").unwrap();
+        assert_eq!(c.retention.keep_finished, Duration::from_secs(120));
+        let e = err("[retention]\nkeep_finished = \"a month\"\n");
+        assert!(e.contains("retention.keep_finished = \"a month\""), "{e}");
+        let e = err("[retention]\nkeep_forever = true\n");
+        assert!(e.contains("retention.keep_forever"), "{e}");
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //! lock), `state` (the pure delivery state machine), `delivery` (signing, HTTP,
 //! one delivery's worker step), `reconcile` (the leader loop and its
 //! workers), `service` (the daemon, signals, systemd, metrics), `sink` (the development receiver),
-//! `console` (the embedded web console's files) and `cli` (commands).
+//! `console` (the embedded web console's files), `ops` (the operations the
+//! command line and the API both call), `api` (the management API) and
+//! `cli` (commands).
 
 pub mod api;
 pub mod cli;

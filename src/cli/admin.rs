@@ -88,6 +88,26 @@ pub fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         ),
         None => println!("oldest unfinished: none"),
     }
+    let r = &report.retention;
+    let oldest = match r.oldest_kept_finished_at {
+        Some(at) => format!(
+            "oldest finished kept: {} ({} old)",
+            at.to_rfc3339(),
+            humantime::format_duration(std::time::Duration::from_secs(
+                (chrono::Utc::now() - at).num_seconds().max(0) as u64
+            ))
+        ),
+        None => "oldest finished kept: none".to_string(),
+    };
+    if r.keep_finished_seconds == 0 {
+        println!("retention: off (keep_finished = \"0s\"); {oldest}");
+    } else {
+        println!(
+            "retention: keep finished {}; {} events due for pruning; {oldest}",
+            crate::config::format_duration(config.retention.keep_finished),
+            r.due_for_pruning
+        );
+    }
     if report.shard_count > 1 {
         // Sharded instances take one lock per shard, never the one-shard
         // key: these two lines summarize the shards (listed below).
@@ -150,5 +170,37 @@ pub fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `prune`: removes (or counts, with `dry_run`) the finished events older
+/// than `older_than` (default `retention.keep_finished`).
+pub fn prune(
+    config: &Config,
+    older_than: Option<std::time::Duration>,
+    dry_run: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let older_than = older_than.unwrap_or(config.retention.keep_finished);
+    let mut client = super::connect(config)?;
+    let report = crate::ops::prune::prune(&mut client, older_than, dry_run)?;
+    if json {
+        super::print_json(&report)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(cutoff) = report.cutoff else {
+        println!("retention is off (older than \"0s\" means keep forever): nothing removed");
+        return Ok(ExitCode::SUCCESS);
+    };
+    let r = &report.removed;
+    println!(
+        "{} {} events, {} delivery statuses, {} attempts: finished events created before {} (older than {})",
+        if report.dry_run { "would remove" } else { "removed" },
+        r.events,
+        r.delivery_statuses,
+        r.attempts,
+        cutoff.to_rfc3339(),
+        crate::config::format_duration(older_than)
+    );
     Ok(ExitCode::SUCCESS)
 }

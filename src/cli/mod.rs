@@ -94,6 +94,21 @@ pub enum Command {
     /// Manage API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Remove finished events older than the retention period, with their
+    /// delivery statuses (what the leader does in the background); prints
+    /// what was (or would be) removed.
+    Prune {
+        /// Remove finished events older than this (default:
+        /// `retention.keep_finished`; "0s" removes nothing).
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        older_than: Option<std::time::Duration>,
+        /// Count what would be removed; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// A development webhook receiver that verifies signatures.
     Sink(SinkArgs),
 }
@@ -387,6 +402,11 @@ fn dispatch(command: Command, config: &Config) -> anyhow::Result<ExitCode> {
                 .into(),
         )
         .into()),
+        Command::Prune {
+            older_than,
+            dry_run,
+            json,
+        } => admin::prune(config, older_than, dry_run, json),
         Command::Sink(_) => unreachable!("handled before loading the config"),
     }
 }

@@ -13,6 +13,7 @@ pub mod events;
 pub mod idempotency;
 pub mod leaders;
 pub mod migrate;
+pub mod prune;
 pub mod rules;
 pub mod shards;
 pub mod statuses;

@@ -14,6 +14,7 @@
 pub mod channels;
 pub mod events;
 pub mod page;
+pub mod prune;
 pub mod rules;
 pub mod status;
 pub mod tokens;

@@ -3,7 +3,9 @@
 //! shards. What `status` prints and `GET /v1/status` answers.
 
 use crate::config::Config;
-use crate::db::{channels, leaders, migrate, shards as db_shards, statuses, DbError};
+use crate::db::{
+    channels, leaders, migrate, prune as db_prune, shards as db_shards, statuses, DbError,
+};
 use crate::lock;
 
 use super::OpsError;
@@ -32,6 +34,8 @@ pub struct StatusReport {
     pub shard_count: u32,
     /// Each shard.
     pub shards: Vec<ShardStatus>,
+    /// The oldest finished event kept and how many are due for pruning.
+    pub retention: db_prune::Retention,
 }
 
 /// One shard as `status` shows it.
@@ -92,7 +96,9 @@ pub fn report(client: &mut postgres::Client, config: &Config) -> Result<StatusRe
             due: due[s as usize],
         })
         .collect();
+    let retention = db_prune::retention(client, config.retention.keep_finished)?;
     Ok(StatusReport {
+        retention,
         channels,
         counts,
         lock_key: config.reconciler.lock_key.clone(),

@@ -17,6 +17,7 @@
 //!            skip what is in flight, scheduler picks round-robin within
 //!            each channel's cap and breaker, hand out over bounded()
 //!   stop handing out; workers finish in-flight deliveries and record them
+//!   (`run`: the pruner thread, `pruner`, stops after its step in progress)
 //! } join
 //! remove the leader row, unlock
 //! ```
@@ -60,7 +61,7 @@ use uuid::Uuid;
 
 /// Observes the leader (progress display, metrics, tests injecting faults).
 /// Every method has a no-op default. All but `before_delivery`,
-/// `pool_wait` and `pool_in_use` run on the main thread.
+/// `pool_wait`, `pool_in_use` and `pruned` run on the main thread.
 pub trait Hooks: Sync {
     /// Leading began; `once`: `due` deliveries are due (its total).
     fn started(&self, _due: Option<u64>) {}
@@ -90,6 +91,9 @@ pub trait Hooks: Sync {
     fn auto_disabled(&self) {}
     /// The number of shards whose lock this instance holds is now `n`.
     fn shards_led(&self, _n: usize) {}
+    /// One pruning step removed `removed` in `took` (on the pruner's
+    /// thread).
+    fn pruned(&self, _removed: &crate::db::prune::Removed, _took: Duration) {}
 }
 
 /// Hooks that do nothing.
@@ -324,6 +328,22 @@ fn lead(
         }
         drop(job_rx);
         drop(done_tx);
+        // `run` prunes while it leads, on a thread of this scope with a
+        // pooled connection of its own; dropping `prune_stop` (every path
+        // out of this closure) stops it, and the scope joins it before the
+        // unlock.
+        let (prune_stop, prune_stopped) = bounded::<()>(0);
+        if matches!(mode, Mode::Continuous(_)) && !r.config.retention.keep_finished.is_zero() {
+            let (config, pool) = (&r.config, &r.pool);
+            if let Err(e) = std::thread::Builder::new()
+                .name("pruner".into())
+                .spawn_scoped(scope, move || {
+                    crate::reconcile::pruner::run(config, pool, &prune_stopped, hooks)
+                })
+            {
+                log::error!("cannot start the pruner thread: {e}");
+            }
+        }
         // Dropped on every path out of this closure, a panic of the main
         // thread included: the hand-off closes, workers are halted, and the
         // scope can join them.
@@ -335,6 +355,7 @@ fn lead(
             halt.store(true, Relaxed);
         }
         drop(job_tx);
+        drop(prune_stop);
         // Workers finish the deliveries they are attempting, record them
         // and exit; their reports complete the tally. The scope joins every
         // worker here; the lock is released only after that. Recording may

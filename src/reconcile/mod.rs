@@ -19,6 +19,8 @@
 //! - `listener`: LISTEN on the wake channel, forwarded into a crossbeam
 //!   channel.
 //! - `worker`: the loop each worker thread runs.
+//! - `pruner`: the thread that removes finished events older than
+//!   `retention.keep_finished` while the instance leads.
 //! - `report`: the tally of finished deliveries and its report.
 //!
 //! What happens to one delivery is `delivery::worker`.
@@ -28,6 +30,7 @@ pub mod health;
 pub mod leader;
 pub mod lease;
 pub mod listener;
+pub mod pruner;
 pub mod report;
 pub mod scheduler;
 pub mod worker;

@@ -308,6 +308,10 @@ impl Hooks for DaemonHooks<'_> {
         self.telemetry.metrics.shards_led(n);
     }
 
+    fn pruned(&self, removed: &crate::db::prune::Removed, took: Duration) {
+        self.telemetry.metrics.pruned(removed, took);
+    }
+
     fn interval(&self, report: &Report, due: u64) {
         self.telemetry.metrics.due(due);
         self.notifier.status(&report.summary("leading"));

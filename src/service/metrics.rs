@@ -105,6 +105,8 @@ pub struct Metrics {
     shards_led: Gauge,
     api_requests: Family<[(&'static str, &'static str); 2], Counter>,
     api_duration: Histogram,
+    pruned_rows: Family<Label, Counter>,
+    prune_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -219,6 +221,22 @@ impl Metrics {
             Unit::Seconds,
             api_duration.clone(),
         );
+        let pruned_rows = Family::<Label, Counter>::default();
+        for table in ["event", "delivery_status"] {
+            let _ = pruned_rows.get_or_create(&[("table", table)]);
+        }
+        registry.register(
+            "pruned_rows",
+            "Rows removed by retention (retention.keep_finished), by table (event, delivery_status)",
+            pruned_rows.clone(),
+        );
+        let prune_seconds = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register_with_unit(
+            "prune",
+            "Time spent in pruning statements (retention.keep_finished)",
+            Unit::Seconds,
+            prune_seconds.clone(),
+        );
         registry.register(
             "build",
             "Build information",
@@ -241,6 +259,8 @@ impl Metrics {
             shards_led,
             api_requests,
             api_duration,
+            pruned_rows,
+            prune_seconds,
         }
     }
 
@@ -258,6 +278,18 @@ impl Metrics {
             .get_or_create(&[("route", route), ("class", class)])
             .inc();
         self.api_duration.observe(took.as_secs_f64());
+    }
+
+    /// One pruning step removed `removed` in `took`.
+    pub fn pruned(&self, removed: &crate::db::prune::Removed, took: Duration) {
+        let rows = |n: i64| u64::try_from(n).unwrap_or(0);
+        self.pruned_rows
+            .get_or_create(&[("table", "event")])
+            .inc_by(rows(removed.events));
+        self.pruned_rows
+            .get_or_create(&[("table", "delivery_status")])
+            .inc_by(rows(removed.delivery_statuses));
+        self.prune_seconds.inc_by(took.as_secs_f64());
     }
 
     /// `n` channels have their breaker open or half-open.
