@@ -41,11 +41,17 @@
 //!    events/s for 10 s: the healthy endpoint's enqueue → receipt p50/p99
 //!    with and without the hanging one; and EXPLAIN ANALYZE of the due
 //!    queries with 1,000,000 due deliveries on one channel.
+//! 11. flaky endpoint ([`flaky`]): the daemon binary with 16 workers, one
+//!    endpoint failing 30% of requests at random with fast 500s, 20
+//!    events/s for 5 minutes, a 1–16 s retry schedule, the default breaker
+//!    (5, 30 s) and then the breaker off (`breaker_failures = 0`): the
+//!    share of the time the breaker was open (the metrics gauge sampled
+//!    every 100 ms) and enqueue → success p50/p90.
 //!
 //! `cargo bench --bench throughput` runs the full sizes (several minutes);
 //! `-- --tiny` runs every scenario with small counts in well under a minute
 //! and checks only that every delivery happened (what CI runs). `--only
-//! latency|db|memory|idle|prompt|failover|https|concurrency|scaleout|fairness` runs one scenario. Timing targets are reported,
+//! latency|db|memory|idle|prompt|failover|https|concurrency|scaleout|fairness|flaky` runs one scenario. Timing targets are reported,
 //! never asserted. The receiver is this file's own (one thread per
 //! keep-alive connection, no recording) so that it is never the bottleneck;
 //! `--support-receiver` uses the test support's recording receiver instead,
@@ -95,6 +101,9 @@ struct Sizes {
     fair_backlog: u64,
     /// Scale-out: deliveries per run, receiver latency, workers/instance.
     scaleout: (u64, Duration, usize),
+    /// Flaky endpoint: seconds of enqueueing at `flaky_rate` a second.
+    flaky_seconds: u64,
+    flaky_rate: u64,
 }
 
 impl Sizes {
@@ -122,6 +131,8 @@ impl Sizes {
             fair_rate: 100,
             fair_backlog: 1_000_000,
             scaleout: (12_000, Duration::from_millis(100), 64),
+            flaky_seconds: 300,
+            flaky_rate: 20,
         }
     }
 
@@ -149,6 +160,8 @@ impl Sizes {
             fair_rate: 50,
             fair_backlog: 5_000,
             scaleout: (600, Duration::from_millis(20), 8),
+            flaky_seconds: 5,
+            flaky_rate: 20,
         }
     }
 }
@@ -211,6 +224,9 @@ fn main() {
     if wanted("fairness") {
         fairness(&sizes, &mut rows);
         plans.extend(fair_explain(&sizes, &mut rows));
+    }
+    if wanted("flaky") {
+        flaky(&sizes, &mut rows);
     }
     print_table(&rows, tiny);
     for plan in plans {
@@ -561,9 +577,62 @@ fn timed_enqueues(
     rate: u64,
     log: impl Fn() -> String,
 ) -> Vec<f64> {
-    // The wall clock of the receiver's Instants, to compare with the
-    // database's clock_timestamp() (same machine).
-    let (base_instant, base_wall) = (Instant::now(), std::time::SystemTime::now());
+    enqueue_at_rate(client, event_type, total, rate);
+    assert!(
+        receiver.wait_for(total as usize, Duration::from_secs(120)),
+        "bench: {} of {total} {event_type} events arrived:\n{}",
+        receiver.count(),
+        log()
+    );
+    let clock = WallClock::now();
+    let mut latencies: Vec<f64> = receiver
+        .requests()
+        .iter()
+        .map(|rq| clock.enqueue_to_receipt_ms(rq))
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    latencies
+}
+
+/// The wall clock of the receiver's `Instant`s, to compare them with the
+/// database's `clock_timestamp()` (same machine).
+#[derive(Clone, Copy)]
+struct WallClock {
+    instant: Instant,
+    wall: std::time::SystemTime,
+}
+
+impl WallClock {
+    fn now() -> WallClock {
+        WallClock {
+            instant: Instant::now(),
+            wall: std::time::SystemTime::now(),
+        }
+    }
+
+    /// Enqueue → receipt of `rq`, in ms: the enqueue time is the payload's
+    /// `t` (see [`timed_enqueues`]).
+    fn enqueue_to_receipt_ms(&self, rq: &support::Request) -> f64 {
+        let enqueued = rq.json()["data"]["t"]
+            .as_f64()
+            .expect("bench: t in the payload");
+        let received = if rq.at >= self.instant {
+            self.wall + (rq.at - self.instant)
+        } else {
+            self.wall - (self.instant - rq.at)
+        };
+        let received = received
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        (received - enqueued) * 1000.0
+    }
+}
+
+/// Enqueues `total` events of `event_type` at `rate` a second through
+/// `enqueue_event`, each carrying its enqueue time (the database's clock)
+/// as `t`.
+fn enqueue_at_rate(client: &mut postgres::Client, event_type: &str, total: u64, rate: u64) {
     let every = Duration::from_secs(1) / rate as u32;
     let start = Instant::now();
     for i in 0..total {
@@ -579,29 +648,6 @@ fn timed_enqueues(
             )
             .expect("bench: enqueue");
     }
-    assert!(
-        receiver.wait_for(total as usize, Duration::from_secs(120)),
-        "bench: {} of {total} {event_type} events arrived:\n{}",
-        receiver.count(),
-        log()
-    );
-    let mut latencies: Vec<f64> = receiver
-        .requests()
-        .iter()
-        .map(|rq| {
-            let enqueued = rq.json()["data"]["t"]
-                .as_f64()
-                .expect("bench: t in the payload");
-            let received = base_wall + rq.at.saturating_duration_since(base_instant);
-            let received = received
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or(0.0);
-            (received - enqueued) * 1000.0
-        })
-        .collect();
-    latencies.sort_by(f64::total_cmp);
-    latencies
 }
 
 /// The `p` quantile (0..=1) of sorted `values`.
@@ -704,6 +750,144 @@ fn fairness(sizes: &Sizes, rows: &mut Vec<Row>) {
             result: format!("{ratio:.2}"),
             target: "≤ 1.5".into(),
             met: Some(ratio <= 1.5),
+        },
+    );
+}
+
+/// Scenario 11: one endpoint failing 30% of requests at random with fast
+/// 500s, `flaky_rate` events/s for `flaky_seconds`, with the default
+/// breaker and with the breaker off: the share of the time the breaker
+/// was open and enqueue → success (the request answered 200) p50/p90.
+fn flaky(sizes: &Sizes, rows: &mut Vec<Row>) {
+    let total = sizes.flaky_seconds * sizes.flaky_rate;
+    let mut quantiles = Vec::new();
+    let mut open_share = 0.0;
+    for breaker_on in [true, false] {
+        let db = daemon_db();
+        let clock = WallClock::now();
+        let successes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recorded = Arc::clone(&successes);
+        let sink = support::Receiver::start(Script::new(move |rq| {
+            if rand::random::<f64>() < 0.3 {
+                return support::Reply::status(500);
+            }
+            if let Ok(mut s) = recorded.lock() {
+                s.push(clock.enqueue_to_receipt_ms(rq));
+            }
+            support::Reply::status(200)
+        }));
+        let mut client = db.client();
+        support::fixtures::channel_for(
+            &mut client,
+            "flaky",
+            &sink.url(),
+            support::fixtures::SECRET,
+            "{}",
+        );
+        let metrics = support::net::free_addr();
+        let mut daemon =
+            BinDaemon::start_with(
+                &db.url,
+                16,
+                18,
+                "15s",
+                &format!(
+                "retry_schedule = [\"1s\", \"2s\", \"4s\", \"8s\", \"16s\", \"16s\", \"16s\"]\n\
+                 max_in_flight_per_channel = 0\n{}[metrics]\nlisten = \"{metrics}\"\n",
+                if breaker_on { "" } else { "breaker_failures = 0\n" }
+            ),
+            );
+        // The breaker gauge, sampled every 100 ms until the last success.
+        let stop = Arc::new(AtomicBool::new(false));
+        let sampler = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let (mut samples, mut open) = (0u64, 0u64);
+                while !stop.load(Ordering::SeqCst) {
+                    let gauge =
+                        support::net::http_get(metrics, "/metrics").and_then(|(_, body)| {
+                            body.lines().find_map(|l| {
+                                l.strip_prefix("notification_reconciler_channel_breakers_open ")?
+                                    .parse::<f64>()
+                                    .ok()
+                            })
+                        });
+                    if let Some(g) = gauge {
+                        samples += 1;
+                        open += u64::from(g > 0.0);
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                (samples, open)
+            })
+        };
+        enqueue_at_rate(&mut client, "flaky", total, sizes.flaky_rate);
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while successes.lock().map_or(0, |s| s.len()) < total as usize {
+            assert!(
+                Instant::now() < deadline,
+                "flaky: {} of {total} delivered:\n{}",
+                successes.lock().map_or(0, |s| s.len()),
+                daemon.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stop.store(true, Ordering::SeqCst);
+        let (samples, open) = sampler.join().expect("bench: sampler");
+        let log = daemon.stderr();
+        daemon.stop();
+        let mut latencies = successes.lock().map(|s| s.clone()).unwrap_or_default();
+        latencies.sort_by(f64::total_cmp);
+        let pct = |p| percentile(&latencies, p);
+        let (p50, p90, p99, max) = (pct(0.5), pct(0.9), pct(0.99), pct(1.0));
+        quantiles.push((p50, p90));
+        let share = open as f64 / samples.max(1) as f64;
+        if breaker_on {
+            open_share = share;
+        }
+        push(
+            rows,
+            Row {
+                scenario: "11 flaky endpoint",
+                setting: format!(
+                    "{total} events at {}/s, 30% random fast 500s, retries 1-16 s, 16 workers, {}",
+                    sizes.flaky_rate,
+                    if breaker_on {
+                        "default breaker (5, 30s)"
+                    } else {
+                        "breaker_failures = 0"
+                    }
+                ),
+                result: format!(
+                    "breaker open {:.2}% of {samples} samples ({} times opened); enqueue→success p50 {p50:.0} ms, p90 {p90:.0} ms, p99 {p99:.0} ms, max {max:.0} ms; {} requests",
+                    share * 100.0,
+                    log.matches("breaker open, no attempts").count(),
+                    sink.count()
+                ),
+                target: if breaker_on {
+                    "open ≤ 5%".into()
+                } else {
+                    String::new()
+                },
+                met: breaker_on.then_some(share <= 0.05),
+            },
+        );
+    }
+    let (r50, r90) = (
+        quantiles[0].0 / quantiles[1].0,
+        quantiles[0].1 / quantiles[1].1,
+    );
+    push(
+        rows,
+        Row {
+            scenario: "11 flaky endpoint",
+            setting: "default breaker / breaker off".into(),
+            result: format!(
+                "p50 {r50:.2}×, p90 {r90:.2}× (breaker open {:.2}%)",
+                open_share * 100.0
+            ),
+            target: "p50, p90 ≤ 1.2×".into(),
+            met: Some(r50 <= 1.2 && r90 <= 1.2),
         },
     );
 }
