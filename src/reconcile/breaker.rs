@@ -730,15 +730,17 @@ mod tests {
         assert!(checked > 100_000, "{checked}");
     }
 
-    /// One endpoint at 20 attempts a second whose outcomes are drawn by
-    /// `outcome`, for `attempts` attempts through the breaker (one at a
-    /// time: probes alone, nothing while open). Returns the share of the
-    /// time it was open and the longest cool-down seen.
+    /// One endpoint at 20 attempts a second, a random `fail_rate` of them
+    /// ending in `failure` and the rest in success (a seeded generator),
+    /// for `attempts` attempts through the breaker (one at a time: probes
+    /// alone, nothing while open). Returns the share of the time it was
+    /// open and the longest cool-down seen.
     fn simulate(
         attempts: usize,
         seed: u64,
         p: &BreakerPolicy,
-        mut outcome: impl FnMut(&mut rand::rngs::StdRng) -> Verdict,
+        fail_rate: f64,
+        failure: Verdict,
     ) -> (f64, Duration) {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let step = TimeDelta::milliseconds(50);
@@ -758,7 +760,12 @@ mod tests {
             }
             let was_open = b.is_open();
             b.handed_out(now);
-            b.record(outcome(&mut rng), now, p);
+            let verdict = if rng.random_bool(fail_rate) {
+                failure
+            } else {
+                Verdict::Success
+            };
+            b.record(verdict, now, p);
             if was_open || b.is_open() {
                 open_time += step;
             }
@@ -775,18 +782,9 @@ mod tests {
     /// takes 18 failures among 20 attempts: about once in 28 million).
     #[test]
     fn thirty_percent_random_answered_failures_keep_it_open_at_most_a_tenth_of_a_percent() {
-        let p = BreakerPolicy {
-            threshold: 5,
-            ..policy(5)
-        };
+        let p = policy(5);
         for seed in [1, 2, 26] {
-            let (share, _) = simulate(100_000, seed, &p, |rng| {
-                if rng.random_bool(0.3) {
-                    Verdict::Failure
-                } else {
-                    Verdict::Success
-                }
-            });
+            let (share, _) = simulate(100_000, seed, &p, 0.3, Verdict::Failure);
             println!(
                 "30% answered failures, seed {seed}: open {:.4}% of the time",
                 share * 100.0
@@ -808,13 +806,7 @@ mod tests {
     fn thirty_percent_random_unanswered_attempts_never_double_the_cooldown() {
         let p = policy(5);
         for seed in [1, 2, 26] {
-            let (share, longest) = simulate(100_000, seed, &p, |rng| {
-                if rng.random_bool(0.3) {
-                    Verdict::NoAnswer
-                } else {
-                    Verdict::Success
-                }
-            });
+            let (share, longest) = simulate(100_000, seed, &p, 0.3, Verdict::NoAnswer);
             println!(
                 "30% unanswered, seed {seed}: open {:.1}% of the time",
                 share * 100.0
@@ -833,7 +825,7 @@ mod tests {
     #[test]
     fn a_dead_endpoint_is_kept_open_nearly_all_the_time() {
         let p = policy(5);
-        let (share, longest) = simulate(2_000, 1, &p, |_| Verdict::NoAnswer);
+        let (share, longest) = simulate(2_000, 1, &p, 1.0, Verdict::NoAnswer);
         assert_eq!(longest, p.max_cooldown);
         assert!(share > 0.99, "open {:.1}% of the time", share * 100.0);
     }
