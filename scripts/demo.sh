@@ -138,15 +138,20 @@ cat >"$demo/config.toml" <<EOF
 # The demo's configuration: a safety-net sweep every second, a short retry
 # schedule (6 attempts in about 16 s), and short pending and sending
 # timeouts so that the dead channel's deliveries give up within the demo.
+# A channel behind an open breaker is read when its probe may go, what
+# timed out in what was read is failed then: a page as large as the demo's
+# backlog lets one probe's read fail them all.
 [database]
 url = "$DATABASE_URL"
 [reconciler]
 interval = "1s"
 workers = 8
+page_size = 1000
 pending_timeout = "10s"
 sending_timeout = "20s"
 [delivery]
 timeout = "5s"
+connect_timeout = "2s"
 retry_schedule = ["1s", "2s", "3s", "5s", "5s"]
 # The default breaker (5 attempts in a row without an answer open it); a
 # short cool-down shows the dead channel's probes in the log. The flaky
