@@ -786,13 +786,8 @@ fn flaky(sizes: &Sizes, rows: &mut Vec<Row>) {
             support::Reply::status(200)
         }));
         let mut client = db.client();
-        support::fixtures::channel_for(
-            &mut client,
-            "flaky",
-            &sink.url(),
-            support::fixtures::SECRET,
-            "{}",
-        );
+        let secret = support::fixtures::SECRET;
+        support::fixtures::channel_for(&mut client, "flaky", &sink.url(), secret, "{}");
         let metrics = support::net::free_addr();
         let mut daemon = BinDaemon::start_with(
             &db.url,
