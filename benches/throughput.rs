@@ -46,11 +46,17 @@
 //!    (in-process steps; the daemon catching up while new work arrives, its
 //!    latency with and without pruning) against what partitions would cost
 //!    to adopt, and the disk of a steady state with `keep_finished = "2m"`.
+//! 12. flaky endpoint ([`flaky`]): the daemon binary with 16 workers, one
+//!    endpoint failing 30% of requests at random with fast 500s, 20
+//!    events/s for 5 minutes, a 1–16 s retry schedule, the default breaker
+//!    (5, 30 s) and then the breaker off (`breaker_failures = 0`): the
+//!    share of the time the breaker was open (the metrics gauge sampled
+//!    every 100 ms) and enqueue → success p50/p90.
 //!
 //! `cargo bench --bench throughput` runs the full sizes (several minutes);
 //! `-- --tiny` runs every scenario with small counts in well under a minute
 //! and checks only that every delivery happened (what CI runs). `--only
-//! latency|db|memory|idle|prompt|failover|https|concurrency|scaleout|fairness|retention|retention-catchup|retention-steady`
+//! latency|db|memory|idle|prompt|failover|https|concurrency|scaleout|fairness|retention|retention-catchup|retention-steady|flaky`
 //! runs one scenario (`--backlog N`: the retention catch-up's backlog). Timing targets are reported,
 //! never asserted. The receiver is this file's own (one thread per
 //! keep-alive connection, no recording) so that it is never the bottleneck;
@@ -103,6 +109,9 @@ struct Sizes {
     fair_backlog: u64,
     /// Scale-out: deliveries per run, receiver latency, workers/instance.
     scaleout: (u64, Duration, usize),
+    /// Flaky endpoint: seconds of enqueueing at `flaky_rate` a second.
+    flaky_seconds: u64,
+    flaky_rate: u64,
 }
 
 impl Sizes {
@@ -130,6 +139,8 @@ impl Sizes {
             fair_rate: 100,
             fair_backlog: 1_000_000,
             scaleout: (12_000, Duration::from_millis(100), 64),
+            flaky_seconds: 300,
+            flaky_rate: 20,
         }
     }
 
@@ -157,6 +168,8 @@ impl Sizes {
             fair_rate: 50,
             fair_backlog: 5_000,
             scaleout: (600, Duration::from_millis(20), 8),
+            flaky_seconds: 5,
+            flaky_rate: 20,
         }
     }
 }
@@ -241,6 +254,9 @@ fn main() {
     }
     if wanted("retention-steady") {
         retention::steady(&retention_sizes, &mut rows);
+    }
+    if wanted("flaky") {
+        flaky(&sizes, &mut rows);
     }
     print_table(&rows, tiny);
     for plan in plans {
@@ -603,14 +619,78 @@ fn timed_enqueues_while(
     more: impl Fn(u64) -> bool,
     log: impl Fn() -> String,
 ) -> Vec<f64> {
-    // The wall clock of the receiver's Instants, to compare with the
-    // database's clock_timestamp() (same machine).
-    let (base_instant, base_wall) = (Instant::now(), std::time::SystemTime::now());
+    let total = enqueue_at_rate_while(client, event_type, rate, more);
+    assert!(
+        receiver.wait_for(total as usize, Duration::from_secs(120)),
+        "bench: {} of {total} {event_type} events arrived:\n{}",
+        receiver.count(),
+        log()
+    );
+    let clock = WallClock::now();
+    let mut latencies: Vec<f64> = receiver
+        .requests()
+        .iter()
+        .map(|rq| clock.enqueue_to_receipt_ms(rq))
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    latencies
+}
+
+/// The wall clock of the receiver's `Instant`s, to compare them with the
+/// database's `clock_timestamp()` (same machine).
+#[derive(Clone, Copy)]
+struct WallClock {
+    instant: Instant,
+    wall: std::time::SystemTime,
+}
+
+impl WallClock {
+    fn now() -> WallClock {
+        WallClock {
+            instant: Instant::now(),
+            wall: std::time::SystemTime::now(),
+        }
+    }
+
+    /// Enqueue → receipt of `rq`, in ms: the enqueue time is the payload's
+    /// `t` (see [`timed_enqueues`]).
+    fn enqueue_to_receipt_ms(&self, rq: &support::Request) -> f64 {
+        let enqueued = rq.json()["data"]["t"]
+            .as_f64()
+            .expect("bench: t in the payload");
+        let received = if rq.at >= self.instant {
+            self.wall + (rq.at - self.instant)
+        } else {
+            self.wall - (self.instant - rq.at)
+        };
+        let received = received
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        (received - enqueued) * 1000.0
+    }
+}
+
+/// Enqueues `total` events of `event_type` at `rate` a second through
+/// `enqueue_event`, each carrying its enqueue time (the database's clock)
+/// as `t`.
+fn enqueue_at_rate(client: &mut postgres::Client, event_type: &str, total: u64, rate: u64) {
+    enqueue_at_rate_while(client, event_type, rate, |i| i < total);
+}
+
+/// [`enqueue_at_rate`] for as long as `more(events enqueued so far)` holds;
+/// returns how many it enqueued.
+fn enqueue_at_rate_while(
+    client: &mut postgres::Client,
+    event_type: &str,
+    rate: u64,
+    more: impl Fn(u64) -> bool,
+) -> u64 {
     let every = Duration::from_secs(1) / rate as u32;
     let start = Instant::now();
-    let mut total = 0;
-    while more(total) {
-        let due = start + every * total as u32;
+    let mut i = 0;
+    while more(i) {
+        let due = start + every * i as u32;
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
@@ -621,31 +701,9 @@ fn timed_enqueues_while(
                 &[&event_type],
             )
             .expect("bench: enqueue");
-        total += 1;
+        i += 1;
     }
-    assert!(
-        receiver.wait_for(total as usize, Duration::from_secs(120)),
-        "bench: {} of {total} {event_type} events arrived:\n{}",
-        receiver.count(),
-        log()
-    );
-    let mut latencies: Vec<f64> = receiver
-        .requests()
-        .iter()
-        .map(|rq| {
-            let enqueued = rq.json()["data"]["t"]
-                .as_f64()
-                .expect("bench: t in the payload");
-            let received = base_wall + rq.at.saturating_duration_since(base_instant);
-            let received = received
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or(0.0);
-            (received - enqueued) * 1000.0
-        })
-        .collect();
-    latencies.sort_by(f64::total_cmp);
-    latencies
+    i
 }
 
 /// The `p` quantile (0..=1) of sorted `values`.
@@ -748,6 +806,154 @@ fn fairness(sizes: &Sizes, rows: &mut Vec<Row>) {
             result: format!("{ratio:.2}"),
             target: "≤ 1.5".into(),
             met: Some(ratio <= 1.5),
+        },
+    );
+}
+
+/// Scenario 12's retry schedule: 1–16 s, 13 attempts, so that at 30%
+/// random failures a delivery fails all of them once in 6 million (with 8
+/// attempts, one of 6,000 deliveries did, and the wait for it never ended).
+const FLAKY_SCHEDULE: &str =
+    r#""1s", "2s", "4s", "8s", "16s", "16s", "16s", "16s", "16s", "16s", "16s", "16s""#;
+
+/// Scenario 12: one endpoint failing 30% of requests at random with fast
+/// 500s, `flaky_rate` events/s for `flaky_seconds`, with the default
+/// breaker and with the breaker off: the share of the time the breaker
+/// was open and enqueue → success (the request answered 200) p50/p90.
+/// It waits until every delivery succeeded or nothing is unfinished (a
+/// delivery that failed every attempt is counted as FAILED, not waited
+/// for).
+fn flaky(sizes: &Sizes, rows: &mut Vec<Row>) {
+    let total = sizes.flaky_seconds * sizes.flaky_rate;
+    let mut quantiles = Vec::new();
+    let mut open_share = 0.0;
+    for breaker_on in [true, false] {
+        let db = daemon_db();
+        let clock = WallClock::now();
+        let successes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recorded = Arc::clone(&successes);
+        let sink = support::Receiver::start(Script::new(move |rq| {
+            if rand::random::<f64>() < 0.3 {
+                return support::Reply::status(500);
+            }
+            if let Ok(mut s) = recorded.lock() {
+                s.push(clock.enqueue_to_receipt_ms(rq));
+            }
+            support::Reply::status(200)
+        }));
+        let mut client = db.client();
+        let secret = support::fixtures::SECRET;
+        support::fixtures::channel_for(&mut client, "flaky", &sink.url(), secret, "{}");
+        let metrics = support::net::free_addr();
+        let mut daemon = BinDaemon::start_with(
+            &db.url,
+            16,
+            18,
+            "15s",
+            &format!(
+                "retry_schedule = [{FLAKY_SCHEDULE}]\n\
+                 max_in_flight_per_channel = 0\n{}[metrics]\nlisten = \"{metrics}\"\n",
+                if breaker_on {
+                    ""
+                } else {
+                    "breaker_failures = 0\n"
+                }
+            ),
+        );
+        // The breaker gauge, sampled every 100 ms until the last success.
+        let stop = Arc::new(AtomicBool::new(false));
+        let sampler = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let (mut samples, mut open) = (0u64, 0u64);
+                while !stop.load(Ordering::SeqCst) {
+                    let gauge =
+                        support::net::http_get(metrics, "/metrics").and_then(|(_, body)| {
+                            body.lines().find_map(|l| {
+                                l.strip_prefix("notification_reconciler_channel_breakers_open ")?
+                                    .parse::<f64>()
+                                    .ok()
+                            })
+                        });
+                    if let Some(g) = gauge {
+                        samples += 1;
+                        open += u64::from(g > 0.0);
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                (samples, open)
+            })
+        };
+        enqueue_at_rate(&mut client, "flaky", total, sizes.flaky_rate);
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while successes.lock().map_or(0, |s| s.len()) < total as usize
+            && support::fixtures::unfinished(&mut client) > 0
+        {
+            assert!(
+                Instant::now() < deadline,
+                "flaky: {} of {total} delivered:\n{}",
+                successes.lock().map_or(0, |s| s.len()),
+                daemon.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        stop.store(true, Ordering::SeqCst);
+        let failed = support::fixtures::count_state(&mut client, "FAILED");
+        let (samples, open) = sampler.join().expect("bench: sampler");
+        let log = daemon.stderr();
+        daemon.stop();
+        let mut latencies = successes.lock().map(|s| s.clone()).unwrap_or_default();
+        latencies.sort_by(f64::total_cmp);
+        let pct = |p| percentile(&latencies, p);
+        let (p50, p90, p99, max) = (pct(0.5), pct(0.9), pct(0.99), pct(1.0));
+        quantiles.push((p50, p90));
+        let share = open as f64 / samples.max(1) as f64;
+        if breaker_on {
+            open_share = share;
+        }
+        push(
+            rows,
+            Row {
+                scenario: "11 flaky endpoint",
+                setting: format!(
+                    "{total} events at {}/s, 30% random fast 500s, retries 1-16 s (13 attempts), 16 workers, {}",
+                    sizes.flaky_rate,
+                    if breaker_on {
+                        "default breaker (5, 30s)"
+                    } else {
+                        "breaker_failures = 0"
+                    }
+                ),
+                result: format!(
+                    "breaker open {:.2}% of {samples} samples ({} times opened); enqueue→success p50 {p50:.0} ms, p90 {p90:.0} ms, p99 {p99:.0} ms, max {max:.0} ms; {} requests, {failed} FAILED",
+                    share * 100.0,
+                    log.matches("breaker open, no attempts").count(),
+                    sink.count()
+                ),
+                target: if breaker_on {
+                    "open ≤ 5%".into()
+                } else {
+                    String::new()
+                },
+                met: breaker_on.then_some(share <= 0.05),
+            },
+        );
+    }
+    let (r50, r90) = (
+        quantiles[0].0 / quantiles[1].0,
+        quantiles[0].1 / quantiles[1].1,
+    );
+    push(
+        rows,
+        Row {
+            scenario: "11 flaky endpoint",
+            setting: "default breaker / breaker off".into(),
+            result: format!(
+                "p50 {r50:.2}×, p90 {r90:.2}× (breaker open {:.2}%)",
+                open_share * 100.0
+            ),
+            target: "p50, p90 ≤ 1.2×".into(),
+            met: Some(r50 <= 1.2 && r90 <= 1.2),
         },
     );
 }

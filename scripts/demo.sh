@@ -1,12 +1,22 @@
 #!/usr/bin/env bash
 # The one-command demo: builds the release binary, starts a throw-away
 # PostgreSQL under target/demo/, migrates it, starts `sink` (a webhook
-# receiver that verifies signatures and fails 30% of requests), creates a
-# channel and a rule, emits 300 events, and runs the daemon with a short
-# retry schedule until nothing is unfinished. Retries show in the [sink]
-# lines (500 answers) and the [daemon] interval summaries. Then it prints
-# `status`, stops everything it started (by PID) and removes target/demo,
-# also on Ctrl-C.
+# receiver that verifies signatures and fails 30% of requests), creates two
+# channels on one rule -- the sink, and a dead endpoint (a loopback port
+# nothing listens on) -- emits 300 events, and runs the daemon with a short
+# retry schedule until nothing is unfinished:
+#
+# - the flaky sink's failures are retried (the [sink] 500 lines, the
+#   [daemon] interval summaries) and its circuit breaker stays closed;
+# - the dead channel's breaker opens after 5 refused connections, probes
+#   now and then, and its deliveries end FAILED (the demo's short pending
+#   and sending timeouts).
+#
+# Then the dead endpoint comes back (a second sink on its port), its FAILED
+# deliveries are recovered with `resend --channel ID --state FAILED`, and
+# the daemon runs again until they are delivered. Then it prints `status`,
+# stops everything it started (by PID) and removes target/demo, also on
+# Ctrl-C.
 #
 # Needs PostgreSQL's server binaries (initdb/pg_ctl on PATH or under
 # /usr/lib/postgresql/*/bin) and psql. As root, the server runs as the
@@ -17,7 +27,7 @@ cd "$(dirname "$0")/.."
 EVENTS=${DEMO_EVENTS:-300}
 FAIL_RATE=${DEMO_FAIL_RATE:-0.3}
 SECRET=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw   # the Standard Webhooks example secret
-TIMEOUT=${DEMO_TIMEOUT:-120}                     # seconds for the delivery phase
+TIMEOUT=${DEMO_TIMEOUT:-120}                     # seconds for each delivery phase
 
 say() { printf '\n==> %s\n' "$*" >&2; }
 die() { echo "demo: $*" >&2; exit 1; }
@@ -55,7 +65,7 @@ free_port() {
 target_dir=${CARGO_TARGET_DIR:-target}
 demo=$target_dir/demo
 bin=$target_dir/release/notification-reconciler
-daemon_pid= sink_pid= pg_started= data= pg_tmp=
+daemon_pid= sink_pid= back_pid= pg_started= data= pg_tmp=
 
 cleanup() {
     local rc=$?
@@ -64,10 +74,13 @@ cleanup() {
         kill -TERM "$daemon_pid" 2>/dev/null || true
         wait "$daemon_pid" 2>/dev/null || true
     fi
-    if [ -n "$sink_pid" ] && kill -0 "$sink_pid" 2>/dev/null; then
-        kill -TERM "$sink_pid" 2>/dev/null || true
-        wait "$sink_pid" 2>/dev/null || true
-    fi
+    local pid
+    for pid in $sink_pid $back_pid; do
+        if kill -0 "$pid" 2>/dev/null; then
+            kill -TERM "$pid" 2>/dev/null || true
+            wait "$pid" 2>/dev/null || true
+        fi
+    done
     if [ -n "$pg_started" ]; then
         pg pg_ctl stop -D "$data" -m fast -w >/dev/null 2>&1 || true
     fi
@@ -123,20 +136,28 @@ export DATABASE_URL=postgres://postgres@127.0.0.1:$pg_port/postgres
 
 cat >"$demo/config.toml" <<EOF
 # The demo's configuration: a safety-net sweep every second, a short retry
-# schedule.
+# schedule (6 attempts in about 16 s), and short pending and sending
+# timeouts so that the dead channel's deliveries give up within the demo.
+# A channel behind an open breaker is read when its probe may go, what
+# timed out in what was read is failed then: a page as large as the demo's
+# backlog lets one probe's read fail them all.
 [database]
 url = "$DATABASE_URL"
 [reconciler]
 interval = "1s"
 workers = 8
+page_size = 1000
+pending_timeout = "10s"
+sending_timeout = "20s"
 [delivery]
 timeout = "5s"
+connect_timeout = "2s"
 retry_schedule = ["1s", "2s", "3s", "5s", "5s"]
-# A sink failing 30% of answers at random trips the circuit breaker now and
-# then (5 failures in a row); a short cool-down keeps the demo quick and
-# shows the breaker open, probe and close in the log.
-breaker_cooldown = "2s"
-# The sink listens on 127.0.0.1; the SSRF guard refuses loopback by default.
+# The default breaker (5 attempts in a row without an answer open it); a
+# short cool-down shows the dead channel's probes in the log. The flaky
+# sink's fast 500s are left to the retry schedule: its breaker stays closed.
+breaker_cooldown = "1s"
+# The sinks listen on 127.0.0.1; the SSRF guard refuses loopback by default.
 allow_networks = ["127.0.0.0/8", "::1/128"]
 EOF
 nr() { "$bin" --config "$demo/config.toml" "$@"; }
@@ -155,12 +176,16 @@ for _ in $(seq 50); do
     sleep 0.1
 done
 
-# --- a channel, a rule, events ------------------------------------------------------
-say "creating a channel and a rule"
+# --- two channels, a rule, events --------------------------------------------------
+dead_port=$(free_port 18280)
+say "creating two channels (the sink; a dead endpoint: 127.0.0.1:$dead_port, nothing listens) and a rule"
 channel=$(nr channel create --namespace demo --name demo-sink \
     --url "http://127.0.0.1:$sink_port/hook" --secret "$SECRET")
-rule=$(nr rule create --namespace demo --name orders --event-type order.created --channel "$channel")
-echo "channel $channel, rule $rule" >&2
+dead=$(nr channel create --namespace demo --name demo-dead \
+    --url "http://127.0.0.1:$dead_port/hook" --secret "$SECRET")
+rule=$(nr rule create --namespace demo --name orders --event-type order.created \
+    --channel "$channel" --channel "$dead")
+echo "channels $channel (sink) and $dead (dead), rule $rule" >&2
 
 say "emitting $EVENTS events (one transaction, through notification.enqueue_event)"
 "$psql" -X -q -v ON_ERROR_STOP=1 -d "$DATABASE_URL" -At -c "
@@ -170,26 +195,48 @@ say "emitting $EVENTS events (one transaction, through notification.enqueue_even
         FROM generate_series(1, $EVENTS) AS i) AS enqueued"
 
 # --- the daemon until nothing is unfinished -----------------------------------------------
-say "running the daemon until every delivery is finished"
-# The binary itself in the background (not through a function, which would
-# fork a subshell): $! must be the daemon's PID.
-"$bin" --config "$demo/config.toml" run 2> >(sed -u 's/^/[daemon] /' >&2) &
-daemon_pid=$!
-
 count() { sed -n "s/.*\"$1\": *\([0-9][0-9]*\).*/\1/p" <<<"$2" | head -1; }
-deadline=$(($(date +%s) + TIMEOUT))
-while :; do
-    sleep 1
-    kill -0 "$daemon_pid" 2>/dev/null || die "the daemon exited"
-    json=$(nr status --json)
-    unfinished=$(($(count PENDING "$json") + $(count SENDING "$json") + $(count RESENDING "$json")))
-    [ "$unfinished" -eq 0 ] && break
-    [ "$(date +%s)" -lt "$deadline" ] || die "still $unfinished unfinished after ${TIMEOUT}s"
-done
 
-kill -TERM "$daemon_pid"
-wait "$daemon_pid" || die "the daemon exited with status $?"
-daemon_pid=
+# Runs the daemon until no delivery is PENDING, SENDING or RESENDING (at
+# most TIMEOUT seconds), then stops it.
+run_until_finished() {
+    # The binary itself in the background (not through a function, which
+    # would fork a subshell): $! must be the daemon's PID.
+    "$bin" --config "$demo/config.toml" run 2> >(sed -u 's/^/[daemon] /' >&2) &
+    daemon_pid=$!
+    local deadline=$(($(date +%s) + TIMEOUT)) json unfinished
+    while :; do
+        sleep 1
+        kill -0 "$daemon_pid" 2>/dev/null || die "the daemon exited"
+        json=$(nr status --json)
+        unfinished=$(($(count PENDING "$json") + $(count SENDING "$json") + $(count RESENDING "$json")))
+        [ "$unfinished" -eq 0 ] && break
+        [ "$(date +%s)" -lt "$deadline" ] || die "still $unfinished unfinished after ${TIMEOUT}s"
+    done
+    kill -TERM "$daemon_pid"
+    wait "$daemon_pid" || die "the daemon exited with status $?"
+    daemon_pid=
+}
+
+say "running the daemon until every delivery is finished"
+run_until_finished
+
+say "status: the sink's deliveries succeeded through retries, the dead channel's FAILED"
+nr status
+
+# --- the dead endpoint comes back: recover its FAILED deliveries ---------------------------
+say "the dead endpoint comes back (a sink on 127.0.0.1:$dead_port); resend its FAILED deliveries"
+"$bin" sink --listen "127.0.0.1:$dead_port" --secret "$SECRET" \
+    > >(sed -u 's/^/[sink 2] /') 2>&1 &
+back_pid=$!
+for _ in $(seq 50); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$dead_port") 2>/dev/null && break
+    sleep 0.1
+done
+nr resend --channel "$dead" --state FAILED
+
+say "running the daemon again until every delivery is finished"
+run_until_finished
 
 say "status"
 nr status

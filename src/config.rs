@@ -196,10 +196,11 @@ pub struct RawDelivery {
     /// Deliveries of one channel in flight at once; 0 = a quarter of the
     /// workers, at least 1.
     pub max_in_flight_per_channel: i64,
-    /// Consecutive failed attempts that open a channel's breaker; 0 = no
-    /// breaker.
+    /// Attempts in a row without an answer (or failed, while nearly every
+    /// recent attempt failed) that open a channel's breaker; 0 = no
+    /// breaker (`reconcile::breaker` has the rule).
     pub breaker_failures: i64,
-    /// The breaker's first cool-down (doubles while failing, at most
+    /// The breaker's first cool-down (doubles while the endpoint looks dead, at most
     /// [`MAX_BREAKER_COOLDOWN`] or this, whichever is longer).
     pub breaker_cooldown: String,
     /// Only failures this long: the channel is disabled; "0s" = never.
@@ -396,7 +397,8 @@ pub struct DeliveryConfig {
     /// Deliveries of one channel in flight at once (queued or being
     /// attempted), ≥ 1.
     pub max_in_flight_per_channel: usize,
-    /// Consecutive failed attempts that open a channel's breaker; 0 = off.
+    /// Attempts in a row without an answer (or failed, while nearly every
+    /// recent attempt failed) that open a channel's breaker; 0 = off.
     pub breaker_failures: u32,
     /// The breaker's first cool-down, > 0.
     pub breaker_cooldown: Duration,

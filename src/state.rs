@@ -304,10 +304,15 @@ pub fn classify_status(code: u16) -> AttemptClass {
 pub enum Verdict {
     /// A 2xx response: the endpoint works.
     Success,
-    /// The endpoint is unreachable or overloaded: a transport error
-    /// (timeout, connection refused or reset, a refused address), a 5xx,
-    /// 429 or 408. Counts toward opening the breaker.
+    /// The endpoint answered, but overloaded or failing: a 5xx, 429 or 408.
+    /// Cheap for us (a quick answer holds no worker for long): it opens the
+    /// breaker only when nearly every recent attempt failed (`breaker`).
     Failure,
+    /// No answer at all: a transport error (timeout, connection refused or
+    /// reset, a refused address, no request possible). What a dead or
+    /// hanging endpoint gives, and what costs us a worker for up to the
+    /// timeout: `breaker_failures` of these in a row open the breaker.
+    NoAnswer,
     /// Another response (a 4xx, a 3xx): the endpoint answered but did not
     /// accept this delivery. A failed attempt for auto-disable, but no sign
     /// of an endpoint that is down, so it does not open the breaker.
@@ -317,7 +322,7 @@ pub enum Verdict {
 /// The [`Verdict`] of an attempt.
 pub fn verdict(result: &AttemptResult) -> Verdict {
     match result.http_status {
-        None => Verdict::Failure,
+        None => Verdict::NoAnswer,
         Some(200..=299) => Verdict::Success,
         Some(408 | 429 | 500..=599) => Verdict::Failure,
         Some(_) => Verdict::Refused,
@@ -688,7 +693,7 @@ mod tests {
     #[test]
     fn verdicts_of_every_kind_of_attempt() {
         let v = |code| verdict(&attempt(code, AttemptClass::Retryable));
-        assert_eq!(v(None), Verdict::Failure, "transport error");
+        assert_eq!(v(None), Verdict::NoAnswer, "transport error");
         for code in [200, 201, 204, 299] {
             assert_eq!(v(Some(code)), Verdict::Success, "{code}");
         }

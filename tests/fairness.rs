@@ -2,7 +2,8 @@
 //! real receivers on 127.0.0.1: a hanging endpoint holds at most its cap
 //! while a healthy one gets everything, a backlog on one channel does not
 //! hold up another, the circuit breaker (a few attempts, then one probe per
-//! cool-down, then the backlog drains once the endpoint recovers), and
+//! cool-down, then the backlog drains once the endpoint recovers; a flaky
+//! endpoint beside a dead one: only the dead one's opens), and
 //! auto-disable with the bulk resend that recovers from it.
 //!
 //! Waits are on conditions. The one comparison with time is a lower bound
@@ -193,11 +194,13 @@ fn a_backlog_on_one_channel_does_not_hold_up_another() {
     );
 }
 
+/// A hanging endpoint (every attempt times out): three attempts, then one
+/// probe per cool-down, the cool-down doubling while every attempt fails.
 #[test]
-fn a_failing_endpoint_gets_a_few_attempts_then_one_probe_per_cooldown_then_drains() {
+fn a_hanging_endpoint_gets_a_few_attempts_then_one_probe_per_cooldown_then_drains() {
     let db = migrated_db();
     let mut client = db.client();
-    let failing = Receiver::start(Script::status(503));
+    let failing = Receiver::start(Script::hang());
     let channel = channel_for(&mut client, "flaky", &failing.url(), SECRET, "{}");
     let n = 20;
     emit(&mut client, "flaky", "'{}'::jsonb", n);
@@ -207,7 +210,7 @@ fn a_failing_endpoint_gets_a_few_attempts_then_one_probe_per_cooldown_then_drain
         &db,
         8,
         &format!(
-            "timeout = \"10s\"\nconnect_timeout = \"2s\"\n\
+            "timeout = \"300ms\"\nconnect_timeout = \"2s\"\n\
              retry_schedule = [\"10ms\", \"10ms\", \"10ms\", \"10ms\", \"10ms\", \"10ms\", \"10ms\", \"10ms\"]\n\
              max_in_flight_per_channel = 2\nbreaker_failures = 3\nbreaker_cooldown = \"{}ms\"\n",
             cooldown.as_millis()
@@ -220,8 +223,9 @@ fn a_failing_endpoint_gets_a_few_attempts_then_one_probe_per_cooldown_then_drain
     let requests = failing.requests();
     let bin = Bin::for_database(&db.url);
     assert!(
-        d.stderr()
-            .contains("3 consecutive failed attempts; breaker open"),
+        d.stderr().contains(
+            "3 consecutive attempts got no answer (timeouts, refused connections); breaker open"
+        ),
         "{}",
         tail(&d.stderr(), 20)
     );
@@ -292,6 +296,92 @@ fn a_failing_endpoint_gets_a_few_attempts_then_one_probe_per_cooldown_then_drain
         "{}",
         tail(&d.stderr(), 20)
     );
+}
+
+/// Regression (issue 26): a sink failing 30% of requests at random with
+/// fast 500s tripped the breaker (five failures in a row) and stalled its
+/// channel; now it is left to the retry schedule, while a dead endpoint
+/// beside it (a loopback port nothing listens on) still opens its breaker
+/// within `breaker_failures` attempts.
+#[test]
+fn a_flaky_endpoint_is_not_a_dead_one() {
+    let db = migrated_db();
+    let mut client = db.client();
+    let flaky_sink = Receiver::start(Script::fail_fraction(0.3));
+    let flaky = channel_for(&mut client, "both", &flaky_sink.url(), SECRET, "{}");
+    let dead = add_channel(&mut client, "both", &format!("http://{}/hook", free_addr()));
+    let n = 300;
+    emit(&mut client, "both", "'{}'::jsonb", n);
+    let metrics = free_addr();
+    // The default breaker (5 attempts), a short cool-down; 15 attempts
+    // each, so that every flaky delivery ends delivered (0.3^15 a piece).
+    let schedule = vec!["\"20ms\""; 14].join(", ");
+    let d = daemon(
+        &db,
+        8,
+        &format!(
+            "timeout = \"5s\"\nconnect_timeout = \"1s\"\nretry_schedule = [{schedule}]\n\
+             breaker_cooldown = \"1s\"\n"
+        ),
+        metrics,
+    );
+    wait_for_count(
+        &mut client,
+        flaky,
+        "SUCCESS",
+        i64::from(n),
+        "every flaky delivery to succeed through retries",
+        &d,
+    );
+    let log = d.stderr();
+    let failed_first = flaky_sink.requests().len() - n as usize;
+    assert!(
+        failed_first > 0,
+        "the sink failed no request: nothing was retried"
+    );
+    // The flaky channel's breaker never opened; the dead one's did, after
+    // at most breaker_failures (5) attempts of it.
+    let opened = |c: uuid::Uuid| {
+        log.lines()
+            .filter(|l| l.contains(&format!("channel {c}:")) && l.contains("breaker open"))
+            .count()
+    };
+    assert_eq!(opened(flaky), 0, "{}", tail(&log, 30));
+    wait_until(
+        "the dead channel's breaker to open",
+        LONG,
+        || {
+            d.stderr().contains(&format!(
+                "channel {dead}: 5 consecutive attempts got no answer (timeouts, refused connections); breaker open"
+            ))
+        },
+        || d.stderr(),
+    );
+    let bin = Bin::for_database(&db.url);
+    wait_until(
+        "channel list to show the dead channel's breaker open",
+        LONG,
+        || {
+            let entry = listed(&bin, dead);
+            entry["breaker"] == "open" || entry["breaker"] == "half_open"
+        },
+        || format!("{}", listed(&bin, dead)),
+    );
+    let dead_attempts: i64 = client
+        .query_one(
+            "SELECT sum(attempt_count)::int8 FROM notification.delivery_status WHERE channel_id = $1",
+            &[&dead],
+        )
+        .expect("sum attempts")
+        .get(0);
+    // Before it opened, at most max(5, cap 2) attempts; then one probe per
+    // cool-down (1 s, 2 s, 4 s, ...): a handful while the flaky one drained.
+    assert!(
+        dead_attempts < 5 + 30,
+        "the dead endpoint got {dead_attempts} attempts\n{}",
+        tail(&log, 30)
+    );
+    assert_eq!(listed(&bin, flaky)["breaker"], "closed");
 }
 
 #[test]

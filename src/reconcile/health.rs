@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::config::{Config, MAX_BREAKER_COOLDOWN};
 use crate::db::due::Target;
-use crate::reconcile::breaker::{Breaker, BreakerPolicy};
+use crate::reconcile::breaker::{Breaker, BreakerPolicy, Phase};
 use crate::reconcile::scheduler::InFlight;
 use crate::state::Verdict;
 
@@ -118,18 +118,19 @@ impl Channels {
     ) -> Option<Write> {
         let h = self.health.entry(channel_id).or_default();
         let was = h.breaker;
-        h.breaker.record(verdict, now, &self.policy);
-        match (was.is_open(), h.breaker) {
-            (false, Breaker::Open { cooldown, .. }) => log::warn!(
-                "channel {channel_id}: {} consecutive failed attempts; breaker open, no attempts for {}",
-                self.policy.threshold,
+        let tripped = h.breaker.record(verdict, now, &self.policy);
+        match (tripped, was.is_open(), h.breaker.phase) {
+            (Some(why), _, Phase::Open { cooldown, .. }) => log::warn!(
+                "channel {channel_id}: {why}; breaker open, no attempts for {}",
                 humantime::format_duration(cooldown)
             ),
-            (true, Breaker::Open { cooldown, .. }) if !was.eq(&h.breaker) => log::warn!(
-                "channel {channel_id}: probe failed; breaker open for {}",
-                humantime::format_duration(cooldown)
-            ),
-            (true, Breaker::Closed { .. }) => {
+            (None, true, Phase::Open { cooldown, .. }) if was.phase != h.breaker.phase => {
+                log::warn!(
+                    "channel {channel_id}: probe failed; breaker open for {}",
+                    humantime::format_duration(cooldown)
+                )
+            }
+            (None, true, Phase::Closed) => {
                 log::info!("channel {channel_id}: attempt answered; breaker closed")
             }
             _ => {}
@@ -141,14 +142,14 @@ impl Channels {
                 h.disabling = false;
                 Some(Write::StopFailing { channel_id })
             }
-            (Verdict::Failure | Verdict::Refused, None) => {
+            (Verdict::Failure | Verdict::NoAnswer | Verdict::Refused, None) => {
                 h.failing_since = Some(now);
                 Some(Write::StartFailing {
                     channel_id,
                     since: now,
                 })
             }
-            (Verdict::Failure | Verdict::Refused, Some(since)) => {
+            (Verdict::Failure | Verdict::NoAnswer | Verdict::Refused, Some(since)) => {
                 let limit = TimeDelta::from_std(self.disable_after).unwrap_or(TimeDelta::MAX);
                 if self.disable_after.is_zero() || h.disabling || now - since < limit {
                     return None;
@@ -186,14 +187,14 @@ impl Channels {
     }
 
     /// What the leader publishes (`status`, `channel list --json`): every
-    /// channel whose breaker is not closed-and-clean or that has
+    /// channel whose breaker is open or counts failures in a row, or that has
     /// deliveries in flight.
     pub fn snapshot(&self, in_flight: &InFlight) -> serde_json::Value {
         let mut out = serde_json::Map::new();
         let mut add = |id: &Uuid, b: Breaker, n: usize| {
             let mut v = serde_json::json!({ "breaker": b.name(), "in_flight": n });
-            if let Breaker::Closed { failures } = b {
-                v["failures"] = failures.into();
+            if !b.is_open() {
+                v["failures"] = b.failures().into();
             }
             if let Some(until) = b.open_until() {
                 v["open_until"] = until
@@ -206,20 +207,19 @@ impl Channels {
             add(id, self.breaker(id), n);
         }
         for (id, h) in &self.health {
-            if h.breaker != Breaker::default() && in_flight.of_channel(id) == 0 {
+            if !h.breaker.is_quiet() && in_flight.of_channel(id) == 0 {
                 add(id, h.breaker, 0);
             }
         }
         serde_json::Value::Object(out)
     }
 
-    /// Forgets channels with nothing to remember (closed, clean, not
-    /// failing, nothing in flight), so the map does not grow forever.
+    /// Forgets channels with nothing to remember (closed, no failure among
+    /// the breaker's last attempts, not failing, nothing in flight), so the
+    /// map does not grow forever.
     pub fn prune(&mut self, in_flight: &InFlight) {
         self.health.retain(|id, h| {
-            h.breaker != Breaker::default()
-                || h.failing_since.is_some()
-                || in_flight.of_channel(id) > 0
+            !h.breaker.is_clean() || h.failing_since.is_some() || in_flight.of_channel(id) > 0
         });
     }
 
@@ -316,8 +316,8 @@ mod tests {
         let id = Uuid::from_u128(7);
         let mut f = InFlight::default();
         assert_eq!(c.allowance(&id, t(0), 0), 4);
-        c.record(id, Verdict::Failure, t(0));
-        c.record(id, Verdict::Failure, t(0));
+        c.record(id, Verdict::NoAnswer, t(0));
+        c.record(id, Verdict::NoAnswer, t(0));
         assert!(c.is_open(&id));
         assert_eq!(c.open_count(), 1);
         assert_eq!(c.allowance(&id, t(1), 0), 0);
@@ -331,6 +331,11 @@ mod tests {
         c.record(id, Verdict::Success, t(31));
         assert_eq!(c.open_count(), 0);
         assert_eq!(c.snapshot(&f), serde_json::json!({}));
+        c.prune(&f);
+        assert_eq!(c.health.len(), 1, "its failure share is remembered");
+        for _ in 0..crate::reconcile::breaker::WINDOW {
+            c.record(id, Verdict::Success, t(32));
+        }
         c.prune(&f);
         assert!(c.health.is_empty());
     }
