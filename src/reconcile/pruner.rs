@@ -10,9 +10,8 @@
 //! A sweep starts when leading starts and then every `reconciler.interval`;
 //! its cut-off is fixed when it starts. Between two steps the thread rests
 //! half as long as the step took, so at most two thirds of one database
-//! core go to pruning however large the backlog: on the 2-vCPU benchmark
-//! machine resting a quarter pruned faster but cost the new work's p99
-//! 2.3×, half kept it at 1.2× (docs/benchmarks.md, scenario 11). It stops when the sender of its
+//! core go to pruning however large the backlog (docs/benchmarks.md,
+//! scenario 11, has the runs resting a quarter). It stops when the sender of its
 //! `stop` channel is dropped (the leader stops handing out), after at most
 //! the step in progress; the scope joins it before the lock is released.
 //! What a step removed and how long it took go to the hooks (`/metrics`).
