@@ -9,9 +9,9 @@
 //!
 //! A sweep starts when leading starts and then every `reconciler.interval`;
 //! its cut-off is fixed when it starts. Between two steps the thread rests
-//! a quarter as long as the step took (at most four fifths of one database
-//! core go to pruning, however large the backlog; docs/benchmarks.md,
-//! scenario 11). It stops when the sender of its
+//! half as long as the step took, so at most two thirds of one database
+//! core go to pruning however large the backlog (docs/benchmarks.md,
+//! scenario 11, has the runs resting a quarter). It stops when the sender of its
 //! `stop` channel is dropped (the leader stops handing out), after at most
 //! the step in progress; the scope joins it before the lock is released.
 //! What a step removed and how long it took go to the hooks (`/metrics`).
@@ -76,7 +76,7 @@ fn sweep(
     let cutoff = prune::cutoff(client, keep)?;
     prune::sweep(client, cutoff, prune::BATCH, &mut |step| {
         hooks.pruned(&step.removed, step.took);
-        !stopping(stop) && (step.looked_at < prune::BATCH || rest(stop, step.took / 4))
+        !stopping(stop) && (step.looked_at < prune::BATCH || rest(stop, step.took / 2))
     })
 }
 
