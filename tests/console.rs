@@ -130,38 +130,13 @@ impl Site {
 
     /// `channel create`; returns the id.
     fn channel(&self, ns: &str, name: &str, url: &str, headers: &[&str]) -> String {
-        let mut args = vec![
-            "channel",
-            "create",
-            "--namespace",
-            ns,
-            "--name",
-            name,
-            "--url",
-            url,
-        ];
-        for h in headers {
-            args.extend(["--header", h]);
-        }
-        self.cli(&args)
+        self.cli.create_channel(ns, name, url, headers)
     }
 
     /// `rule create` for `event_type` to `channels`.
     fn rule(&self, ns: &str, event_type: &str, channels: &[&str]) {
-        let mut args = vec![
-            "rule",
-            "create",
-            "--namespace",
-            ns,
-            "--name",
-            event_type,
-            "--event-type",
-            event_type,
-        ];
-        for c in channels {
-            args.extend(["--channel", c]);
-        }
-        self.cli(&args);
+        self.cli
+            .create_rule(ns, event_type, event_type, channels, None);
     }
 
     /// `event emit`; returns the event ids.

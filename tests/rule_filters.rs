@@ -17,37 +17,11 @@ use support::{migrated_db, Receiver, Script};
 use uuid::Uuid;
 
 fn channel(bin: &Bin, ns: &str, url: &str) -> String {
-    bin.ok(&[
-        "channel",
-        "create",
-        "--namespace",
-        ns,
-        "--name",
-        "c",
-        "--url",
-        url,
-    ])
-    .trim()
-    .to_string()
+    bin.create_channel(ns, "c", url, &[])
 }
 
 fn rule(bin: &Bin, ns: &str, event_type: &str, channel: &str, filter: Option<&str>) -> String {
-    let mut args = vec![
-        "rule",
-        "create",
-        "--namespace",
-        ns,
-        "--name",
-        "r",
-        "--event-type",
-        event_type,
-        "--channel",
-        channel,
-    ];
-    if let Some(f) = filter {
-        args.extend(["--filter", f]);
-    }
-    bin.ok(&args).trim().to_string()
+    bin.create_rule(ns, "r", event_type, &[channel], filter)
 }
 
 /// The events `enqueue_event` makes for `payload`, as (rule id) per event.

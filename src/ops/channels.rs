@@ -178,16 +178,10 @@ pub fn list(
         .into_iter()
         .map(|c| ChannelView::new(c, published.as_ref()))
         .collect();
-    Ok(match page {
-        Some(page) => Paged::from_rows(views, page, |v| Cursor {
-            created_at: v.channel.created_at,
-            id: v.channel.id,
-        }),
-        None => Paged {
-            items: views,
-            next_cursor: None,
-        },
-    })
+    Ok(Paged::maybe_paged(views, page, |v| Cursor {
+        created_at: v.channel.created_at,
+        id: v.channel.id,
+    }))
 }
 
 /// The live channel `id` of `namespace` (any, when `None`), without secrets.

@@ -96,6 +96,18 @@ pub struct Paged<T> {
 }
 
 impl<T> Paged<T> {
+    /// [`Paged::from_rows`] when a page was asked for; else all of `rows`
+    /// (the command line's lists), with no next page.
+    pub fn maybe_paged(rows: Vec<T>, page: Option<Page>, key: impl Fn(&T) -> Cursor) -> Paged<T> {
+        match page {
+            Some(page) => Paged::from_rows(rows, page, key),
+            None => Paged {
+                items: rows,
+                next_cursor: None,
+            },
+        }
+    }
+
     /// A page from up to `limit + 1` rows fetched: the extra row only says
     /// that there is a next page; `key` gives a row's sort key.
     pub fn from_rows(mut rows: Vec<T>, page: Page, key: impl Fn(&T) -> Cursor) -> Paged<T> {

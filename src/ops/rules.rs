@@ -105,16 +105,10 @@ pub fn list(
         page.and_then(|p| p.after).map(|c| (c.created_at, c.id)),
         page.map(|p| p.limit + 1),
     )?;
-    Ok(match page {
-        Some(page) => Paged::from_rows(rows, page, |r| Cursor {
-            created_at: r.created_at,
-            id: r.id,
-        }),
-        None => Paged {
-            items: rows,
-            next_cursor: None,
-        },
-    })
+    Ok(Paged::maybe_paged(rows, page, |r| Cursor {
+        created_at: r.created_at,
+        id: r.id,
+    }))
 }
 
 /// One live rule of `namespace` (any, when `None`).

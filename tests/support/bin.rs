@@ -48,6 +48,55 @@ pub fn allow_loopback(text: &str) -> String {
     out
 }
 
+impl Bin {
+    /// `channel create` in `ns` with custom `headers` ('K: V'); the new id.
+    pub fn create_channel(&self, ns: &str, name: &str, url: &str, headers: &[&str]) -> String {
+        let mut args = vec![
+            "channel",
+            "create",
+            "--namespace",
+            ns,
+            "--name",
+            name,
+            "--url",
+            url,
+        ];
+        for h in headers {
+            args.extend(["--header", h]);
+        }
+        self.ok(&args).trim().to_owned()
+    }
+
+    /// `rule create` in `ns` for `event_type` to `channels`, with `filter`
+    /// when given; the new id.
+    pub fn create_rule(
+        &self,
+        ns: &str,
+        name: &str,
+        event_type: &str,
+        channels: &[&str],
+        filter: Option<&str>,
+    ) -> String {
+        let mut args = vec![
+            "rule",
+            "create",
+            "--namespace",
+            ns,
+            "--name",
+            name,
+            "--event-type",
+            event_type,
+        ];
+        for c in channels {
+            args.extend(["--channel", c]);
+        }
+        if let Some(f) = filter {
+            args.extend(["--filter", f]);
+        }
+        self.ok(&args).trim().to_owned()
+    }
+}
+
 /// Environment variables removed from every child unless [`Bin::env`] sets
 /// them: the test runner's own must not leak into the binary.
 const CLEARED_ENV: [&str; 6] = [
