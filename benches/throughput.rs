@@ -914,7 +914,7 @@ fn flaky(sizes: &Sizes, rows: &mut Vec<Row>) {
         push(
             rows,
             Row {
-                scenario: "11 flaky endpoint",
+                scenario: "12 flaky endpoint",
                 setting: format!(
                     "{total} events at {}/s, 30% random fast 500s, retries 1-16 s (13 attempts), 16 workers, {}",
                     sizes.flaky_rate,
@@ -946,7 +946,7 @@ fn flaky(sizes: &Sizes, rows: &mut Vec<Row>) {
     push(
         rows,
         Row {
-            scenario: "11 flaky endpoint",
+            scenario: "12 flaky endpoint",
             setting: "default breaker / breaker off".into(),
             result: format!(
                 "p50 {r50:.2}×, p90 {r90:.2}× (breaker open {:.2}%)",
