@@ -46,14 +46,36 @@ impl Nr {
 
     /// Creates a channel and returns its id.
     fn channel(&self, ns: &str, name: &str) -> Uuid {
-        parse_id(&self.create_channel(ns, name, "http://127.0.0.1:9/hook", &[]))
+        let out = self.ok(&[
+            "channel",
+            "create",
+            "--namespace",
+            ns,
+            "--name",
+            name,
+            "--url",
+            "http://127.0.0.1:9/hook",
+        ]);
+        parse_id(&out)
     }
 
     /// Creates a rule for `event_type` on `channels` and returns its id.
     fn rule(&self, ns: &str, event_type: &str, channels: &[Uuid]) -> Uuid {
         let ids: Vec<String> = channels.iter().map(Uuid::to_string).collect();
-        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-        parse_id(&self.create_rule(ns, "r", event_type, &ids, None))
+        let mut args = vec![
+            "rule",
+            "create",
+            "--namespace",
+            ns,
+            "--name",
+            "r",
+            "--event-type",
+            event_type,
+        ];
+        for id in &ids {
+            args.extend(["--channel", id.as_str()]);
+        }
+        parse_id(&self.ok(&args))
     }
 
     /// Emits an event; returns the printed ids.
