@@ -24,6 +24,7 @@ pub mod delivery;
 pub mod http_server;
 pub mod lock;
 pub mod ops;
+pub mod rate_limit;
 pub mod reconcile;
 pub mod service;
 pub mod shard;

@@ -31,6 +31,9 @@ struct ChannelCreate {
     secret: Option<String>,
     #[serde(default)]
     disabled: bool,
+    rate_limit: Option<String>,
+    #[serde(default)]
+    ordered: bool,
 }
 
 /// `PATCH .../channels/{id}` body.
@@ -40,6 +43,10 @@ struct ChannelUpdate {
     name: Option<String>,
     url: Option<String>,
     headers: Option<BTreeMap<String, String>>,
+    /// Absent: keep; `null`: remove; a string such as `"10/s"`: set.
+    #[serde(default, deserialize_with = "present")]
+    rate_limit: Option<Option<String>>,
+    ordered: Option<bool>,
 }
 
 /// `POST .../rotate-secret` body.
@@ -138,6 +145,8 @@ pub(super) fn create_channel(ctx: &Ctx, call: &Call<'_>, db: &mut Client) -> Ans
         headers: pairs(b.headers),
         secret: b.secret,
         disabled: b.disabled,
+        rate_limit: b.rate_limit,
+        ordered: b.ordered,
     };
     Reply::json(201, &channels::create(db, &ctx.guard, input)?)
 }
@@ -153,6 +162,8 @@ pub(super) fn update_channel(ctx: &Ctx, call: &Call<'_>, db: &mut Client) -> Ans
         name: b.name,
         url: b.url,
         headers: b.headers.map(pairs),
+        rate_limit: b.rate_limit,
+        ordered: b.ordered,
     };
     Reply::ok(&channels::update(
         db,

@@ -83,7 +83,19 @@ fn schemas() -> Value {
         "created_at": time(), "updated_at": time(), "deleted_at": time_or_null(),
         "breaker": { "type": ["string", "null"], "enum": ["closed", "open", "half_open", null], "description": "null when no instance leads" },
         "in_flight": { "type": "integer", "minimum": 0 },
-        "open_until": { "type": "string" }
+        "open_until": { "type": "string" },
+        "rate_limit": { "type": ["string", "null"], "pattern": "^[0-9]+/[sm]$", "description": "At most N request starts per second (N/s) or minute (N/m); null: no limit" },
+        "ordered": { "type": "boolean", "description": "One delivery in flight at a time, in enqueue order" },
+        "held_back": { "type": ["integer", "null"], "minimum": 0, "description": "Rate-limited or ordered: deliveries due now and not in flight; null for other channels" },
+        "waiting_on": {
+            "type": ["object", "null"],
+            "description": "Ordered: the delivery the later ones wait on",
+            "properties": {
+                "event_id": uuid(), "state": state(), "next_attempt_at": time_or_null(),
+                "attempt_count": { "type": "integer", "minimum": 0 }
+            },
+            "required": ["event_id", "state", "attempt_count"]
+        }
     });
     let channel_required = [
         "id",
@@ -97,6 +109,10 @@ fn schemas() -> Value {
         "updated_at",
         "breaker",
         "in_flight",
+        "rate_limit",
+        "ordered",
+        "held_back",
+        "waiting_on",
     ];
     let mut created_props = channel_props.clone();
     created_props["signing_secret"] =
@@ -149,12 +165,16 @@ fn schemas() -> Value {
             "url": { "type": "string", "description": "http(s) URL; a literal address must pass the SSRF guard" },
             "headers": { "type": "object", "additionalProperties": { "type": "string" } },
             "secret": { "type": "string", "description": "whsec_ + base64; generated when omitted" },
-            "disabled": { "type": "boolean" }
+            "disabled": { "type": "boolean" },
+            "rate_limit": { "type": "string", "description": "\"N/s\" or \"N/m\", N from 1 to 10000" },
+            "ordered": { "type": "boolean" }
         }), &["name", "url"], true),
         "ChannelUpdate": object(json!({
             "name": { "type": "string", "minLength": 1, "maxLength": 200 },
             "url": { "type": "string" },
-            "headers": { "type": "object", "additionalProperties": { "type": "string" }, "description": "Replaces every custom header" }
+            "headers": { "type": "object", "additionalProperties": { "type": "string" }, "description": "Replaces every custom header" },
+            "rate_limit": { "type": ["string", "null"], "description": "\"N/s\" or \"N/m\"; null removes the limit" },
+            "ordered": { "type": "boolean" }
         }), &[], true),
         "Rotate": object(json!({
             "secret": { "type": "string" },

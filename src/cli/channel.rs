@@ -7,7 +7,7 @@ use super::{ops_error, ChannelCommand, UsageError};
 use crate::config::Config;
 use crate::delivery::endpoint;
 use crate::delivery::ssrf::Guard;
-use crate::ops::channels::{self, ChannelPatch, NewChannelInput};
+use crate::ops::channels::{self, ChannelPatch, ChannelView, NewChannelInput};
 
 /// Runs one `channel` subcommand.
 pub fn run(config: &Config, command: ChannelCommand) -> anyhow::Result<ExitCode> {
@@ -20,6 +20,8 @@ pub fn run(config: &Config, command: ChannelCommand) -> anyhow::Result<ExitCode>
             secret,
             headers,
             disabled,
+            rate_limit,
+            ordered,
         } => {
             let input = NewChannelInput {
                 namespace,
@@ -28,6 +30,8 @@ pub fn run(config: &Config, command: ChannelCommand) -> anyhow::Result<ExitCode>
                 headers: header_args(&headers)?,
                 secret,
                 disabled,
+                rate_limit,
+                ordered,
             };
             channels::check_new(&guard, &input).map_err(ops_error)?;
             let mut client = super::connect(config)?;
@@ -64,8 +68,15 @@ pub fn run(config: &Config, command: ChannelCommand) -> anyhow::Result<ExitCode>
                         _ => String::new(),
                     };
                     println!(
-                        "{}  {}  {}  {}  {}{}{}",
-                        c.id, c.namespace, c.name, state, c.url, breaker, secret
+                        "{}  {}  {}  {}  {}{}{}{}",
+                        c.id,
+                        c.namespace,
+                        c.name,
+                        state,
+                        c.url,
+                        breaker,
+                        controls_text(l),
+                        secret
                     );
                 }
             }
@@ -76,6 +87,9 @@ pub fn run(config: &Config, command: ChannelCommand) -> anyhow::Result<ExitCode>
             name,
             headers,
             clear_headers,
+            rate_limit,
+            ordered,
+            unordered,
         } => {
             let headers = if clear_headers {
                 Some(Vec::new())
@@ -84,14 +98,20 @@ pub fn run(config: &Config, command: ChannelCommand) -> anyhow::Result<ExitCode>
             } else {
                 Some(header_args(&headers)?)
             };
-            if url.is_none() && name.is_none() && headers.is_none() {
+            let patch = ChannelPatch {
+                name,
+                url,
+                headers,
+                rate_limit: rate_limit.map(Some),
+                ordered: (ordered || unordered).then_some(ordered),
+            };
+            if patch.is_empty() {
                 return Err(UsageError(
-                    "channel update: nothing to change; give --url, --name, --header or --clear-headers"
+                    "channel update: nothing to change; give --url, --name, --header, --clear-headers, --rate-limit, --ordered or --unordered"
                         .into(),
                 )
                 .into());
             }
-            let patch = ChannelPatch { name, url, headers };
             channels::check_patch(&guard, &patch).map_err(ops_error)?;
             let mut client = super::connect(config)?;
             channels::update(&mut client, &guard, None, id, patch).map_err(ops_error)?;
@@ -132,6 +152,36 @@ pub fn run(config: &Config, command: ChannelCommand) -> anyhow::Result<ExitCode>
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `channel list` shows of a channel's delivery controls: its rate
+/// limit, its order, what they hold back and what an ordered one waits on.
+fn controls_text(view: &ChannelView) -> String {
+    let c = &view.channel;
+    let mut out = String::new();
+    if let Some(limit) = c.rate_limit {
+        out.push_str(&format!("  rate {limit}"));
+    }
+    if c.ordered {
+        out.push_str("  ordered");
+        if let Some(head) = &view.waiting_on {
+            let when = match (head.state.as_str(), head.next_attempt_at) {
+                ("SENDING", Some(t)) => format!(
+                    ", retry at {}",
+                    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ),
+                _ => String::new(),
+            };
+            out.push_str(&format!(
+                " (waiting on event {}: {}{when})",
+                head.event_id, head.state
+            ));
+        }
+    }
+    if let Some(n) = view.held_back.filter(|n| *n > 0) {
+        out.push_str(&format!("  held back {n}"));
+    }
+    out
 }
 
 /// `--header 'Name: value'` arguments as (name, value) pairs.

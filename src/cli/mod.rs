@@ -171,6 +171,14 @@ pub enum ChannelCommand {
         /// Create it disabled.
         #[arg(long)]
         disabled: bool,
+        /// At most N requests start in any second (N/s) or minute (N/m),
+        /// across instances, retries and probes counted.
+        #[arg(long, value_name = "N/s|N/m")]
+        rate_limit: Option<String>,
+        /// Deliver one at a time in enqueue order; a delivery waiting for
+        /// its retry holds back the later ones.
+        #[arg(long)]
+        ordered: bool,
     },
     /// List channels.
     List {
@@ -184,8 +192,8 @@ pub enum ChannelCommand {
         #[arg(long)]
         show_secrets: bool,
     },
-    /// Change a channel's URL, name or custom headers; deliveries still due
-    /// go to the new URL.
+    /// Change a channel's URL, name, custom headers, rate limit or order;
+    /// deliveries still due go to the new URL.
     Update {
         /// Channel id.
         id: Uuid,
@@ -201,6 +209,15 @@ pub enum ChannelCommand {
         /// Remove every custom header.
         #[arg(long, conflicts_with = "headers")]
         clear_headers: bool,
+        /// New rate limit (N/s or N/m); `none` removes it.
+        #[arg(long, value_name = "N/s|N/m|none")]
+        rate_limit: Option<String>,
+        /// Deliver one at a time in enqueue order from now on.
+        #[arg(long)]
+        ordered: bool,
+        /// Deliver in parallel again.
+        #[arg(long, conflicts_with = "ordered")]
+        unordered: bool,
     },
     /// Disable a channel (its pending deliveries fail).
     Disable {

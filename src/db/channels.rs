@@ -8,6 +8,7 @@ use postgres::GenericClient;
 use uuid::Uuid;
 
 use super::DbError;
+use crate::rate_limit::RateLimit;
 
 /// A channel as stored.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -41,6 +42,11 @@ pub struct Channel {
     pub disabled_reason: Option<String>,
     /// Since when every attempt to it has failed, if they do.
     pub failing_since: Option<DateTime<Utc>>,
+    /// At most this many request starts per window (`"10/s"`); `None`: no
+    /// limit.
+    pub rate_limit: Option<RateLimit>,
+    /// Its deliveries go one at a time in enqueue order.
+    pub ordered: bool,
     /// Created.
     pub created_at: DateTime<Utc>,
     /// Last changed.
@@ -63,14 +69,28 @@ pub struct NewChannel<'a> {
     pub signing_secret: &'a str,
     /// Create disabled.
     pub disabled: bool,
+    /// Its rate limit, if any.
+    pub rate_limit: Option<RateLimit>,
+    /// Ordered.
+    pub ordered: bool,
+}
+
+/// A rate limit as its two stored columns (count, period in seconds).
+fn rate_columns(limit: Option<RateLimit>) -> (Option<i32>, Option<i32>) {
+    match limit {
+        Some(l) => (Some(l.count as i32), Some(l.per_secs as i32)),
+        None => (None, None),
+    }
 }
 
 /// Inserts a channel; returns its id.
 pub fn create(client: &mut impl GenericClient, new: &NewChannel<'_>) -> Result<Uuid, DbError> {
+    let (rate, period) = rate_columns(new.rate_limit);
     let row = client
         .query_one(
-            "INSERT INTO channel (namespace, name, url, headers, signing_secret, disabled)
-             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+            "INSERT INTO channel (namespace, name, url, headers, signing_secret, disabled,
+                                  rate_limit, rate_period_secs, ordered)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
             &[
                 &new.namespace,
                 &new.name,
@@ -78,6 +98,9 @@ pub fn create(client: &mut impl GenericClient, new: &NewChannel<'_>) -> Result<U
                 &new.headers,
                 &new.signing_secret,
                 &new.disabled,
+                &rate,
+                &period,
+                &new.ordered,
             ],
         )
         .map_err(DbError::query("creating a channel"))?;
@@ -89,7 +112,7 @@ const COLUMNS: &str = "id, namespace, name, type, url, headers, signing_secret, 
      created_at, updated_at, deleted_at,
      CASE WHEN previous_secret_until > now() THEN previous_secret END,
      CASE WHEN previous_secret_until > now() THEN previous_secret_until END,
-     disabled_reason, failing_since";
+     disabled_reason, failing_since, rate_limit, rate_period_secs, ordered";
 
 /// A row of [`COLUMNS`] as a channel; the secrets only with `with_secrets`.
 fn from_row(r: &postgres::Row, with_secrets: bool) -> Channel {
@@ -109,6 +132,8 @@ fn from_row(r: &postgres::Row, with_secrets: bool) -> Channel {
         previous_secret_until: r.get(12),
         disabled_reason: r.get(13),
         failing_since: r.get(14),
+        rate_limit: RateLimit::from_columns(r.get(15), r.get(16)),
+        ordered: r.get(17),
     }
 }
 
@@ -172,6 +197,10 @@ pub struct ChannelChange<'a> {
     pub url: Option<&'a str>,
     /// New validated headers (replace the old ones whole).
     pub headers: Option<serde_json::Value>,
+    /// New rate limit (`Some(None)`: remove it).
+    pub rate_limit: Option<Option<RateLimit>>,
+    /// Ordered or not.
+    pub ordered: Option<bool>,
 }
 
 /// Changes a live channel; false when no live channel has that id.
@@ -181,12 +210,26 @@ pub fn update(
     id: Uuid,
     change: &ChannelChange<'_>,
 ) -> Result<bool, DbError> {
+    let set_rate = change.rate_limit.is_some();
+    let (rate, period) = rate_columns(change.rate_limit.flatten());
     let n = client
         .execute(
             "UPDATE channel SET name = coalesce($2, name), url = coalesce($3, url),
-                 headers = coalesce($4, headers), updated_at = now()
+                 headers = coalesce($4, headers),
+                 rate_limit = CASE WHEN $5 THEN $6 ELSE rate_limit END,
+                 rate_period_secs = CASE WHEN $5 THEN $7 ELSE rate_period_secs END,
+                 ordered = coalesce($8, ordered), updated_at = now()
              WHERE id = $1 AND deleted_at IS NULL",
-            &[&id, &change.name, &change.url, &change.headers],
+            &[
+                &id,
+                &change.name,
+                &change.url,
+                &change.headers,
+                &set_rate,
+                &rate,
+                &period,
+                &change.ordered,
+            ],
         )
         .map_err(DbError::query("changing a channel"))?;
     Ok(n == 1)

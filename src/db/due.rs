@@ -196,10 +196,18 @@ pub fn channels_sql(sharded: bool) -> String {
 /// would be planned afresh. With the number in the text the generic plan is
 /// the good one and PostgreSQL switches to it after five executions.
 pub fn read_sql(per_channel: u32) -> String {
-    READ_SQL_TEMPLATE.replace("{limit}", &per_channel.to_string())
+    let lanes =
+        "unnest($2::uuid[], $3::timestamptz[], $4::uuid[]) AS cur(channel_id, after_at, after_id)";
+    format!(
+        "{}{}{READ_EVENT}\nORDER BY cur.channel_id, d.next_attempt_at, d.id",
+        READ_SELECT.replace("{lanes}", lanes),
+        READ_RANGE.replace("{limit}", &per_channel.to_string())
+    )
 }
 
-const READ_SQL_TEMPLATE: &str = "
+/// What both reads select, and the channel's row (`{lanes}`: the lanes'
+/// relation, with a `channel_id` column).
+const READ_SELECT: &str = "
 SELECT e.id, e.namespace, e.type, e.created_at, e.payload::text,
        d.id, d.version, d.state, d.next_attempt_at, d.clock_started_at, d.round_attempts,
        c.id, c.url, c.headers::text, c.signing_secret, c.disabled, c.deleted_at IS NOT NULL,
@@ -208,12 +216,43 @@ SELECT e.id, e.namespace, e.type, e.created_at, e.payload::text,
        CASE WHEN c.previous_secret_until > now() THEN c.previous_secret END,
        CASE WHEN c.previous_secret_until > now() THEN c.previous_secret_until END,
        c.failing_since
-FROM unnest($2::uuid[], $3::timestamptz[], $4::uuid[]) AS cur(channel_id, after_at, after_id)
+FROM {lanes}
 CROSS JOIN LATERAL (
     SELECT id, url, headers, signing_secret, disabled, deleted_at,
            previous_secret, previous_secret_until, failing_since
     FROM channel WHERE id = cur.channel_id LIMIT 1
-) c
+) c";
+
+/// The event of a delivery `d`, looked up by key.
+const READ_EVENT: &str = "
+CROSS JOIN LATERAL (
+    SELECT id, namespace, type, created_at, payload, rule_id FROM event WHERE id = d.event_id LIMIT 1
+) e";
+
+/// The read of ordered channels' heads: `$1` cut-off, `$2` the channels;
+/// for each, its oldest unfinished delivery in enqueue order (the event's
+/// creation time, then its id: `delivery_status_channel_order`, migration
+/// 0009), returned only when it is due by the cut-off. A head that is not
+/// due (a `SENDING` delivery waiting for its retry) is not skipped: the
+/// channel then has nothing to hand out, and the ones behind it wait.
+pub fn read_heads_sql() -> String {
+    format!(
+        "{}
+CROSS JOIN LATERAL (
+    SELECT id, event_id, version, state, next_attempt_at, clock_started_at, round_attempts
+    FROM delivery_status
+    WHERE state IN ('PENDING', 'SENDING', 'RESENDING') AND channel_id = cur.channel_id
+    ORDER BY channel_id, event_created_at, event_id
+    LIMIT 1
+) d{READ_EVENT}
+WHERE d.next_attempt_at <= $1
+ORDER BY cur.channel_id",
+        READ_SELECT.replace("{lanes}", "unnest($2::uuid[]) AS cur(channel_id)")
+    )
+}
+
+/// The per-channel part of [`read_sql`].
+const READ_RANGE: &str = "
 CROSS JOIN LATERAL (
     SELECT id, event_id, version, state, next_attempt_at, clock_started_at, round_attempts
     FROM delivery_status
@@ -222,11 +261,7 @@ CROSS JOIN LATERAL (
       AND (channel_id, next_attempt_at, id) > (cur.channel_id, cur.after_at, cur.after_id)
     ORDER BY channel_id, next_attempt_at, id
     LIMIT {limit}
-) d
-CROSS JOIN LATERAL (
-    SELECT id, namespace, type, created_at, payload, rule_id FROM event WHERE id = d.event_id LIMIT 1
-) e
-ORDER BY cur.channel_id, d.next_attempt_at, d.id";
+) d";
 
 /// The first cursor of a channel: before every delivery.
 pub fn start_cursor() -> Cursor {
@@ -242,6 +277,7 @@ pub fn start_cursor() -> Cursor {
 pub struct Pager {
     channels: Statement,
     read: Statement,
+    heads: Statement,
     sharded: bool,
 }
 
@@ -260,9 +296,13 @@ impl Pager {
         let read = client
             .prepare(&read_sql(per_channel))
             .map_err(DbError::query("preparing the due query"))?;
+        let heads = client
+            .prepare(&read_heads_sql())
+            .map_err(DbError::query("preparing the ordered channels' query"))?;
         Ok(Pager {
             channels,
             read,
+            heads,
             sharded,
         })
     }
@@ -303,6 +343,20 @@ impl Pager {
         let rows = client
             .query(&self.read, &[&cutoff, &ids, &after_at, &after_id])
             .map_err(DbError::query("reading due deliveries"))?;
+        deliveries_from_rows(&rows)
+    }
+
+    /// Reads the heads of the ordered channels `ids` that are due by
+    /// `cutoff` ([`read_heads_sql`]), at most one per channel.
+    pub fn read_heads(
+        &self,
+        client: &mut impl GenericClient,
+        cutoff: DateTime<Utc>,
+        ids: &[Uuid],
+    ) -> Result<Vec<Delivery>, DbError> {
+        let rows = client
+            .query(&self.heads, &[&cutoff, &ids])
+            .map_err(DbError::query("reading ordered channels' heads"))?;
         deliveries_from_rows(&rows)
     }
 }

@@ -65,6 +65,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0008_rule_filters",
         sql: include_str!("migrations/0008_rule_filters.sql"),
     },
+    Migration {
+        version: 9,
+        name: "0009_delivery_controls",
+        sql: include_str!("migrations/0009_delivery_controls.sql"),
+    },
 ];
 
 /// The schema version this binary needs.

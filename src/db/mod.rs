@@ -8,6 +8,7 @@
 //! `state`; this module only moves rows.
 
 pub mod channels;
+pub mod controls;
 pub mod due;
 pub mod events;
 pub mod idempotency;

@@ -2,7 +2,8 @@
 //! checked, secret made), list, read with health, update, enable, disable,
 //! delete, rotate the secret, bulk resend and the test event. The leader's
 //! view of a channel (breaker, deliveries in flight) comes from what it
-//! publishes in its heartbeat (`db::leaders::published`).
+//! publishes in its heartbeat (`db::leaders::published`); what the delivery
+//! controls hold back is read from the deliveries (`db::controls`).
 
 use std::time::Duration;
 
@@ -12,10 +13,12 @@ use uuid::Uuid;
 use super::page::{Cursor, Page, Paged};
 use super::{name_like, not_found, visible, OpsError};
 use crate::db::channels::{self, Channel, ChannelChange, NewChannel};
+use crate::db::controls::{self, Head};
 use crate::db::{events, leaders, statuses};
 use crate::delivery::endpoint;
 use crate::delivery::sign::Secret;
 use crate::delivery::ssrf::Guard;
+use crate::rate_limit::RateLimit;
 use crate::state::State;
 
 /// Longest overlap of a secret rotation.
@@ -36,6 +39,13 @@ pub struct ChannelView {
     /// Until when an open breaker stays open.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub open_until: Option<String>,
+    /// A rate-limited or ordered channel: how many of its deliveries are
+    /// due now and not in flight, held back by the limit or the order
+    /// (`None` for a channel without either).
+    pub held_back: Option<u64>,
+    /// An ordered channel: the delivery the others wait on (its oldest
+    /// unfinished one in enqueue order), if it has any.
+    pub waiting_on: Option<Head>,
 }
 
 impl ChannelView {
@@ -53,9 +63,45 @@ impl ChannelView {
             breaker: breaker.map(String::from),
             in_flight: entry.and_then(|e| e["in_flight"].as_u64()).unwrap_or(0),
             open_until: entry.and_then(|e| e["open_until"].as_str().map(String::from)),
+            held_back: None,
+            waiting_on: None,
             channel,
         }
     }
+}
+
+/// Fills in what the delivery controls hold back of `views`' channels.
+fn add_controls(client: &mut postgres::Client, views: &mut [ChannelView]) -> Result<(), OpsError> {
+    let controlled: Vec<Uuid> = views
+        .iter()
+        .filter(|v| v.channel.rate_limit.is_some() || v.channel.ordered)
+        .map(|v| v.channel.id)
+        .collect();
+    let ordered: Vec<Uuid> = views
+        .iter()
+        .filter(|v| v.channel.ordered)
+        .map(|v| v.channel.id)
+        .collect();
+    let due = controls::due_now(client, &controlled)?;
+    let mut heads = controls::heads(client, &ordered)?;
+    for v in views.iter_mut() {
+        if controlled.contains(&v.channel.id) {
+            let due = due.get(&v.channel.id).copied().unwrap_or(0).max(0) as u64;
+            v.held_back = Some(due.saturating_sub(v.in_flight));
+            v.waiting_on = heads.remove(&v.channel.id);
+        }
+    }
+    Ok(())
+}
+
+/// A rate limit as typed (`10/s`, `600/m`; `none`: no limit) for `field`.
+pub fn parse_rate_limit(field: &str, text: &str) -> Result<Option<RateLimit>, OpsError> {
+    if text.trim() == "none" {
+        return Ok(None);
+    }
+    RateLimit::parse(text)
+        .map(Some)
+        .map_err(|e| OpsError::invalid(field, e))
 }
 
 /// What a new channel is made of.
@@ -73,6 +119,10 @@ pub struct NewChannelInput {
     pub secret: Option<String>,
     /// Create it disabled.
     pub disabled: bool,
+    /// Its rate limit as typed (`10/s`, `600/m`, `none`), if any.
+    pub rate_limit: Option<String>,
+    /// Deliver one at a time in enqueue order.
+    pub ordered: bool,
 }
 
 /// A channel just made, with its secret (shown this once).
@@ -129,6 +179,9 @@ pub fn check_new(guard: &Guard, input: &NewChannelInput) -> Result<(), OpsError>
     if let Some(s) = &input.secret {
         Secret::parse(s).map_err(|e| OpsError::invalid("secret", e.to_string()))?;
     }
+    if let Some(r) = &input.rate_limit {
+        parse_rate_limit("rate_limit", r)?;
+    }
     Ok(())
 }
 
@@ -141,6 +194,10 @@ pub fn create(
     check_new(guard, &input)?;
     let headers = headers_object(&input.headers)?;
     let secret = new_secret(input.secret)?;
+    let rate_limit = match &input.rate_limit {
+        Some(r) => parse_rate_limit("rate_limit", r)?,
+        None => None,
+    };
     let id = channels::create(
         client,
         &NewChannel {
@@ -150,6 +207,8 @@ pub fn create(
             headers,
             signing_secret: &secret,
             disabled: input.disabled,
+            rate_limit,
+            ordered: input.ordered,
         },
     )?;
     Ok(Created {
@@ -174,10 +233,11 @@ pub fn list(
         with_secrets,
     )?;
     let published = leaders::published(client)?;
-    let views: Vec<ChannelView> = rows
+    let mut views: Vec<ChannelView> = rows
         .into_iter()
         .map(|c| ChannelView::new(c, published.as_ref()))
         .collect();
+    add_controls(client, &mut views)?;
     Ok(Paged::maybe_paged(views, page, |v| Cursor {
         created_at: v.channel.created_at,
         id: v.channel.id,
@@ -204,7 +264,10 @@ pub fn get(
 ) -> Result<ChannelView, OpsError> {
     let channel = stored(client, namespace, id, false)?;
     let published = leaders::published(client)?;
-    Ok(ChannelView::new(channel, published.as_ref()))
+    let mut view = [ChannelView::new(channel, published.as_ref())];
+    add_controls(client, &mut view)?;
+    let [view] = view;
+    Ok(view)
 }
 
 /// What an update may change (`None`: keep).
@@ -216,6 +279,31 @@ pub struct ChannelPatch {
     pub url: Option<String>,
     /// New custom headers, replacing the old ones whole.
     pub headers: Option<Vec<(String, String)>>,
+    /// New rate limit as typed (`10/s`, `600/m`); `Some(None)` or `none`
+    /// removes it.
+    pub rate_limit: Option<Option<String>>,
+    /// Ordered (true) or unordered (false).
+    pub ordered: Option<bool>,
+}
+
+impl ChannelPatch {
+    /// Whether it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.name.is_none()
+            && self.url.is_none()
+            && self.headers.is_none()
+            && self.rate_limit.is_none()
+            && self.ordered.is_none()
+    }
+
+    /// The new rate limit, checked: `None` keeps it, `Some(None)` removes it.
+    fn rate_limit(&self) -> Result<Option<Option<RateLimit>>, OpsError> {
+        match &self.rate_limit {
+            None => Ok(None),
+            Some(None) => Ok(Some(None)),
+            Some(Some(text)) => parse_rate_limit("rate_limit", text).map(Some),
+        }
+    }
 }
 
 /// Checks a channel change without the database.
@@ -229,11 +317,13 @@ pub fn check_patch(guard: &Guard, patch: &ChannelPatch) -> Result<(), OpsError> 
     if let Some(headers) = &patch.headers {
         headers_object(headers)?;
     }
+    patch.rate_limit()?;
     Ok(())
 }
 
-/// Changes a channel's name, URL or headers. Deliveries already enqueued go
-/// to the new URL from their next attempt; the delivery record is kept.
+/// Changes a channel's name, URL, headers, rate limit or order. Deliveries
+/// already enqueued go to the new URL from their next attempt, under the new
+/// controls from the leader's next sweep; the delivery record is kept.
 pub fn update(
     client: &mut postgres::Client,
     guard: &Guard,
@@ -248,6 +338,8 @@ pub fn update(
         name: patch.name.as_deref(),
         url: patch.url.as_deref(),
         headers,
+        rate_limit: patch.rate_limit()?,
+        ordered: patch.ordered,
     };
     if !channels::update(client, id, &change)? {
         return Err(not_found("channel", namespace, id));

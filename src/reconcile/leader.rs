@@ -43,10 +43,11 @@ use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender, TrySendErr
 
 use crate::config::Config;
 use crate::db::due::{self, Cursor, Delivery, Pager};
-use crate::db::{self, channels, leaders, DbError, Pool};
+use crate::db::{self, channels, controls, leaders, DbError, Pool};
 use crate::delivery::http::Sender as HttpSender;
 use crate::delivery::worker::{Context, StatusOutcome};
 use crate::lock::{self, LeaderLock};
+use crate::reconcile::controls::ControlState;
 use crate::reconcile::health::{Channels, Write};
 use crate::reconcile::lease::{
     Lease, LockWatch, IDLE_CHECK_EVERY, LOCK_CHECK_EVERY, TAKEOVER_GRACE,
@@ -371,8 +372,13 @@ fn lead(
         }
     });
     if failure.is_none() {
-        // What the last outcomes asked for (runs of failures, auto-disable).
-        failure = main.write_channels(&mut r.lock).err();
+        // What the last outcomes asked for (runs of failures, auto-disable),
+        // and the rate windows with every outcome in, so that the next
+        // leader does not count this one's last requests as in flight.
+        failure = main
+            .write_channels(&mut r.lock)
+            .and_then(|()| store_windows(&main.controls, &mut r.lock, &main.controls.limited()))
+            .err();
     }
     if failure.is_none() {
         let released = match main.shards.as_mut() {
@@ -401,6 +407,23 @@ fn lead(
     report.failure = failure;
     report.stopped_early = matches!(mode, Mode::Once) && stop.load(Relaxed) && !main.swept_all;
     Ok(PassOutcome::Ran(report))
+}
+
+/// Stores the rate windows of `channels` on the lock connection.
+fn store_windows(
+    state: &ControlState,
+    lock: &mut LeaderLock,
+    channels: &[Uuid],
+) -> Result<(), String> {
+    for id in channels {
+        let Some(window) = state.stored(id) else {
+            continue;
+        };
+        lock.client_mut()
+            .and_then(|c| controls::store_window(c, *id, &window))
+            .map_err(|e| lock_failure("storing a rate window", &e))?;
+    }
+    Ok(())
 }
 
 /// Halts the workers when dropped during a panic of the main thread, so that
@@ -446,6 +469,15 @@ struct LaneState {
 }
 
 impl LaneState {
+    /// A lane not read yet.
+    fn fresh() -> LaneState {
+        LaneState {
+            cursor: due::start_cursor(),
+            queue: VecDeque::new(),
+            exhausted: false,
+        }
+    }
+
     fn done(&self) -> bool {
         self.exhausted && self.queue.is_empty()
     }
@@ -470,6 +502,9 @@ struct Main<'a> {
     in_flight: InFlight,
     /// Every channel's breaker and run of failures.
     channels: Channels,
+    /// The delivery controls of the channels that have any (order, rate
+    /// windows).
+    controls: ControlState,
     /// The channel served last (round-robin resumes after it).
     last_served: Option<Uuid>,
     /// The channels snapshot last published with the heartbeat.
@@ -512,6 +547,7 @@ impl<'a> Main<'a> {
             capacity: 0,
             in_flight: InFlight::default(),
             channels: Channels::new(config),
+            controls: ControlState::default(),
             last_served: None,
             published: serde_json::json!({}),
             writes: Vec::new(),
@@ -669,6 +705,10 @@ impl<'a> Main<'a> {
             let left = (t - self.watch.db_now()).to_std().unwrap_or(Duration::ZERO);
             until = until.min(now + left);
         }
+        if let Some(t) = self.next_rate_free() {
+            let left = (t - self.watch.db_now()).to_std().unwrap_or(Duration::ZERO);
+            until = until.min(now + left);
+        }
         until.saturating_duration_since(now)
     }
 
@@ -699,6 +739,7 @@ impl<'a> Main<'a> {
             self.window_started = (Instant::now(), Utc::now());
             self.in_flight.unpark_all();
             self.channels.prune(&self.in_flight);
+            self.controls.prune(self.watch.db_now());
             self.wake(WakeCause::Tick);
         }
         if self.next_retry.is_some_and(|t| t <= self.watch.db_now()) {
@@ -777,6 +818,7 @@ impl<'a> Main<'a> {
             if let Some(lanes) = self.sweep.as_mut().and_then(|s| s.lanes.as_mut()) {
                 lanes.retain(|channel_id, _| set.hands_out(channel_id));
             }
+            self.controls.retain(|channel_id| set.hands_out(channel_id));
         }
         if held != before {
             self.hooks.shards_led(held);
@@ -880,14 +922,14 @@ impl<'a> Main<'a> {
                     pager.channels(c, cutoff, shards)
                 })
                 .map_err(|e| lock_failure("paging", &e))?;
-            let lanes = ids.into_iter().map(|id| {
-                let lane = LaneState {
-                    cursor: due::start_cursor(),
-                    queue: VecDeque::new(),
-                    exhausted: false,
-                };
-                (id, lane)
-            });
+            // The delivery controls of these channels (only those that
+            // have any come back), with the rate windows stored last.
+            let rows = lock
+                .client_mut()
+                .and_then(|c| controls::of_channels(c, &ids))
+                .map_err(|e| lock_failure("reading delivery controls", &e))?;
+            self.controls.refresh(&ids, rows, self.watch.db_now());
+            let lanes = ids.into_iter().map(|id| (id, LaneState::fresh()));
             sweep.lanes = Some(lanes.collect());
             moved = true;
         }
@@ -901,20 +943,37 @@ impl<'a> Main<'a> {
         // channel costs nothing per sweep; what timed out in it is failed
         // then.
         let after = self.last_served;
-        let (channels, in_flight) = (&self.channels, &self.in_flight);
+        let (channels, in_flight, controls) = (&self.channels, &self.in_flight, &self.controls);
+        let allowance = |id: &Uuid| {
+            let n = in_flight.of_channel(id);
+            scheduler::allowance(channels.allowance(id, now, n), n, controls.of(id, now))
+        };
         let empty: Vec<(Uuid, Cursor)> = in_rotation(lanes, after)
-            .filter(|(id, l)| {
-                l.queue.is_empty()
-                    && !l.exhausted
-                    && channels.allowance(id, now, in_flight.of_channel(id)) > 0
-            })
+            .filter(|(id, l)| l.queue.is_empty() && !l.exhausted && allowance(id) > 0)
             .take(free.clamp(1, self.page_size as usize))
             .map(|(id, l)| (*id, l.cursor))
             .collect();
         if !empty.is_empty() {
+            // An ordered channel's lane is its head alone, in enqueue
+            // order, read afresh each time; the others are read in due
+            // order after their cursor.
+            let (heads, ranges): (Vec<(Uuid, Cursor)>, Vec<(Uuid, Cursor)>) = empty
+                .iter()
+                .partition(|(id, _)| self.controls.is_ordered(id));
+            let heads: Vec<Uuid> = heads.into_iter().map(|(id, _)| id).collect();
             let read = lock
                 .client_mut()
-                .and_then(|c| pager.read(c, cutoff, &empty))
+                .and_then(|c| {
+                    let mut read = if ranges.is_empty() {
+                        Vec::new()
+                    } else {
+                        pager.read(c, cutoff, &ranges)?
+                    };
+                    if !heads.is_empty() {
+                        read.extend(pager.read_heads(c, cutoff, &heads)?);
+                    }
+                    Ok(read)
+                })
                 .map_err(|e| lock_failure("paging", &e))?;
             let mut counts: HashMap<Uuid, u32> = HashMap::new();
             for d in read {
@@ -934,7 +993,8 @@ impl<'a> Main<'a> {
             }
             for (id, _) in &empty {
                 if let Some(lane) = lanes.get_mut(id) {
-                    lane.exhausted = counts.get(id).copied().unwrap_or(0) < self.page_size;
+                    lane.exhausted =
+                        heads.contains(id) || counts.get(id).copied().unwrap_or(0) < self.page_size;
                 }
             }
             moved = true;
@@ -952,7 +1012,11 @@ impl<'a> Main<'a> {
                 }
             }
         }
-        lanes.retain(|_, l| !l.done());
+        // An ordered channel's lane stays while its delivery is in flight:
+        // its outcome lets the next one go in this sweep (`finished`).
+        let (in_flight, controls) = (&self.in_flight, &self.controls);
+        lanes
+            .retain(|id, l| !l.done() || (controls.is_ordered(id) && in_flight.of_channel(id) > 0));
         if lanes.is_empty() {
             self.end_sweep(lock, cutoff)?;
             return Ok(true);
@@ -975,9 +1039,12 @@ impl<'a> Main<'a> {
                     .iter()
                     .map(|d| makes_request(d, wall, cutoff, &self.policy))
                     .collect(),
-                allowance: self
-                    .channels
-                    .allowance(id, now, self.in_flight.of_channel(id)),
+                allowance: {
+                    let n = self.in_flight.of_channel(id);
+                    let base = self.channels.allowance(id, now, n);
+                    scheduler::allowance(base, n, self.controls.of(id, now))
+                },
+                ordered: self.controls.is_ordered(id),
             })
             .collect();
         let plan = scheduler::plan(&view, self.last_served, free);
@@ -1002,10 +1069,26 @@ impl<'a> Main<'a> {
                 chosen[k] = Some((d, sends));
             }
         }
+        // Requests of rate-limited channels are charged to their windows,
+        // and the windows stored, before any of them is handed out: a new
+        // leader must know of every request this one may have started.
+        let mut charged: Vec<Uuid> = Vec::new();
+        for (d, sends) in chosen.iter().flatten() {
+            let channel_id = d.channel_id();
+            if *sends
+                && self.controls.charge(&channel_id, d.status.id)
+                && !charged.contains(&channel_id)
+            {
+                charged.push(channel_id);
+            }
+        }
+        store_windows(&self.controls, lock, &charged)?;
         let before = self.in_flight.len();
         let mut back = Vec::new();
         for (delivery, sends) in chosen.into_iter().flatten() {
             if !back.is_empty() {
+                self.controls
+                    .uncharge(&delivery.channel_id(), &delivery.status.id);
                 back.push(delivery);
                 continue;
             }
@@ -1020,7 +1103,10 @@ impl<'a> Main<'a> {
                         self.channels.handed_out(channel_id, now);
                     }
                 }
-                Err(TrySendError::Full(job)) => back.push(job.delivery),
+                Err(TrySendError::Full(job)) => {
+                    self.controls.uncharge(&channel_id, &status_id);
+                    back.push(job.delivery)
+                }
                 Err(TrySendError::Disconnected(_)) => {
                     return Err("no worker thread is running".into())
                 }
@@ -1038,6 +1124,34 @@ impl<'a> Main<'a> {
             self.hooks.in_flight(self.in_flight.len());
         }
         Ok(true)
+    }
+
+    /// When the first rate-limited channel with work waiting in the sweep
+    /// may send again.
+    fn next_rate_free(&self) -> Option<DateTime<Utc>> {
+        let lanes = self.sweep.as_ref()?.lanes.as_ref()?;
+        let waiting = lanes.iter().filter(|(_, l)| !l.queue.is_empty());
+        self.controls
+            .next_free(waiting.map(|(id, _)| id), self.watch.db_now())
+    }
+
+    /// An ordered channel's delivery came back: its next one may go now,
+    /// in the sweep in progress (its lane is read again), or, when none is
+    /// in progress, in a fresh one (`run`; `once` made its one sweep).
+    fn next_in_order(&mut self, channel_id: Uuid) {
+        match self.sweep.as_mut() {
+            Some(sweep) => {
+                if let Some(lanes) = sweep.lanes.as_mut() {
+                    let lane = lanes.entry(channel_id).or_insert_with(LaneState::fresh);
+                    lane.exhausted = false;
+                }
+            }
+            None => {
+                if matches!(self.mode, Mode::Continuous(_)) {
+                    self.start_sweep(self.cutoff_now());
+                }
+            }
+        }
     }
 
     /// When the earliest cool-down of a channel with work waiting in the
@@ -1068,8 +1182,13 @@ impl<'a> Main<'a> {
     /// it was in flight) is swept again at once.
     fn finished(&mut self, done: Done) {
         let channel_id = self.in_flight.remove(&done.status_id);
-        if channel_id.is_some() {
+        if let Some(id) = channel_id {
             self.hooks.in_flight(self.in_flight.len());
+            self.controls
+                .finished(&id, &done.status_id, self.watch.db_now());
+            if self.controls.is_ordered(&id) {
+                self.next_in_order(id);
+            }
         }
         if let Some(set) = self.shards.as_mut() {
             set.finished(&done.status_id);

@@ -26,11 +26,13 @@
 //! What happens to one delivery is `delivery::worker`.
 
 pub mod breaker;
+pub mod controls;
 pub mod health;
 pub mod leader;
 pub mod lease;
 pub mod listener;
 pub mod pruner;
+pub mod rate;
 pub mod report;
 pub mod scheduler;
 pub mod worker;

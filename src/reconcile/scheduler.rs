@@ -13,6 +13,13 @@
 //! FAILED) ignores the allowance, so pending and sending timeouts still
 //! apply while a breaker is open.
 //!
+//! The delivery controls (DESIGN.md "Delivery controls") are decided here
+//! too. A rate-limited channel's allowance is at most what its window of
+//! request starts has left (`rate`); an **ordered** channel's allowance is
+//! one while none of its deliveries is in flight and zero otherwise, and only
+//! the head of its lane (its oldest unfinished delivery in enqueue order)
+//! may go, never one behind it: [`allowance`] and [`plan`].
+//!
 //! The in-flight registry (what was handed out and not yet reported back)
 //! lives here too: it is what the allowances are computed from.
 
@@ -100,6 +107,34 @@ pub struct Lane {
     pub queue: Vec<bool>,
     /// How many more deliveries that make a request may go out now.
     pub allowance: usize,
+    /// An ordered channel: only the first of `queue` may go (the leader
+    /// reads only its head, in enqueue order).
+    pub ordered: bool,
+}
+
+/// What limits one channel beside its cap and breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Controls {
+    /// Ordered: one delivery in flight at a time.
+    pub ordered: bool,
+    /// Rate-limited: how many more requests its window lets start now.
+    pub rate_left: Option<usize>,
+}
+
+/// How many more of a channel's deliveries that make a request may go out:
+/// what its cap and breaker allow (`base`), no more than its rate limit has
+/// left, and, for an ordered channel, one only while none of its `in_flight`
+/// deliveries is out. The explicit controls are hard limits: nothing
+/// lends a channel more than they allow.
+pub fn allowance(base: usize, in_flight: usize, controls: Controls) -> usize {
+    let mut a = base;
+    if let Some(left) = controls.rate_left {
+        a = a.min(left);
+    }
+    if controls.ordered {
+        a = a.min(usize::from(in_flight == 0));
+    }
+    a
 }
 
 /// What to hand out now.
@@ -131,9 +166,14 @@ pub fn plan(lanes: &[Lane], after: Option<Uuid>, free: usize) -> Plan {
             }
             let i = (first + k) % lanes.len();
             // The oldest delivery of this lane that may go: any while the
-            // allowance lasts, else only one that makes no request.
-            let pick = lanes[i]
-                .queue
+            // allowance lasts, else only one that makes no request; of an
+            // ordered lane only its head, once.
+            let reach = if lanes[i].ordered {
+                lanes[i].queue.len().min(1)
+            } else {
+                lanes[i].queue.len()
+            };
+            let pick = lanes[i].queue[..reach]
                 .iter()
                 .enumerate()
                 .position(|(j, &sends)| !taken[i][j] && (!sends || allowance[i] > 0));
@@ -166,6 +206,7 @@ mod tests {
             channel_id: ch(n),
             queue: vec![true; len],
             allowance,
+            ordered: false,
         }
     }
 
@@ -223,9 +264,70 @@ mod tests {
             channel_id: ch(1),
             queue: vec![true, false, true, false],
             allowance: 0,
+            ordered: false,
         }];
         let p = plan(&lanes, None, 10);
         assert_eq!(p.hand_out, vec![(0, 1), (0, 3)]);
+    }
+
+    #[test]
+    fn an_ordered_lane_hands_out_its_head_only() {
+        let ordered = Lane {
+            ordered: true,
+            ..lane(1, 3, 5)
+        };
+        let p = plan(&[ordered.clone(), lane(2, 3, 5)], None, 10);
+        assert_eq!(p.hand_out, vec![(0, 0), (1, 0), (1, 1), (1, 2)]);
+        // A head that may not go (no allowance) holds back the rest, even
+        // those that would make no request.
+        let held = Lane {
+            queue: vec![true, false, false],
+            allowance: 0,
+            ..ordered
+        };
+        assert_eq!(plan(&[held], None, 10), Plan::default());
+    }
+
+    #[test]
+    fn the_controls_are_hard_limits_on_the_allowance() {
+        let none = Controls::default();
+        assert_eq!(allowance(4, 0, none), 4);
+        assert_eq!(allowance(4, 3, none), 4, "in flight is the cap's business");
+        let rate = |left| Controls {
+            ordered: false,
+            rate_left: Some(left),
+        };
+        assert_eq!(allowance(4, 0, rate(2)), 2);
+        assert_eq!(allowance(1, 0, rate(2)), 1, "the breaker's probe stays one");
+        assert_eq!(allowance(4, 0, rate(0)), 0);
+        let ordered = |rate_left| Controls {
+            ordered: true,
+            rate_left,
+        };
+        assert_eq!(allowance(4, 0, ordered(None)), 1);
+        assert_eq!(allowance(4, 1, ordered(None)), 0, "one in flight at a time");
+        assert_eq!(allowance(4, 0, ordered(Some(0))), 0);
+        assert_eq!(allowance(0, 0, ordered(Some(3))), 0, "breaker open");
+        // Exhaustive over small inputs: never above any of the limits, and
+        // equal to the least of them.
+        for base in 0..6 {
+            for in_flight in 0..4 {
+                for left in [None, Some(0), Some(1), Some(2), Some(7)] {
+                    for o in [false, true] {
+                        let c = Controls {
+                            ordered: o,
+                            rate_left: left,
+                        };
+                        let a = allowance(base, in_flight, c);
+                        let mut least = base.min(left.unwrap_or(usize::MAX));
+                        if o {
+                            least = least.min(usize::from(in_flight == 0));
+                        }
+                        assert_eq!(a, least, "{base} {in_flight} {c:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
@@ -246,31 +348,35 @@ mod tests {
     fn exhaustive_small_inputs() {
         // Every lane a channel can have, with queues up to `len` long and
         // allowances up to `most`.
-        let choices = |n: u128, len: usize, most: usize| {
+        let choices = |n: u128, len: usize, most: usize, orders: &[bool]| {
             let mut v = Vec::new();
             for len in 0..=len {
                 for mask in 0..(1u32 << len) {
                     for allowance in 0..=most {
-                        v.push(Lane {
-                            channel_id: ch(n),
-                            queue: (0..len).map(|b| mask & (1 << b) == 0).collect(),
-                            allowance,
-                        });
+                        for &ordered in orders {
+                            v.push(Lane {
+                                channel_id: ch(n),
+                                queue: (0..len).map(|b| mask & (1 << b) == 0).collect(),
+                                allowance,
+                                ordered,
+                            });
+                        }
                     }
                 }
             }
             v
         };
+        let both = [false, true];
         let mut lanes_sets: Vec<Vec<Lane>> = vec![vec![]];
-        for a in choices(1, 3, 3) {
+        for a in choices(1, 3, 3, &both) {
             lanes_sets.push(vec![a.clone()]);
-            for b in choices(2, 3, 3) {
+            for b in choices(2, 3, 3, &both) {
                 lanes_sets.push(vec![a.clone(), b]);
             }
         }
-        for a in choices(1, 2, 2) {
-            for b in choices(2, 2, 2) {
-                for c in choices(3, 2, 2) {
+        for a in choices(1, 2, 2, &[false]) {
+            for b in choices(2, 2, 2, &[false]) {
+                for c in choices(3, 2, 2, &both) {
                     lanes_sets.push(vec![a.clone(), b.clone(), c]);
                 }
             }
@@ -305,6 +411,15 @@ mod tests {
                 .collect();
             let requests: Vec<usize> = mine.iter().copied().filter(|&j| l.queue[j]).collect();
             assert!(requests.len() <= l.allowance, "{}", ctx());
+            if l.ordered {
+                // Only the head, once: nothing behind it goes first.
+                assert!(mine.iter().all(|&j| j == 0), "not the head: {}", ctx());
+                if p.hand_out.len() < free {
+                    let could = l.queue.first().is_some_and(|&s| !s || l.allowance > 0);
+                    assert_eq!(mine.len(), usize::from(could), "head left: {}", ctx());
+                }
+                continue;
+            }
             // Requests oldest first: the first `requests.len()` of the lane.
             let firsts: Vec<usize> = (0..l.queue.len())
                 .filter(|&j| l.queue[j])
