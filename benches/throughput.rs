@@ -52,17 +52,23 @@
 //!    (5, 30 s) and then the breaker off (`breaker_failures = 0`): the
 //!    share of the time the breaker was open (the metrics gauge sampled
 //!    every 100 ms) and enqueue → success p50/p90.
+//! 13. delivery controls (`benches/throughput/controls.rs`; `--only
+//!    controls`): the rate limiter's precision at 10/s and 1,000/s, an
+//!    ordered channel's rate against 1 / endpoint latency, and
+//!    `enqueue_event`'s cost with 0, 1 and 10 filtered rules on the type.
 //!
 //! `cargo bench --bench throughput` runs the full sizes (several minutes);
 //! `-- --tiny` runs every scenario with small counts in well under a minute
 //! and checks only that every delivery happened (what CI runs). `--only
-//! latency|db|memory|idle|prompt|failover|https|concurrency|scaleout|fairness|retention|retention-catchup|retention-steady|flaky`
+//! latency|db|memory|idle|prompt|failover|https|concurrency|scaleout|fairness|retention|retention-catchup|retention-steady|flaky|controls`
 //! runs one scenario (`--backlog N`: the retention catch-up's backlog). Timing targets are reported,
 //! never asserted. The receiver is this file's own (one thread per
 //! keep-alive connection, no recording) so that it is never the bottleneck;
 //! `--support-receiver` uses the test support's recording receiver instead,
 //! to compare.
 
+#[path = "throughput/controls.rs"]
+mod controls;
 #[path = "throughput/retention.rs"]
 mod retention;
 #[path = "../tests/support/mod.rs"]
@@ -257,6 +263,14 @@ fn main() {
     }
     if wanted("flaky") {
         flaky(&sizes, &mut rows);
+    }
+    if wanted("controls") {
+        let sizes = if tiny {
+            controls::ControlSizes::tiny()
+        } else {
+            controls::ControlSizes::full()
+        };
+        controls::run(&sizes, &mut rows);
     }
     print_table(&rows, tiny);
     for plan in plans {

@@ -11,7 +11,9 @@
 //! scans a table, reads the big channel's backlog to serve the small one;
 //! it costs nothing at test size and hundreds of milliseconds per read at a
 //! few hundred thousand (docs/benchmarks.md, section 10). This test reads
-//! plans only (EXPLAIN without ANALYZE), so it asserts no time.
+//! plans only (EXPLAIN without ANALYZE), so it asserts no time. An ordered
+//! channel's head (migration 0009) is one descent of
+//! `delivery_status_channel_order`, never a sort of the channel's backlog.
 
 mod support;
 
@@ -142,6 +144,39 @@ fn check_all(db: &TestDb, big: &str, small: &str, stats: &str) {
                 &args,
             );
             assert_channel_led(&what(name), &p);
+        }
+        // An ordered channel's head: one descent of its own index per
+        // channel, never the big channel's backlog sorted.
+        for (name, lanes) in [
+            ("the small ordered channel's head", vec![small]),
+            ("the big ordered channel's head", vec![big]),
+        ] {
+            let ids: Vec<String> = lanes.iter().map(|id| format!("'{id}'::uuid")).collect();
+            let args = format!("now(), ARRAY[{}]", ids.join(", "));
+            let p = plan(
+                &mut c,
+                mode,
+                "timestamptz, uuid[]",
+                &due::read_heads_sql(),
+                &args,
+            );
+            for bad in [
+                "Sort",
+                "Seq Scan on delivery_status",
+                "Seq Scan on event",
+                "Hash Join",
+            ] {
+                assert!(
+                    !p.contains(bad),
+                    "{}: the plan has {bad:?}:\n{p}",
+                    what(name)
+                );
+            }
+            assert!(
+                p.contains("using delivery_status_channel_order on delivery_status"),
+                "{}: not on delivery_status_channel_order:\n{p}",
+                what(name)
+            );
         }
         // The retry timer's query keeps its own index.
         let p = plan(
