@@ -119,14 +119,16 @@ fn rate(limit: u32, events: i32, rows: &mut Vec<Row>) {
     let mut sorted = per_second.clone();
     sorted.sort();
     let median = sorted[sorted.len() / 2];
-    let reached = events as f64 / at[at.len() - 1].duration_since(first).as_secs_f64();
+    // The first N go at once; the rate sustained after them.
+    let after_first = at.len().saturating_sub(limit as usize) as f64;
+    let reached = after_first / at[at.len() - 1].duration_since(first).as_secs_f64();
     push(
         rows,
         Row {
             scenario: "13 rate limit",
             setting: format!("{limit}/s, {events} events, 32 workers"),
             result: format!(
-                "most in any 1 s window {most}; per whole second min {} / median {median} / max {} ({} s); {reached:.1}/s = {:.3} of the limit; pass {secs:.1} s",
+                "most in any 1 s window {most}; per whole second min {} / median {median} / max {} ({} s); sustained after the first {limit}: {reached:.1}/s = {:.3} of the limit; pass {secs:.1} s",
                 sorted[0],
                 sorted[sorted.len() - 1],
                 per_second.len(),

@@ -234,7 +234,8 @@ CROSS JOIN LATERAL (
 /// creation time, then its id: `delivery_status_channel_order`, migration
 /// 0009), returned only when it is due by the cut-off. A head that is not
 /// due (a `SENDING` delivery waiting for its retry) is not skipped: the
-/// channel then has nothing to hand out, and the ones behind it wait.
+/// channel then has nothing to hand out, and the ones behind it wait. In
+/// no particular order of channels (the leader files them by channel).
 pub fn read_heads_sql() -> String {
     format!(
         "{}
@@ -245,8 +246,7 @@ CROSS JOIN LATERAL (
     ORDER BY channel_id, event_created_at, event_id
     LIMIT 1
 ) d{READ_EVENT}
-WHERE d.next_attempt_at <= $1
-ORDER BY cur.channel_id",
+WHERE d.next_attempt_at <= $1",
         READ_SELECT.replace("{lanes}", "unnest($2::uuid[]) AS cur(channel_id)")
     )
 }
@@ -347,7 +347,8 @@ impl Pager {
     }
 
     /// Reads the heads of the ordered channels `ids` that are due by
-    /// `cutoff` ([`read_heads_sql`]), at most one per channel.
+    /// `cutoff` ([`read_heads_sql`]), at most one per channel, in no
+    /// particular order.
     pub fn read_heads(
         &self,
         client: &mut impl GenericClient,
