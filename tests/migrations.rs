@@ -323,3 +323,50 @@ fn a_database_holding_data_upgrades_from_version_6_and_its_events_are_listed() {
     let token = bin.ok(&["token", "create", "--name", "t", "--admin"]);
     assert!(token.trim().starts_with("nrt_"));
 }
+
+#[test]
+fn a_database_holding_deliveries_upgrades_from_version_8_to_the_delivery_controls() {
+    let db = fresh_db();
+    migrate_up_to(&db, 8);
+    let mut c = db.client();
+    // What release 8 holds: a channel with unfinished deliveries, one of
+    // them waiting for its retry.
+    c.batch_execute(
+        "SET search_path = notification;
+         INSERT INTO channel (id, namespace, name, url, signing_secret)
+         VALUES ('00000000-0000-0000-0000-00000000000c', 'acme', 'c', 'http://127.0.0.1:9/',
+                 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw');
+         INSERT INTO rule (id, namespace, name, event_type)
+         VALUES ('00000000-0000-0000-0000-0000000000aa', 'acme', 'r', 'paid');
+         INSERT INTO rule_channel (rule_id, channel_id)
+         VALUES ('00000000-0000-0000-0000-0000000000aa', '00000000-0000-0000-0000-00000000000c');
+         SELECT enqueue_event('acme', 'paid', jsonb_build_object('i', g)) FROM generate_series(1, 5) g;
+         UPDATE delivery_status SET state = 'SENDING', attempt_count = 1,
+             next_attempt_at = now() + interval '1 hour'
+         WHERE event_id = (SELECT id FROM event ORDER BY created_at, id LIMIT 1);",
+    )
+    .expect("seed");
+    let bin = Bin::for_database(&db.url);
+    let out = bin.ok(&["migrate"]);
+    assert!(out.contains("applied migration(s) 9"), "{out}");
+    let id = "00000000-0000-0000-0000-00000000000c";
+    let listed: serde_json::Value =
+        serde_json::from_str(&bin.ok(&["channel", "list", "--json"])).unwrap();
+    assert_eq!(listed[0]["rate_limit"], serde_json::Value::Null, "no limit");
+    assert_eq!(listed[0]["ordered"], false);
+    // The existing deliveries are ordered from the moment the channel is.
+    bin.ok(&["channel", "update", id, "--ordered", "--rate-limit", "5/s"]);
+    let listed: serde_json::Value =
+        serde_json::from_str(&bin.ok(&["channel", "list", "--json"])).unwrap();
+    let first: String = c
+        .query_one(
+            "SELECT id::text FROM notification.event ORDER BY created_at, id LIMIT 1",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(listed[0]["waiting_on"]["event_id"], first, "{listed}");
+    assert_eq!(listed[0]["waiting_on"]["state"], "SENDING");
+    assert_eq!(listed[0]["held_back"], 4, "{listed}");
+    assert_eq!(listed[0]["rate_limit"], "5/s");
+}
