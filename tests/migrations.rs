@@ -255,12 +255,9 @@ fn migrate_up_to(db: &TestDb, version: i32) {
     }
 }
 
-#[test]
-fn a_database_holding_data_upgrades_from_version_6_and_its_events_are_listed() {
-    let db = fresh_db();
-    migrate_up_to(&db, 6);
-    let mut c = db.client();
-    // What release 6 holds: a channel, a rule, events with attempts recorded.
+/// What every release since 1 can hold: channel `…0c` in namespace `acme`
+/// and rule `…aa` for type `paid` assigned to it; sets the search_path.
+fn seed_channel_and_rule(c: &mut postgres::Client) {
     c.batch_execute(
         "SET search_path = notification;
          INSERT INTO channel (id, namespace, name, url, signing_secret)
@@ -270,6 +267,20 @@ fn a_database_holding_data_upgrades_from_version_6_and_its_events_are_listed() {
          VALUES ('00000000-0000-0000-0000-0000000000aa', 'acme', 'r', 'paid');
          INSERT INTO rule_channel (rule_id, channel_id)
          VALUES ('00000000-0000-0000-0000-0000000000aa', '00000000-0000-0000-0000-00000000000c');
+        ",
+    )
+    .expect("seed channel and rule");
+}
+
+#[test]
+fn a_database_holding_data_upgrades_from_version_6_and_its_events_are_listed() {
+    let db = fresh_db();
+    migrate_up_to(&db, 6);
+    let mut c = db.client();
+    // What release 6 holds: a channel, a rule, events with attempts recorded.
+    seed_channel_and_rule(&mut c);
+    c.batch_execute(
+        "
          SELECT enqueue_event('acme', 'paid', jsonb_build_object('i', g)) FROM generate_series(1, 25) g;
          UPDATE delivery_status SET state = 'SENDING', attempt_count = 1,
              attempts = '[{\"timestamp\": \"2026-12-01T08:00:00Z\", \"state\": \"SENDING\", \"http_status\": 500,
@@ -331,15 +342,9 @@ fn a_database_holding_deliveries_upgrades_from_version_8_to_the_delivery_control
     let mut c = db.client();
     // What release 8 holds: a channel with unfinished deliveries, one of
     // them waiting for its retry.
+    seed_channel_and_rule(&mut c);
     c.batch_execute(
-        "SET search_path = notification;
-         INSERT INTO channel (id, namespace, name, url, signing_secret)
-         VALUES ('00000000-0000-0000-0000-00000000000c', 'acme', 'c', 'http://127.0.0.1:9/',
-                 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw');
-         INSERT INTO rule (id, namespace, name, event_type)
-         VALUES ('00000000-0000-0000-0000-0000000000aa', 'acme', 'r', 'paid');
-         INSERT INTO rule_channel (rule_id, channel_id)
-         VALUES ('00000000-0000-0000-0000-0000000000aa', '00000000-0000-0000-0000-00000000000c');
+        "
          SELECT enqueue_event('acme', 'paid', jsonb_build_object('i', g)) FROM generate_series(1, 5) g;
          UPDATE delivery_status SET state = 'SENDING', attempt_count = 1,
              next_attempt_at = now() + interval '1 hour'

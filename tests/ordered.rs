@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::bin::Bin;
-use support::daemon::{config_toml, tail, wait_until, Daemon};
-use support::fixtures::{emit, NAMESPACE};
+use support::daemon::{config_toml, tail, Daemon};
+use support::fixtures::{self, emit, NAMESPACE};
 use support::{migrated_db, Receiver, Reply, Request, Script, TestDb};
 use uuid::Uuid;
 
@@ -89,22 +89,29 @@ fn first_successes(receiver: &Receiver) -> Vec<String> {
         .collect()
 }
 
-fn unfinished(db: &TestDb, channel: Uuid) -> i64 {
-    db.client()
-        .query_one(
-            "SELECT count(*) FROM notification.delivery_status
-             WHERE channel_id = $1 AND state IN ('PENDING', 'SENDING', 'RESENDING')",
-            &[&channel],
-        )
-        .expect("count")
-        .get(0)
-}
-
 fn daemon_config(db: &TestDb) -> String {
     let delivery = "timeout = \"5s\"\nconnect_timeout = \"2s\"\n\
                     retry_schedule = [\"100ms\", \"100ms\", \"100ms\"]\n\
                     max_in_flight_per_channel = 8\nbreaker_failures = 0\n";
     config_toml(&db.url, 8, "1s", delivery, "")
+}
+
+/// An ordered channel (by `channel create --ordered`) with 200 events
+/// enqueued, its receiver, and the events in enqueue order.
+fn two_hundred_ordered() -> (TestDb, Receiver, Uuid, Vec<String>) {
+    let db = migrated_db();
+    let receiver = Receiver::start(script());
+    let bin = Bin::for_database(&db.url);
+    let channel = ordered_channel(&bin, &receiver.url(), "ordered");
+    emit(
+        &mut db.client(),
+        "ordered",
+        "jsonb_build_object('n', g)",
+        200,
+    );
+    let order = enqueue_order(&db, channel);
+    assert_eq!(order.len(), 200);
+    (db, receiver, channel, order)
 }
 
 /// Every request to the channel came after the previous event's first
@@ -130,25 +137,9 @@ fn assert_one_at_a_time_in_order(receiver: &Receiver, order: &[String]) {
 
 #[test]
 fn two_hundred_events_with_retries_arrive_in_enqueue_order() {
-    let db = migrated_db();
-    let receiver = Receiver::start(script());
-    let bin = Bin::for_database(&db.url);
-    let channel = ordered_channel(&bin, &receiver.url(), "ordered");
-    emit(
-        &mut db.client(),
-        "ordered",
-        "jsonb_build_object('n', g)",
-        200,
-    );
-    let order = enqueue_order(&db, channel);
-    assert_eq!(order.len(), 200);
+    let (db, receiver, channel, order) = two_hundred_ordered();
     let mut d = Daemon::run("A", &daemon_config(&db), &[]);
-    wait_until(
-        "every delivery",
-        WAIT,
-        || unfinished(&db, channel) == 0,
-        || format!("{} requests\n{}", receiver.count(), tail(&d.stderr(), 20)),
-    );
+    fixtures::wait_channel_finished(&db, channel, &receiver, &d, WAIT);
     d.stop(Duration::from_secs(10));
     assert_eq!(first_successes(&receiver), order);
     assert_one_at_a_time_in_order(&receiver, &order);
@@ -158,17 +149,7 @@ fn two_hundred_events_with_retries_arrive_in_enqueue_order() {
 
 #[test]
 fn kill9_of_the_leader_keeps_the_order() {
-    let db = migrated_db();
-    let receiver = Receiver::start(script());
-    let bin = Bin::for_database(&db.url);
-    let channel = ordered_channel(&bin, &receiver.url(), "ordered");
-    emit(
-        &mut db.client(),
-        "ordered",
-        "jsonb_build_object('n', g)",
-        200,
-    );
-    let order = enqueue_order(&db, channel);
+    let (db, receiver, channel, order) = two_hundred_ordered();
     let config = daemon_config(&db);
     let mut a = Daemon::run("A", &config, &[]);
     assert!(
@@ -177,19 +158,13 @@ fn kill9_of_the_leader_keeps_the_order() {
         a.stderr()
     );
     let mut b = Daemon::run("B", &config, &[]);
-    wait_until(
-        "half the events",
-        WAIT,
-        || receiver.count() >= 100,
-        || tail(&a.stderr(), 20),
+    assert!(
+        receiver.wait_for(100, WAIT),
+        "half the events: {}",
+        tail(&a.stderr(), 20)
     );
     a.kill9();
-    wait_until(
-        "every delivery, by B",
-        WAIT,
-        || unfinished(&db, channel) == 0,
-        || format!("{} requests\n{}", receiver.count(), tail(&b.stderr(), 20)),
-    );
+    fixtures::wait_channel_finished(&db, channel, &receiver, &b, WAIT);
     b.stop(Duration::from_secs(10));
     assert!(
         b.stderr().contains("leading"),

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use support::bin::Bin;
 use support::daemon::{config_toml, tail, wait_until, Daemon};
-use support::fixtures::{channel_for, emit, shard_holdings, NAMESPACE, SECRET};
+use support::fixtures::{self, channel_for, emit, shard_holdings, NAMESPACE, SECRET};
 use support::{migrated_db, Receiver, Reply, Script, TestDb};
 use uuid::Uuid;
 
@@ -30,17 +30,7 @@ const WAIT: Duration = Duration::from_secs(120);
 
 /// The most requests `receiver` got within any one-second window.
 fn most_in_a_second(receiver: &Receiver) -> usize {
-    let mut at: Vec<Instant> = receiver.requests().iter().map(|r| r.at).collect();
-    at.sort();
-    let mut most = 0;
-    let mut j = 0;
-    for i in 0..at.len() {
-        while at[i].duration_since(at[j]) >= Duration::from_secs(1) {
-            j += 1;
-        }
-        most = most.max(i - j + 1);
-    }
-    most
+    receiver.most_within(Duration::from_secs(1))
 }
 
 /// How long the receiver was busy: its first request to its last.
@@ -73,16 +63,9 @@ fn delivery(workers: usize) -> String {
     )
 }
 
-/// How many of `event_type`'s deliveries are unfinished.
+/// How many of `channel`'s deliveries are unfinished.
 fn unfinished_of(db: &TestDb, channel: Uuid) -> i64 {
-    db.client()
-        .query_one(
-            "SELECT count(*) FROM notification.delivery_status
-             WHERE channel_id = $1 AND state IN ('PENDING', 'SENDING', 'RESENDING')",
-            &[&channel],
-        )
-        .expect("count")
-        .get(0)
+    fixtures::unfinished_of(&mut db.client(), channel)
 }
 
 /// The channel as `channel list --json` shows it.
@@ -138,12 +121,7 @@ fn ten_per_second_with_retries_holds_and_another_channel_is_not_slowed() {
     let shown = listed(&bin, slow);
     assert_eq!(shown["rate_limit"], "10/s", "{shown}");
     assert!(shown["held_back"].as_u64().is_some(), "{shown}");
-    wait_until(
-        "every delivery of the limited channel",
-        WAIT,
-        || unfinished_of(&db, slow) == 0,
-        || format!("{} requests\n{}", limited.count(), tail(&d.stderr(), 20)),
-    );
+    fixtures::wait_channel_finished(&db, slow, &limited, &d, WAIT);
     d.stop(Duration::from_secs(10));
     let most = most_in_a_second(&limited);
     let requests = limited.count();
@@ -203,26 +181,14 @@ fn two_hundred_per_second_holds_over_a_kill9_of_the_instance_leading_the_channel
     } else {
         (b, a)
     };
-    wait_until(
-        "a third of the traffic",
-        WAIT,
-        || limited.count() >= 800,
-        || tail(&leader.stderr(), 20),
+    assert!(
+        limited.wait_for(800, WAIT),
+        "a third of the traffic: {}",
+        tail(&leader.stderr(), 20)
     );
     leader.kill9();
     let before = limited.count();
-    wait_until(
-        "every delivery, after the failover",
-        WAIT,
-        || unfinished_of(&db, channel) == 0,
-        || {
-            format!(
-                "{} requests\n{}",
-                limited.count(),
-                tail(&other.stderr(), 30)
-            )
-        },
-    );
+    fixtures::wait_channel_finished(&db, channel, &limited, &other, WAIT);
     other.stop(Duration::from_secs(10));
     let most = most_in_a_second(&limited);
     let requests = limited.count();

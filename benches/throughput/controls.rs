@@ -65,17 +65,17 @@ pub fn run(sizes: &ControlSizes, rows: &mut Vec<Row>) {
     enqueue_cost(sizes.enqueues, rows);
 }
 
-/// The most of `at` (sorted) within any one-second window.
-fn most_in_a_second(at: &[Instant]) -> usize {
-    let mut most = 0;
-    let mut j = 0;
-    for i in 0..at.len() {
-        while at[i].duration_since(at[j]) >= Duration::from_secs(1) {
-            j += 1;
-        }
-        most = most.max(i - j + 1);
-    }
-    most
+/// One pass (`once`) with 32 workers over what `db` holds, which must
+/// deliver `events`; its seconds.
+fn timed_once(db: &support::TestDb, events: i32, what: &str) -> f64 {
+    let mut reconciler =
+        notification_reconciler::reconcile::leader::Reconciler::new(&config(&db.url, 32))
+            .expect("bench: reconciler");
+    let t = Instant::now();
+    let report = pass(&mut reconciler);
+    let secs = t.elapsed().as_secs_f64();
+    super::check_delivered(&report, events as u64, what);
+    secs
 }
 
 /// The rate limiter at `limit`/s over `events` deliveries.
@@ -91,17 +91,11 @@ fn rate(limit: u32, events: i32, rows: &mut Vec<Row>) {
         )
         .expect("bench: limit");
     emit(&mut client, "limited", "jsonb_build_object('n', g)", events);
-    let mut reconciler =
-        notification_reconciler::reconcile::leader::Reconciler::new(&config(&db.url, 32))
-            .expect("bench: reconciler");
-    let t = Instant::now();
-    let report = pass(&mut reconciler);
-    let secs = t.elapsed().as_secs_f64();
-    super::check_delivered(&report, events as u64, "rate limit");
+    let secs = timed_once(&db, events, "rate limit");
     let mut at: Vec<Instant> = receiver.requests().iter().map(|r| r.at).collect();
     at.sort();
     assert_eq!(at.len(), events as usize, "rate limit: one request each");
-    let most = most_in_a_second(&at);
+    let most = receiver.most_within(Duration::from_secs(1));
     assert!(
         most <= limit as usize,
         "rate limit {limit}/s: {most} requests in one second"
@@ -163,13 +157,7 @@ fn ordered(events: i32, latency: Duration, rows: &mut Vec<Row>) {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let mut reconciler =
-        notification_reconciler::reconcile::leader::Reconciler::new(&config(&db.url, 32))
-            .expect("bench: reconciler");
-    let t = Instant::now();
-    let report = pass(&mut reconciler);
-    let secs = t.elapsed().as_secs_f64();
-    super::check_delivered(&report, events as u64, "ordered");
+    let secs = timed_once(&db, events, "ordered");
     let got: Vec<String> = receiver
         .requests()
         .iter()

@@ -957,7 +957,7 @@ impl<'a> Main<'a> {
             // An ordered channel's lane is its head alone, in enqueue
             // order, read afresh each time; the others are read in due
             // order after their cursor.
-            let (heads, ranges): (Vec<(Uuid, Cursor)>, Vec<(Uuid, Cursor)>) = empty
+            let (heads, ranges): (Vec<_>, Vec<_>) = empty
                 .iter()
                 .partition(|(id, _)| self.controls.is_ordered(id));
             let heads: Vec<Uuid> = heads.into_iter().map(|(id, _)| id).collect();

@@ -247,6 +247,18 @@ pub fn unfinished(client: &mut Client) -> i64 {
         .get(0)
 }
 
+/// Number of `channel`'s delivery statuses not yet finished.
+pub fn unfinished_of(client: &mut Client, channel: uuid::Uuid) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM notification.delivery_status
+             WHERE channel_id = $1 AND state IN ('PENDING', 'SENDING', 'RESENDING')",
+            &[&channel],
+        )
+        .expect("count unfinished of a channel")
+        .get(0)
+}
+
 /// The state of the (single) delivery of `event`.
 pub fn state_of(client: &mut Client, event: uuid::Uuid) -> String {
     client
@@ -328,4 +340,28 @@ pub fn assert_all_delivered(
     );
     assert_eq!(seen.len(), events.len(), "unexpected ids at the receiver");
     receiver.count() - seen.len()
+}
+
+/// Waits (up to `timeout`) until every delivery of `channel` is finished,
+/// showing the receiver's count and `daemon`'s last log lines if they never
+/// are.
+pub fn wait_channel_finished(
+    db: &super::TestDb,
+    channel: uuid::Uuid,
+    receiver: &super::Receiver,
+    daemon: &super::daemon::Daemon,
+    timeout: std::time::Duration,
+) {
+    super::daemon::wait_until(
+        "every delivery of the channel",
+        timeout,
+        || unfinished_of(&mut db.client(), channel) == 0,
+        || {
+            format!(
+                "{} requests\n{}",
+                receiver.count(),
+                super::daemon::tail(&daemon.stderr(), 30)
+            )
+        },
+    );
 }

@@ -165,6 +165,22 @@ impl Receiver {
             .collect()
     }
 
+    /// The most requests whose headers arrived within any `window`
+    /// (a rate limit's property, as the endpoint sees it).
+    pub fn most_within(&self, window: Duration) -> usize {
+        let mut at: Vec<std::time::Instant> = self.requests().iter().map(|r| r.at).collect();
+        at.sort();
+        let mut most = 0;
+        let mut j = 0;
+        for i in 0..at.len() {
+            while at[i].duration_since(at[j]) >= window {
+                j += 1;
+            }
+            most = most.max(i - j + 1);
+        }
+        most
+    }
+
     /// How many requests are being served right now.
     pub fn in_flight(&self) -> usize {
         self.shared.in_flight.load(Ordering::SeqCst)
