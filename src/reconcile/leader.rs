@@ -1126,13 +1126,12 @@ impl<'a> Main<'a> {
         Ok(true)
     }
 
-    /// When the first rate-limited channel with work waiting in the sweep
-    /// may send again.
+    /// When the first rate-limited channel with work left in the sweep
+    /// (read and waiting, or not read yet because its window was full) may
+    /// send again.
     fn next_rate_free(&self) -> Option<DateTime<Utc>> {
         let lanes = self.sweep.as_ref()?.lanes.as_ref()?;
-        let waiting = lanes.iter().filter(|(_, l)| !l.queue.is_empty());
-        self.controls
-            .next_free(waiting.map(|(id, _)| id), self.watch.db_now())
+        self.controls.next_free(lanes.keys(), self.watch.db_now())
     }
 
     /// An ordered channel's delivery came back: its next one may go now,
