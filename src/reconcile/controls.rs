@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::db::controls::Controls as Row;
+use crate::db::controls::{Controls as Row, StoredWindow};
 use crate::reconcile::rate::Window;
 use crate::reconcile::scheduler::Controls;
 
@@ -35,13 +35,34 @@ pub struct ControlState {
 }
 
 impl ControlState {
+    /// The rate-limited channels among `rows` whose window this leader
+    /// does not hold: their stored windows must be read for [`Self::refresh`].
+    pub fn windows_missing(&self, rows: &[Row]) -> Vec<Uuid> {
+        rows.iter()
+            .filter(|r| r.rate_limit.is_some())
+            .filter(|r| {
+                self.channels
+                    .get(&r.channel_id)
+                    .is_none_or(|e| e.window.is_none())
+            })
+            .map(|r| r.channel_id)
+            .collect()
+    }
+
     /// A sweep found `ids` with due work; `rows` are the controls of those
-    /// of them that have any, read at `now`. A channel met for the first
-    /// time starts from the window the last leader stored; one already
-    /// known keeps its own (this leader's is the newer: it stores what it
-    /// hands out); a channel of `ids` without a row has no control any
-    /// more.
-    pub fn refresh(&mut self, ids: &[Uuid], rows: Vec<Row>, now: DateTime<Utc>) {
+    /// of them that have any, read at `now`, and `stored` the windows the
+    /// last leader stored of [`Self::windows_missing`]. A channel met for
+    /// the first time starts from its stored window (none stored: empty);
+    /// one already known keeps its own (this leader's is the newer: it
+    /// stores what it hands out); a channel of `ids` without a row has no
+    /// control any more.
+    pub fn refresh(
+        &mut self,
+        ids: &[Uuid],
+        rows: Vec<Row>,
+        stored: &HashMap<Uuid, StoredWindow>,
+        now: DateTime<Utc>,
+    ) {
         let with: HashSet<Uuid> = rows.iter().map(|r| r.channel_id).collect();
         for id in ids.iter().filter(|id| !with.contains(id)) {
             if let Some(e) = self.channels.get_mut(id) {
@@ -60,7 +81,8 @@ impl ControlState {
             match (row.rate_limit, e.window.as_mut()) {
                 (Some(limit), Some(w)) => w.set_limit(limit),
                 (Some(limit), None) => {
-                    e.window = Some(Window::restore(limit, &row.stored_window, now))
+                    let from = stored.get(&row.channel_id).map_or(&[][..], |w| &w[..]);
+                    e.window = Some(Window::restore(limit, from, now))
                 }
                 (None, _) => {}
             }
@@ -185,7 +207,6 @@ mod tests {
             channel_id: id,
             rate_limit: rate.map(|count| RateLimit { count, per_secs: 1 }),
             ordered,
-            stored_window: Vec::new(),
         }
     }
 
@@ -194,7 +215,10 @@ mod tests {
         let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
         let now = Utc::now();
         let mut c = ControlState::default();
-        c.refresh(&[a, b], vec![row(a, Some(2), false)], now);
+        let rows = vec![row(a, Some(2), false), row(b, None, true)];
+        assert_eq!(c.windows_missing(&rows), vec![a]);
+        c.refresh(&[a, b], vec![row(a, Some(2), false)], &HashMap::new(), now);
+        assert!(c.windows_missing(&rows).is_empty(), "a's window is held");
         assert_eq!(c.of(&b, now), Controls::default());
         assert!(!c.charge(&b, Uuid::from_u128(9)), "no window for b");
         assert_eq!(c.of(&a, now).rate_left, Some(2));
@@ -209,12 +233,17 @@ mod tests {
         let a = Uuid::from_u128(1);
         let now = Utc::now();
         let mut c = ControlState::default();
-        c.refresh(&[a], vec![row(a, Some(1), true)], now);
+        let stored = HashMap::from([(a, vec![None])]);
+        c.refresh(&[a], vec![row(a, Some(2), true)], &stored, now);
         assert!(c.is_ordered(&a));
+        assert_eq!(c.of(&a, now).rate_left, Some(1), "the stored one counts");
+        assert!(!c.charge(&Uuid::from_u128(99), Uuid::from_u128(10)));
+        c.channels.clear();
+        c.refresh(&[a], vec![row(a, Some(1), true)], &HashMap::new(), now);
         assert!(c.charge(&a, Uuid::from_u128(10)));
-        c.refresh(&[a], vec![row(a, Some(1), true)], now);
+        c.refresh(&[a], vec![row(a, Some(1), true)], &stored, now);
         assert_eq!(c.of(&a, now).rate_left, Some(0), "own window kept");
-        c.refresh(&[a], vec![], now);
+        c.refresh(&[a], vec![], &HashMap::new(), now);
         assert_eq!(c.of(&a, now), Controls::default());
         assert!(!c.is_ordered(&a));
         assert_eq!(c.stored(&a), None, "nothing to store once unlimited");

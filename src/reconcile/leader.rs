@@ -924,11 +924,17 @@ impl<'a> Main<'a> {
                 .map_err(|e| lock_failure("paging", &e))?;
             // The delivery controls of these channels (only those that
             // have any come back), with the rate windows stored last.
-            let rows = lock
+            let state = &self.controls;
+            let (rows, stored) = lock
                 .client_mut()
-                .and_then(|c| controls::of_channels(c, &ids))
+                .and_then(|c| {
+                    let rows = controls::of_channels(c, &ids)?;
+                    let stored = controls::stored_windows(c, &state.windows_missing(&rows))?;
+                    Ok((rows, stored))
+                })
                 .map_err(|e| lock_failure("reading delivery controls", &e))?;
-            self.controls.refresh(&ids, rows, self.watch.db_now());
+            self.controls
+                .refresh(&ids, rows, &stored, self.watch.db_now());
             let lanes = ids.into_iter().map(|id| (id, LaneState::fresh()));
             sweep.lanes = Some(lanes.collect());
             moved = true;
