@@ -467,6 +467,10 @@ struct Main<'a> {
     /// Deliveries that may be in flight at once: one per running worker
     /// plus `queue_capacity`.
     capacity: usize,
+    /// In flight beyond which no channel borrows beyond its share: the
+    /// running workers less the reserve kept free for other channels' new
+    /// work (`config::auto_reserve`).
+    borrow_ceiling: usize,
     in_flight: InFlight,
     /// Every channel's breaker and run of failures.
     channels: Channels,
@@ -510,6 +514,7 @@ impl<'a> Main<'a> {
             page_size: r.page_size,
             queue_capacity: r.queue_capacity,
             capacity: 0,
+            borrow_ceiling: 0,
             in_flight: InFlight::default(),
             channels: Channels::new(config),
             last_served: None,
@@ -541,6 +546,7 @@ impl<'a> Main<'a> {
     /// The number of workers actually running.
     fn set_workers(&mut self, workers: usize) {
         self.capacity = self.capacity(workers);
+        self.borrow_ceiling = workers.saturating_sub(crate::config::auto_reserve(workers));
     }
 
     /// Leads until stop (None), lock loss or a failure on the lock
@@ -698,7 +704,7 @@ impl<'a> Main<'a> {
             self.window = Tally::default();
             self.window_started = (Instant::now(), Utc::now());
             self.in_flight.unpark_all();
-            self.channels.prune(&self.in_flight);
+            self.channels.prune(self.watch.db_now(), &self.in_flight);
             self.wake(WakeCause::Tick);
         }
         if self.next_retry.is_some_and(|t| t <= self.watch.db_now()) {
@@ -894,6 +900,11 @@ impl<'a> Main<'a> {
         let free = self.capacity.saturating_sub(self.in_flight.len());
         let lanes = sweep.lanes.get_or_insert_with(BTreeMap::new);
         let now = self.watch.db_now();
+        // Borrowing beyond a share leaves the reserve free, and each active
+        // channel's unused share.
+        let borrowable = self
+            .borrow_ceiling
+            .saturating_sub(self.in_flight.len() + self.channels.kept_free(now, &self.in_flight));
         // Read for the lanes that ran empty and may send now, in round-robin
         // order, at most as many as could be served now, in one query. A
         // lane at its cap or behind an open breaker is read when it may
@@ -904,9 +915,11 @@ impl<'a> Main<'a> {
         let (channels, in_flight) = (&self.channels, &self.in_flight);
         let empty: Vec<(Uuid, Cursor)> = in_rotation(lanes, after)
             .filter(|(id, l)| {
+                let n = in_flight.of_channel(id);
                 l.queue.is_empty()
                     && !l.exhausted
-                    && channels.allowance(id, now, in_flight.of_channel(id)) > 0
+                    && (channels.allowance(id, now, n) > 0
+                        || (borrowable > 0 && channels.borrow(id, n) > 0))
             })
             .take(free.clamp(1, self.page_size as usize))
             .map(|(id, l)| (*id, l.cursor))
@@ -978,9 +991,10 @@ impl<'a> Main<'a> {
                 allowance: self
                     .channels
                     .allowance(id, now, self.in_flight.of_channel(id)),
+                borrow: self.channels.borrow(id, self.in_flight.of_channel(id)),
             })
             .collect();
-        let plan = scheduler::plan(&view, self.last_served, free);
+        let plan = scheduler::plan(&view, self.last_served, free, borrowable);
         if plan.hand_out.is_empty() {
             return Ok(moved);
         }
