@@ -4,7 +4,9 @@
 //! real reconciliation pass (`Reconciler::run_pass`, what the daemon runs)
 //! and prints one table:
 //!
-//! 1. latency-bound scaling: 100 ms receiver, workers 1/8/64;
+//! 1. latency-bound scaling: 100 ms receiver, workers 1/8/64 with the
+//!    default (automatic, work-conserving) per-channel cap, and 8/64 with
+//!    the cap set to the workers;
 //! 2. database-bound: instant receiver, workers 4/16, against the raw
 //!    single-row `UPDATE` autocommit rate with as many connections;
 //! 3. memory under backlog: peak RSS of a child process (this binary,
@@ -37,9 +39,10 @@
 //!    another.
 //! 10. fairness ([`fairness`]): the daemon binary with 16 workers and the
 //!    automatic per-channel cap, a hanging endpoint with 10,000 due
-//!    deliveries (`delivery.timeout` 3 s) and a healthy one receiving 100
-//!    events/s for 10 s: the healthy endpoint's enqueue → receipt p50/p99
-//!    with and without the hanging one; and EXPLAIN ANALYZE of the due
+//!    deliveries (`delivery.timeout` 3 s), or a slow one that answers
+//!    every request with 200 after 2 s with as many, and a healthy one
+//!    receiving 100 events/s for 10 s: the healthy endpoint's enqueue →
+//!    receipt p50/p99 with and without the other; and EXPLAIN ANALYZE of the due
 //!    queries with 1,000,000 due deliveries on one channel.
 //! 11. retention (`benches/throughput/retention.rs`; `--only retention`
 //!    and `--only retention-steady`): pruning a backlog of finished events
@@ -110,6 +113,10 @@ struct Sizes {
     failover_trials: usize,
     fair_hanging: u64,
     fair_timeout: &'static str,
+    /// How long the slow endpoint may borrow before the measurement.
+    fair_slow_ramp: Duration,
+    /// The slow endpoint's latency (below `fair_timeout`).
+    fair_slow_latency: Duration,
     fair_seconds: u64,
     fair_rate: u64,
     fair_backlog: u64,
@@ -141,6 +148,8 @@ impl Sizes {
             failover_trials: 5,
             fair_hanging: 10_000,
             fair_timeout: "3s",
+            fair_slow_ramp: Duration::from_secs(5),
+            fair_slow_latency: Duration::from_secs(2),
             fair_seconds: 10,
             fair_rate: 100,
             fair_backlog: 1_000_000,
@@ -170,6 +179,8 @@ impl Sizes {
             failover_trials: 1,
             fair_hanging: 200,
             fair_timeout: "1s",
+            fair_slow_ramp: Duration::from_millis(300),
+            fair_slow_latency: Duration::from_millis(200),
             fair_seconds: 1,
             fair_rate: 50,
             fair_backlog: 5_000,
@@ -290,15 +301,27 @@ fn main() {
 // ---------------------------------------------------------------- scenarios
 
 /// Scenario 1: deliveries/s with a slow receiver, and efficiency against
-/// `workers / latency`.
+/// `workers / latency`: with the default per-channel cap (automatic, so a
+/// lone channel borrows idle workers), and with the cap set to the workers.
 fn latency_bound(sizes: &Sizes, support_receiver: bool, rows: &mut Vec<Row>) {
     let receiver = AnyReceiver::start(sizes.latency, support_receiver);
     let mut single = None;
-    for &workers in &sizes.latency_workers {
+    let runs = sizes
+        .latency_workers
+        .iter()
+        .map(|&w| (w, Cap::Automatic))
+        .chain(
+            sizes
+                .latency_workers
+                .iter()
+                .filter(|&&w| w > 1)
+                .map(|&w| (w, Cap::Workers)),
+        );
+    for (workers, cap) in runs {
         let db = support::migrated_db();
         seed(&db, sizes.latency_events, "PENDING", &receiver.url());
         let before = receiver.count();
-        let (report, secs) = timed_pass(&db, workers);
+        let (report, secs) = timed_pass_with(&db, workers, cap);
         check_delivered(&report, sizes.latency_events, "latency-bound");
         assert_eq!(
             receiver.count() - before,
@@ -321,9 +344,13 @@ fn latency_bound(sizes: &Sizes, support_receiver: bool, rows: &mut Vec<Row>) {
             Row {
                 scenario: "1 latency-bound",
                 setting: format!(
-                    "{workers} workers, {} events, {} ms",
+                    "{workers} workers, {} events, {} ms, {}",
                     sizes.latency_events,
-                    sizes.latency.as_millis()
+                    sizes.latency.as_millis(),
+                    match cap {
+                        Cap::Automatic => "default cap",
+                        Cap::Workers => "cap = workers",
+                    }
                 ),
                 result: format!(
                     "{rate:.1}/s in {secs:.2} s, eff {efficiency:.3}, {speedup:.1}× 1 worker"
@@ -725,18 +752,35 @@ fn percentile(values: &[f64], p: f64) -> f64 {
     values[((values.len() as f64 * p).ceil() as usize).clamp(1, values.len()) - 1]
 }
 
+/// Scenario 10's other endpoint.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Other {
+    /// None: the healthy endpoint alone.
+    Alone,
+    /// One that never answers, with a large due backlog.
+    Hanging,
+    /// One that answers every request with 200 after 2 s, with as large a
+    /// backlog (the work-conserving cap lets it borrow idle workers).
+    Slow,
+}
+
 /// Scenario 10: a healthy endpoint's enqueue → receipt latency at a steady
-/// rate, without and with a hanging endpoint that has a large due backlog.
+/// rate, without and with a hanging endpoint that has a large due backlog,
+/// and with a slow one that answers.
 fn fairness(sizes: &Sizes, rows: &mut Vec<Row>) {
     let mut p99s = Vec::new();
-    for hanging in [false, true] {
+    for other in [Other::Alone, Other::Hanging, Other::Slow] {
         let db = daemon_db();
         let healthy = support::Receiver::start(Script::status(200));
-        let dead = support::Receiver::start(Script::hang());
+        let script = match other {
+            Other::Slow => Script::status(200).with_latency(sizes.fair_slow_latency),
+            Other::Alone | Other::Hanging => Script::hang(),
+        };
+        let dead = support::Receiver::start(script);
         let mut client = db.client();
         let secret = support::fixtures::SECRET;
         support::fixtures::channel_for(&mut client, "healthy", &healthy.url(), secret, "{}");
-        if hanging {
+        if other != Other::Alone {
             support::fixtures::channel_for(&mut client, "dead", &dead.url(), secret, "{}");
             support::fixtures::emit(
                 &mut client,
@@ -756,13 +800,18 @@ fn fairness(sizes: &Sizes, rows: &mut Vec<Row>) {
             ),
         );
         let deadline = Instant::now() + Duration::from_secs(60);
-        while hanging && dead.in_flight() == 0 {
+        while other != Other::Alone && dead.in_flight() == 0 {
             assert!(
                 Instant::now() < deadline,
-                "fairness: the hanging deliveries never started:\n{}",
+                "fairness: the other endpoint's deliveries never started:\n{}",
                 daemon.stderr()
             );
             std::thread::sleep(Duration::from_millis(5));
+        }
+        if other == Other::Slow {
+            // Measure once it borrows what it can: it has been answering
+            // for a few round trips.
+            std::thread::sleep(sizes.fair_slow_ramp);
         }
         let total = sizes.fair_seconds * sizes.fair_rate;
         let latencies = timed_enqueues(
@@ -782,46 +831,59 @@ fn fairness(sizes: &Sizes, rows: &mut Vec<Row>) {
         } else {
             "its breaker stayed closed"
         };
+        let setting = match other {
+            Other::Alone => format!(
+                "{total} events at {}/s, 16 workers, healthy endpoint alone",
+                sizes.fair_rate
+            ),
+            Other::Hanging => format!(
+                "{total} events at {}/s, 16 workers, with a hanging endpoint: {} due, timeout {}",
+                sizes.fair_rate, sizes.fair_hanging, sizes.fair_timeout
+            ),
+            Other::Slow => format!(
+                "{total} events at {}/s, 16 workers, with a slow endpoint (200 after {} ms): {} due",
+                sizes.fair_rate,
+                sizes.fair_slow_latency.as_millis(),
+                sizes.fair_hanging
+            ),
+        };
+        let result = match other {
+            Other::Alone => format!("p50 {p50:.1} ms, p99 {p99:.1} ms"),
+            Other::Hanging => format!(
+                "p50 {p50:.1} ms, p99 {p99:.1} ms; the hanging endpoint held at most {} workers, {breaker}, {} requests",
+                dead.peak_concurrency(),
+                dead.count()
+            ),
+            Other::Slow => format!(
+                "p50 {p50:.1} ms, p99 {p99:.1} ms; the slow endpoint held at most {} workers, {breaker}, {} requests",
+                dead.peak_concurrency(),
+                dead.count()
+            ),
+        };
         push(
             rows,
             Row {
                 scenario: "10 fairness",
-                setting: if hanging {
-                    format!(
-                        "{total} events at {}/s, 16 workers, with a hanging endpoint: {} due, timeout {}",
-                        sizes.fair_rate, sizes.fair_hanging, sizes.fair_timeout
-                    )
-                } else {
-                    format!(
-                        "{total} events at {}/s, 16 workers, healthy endpoint alone",
-                        sizes.fair_rate
-                    )
-                },
-                result: if hanging {
-                    format!(
-                        "p50 {p50:.1} ms, p99 {p99:.1} ms; the hanging endpoint held at most {} workers, {breaker}, {} requests",
-                        dead.peak_concurrency(),
-                        dead.count()
-                    )
-                } else {
-                    format!("p50 {p50:.1} ms, p99 {p99:.1} ms")
-                },
+                setting,
+                result,
                 target: String::new(),
                 met: None,
             },
         );
     }
-    let ratio = p99s[1] / p99s[0];
-    push(
-        rows,
-        Row {
-            scenario: "10 fairness",
-            setting: "p99 with / p99 without the hanging endpoint".into(),
-            result: format!("{ratio:.2}"),
-            target: "≤ 1.5".into(),
-            met: Some(ratio <= 1.5),
-        },
-    );
+    for (k, what) in [(1, "hanging"), (2, "slow")] {
+        let ratio = p99s[k] / p99s[0];
+        push(
+            rows,
+            Row {
+                scenario: "10 fairness",
+                setting: format!("p99 with / p99 without the {what} endpoint"),
+                result: format!("{ratio:.2}"),
+                target: "≤ 1.5".into(),
+                met: Some(ratio <= 1.5),
+            },
+        );
+    }
 }
 
 /// Scenario 12's retry schedule: 1–16 s, 13 attempts, so that at 30%
@@ -1834,6 +1896,16 @@ fn machine_cpu_share(before: (u64, u64, u64), after: (u64, u64, u64)) -> (f64, f
 
 // ------------------------------------------------------------------ helpers
 
+/// A pass's per-channel cap.
+#[derive(Debug, Clone, Copy)]
+enum Cap {
+    /// `max_in_flight_per_channel = 0`: a quarter of the workers, and a
+    /// lone channel borrows idle workers beyond it (the default).
+    Automatic,
+    /// `max_in_flight_per_channel = workers`.
+    Workers,
+}
+
 /// The config of every pass here: `workers`, default page size, queue of
 /// 2 × workers, pool of workers + 2.
 fn config(url: &str, workers: usize) -> Config {
@@ -1852,7 +1924,18 @@ fn config(url: &str, workers: usize) -> Config {
 
 /// Builds a reconciler for `db` and times one pass (building excluded).
 fn timed_pass(db: &TestDb, workers: usize) -> (Report, f64) {
-    let mut reconciler = Reconciler::new(&config(&db.url, workers)).expect("bench: reconciler");
+    timed_pass_with(db, workers, Cap::Workers)
+}
+
+/// [`timed_pass`] with the per-channel cap `cap`.
+fn timed_pass_with(db: &TestDb, workers: usize, cap: Cap) -> (Report, f64) {
+    let mut config = config(&db.url, workers);
+    if let Cap::Automatic = cap {
+        config.delivery.max_in_flight_per_channel =
+            notification_reconciler::config::auto_channel_cap(workers);
+        config.delivery.work_conserving = true;
+    }
+    let mut reconciler = Reconciler::new(&config).expect("bench: reconciler");
     let t = Instant::now();
     let report = pass(&mut reconciler);
     (report, t.elapsed().as_secs_f64())

@@ -41,6 +41,14 @@ pub fn auto_channel_cap(workers: usize) -> usize {
     (workers / 4).max(1)
 }
 
+/// The workers the automatic cap keeps free for other channels' new work
+/// when a channel borrows beyond its share (the work-conserving cap, see
+/// `Channels::borrow`): one per 64 workers, at least 1, so that one
+/// channel alone may use at least 98% of 64 workers and 15 of 16.
+pub fn auto_reserve(workers: usize) -> usize {
+    (workers / 64).max(1)
+}
+
 /// The longest a breaker's cool-down doubles to (unless
 /// `delivery.breaker_cooldown` itself is longer).
 pub const MAX_BREAKER_COOLDOWN: Duration = Duration::from_secs(600);
@@ -395,8 +403,12 @@ pub struct DeliveryConfig {
     /// (at least one when `ca_file` is set).
     pub ca_certs: Vec<ureq::tls::Certificate<'static>>,
     /// Deliveries of one channel in flight at once (queued or being
-    /// attempted), ≥ 1.
+    /// attempted), ≥ 1: a hard cap when set, else (0 in the file) the
+    /// channel's share, beyond which it may borrow idle workers.
     pub max_in_flight_per_channel: usize,
+    /// `max_in_flight_per_channel` was 0 (automatic): a channel may go
+    /// beyond it while workers are idle (the work-conserving cap).
+    pub work_conserving: bool,
     /// Attempts in a row without an answer (or failed, while nearly every
     /// recent attempt failed) that open a channel's breaker; 0 = off.
     pub breaker_failures: u32,
@@ -762,6 +774,7 @@ impl RawConfig {
         }
         let delivery = DeliveryConfig {
             max_in_flight_per_channel,
+            work_conserving: dl.max_in_flight_per_channel == 0,
             breaker_failures: dl.breaker_failures as u32,
             breaker_cooldown: positive("delivery.breaker_cooldown", &dl.breaker_cooldown)?,
             disable_after: duration("delivery.disable_after", &dl.disable_after)?,

@@ -3,8 +3,9 @@
 //! while a healthy one gets everything, a backlog on one channel does not
 //! hold up another, the circuit breaker (a few attempts, then one probe per
 //! cool-down, then the backlog drains once the endpoint recovers; a flaky
-//! endpoint beside a dead one: only the dead one's opens), and
-//! auto-disable with the bulk resend that recovers from it.
+//! endpoint beside a dead one: only the dead one's opens), the automatic
+//! cap's borrowing (a lone busy channel uses idle workers, a hanging one
+//! does not), and auto-disable with the bulk resend that recovers from it.
 //!
 //! Waits are on conditions. The one comparison with time is a lower bound
 //! (probes are at least a cool-down apart): a slow machine cannot break it.
@@ -191,6 +192,79 @@ fn a_backlog_on_one_channel_does_not_hold_up_another() {
         i64::from(backlog),
         "the backlog to drain",
         &d,
+    );
+}
+
+/// The automatic cap is work-conserving: one busy channel alone uses every
+/// worker but the reserve (16 workers: 15), while a hanging endpoint beside
+/// a healthy one still holds no more than its share (a quarter: 4), since
+/// only attempts that were answered let a channel borrow; and the other
+/// channel's new work starts while the busy one borrows.
+#[test]
+fn with_the_automatic_cap_a_lone_busy_channel_uses_idle_workers_a_hanging_one_does_not() {
+    let db = migrated_db();
+    let mut client = db.client();
+    let busy = Receiver::start(Script::status(200).with_latency(Duration::from_millis(300)));
+    let other = Receiver::start(Script::status(200));
+    let hanging = Receiver::start(Script::hang());
+    let a = channel_for(&mut client, "busy", &busy.url(), SECRET, "{}");
+    channel_for(&mut client, "other", &other.url(), SECRET, "{}");
+    channel_for(&mut client, "hang", &hanging.url(), SECRET, "{}");
+    let backlog = 300;
+    emit(&mut client, "busy", "'{}'::jsonb", backlog);
+    // No max_in_flight_per_channel: the automatic, work-conserving cap.
+    let d = daemon(
+        &db,
+        16,
+        "timeout = \"60s\"\nconnect_timeout = \"2s\"\nretry_schedule = [\"1s\"]\n",
+        free_addr(),
+    );
+    wait_until(
+        "the busy channel to borrow every worker but the reserve",
+        LONG,
+        || busy.peak_concurrency() >= 15,
+        || {
+            format!(
+                "peak {}\n{}",
+                busy.peak_concurrency(),
+                tail(&d.stderr(), 20)
+            )
+        },
+    );
+    // While it borrows, the other channel's new work starts (the reserve).
+    let event = emit(&mut client, "other", "'{}'::jsonb", 1)[0];
+    assert!(other.wait_for(1, LONG), "{}", tail(&d.stderr(), 20));
+    assert_eq!(other.ids(), vec![event.to_string()]);
+    // A hanging endpoint's backlog arrives while the busy one borrows.
+    emit(&mut client, "hang", "'{}'::jsonb", 50);
+    wait_for_count(
+        &mut client,
+        a,
+        "SUCCESS",
+        i64::from(backlog),
+        "the busy backlog to drain",
+        &d,
+    );
+    assert!(
+        busy.peak_concurrency() <= 15,
+        "16 workers keep one free: the busy channel held {}",
+        busy.peak_concurrency()
+    );
+    wait_until(
+        "the hanging endpoint to be tried",
+        LONG,
+        || hanging.in_flight() >= 1,
+        || d.stderr(),
+    );
+    // With the busy backlog gone every worker is idle, and still the
+    // hanging endpoint, which never answered, holds only its share.
+    let more = emit(&mut client, "other", "'{}'::jsonb", 20);
+    assert!(other.wait_for(21, LONG), "{}", tail(&d.stderr(), 20));
+    assert_eq!(other.ids().len(), 1 + more.len());
+    assert!(
+        hanging.peak_concurrency() <= 4,
+        "a hanging endpoint borrowed: {} in flight (share 4)",
+        hanging.peak_concurrency()
     );
 }
 

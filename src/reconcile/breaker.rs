@@ -279,6 +279,12 @@ impl Breaker {
         }
     }
 
+    /// Whether the channel answers: closed, and its last attempt was not
+    /// left unanswered (only then may it borrow beyond its share).
+    pub fn is_answering(&self) -> bool {
+        self.phase == Phase::Closed && self.recent.silent == 0
+    }
+
     /// Whether it is open or half-open (what `status` counts).
     pub fn is_open(&self) -> bool {
         self.phase != Phase::Closed

@@ -53,13 +53,33 @@ struct Health {
     failing_since: Option<DateTime<Utc>>,
     /// A `Disable` was returned for the current run of failures.
     disabling: bool,
+    /// Attempts answered in a row (any HTTP answer): what lets the channel
+    /// borrow beyond its share (see [`Channels::borrow`]).
+    answered: u32,
+    /// When a delivery of it that makes a request last went out.
+    last_sent: Option<DateTime<Utc>>,
 }
+
+/// A channel that sent within this long is *active*: while the cap is
+/// automatic, its share is kept free for it (less what it has in flight)
+/// when another channel borrows, so that its next deliveries start at once
+/// as they did before borrowing existed (see [`Channels::kept_free`]).
+const ACTIVE_FOR: TimeDelta = TimeDelta::seconds(10);
+
+/// Each attempt answered in a row lets a channel have this many more in
+/// flight beyond its share: a channel that answers reaches every idle
+/// worker within one or two round trips (scenario 1, docs/benchmarks.md:
+/// with 2 a pass lost a further 2% of its rate to the ramp), and an
+/// endpoint that has not answered yet (a hanging one) borrows nothing.
+const BORROW_PER_ANSWER: usize = 4;
 
 /// Every channel's health, kept by the leader's main thread.
 #[derive(Debug)]
 pub struct Channels {
     policy: BreakerPolicy,
     cap: usize,
+    /// The cap is automatic: a channel may borrow beyond it.
+    work_conserving: bool,
     disable_after: Duration,
     health: HashMap<Uuid, Health>,
 }
@@ -75,6 +95,7 @@ impl Channels {
                 max_cooldown: MAX_BREAKER_COOLDOWN,
             },
             cap: d.max_in_flight_per_channel,
+            work_conserving: d.work_conserving,
             disable_after: d.disable_after,
             health: HashMap::new(),
         }
@@ -98,9 +119,47 @@ impl Channels {
             .allowance(now, in_flight, self.cap, &self.policy)
     }
 
+    /// How many of the channel's deliveries that make a request may go out
+    /// beyond its allowance, with `in_flight` of them out, while workers
+    /// are idle (the work-conserving cap; the scheduler keeps the
+    /// reserve). None with an explicit `max_in_flight_per_channel` (a hard
+    /// cap), none while its breaker is not closed or its last attempt went
+    /// unanswered, and otherwise [`BORROW_PER_ANSWER`] per attempt answered
+    /// in a row: a channel that answers ramps up within a few round trips,
+    /// one that hangs holds no more than its share.
+    pub fn borrow(&self, channel_id: &Uuid, in_flight: usize) -> usize {
+        let Some(h) = self.health.get(channel_id) else {
+            return 0;
+        };
+        if !self.work_conserving || !h.breaker.is_answering() {
+            return 0;
+        }
+        let ceiling = (h.answered as usize)
+            .saturating_mul(BORROW_PER_ANSWER)
+            .saturating_add(self.cap);
+        ceiling.saturating_sub(in_flight.max(self.cap))
+    }
+
+    /// How many slots borrowing must leave free at `now` for the active
+    /// channels (those that sent within [`ACTIVE_FOR`]): each one's share
+    /// less what it has in flight. A borrower is at or beyond its share,
+    /// so it keeps nothing free for itself. 0 with an explicit cap (no
+    /// channel borrows then).
+    pub fn kept_free(&self, now: DateTime<Utc>, in_flight: &InFlight) -> usize {
+        if !self.work_conserving {
+            return 0;
+        }
+        self.health
+            .iter()
+            .filter(|(_, h)| h.last_sent.is_some_and(|t| now - t < ACTIVE_FOR))
+            .map(|(id, _)| self.cap.saturating_sub(in_flight.of_channel(id)))
+            .sum()
+    }
+
     /// A delivery of the channel that makes a request went out at `now`.
     pub fn handed_out(&mut self, channel_id: Uuid, now: DateTime<Utc>) {
         let h = self.health.entry(channel_id).or_default();
+        h.last_sent = Some(now);
         let was = h.breaker;
         h.breaker.handed_out(now);
         if was != h.breaker {
@@ -117,6 +176,10 @@ impl Channels {
         now: DateTime<Utc>,
     ) -> Option<Write> {
         let h = self.health.entry(channel_id).or_default();
+        h.answered = match verdict {
+            Verdict::NoAnswer => 0,
+            Verdict::Success | Verdict::Failure | Verdict::Refused => h.answered.saturating_add(1),
+        };
         let was = h.breaker;
         let tripped = h.breaker.record(verdict, now, &self.policy);
         match (tripped, was.is_open(), h.breaker.phase) {
@@ -215,11 +278,14 @@ impl Channels {
     }
 
     /// Forgets channels with nothing to remember (closed, no failure among
-    /// the breaker's last attempts, not failing, nothing in flight), so the
-    /// map does not grow forever.
-    pub fn prune(&mut self, in_flight: &InFlight) {
+    /// the breaker's last attempts, not failing, nothing in flight, not
+    /// active at `now`), so the map does not grow forever.
+    pub fn prune(&mut self, now: DateTime<Utc>, in_flight: &InFlight) {
         self.health.retain(|id, h| {
-            !h.breaker.is_clean() || h.failing_since.is_some() || in_flight.of_channel(id) > 0
+            !h.breaker.is_clean()
+                || h.failing_since.is_some()
+                || in_flight.of_channel(id) > 0
+                || h.last_sent.is_some_and(|t| now - t < ACTIVE_FOR)
         });
     }
 
@@ -260,6 +326,58 @@ mod tests {
             assigned: true,
             failing_since,
         }
+    }
+
+    #[test]
+    fn only_a_channel_that_answers_borrows_and_an_explicit_cap_never() {
+        let mut c = channels(5, "5d");
+        let id = Uuid::from_u128(7);
+        // Never answered (a hanging endpoint's first attempts): its share.
+        assert_eq!(c.borrow(&id, 0), 0);
+        c.seen(&target(id, None));
+        assert_eq!(c.borrow(&id, 4), 0);
+        // Three answers in a row (a 500 and a 4xx are answers too): up to
+        // 4 + 3 × 4 = 16 in flight; the allowance covers the first 4.
+        for v in [Verdict::Success, Verdict::Failure, Verdict::Refused] {
+            c.record(id, v, t(0));
+        }
+        assert_eq!(c.borrow(&id, 0), 12);
+        assert_eq!(c.borrow(&id, 4), 12);
+        assert_eq!(c.borrow(&id, 14), 2);
+        assert_eq!(c.borrow(&id, 16), 0);
+        // One attempt unanswered: no borrowing, and the count starts over.
+        c.record(id, Verdict::NoAnswer, t(1));
+        assert_eq!(c.borrow(&id, 4), 0);
+        c.record(id, Verdict::Success, t(2));
+        assert_eq!(c.borrow(&id, 4), 4);
+        // An open breaker borrows nothing.
+        for k in 0..5 {
+            c.record(id, Verdict::NoAnswer, t(3 + k));
+        }
+        assert!(c.is_open(&id));
+        assert_eq!(c.borrow(&id, 0), 0);
+        // Active channels (sent within 10 s) keep their unused share free.
+        let mut f = InFlight::default();
+        let other = Uuid::from_u128(8);
+        assert_eq!(c.kept_free(t(10), &f), 0);
+        c.handed_out(other, t(10));
+        f.insert(Uuid::from_u128(100), other);
+        assert_eq!(c.kept_free(t(10), &f), 3, "share 4, one in flight");
+        c.handed_out(id, t(10));
+        assert_eq!(c.kept_free(t(19), &f), 7);
+        assert_eq!(c.kept_free(t(20), &f), 0, "idle for 10 s: not active");
+        // An explicit max_in_flight_per_channel is a hard cap.
+        let mut config = crate::config::Config::for_url("postgres://x@127.0.0.1/x");
+        config.delivery.max_in_flight_per_channel = 4;
+        config.delivery.work_conserving = false;
+        let mut hard = Channels::new(&config);
+        for _ in 0..10 {
+            hard.record(id, Verdict::Success, t(0));
+        }
+        assert_eq!(hard.borrow(&id, 0), 0);
+        assert_eq!(hard.allowance(&id, t(0), 0), 4);
+        hard.handed_out(other, t(10));
+        assert_eq!(hard.kept_free(t(10), &InFlight::default()), 0);
     }
 
     #[test]
@@ -331,12 +449,14 @@ mod tests {
         c.record(id, Verdict::Success, t(31));
         assert_eq!(c.open_count(), 0);
         assert_eq!(c.snapshot(&f), serde_json::json!({}));
-        c.prune(&f);
+        c.prune(t(100), &f);
         assert_eq!(c.health.len(), 1, "its failure share is remembered");
         for _ in 0..crate::reconcile::breaker::WINDOW {
             c.record(id, Verdict::Success, t(32));
         }
-        c.prune(&f);
+        c.prune(t(35), &f);
+        assert_eq!(c.health.len(), 1, "active 5 s ago: kept");
+        c.prune(t(100), &f);
         assert!(c.health.is_empty());
     }
 }

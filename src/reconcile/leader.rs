@@ -499,6 +499,10 @@ struct Main<'a> {
     /// Deliveries that may be in flight at once: one per running worker
     /// plus `queue_capacity`.
     capacity: usize,
+    /// In flight beyond which no channel borrows beyond its share: the
+    /// running workers less the reserve kept free for other channels' new
+    /// work (`config::auto_reserve`).
+    borrow_ceiling: usize,
     in_flight: InFlight,
     /// Every channel's breaker and run of failures.
     channels: Channels,
@@ -545,6 +549,7 @@ impl<'a> Main<'a> {
             page_size: r.page_size,
             queue_capacity: r.queue_capacity,
             capacity: 0,
+            borrow_ceiling: 0,
             in_flight: InFlight::default(),
             channels: Channels::new(config),
             controls: ControlState::default(),
@@ -577,6 +582,7 @@ impl<'a> Main<'a> {
     /// The number of workers actually running.
     fn set_workers(&mut self, workers: usize) {
         self.capacity = self.capacity(workers);
+        self.borrow_ceiling = workers.saturating_sub(crate::config::auto_reserve(workers));
     }
 
     /// Leads until stop (None), lock loss or a failure on the lock
@@ -738,7 +744,7 @@ impl<'a> Main<'a> {
             self.window = Tally::default();
             self.window_started = (Instant::now(), Utc::now());
             self.in_flight.unpark_all();
-            self.channels.prune(&self.in_flight);
+            self.channels.prune(self.watch.db_now(), &self.in_flight);
             self.controls.prune(self.watch.db_now());
             self.wake(WakeCause::Tick);
         }
@@ -942,6 +948,11 @@ impl<'a> Main<'a> {
         let free = self.capacity.saturating_sub(self.in_flight.len());
         let lanes = sweep.lanes.get_or_insert_with(BTreeMap::new);
         let now = self.watch.db_now();
+        // Borrowing beyond a share leaves the reserve free, and each active
+        // channel's unused share.
+        let borrowable = self
+            .borrow_ceiling
+            .saturating_sub(self.in_flight.len() + self.channels.kept_free(now, &self.in_flight));
         // Read for the lanes that ran empty and may send now, in round-robin
         // order, at most as many as could be served now, in one query. A
         // lane at its cap or behind an open breaker is read when it may
@@ -950,12 +961,14 @@ impl<'a> Main<'a> {
         // then.
         let after = self.last_served;
         let (channels, in_flight, controls) = (&self.channels, &self.in_flight, &self.controls);
-        let allowance = |id: &Uuid| {
-            let n = in_flight.of_channel(id);
-            scheduler::allowance(channels.allowance(id, now, n), n, controls.of(id, now))
-        };
+        let limits = |id: &Uuid| lane_limits(channels, controls, in_flight, id, now);
         let empty: Vec<(Uuid, Cursor)> = in_rotation(lanes, after)
-            .filter(|(id, l)| l.queue.is_empty() && !l.exhausted && allowance(id) > 0)
+            .filter(|(id, l)| {
+                let (allowance, borrow) = limits(id);
+                l.queue.is_empty()
+                    && !l.exhausted
+                    && (allowance > 0 || (borrowable > 0 && borrow > 0))
+            })
             .take(free.clamp(1, self.page_size as usize))
             .map(|(id, l)| (*id, l.cursor))
             .collect();
@@ -1038,22 +1051,23 @@ impl<'a> Main<'a> {
             .collect();
         let view: Vec<Lane> = ids
             .iter()
-            .map(|id| Lane {
-                channel_id: *id,
-                queue: lanes[id]
-                    .queue
-                    .iter()
-                    .map(|d| makes_request(d, wall, cutoff, &self.policy))
-                    .collect(),
-                allowance: {
-                    let n = self.in_flight.of_channel(id);
-                    let base = self.channels.allowance(id, now, n);
-                    scheduler::allowance(base, n, self.controls.of(id, now))
-                },
-                ordered: self.controls.is_ordered(id),
+            .map(|id| {
+                let (allowance, borrow) =
+                    lane_limits(&self.channels, &self.controls, &self.in_flight, id, now);
+                Lane {
+                    channel_id: *id,
+                    queue: lanes[id]
+                        .queue
+                        .iter()
+                        .map(|d| makes_request(d, wall, cutoff, &self.policy))
+                        .collect(),
+                    allowance,
+                    borrow,
+                    ordered: self.controls.is_ordered(id),
+                }
             })
             .collect();
-        let plan = scheduler::plan(&view, self.last_served, free);
+        let plan = scheduler::plan(&view, self.last_served, free, borrowable);
         if plan.hand_out.is_empty() {
             return Ok(moved);
         }
@@ -1242,6 +1256,24 @@ fn makes_request(d: &Delivery, now: DateTime<Utc>, cutoff: DateTime<Utc>, policy
     !matches!(
         state::check(&d.status.view, now, cutoff, policy),
         Check::Expired(_)
+    )
+}
+
+/// A channel's `(allowance, borrow)` at `now`: its cap and breaker
+/// (`health`), under its delivery controls (`scheduler::limits`).
+fn lane_limits(
+    channels: &Channels,
+    controls: &ControlState,
+    in_flight: &InFlight,
+    id: &Uuid,
+    now: DateTime<Utc>,
+) -> (usize, usize) {
+    let n = in_flight.of_channel(id);
+    scheduler::limits(
+        channels.allowance(id, now, n),
+        channels.borrow(id, n),
+        n,
+        controls.of(id, now),
     )
 }
 

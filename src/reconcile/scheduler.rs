@@ -8,17 +8,22 @@
 //! starting after the channel served last, so a channel with a huge
 //! backlog delays another channel's next delivery by at most one round;
 //! never more of a channel than its allowance; never more than the free
-//! slots. A delivery that makes no request (timed out, or its channel is
+//! slots. The automatic cap is **work-conserving**: once every channel had
+//! what its allowance lets it have, a lane may *borrow* beyond it (its
+//! `borrow`, again round-robin) while the plan keeps the reserve of slots
+//! free that lets another channel's new work start at once (`borrowable`,
+//! see `Channels::borrow` and docs/configuration.md). A delivery that makes no request (timed out, or its channel is
 //! disabled, deleted or no longer assigned: the worker only records a
 //! FAILED) ignores the allowance, so pending and sending timeouts still
 //! apply while a breaker is open.
 //!
 //! The delivery controls (DESIGN.md "Delivery controls") are decided here
-//! too. A rate-limited channel's allowance is at most what its window of
-//! request starts has left (`rate`); an **ordered** channel's allowance is
-//! one while none of its deliveries is in flight and zero otherwise, and only
-//! the head of its lane (its oldest unfinished delivery in enqueue order)
-//! may go, never one behind it: [`allowance`] and [`plan`].
+//! too, as hard limits: a rate-limited channel never gets more requests
+//! than its window of request starts has left (`rate`), borrowed or not; an
+//! **ordered** channel gets one while none of its deliveries is in flight
+//! and none otherwise, and only the head of its lane (its oldest unfinished
+//! delivery in enqueue order) may go, never one behind it: [`limits`] and
+//! [`plan`].
 //!
 //! The in-flight registry (what was handed out and not yet reported back)
 //! lives here too: it is what the allowances are computed from.
@@ -107,6 +112,9 @@ pub struct Lane {
     pub queue: Vec<bool>,
     /// How many more deliveries that make a request may go out now.
     pub allowance: usize,
+    /// How many more beyond `allowance` it may borrow, while slots beyond
+    /// the reserve are free (0: none; an explicit cap never borrows).
+    pub borrow: usize,
     /// An ordered channel: only the first of `queue` may go (the leader
     /// reads only its head, in enqueue order).
     pub ordered: bool,
@@ -121,20 +129,21 @@ pub struct Controls {
     pub rate_left: Option<usize>,
 }
 
-/// How many more of a channel's deliveries that make a request may go out:
-/// what its cap and breaker allow (`base`), no more than its rate limit has
-/// left, and, for an ordered channel, one only while none of its `in_flight`
-/// deliveries is out. The explicit controls are hard limits: nothing
-/// lends a channel more than they allow.
-pub fn allowance(base: usize, in_flight: usize, controls: Controls) -> usize {
-    let mut a = base;
+/// A channel's `(allowance, borrow)` under its controls: what its cap and
+/// breaker allow (`base`) and may borrow (`borrow`), together never more
+/// than its rate limit has left, and, for an ordered channel, one only
+/// while none of its `in_flight` deliveries is out. The controls are hard
+/// limits: nothing is lent beyond them.
+pub fn limits(base: usize, borrow: usize, in_flight: usize, controls: Controls) -> (usize, usize) {
+    let mut most = usize::MAX;
     if let Some(left) = controls.rate_left {
-        a = a.min(left);
+        most = most.min(left);
     }
     if controls.ordered {
-        a = a.min(usize::from(in_flight == 0));
+        most = most.min(usize::from(in_flight == 0));
     }
-    a
+    let allowance = base.min(most);
+    (allowance, borrow.min(most - allowance))
 }
 
 /// What to hand out now.
@@ -147,8 +156,10 @@ pub struct Plan {
 }
 
 /// Decides what to hand out from `lanes` (sorted by channel id) with
-/// `free` slots, round-robin starting after the channel `after`.
-pub fn plan(lanes: &[Lane], after: Option<Uuid>, free: usize) -> Plan {
+/// `free` slots, round-robin starting after the channel `after`: first
+/// within each lane's allowance, then, while fewer than `borrowable`
+/// deliveries are handed out in all, within each lane's `borrow`.
+pub fn plan(lanes: &[Lane], after: Option<Uuid>, free: usize, borrowable: usize) -> Plan {
     let mut plan = Plan::default();
     if lanes.is_empty() {
         return plan;
@@ -158,15 +169,39 @@ pub fn plan(lanes: &[Lane], after: Option<Uuid>, free: usize) -> Plan {
     });
     let mut taken: Vec<Vec<bool>> = lanes.iter().map(|l| vec![false; l.queue.len()]).collect();
     let mut allowance: Vec<usize> = lanes.iter().map(|l| l.allowance).collect();
+    round_robin(lanes, first, free, &mut taken, &mut allowance, &mut plan);
+    let mut borrow: Vec<usize> = lanes.iter().map(|l| l.borrow).collect();
+    let limit = free.min(borrowable);
+    if plan.hand_out.len() < limit {
+        // Start after the lane served last, so borrowing rotates too.
+        let first = plan.last_served.map_or(first, |a| {
+            lanes.partition_point(|l| l.channel_id <= a) % lanes.len()
+        });
+        round_robin(lanes, first, limit, &mut taken, &mut borrow, &mut plan);
+    }
+    plan
+}
+
+/// Rounds of one delivery per lane, from lane `first` on, until `limit`
+/// are handed out in all or no lane can move: each lane's oldest delivery
+/// not `taken`, a request only while its `budget` lasts.
+fn round_robin(
+    lanes: &[Lane],
+    first: usize,
+    limit: usize,
+    taken: &mut [Vec<bool>],
+    budget: &mut [usize],
+    plan: &mut Plan,
+) {
     loop {
         let mut moved = false;
         for k in 0..lanes.len() {
-            if plan.hand_out.len() == free {
-                return plan;
+            if plan.hand_out.len() >= limit {
+                return;
             }
             let i = (first + k) % lanes.len();
             // The oldest delivery of this lane that may go: any while the
-            // allowance lasts, else only one that makes no request; of an
+            // budget lasts, else only one that makes no request; of an
             // ordered lane only its head, once.
             let reach = if lanes[i].ordered {
                 lanes[i].queue.len().min(1)
@@ -176,11 +211,11 @@ pub fn plan(lanes: &[Lane], after: Option<Uuid>, free: usize) -> Plan {
             let pick = lanes[i].queue[..reach]
                 .iter()
                 .enumerate()
-                .position(|(j, &sends)| !taken[i][j] && (!sends || allowance[i] > 0));
+                .position(|(j, &sends)| !taken[i][j] && (!sends || budget[i] > 0));
             if let Some(j) = pick {
                 taken[i][j] = true;
                 if lanes[i].queue[j] {
-                    allowance[i] -= 1;
+                    budget[i] -= 1;
                 }
                 plan.hand_out.push((i, j));
                 plan.last_served = Some(lanes[i].channel_id);
@@ -188,7 +223,7 @@ pub fn plan(lanes: &[Lane], after: Option<Uuid>, free: usize) -> Plan {
             }
         }
         if !moved {
-            return plan;
+            return;
         }
     }
 }
@@ -206,6 +241,7 @@ mod tests {
             channel_id: ch(n),
             queue: vec![true; len],
             allowance,
+            borrow: 0,
             ordered: false,
         }
     }
@@ -213,7 +249,7 @@ mod tests {
     #[test]
     fn one_per_channel_per_round_oldest_first() {
         let lanes = [lane(1, 3, 9), lane(2, 1, 9), lane(3, 2, 9)];
-        let p = plan(&lanes, None, 10);
+        let p = plan(&lanes, None, 10, 0);
         assert_eq!(
             p.hand_out,
             vec![(0, 0), (1, 0), (2, 0), (0, 1), (2, 1), (0, 2)]
@@ -225,35 +261,35 @@ mod tests {
     fn a_huge_backlog_delays_another_channel_by_at_most_one_round() {
         let lanes = [lane(1, 1000, 1000), lane(2, 1, 1)];
         for free in 1..5 {
-            let p = plan(&lanes, None, free);
+            let p = plan(&lanes, None, free, 0);
             assert!(
                 p.hand_out.contains(&(1, 0)) || free < 2,
                 "free {free}: {p:?}"
             );
         }
         // Served the big channel last time: the other one goes first now.
-        let p = plan(&lanes, Some(ch(1)), 1);
+        let p = plan(&lanes, Some(ch(1)), 1, 0);
         assert_eq!(p.hand_out, vec![(1, 0)]);
     }
 
     #[test]
     fn rotation_resumes_after_the_channel_served_last() {
         let lanes = [lane(1, 5, 9), lane(2, 5, 9), lane(3, 5, 9)];
-        let p = plan(&lanes, None, 2);
+        let p = plan(&lanes, None, 2, 0);
         assert_eq!(p.hand_out, vec![(0, 0), (1, 0)]);
-        let p = plan(&lanes, p.last_served, 2);
+        let p = plan(&lanes, p.last_served, 2, 0);
         assert_eq!(p.hand_out, vec![(2, 0), (0, 0)]);
         // A channel that is gone from the lanes: the next one after it.
-        let p = plan(&lanes, Some(ch(2)), 1);
+        let p = plan(&lanes, Some(ch(2)), 1, 0);
         assert_eq!(p.hand_out, vec![(2, 0)]);
-        let p = plan(&lanes, Some(Uuid::from_u128(5000)), 1);
+        let p = plan(&lanes, Some(Uuid::from_u128(5000)), 1, 0);
         assert_eq!(p.hand_out, vec![(0, 0)], "after the last: wraps around");
     }
 
     #[test]
     fn the_allowance_caps_a_channel_and_the_rest_go_to_others() {
         let lanes = [lane(1, 10, 2), lane(2, 10, 0), lane(3, 10, 5)];
-        let p = plan(&lanes, None, 100);
+        let p = plan(&lanes, None, 100, 0);
         let of = |i| p.hand_out.iter().filter(|(l, _)| *l == i).count();
         assert_eq!((of(0), of(1), of(2)), (2, 0, 5));
     }
@@ -264,9 +300,10 @@ mod tests {
             channel_id: ch(1),
             queue: vec![true, false, true, false],
             allowance: 0,
+            borrow: 0,
             ordered: false,
         }];
-        let p = plan(&lanes, None, 10);
+        let p = plan(&lanes, None, 10, 0);
         assert_eq!(p.hand_out, vec![(0, 1), (0, 3)]);
     }
 
@@ -276,8 +313,14 @@ mod tests {
             ordered: true,
             ..lane(1, 3, 5)
         };
-        let p = plan(&[ordered.clone(), lane(2, 3, 5)], None, 10);
+        let p = plan(&[ordered.clone(), lane(2, 3, 5)], None, 10, 0);
         assert_eq!(p.hand_out, vec![(0, 0), (1, 0), (1, 1), (1, 2)]);
+        // Nor by borrowing.
+        let borrowing = Lane {
+            borrow: 5,
+            ..ordered.clone()
+        };
+        assert_eq!(plan(&[borrowing], None, 10, 10).hand_out, vec![(0, 0)]);
         // A head that may not go (no allowance) holds back the rest, even
         // those that would make no request.
         let held = Lane {
@@ -285,45 +328,70 @@ mod tests {
             allowance: 0,
             ..ordered
         };
-        assert_eq!(plan(&[held], None, 10), Plan::default());
+        assert_eq!(plan(&[held], None, 10, 0), Plan::default());
     }
 
     #[test]
-    fn the_controls_are_hard_limits_on_the_allowance() {
+    fn the_controls_are_hard_limits_on_allowance_and_borrow() {
         let none = Controls::default();
-        assert_eq!(allowance(4, 0, none), 4);
-        assert_eq!(allowance(4, 3, none), 4, "in flight is the cap's business");
+        assert_eq!(limits(4, 9, 0, none), (4, 9));
+        assert_eq!(
+            limits(4, 0, 3, none),
+            (4, 0),
+            "in flight is the cap's business"
+        );
         let rate = |left| Controls {
             ordered: false,
             rate_left: Some(left),
         };
-        assert_eq!(allowance(4, 0, rate(2)), 2);
-        assert_eq!(allowance(1, 0, rate(2)), 1, "the breaker's probe stays one");
-        assert_eq!(allowance(4, 0, rate(0)), 0);
+        assert_eq!(limits(4, 0, 0, rate(2)), (2, 0));
+        assert_eq!(
+            limits(4, 9, 0, rate(6)),
+            (4, 2),
+            "borrowing stops at the limit"
+        );
+        assert_eq!(
+            limits(1, 0, 0, rate(2)),
+            (1, 0),
+            "the breaker's probe stays one"
+        );
+        assert_eq!(limits(4, 9, 0, rate(0)), (0, 0));
         let ordered = |rate_left| Controls {
             ordered: true,
             rate_left,
         };
-        assert_eq!(allowance(4, 0, ordered(None)), 1);
-        assert_eq!(allowance(4, 1, ordered(None)), 0, "one in flight at a time");
-        assert_eq!(allowance(4, 0, ordered(Some(0))), 0);
-        assert_eq!(allowance(0, 0, ordered(Some(3))), 0, "breaker open");
-        // Exhaustive over small inputs: never above any of the limits, and
-        // equal to the least of them.
+        assert_eq!(limits(4, 9, 0, ordered(None)), (1, 0));
+        assert_eq!(
+            limits(0, 9, 0, ordered(None)),
+            (0, 1),
+            "ordered may borrow its one"
+        );
+        assert_eq!(
+            limits(4, 9, 1, ordered(None)),
+            (0, 0),
+            "one in flight at a time"
+        );
+        assert_eq!(limits(4, 0, 0, ordered(Some(0))), (0, 0));
+        // Exhaustive over small inputs: allowance is the least of the
+        // limits, and allowance + borrow never exceeds any control.
         for base in 0..6 {
-            for in_flight in 0..4 {
-                for left in [None, Some(0), Some(1), Some(2), Some(7)] {
-                    for o in [false, true] {
-                        let c = Controls {
-                            ordered: o,
-                            rate_left: left,
-                        };
-                        let a = allowance(base, in_flight, c);
-                        let mut least = base.min(left.unwrap_or(usize::MAX));
-                        if o {
-                            least = least.min(usize::from(in_flight == 0));
+            for borrow in 0..4 {
+                for in_flight in 0..4 {
+                    for left in [None, Some(0), Some(1), Some(2), Some(7)] {
+                        for o in [false, true] {
+                            let c = Controls {
+                                ordered: o,
+                                rate_left: left,
+                            };
+                            let (a, b) = limits(base, borrow, in_flight, c);
+                            let mut most = left.unwrap_or(usize::MAX);
+                            if o {
+                                most = most.min(usize::from(in_flight == 0));
+                            }
+                            assert_eq!(a, base.min(most), "{base} {borrow} {in_flight} {c:?}");
+                            assert!(b <= borrow && a + b <= most.max(a), "{c:?}");
+                            assert_eq!(a + b, (base + borrow).min(most), "{c:?}");
                         }
-                        assert_eq!(a, least, "{base} {in_flight} {c:?}");
                     }
                 }
             }
@@ -332,51 +400,52 @@ mod tests {
 
     #[test]
     fn no_free_slot_hands_out_nothing() {
-        let p = plan(&[lane(1, 3, 3)], None, 0);
+        let p = plan(&[lane(1, 3, 3)], None, 0, 9);
         assert_eq!(p, Plan::default());
-        assert_eq!(plan(&[], None, 5), Plan::default());
+        assert_eq!(plan(&[], None, 5, 5), Plan::default());
     }
 
-    /// Exhaustive on small inputs: up to 3 lanes, queues of up to 3 with
-    /// every pattern of "makes a request", every allowance 0..=3, every
-    /// start and 0..=7 free slots. Checks: never more than `free`, nothing
-    /// twice, never more requests of a lane than its allowance, oldest
-    /// first among a lane's requests, round-robin (no lane gets a second
-    /// delivery before every lane that still could got one), and nothing
-    /// left that could have gone when slots were left.
-    #[test]
-    fn exhaustive_small_inputs() {
-        // Every lane a channel can have, with queues up to `len` long and
-        // allowances up to `most`.
-        let choices = |n: u128, len: usize, most: usize, orders: &[bool]| {
-            let mut v = Vec::new();
-            for len in 0..=len {
-                for mask in 0..(1u32 << len) {
-                    for allowance in 0..=most {
+    /// Every lane a channel can have, with queues up to `len` long (every
+    /// pattern of "makes a request"), allowances up to `most`, borrows up
+    /// to `borrow`, and each of `orders` (ordered or not).
+    fn choices(n: u128, len: usize, most: usize, borrow: usize, orders: &[bool]) -> Vec<Lane> {
+        let mut v = Vec::new();
+        for len in 0..=len {
+            for mask in 0..(1u32 << len) {
+                for allowance in 0..=most {
+                    for b in 0..=borrow {
                         for &ordered in orders {
                             v.push(Lane {
                                 channel_id: ch(n),
-                                queue: (0..len).map(|b| mask & (1 << b) == 0).collect(),
+                                queue: (0..len).map(|k| mask & (1 << k) == 0).collect(),
                                 allowance,
+                                borrow: b,
                                 ordered,
                             });
                         }
                     }
                 }
             }
-            v
-        };
+        }
+        v
+    }
+
+    /// Exhaustive on small inputs without borrowing: up to 3 lanes, queues
+    /// of up to 3, every allowance 0..=3, every start and 0..=7 free slots
+    /// (see [`check`]).
+    #[test]
+    fn exhaustive_small_inputs() {
         let both = [false, true];
         let mut lanes_sets: Vec<Vec<Lane>> = vec![vec![]];
-        for a in choices(1, 3, 3, &both) {
+        for a in choices(1, 3, 3, 0, &both) {
             lanes_sets.push(vec![a.clone()]);
-            for b in choices(2, 3, 3, &both) {
+            for b in choices(2, 3, 3, 0, &both) {
                 lanes_sets.push(vec![a.clone(), b]);
             }
         }
-        for a in choices(1, 2, 2, &[false]) {
-            for b in choices(2, 2, 2, &[false]) {
-                for c in choices(3, 2, 2, &both) {
+        for a in choices(1, 2, 2, 0, &[false]) {
+            for b in choices(2, 2, 2, 0, &[false]) {
+                for c in choices(3, 2, 2, 0, &both) {
                     lanes_sets.push(vec![a.clone(), b.clone(), c]);
                 }
             }
@@ -385,7 +454,7 @@ mod tests {
         for lanes in &lanes_sets {
             for after in [None, Some(ch(1)), Some(ch(2)), Some(ch(3))] {
                 for free in 0..=7 {
-                    check(lanes, after, free);
+                    check(lanes, after, free, 0);
                     checked += 1;
                 }
             }
@@ -393,15 +462,85 @@ mod tests {
         assert!(checked > 100_000, "{checked}");
     }
 
-    fn check(lanes: &[Lane], after: Option<Uuid>, free: usize) {
-        let p = plan(lanes, after, free);
-        let ctx = || format!("{lanes:?} after {after:?} free {free}: {p:?}");
+    /// Exhaustive on small inputs with borrowing (the work-conserving
+    /// cap): up to 3 lanes, each borrow 0..=2 (0..=1 with three lanes,
+    /// which have shorter queues), every start, 0..=6 free slots and 0..=6
+    /// borrowable.
+    #[test]
+    fn exhaustive_small_inputs_with_borrowing() {
+        let mut lanes_sets: Vec<Vec<Lane>> = Vec::new();
+        let both = [false, true];
+        for a in choices(1, 3, 2, 2, &both) {
+            lanes_sets.push(vec![a.clone()]);
+        }
+        for a in choices(1, 2, 2, 2, &both) {
+            for b in choices(2, 2, 2, 2, &[false]) {
+                lanes_sets.push(vec![a.clone(), b]);
+            }
+        }
+        for a in choices(1, 2, 1, 1, &[false]) {
+            for b in choices(2, 1, 1, 1, &[false]) {
+                for c in choices(3, 1, 1, 1, &[false]) {
+                    lanes_sets.push(vec![a.clone(), b.clone(), c]);
+                }
+            }
+        }
+        let mut checked = 0;
+        for lanes in &lanes_sets {
+            for after in [None, Some(ch(1)), Some(ch(3))] {
+                for free in 0..=6 {
+                    for borrowable in [0, 1, 2, 4, 6] {
+                        check(lanes, after, free, borrowable);
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked > 100_000, "{checked}");
+    }
+
+    /// Checks one plan: never more than `free`, nothing twice, never more
+    /// requests of a lane than its allowance plus its borrow, oldest first
+    /// among a lane's requests; the plan is the plan without borrowing
+    /// (round-robin within the allowances: no lane gets a second delivery
+    /// before every lane that still could got one, and nothing left that
+    /// could have gone when slots were left) followed by borrowed
+    /// requests, only while fewer than `borrowable` are handed out in all,
+    /// round-robin again, and nothing left that could have been borrowed
+    /// when fewer than `min(free, borrowable)` went.
+    fn check(lanes: &[Lane], after: Option<Uuid>, free: usize, borrowable: usize) {
+        let p = plan(lanes, after, free, borrowable);
+        let ctx =
+            || format!("{lanes:?} after {after:?} free {free} borrowable {borrowable}: {p:?}");
         assert!(p.hand_out.len() <= free, "{}", ctx());
         let mut seen = HashSet::new();
         for &(i, j) in &p.hand_out {
             assert!(j < lanes[i].queue.len(), "{}", ctx());
             assert!(seen.insert((i, j)), "twice: {}", ctx());
         }
+        let own: Vec<Lane> = lanes
+            .iter()
+            .map(|l| Lane {
+                borrow: 0,
+                ..l.clone()
+            })
+            .collect();
+        let base = plan(&own, after, free, borrowable);
+        let n = base.hand_out.len();
+        assert_eq!(
+            p.hand_out[..n],
+            base.hand_out[..],
+            "not the plan without borrowing first: {}",
+            ctx()
+        );
+        if p.hand_out.len() > n {
+            assert!(
+                p.hand_out.len() <= borrowable,
+                "borrowed into the reserve: {}",
+                ctx()
+            );
+        }
+        let limit = free.min(borrowable).max(n);
         for (i, l) in lanes.iter().enumerate() {
             let mine: Vec<usize> = p
                 .hand_out
@@ -410,12 +549,20 @@ mod tests {
                 .map(|h| h.1)
                 .collect();
             let requests: Vec<usize> = mine.iter().copied().filter(|&j| l.queue[j]).collect();
-            assert!(requests.len() <= l.allowance, "{}", ctx());
+            assert!(requests.len() <= l.allowance + l.borrow, "{}", ctx());
             if l.ordered {
                 // Only the head, once: nothing behind it goes first.
                 assert!(mine.iter().all(|&j| j == 0), "not the head: {}", ctx());
-                if p.hand_out.len() < free {
-                    let could = l.queue.first().is_some_and(|&s| !s || l.allowance > 0);
+                let base_mine = base.hand_out.iter().filter(|h| h.0 == i).count();
+                let could = l.queue.first().is_some_and(|&s| !s || l.allowance > 0);
+                if n < free {
+                    assert_eq!(base_mine, usize::from(could), "head left: {}", ctx());
+                }
+                let could = l
+                    .queue
+                    .first()
+                    .is_some_and(|&s| !s || l.allowance + l.borrow > 0);
+                if p.hand_out.len() < limit {
                     assert_eq!(mine.len(), usize::from(could), "head left: {}", ctx());
                 }
                 continue;
@@ -428,19 +575,44 @@ mod tests {
             let mut sorted = requests.clone();
             sorted.sort();
             assert_eq!(sorted, firsts, "{}", ctx());
-            if p.hand_out.len() < free {
-                let could = l.queue.iter().filter(|&&s| !s).count()
-                    + l.queue.iter().filter(|&&s| s).count().min(l.allowance);
-                assert_eq!(mine.len(), could, "work left behind: {}", ctx());
+            let sends = l.queue.iter().filter(|&&s| s).count();
+            let quiet = l.queue.len() - sends;
+            if n < free {
+                let base_mine = base.hand_out.iter().filter(|h| h.0 == i).count();
+                assert_eq!(
+                    base_mine,
+                    quiet + sends.min(l.allowance),
+                    "work left behind: {}",
+                    ctx()
+                );
+            }
+            if p.hand_out.len() < limit {
+                assert_eq!(
+                    mine.len(),
+                    quiet + sends.min(l.allowance + l.borrow),
+                    "a borrow left unused: {}",
+                    ctx()
+                );
             }
         }
-        // Round-robin: by the time a lane gets its k-th delivery, every
-        // lane that ends with at least k got its (k-1)-th.
+        round_robin_in(lanes, &p.hand_out[..n], after, &ctx);
+        round_robin_in(lanes, &p.hand_out[n..], base.last_served.or(after), &ctx);
+    }
+
+    /// Round-robin within `part`: by the time a lane gets its k-th
+    /// delivery, every lane that ends with at least k got its (k-1)-th;
+    /// the first goes to the first lane after `after` that got any.
+    fn round_robin_in(
+        lanes: &[Lane],
+        part: &[(usize, usize)],
+        after: Option<Uuid>,
+        ctx: &dyn Fn() -> String,
+    ) {
         let mut count = vec![0usize; lanes.len()];
         let total: Vec<usize> = (0..lanes.len())
-            .map(|i| p.hand_out.iter().filter(|h| h.0 == i).count())
+            .map(|i| part.iter().filter(|h| h.0 == i).count())
             .collect();
-        for &(i, _) in &p.hand_out {
+        for &(i, _) in part {
             count[i] += 1;
             for (o, &c) in count.iter().enumerate() {
                 if total[o] >= count[i] - 1 {
@@ -448,8 +620,7 @@ mod tests {
                 }
             }
         }
-        if let Some(&(i, _)) = p.hand_out.first() {
-            // The first goes to the first lane after `after` that got any.
+        if let Some(&(i, _)) = part.first() {
             let start = after.map_or(0, |a| {
                 lanes.partition_point(|l| l.channel_id <= a) % lanes.len()
             });
@@ -458,6 +629,32 @@ mod tests {
                 .find(|&o| total[o] > 0);
             assert_eq!(Some(i), first_with, "{}", ctx());
         }
+    }
+
+    #[test]
+    fn a_lane_borrows_idle_slots_beyond_its_allowance_but_not_the_reserve() {
+        let lone = [Lane {
+            borrow: 100,
+            ..lane(1, 100, 4)
+        }];
+        // 16 slots, 15 borrowable (one kept free): 4 of its own, 11 borrowed.
+        assert_eq!(plan(&lone, None, 16, 15).hand_out.len(), 15);
+        // Nothing borrowable (the reserve is reached): its allowance only.
+        assert_eq!(plan(&lone, None, 16, 0).hand_out.len(), 4);
+        // An explicit cap never borrows.
+        let capped = [lane(1, 100, 4)];
+        assert_eq!(plan(&capped, None, 16, 15).hand_out.len(), 4);
+        // Another channel's work within its allowance goes first, even into
+        // the reserve.
+        let lanes = [
+            Lane {
+                borrow: 100,
+                ..lane(1, 100, 0)
+            },
+            lane(2, 3, 4),
+        ];
+        let p = plan(&lanes, None, 3, 0);
+        assert_eq!(p.hand_out, vec![(1, 0), (1, 1), (1, 2)]);
     }
 
     #[test]
