@@ -46,18 +46,7 @@ fn script() -> Script {
 /// An ordered channel made by `channel create --ordered` and its rule for
 /// `event_type`.
 fn ordered_channel(bin: &Bin, url: &str, event_type: &str) -> Uuid {
-    let out = bin.ok(&[
-        "channel",
-        "create",
-        "--namespace",
-        NAMESPACE,
-        "--name",
-        event_type,
-        "--url",
-        url,
-        "--ordered",
-    ]);
-    let id = out.trim().to_owned();
+    let id = bin.create_channel_with(NAMESPACE, event_type, url, &["--ordered"]);
     bin.create_rule(NAMESPACE, event_type, event_type, &[&id], None);
     id.parse().expect("channel id")
 }

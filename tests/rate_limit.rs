@@ -83,19 +83,10 @@ fn ten_per_second_with_retries_holds_and_another_channel_is_not_slowed() {
     let limited = Receiver::start(failing_every(5));
     let free = Receiver::start(Script::status(200));
     let bin = Bin::for_database(&db.url);
-    let out = bin.ok(&[
-        "channel",
-        "create",
-        "--namespace",
-        NAMESPACE,
-        "--name",
-        "slow",
-        "--url",
-        &limited.url(),
-        "--rate-limit",
-        "10/s",
-    ]);
-    let slow: Uuid = out.trim().parse().expect("id");
+    let slow: Uuid = bin
+        .create_channel_with(NAMESPACE, "slow", &limited.url(), &["--rate-limit", "10/s"])
+        .parse()
+        .expect("id");
     bin.create_rule(NAMESPACE, "slow", "slow", &[&slow.to_string()], None);
     assert!(unfinished_of(&db, slow) == 0);
     let mut client = db.client();

@@ -51,6 +51,16 @@ pub fn allow_loopback(text: &str) -> String {
 impl Bin {
     /// `channel create` in `ns` with custom `headers` ('K: V'); the new id.
     pub fn create_channel(&self, ns: &str, name: &str, url: &str, headers: &[&str]) -> String {
+        let mut extra = Vec::new();
+        for h in headers {
+            extra.extend(["--header", h]);
+        }
+        self.create_channel_with(ns, name, url, &extra)
+    }
+
+    /// `channel create` in `ns` with `extra` arguments (`--rate-limit`,
+    /// `--ordered`, …); the new id.
+    pub fn create_channel_with(&self, ns: &str, name: &str, url: &str, extra: &[&str]) -> String {
         let mut args = vec![
             "channel",
             "create",
@@ -61,9 +71,7 @@ impl Bin {
             "--url",
             url,
         ];
-        for h in headers {
-            args.extend(["--header", h]);
-        }
+        args.extend_from_slice(extra);
         self.ok(&args).trim().to_owned()
     }
 
