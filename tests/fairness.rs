@@ -209,7 +209,7 @@ fn with_the_automatic_cap_a_lone_busy_channel_uses_idle_workers_a_hanging_one_do
     let hanging = Receiver::start(Script::hang());
     let a = channel_for(&mut client, "busy", &busy.url(), SECRET, "{}");
     channel_for(&mut client, "other", &other.url(), SECRET, "{}");
-    channel_for(&mut client, "hang", &hanging.url(), SECRET, "{}");
+    let slow = channel_for(&mut client, "hang", &hanging.url(), SECRET, "{}");
     let backlog = 300;
     emit(&mut client, "busy", "'{}'::jsonb", backlog);
     // No max_in_flight_per_channel: the automatic, work-conserving cap.
@@ -261,9 +261,26 @@ fn with_the_automatic_cap_a_lone_busy_channel_uses_idle_workers_a_hanging_one_do
     let more = emit(&mut client, "other", "'{}'::jsonb", 20);
     assert!(other.wait_for(21, LONG), "{}", tail(&d.stderr(), 20));
     assert_eq!(other.ids().len(), 1 + more.len());
+    // The leader's own count (what `channel list --json` shows): the
+    // receiver's would also count a connection the daemon already gave up
+    // on (a connect that timed out on the loaded machine and was retried)
+    // and that the hanging script never notices closed. Its requests hang
+    // for 60 s, so what it holds stays in flight while this looks.
+    let bin = Bin::for_database(&db.url);
+    wait_until(
+        "channel list to show the hanging channel's deliveries in flight",
+        LONG,
+        || listed(&bin, slow)["in_flight"].as_u64().unwrap_or(0) >= 1,
+        || format!("{}", listed(&bin, slow)),
+    );
+    let mut most = 0;
+    for _ in 0..10 {
+        most = most.max(listed(&bin, slow)["in_flight"].as_u64().unwrap_or(0));
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(
-        hanging.peak_concurrency() <= 4,
-        "a hanging endpoint borrowed: {} in flight (share 4)",
+        (1..=4).contains(&most),
+        "a hanging endpoint borrowed: {most} in flight (share 4); the receiver saw {}",
         hanging.peak_concurrency()
     );
 }
