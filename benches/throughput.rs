@@ -59,11 +59,17 @@
 //!    controls`): the rate limiter's precision at 10/s and 1,000/s, an
 //!    ordered channel's rate against 1 / endpoint latency, and
 //!    `enqueue_event`'s cost with 0, 1 and 10 filtered rules on the type.
+//! 14. durable drain (`benches/throughput/durable.rs`; `--only durable`):
+//!    20,000 deliveries to an instant receiver on a cluster of its own at
+//!    PostgreSQL's defaults (fsync, synchronous commit), the daemon binary
+//!    with 16 and 64 workers: deliveries/s, machine, PostgreSQL and daemon
+//!    CPU per delivery, WAL bytes per delivery, and pgbench's single-row
+//!    UPDATE rate with as many connections in the same run.
 //!
 //! `cargo bench --bench throughput` runs the full sizes (several minutes);
 //! `-- --tiny` runs every scenario with small counts in well under a minute
 //! and checks only that every delivery happened (what CI runs). `--only
-//! latency|db|memory|idle|prompt|failover|https|concurrency|scaleout|fairness|retention|retention-catchup|retention-steady|flaky|controls`
+//! latency|db|memory|idle|prompt|failover|https|concurrency|scaleout|fairness|retention|retention-catchup|retention-steady|flaky|controls|durable`
 //! runs one scenario (`--backlog N`: the retention catch-up's backlog). Timing targets are reported,
 //! never asserted. The receiver is this file's own (one thread per
 //! keep-alive connection, no recording) so that it is never the bottleneck;
@@ -72,6 +78,8 @@
 
 #[path = "throughput/controls.rs"]
 mod controls;
+#[path = "throughput/durable.rs"]
+mod durable;
 #[path = "throughput/retention.rs"]
 mod retention;
 #[path = "../tests/support/mod.rs"]
@@ -282,6 +290,14 @@ fn main() {
             controls::ControlSizes::full()
         };
         controls::run(&sizes, &mut rows);
+    }
+    if wanted("durable") {
+        let durable_sizes = if tiny {
+            durable::DurableSizes::tiny()
+        } else {
+            durable::DurableSizes::full()
+        };
+        durable::durable(&durable_sizes, &mut rows);
     }
     print_table(&rows, tiny);
     for plan in plans {
@@ -1964,8 +1980,12 @@ fn check_delivered(report: &Report, n: u64, what: &str) {
 /// SUCCESS: finished) for one channel at `url`, server-side, then
 /// VACUUM ANALYZE.
 fn seed(db: &TestDb, n: u64, state: &str, url: &str) {
+    seed_client(&mut db.client(), n, state, url);
+}
+
+/// [`seed`] through `client`, on a database of any cluster.
+fn seed_client(client: &mut postgres::Client, n: u64, state: &str, url: &str) {
     let t = Instant::now();
-    let mut client = db.client();
     let next = if state == "SUCCESS" {
         "NULL"
     } else {

@@ -1,5 +1,6 @@
 //! A throw-away PostgreSQL cluster in a temporary directory, listening on a
-//! free loopback port, tuned for tests (no fsync, no durable commits).
+//! free loopback port, tuned for tests (no fsync, no durable commits), or
+//! at PostgreSQL's durable defaults for the benchmark ([`Cluster::start_durable`]).
 //!
 //! The same [`Cluster`] backs the per-process shared server of `pg.rs` and the
 //! dedicated clusters that a test stops and restarts itself. Cleanup does not
@@ -31,6 +32,14 @@ synchronous_commit = off
 full_page_writes = off
 max_connections = 300
 shared_buffers = 128MB
+listen_addresses = '127.0.0.1'
+";
+
+/// Settings of a durable cluster ([`Cluster::start_durable`]): PostgreSQL's
+/// defaults (fsync, synchronous commit and full page writes on), with only
+/// enough connections and loopback only.
+const DURABLE_SETTINGS: &str = "
+max_connections = 300
 listen_addresses = '127.0.0.1'
 ";
 
@@ -68,6 +77,21 @@ impl Cluster {
     /// The port is free when chosen; another process could in principle take
     /// it before the server starts.
     pub fn prepare_without_start() -> Cluster {
+        Cluster::prepare(SETTINGS)
+    }
+
+    /// Creates and starts a cluster at PostgreSQL's durable defaults (fsync
+    /// and synchronous commit on), for benchmarks that must pay what a real
+    /// deployment pays per commit.
+    pub fn start_durable() -> Cluster {
+        let cluster = Cluster::prepare(DURABLE_SETTINGS);
+        cluster.start();
+        cluster
+    }
+
+    /// [`Cluster::prepare_without_start`] with `settings` appended to
+    /// `postgresql.conf`.
+    fn prepare(settings: &str) -> Cluster {
         let tools = tools();
         let dir = tempfile::Builder::new()
             .prefix("nr-test-pg-")
@@ -117,7 +141,7 @@ impl Cluster {
             .expect("test support: cannot open postgresql.conf");
         write!(
             conf,
-            "{SETTINGS}port = {}\nunix_socket_directories = '{}'\n",
+            "{settings}port = {}\nunix_socket_directories = '{}'\n",
             cluster.port,
             cluster.data.display()
         )
