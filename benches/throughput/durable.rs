@@ -146,10 +146,7 @@ pub fn durable(sizes: &DurableSizes, rows: &mut Vec<Row>) {
         .tempdir()
         .expect("durable: temp dir");
     let mut admin = super::support::pg::connect(&cluster.url());
-    let runs = sizes
-        .workers
-        .iter()
-        .flat_map(|&w| [(w, false), (w, true)]);
+    let runs = sizes.workers.iter().flat_map(|&w| [(w, false), (w, true)]);
     for (i, (workers, capped)) in runs.enumerate() {
         let name = format!("durable_{i}");
         let cap = if capped {
@@ -204,7 +201,11 @@ pub fn durable(sizes: &DurableSizes, rows: &mut Vec<Row>) {
                 scenario: "14 durable drain",
                 setting: format!(
                     "{workers} workers, {}, {} deliveries, fsync on",
-                    if capped { "cap = workers" } else { "default cap" },
+                    if capped {
+                        "cap = workers"
+                    } else {
+                        "default cap"
+                    },
                     sizes.deliveries
                 ),
                 result: format!(

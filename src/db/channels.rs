@@ -204,7 +204,8 @@ pub struct ChannelChange<'a> {
 }
 
 /// Changes a live channel; false when no live channel has that id.
-/// Deliveries already enqueued go to the new URL from their next attempt.
+/// Deliveries already enqueued go to the new URL from their next attempt; a
+/// change of rate limit or order wakes the leader.
 pub fn update(
     client: &mut impl GenericClient,
     id: Uuid,
@@ -232,6 +233,13 @@ pub fn update(
             ],
         )
         .map_err(DbError::query("changing a channel"))?;
+    if n == 1 && (set_rate || change.ordered.is_some()) {
+        // The leader reads the controls when a sweep starts: wake it, so
+        // a new limit or order applies now, not at the next tick.
+        client
+            .execute("SELECT pg_notify(wake_channel(), '')", &[])
+            .map_err(DbError::query("waking the leader"))?;
+    }
     Ok(n == 1)
 }
 

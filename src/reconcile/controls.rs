@@ -55,14 +55,18 @@ impl ControlState {
     /// the first time starts from its stored window (none stored: empty);
     /// one already known keeps its own (this leader's is the newer: it
     /// stores what it hands out); a channel of `ids` without a row has no
-    /// control any more.
+    /// control any more. Returns the channels whose window was made now:
+    /// what they already have in flight must be charged to it
+    /// ([`Self::charge_in_flight`]), so that a limit set on a busy channel
+    /// counts the requests already out.
     pub fn refresh(
         &mut self,
         ids: &[Uuid],
         rows: Vec<Row>,
         stored: &HashMap<Uuid, StoredWindow>,
         now: DateTime<Utc>,
-    ) {
+    ) -> Vec<Uuid> {
+        let mut made = Vec::new();
         let with: HashSet<Uuid> = rows.iter().map(|r| r.channel_id).collect();
         for id in ids.iter().filter(|id| !with.contains(id)) {
             if let Some(e) = self.channels.get_mut(id) {
@@ -82,13 +86,25 @@ impl ControlState {
                 (Some(limit), Some(w)) => w.set_limit(limit),
                 (Some(limit), None) => {
                     let from = stored.get(&row.channel_id).map_or(&[][..], |w| &w[..]);
-                    e.window = Some(Window::restore(limit, from, now))
+                    e.window = Some(Window::restore(limit, from, now));
+                    made.push(row.channel_id);
                 }
                 (None, _) => {}
             }
         }
         self.channels
             .retain(|_, e| e.ordered || e.limited || e.window.as_ref().is_some_and(busy));
+        made
+    }
+
+    /// Charges the channel's deliveries already in flight (`status_ids`)
+    /// to its window, as if handed out now.
+    pub fn charge_in_flight(&mut self, channel_id: &Uuid, status_ids: impl Iterator<Item = Uuid>) {
+        if let Some(w) = self.window_mut(channel_id) {
+            for id in status_ids {
+                w.charge(id);
+            }
+        }
     }
 
     /// What limits the channel now, with `in_flight` of its deliveries out.

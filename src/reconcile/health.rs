@@ -141,18 +141,29 @@ impl Channels {
     }
 
     /// How many slots borrowing must leave free at `now` for the active
-    /// channels (those that sent within [`ACTIVE_FOR`]): each one's share
-    /// less what it has in flight. A borrower is at or beyond its share,
-    /// so it keeps nothing free for itself. 0 with an explicit cap (no
-    /// channel borrows then).
-    pub fn kept_free(&self, now: DateTime<Utc>, in_flight: &InFlight) -> usize {
+    /// channels (those that sent within [`ACTIVE_FOR`]): each one's share,
+    /// or less when its delivery controls let it have fewer in flight
+    /// (`most`: an ordered channel 1, a rate-limited one what it has out
+    /// plus what its window has left; None: no control), less what it has
+    /// in flight. A borrower is at or beyond its share, so it keeps
+    /// nothing free for itself. 0 with an explicit cap (no channel borrows
+    /// then).
+    pub fn kept_free(
+        &self,
+        now: DateTime<Utc>,
+        in_flight: &InFlight,
+        most: &dyn Fn(&Uuid) -> Option<usize>,
+    ) -> usize {
         if !self.work_conserving {
             return 0;
         }
         self.health
             .iter()
             .filter(|(_, h)| h.last_sent.is_some_and(|t| now - t < ACTIVE_FOR))
-            .map(|(id, _)| self.cap.saturating_sub(in_flight.of_channel(id)))
+            .map(|(id, _)| {
+                let share = most(id).map_or(self.cap, |m| m.min(self.cap));
+                share.saturating_sub(in_flight.of_channel(id))
+            })
             .sum()
     }
 
@@ -359,13 +370,26 @@ mod tests {
         // Active channels (sent within 10 s) keep their unused share free.
         let mut f = InFlight::default();
         let other = Uuid::from_u128(8);
-        assert_eq!(c.kept_free(t(10), &f), 0);
+        assert_eq!(c.kept_free(t(10), &f, &|_| None), 0);
         c.handed_out(other, t(10));
         f.insert(Uuid::from_u128(100), other);
-        assert_eq!(c.kept_free(t(10), &f), 3, "share 4, one in flight");
+        assert_eq!(
+            c.kept_free(t(10), &f, &|_| None),
+            3,
+            "share 4, one in flight"
+        );
         c.handed_out(id, t(10));
-        assert_eq!(c.kept_free(t(19), &f), 7);
-        assert_eq!(c.kept_free(t(20), &f), 0, "idle for 10 s: not active");
+        assert_eq!(c.kept_free(t(19), &f, &|_| None), 7);
+        assert_eq!(
+            c.kept_free(t(20), &f, &|_| None),
+            0,
+            "idle for 10 s: not active"
+        );
+        // An ordered channel keeps at most one free; a limited one what its
+        // window lets it have.
+        assert_eq!(c.kept_free(t(19), &f, &|ch| (*ch == id).then_some(1)), 4);
+        assert_eq!(c.kept_free(t(19), &f, &|ch| (*ch == other).then_some(1)), 4);
+        assert_eq!(c.kept_free(t(19), &f, &|_| Some(0)), 0);
         // An explicit max_in_flight_per_channel is a hard cap.
         let mut config = crate::config::Config::for_url("postgres://x@127.0.0.1/x");
         config.delivery.max_in_flight_per_channel = 4;
@@ -377,7 +401,7 @@ mod tests {
         assert_eq!(hard.borrow(&id, 0), 0);
         assert_eq!(hard.allowance(&id, t(0), 0), 4);
         hard.handed_out(other, t(10));
-        assert_eq!(hard.kept_free(t(10), &InFlight::default()), 0);
+        assert_eq!(hard.kept_free(t(10), &InFlight::default(), &|_| None), 0);
     }
 
     #[test]

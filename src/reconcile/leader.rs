@@ -939,8 +939,13 @@ impl<'a> Main<'a> {
                     Ok((rows, stored))
                 })
                 .map_err(|e| lock_failure("reading delivery controls", &e))?;
-            self.controls
+            let made = self
+                .controls
                 .refresh(&ids, rows, &stored, self.watch.db_now());
+            for id in made {
+                let out = self.in_flight.ids_of(&id);
+                self.controls.charge_in_flight(&id, out.into_iter());
+            }
             let lanes = ids.into_iter().map(|id| (id, LaneState::fresh()));
             sweep.lanes = Some(lanes.collect());
             moved = true;
@@ -949,10 +954,19 @@ impl<'a> Main<'a> {
         let lanes = sweep.lanes.get_or_insert_with(BTreeMap::new);
         let now = self.watch.db_now();
         // Borrowing beyond a share leaves the reserve free, and each active
-        // channel's unused share.
-        let borrowable = self
-            .borrow_ceiling
-            .saturating_sub(self.in_flight.len() + self.channels.kept_free(now, &self.in_flight));
+        // channel's unused share (what its controls let it use of it).
+        let (controls, in_flight) = (&self.controls, &self.in_flight);
+        let most = |id: &Uuid| {
+            let c = controls.of(id, now);
+            let rate = c.rate_left.map(|left| in_flight.of_channel(id) + left);
+            if c.ordered {
+                Some(rate.map_or(1, |m| m.min(1)))
+            } else {
+                rate
+            }
+        };
+        let kept = self.channels.kept_free(now, in_flight, &most);
+        let borrowable = self.borrow_ceiling.saturating_sub(in_flight.len() + kept);
         // Read for the lanes that ran empty and may send now, in round-robin
         // order, at most as many as could be served now, in one query. A
         // lane at its cap or behind an open breaker is read when it may

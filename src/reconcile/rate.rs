@@ -16,7 +16,7 @@
 //! starts in any window. The price is that a slot is busy for a window plus
 //! the endpoint's latency, not a window.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -36,8 +36,12 @@ pub struct Window {
     limit: RateLimit,
     /// Requests handed out whose outcome has not come back.
     open: HashSet<Uuid>,
-    /// Until when each request whose outcome came back still counts.
-    until: Vec<DateTime<Utc>>,
+    /// Until when each request whose outcome came back still counts, in
+    /// the order they came back (so expired ones leave from the front:
+    /// what is kept stays about `limit.count` long however busy the
+    /// channel is; one left behind a later-expiring front after a change
+    /// of period is harmless, every count looks at the time).
+    until: VecDeque<DateTime<Utc>>,
 }
 
 impl Window {
@@ -46,7 +50,7 @@ impl Window {
         Window {
             limit,
             open: HashSet::new(),
-            until: Vec::new(),
+            until: VecDeque::new(),
         }
     }
 
@@ -60,11 +64,13 @@ impl Window {
         now: DateTime<Utc>,
     ) -> Window {
         let span = span(limit);
-        let until = stored
+        let mut until: Vec<DateTime<Utc>> = stored
             .iter()
             .map(|t| t.unwrap_or(now + span))
             .filter(|t| *t > now)
             .collect();
+        until.sort();
+        let until = until.into();
         Window {
             limit,
             open: HashSet::new(),
@@ -78,8 +84,17 @@ impl Window {
     }
 
     /// The limit changed (an operator's `channel update`): what started
-    /// recently still counts against the new one.
+    /// recently still counts against the new one, each request for the new
+    /// limit's window after its outcome came back (a change from N/s to
+    /// N/m keeps the last second's requests counted for a minute; back to
+    /// N/s, for a second).
     pub fn set_limit(&mut self, limit: RateLimit) {
+        let (old, new) = (span(self.limit), span(limit));
+        if old != new {
+            for t in self.until.iter_mut() {
+                *t = *t - old + new;
+            }
+        }
         self.limit = limit;
     }
 
@@ -106,7 +121,8 @@ impl Window {
         if !self.open.remove(status_id) {
             return false;
         }
-        self.until.push(now + span(self.limit));
+        self.prune(now);
+        self.until.push_back(now + span(self.limit));
         true
     }
 
@@ -119,9 +135,12 @@ impl Window {
         self.until.iter().filter(|t| **t > now).min().copied()
     }
 
-    /// Forgets what no longer counts at `now`.
+    /// Forgets what no longer counts at `now` (from the front; see
+    /// `until`).
     pub fn prune(&mut self, now: DateTime<Utc>) {
-        self.until.retain(|t| *t > now);
+        while self.until.front().is_some_and(|t| *t <= now) {
+            self.until.pop_front();
+        }
     }
 
     /// What a new leader needs: each request that counts, `None` for one in
@@ -211,6 +230,35 @@ mod tests {
         w.set_limit(limit(2));
         assert_eq!(w.left(t(0)), 0);
         assert_eq!(w.limit(), limit(2));
+    }
+
+    #[test]
+    fn a_changed_period_counts_what_came_back_for_the_new_window() {
+        let mut w = Window::new(limit(2));
+        w.charge(id(1));
+        w.release(&id(1), t(0));
+        // Per second → per minute: it counts until a minute after it came
+        // back, not a second.
+        w.set_limit(RateLimit {
+            count: 2,
+            per_secs: 60,
+        });
+        assert_eq!(w.left(t(2_000)), 1);
+        assert_eq!(w.left(t(60_025)), 2);
+        // And back: a second after it came back.
+        w.set_limit(limit(2));
+        assert_eq!(w.left(t(1_025)), 2);
+    }
+
+    #[test]
+    fn what_no_longer_counts_is_dropped_as_outcomes_come_back() {
+        let mut w = Window::new(limit(10));
+        for n in 0..10_000u128 {
+            w.charge(id(n));
+            assert!(w.release(&id(n), t(n as i64)));
+        }
+        // One outcome a ms: only the last window's (1,025) are kept.
+        assert!(w.stored().len() <= 1_026, "{}", w.stored().len());
     }
 
     /// A tiny deterministic generator, so the simulation needs no seed

@@ -70,6 +70,17 @@ impl InFlight {
         self.per_channel.get(channel_id).copied().unwrap_or(0)
     }
 
+    /// The deliveries of `channel_id` in flight (a walk over every
+    /// delivery in flight: for rare events, such as a limit set on a busy
+    /// channel).
+    pub fn ids_of(&self, channel_id: &Uuid) -> Vec<Uuid> {
+        self.handed_out
+            .iter()
+            .filter(|(_, c)| *c == channel_id)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     /// Every channel with deliveries in flight, and how many.
     pub fn channels(&self) -> impl Iterator<Item = (&Uuid, &usize)> {
         self.per_channel.iter()
