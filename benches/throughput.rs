@@ -766,6 +766,31 @@ fn enqueue_at_rate_while(
     i
 }
 
+/// Waits until no delivery is unfinished, looking every `every`; panics
+/// with `why(left)` at `deadline`.
+fn wait_all_recorded(
+    client: &mut postgres::Client,
+    deadline: Instant,
+    every: Duration,
+    why: &dyn Fn(i64) -> String,
+) {
+    loop {
+        let left: i64 = client
+            .query_one(
+                "SELECT count(*) FROM notification.delivery_status
+                 WHERE state IN ('PENDING', 'SENDING', 'RESENDING')",
+                &[],
+            )
+            .expect("bench: count unfinished")
+            .get(0);
+        if left == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{}", why(left));
+        std::thread::sleep(every);
+    }
+}
+
 /// The `p` quantile (0..=1) of sorted `values`.
 fn percentile(values: &[f64], p: f64) -> f64 {
     values[((values.len() as f64 * p).ceil() as usize).clamp(1, values.len()) - 1]
@@ -1771,26 +1796,17 @@ impl Drain {
         let sampler = SessionSampler::start(&db.url, &db.name, Duration::from_millis(5));
         let t = Instant::now();
         let mut daemon = BinDaemon::start_with(&db.url, workers, pool, "15s", delivery_extra);
-        let deadline = t + Duration::from_secs(600);
-        loop {
-            let left: i64 = client
-                .query_one(
-                    "SELECT count(*) FROM notification.delivery_status
-                     WHERE state IN ('PENDING', 'SENDING', 'RESENDING')",
-                    &[],
+        wait_all_recorded(
+            &mut client,
+            t + Duration::from_secs(600),
+            Duration::from_millis(20),
+            &|left| {
+                format!(
+                    "concurrency: {left} of {deliveries} left after 10 min:\n{}",
+                    daemon.stderr()
                 )
-                .expect("concurrency: count unfinished")
-                .get(0);
-            if left == 0 {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "concurrency: {left} of {deliveries} left after 10 min:\n{}",
-                daemon.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            },
+        );
         let secs = t.elapsed().as_secs_f64();
         let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.child.id()))
             .expect("concurrency: the daemon's /proc status");

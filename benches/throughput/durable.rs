@@ -273,24 +273,9 @@ fn drain(
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    loop {
-        let left: i64 = client
-            .query_one(
-                "SELECT count(*) FROM notification.delivery_status
-                 WHERE state IN ('PENDING', 'SENDING', 'RESENDING')",
-                &[],
-            )
-            .expect("durable: count unfinished")
-            .get(0);
-        if left == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "durable: {left} left after 10 min"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    super::wait_all_recorded(client, deadline, Duration::from_millis(2), &|left| {
+        format!("durable: {left} left after 10 min")
+    });
     let secs = t.elapsed().as_secs_f64();
     let ours = process_ticks(child.id()).0;
     let (machine1, pg1) = (machine_busy_seconds(), cluster_cpu_seconds(postmaster));
