@@ -265,7 +265,11 @@ fn wait_received(receiver: &Receiver, event_type: &str, n: usize, d: &Daemon) {
 /// event has arrived, a further second is allowed for B's request to reach
 /// the receiver (it would have been handed out at the same moment), and
 /// nothing of the ordered channel may have arrived.
-fn an_open_earlier_producer_holds_back_a_later_one(commit: bool) {
+///
+/// `b_took_its_id_first`: B's transaction takes its id before A's does (a
+/// business write before its enqueue, as producers do), so that A's id is
+/// above B's: what a bound taken from B's own snapshot (`xmax`) would miss.
+fn an_open_earlier_producer_holds_back_a_later_one(commit: bool, b_took_its_id_first: bool) {
     let db = migrated_db();
     let receiver = Receiver::start(Script::new(|_| Reply::status(200)));
     let bin = Bin::for_database(&db.url);
@@ -274,6 +278,12 @@ fn an_open_earlier_producer_holds_back_a_later_one(commit: bool) {
     bin.create_rule(NAMESPACE, "marker", "marker", &[&marker], None);
     let mut d = Daemon::run("A", &daemon_config(&db), &[]);
     assert!(d.wait_line("leading", WAIT), "did not lead: {}", d.stderr());
+    let mut b = db.client();
+    let mut tx_b = b.transaction().expect("B's transaction");
+    if b_took_its_id_first {
+        tx_b.execute("SELECT pg_current_xact_id()", &[])
+            .expect("B takes its id");
+    }
     let mut a = db.client();
     let mut tx = a.transaction().expect("A's transaction");
     let first: Uuid = tx
@@ -283,9 +293,15 @@ fn an_open_earlier_producer_holds_back_a_later_one(commit: bool) {
         )
         .expect("A enqueues")
         .get(0);
-    let mut b = db.client();
-    let second = emit(&mut b, "ordered", "'{\"n\": 2}'::jsonb", 1)[0];
-    emit(&mut b, "marker", "'{\"n\": 3}'::jsonb", 1);
+    let second: Uuid = tx_b
+        .query_one(
+            "SELECT notification.enqueue_event($1, 'ordered', '{\"n\": 2}'::jsonb)",
+            &[&NAMESPACE],
+        )
+        .expect("B enqueues")
+        .get(0);
+    tx_b.commit().expect("B commits");
+    emit(&mut db.client(), "marker", "'{\"n\": 3}'::jsonb", 1);
     wait_received(&receiver, "marker", 1, &d);
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(
@@ -307,10 +323,15 @@ fn an_open_earlier_producer_holds_back_a_later_one(commit: bool) {
 
 #[test]
 fn an_open_earlier_producer_holds_back_a_later_one_until_it_commits() {
-    an_open_earlier_producer_holds_back_a_later_one(true);
+    an_open_earlier_producer_holds_back_a_later_one(true, false);
+}
+
+#[test]
+fn an_open_earlier_producer_with_a_later_id_holds_back_a_later_one() {
+    an_open_earlier_producer_holds_back_a_later_one(true, true);
 }
 
 #[test]
 fn an_open_earlier_producer_that_rolls_back_lets_the_later_one_go() {
-    an_open_earlier_producer_holds_back_a_later_one(false);
+    an_open_earlier_producer_holds_back_a_later_one(false, false);
 }
