@@ -152,11 +152,14 @@ fn check_all(db: &TestDb, big: &str, small: &str, stats: &str) {
             ("the big ordered channel's head", vec![big]),
         ] {
             let ids: Vec<String> = lanes.iter().map(|id| format!("'{id}'::uuid")).collect();
-            let args = format!("now(), ARRAY[{}]", ids.join(", "));
+            let args = format!(
+                "now(), ARRAY[{}], pg_current_xact_id()::text, now()",
+                ids.join(", ")
+            );
             let p = plan(
                 &mut c,
                 mode,
-                "timestamptz, uuid[]",
+                "timestamptz, uuid[], text, timestamptz",
                 &due::read_heads_sql(),
                 &args,
             );

@@ -4,7 +4,8 @@
 //! is refused by every command, and an unmigrated database makes every
 //! command but `migrate` fail naming `notification-reconciler migrate`; a
 //! database holding data that an older release migrated upgrades without
-//! losing a row.
+//! losing a row; an ordered channel's deliveries enqueued before the order
+//! horizon (migration 10) are delivered after the upgrade, in order.
 
 mod support;
 
@@ -374,4 +375,44 @@ fn a_database_holding_deliveries_upgrades_from_version_8_to_the_delivery_control
     assert_eq!(listed[0]["waiting_on"]["state"], "SENDING");
     assert_eq!(listed[0]["held_back"], 4, "{listed}");
     assert_eq!(listed[0]["rate_limit"], "5/s");
+}
+
+#[test]
+fn a_database_holding_ordered_deliveries_upgrades_from_version_9_and_delivers_them_in_order() {
+    let db = fresh_db();
+    migrate_up_to(&db, 9);
+    let receiver = support::Receiver::start(support::Script::new(|_| support::Reply::status(200)));
+    let mut c = db.client();
+    // What release 9 holds: an ordered channel with unfinished deliveries
+    // enqueued by the old enqueue_event.
+    seed_channel_and_rule(&mut c);
+    c.execute(
+        "UPDATE channel SET ordered = true, url = $1",
+        &[&receiver.url()],
+    )
+    .expect("ordered channel");
+    c.batch_execute(
+        "SELECT enqueue_event('acme', 'paid', jsonb_build_object('i', g)) FROM generate_series(1, 5) g;",
+    )
+    .expect("seed");
+    let order: Vec<String> = c
+        .query("SELECT id::text FROM event ORDER BY created_at, id", &[])
+        .expect("order")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let bin = Bin::with_config(&support::bin::allow_loopback(
+        &support::daemon::config_toml(&db.url, 2, "1s", "timeout = \"5s\"\n", ""),
+    ));
+    let out = bin.ok(&["migrate"]);
+    assert!(out.contains("applied migration(s) 10"), "{out}");
+    // `once` waits for no producer here: the horizon it takes is above
+    // every transaction of the seed.
+    bin.ok(&["once"]);
+    assert_eq!(receiver.ids(), order, "delivered in enqueue order");
+    // And the new enqueue_event feeds the same channel.
+    c.batch_execute("SELECT enqueue_event('acme', 'paid', '{\"late\": true}')")
+        .expect("enqueue after the upgrade");
+    bin.ok(&["once"]);
+    assert_eq!(receiver.count(), 6);
 }

@@ -4,12 +4,15 @@
 //! event's creation time, then its id); a delivery waiting for its retry
 //! holds back the later ones until it ends; `channel list` shows what the
 //! channel waits on; a kill -9 of the leader keeps the order (the delivery
-//! in flight may be delivered twice, nothing is reordered).
+//! in flight may be delivered twice, nothing is reordered); an event that a
+//! producer enqueued first but has not committed yet holds back one that a
+//! later producer enqueued and committed (the order horizon, migration
+//! 0010), until it commits (it goes first) or rolls back.
 
 mod support;
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::bin::Bin;
@@ -224,4 +227,111 @@ fn a_delivery_waiting_for_its_retry_holds_back_the_next_and_list_shows_it() {
     let listed: Value = serde_json::from_str(&bin.ok(&["channel", "list", "--json"])).unwrap();
     assert_eq!(listed[0]["ordered"], false);
     assert_eq!(listed[0]["waiting_on"], Value::Null);
+}
+
+/// The event ids the receiver got for events of `event_type`, in order.
+fn received_of(receiver: &Receiver, event_type: &str) -> Vec<String> {
+    receiver
+        .requests()
+        .iter()
+        .filter(|rq| rq.json()["type"] == event_type)
+        .filter_map(|rq| rq.webhook_id().map(String::from))
+        .collect()
+}
+
+/// Waits until the receiver got `n` requests for events of `event_type`.
+fn wait_received(receiver: &Receiver, event_type: &str, n: usize, d: &Daemon) {
+    let until = Instant::now() + WAIT;
+    while received_of(receiver, event_type).len() < n {
+        assert!(
+            Instant::now() < until,
+            "{n} {event_type} request(s) not received: {}",
+            tail(&d.stderr(), 20)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The defect this guards against: producer A enqueues to an ordered
+/// channel and keeps its transaction open; producer B enqueues after it and
+/// commits. B's event is the oldest the leader can see, but A's was
+/// stamped earlier: handing B's out would reorder them once A commits.
+///
+/// How the test knows the leader looked while A was open: after B commits,
+/// an event of an unordered channel is enqueued and committed. The sweep
+/// that hands that one out read the channels after its commit, so after
+/// B's, and read the ordered channel's head in the same step; without the
+/// horizon it would have handed B's out right then. Once the unordered
+/// event has arrived, a further second is allowed for B's request to reach
+/// the receiver (it would have been handed out at the same moment), and
+/// nothing of the ordered channel may have arrived.
+///
+/// `b_took_its_id_first`: B's transaction takes its id before A's does (a
+/// business write before its enqueue, as producers do), so that A's id is
+/// above B's: what a bound taken from B's own snapshot (`xmax`) would miss.
+fn an_open_earlier_producer_holds_back_a_later_one(commit: bool, b_took_its_id_first: bool) {
+    let db = migrated_db();
+    let receiver = Receiver::start(Script::new(|_| Reply::status(200)));
+    let bin = Bin::for_database(&db.url);
+    ordered_channel(&bin, &receiver.url(), "ordered");
+    let marker = bin.create_channel(NAMESPACE, "marker", &receiver.url(), &[]);
+    bin.create_rule(NAMESPACE, "marker", "marker", &[&marker], None);
+    let mut d = Daemon::run("A", &daemon_config(&db), &[]);
+    assert!(d.wait_line("leading", WAIT), "did not lead: {}", d.stderr());
+    let mut b = db.client();
+    let mut tx_b = b.transaction().expect("B's transaction");
+    if b_took_its_id_first {
+        tx_b.execute("SELECT pg_current_xact_id()", &[])
+            .expect("B takes its id");
+    }
+    let mut a = db.client();
+    let mut tx = a.transaction().expect("A's transaction");
+    let first: Uuid = tx
+        .query_one(
+            "SELECT notification.enqueue_event($1, 'ordered', '{\"n\": 1}'::jsonb)",
+            &[&NAMESPACE],
+        )
+        .expect("A enqueues")
+        .get(0);
+    let second: Uuid = tx_b
+        .query_one(
+            "SELECT notification.enqueue_event($1, 'ordered', '{\"n\": 2}'::jsonb)",
+            &[&NAMESPACE],
+        )
+        .expect("B enqueues")
+        .get(0);
+    tx_b.commit().expect("B commits");
+    emit(&mut db.client(), "marker", "'{\"n\": 3}'::jsonb", 1);
+    wait_received(&receiver, "marker", 1, &d);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        received_of(&receiver, "ordered"),
+        Vec::<String>::new(),
+        "B's event went while A's, enqueued before it, was not committed"
+    );
+    let expected = if commit {
+        tx.commit().expect("A commits");
+        vec![first.to_string(), second.to_string()]
+    } else {
+        tx.rollback().expect("A rolls back");
+        vec![second.to_string()]
+    };
+    wait_received(&receiver, "ordered", expected.len(), &d);
+    d.stop(Duration::from_secs(10));
+    assert_eq!(received_of(&receiver, "ordered"), expected);
+}
+
+#[test]
+fn an_open_earlier_producer_holds_back_a_later_one_until_it_commits() {
+    an_open_earlier_producer_holds_back_a_later_one(true, false);
+}
+
+#[test]
+fn an_open_earlier_producer_with_a_later_id_holds_back_a_later_one() {
+    an_open_earlier_producer_holds_back_a_later_one(true, true);
+}
+
+#[test]
+fn an_open_earlier_producer_that_rolls_back_lets_the_later_one_go() {
+    an_open_earlier_producer_holds_back_a_later_one(false, false);
 }

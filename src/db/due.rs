@@ -229,26 +229,67 @@ CROSS JOIN LATERAL (
     SELECT id, namespace, type, created_at, payload, rule_id FROM event WHERE id = d.event_id LIMIT 1
 ) e";
 
-/// The read of ordered channels' heads: `$1` cut-off, `$2` the channels;
-/// for each, its oldest unfinished delivery in enqueue order (the event's
-/// creation time, then its id: `delivery_status_channel_order`, migration
-/// 0009), returned only when it is due by the cut-off. A head that is not
-/// due (a `SENDING` delivery waiting for its retry) is not skipped: the
-/// channel then has nothing to hand out, and the ones behind it wait. In
-/// no particular order of channels (the leader files them by channel).
+/// The read of ordered channels' heads: `$1` cut-off, `$2` the channels,
+/// `$3` and `$4` the leader's order horizon ([`Horizon`]: a transaction id
+/// as text and the time before it was assigned); for each channel, its
+/// oldest unfinished delivery in enqueue order (the event's creation time,
+/// then its id: `delivery_status_channel_order`, migration 0009), returned
+/// only when it is due by the cut-off, with whether it is cleared to go:
+/// it was created before the horizon was taken and every transaction up to
+/// the horizon's has ended (the snapshot's `xmin` is above it). Then no
+/// transaction that may still commit an event stamped before the head is
+/// running: `enqueue_event` takes its transaction's id before it stamps the
+/// event (migration 0010), so such a transaction has an id below the
+/// horizon's. A head that is not cleared is still returned, never skipped
+/// for a later one: the channel then waits. A head that is not due (a
+/// `SENDING` delivery waiting for its retry) is not returned: the channel
+/// then has nothing to hand out, and the ones behind it wait. In no
+/// particular order of channels (the leader files them by channel).
 pub fn read_heads_sql() -> String {
+    let select = READ_SELECT
+        .replace("{lanes}", "unnest($2::uuid[]) AS cur(channel_id)")
+        .replace(
+            "       c.failing_since\n",
+            "       c.failing_since,\n       \
+             (d.event_created_at < $4 AND pg_snapshot_xmin(pg_current_snapshot()) > $3::text::xid8)\n",
+        );
     format!(
-        "{}
+        "{select}
 CROSS JOIN LATERAL (
-    SELECT id, event_id, version, state, next_attempt_at, clock_started_at, round_attempts
+    SELECT id, event_id, version, state, next_attempt_at, clock_started_at, round_attempts,
+           event_created_at
     FROM delivery_status
     WHERE state IN ('PENDING', 'SENDING', 'RESENDING') AND channel_id = cur.channel_id
     ORDER BY channel_id, event_created_at, event_id
     LIMIT 1
 ) d{READ_EVENT}
-WHERE d.next_attempt_at <= $1",
-        READ_SELECT.replace("{lanes}", "unnest($2::uuid[]) AS cur(channel_id)")
+WHERE d.next_attempt_at <= $1"
     )
+}
+
+/// The leader's order horizon: a transaction id it took (and committed) on
+/// its lock connection, and the database's time before that id was
+/// assigned. Every transaction whose id was assigned before `taken_at` has
+/// an id below `xid`; once the snapshot's `xmin` is above `xid`, all of
+/// them have ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Horizon {
+    /// The transaction id (`xid8`) as text.
+    pub xid: String,
+    /// The start of the transaction that took it (`now()`).
+    pub taken_at: DateTime<Utc>,
+}
+
+/// Takes a new [`Horizon`] on `client`, in a transaction of its own (one
+/// transaction id used and committed; no row written).
+pub fn take_horizon(client: &mut impl GenericClient) -> Result<Horizon, DbError> {
+    let row = client
+        .query_one("SELECT now(), pg_current_xact_id()::text", &[])
+        .map_err(DbError::query("taking the ordered channels' horizon"))?;
+    Ok(Horizon {
+        taken_at: row.get(0),
+        xid: row.get(1),
+    })
 }
 
 /// The per-channel part of [`read_sql`].
@@ -348,17 +389,26 @@ impl Pager {
 
     /// Reads the heads of the ordered channels `ids` that are due by
     /// `cutoff` ([`read_heads_sql`]), at most one per channel, in no
-    /// particular order.
+    /// particular order, each with whether it is cleared to go under
+    /// `horizon`.
     pub fn read_heads(
         &self,
         client: &mut impl GenericClient,
         cutoff: DateTime<Utc>,
         ids: &[Uuid],
-    ) -> Result<Vec<Delivery>, DbError> {
+        horizon: &Horizon,
+    ) -> Result<Vec<(Delivery, bool)>, DbError> {
         let rows = client
-            .query(&self.heads, &[&cutoff, &ids])
+            .query(
+                &self.heads,
+                &[&cutoff, &ids, &horizon.xid, &horizon.taken_at],
+            )
             .map_err(DbError::query("reading ordered channels' heads"))?;
-        deliveries_from_rows(&rows)
+        let cleared: Vec<bool> = rows.iter().map(|r| r.get(21)).collect();
+        Ok(deliveries_from_rows(&rows)?
+            .into_iter()
+            .zip(cleared)
+            .collect())
     }
 }
 

@@ -64,8 +64,9 @@ pub fn emit(
 }
 
 /// Creates an event without a rule and one PENDING delivery of it to
-/// `channel` (the test event of a channel), in one transaction, and wakes
-/// the leader; returns the event id. An event without a rule is delivered
+/// `channel` (the test event of a channel), in one transaction that takes
+/// its id before the event is stamped, and wakes the leader; returns the
+/// event id. An event without a rule is delivered
 /// to the channel it was made for (`db::due`'s read).
 pub fn emit_to_channel(
     client: &mut impl GenericClient,
@@ -76,6 +77,10 @@ pub fn emit_to_channel(
 ) -> Result<Uuid, DbError> {
     let mut tx = client
         .transaction()
+        .map_err(DbError::query("sending a test event"))?;
+    // The transaction's id before the event's time, as enqueue_event takes
+    // it (migration 0010): the order horizon of ordered channels relies on it.
+    tx.execute("SELECT pg_current_xact_id()", &[])
         .map_err(DbError::query("sending a test event"))?;
     let row = tx
         .query_one(

@@ -70,6 +70,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0009_delivery_controls",
         sql: include_str!("migrations/0009_delivery_controls.sql"),
     },
+    Migration {
+        version: 10,
+        name: "0010_ordered_visibility",
+        sql: include_str!("migrations/0010_ordered_visibility.sql"),
+    },
 ];
 
 /// The schema version this binary needs.

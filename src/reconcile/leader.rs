@@ -42,7 +42,7 @@ use chrono::{DateTime, Utc};
 use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender, TrySendError};
 
 use crate::config::Config;
-use crate::db::due::{self, Cursor, Delivery, Pager};
+use crate::db::due::{self, Cursor, Delivery, Horizon, Pager};
 use crate::db::{self, channels, controls, leaders, DbError, Pool};
 use crate::delivery::http::Sender as HttpSender;
 use crate::delivery::worker::{Context, StatusOutcome};
@@ -238,6 +238,14 @@ const STOP_POLL: Duration = Duration::from_millis(100);
 
 /// The leader row's heartbeat: at most this often, when in flight changed.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+
+/// How soon an ordered channel whose head is not cleared yet (a transaction
+/// that may still commit an earlier event is running: `due::read_heads_sql`)
+/// is read again. Nothing notifies when other transactions end, so the
+/// leader looks again after this delay, for that channel alone: short
+/// enough that a producer's commit delays the order little, long enough
+/// that a long-running writer costs one small query per channel this often.
+const ORDER_RECHECK: Duration = Duration::from_millis(25);
 
 fn lead(
     r: &mut Reconciler,
@@ -466,6 +474,9 @@ struct LaneState {
     queue: VecDeque<Delivery>,
     /// Its last read was short: there is nothing after `queue`.
     exhausted: bool,
+    /// An ordered channel whose head was not cleared: not read again
+    /// before this.
+    recheck_at: Option<Instant>,
 }
 
 impl LaneState {
@@ -475,6 +486,7 @@ impl LaneState {
             cursor: due::start_cursor(),
             queue: VecDeque::new(),
             exhausted: false,
+            recheck_at: None,
         }
     }
 
@@ -535,6 +547,11 @@ struct Main<'a> {
     swept_all: bool,
     /// `reconciler.shards` > 1: the shards led (None: the one lock).
     shards: Option<ShardSet>,
+    /// The order horizon the ordered channels' heads are read under.
+    horizon: Option<Horizon>,
+    /// A head was created after the horizon was taken: the next read of
+    /// heads takes a new one.
+    horizon_stale: bool,
 }
 
 impl<'a> Main<'a> {
@@ -569,6 +586,8 @@ impl<'a> Main<'a> {
             due_at_start: None,
             swept_all: false,
             shards: None,
+            horizon: None,
+            horizon_stale: false,
         };
         main.set_workers(r.workers);
         main
@@ -714,6 +733,9 @@ impl<'a> Main<'a> {
         if let Some(t) = self.next_rate_free() {
             let left = (t - self.watch.db_now()).to_std().unwrap_or(Duration::ZERO);
             until = until.min(now + left);
+        }
+        if let Some(t) = self.next_recheck() {
+            until = until.min(t);
         }
         until.saturating_duration_since(now)
     }
@@ -976,11 +998,13 @@ impl<'a> Main<'a> {
         let after = self.last_served;
         let (channels, in_flight, controls) = (&self.channels, &self.in_flight, &self.controls);
         let limits = |id: &Uuid| lane_limits(channels, controls, in_flight, id, now);
+        let wall_now = Instant::now();
         let empty: Vec<(Uuid, Cursor)> = in_rotation(lanes, after)
             .filter(|(id, l)| {
                 let (allowance, borrow) = limits(id);
                 l.queue.is_empty()
                     && !l.exhausted
+                    && l.recheck_at.is_none_or(|t| t <= wall_now)
                     && (allowance > 0 || (borrowable > 0 && borrow > 0))
             })
             .take(free.clamp(1, self.page_size as usize))
@@ -994,7 +1018,17 @@ impl<'a> Main<'a> {
                 .iter()
                 .partition(|(id, _)| self.controls.is_ordered(id));
             let heads: Vec<Uuid> = heads.into_iter().map(|(id, _)| id).collect();
-            let read = lock
+            let refreshed = !heads.is_empty() && (self.horizon_stale || self.horizon.is_none());
+            if refreshed {
+                let taken = lock
+                    .client_mut()
+                    .and_then(due::take_horizon)
+                    .map_err(|e| lock_failure("taking the order horizon", &e))?;
+                self.horizon = Some(taken);
+                self.horizon_stale = false;
+            }
+            let horizon = self.horizon.as_ref().filter(|_| !heads.is_empty());
+            let (read, blocked) = lock
                 .client_mut()
                 .and_then(|c| {
                     let mut read = if ranges.is_empty() {
@@ -1002,10 +1036,17 @@ impl<'a> Main<'a> {
                     } else {
                         pager.read(c, cutoff, &ranges)?
                     };
-                    if !heads.is_empty() {
-                        read.extend(pager.read_heads(c, cutoff, &heads)?);
+                    let mut blocked = Vec::new();
+                    if let Some(h) = horizon {
+                        for (d, cleared) in pager.read_heads(c, cutoff, &heads, h)? {
+                            if cleared {
+                                read.push(d);
+                            } else {
+                                blocked.push((d.channel_id(), d.event.created_at));
+                            }
+                        }
                     }
-                    Ok(read)
+                    Ok((read, blocked))
                 })
                 .map_err(|e| lock_failure("paging", &e))?;
             let mut counts: HashMap<Uuid, u32> = HashMap::new();
@@ -1028,6 +1069,28 @@ impl<'a> Main<'a> {
                 if let Some(lane) = lanes.get_mut(id) {
                     lane.exhausted =
                         heads.contains(id) || counts.get(id).copied().unwrap_or(0) < self.page_size;
+                    lane.recheck_at = None;
+                }
+            }
+            // A head not cleared keeps its lane in the sweep, read again
+            // later: at once under a new horizon when it was created after
+            // this one was taken (once per read: a horizon just taken is
+            // not taken again at once), else after `ORDER_RECHECK`, for the
+            // transactions that may still commit earlier events to end.
+            for (id, created_at) in blocked {
+                let newer = !refreshed
+                    && self
+                        .horizon
+                        .as_ref()
+                        .is_some_and(|h| created_at >= h.taken_at);
+                self.horizon_stale |= newer;
+                if let Some(lane) = lanes.get_mut(&id) {
+                    lane.exhausted = false;
+                    lane.recheck_at = Some(if newer {
+                        wall_now
+                    } else {
+                        wall_now + ORDER_RECHECK
+                    });
                 }
             }
             moved = true;
@@ -1166,6 +1229,21 @@ impl<'a> Main<'a> {
     fn next_rate_free(&self) -> Option<DateTime<Utc>> {
         let lanes = self.sweep.as_ref()?.lanes.as_ref()?;
         self.controls.next_free(lanes.keys(), self.watch.db_now())
+    }
+
+    /// When the first ordered channel whose head was not cleared is read
+    /// again. One whose time has come is read at the next step, unless its
+    /// other limits (rate window, breaker) hold it, whose own timers wake
+    /// the leader: it is not counted, so that it cannot make a busy loop.
+    fn next_recheck(&self) -> Option<Instant> {
+        let lanes = self.sweep.as_ref()?.lanes.as_ref()?;
+        let now = Instant::now();
+        lanes
+            .values()
+            .filter(|l| !l.exhausted)
+            .filter_map(|l| l.recheck_at)
+            .filter(|t| *t > now)
+            .min()
     }
 
     /// An ordered channel's delivery came back: its next one may go now,
