@@ -28,10 +28,10 @@ use crate::db::{self, prune, Pool};
 use crate::reconcile::leader::Hooks;
 
 /// Between two steps the pruner rests the step's duration divided by this.
-/// Half a step (2) cleared a 5,000,000 backlog at 18,000 events/s on the
-/// 2-vCPU benchmark machine, under the 20,000/s issue 23 asks for; the
-/// new work's latency moved with the host's load more than with the rest
-/// (docs/benchmarks.md, scenario 11).
+/// On the 2-vCPU benchmark machine, quiet, a quarter cleared a 5,000,000
+/// backlog at 24,200 events/s with 200 new events/s going on, their p99
+/// 1.7–1.8× of it without pruning; half a step cleared 18,000 events/s,
+/// under the 20,000/s issue 23 asks for (docs/benchmarks.md, scenario 11).
 pub const REST_DIVISOR: u32 = 4;
 
 /// Whether `stop`'s sender is gone (or it sent): time to stop.
