@@ -871,3 +871,111 @@ fn debug_logs_of_a_full_delivery_hold_neither_the_signing_secret_nor_the_databas
         );
     }
 }
+
+#[test]
+fn a_fast_channels_outcomes_are_recorded_several_per_statement_each_exactly_once() {
+    let mut f = Fixture::new();
+    let receiver = Receiver::start(Script::status(200));
+    f.single_channel(&receiver.url(), "{}");
+    for _ in 0..400 {
+        f.enqueue(PAYLOAD);
+    }
+    let mut config = f.config(vec![LONG]);
+    config.reconciler.workers = 4;
+    config.delivery.max_in_flight_per_channel = 4;
+    let report = pass_with(&config);
+    assert_eq!(report.delivered, 400, "{report:?}");
+    assert_eq!(receiver.count(), 400, "each delivery sent once");
+    assert!(
+        receiver.peak_concurrency() <= 4,
+        "riders are sent one after another by their worker: {} at once",
+        receiver.peak_concurrency()
+    );
+    // Each outcome recorded once, with its one attempt; rows written by one
+    // statement share its transaction's time.
+    let row = f
+        .client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE state = 'SUCCESS'),
+                    count(*) FILTER (WHERE attempt_count = 1 AND jsonb_array_length(attempts) = 1),
+                    count(DISTINCT updated_at)
+             FROM delivery_status",
+            &[],
+        )
+        .unwrap();
+    let (succeeded, one_attempt, writes): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!((succeeded, one_attempt), (400, 400));
+    assert!(
+        writes < 400,
+        "no two outcomes were recorded by one statement ({writes} writes for 400)"
+    );
+}
+
+#[test]
+fn a_write_of_several_outcomes_refuses_only_the_row_changed_meanwhile() {
+    use notification_reconciler::db::statuses::{StatusWriter, Write};
+    use notification_reconciler::state::{AttemptRecord, Update};
+    let mut f = Fixture::new();
+    f.single_channel("http://127.0.0.1:9/", "{}");
+    let events: Vec<Uuid> = (0..3).map(|_| f.enqueue(PAYLOAD)).collect();
+    let ids: Vec<(Uuid, i64)> = events
+        .iter()
+        .map(|e| {
+            let s = f.status(*e);
+            (s.id, s.version)
+        })
+        .collect();
+    // An operator (or another instance) changes the middle one meanwhile.
+    f.client
+        .execute(
+            "UPDATE delivery_status SET version = version + 1 WHERE id = $1",
+            &[&ids[1].0],
+        )
+        .unwrap();
+    let attempt = |n: u16| AttemptRecord {
+        timestamp: Utc::now(),
+        state: State::Success,
+        http_status: Some(200 + n),
+        duration_ms: 3,
+        url: "http://127.0.0.1:9/".into(),
+        response_body: None,
+        error: None,
+    };
+    let updates: Vec<Update> = (0..3)
+        .map(|n| Update {
+            state: State::Success,
+            reason: format!("delivered {n}"),
+            next_attempt_at: None,
+            round_attempts: 1,
+            attempt: Some(attempt(n)),
+        })
+        .collect();
+    let rows: Vec<Write<'_>> = ids
+        .iter()
+        .zip(&updates)
+        .map(|(&(id, version), update)| Write {
+            id,
+            version,
+            update,
+        })
+        .collect();
+    let writer = StatusWriter::prepare(&mut f.client).unwrap();
+    let written = writer.write(&mut f.client, &rows).unwrap();
+    assert_eq!(written, vec![true, false, true]);
+    for (n, event) in events.iter().enumerate() {
+        let s = f.status(*event);
+        if n == 1 {
+            assert_eq!((s.state, s.attempt_count), (State::Pending, 0), "kept");
+        } else {
+            assert_eq!((s.state, s.attempt_count), (State::Success, 1));
+            assert_eq!(s.reason, format!("delivered {n}"));
+            assert_eq!(s.attempts.len(), 1);
+            assert_eq!(s.attempts[0].http_status, Some(200 + n as u16));
+        }
+    }
+    // Written again at the old versions: every row is refused.
+    assert_eq!(
+        writer.write(&mut f.client, &rows).unwrap(),
+        vec![false, false, false]
+    );
+}

@@ -92,25 +92,44 @@ pub fn of_event(
         .collect()
 }
 
-/// A worker's status write, prepared once per connection: one `UPDATE`
-/// guarded by the row's version. The attempt list keeps its newest
-/// `$8 - 1` entries before the new one is appended; a jsonpath slice does
-/// that without a subquery.
-const STATUS_UPDATE_SQL: &str = "UPDATE delivery_status SET
-     state = $3, reason = $4, next_attempt_at = $5, round_attempts = $6,
-     attempt_count = attempt_count + CASE WHEN $7::jsonb IS NULL THEN 0 ELSE 1 END,
-     attempts = CASE WHEN $7::jsonb IS NULL THEN attempts ELSE
-         (CASE WHEN jsonb_array_length(attempts) < $8::int THEN attempts
-          ELSE jsonb_path_query_array(attempts, ('$[' ||
-              (jsonb_array_length(attempts) - $8::int + 1) || ' to last]')::jsonpath) END)
-         || jsonb_build_array($7::jsonb) END,
-     updated_at = now(), version = version + 1
- WHERE id = $1 AND version = $2";
+/// A worker's status write, prepared once per connection: one `UPDATE` of
+/// one or more rows (a worker records the outcomes of a job's deliveries
+/// together: one statement, one commit), each guarded by its row's
+/// version. The rows come as parallel arrays (`unnest`); the statement
+/// returns the ids it wrote, so a row changed meanwhile is told apart from
+/// the others. The attempt list keeps its newest `$8 - 1` entries before
+/// the new one is appended; a jsonpath slice does that without a subquery.
+const STATUS_UPDATE_SQL: &str = "UPDATE delivery_status d SET
+     state = v.state, reason = v.reason, next_attempt_at = v.next_attempt_at,
+     round_attempts = v.round_attempts,
+     attempt_count = d.attempt_count + CASE WHEN v.attempt IS NULL THEN 0 ELSE 1 END,
+     attempts = CASE WHEN v.attempt IS NULL THEN d.attempts ELSE
+         (CASE WHEN jsonb_array_length(d.attempts) < $8::int THEN d.attempts
+          ELSE jsonb_path_query_array(d.attempts, ('$[' ||
+              (jsonb_array_length(d.attempts) - $8::int + 1) || ' to last]')::jsonpath) END)
+         || jsonb_build_array(v.attempt) END,
+     updated_at = now(), version = d.version + 1
+ FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::timestamptz[],
+             $6::int4[], $7::jsonb[])
+      AS v(id, version, state, reason, next_attempt_at, round_attempts, attempt)
+ WHERE d.id = v.id AND d.version = v.version
+ RETURNING d.id";
 
 /// The prepared status write of one connection (use it only on the
 /// connection that prepared it).
 pub struct StatusWriter {
     statement: Statement,
+}
+
+/// One row for [`StatusWriter::write`]: the status, the version it was read
+/// at, and its update.
+pub struct Write<'a> {
+    /// The status id.
+    pub id: Uuid,
+    /// The version the worker read it at.
+    pub version: i64,
+    /// What to write.
+    pub update: &'a Update,
 }
 
 impl StatusWriter {
@@ -120,13 +139,13 @@ impl StatusWriter {
             .prepare_typed(
                 STATUS_UPDATE_SQL,
                 &[
-                    Type::UUID,
-                    Type::INT8,
-                    Type::TEXT,
-                    Type::TEXT,
-                    Type::TIMESTAMPTZ,
-                    Type::INT4,
-                    Type::JSONB,
+                    Type::UUID_ARRAY,
+                    Type::INT8_ARRAY,
+                    Type::TEXT_ARRAY,
+                    Type::TEXT_ARRAY,
+                    Type::TIMESTAMPTZ_ARRAY,
+                    Type::INT4_ARRAY,
+                    Type::JSONB_ARRAY,
                     Type::INT4,
                 ],
             )
@@ -134,41 +153,57 @@ impl StatusWriter {
         Ok(StatusWriter { statement })
     }
 
-    /// Writes a worker's update if the row is still at `version`; false
-    /// when an operator (or another instance) changed it meanwhile.
+    /// Writes each row's update if the row is still at its version, in one
+    /// statement (one transaction); for each row, in order, whether it was
+    /// written (false: an operator, or another instance, changed it
+    /// meanwhile).
     pub fn write(
         &self,
         client: &mut impl GenericClient,
-        id: Uuid,
-        version: i64,
-        update: &Update,
-    ) -> Result<bool, DbError> {
-        let attempt = update
-            .attempt
-            .as_ref()
-            .map(serde_json::to_value)
-            .transpose()
-            .map_err(|e| DbError::BadRow {
-                table: "delivery_status",
-                problem: format!("cannot encode an attempt: {e}"),
-            })?;
-        let round_attempts = update.round_attempts as i32;
-        let n = client
-            .execute(
+        rows: &[Write<'_>],
+    ) -> Result<Vec<bool>, DbError> {
+        let mut attempts = Vec::with_capacity(rows.len());
+        for row in rows {
+            let attempt = row
+                .update
+                .attempt
+                .as_ref()
+                .map(serde_json::to_value)
+                .transpose()
+                .map_err(|e| DbError::BadRow {
+                    table: "delivery_status",
+                    problem: format!("cannot encode an attempt: {e}"),
+                })?;
+            attempts.push(attempt);
+        }
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+        let versions: Vec<i64> = rows.iter().map(|r| r.version).collect();
+        let states: Vec<&str> = rows.iter().map(|r| r.update.state.as_str()).collect();
+        let reasons: Vec<&str> = rows.iter().map(|r| r.update.reason.as_str()).collect();
+        let next: Vec<Option<DateTime<Utc>>> =
+            rows.iter().map(|r| r.update.next_attempt_at).collect();
+        let rounds: Vec<i32> = rows
+            .iter()
+            .map(|r| i32::try_from(r.update.round_attempts).unwrap_or(i32::MAX))
+            .collect();
+        let written = client
+            .query(
                 &self.statement,
                 &[
-                    &id,
-                    &version,
-                    &update.state.as_str(),
-                    &update.reason,
-                    &update.next_attempt_at,
-                    &round_attempts,
-                    &attempt,
+                    &ids,
+                    &versions,
+                    &states,
+                    &reasons,
+                    &next,
+                    &rounds,
+                    &attempts,
                     &MAX_ATTEMPTS_KEPT,
                 ],
             )
-            .map_err(DbError::query("recording a delivery outcome"))?;
-        Ok(n == 1)
+            .map_err(DbError::query("recording delivery outcomes"))?;
+        let written: std::collections::HashSet<Uuid> =
+            written.iter().map(|r| r.get::<_, Uuid>(0)).collect();
+        Ok(ids.iter().map(|id| written.contains(id)).collect())
     }
 }
 

@@ -20,7 +20,7 @@ use postgres::GenericClient;
 use serde_json::value::RawValue;
 
 use crate::db::due::{Delivery, DueEvent, DueStatus};
-use crate::db::statuses::StatusWriter;
+use crate::db::statuses::{StatusWriter, Write};
 use crate::db::DbError;
 use crate::delivery::endpoint;
 use crate::delivery::http::{Request, Sender};
@@ -70,6 +70,8 @@ pub struct Reconciled {
     /// How the attempt this step made counts for the channel's health;
     /// `None` when it made none.
     pub verdict: Option<Verdict>,
+    /// How long the attempt this step made took; `None` when it made none.
+    pub took: Option<Duration>,
 }
 
 /// What [`decide`] came to.
@@ -142,25 +144,44 @@ pub fn decide(
     })
 }
 
-/// Writes what [`decide`] decided for `delivery`, with the row's version,
-/// on `client` (which prepared `writer`).
+/// Writes what [`decide`] decided for each delivery, with its row's
+/// version, in one statement on `client` (which prepared `writer`); the
+/// outcomes in the same order.
 pub fn record(
     client: &mut impl GenericClient,
     writer: &StatusWriter,
-    delivery: &Delivery,
-    pending: &Pending,
-) -> Result<Reconciled, DbError> {
-    let update = &pending.update;
-    let outcome = write(client, writer, &delivery.event, &delivery.status, update)?;
-    Ok(Reconciled {
-        outcome,
-        next_attempt_at: match outcome {
-            StatusOutcome::RetryScheduled => update.next_attempt_at,
-            _ => None,
-        },
-        first_attempt_latency: pending.first_attempt_latency,
-        verdict: pending.verdict,
-    })
+    decided: &[(&Delivery, &Pending)],
+) -> Result<Vec<Reconciled>, DbError> {
+    let rows: Vec<Write<'_>> = decided
+        .iter()
+        .map(|(d, p)| Write {
+            id: d.status.id,
+            version: d.status.version,
+            update: &p.update,
+        })
+        .collect();
+    let written = writer.write(client, &rows)?;
+    Ok(decided
+        .iter()
+        .zip(written)
+        .map(|((d, pending), written)| {
+            let update = &pending.update;
+            let outcome = outcome_of(&d.event, &d.status, update, written);
+            Reconciled {
+                outcome,
+                next_attempt_at: match outcome {
+                    StatusOutcome::RetryScheduled => update.next_attempt_at,
+                    _ => None,
+                },
+                first_attempt_latency: pending.first_attempt_latency,
+                verdict: pending.verdict,
+                took: update
+                    .attempt
+                    .as_ref()
+                    .map(|a| Duration::from_millis(a.duration_ms)),
+            }
+        })
+        .collect())
 }
 
 /// A reason the event cannot be sent to any channel: its payload, sent as
@@ -246,22 +267,22 @@ fn attempt(
     Outcome::Attempted(result)
 }
 
-/// Writes the update with the row's version; maps it to an outcome.
-fn write(
-    client: &mut impl GenericClient,
-    writer: &StatusWriter,
+/// What writing `update` came to (`written`: false when the row had
+/// changed meanwhile), logged as it is.
+fn outcome_of(
     event: &DueEvent,
     status: &DueStatus,
     update: &Update,
-) -> Result<StatusOutcome, DbError> {
-    if !writer.write(client, status.id, status.version, update)? {
+    written: bool,
+) -> StatusOutcome {
+    if !written {
         log::warn!(
             "delivery of event {} to channel {} was changed concurrently (operator resend or another instance); kept that change, not writing {}",
             event.id,
             status.target.id,
             update.state
         );
-        return Ok(StatusOutcome::ChangedConcurrently);
+        return StatusOutcome::ChangedConcurrently;
     }
     if update.state == State::Failed {
         log::info!(
@@ -272,11 +293,11 @@ fn write(
             update.reason
         );
     }
-    Ok(match update.state {
+    match update.state {
         State::Success => StatusOutcome::Delivered,
         State::Failed => StatusOutcome::Failed,
         _ => StatusOutcome::RetryScheduled,
-    })
+    }
 }
 
 /// The webhook body: `{"id", "type", "timestamp", "data"}`, with the payload

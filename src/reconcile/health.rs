@@ -58,6 +58,10 @@ struct Health {
     answered: u32,
     /// When a delivery of it that makes a request last went out.
     last_sent: Option<DateTime<Utc>>,
+    /// How long its recent requests took: the last one's time, or half of
+    /// the previous figure when that is more (one slow answer counts for a
+    /// few more). What sizes its riders ([`Channels::riders`]).
+    recent_took: Option<Duration>,
 }
 
 /// A channel that sent within this long is *active*: while the cap is
@@ -72,6 +76,22 @@ const ACTIVE_FOR: TimeDelta = TimeDelta::seconds(10);
 /// with 2 a pass lost a further 2% of its rate to the ramp), and an
 /// endpoint that has not answered yet (a hanging one) borrows nothing.
 const BORROW_PER_ANSWER: usize = 4;
+
+/// The most riders a job carries (`worker::Job::riders`): a worker records
+/// up to this many outcomes plus one in one statement. Eight outcomes per
+/// commit cut the database's work per delivery to about half
+/// (docs/benchmarks.md "Riders"); more saves little and holds more
+/// outcomes unrecorded.
+pub const MAX_RIDERS: usize = 7;
+
+/// What a job with riders should take at most, at the channel's recent
+/// request time: riders are `RIDE_BUDGET / recent time - 1`, so that a
+/// worker holds its first outcome unrecorded for about this long (it stops
+/// riding at `worker::RIDE_FOR` in any case).
+pub const RIDE_BUDGET: Duration = Duration::from_millis(25);
+
+/// Answers in a row a channel needs before its jobs carry riders.
+pub const RIDE_AFTER: u32 = 8;
 
 /// Every channel's health, kept by the leader's main thread.
 #[derive(Debug)]
@@ -117,6 +137,32 @@ impl Channels {
     pub fn allowance(&self, channel_id: &Uuid, now: DateTime<Utc>, in_flight: usize) -> usize {
         self.breaker(channel_id)
             .allowance(now, in_flight, self.cap, &self.policy)
+    }
+
+    /// How many riders a job of the channel may carry: none until its
+    /// breaker is closed and it answered its last [`RIDE_AFTER`] attempts
+    /// in a row, then as many as fit in [`RIDE_BUDGET`] at its recent
+    /// request time, at most [`MAX_RIDERS`]. An endpoint that slows down
+    /// or stops answering loses its riders at once.
+    pub fn riders(&self, channel_id: &Uuid) -> usize {
+        let Some(h) = self.health.get(channel_id) else {
+            return 0;
+        };
+        let Some(took) = h.recent_took else {
+            return 0;
+        };
+        if h.answered < RIDE_AFTER || !h.breaker.is_answering() {
+            return 0;
+        }
+        let each = took.max(Duration::from_millis(1));
+        let fit = (RIDE_BUDGET.as_micros() / each.as_micros()) as usize;
+        fit.saturating_sub(1).min(MAX_RIDERS)
+    }
+
+    /// An attempt of the channel took `took` (its outcome came back).
+    pub fn took(&mut self, channel_id: Uuid, took: Duration) {
+        let h = self.health.entry(channel_id).or_default();
+        h.recent_took = Some(h.recent_took.map_or(took, |was| took.max(was / 2)));
     }
 
     /// How many of the channel's deliveries that make a request may go out
@@ -337,6 +383,50 @@ mod tests {
             assigned: true,
             failing_since,
         }
+    }
+
+    #[test]
+    fn riders_go_to_a_channel_that_answers_fast_and_leave_when_it_slows_or_stops() {
+        let mut c = channels(5, "5d");
+        let id = Uuid::from_u128(9);
+        assert_eq!(c.riders(&id), 0, "unknown");
+        let answer = |c: &mut Channels, v: Verdict, ms: u64| {
+            c.record(id, v, t(0));
+            c.took(id, Duration::from_millis(ms));
+        };
+        for _ in 0..RIDE_AFTER - 1 {
+            answer(&mut c, Verdict::Success, 0);
+        }
+        assert_eq!(c.riders(&id), 0, "not yet {RIDE_AFTER} answers in a row");
+        // A fast 500 is an answer: quick to make, it may ride.
+        answer(&mut c, Verdict::Failure, 0);
+        assert_eq!(c.riders(&id), MAX_RIDERS, "under a millisecond each");
+        // 5 ms each: 25 ms hold 5, the job itself and 4 riders.
+        answer(&mut c, Verdict::Success, 5);
+        assert_eq!(c.riders(&id), 4);
+        // One slow answer: no riders, for a few answers after it too.
+        answer(&mut c, Verdict::Success, 200);
+        assert_eq!(c.riders(&id), 0);
+        answer(&mut c, Verdict::Success, 1);
+        assert_eq!(c.riders(&id), 0, "100 ms is still the recent time");
+        for _ in 0..4 {
+            answer(&mut c, Verdict::Success, 1);
+        }
+        assert_eq!(c.riders(&id), 3, "200 ms halved five times: 6.25 ms");
+        for _ in 0..10 {
+            answer(&mut c, Verdict::Success, 1);
+        }
+        assert_eq!(c.riders(&id), MAX_RIDERS);
+        // No answer: riders end at once, and come back only after
+        // RIDE_AFTER answers again.
+        answer(&mut c, Verdict::NoAnswer, 0);
+        assert_eq!(c.riders(&id), 0);
+        for _ in 0..RIDE_AFTER - 1 {
+            answer(&mut c, Verdict::Success, 0);
+        }
+        assert_eq!(c.riders(&id), 0);
+        answer(&mut c, Verdict::Success, 0);
+        assert_eq!(c.riders(&id), MAX_RIDERS);
     }
 
     #[test]

@@ -1131,11 +1131,20 @@ impl<'a> Main<'a> {
             .map(|id| {
                 let (allowance, borrow) =
                     lane_limits(&self.channels, &self.controls, &self.in_flight, id, now);
+                // A lane whose jobs carry riders offers the scheduler only
+                // as many deliveries as it has jobs' worth queued: the rest
+                // ride on those.
+                let queue = &lanes[id].queue;
+                let riders = if self.controls.is_controlled(id) {
+                    0
+                } else {
+                    self.channels.riders(id)
+                };
                 Lane {
                     channel_id: *id,
-                    queue: lanes[id]
-                        .queue
+                    queue: queue
                         .iter()
+                        .take(queue.len().div_ceil(riders + 1))
                         .map(|d| makes_request(d, wall, cutoff, &self.policy))
                         .collect(),
                     allowance,
@@ -1180,6 +1189,12 @@ impl<'a> Main<'a> {
             }
         }
         store_windows(&self.controls, lock, &charged)?;
+        // Jobs per channel in this step, so that what is left in a lane is
+        // spread over its jobs as riders.
+        let mut jobs_left: HashMap<Uuid, usize> = HashMap::new();
+        for (d, _) in chosen.iter().flatten() {
+            *jobs_left.entry(d.channel_id()).or_default() += 1;
+        }
         let before = self.in_flight.len();
         let mut back = Vec::new();
         for (delivery, sends) in chosen.into_iter().flatten() {
@@ -1190,11 +1205,47 @@ impl<'a> Main<'a> {
                 continue;
             }
             let (status_id, channel_id) = (delivery.status.id, delivery.channel_id());
-            match jobs.try_send(Job { delivery, cutoff }) {
+            // Riders: the next deliveries of a channel that answers fast
+            // and has no delivery controls, sent by the same worker and
+            // recorded with this one in one statement.
+            let mut riders = Vec::new();
+            let room = if sends && !self.controls.is_controlled(&channel_id) {
+                self.channels.riders(&channel_id)
+            } else {
+                0
+            };
+            let left = jobs_left.get_mut(&channel_id).map_or(1, |n| {
+                let left = *n;
+                *n = n.saturating_sub(1);
+                left.max(1)
+            });
+            if let Some(lane) = lanes.get_mut(&channel_id).filter(|_| room > 0) {
+                let room = room.min(lane.queue.len().div_ceil(left));
+                while riders.len() < room {
+                    match lane.queue.front() {
+                        Some(d) if makes_request(d, wall, cutoff, &self.policy) => {
+                            riders.extend(lane.queue.pop_front());
+                        }
+                        _ => break,
+                    }
+                }
+            }
+            let rider_ids: Vec<Uuid> = riders.iter().map(|d| d.status.id).collect();
+            match jobs.try_send(Job {
+                delivery,
+                riders,
+                cutoff,
+            }) {
                 Ok(()) => {
                     self.in_flight.insert(status_id, channel_id);
+                    for id in &rider_ids {
+                        self.in_flight.insert_rider(*id, channel_id);
+                    }
                     if let Some(set) = self.shards.as_mut() {
                         set.handed(status_id, &channel_id);
+                        for id in &rider_ids {
+                            set.handed(*id, &channel_id);
+                        }
                     }
                     if sends {
                         self.channels.handed_out(channel_id, now);
@@ -1202,7 +1253,8 @@ impl<'a> Main<'a> {
                 }
                 Err(TrySendError::Full(job)) => {
                     self.controls.uncharge(&channel_id, &status_id);
-                    back.push(job.delivery)
+                    back.push(job.delivery);
+                    back.extend(job.riders);
                 }
                 Err(TrySendError::Disconnected(_)) => {
                     return Err("no worker thread is running".into())
@@ -1309,6 +1361,9 @@ impl<'a> Main<'a> {
         match &done.finished {
             Finished::Reconciled(r) => {
                 self.note_retry(r.next_attempt_at);
+                if let (Some(channel_id), Some(took)) = (channel_id, r.took) {
+                    self.channels.took(channel_id, took);
+                }
                 if let (Some(channel_id), Some(verdict)) = (channel_id, r.verdict) {
                     let open = self.channels.open_count();
                     let write = self
@@ -1330,7 +1385,14 @@ impl<'a> Main<'a> {
                     self.in_flight.park(done.status_id);
                 }
             }
-            Finished::Dropped => {}
+            Finished::Dropped => {
+                // A rider its worker had no time left for (or a delivery a
+                // halt kept back) is still due, behind its lane's cursor: a
+                // fresh sweep reads it again.
+                if matches!(self.mode, Mode::Continuous(_)) {
+                    self.start_sweep(self.cutoff_now());
+                }
+            }
         }
         self.hooks.finished(&done, &self.tally);
     }

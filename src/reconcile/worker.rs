@@ -1,7 +1,9 @@
-//! The loop each worker thread runs: take deliveries from the hand-off
-//! channel until it is closed, reconcile each, and report each outcome back
-//! to the main thread (which frees its slot in the in-flight registry and
-//! counts it).
+//! The loop each worker thread runs: take jobs from the hand-off channel
+//! until it is closed, reconcile each job's deliveries (one, or for a
+//! channel that answers fast up to 7 more *riders*, sent one after another
+//! and recorded together in one statement: docs/architecture.md "Riders"),
+//! and report each delivery's outcome back to the main thread (which frees
+//! its entry in the in-flight registry and counts it).
 //!
 //! A worker holds a database connection only while it records an outcome.
 //! It decides and sends without one (`delivery::worker::decide`: the page
@@ -39,7 +41,7 @@ use crate::db::statuses::StatusWriter;
 use crate::db::{DbError, Pool, PooledClient, WorkerConn};
 use crate::delivery::worker::{self, Context, Decision, Pending, Reconciled, StatusOutcome};
 use crate::reconcile::leader::Hooks;
-use crate::state::RandomJitter;
+use crate::state::{RandomJitter, Verdict};
 
 /// How long a worker that has an outcome to record waits for a database
 /// connection (all checkouts and retries together) before it gives the
@@ -64,14 +66,34 @@ pub const STACK_SIZE: usize = if cfg!(debug_assertions) {
     256 * 1024
 };
 
-/// One delivery handed to a worker, with the cut-off of the sweep that
-/// found it.
+/// How long a worker keeps sending a job's riders: past this since the
+/// job started, the riders not sent yet are dropped (they stay due and are
+/// handed out again), so that the outcomes already in hand are recorded.
+/// The leader gives riders only to a channel whose recent requests took a
+/// small fraction of this (`health::RIDE_BUDGET`).
+pub const RIDE_FOR: Duration = Duration::from_millis(100);
+
+/// What the leader hands a worker: one delivery, with the cut-off of the
+/// sweep that found it, and maybe riders.
 #[derive(Debug)]
 pub struct Job {
     /// The delivery.
     pub delivery: Delivery,
+    /// More due deliveries of the same channel, sent one after another
+    /// after `delivery` by the same worker and recorded with it in one
+    /// statement (one commit instead of one each); empty unless the
+    /// channel answers fast (the leader's riding rule,
+    /// docs/architecture.md "Riders").
+    pub riders: Vec<Delivery>,
     /// The sweep's cut-off.
     pub cutoff: DateTime<Utc>,
+}
+
+impl Job {
+    /// The job's deliveries: the one handed out, then its riders.
+    fn deliveries(&self) -> impl Iterator<Item = &Delivery> {
+        std::iter::once(&self.delivery).chain(self.riders.iter())
+    }
 }
 
 /// A worker's report of one delivery it was handed.
@@ -92,7 +114,8 @@ pub enum Finished {
     Error,
     /// The reconcile panicked: nothing recorded, it stays due.
     Panicked,
-    /// Not attempted (stop, halt, or the lease ran out): it stays due.
+    /// Not attempted (stop, halt, the lease ran out, or a rider the job
+    /// had no time left for): it stays due.
     Dropped,
 }
 
@@ -106,8 +129,8 @@ pub struct Shared<'a> {
     pub hooks: &'a dyn Hooks,
 }
 
-/// Reconciles every job until the channel closes, reporting each into
-/// `done`. `stopped` says to drop what is still queued.
+/// Reconciles every job until the channel closes, reporting each of its
+/// deliveries into `done`. `stopped` says to drop what is still queued.
 pub fn work(
     jobs: &Receiver<Job>,
     done: &Sender<Done>,
@@ -117,76 +140,128 @@ pub fn work(
     let mut jitter = RandomJitter;
     for job in jobs.iter() {
         let finished = if stopped() {
-            Finished::Dropped
+            job.deliveries().map(|_| Finished::Dropped).collect()
         } else {
-            reconcile_one(&job, shared, &mut jitter)
+            reconcile_job(&job, shared, stopped, &mut jitter)
         };
-        let report = Done {
-            status_id: job.delivery.status.id,
-            finished,
-        };
-        if done.send(report).is_err() {
-            break;
+        for (d, finished) in job.deliveries().zip(finished) {
+            let report = Done {
+                status_id: d.status.id,
+                finished,
+            };
+            if done.send(report).is_err() {
+                return;
+            }
         }
     }
 }
 
-/// Decides and sends one delivery without a connection, then records the
-/// outcome on one taken for just that.
-fn reconcile_one(job: &Job, shared: &Shared<'_>, jitter: &mut RandomJitter) -> Finished {
-    let d = &job.delivery;
-    let result = catch_unwind(AssertUnwindSafe(|| {
-        shared.hooks.before_delivery(d);
-        match worker::decide(shared.ctx, d, job.cutoff, jitter) {
-            Decision::Nothing(outcome) => Ok(Reconciled {
+/// Decides and sends each of a job's deliveries in turn without a
+/// connection, then records their outcomes together on one taken for just
+/// that; what came of each, in the job's order.
+fn reconcile_job(
+    job: &Job,
+    shared: &Shared<'_>,
+    stopped: &dyn Fn() -> bool,
+    jitter: &mut RandomJitter,
+) -> Vec<Finished> {
+    let started = Instant::now();
+    let mut finished: Vec<Option<Finished>> = Vec::new();
+    let mut to_write: Vec<(usize, &Delivery, Pending)> = Vec::new();
+    let mut riding = true;
+    for (i, d) in job.deliveries().enumerate() {
+        if i > 0 && (!riding || stopped() || started.elapsed() > RIDE_FOR) {
+            finished.push(Some(Finished::Dropped));
+            continue;
+        }
+        let decided = catch_unwind(AssertUnwindSafe(|| {
+            shared.hooks.before_delivery(d);
+            worker::decide(shared.ctx, d, job.cutoff, jitter)
+        }));
+        finished.push(match decided {
+            Ok(Decision::Nothing(StatusOutcome::Withheld)) => {
+                riding = false;
+                Some(Finished::Dropped)
+            }
+            Ok(Decision::Nothing(outcome)) => Some(Finished::Reconciled(Reconciled {
                 outcome,
                 next_attempt_at: None,
                 first_attempt_latency: None,
                 verdict: None,
-            }),
-            Decision::Write(pending) => record(shared, d, &pending),
-        }
-    }));
-    match result {
-        Ok(Ok(r)) if r.outcome == StatusOutcome::Withheld => Finished::Dropped,
-        Ok(Ok(reconciled)) => Finished::Reconciled(reconciled),
-        Ok(Err(e)) => {
-            log::error!(
-                "delivery of event {} ({}) to channel {} left due: {e}",
-                d.event.id,
-                d.event.namespace,
-                d.status.target.id
-            );
-            Finished::Error
-        }
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            log::error!(
-                "worker panicked on event {} ({}) to channel {}; it stays due: {what}",
-                d.event.id,
-                d.event.namespace,
-                d.status.target.id
-            );
-            Finished::Panicked
+                took: None,
+            })),
+            Ok(Decision::Write(pending)) => {
+                // An endpoint that stopped answering gets none of the rest.
+                riding &= pending.verdict != Some(Verdict::NoAnswer);
+                to_write.push((i, d, pending));
+                None
+            }
+            Err(panic) => {
+                log::error!(
+                    "worker panicked on event {} ({}) to channel {}; it stays due: {}",
+                    d.event.id,
+                    d.event.namespace,
+                    d.status.target.id,
+                    panic_text(&*panic)
+                );
+                riding = false;
+                Some(Finished::Panicked)
+            }
+        });
+    }
+    if !to_write.is_empty() {
+        let decided: Vec<(&Delivery, &Pending)> =
+            to_write.iter().map(|(_, d, p)| (*d, p)).collect();
+        let recorded = catch_unwind(AssertUnwindSafe(|| record(shared, &decided)));
+        for (k, (i, d, pending)) in to_write.iter().enumerate() {
+            finished[*i] = Some(match &recorded {
+                Ok(Ok(reconciled)) => Finished::Reconciled(reconciled[k]),
+                Ok(Err(e)) => {
+                    log::error!(
+                        "delivery of event {} ({}) to channel {} left due: {e}; its outcome was {}: {}",
+                        d.event.id,
+                        d.event.namespace,
+                        d.status.target.id,
+                        pending.update.state,
+                        pending.update.reason
+                    );
+                    Finished::Error
+                }
+                Err(panic) => {
+                    log::error!(
+                        "worker panicked recording event {} ({}) to channel {}; it stays due: {}",
+                        d.event.id,
+                        d.event.namespace,
+                        d.status.target.id,
+                        panic_text(&**panic)
+                    );
+                    Finished::Panicked
+                }
+            });
         }
     }
+    finished
+        .into_iter()
+        .map(|f| f.unwrap_or(Finished::Error))
+        .collect()
 }
 
-/// Why recording an outcome failed, for the log line.
+/// A caught panic's message.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// Why recording outcomes failed, for the log line.
 #[derive(Debug, thiserror::Error)]
 enum RecordError {
     /// No working connection within [`RECORD_WAIT`] (the pool timed out,
     /// or every connection tried broke).
-    #[error("its outcome ({state}: {reason}) was not recorded (waited up to {} s for a working database connection): {source}", RECORD_WAIT.as_secs())]
+    #[error("not recorded (waited up to {} s for a working database connection): {source}", RECORD_WAIT.as_secs())]
     NoConnection {
-        /// The state it would have written.
-        state: crate::state::State,
-        /// The reason it would have written.
-        reason: String,
         /// The last error.
         source: DbError,
     },
@@ -195,35 +270,39 @@ enum RecordError {
     Db(#[from] DbError),
 }
 
-/// Writes `pending` for `d` on a pooled connection taken for it, waiting for
-/// one up to [`RECORD_WAIT`] in all; a connection found dead is discarded
-/// and the write retried on another (at most once per pooled connection,
-/// plus one). A retry is safe: when the lost write had in fact committed,
-/// the version check refuses the second (it is then reported as changed
-/// concurrently), so nothing is written twice.
-fn record(shared: &Shared<'_>, d: &Delivery, pending: &Pending) -> Result<Reconciled, RecordError> {
+/// Writes the decided updates in one statement on a pooled connection taken
+/// for it, waiting for one up to [`RECORD_WAIT`] in all; a connection found
+/// dead is discarded and the write retried on another (at most once per
+/// pooled connection, plus one). A retry is safe: when the lost write had
+/// in fact committed, the version check refuses the second (each row is
+/// then reported as changed concurrently), so nothing is written twice.
+fn record(
+    shared: &Shared<'_>,
+    decided: &[(&Delivery, &Pending)],
+) -> Result<Vec<Reconciled>, RecordError> {
     let deadline = Instant::now() + RECORD_WAIT;
     let tries = shared.pool.max_size() as usize + 1;
-    let gave_up = |source| RecordError::NoConnection {
-        state: pending.update.state,
-        reason: pending.update.reason.clone(),
-        source,
-    };
+    let gave_up = |source| RecordError::NoConnection { source };
     let mut try_no = 0;
     loop {
         try_no += 1;
         let mut conn = Checkout::take(shared, deadline).map_err(gave_up)?;
-        match conn.write(d, pending) {
+        match conn.write(decided) {
             Ok(r) => return Ok(r),
             Err(e)
                 if (e.is_connection_lost() || conn.closed())
                     && try_no < tries
                     && Instant::now() < deadline =>
             {
+                let (d, _) = decided[0];
                 log::warn!(
-                    "recording the delivery of event {} to channel {}: the connection broke ({e}); writing on another",
+                    "recording the delivery of event {} to channel {}{}: the connection broke ({e}); writing on another",
                     d.event.id,
-                    d.status.target.id
+                    d.status.target.id,
+                    match decided.len() {
+                        1 => String::new(),
+                        n => format!(" and {} more", n - 1),
+                    }
                 );
                 conn.discard();
             }
@@ -272,15 +351,15 @@ impl<'a> Checkout<'a> {
             .ok_or(DbError::NotConnected("worker"))
     }
 
-    /// Records `pending`, preparing the status write on this connection the
-    /// first time it is used.
-    fn write(&mut self, d: &Delivery, pending: &Pending) -> Result<Reconciled, DbError> {
+    /// Records the decided updates, preparing the status write on this
+    /// connection the first time it is used.
+    fn write(&mut self, decided: &[(&Delivery, &Pending)]) -> Result<Vec<Reconciled>, DbError> {
         let WorkerConn { client, writer, .. } = self.conn()?;
         let writer = match writer {
             Some(w) => w,
             None => writer.insert(StatusWriter::prepare(client)?),
         };
-        worker::record(client, writer, d, pending)
+        worker::record(client, writer, decided)
     }
 
     /// Whether the connection is closed (the server ended the session).

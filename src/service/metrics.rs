@@ -522,6 +522,7 @@ mod tests {
                 next_attempt_at: None,
                 first_attempt_latency: latency_ms.map(Duration::from_millis),
                 verdict: None,
+                took: None,
             }),
         }
     }
