@@ -522,10 +522,17 @@ pub fn apply(
             http_status: result.http_status,
             duration_ms: u64::try_from(result.duration.as_millis()).unwrap_or(u64::MAX),
             url: result.url.clone(),
-            response_body: result.response_body.clone(),
-            error: result.error.clone(),
+            response_body: result.response_body.as_deref().map(storable),
+            error: result.error.as_deref().map(storable),
         }),
     }
+}
+
+/// `text` as a jsonb string can hold it: PostgreSQL refuses a NUL character
+/// (`\u0000`) in jsonb, so a receiver's body with one would make the
+/// status write fail (and, written with others, theirs); it becomes U+FFFD.
+fn storable(text: &str) -> String {
+    text.replace('\0', "\u{FFFD}")
 }
 
 /// The delay before the retry after failed attempt `n` (1-based).
@@ -1303,6 +1310,17 @@ mod tests {
         a.duration = Duration::MAX;
         let u = apply_plain(&status(State::Pending, 0), &Outcome::Attempted(a));
         assert_eq!(u.attempt.unwrap().duration_ms, u64::MAX);
+    }
+
+    #[test]
+    fn nul_characters_in_a_response_or_an_error_are_stored_as_replacement_characters() {
+        let mut a = attempt(Some(500), AttemptClass::Retryable);
+        a.response_body = Some("bad\0body".into());
+        a.error = Some("odd\0error".into());
+        let u = apply_plain(&status(State::Pending, 0), &Outcome::Attempted(a));
+        let recorded = u.attempt.unwrap();
+        assert_eq!(recorded.response_body.as_deref(), Some("bad\u{FFFD}body"));
+        assert_eq!(recorded.error.as_deref(), Some("odd\u{FFFD}error"));
     }
 
     // ---- classify_status and parse_retry_after ----------------------------

@@ -979,3 +979,57 @@ fn a_write_of_several_outcomes_refuses_only_the_row_changed_meanwhile() {
         vec![false, false, false]
     );
 }
+
+/// Counts the riders workers handed back unsent.
+#[derive(Default)]
+struct CountReturned(std::sync::atomic::AtomicUsize);
+
+impl notification_reconciler::reconcile::Hooks for CountReturned {
+    fn finished(
+        &self,
+        done: &notification_reconciler::reconcile::worker::Done,
+        _tally: &notification_reconciler::reconcile::report::Tally,
+    ) {
+        if matches!(
+            done.finished,
+            notification_reconciler::reconcile::worker::Finished::Returned(_)
+        ) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+#[test]
+fn riders_after_a_failed_attempt_go_back_and_are_delivered_in_the_same_pass() {
+    let mut f = Fixture::new();
+    // Fast answers, with a fast 500 now and then: a job stops riding after
+    // it, and hands its unsent riders back.
+    let receiver = Receiver::start(Script::new(|rq| {
+        if rq.seq % 40 == 0 {
+            Reply::status(500)
+        } else {
+            Reply::status(200)
+        }
+    }));
+    f.single_channel(&receiver.url(), "{}");
+    for _ in 0..400 {
+        f.enqueue(PAYLOAD);
+    }
+    let mut config = f.config(vec![LONG]);
+    config.reconciler.workers = 4;
+    config.delivery.max_in_flight_per_channel = 4;
+    let hooks = CountReturned::default();
+    let mut r = Reconciler::new(&config).unwrap();
+    let report = match r.run_pass(&AtomicBool::new(false), &hooks).unwrap() {
+        PassOutcome::Ran(report) => report,
+        PassOutcome::LockHeld => panic!("the lock is held by someone else"),
+    };
+    let returned = hooks.0.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(returned > 0, "no rider was handed back: nothing tested");
+    // One pass: every delivery attempted once, the 500s scheduled for a
+    // retry, nothing left behind by the riders handed back.
+    assert_eq!(receiver.count(), 400, "each delivery sent once");
+    assert_eq!(report.delivered + report.retry_scheduled, 400, "{report:?}");
+    assert_eq!(report.retry_scheduled, 10, "{report:?}");
+    println!("{returned} riders handed back and delivered in the same pass");
+}

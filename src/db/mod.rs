@@ -164,6 +164,18 @@ impl DbError {
         }
     }
 
+    /// Whether the statement lost a deadlock or a serialization conflict
+    /// (SQLSTATE 40P01, 40001): nothing was written, and running it again
+    /// is the remedy.
+    pub fn is_conflict(&self) -> bool {
+        match self {
+            DbError::Query { source, .. } => source
+                .code()
+                .is_some_and(|c| matches!(c.code(), "40P01" | "40001")),
+            _ => false,
+        }
+    }
+
     /// Whether the error means the connection is gone (it must be discarded).
     pub fn is_connection_lost(&self) -> bool {
         match self {

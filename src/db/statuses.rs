@@ -177,6 +177,10 @@ impl StatusWriter {
             attempts.push(attempt);
         }
         let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+        debug_assert!(
+            ids.iter().collect::<std::collections::HashSet<_>>().len() == ids.len(),
+            "a status written twice in one statement"
+        );
         let versions: Vec<i64> = rows.iter().map(|r| r.version).collect();
         let states: Vec<&str> = rows.iter().map(|r| r.update.state.as_str()).collect();
         let reasons: Vec<&str> = rows.iter().map(|r| r.update.reason.as_str()).collect();

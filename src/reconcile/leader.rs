@@ -777,10 +777,10 @@ impl<'a> Main<'a> {
         self.shard_timers(lock)?;
         let (last, n) = self.heartbeat;
         let snapshot = self.channels.snapshot(&self.in_flight);
-        let changed = (self.in_flight.len() != n || snapshot != self.published)
+        let changed = (self.in_flight.deliveries() != n || snapshot != self.published)
             && last.elapsed() >= HEARTBEAT_EVERY;
         if changed || last.elapsed() >= HEARTBEAT_EVERY * 10 {
-            let n = self.in_flight.len();
+            let n = self.in_flight.deliveries();
             match &self.shards {
                 Some(set) => set.heartbeat(lock, &snapshot),
                 None => lock
@@ -1192,7 +1192,7 @@ impl<'a> Main<'a> {
         // Jobs per channel in this step, so that what is left in a lane is
         // spread over its jobs as riders.
         let mut jobs_left: HashMap<Uuid, usize> = HashMap::new();
-        for (d, _) in chosen.iter().flatten() {
+        for (d, _) in chosen.iter().flatten().filter(|(_, sends)| *sends) {
             *jobs_left.entry(d.channel_id()).or_default() += 1;
         }
         let before = self.in_flight.len();
@@ -1214,11 +1214,14 @@ impl<'a> Main<'a> {
             } else {
                 0
             };
-            let left = jobs_left.get_mut(&channel_id).map_or(1, |n| {
-                let left = *n;
-                *n = n.saturating_sub(1);
-                left.max(1)
-            });
+            let left = match jobs_left.get_mut(&channel_id).filter(|_| sends) {
+                Some(n) => {
+                    let left = *n;
+                    *n = n.saturating_sub(1);
+                    left.max(1)
+                }
+                None => 1,
+            };
             if let Some(lane) = lanes.get_mut(&channel_id).filter(|_| room > 0) {
                 let room = room.min(lane.queue.len().div_ceil(left));
                 while riders.len() < room {
@@ -1270,7 +1273,7 @@ impl<'a> Main<'a> {
         }
         let handed = self.in_flight.len() - before;
         if handed > 0 {
-            self.hooks.in_flight(self.in_flight.len());
+            self.hooks.in_flight(self.in_flight.deliveries());
         }
         Ok(true)
     }
@@ -1346,7 +1349,7 @@ impl<'a> Main<'a> {
     fn finished(&mut self, done: Done) {
         let channel_id = self.in_flight.remove(&done.status_id);
         if let Some(id) = channel_id {
-            self.hooks.in_flight(self.in_flight.len());
+            self.hooks.in_flight(self.in_flight.deliveries());
             self.controls
                 .finished(&id, &done.status_id, self.watch.db_now());
             if self.controls.is_ordered(&id) {
@@ -1385,16 +1388,51 @@ impl<'a> Main<'a> {
                     self.in_flight.park(done.status_id);
                 }
             }
-            Finished::Dropped => {
-                // A rider its worker had no time left for (or a delivery a
-                // halt kept back) is still due, behind its lane's cursor: a
-                // fresh sweep reads it again.
-                if matches!(self.mode, Mode::Continuous(_)) {
+            Finished::Returned(r) => {
+                if let Some(channel_id) = channel_id {
+                    self.take_back(channel_id, r.delivery.clone(), r.cutoff);
+                }
+            }
+            Finished::Dropped => {}
+        }
+        self.hooks.finished(&done, &self.tally);
+    }
+
+    /// A rider its worker handed back unsent goes first in its lane again,
+    /// in the sweep in progress. Without a lane for it there: `run` starts
+    /// a fresh sweep, which reads it from the database (of the shards it
+    /// still leads); `once` takes it up in a continuation of its one sweep
+    /// (same cut-off).
+    fn take_back(&mut self, channel_id: Uuid, delivery: Delivery, cutoff: DateTime<Utc>) {
+        let lanes = self.sweep.as_mut().and_then(|s| s.lanes.as_mut());
+        if let Some(lane) = lanes.and_then(|l| l.get_mut(&channel_id)) {
+            lane.queue.push_front(delivery);
+            return;
+        }
+        match self.mode {
+            Mode::Continuous(_) => {
+                // A sweep that has not read its channels yet will find it.
+                if self.sweep.as_ref().is_none_or(|s| s.lanes.is_some()) {
                     self.start_sweep(self.cutoff_now());
                 }
             }
+            Mode::Once => {
+                self.swept_all = false;
+                let sweep = self.sweep.get_or_insert_with(|| Sweep {
+                    cutoff,
+                    lanes: Some(BTreeMap::new()),
+                });
+                if let Some(lanes) = sweep.lanes.as_mut() {
+                    let mut lane = LaneState {
+                        // What was read after it is handed out already.
+                        exhausted: true,
+                        ..LaneState::fresh()
+                    };
+                    lane.queue.push_front(delivery);
+                    lanes.insert(channel_id, lane);
+                }
+            }
         }
-        self.hooks.finished(&done, &self.tally);
     }
 }
 

@@ -44,7 +44,7 @@ impl Tally {
             },
             Finished::Error => &mut self.errors,
             Finished::Panicked => &mut self.panics,
-            Finished::Dropped => return,
+            Finished::Dropped | Finished::Returned(_) => return,
         };
         *counter += 1;
         self.deliveries += 1;

@@ -5,14 +5,14 @@
 //! and report each delivery's outcome back to the main thread (which frees
 //! its entry in the in-flight registry and counts it).
 //!
-//! A worker holds a database connection only while it records an outcome.
+//! A worker holds a database connection only while it records outcomes.
 //! It decides and sends without one (`delivery::worker::decide`: the page
 //! brought everything), then takes a connection from the pool, writes the
-//! update on it (the status write is prepared once per pooled connection)
-//! and gives it back at once. So deliveries in flight are bounded by
-//! `reconciler.workers`, and connections by `database.pool_size`, each on
-//! its own; a pooled connection still serves one worker at a time, and no
-//! transaction is held across an HTTP call.
+//! job's updates on it in one statement (prepared once per pooled
+//! connection) and gives it back at once. So requests in flight are bounded
+//! by `reconciler.workers`, and connections by `database.pool_size`, each
+//! on its own; a pooled connection still serves one worker at a time, and
+//! no transaction is held across an HTTP call.
 //!
 //! An outcome is recorded after its attempt: a worker that has made one
 //! waits for a connection up to [`RECORD_WAIT`] (a database outage or
@@ -114,9 +114,22 @@ pub enum Finished {
     Error,
     /// The reconcile panicked: nothing recorded, it stays due.
     Panicked,
-    /// Not attempted (stop, halt, the lease ran out, or a rider the job
-    /// had no time left for): it stays due.
+    /// Not attempted (stop, halt, or the lease ran out): it stays due.
     Dropped,
+    /// A rider its worker did not send (the job ran out of time, or the
+    /// channel stopped answering with a success): handed back untouched, to
+    /// be handed out again in the same sweep.
+    Returned(Box<Returned>),
+}
+
+/// A rider handed back unsent: nothing was sent or written for it, so the
+/// row the leader read is still current.
+#[derive(Debug, Clone)]
+pub struct Returned {
+    /// The delivery.
+    pub delivery: Delivery,
+    /// The cut-off of the sweep that found it.
+    pub cutoff: DateTime<Utc>,
 }
 
 /// What a worker shares with the others (all read-only or atomic).
@@ -170,8 +183,15 @@ fn reconcile_job(
     let mut to_write: Vec<(usize, &Delivery, Pending)> = Vec::new();
     let mut riding = true;
     for (i, d) in job.deliveries().enumerate() {
-        if i > 0 && (!riding || stopped() || started.elapsed() > RIDE_FOR) {
+        if i > 0 && stopped() {
             finished.push(Some(Finished::Dropped));
+            continue;
+        }
+        if i > 0 && (!riding || started.elapsed() > RIDE_FOR) {
+            finished.push(Some(Finished::Returned(Box::new(Returned {
+                delivery: d.clone(),
+                cutoff: job.cutoff,
+            }))));
             continue;
         }
         let decided = catch_unwind(AssertUnwindSafe(|| {
@@ -191,8 +211,9 @@ fn reconcile_job(
                 took: None,
             })),
             Ok(Decision::Write(pending)) => {
-                // An endpoint that stopped answering gets none of the rest.
-                riding &= pending.verdict != Some(Verdict::NoAnswer);
+                // Riders follow only successes: an endpoint that fails or
+                // stops answering gets none of the rest (they go back).
+                riding &= pending.verdict.is_none_or(|v| v == Verdict::Success);
                 to_write.push((i, d, pending));
                 None
             }
@@ -209,36 +230,31 @@ fn reconcile_job(
             }
         });
     }
-    if !to_write.is_empty() {
-        let decided: Vec<(&Delivery, &Pending)> =
-            to_write.iter().map(|(_, d, p)| (*d, p)).collect();
-        let recorded = catch_unwind(AssertUnwindSafe(|| record(shared, &decided)));
-        for (k, (i, d, pending)) in to_write.iter().enumerate() {
-            finished[*i] = Some(match &recorded {
-                Ok(Ok(reconciled)) => Finished::Reconciled(reconciled[k]),
-                Ok(Err(e)) => {
-                    log::error!(
-                        "delivery of event {} ({}) to channel {} left due: {e}; its outcome was {}: {}",
-                        d.event.id,
-                        d.event.namespace,
-                        d.status.target.id,
-                        pending.update.state,
-                        pending.update.reason
-                    );
-                    Finished::Error
-                }
-                Err(panic) => {
-                    log::error!(
-                        "worker panicked recording event {} ({}) to channel {}; it stays due: {}",
-                        d.event.id,
-                        d.event.namespace,
-                        d.status.target.id,
-                        panic_text(&**panic)
-                    );
-                    Finished::Panicked
-                }
-            });
-        }
+    let decided: Vec<(&Delivery, &Pending)> = to_write.iter().map(|(_, d, p)| (*d, p)).collect();
+    for ((i, d, pending), recorded) in to_write.iter().zip(record_all(shared, &decided)) {
+        finished[*i] = Some(match recorded {
+            Ok(reconciled) => Finished::Reconciled(reconciled),
+            Err(Failure::Db(e)) => {
+                log::error!(
+                    "delivery of event {} ({}) to channel {} left due: its outcome ({}: {}) {e}",
+                    d.event.id,
+                    d.event.namespace,
+                    d.status.target.id,
+                    pending.update.state,
+                    pending.update.reason
+                );
+                Finished::Error
+            }
+            Err(Failure::Panicked(what)) => {
+                log::error!(
+                    "worker panicked recording event {} ({}) to channel {}; it stays due: {what}",
+                    d.event.id,
+                    d.event.namespace,
+                    d.status.target.id,
+                );
+                Finished::Panicked
+            }
+        });
     }
     finished
         .into_iter()
@@ -255,27 +271,75 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
+/// Why one outcome was not recorded.
+enum Failure {
+    /// A database error, as the log line says it.
+    Db(String),
+    /// Recording panicked (the message).
+    Panicked(String),
+}
+
+/// Records the decided updates in one statement ([`record`]); each one's
+/// result, in order. When a statement of several fails on a value
+/// PostgreSQL cannot take (a data exception: one row's problem), each is
+/// written alone, so that one bad outcome does not hold back the others.
+fn record_all(
+    shared: &Shared<'_>,
+    decided: &[(&Delivery, &Pending)],
+) -> Vec<Result<Reconciled, Failure>> {
+    if decided.is_empty() {
+        return Vec::new();
+    }
+    match catch_unwind(AssertUnwindSafe(|| record(shared, decided))) {
+        Ok(Ok(all)) => all.into_iter().map(Ok).collect(),
+        Ok(Err(RecordError::Db(e))) if decided.len() > 1 && e.data_exception().is_some() => decided
+            .iter()
+            .flat_map(|one| record_all(shared, std::slice::from_ref(one)))
+            .collect(),
+        Ok(Err(e)) => {
+            let text = e.to_string();
+            decided
+                .iter()
+                .map(|_| Err(Failure::Db(text.clone())))
+                .collect()
+        }
+        Err(panic) => {
+            let text = panic_text(&*panic);
+            decided
+                .iter()
+                .map(|_| Err(Failure::Panicked(text.clone())))
+                .collect()
+        }
+    }
+}
+
 /// Why recording outcomes failed, for the log line.
 #[derive(Debug, thiserror::Error)]
 enum RecordError {
     /// No working connection within [`RECORD_WAIT`] (the pool timed out,
     /// or every connection tried broke).
-    #[error("not recorded (waited up to {} s for a working database connection): {source}", RECORD_WAIT.as_secs())]
+    #[error("was not recorded (waited up to {} s for a working database connection): {source}", RECORD_WAIT.as_secs())]
     NoConnection {
         /// The last error.
         source: DbError,
     },
     /// The write itself failed.
-    #[error(transparent)]
+    #[error("was not recorded: {0}")]
     Db(#[from] DbError),
 }
+
+/// How often a write that lost a deadlock (an operator's bulk resend
+/// locking the same rows in another order) is tried again.
+const CONFLICT_TRIES: usize = 3;
 
 /// Writes the decided updates in one statement on a pooled connection taken
 /// for it, waiting for one up to [`RECORD_WAIT`] in all; a connection found
 /// dead is discarded and the write retried on another (at most once per
-/// pooled connection, plus one). A retry is safe: when the lost write had
-/// in fact committed, the version check refuses the second (each row is
-/// then reported as changed concurrently), so nothing is written twice.
+/// pooled connection, plus one), and a write that lost a deadlock is tried
+/// again at once (up to [`CONFLICT_TRIES`] times). A retry is safe: when
+/// the lost write had in fact committed, the version check refuses the
+/// second (each row is then reported as changed concurrently), so nothing
+/// is written twice.
 fn record(
     shared: &Shared<'_>,
     decided: &[(&Delivery, &Pending)],
@@ -283,12 +347,16 @@ fn record(
     let deadline = Instant::now() + RECORD_WAIT;
     let tries = shared.pool.max_size() as usize + 1;
     let gave_up = |source| RecordError::NoConnection { source };
-    let mut try_no = 0;
+    let (mut try_no, mut conflicts) = (0, 0);
     loop {
         try_no += 1;
         let mut conn = Checkout::take(shared, deadline).map_err(gave_up)?;
         match conn.write(decided) {
             Ok(r) => return Ok(r),
+            Err(e) if e.is_conflict() && conflicts + 1 < CONFLICT_TRIES => {
+                conflicts += 1;
+                try_no -= 1;
+            }
             Err(e)
                 if (e.is_connection_lost() || conn.closed())
                     && try_no < tries

@@ -350,7 +350,7 @@ impl Metrics {
             Finished::Panicked => {
                 self.worker_panics.inc();
             }
-            Finished::Error | Finished::Dropped => {}
+            Finished::Error | Finished::Dropped | Finished::Returned(_) => {}
         }
     }
 
