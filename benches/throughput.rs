@@ -123,6 +123,9 @@ struct Sizes {
     fair_timeout: &'static str,
     /// How long the slow endpoint may borrow before the measurement.
     fair_slow_ramp: Duration,
+    /// Scenario 10: the fast endpoint's backlog (it must outlast the
+    /// measurement: with riders it drains at several thousand a second).
+    fair_fast_backlog: u64,
     /// The slow endpoint's latency (below `fair_timeout`).
     fair_slow_latency: Duration,
     fair_seconds: u64,
@@ -157,6 +160,7 @@ impl Sizes {
             fair_hanging: 10_000,
             fair_timeout: "3s",
             fair_slow_ramp: Duration::from_secs(5),
+            fair_fast_backlog: 300_000,
             fair_slow_latency: Duration::from_secs(2),
             fair_seconds: 10,
             fair_rate: 100,
@@ -188,6 +192,7 @@ impl Sizes {
             fair_hanging: 200,
             fair_timeout: "1s",
             fair_slow_ramp: Duration::from_millis(300),
+            fair_fast_backlog: 2_000,
             fair_slow_latency: Duration::from_millis(200),
             fair_seconds: 1,
             fair_rate: 50,
@@ -806,6 +811,9 @@ enum Other {
     /// One that answers every request with 200 after 2 s, with as large a
     /// backlog (the work-conserving cap lets it borrow idle workers).
     Slow,
+    /// One that answers every request with 200 at once, with a backlog
+    /// larger still: it borrows idle workers and its jobs carry riders.
+    Fast,
 }
 
 /// Scenario 10: a healthy endpoint's enqueue → receipt latency at a steady
@@ -813,11 +821,12 @@ enum Other {
 /// and with a slow one that answers.
 fn fairness(sizes: &Sizes, rows: &mut Vec<Row>) {
     let mut p99s = Vec::new();
-    for other in [Other::Alone, Other::Hanging, Other::Slow] {
+    for other in [Other::Alone, Other::Hanging, Other::Slow, Other::Fast] {
         let db = daemon_db();
         let healthy = support::Receiver::start(Script::status(200));
         let script = match other {
             Other::Slow => Script::status(200).with_latency(sizes.fair_slow_latency),
+            Other::Fast => Script::status(200),
             Other::Alone | Other::Hanging => Script::hang(),
         };
         let dead = support::Receiver::start(script);
@@ -826,12 +835,11 @@ fn fairness(sizes: &Sizes, rows: &mut Vec<Row>) {
         support::fixtures::channel_for(&mut client, "healthy", &healthy.url(), secret, "{}");
         if other != Other::Alone {
             support::fixtures::channel_for(&mut client, "dead", &dead.url(), secret, "{}");
-            support::fixtures::emit(
-                &mut client,
-                "dead",
-                "'{}'::jsonb",
-                sizes.fair_hanging as i32,
-            );
+            let backlog = match other {
+                Other::Fast => sizes.fair_fast_backlog,
+                _ => sizes.fair_hanging,
+            };
+            support::fixtures::emit(&mut client, "dead", "'{}'::jsonb", backlog as i32);
         }
         let mut daemon = BinDaemon::start_with(
             &db.url,
@@ -844,7 +852,7 @@ fn fairness(sizes: &Sizes, rows: &mut Vec<Row>) {
             ),
         );
         let deadline = Instant::now() + Duration::from_secs(60);
-        while other != Other::Alone && dead.in_flight() == 0 {
+        while other != Other::Alone && dead.in_flight() == 0 && dead.count() == 0 {
             assert!(
                 Instant::now() < deadline,
                 "fairness: the other endpoint's deliveries never started:\n{}",
@@ -852,7 +860,7 @@ fn fairness(sizes: &Sizes, rows: &mut Vec<Row>) {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
-        if other == Other::Slow {
+        if matches!(other, Other::Slow | Other::Fast) {
             // Measure once it borrows what it can: it has been answering
             // for a few round trips.
             std::thread::sleep(sizes.fair_slow_ramp);
@@ -890,6 +898,10 @@ fn fairness(sizes: &Sizes, rows: &mut Vec<Row>) {
                 sizes.fair_slow_latency.as_millis(),
                 sizes.fair_hanging
             ),
+            Other::Fast => format!(
+                "{total} events at {}/s, 16 workers, with a fast endpoint (200 at once): {} due",
+                sizes.fair_rate, sizes.fair_fast_backlog
+            ),
         };
         let result = match other {
             Other::Alone => format!("p50 {p50:.1} ms, p99 {p99:.1} ms"),
@@ -903,6 +915,12 @@ fn fairness(sizes: &Sizes, rows: &mut Vec<Row>) {
                 dead.peak_concurrency(),
                 dead.count()
             ),
+            Other::Fast => format!(
+                "p50 {p50:.1} ms, p99 {p99:.1} ms; the fast endpoint had at most {} requests at once, {} requests (its backlog was still due at the end: {})",
+                dead.peak_concurrency(),
+                dead.count(),
+                (dead.count() as u64) < sizes.fair_fast_backlog
+            ),
         };
         push(
             rows,
@@ -915,7 +933,7 @@ fn fairness(sizes: &Sizes, rows: &mut Vec<Row>) {
             },
         );
     }
-    for (k, what) in [(1, "hanging"), (2, "slow")] {
+    for (k, what) in [(1, "hanging"), (2, "slow"), (3, "fast")] {
         let ratio = p99s[k] / p99s[0];
         push(
             rows,

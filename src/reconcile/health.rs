@@ -93,6 +93,17 @@ pub const RIDE_BUDGET: Duration = Duration::from_millis(25);
 /// Answers in a row a channel needs before its jobs carry riders.
 pub const RIDE_AFTER: u32 = 8;
 
+/// Which channels are active (sent a request within [`ACTIVE_FOR`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Active {
+    /// None.
+    Nobody,
+    /// This one alone.
+    Only(Uuid),
+    /// More than one.
+    Several,
+}
+
 /// Every channel's health, kept by the leader's main thread.
 #[derive(Debug)]
 pub struct Channels {
@@ -139,12 +150,36 @@ impl Channels {
             .allowance(now, in_flight, self.cap, &self.policy)
     }
 
-    /// How many riders a job of the channel may carry: none until its
-    /// breaker is closed and it answered its last [`RIDE_AFTER`] attempts
-    /// in a row, then as many as fit in [`RIDE_BUDGET`] at its recent
-    /// request time, at most [`MAX_RIDERS`]. An endpoint that slows down
-    /// or stops answering loses its riders at once.
-    pub fn riders(&self, channel_id: &Uuid) -> usize {
+    /// Which channels are active at `now` (sent a request within
+    /// [`ACTIVE_FOR`]): what [`Channels::riders`] needs to know.
+    pub fn active(&self, now: DateTime<Utc>) -> Active {
+        let mut active = self
+            .health
+            .iter()
+            .filter(|(_, h)| h.last_sent.is_some_and(|t| now - t < ACTIVE_FOR))
+            .map(|(id, _)| *id);
+        match (active.next(), active.next()) {
+            (None, _) => Active::Nobody,
+            (Some(id), None) => Active::Only(id),
+            (Some(_), Some(_)) => Active::Several,
+        }
+    }
+
+    /// How many riders a job of the channel may carry: none while another
+    /// channel is active (`active`: riders are for a channel draining
+    /// alone; beside others, each delivery is its own job, so that theirs
+    /// interleave finely and a busy machine's CPU is not all the drain's:
+    /// docs/benchmarks.md scenario 10, "fast"), none until its breaker is
+    /// closed and it answered its last [`RIDE_AFTER`] attempts in a row,
+    /// then as many as fit in [`RIDE_BUDGET`] at its recent request time,
+    /// at most [`MAX_RIDERS`]. An endpoint that slows down or stops
+    /// answering loses its riders at once.
+    pub fn riders(&self, channel_id: &Uuid, active: &Active) -> usize {
+        match active {
+            Active::Several => return 0,
+            Active::Only(id) if id != channel_id => return 0,
+            Active::Nobody | Active::Only(_) => {}
+        }
         let Some(h) = self.health.get(channel_id) else {
             return 0;
         };
@@ -389,7 +424,8 @@ mod tests {
     fn riders_go_to_a_channel_that_answers_fast_and_leave_when_it_slows_or_stops() {
         let mut c = channels(5, "5d");
         let id = Uuid::from_u128(9);
-        assert_eq!(c.riders(&id), 0, "unknown");
+        let alone = Active::Nobody;
+        assert_eq!(c.riders(&id, &alone), 0, "unknown");
         let answer = |c: &mut Channels, v: Verdict, ms: u64| {
             c.record(id, v, t(0));
             c.took(id, Duration::from_millis(ms));
@@ -397,36 +433,66 @@ mod tests {
         for _ in 0..RIDE_AFTER - 1 {
             answer(&mut c, Verdict::Success, 0);
         }
-        assert_eq!(c.riders(&id), 0, "not yet {RIDE_AFTER} answers in a row");
+        assert_eq!(
+            c.riders(&id, &alone),
+            0,
+            "not yet {RIDE_AFTER} answers in a row"
+        );
         // A fast 500 is an answer: quick to make, it may ride.
         answer(&mut c, Verdict::Failure, 0);
-        assert_eq!(c.riders(&id), MAX_RIDERS, "under a millisecond each");
+        assert_eq!(
+            c.riders(&id, &alone),
+            MAX_RIDERS,
+            "under a millisecond each"
+        );
         // 5 ms each: 25 ms hold 5, the job itself and 4 riders.
         answer(&mut c, Verdict::Success, 5);
-        assert_eq!(c.riders(&id), 4);
+        assert_eq!(c.riders(&id, &alone), 4);
         // One slow answer: no riders, for a few answers after it too.
         answer(&mut c, Verdict::Success, 200);
-        assert_eq!(c.riders(&id), 0);
+        assert_eq!(c.riders(&id, &alone), 0);
         answer(&mut c, Verdict::Success, 1);
-        assert_eq!(c.riders(&id), 0, "100 ms is still the recent time");
+        assert_eq!(c.riders(&id, &alone), 0, "100 ms is still the recent time");
         for _ in 0..4 {
             answer(&mut c, Verdict::Success, 1);
         }
-        assert_eq!(c.riders(&id), 3, "200 ms halved five times: 6.25 ms");
+        assert_eq!(
+            c.riders(&id, &alone),
+            3,
+            "200 ms halved five times: 6.25 ms"
+        );
         for _ in 0..10 {
             answer(&mut c, Verdict::Success, 1);
         }
-        assert_eq!(c.riders(&id), MAX_RIDERS);
+        assert_eq!(c.riders(&id, &alone), MAX_RIDERS);
         // No answer: riders end at once, and come back only after
         // RIDE_AFTER answers again.
         answer(&mut c, Verdict::NoAnswer, 0);
-        assert_eq!(c.riders(&id), 0);
+        assert_eq!(c.riders(&id, &alone), 0);
         for _ in 0..RIDE_AFTER - 1 {
             answer(&mut c, Verdict::Success, 0);
         }
-        assert_eq!(c.riders(&id), 0);
+        assert_eq!(c.riders(&id, &alone), 0);
         answer(&mut c, Verdict::Success, 0);
-        assert_eq!(c.riders(&id), MAX_RIDERS);
+        assert_eq!(c.riders(&id, &alone), MAX_RIDERS);
+        // Only while it is the one active channel (or none is).
+        assert_eq!(c.riders(&id, &Active::Only(id)), MAX_RIDERS);
+        let other = Uuid::from_u128(10);
+        assert_eq!(c.riders(&id, &Active::Only(other)), 0);
+        assert_eq!(c.riders(&id, &Active::Several), 0);
+    }
+
+    #[test]
+    fn a_channel_is_active_for_ten_seconds_after_it_sent() {
+        let mut c = channels(5, "5d");
+        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        assert_eq!(c.active(t(0)), Active::Nobody);
+        c.handed_out(a, t(0));
+        assert_eq!(c.active(t(9)), Active::Only(a));
+        c.handed_out(b, t(5));
+        assert_eq!(c.active(t(9)), Active::Several);
+        assert_eq!(c.active(t(10)), Active::Only(b));
+        assert_eq!(c.active(t(15)), Active::Nobody);
     }
 
     #[test]

@@ -1121,6 +1121,7 @@ impl<'a> Main<'a> {
         // makes a request, on this host's clock, which the worker's check
         // uses too) and allowance.
         let wall = Utc::now();
+        let active = self.channels.active(now);
         let ids: Vec<Uuid> = lanes
             .iter()
             .filter(|(_, l)| !l.queue.is_empty())
@@ -1138,7 +1139,7 @@ impl<'a> Main<'a> {
                 let riders = if self.controls.is_controlled(id) {
                     0
                 } else {
-                    self.channels.riders(id)
+                    self.channels.riders(id, &active)
                 };
                 Lane {
                     channel_id: *id,
@@ -1210,7 +1211,7 @@ impl<'a> Main<'a> {
             // recorded with this one in one statement.
             let mut riders = Vec::new();
             let room = if sends && !self.controls.is_controlled(&channel_id) {
-                self.channels.riders(&channel_id)
+                self.channels.riders(&channel_id, &active)
             } else {
                 0
             };

@@ -67,8 +67,9 @@ pub const STACK_SIZE: usize = if cfg!(debug_assertions) {
 };
 
 /// How long a worker keeps sending a job's riders: past this since the
-/// job started, the riders not sent yet are dropped (they stay due and are
-/// handed out again), so that the outcomes already in hand are recorded.
+/// job started, the riders not sent yet are handed back to the leader
+/// unsent ([`Finished::Returned`]), so that the outcomes already in hand
+/// are recorded.
 /// The leader gives riders only to a channel whose recent requests took a
 /// small fraction of this (`health::RIDE_BUDGET`).
 pub const RIDE_FOR: Duration = Duration::from_millis(100);
