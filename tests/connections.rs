@@ -53,6 +53,45 @@ fn metric(text: &str, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {series} in\n{text}"))
 }
 
+/// `kills` runs of the daemon on `config`, each killed with `kill -9` once
+/// the receiver got `ahead` more requests; then a last run until nothing
+/// is unfinished. The requests in flight at each kill.
+fn kill9_runs_then_finish(
+    config: &str,
+    receiver: &Receiver,
+    client: &mut postgres::Client,
+    kills: usize,
+    ahead: usize,
+) -> Vec<usize> {
+    let mut in_flight_at_kills = Vec::new();
+    for k in 0..kills {
+        let mut daemon = Daemon::run(&format!("run #{k}"), config, &[]);
+        let before = receiver.count();
+        wait_until(
+            &format!("run #{k} to have {ahead} requests answered"),
+            Duration::from_secs(60),
+            || receiver.count() >= before + ahead,
+            || tail(&daemon.stderr(), 20),
+        );
+        in_flight_at_kills.push(receiver.in_flight());
+        assert!(daemon.running(), "run #{k} exited:\n{}", daemon.stderr());
+        daemon.kill9();
+    }
+    assert!(
+        unfinished(client) > 0,
+        "the kills came too late to test anything"
+    );
+    let mut last = Daemon::run("final run", config, &[]);
+    wait_until(
+        "the final run to finish",
+        Duration::from_secs(120),
+        || unfinished(client) == 0,
+        || tail(&last.stderr(), 20),
+    );
+    last.stop(Duration::from_secs(30));
+    in_flight_at_kills
+}
+
 /// 512 workers share a pool of 8 connections: 5,000 events are delivered
 /// exactly once, far more deliveries are in flight at once than the
 /// database has connections of ours, and those never exceed the pool plus
@@ -239,32 +278,8 @@ fn kill9_with_many_workers_on_few_connections_duplicates_at_most_the_deliveries_
     let events = seed(&mut client, &receiver.url(), EVENTS);
     let config = with_pool(config_toml(&db.url, WORKERS, "1s", "", ""), 4);
 
-    let mut in_flight_at_kills = Vec::new();
-    for k in 0..KILLS {
-        let mut daemon = Daemon::run(&format!("run #{k}"), &config, &[]);
-        let before = receiver.count();
-        wait_until(
-            &format!("run #{k} to have its workers busy"),
-            Duration::from_secs(60),
-            || receiver.count() >= before + WORKERS + 100,
-            || tail(&daemon.stderr(), 20),
-        );
-        in_flight_at_kills.push(receiver.in_flight());
-        assert!(daemon.running(), "run #{k} exited:\n{}", daemon.stderr());
-        daemon.kill9();
-    }
-    assert!(
-        unfinished(&mut client) > 0,
-        "the kills came too late to test anything"
-    );
-    let mut last = Daemon::run("final run", &config, &[]);
-    wait_until(
-        "the final run to finish",
-        Duration::from_secs(120),
-        || unfinished(&mut client) == 0,
-        || tail(&last.stderr(), 20),
-    );
-    last.stop(Duration::from_secs(30));
+    let in_flight_at_kills =
+        kill9_runs_then_finish(&config, &receiver, &mut client, KILLS, WORKERS + 100);
 
     let duplicates = assert_all_delivered(&mut client, &receiver, &events);
     println!(
@@ -296,30 +311,7 @@ fn kill9_with_riders_duplicates_at_most_eight_per_worker() {
     let mut client = db.client();
     let events = seed(&mut client, &receiver.url(), EVENTS);
     let config = with_pool(config_toml(&db.url, WORKERS, "1s", "", ""), 4);
-    for k in 0..KILLS {
-        let mut daemon = Daemon::run(&format!("run #{k}"), &config, &[]);
-        let before = receiver.count();
-        wait_until(
-            &format!("run #{k} to deliver"),
-            Duration::from_secs(60),
-            || receiver.count() >= before + 300,
-            || tail(&daemon.stderr(), 20),
-        );
-        assert!(daemon.running(), "run #{k} exited:\n{}", daemon.stderr());
-        daemon.kill9();
-    }
-    assert!(
-        unfinished(&mut client) > 0,
-        "the kills came too late to test anything"
-    );
-    let mut last = Daemon::run("final run", &config, &[]);
-    wait_until(
-        "the final run to finish",
-        Duration::from_secs(120),
-        || unfinished(&mut client) == 0,
-        || tail(&last.stderr(), 20),
-    );
-    last.stop(Duration::from_secs(30));
+    kill9_runs_then_finish(&config, &receiver, &mut client, KILLS, 300);
     let duplicates = assert_all_delivered(&mut client, &receiver, &events);
     let (rewritten, some) = not_one_attempt(&mut client);
     let batched: i64 = client

@@ -872,10 +872,9 @@ fn debug_logs_of_a_full_delivery_hold_neither_the_signing_secret_nor_the_databas
     }
 }
 
-#[test]
-fn a_fast_channels_outcomes_are_recorded_several_per_statement_each_exactly_once() {
-    let mut f = Fixture::new();
-    let receiver = Receiver::start(Script::status(200));
+/// One channel to `receiver` with 400 events due, and a config of 4
+/// workers capped at 4 per channel (riders' tests).
+fn four_workers_and_400_due(f: &mut Fixture, receiver: &Receiver) -> Config {
     f.single_channel(&receiver.url(), "{}");
     for _ in 0..400 {
         f.enqueue(PAYLOAD);
@@ -883,6 +882,14 @@ fn a_fast_channels_outcomes_are_recorded_several_per_statement_each_exactly_once
     let mut config = f.config(vec![LONG]);
     config.reconciler.workers = 4;
     config.delivery.max_in_flight_per_channel = 4;
+    config
+}
+
+#[test]
+fn a_fast_channels_outcomes_are_recorded_several_per_statement_each_exactly_once() {
+    let mut f = Fixture::new();
+    let receiver = Receiver::start(Script::status(200));
+    let config = four_workers_and_400_due(&mut f, &receiver);
     let report = pass_with(&config);
     assert_eq!(report.delivered, 400, "{report:?}");
     assert_eq!(receiver.count(), 400, "each delivery sent once");
@@ -1011,13 +1018,7 @@ fn riders_after_a_failed_attempt_go_back_and_are_delivered_in_the_same_pass() {
             Reply::status(200)
         }
     }));
-    f.single_channel(&receiver.url(), "{}");
-    for _ in 0..400 {
-        f.enqueue(PAYLOAD);
-    }
-    let mut config = f.config(vec![LONG]);
-    config.reconciler.workers = 4;
-    config.delivery.max_in_flight_per_channel = 4;
+    let config = four_workers_and_400_due(&mut f, &receiver);
     let hooks = CountReturned::default();
     let mut r = Reconciler::new(&config).unwrap();
     let report = match r.run_pass(&AtomicBool::new(false), &hooks).unwrap() {
