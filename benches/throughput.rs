@@ -80,6 +80,8 @@
 mod controls;
 #[path = "throughput/durable.rs"]
 mod durable;
+#[path = "throughput/groups.rs"]
+mod groups;
 #[path = "throughput/retention.rs"]
 mod retention;
 #[path = "../tests/support/mod.rs"]
@@ -92,9 +94,10 @@ use std::time::{Duration, Instant};
 
 use notification_reconciler::config::Config;
 use notification_reconciler::http_server;
-use notification_reconciler::reconcile::leader::{Hooks, NoHooks, PassOutcome, Reconciler};
+use notification_reconciler::reconcile::hooks::{Hooks, NoHooks};
+use notification_reconciler::reconcile::job::Done;
+use notification_reconciler::reconcile::leader::{PassOutcome, Reconciler};
 use notification_reconciler::reconcile::report::{Report, Tally};
-use notification_reconciler::reconcile::worker::Done;
 use support::sessions::SessionSampler;
 use support::{Script, TestDb};
 
@@ -303,6 +306,14 @@ fn main() {
             durable::DurableSizes::full()
         };
         durable::durable(&durable_sizes, &mut rows);
+    }
+    if wanted("groups") {
+        let group_sizes = if tiny {
+            groups::GroupSizes::tiny()
+        } else {
+            groups::GroupSizes::full()
+        };
+        groups::groups(&group_sizes, &mut rows);
     }
     print_table(&rows, tiny);
     for plan in plans {

@@ -464,7 +464,7 @@ pub fn apply(
     }
     let channel_failure = |reason: String| Update {
         state: State::Failed,
-        reason,
+        reason: storable(&reason),
         next_attempt_at: None,
         round_attempts: status.round_attempts,
         attempt: None,
@@ -511,6 +511,7 @@ pub fn apply(
             )
         }
     };
+    let reason = storable(&reason);
     Update {
         state,
         reason,
@@ -528,9 +529,10 @@ pub fn apply(
     }
 }
 
-/// `text` as a jsonb string can hold it: PostgreSQL refuses a NUL character
-/// (`\u0000`) in jsonb, so a receiver's body with one would make the
-/// status write fail (and, written with others, theirs); it becomes U+FFFD.
+/// `text` as PostgreSQL can store it: it refuses a NUL character in `text`
+/// and (as `\u0000`) in jsonb, so a receiver's body, an error or a reason
+/// with one would make the status write fail (and, written in a group,
+/// the others' too); it becomes U+FFFD.
 fn storable(text: &str) -> String {
     text.replace('\0', "\u{FFFD}")
 }
@@ -1321,6 +1323,20 @@ mod tests {
         let recorded = u.attempt.unwrap();
         assert_eq!(recorded.response_body.as_deref(), Some("bad\u{FFFD}body"));
         assert_eq!(recorded.error.as_deref(), Some("odd\u{FFFD}error"));
+    }
+
+    #[test]
+    fn nul_characters_in_a_reason_are_stored_as_replacement_characters() {
+        let mut a = attempt(None, AttemptClass::Retryable);
+        a.error = Some("connection\0reset".into());
+        let u = apply_plain(&status(State::Pending, 0), &Outcome::Attempted(a));
+        assert!(u.reason.contains("connection\u{FFFD}reset"), "{}", u.reason);
+        let u = apply_plain(
+            &status(State::Pending, 0),
+            &Outcome::InvalidChannel("bad\0url".into()),
+        );
+        assert!(!u.reason.contains('\0'), "{:?}", u.reason);
+        assert!(u.reason.contains("bad\u{FFFD}url"), "{}", u.reason);
     }
 
     // ---- classify_status and parse_retry_after ----------------------------

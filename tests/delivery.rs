@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use notification_reconciler::config::Config;
 use notification_reconciler::db::statuses::{self, DeliveryStatus, MAX_ATTEMPTS_KEPT};
 use notification_reconciler::delivery::sign::{self, Secret};
-use notification_reconciler::reconcile::leader::NoHooks;
+use notification_reconciler::reconcile::hooks::NoHooks;
 use notification_reconciler::reconcile::{PassOutcome, Reconciler, Report};
 use notification_reconciler::state::State;
 use postgres::{Client, NoTls};
@@ -872,50 +872,76 @@ fn debug_logs_of_a_full_delivery_hold_neither_the_signing_secret_nor_the_databas
     }
 }
 
-/// One channel to `receiver` with 400 events due, and a config of 4
-/// workers capped at 4 per channel (riders' tests).
-fn four_workers_and_400_due(f: &mut Fixture, receiver: &Receiver) -> Config {
-    f.single_channel(&receiver.url(), "{}");
-    for _ in 0..400 {
-        f.enqueue(PAYLOAD);
+/// Twenty channels of one rule to `receiver`, 20 events (400 deliveries)
+/// due, 8 workers.
+fn twenty_channels_and_400_due(f: &mut Fixture, receiver: &Receiver) -> Config {
+    let secret = support::fixtures::SECRET;
+    let channels: Vec<Uuid> = (0..20)
+        .map(|_| f.channel(&receiver.url(), secret, "{}"))
+        .collect();
+    let rule: Uuid = f
+        .client
+        .query_one(
+            "INSERT INTO rule (namespace, name, event_type) VALUES ($1, 'group', 'group.commit')
+             RETURNING id",
+            &[&NS],
+        )
+        .unwrap()
+        .get(0);
+    for c in &channels {
+        f.client
+            .execute(
+                "INSERT INTO rule_channel (rule_id, channel_id) VALUES ($1, $2)",
+                &[&rule, c],
+            )
+            .unwrap();
     }
+    f.client
+        .query(
+            "SELECT enqueue_event($1, 'group.commit', '{}'::jsonb) FROM generate_series(1, 20)",
+            &[&NS],
+        )
+        .unwrap();
     let mut config = f.config(vec![LONG]);
-    config.reconciler.workers = 4;
-    config.delivery.max_in_flight_per_channel = 4;
+    config.reconciler.workers = 8;
     config
 }
 
 #[test]
-fn a_fast_channels_outcomes_are_recorded_several_per_statement_each_exactly_once() {
+fn outcomes_of_several_channels_are_recorded_together_each_exactly_once() {
     let mut f = Fixture::new();
     let receiver = Receiver::start(Script::status(200));
-    let config = four_workers_and_400_due(&mut f, &receiver);
+    let config = twenty_channels_and_400_due(&mut f, &receiver);
     let report = pass_with(&config);
     assert_eq!(report.delivered, 400, "{report:?}");
     assert_eq!(receiver.count(), 400, "each delivery sent once");
-    assert!(
-        receiver.peak_concurrency() <= 4,
-        "riders are sent one after another by their worker: {} at once",
-        receiver.peak_concurrency()
-    );
     // Each outcome recorded once, with its one attempt; rows written by one
-    // statement share its transaction's time.
+    // statement share its transaction's time, and a group holds outcomes
+    // of several channels.
     let row = f
         .client
         .query_one(
             "SELECT count(*) FILTER (WHERE state = 'SUCCESS'),
                     count(*) FILTER (WHERE attempt_count = 1 AND jsonb_array_length(attempts) = 1),
-                    count(DISTINCT updated_at)
+                    count(DISTINCT updated_at),
+                    (SELECT count(*) FROM (SELECT updated_at FROM delivery_status
+                         GROUP BY updated_at HAVING count(DISTINCT channel_id) > 1) g)
              FROM delivery_status",
             &[],
         )
         .unwrap();
-    let (succeeded, one_attempt, writes): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    let (succeeded, one_attempt, writes, mixed): (i64, i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
     assert_eq!((succeeded, one_attempt), (400, 400));
     assert!(
         writes < 400,
         "no two outcomes were recorded by one statement ({writes} writes for 400)"
     );
+    assert!(
+        mixed > 0,
+        "no statement recorded outcomes of more than one channel ({writes} writes)"
+    );
+    println!("400 outcomes in {writes} statements, {mixed} of them across channels");
 }
 
 #[test]
@@ -985,52 +1011,4 @@ fn a_write_of_several_outcomes_refuses_only_the_row_changed_meanwhile() {
         writer.write(&mut f.client, &rows).unwrap(),
         vec![false, false, false]
     );
-}
-
-/// Counts the riders workers handed back unsent.
-#[derive(Default)]
-struct CountReturned(std::sync::atomic::AtomicUsize);
-
-impl notification_reconciler::reconcile::Hooks for CountReturned {
-    fn finished(
-        &self,
-        done: &notification_reconciler::reconcile::worker::Done,
-        _tally: &notification_reconciler::reconcile::report::Tally,
-    ) {
-        if matches!(
-            done.finished,
-            notification_reconciler::reconcile::worker::Finished::Returned(_)
-        ) {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
-}
-
-#[test]
-fn riders_after_a_failed_attempt_go_back_and_are_delivered_in_the_same_pass() {
-    let mut f = Fixture::new();
-    // Fast answers, with a fast 500 now and then: a job stops riding after
-    // it, and hands its unsent riders back.
-    let receiver = Receiver::start(Script::new(|rq| {
-        if rq.seq % 40 == 0 {
-            Reply::status(500)
-        } else {
-            Reply::status(200)
-        }
-    }));
-    let config = four_workers_and_400_due(&mut f, &receiver);
-    let hooks = CountReturned::default();
-    let mut r = Reconciler::new(&config).unwrap();
-    let report = match r.run_pass(&AtomicBool::new(false), &hooks).unwrap() {
-        PassOutcome::Ran(report) => report,
-        PassOutcome::LockHeld => panic!("the lock is held by someone else"),
-    };
-    let returned = hooks.0.load(std::sync::atomic::Ordering::SeqCst);
-    assert!(returned > 0, "no rider was handed back: nothing tested");
-    // One pass: every delivery attempted once, the 500s scheduled for a
-    // retry, nothing left behind by the riders handed back.
-    assert_eq!(receiver.count(), 400, "each delivery sent once");
-    assert_eq!(report.delivered + report.retry_scheduled, 400, "{report:?}");
-    assert_eq!(report.retry_scheduled, 10, "{report:?}");
-    println!("{returned} riders handed back and delivered in the same pass");
 }

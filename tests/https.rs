@@ -11,7 +11,7 @@ mod support;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
-use notification_reconciler::reconcile::leader::NoHooks;
+use notification_reconciler::reconcile::hooks::NoHooks;
 use notification_reconciler::reconcile::{PassOutcome, Reconciler};
 use support::bin::{allow_loopback, Bin};
 use support::daemon::config_toml;

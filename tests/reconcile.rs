@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use notification_reconciler::db::due::Delivery;
 use notification_reconciler::lock::derive_key;
-use notification_reconciler::reconcile::leader::{Hooks, NoHooks, PassOutcome, Reconciler};
+use notification_reconciler::reconcile::hooks::{Hooks, NoHooks};
+use notification_reconciler::reconcile::leader::{PassOutcome, Reconciler};
 use notification_reconciler::reconcile::Report;
 use support::bin::{assert_fails, Bin};
 use support::fixtures::{self, enqueue, lock_is_free, seed, state_of, states};

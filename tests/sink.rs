@@ -16,7 +16,7 @@ use std::time::Duration;
 use chrono::Utc;
 use notification_reconciler::config::Config;
 use notification_reconciler::delivery::sign::Secret;
-use notification_reconciler::reconcile::leader::NoHooks;
+use notification_reconciler::reconcile::hooks::NoHooks;
 use notification_reconciler::reconcile::{PassOutcome, Reconciler};
 use support::bin::Bin;
 use support::net::free_addr;

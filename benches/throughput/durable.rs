@@ -59,7 +59,7 @@ impl DurableSizes {
 
 /// CPU seconds (user + system) from `/proc/<pid>/stat`: the process's own
 /// and its waited-for children's; zeros when it is gone.
-fn process_ticks(pid: u32) -> (f64, f64) {
+pub fn process_ticks(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat
         .rsplit_once(')')
@@ -85,7 +85,7 @@ fn parent_of(pid: u32) -> Option<u32> {
 
 /// The CPU seconds the whole cluster has used so far: the postmaster's own
 /// and its exited children's, plus every live child's own.
-fn cluster_cpu_seconds(postmaster: u32) -> f64 {
+pub fn cluster_cpu_seconds(postmaster: u32) -> f64 {
     let (own, children) = process_ticks(postmaster);
     let mut total = own + children;
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -107,7 +107,7 @@ fn cluster_cpu_seconds(postmaster: u32) -> f64 {
 }
 
 /// The postmaster's pid (first line of `postmaster.pid`).
-fn postmaster_pid(data: &Path) -> u32 {
+pub fn postmaster_pid(data: &Path) -> u32 {
     std::fs::read_to_string(data.join("postmaster.pid"))
         .ok()
         .and_then(|t| t.lines().next().and_then(|l| l.trim().parse().ok()))
@@ -116,12 +116,12 @@ fn postmaster_pid(data: &Path) -> u32 {
 
 /// The machine's busy CPU seconds so far (every CPU; `/proc/stat`, ticks of
 /// 1/100 s).
-fn machine_busy_seconds() -> f64 {
+pub fn machine_busy_seconds() -> f64 {
     super::machine_cpu_ticks().0 as f64 / 100.0
 }
 
 /// The WAL position of the cluster now, as bytes.
-fn wal_bytes(client: &mut postgres::Client) -> i64 {
+pub fn wal_bytes(client: &mut postgres::Client) -> i64 {
     client
         .query_one(
             "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint",

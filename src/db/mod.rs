@@ -233,7 +233,7 @@ pub fn connect(cfg: &DatabaseConfig, application_name: &str) -> Result<Client, D
 /// needed, at most `size`; while the database is down the pool retries
 /// connecting in the background (at most every half connect timeout).
 /// Workers check out with their own deadline (`Pool::get_timeout`, see
-/// `reconcile::worker::RECORD_WAIT`); a plain `get` waits at most the
+/// `reconcile::recorder::RECORD_WAIT`); a plain `get` waits at most the
 /// connect timeout.
 pub fn pool(cfg: &DatabaseConfig, size: u32, application_name: &str) -> Result<Pool, DbError> {
     let manager = WorkerManager(PostgresConnectionManager::new(

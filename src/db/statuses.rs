@@ -1,7 +1,8 @@
 //! The `delivery_status` table: one row per (event, channel) with its state,
-//! attempts and timers. Writes from workers are one `UPDATE` each, guarded by
-//! the row's `version` (optimistic concurrency): a row an operator changed
-//! while a delivery was in flight is left as the operator made it.
+//! attempts and timers. Outcomes are written a group at a time (one
+//! `UPDATE` of many rows, `reconcile::recorder`), each row guarded by its
+//! `version` (optimistic concurrency): a row an operator changed while a
+//! delivery was in flight is left as the operator made it.
 
 use chrono::{DateTime, Utc};
 use postgres::types::Type;
@@ -133,8 +134,17 @@ pub struct Write<'a> {
 }
 
 impl StatusWriter {
-    /// Prepares the write on `client`.
+    /// Prepares the write on `client`, and makes the connection keep one
+    /// generic plan for its prepared statements (`plan_cache_mode =
+    /// force_generic_plan`): PostgreSQL otherwise plans this statement
+    /// afresh on every call (a custom plan for each array length looks
+    /// cheaper to it than the generic one), and planning cost more than
+    /// running it. Worker connections serve only this write and the
+    /// pruner's steps, whose plans do not depend on their values.
     pub fn prepare(client: &mut impl GenericClient) -> Result<StatusWriter, DbError> {
+        client
+            .batch_execute("SET plan_cache_mode = force_generic_plan")
+            .map_err(DbError::query("preparing the status write"))?;
         let statement = client
             .prepare_typed(
                 STATUS_UPDATE_SQL,

@@ -118,15 +118,6 @@ impl ControlState {
         }
     }
 
-    /// Whether the channel has a delivery control (ordered, or a rate
-    /// limit): its jobs carry no riders, each delivery is counted and
-    /// handed out alone.
-    pub fn is_controlled(&self, channel_id: &Uuid) -> bool {
-        self.channels
-            .get(channel_id)
-            .is_some_and(|e| e.ordered || e.limited)
-    }
-
     /// Whether the channel is ordered.
     pub fn is_ordered(&self, channel_id: &Uuid) -> bool {
         self.channels.get(channel_id).is_some_and(|e| e.ordered)

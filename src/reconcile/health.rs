@@ -58,10 +58,6 @@ struct Health {
     answered: u32,
     /// When a delivery of it that makes a request last went out.
     last_sent: Option<DateTime<Utc>>,
-    /// How long its recent requests took: the last one's time, or half of
-    /// the previous figure when that is more (one slow answer counts for a
-    /// few more). What sizes its riders ([`Channels::riders`]).
-    recent_took: Option<Duration>,
 }
 
 /// A channel that sent within this long is *active*: while the cap is
@@ -76,33 +72,6 @@ const ACTIVE_FOR: TimeDelta = TimeDelta::seconds(10);
 /// with 2 a pass lost a further 2% of its rate to the ramp), and an
 /// endpoint that has not answered yet (a hanging one) borrows nothing.
 const BORROW_PER_ANSWER: usize = 4;
-
-/// The most riders a job carries (`worker::Job::riders`): a worker records
-/// up to this many outcomes plus one in one statement. Eight outcomes per
-/// commit cut the database's work per delivery to about half
-/// (docs/benchmarks.md "Riders"); more saves little and holds more
-/// outcomes unrecorded.
-pub const MAX_RIDERS: usize = 7;
-
-/// What a job with riders should take at most, at the channel's recent
-/// request time: riders are `RIDE_BUDGET / recent time - 1`, so that a
-/// worker holds its first outcome unrecorded for about this long (it stops
-/// riding at `worker::RIDE_FOR` in any case).
-pub const RIDE_BUDGET: Duration = Duration::from_millis(25);
-
-/// Answers in a row a channel needs before its jobs carry riders.
-pub const RIDE_AFTER: u32 = 8;
-
-/// Which channels are active (sent a request within [`ACTIVE_FOR`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Active {
-    /// None.
-    Nobody,
-    /// This one alone.
-    Only(Uuid),
-    /// More than one.
-    Several,
-}
 
 /// Every channel's health, kept by the leader's main thread.
 #[derive(Debug)]
@@ -148,56 +117,6 @@ impl Channels {
     pub fn allowance(&self, channel_id: &Uuid, now: DateTime<Utc>, in_flight: usize) -> usize {
         self.breaker(channel_id)
             .allowance(now, in_flight, self.cap, &self.policy)
-    }
-
-    /// Which channels are active at `now` (sent a request within
-    /// [`ACTIVE_FOR`]): what [`Channels::riders`] needs to know.
-    pub fn active(&self, now: DateTime<Utc>) -> Active {
-        let mut active = self
-            .health
-            .iter()
-            .filter(|(_, h)| h.last_sent.is_some_and(|t| now - t < ACTIVE_FOR))
-            .map(|(id, _)| *id);
-        match (active.next(), active.next()) {
-            (None, _) => Active::Nobody,
-            (Some(id), None) => Active::Only(id),
-            (Some(_), Some(_)) => Active::Several,
-        }
-    }
-
-    /// How many riders a job of the channel may carry: none while another
-    /// channel is active (`active`: riders are for a channel draining
-    /// alone; beside others, each delivery is its own job, so that theirs
-    /// interleave finely and a busy machine's CPU is not all the drain's:
-    /// docs/benchmarks.md scenario 10, "fast"), none until its breaker is
-    /// closed and it answered its last [`RIDE_AFTER`] attempts in a row,
-    /// then as many as fit in [`RIDE_BUDGET`] at its recent request time,
-    /// at most [`MAX_RIDERS`]. An endpoint that slows down or stops
-    /// answering loses its riders at once.
-    pub fn riders(&self, channel_id: &Uuid, active: &Active) -> usize {
-        match active {
-            Active::Several => return 0,
-            Active::Only(id) if id != channel_id => return 0,
-            Active::Nobody | Active::Only(_) => {}
-        }
-        let Some(h) = self.health.get(channel_id) else {
-            return 0;
-        };
-        let Some(took) = h.recent_took else {
-            return 0;
-        };
-        if h.answered < RIDE_AFTER || !h.breaker.is_answering() {
-            return 0;
-        }
-        let each = took.max(Duration::from_millis(1));
-        let fit = (RIDE_BUDGET.as_micros() / each.as_micros()) as usize;
-        fit.saturating_sub(1).min(MAX_RIDERS)
-    }
-
-    /// An attempt of the channel took `took` (its outcome came back).
-    pub fn took(&mut self, channel_id: Uuid, took: Duration) {
-        let h = self.health.entry(channel_id).or_default();
-        h.recent_took = Some(h.recent_took.map_or(took, |was| took.max(was / 2)));
     }
 
     /// How many of the channel's deliveries that make a request may go out
@@ -418,81 +337,6 @@ mod tests {
             assigned: true,
             failing_since,
         }
-    }
-
-    #[test]
-    fn riders_go_to_a_channel_that_answers_fast_and_leave_when_it_slows_or_stops() {
-        let mut c = channels(5, "5d");
-        let id = Uuid::from_u128(9);
-        let alone = Active::Nobody;
-        assert_eq!(c.riders(&id, &alone), 0, "unknown");
-        let answer = |c: &mut Channels, v: Verdict, ms: u64| {
-            c.record(id, v, t(0));
-            c.took(id, Duration::from_millis(ms));
-        };
-        for _ in 0..RIDE_AFTER - 1 {
-            answer(&mut c, Verdict::Success, 0);
-        }
-        assert_eq!(
-            c.riders(&id, &alone),
-            0,
-            "not yet {RIDE_AFTER} answers in a row"
-        );
-        // A fast 500 is an answer: quick to make, it may ride.
-        answer(&mut c, Verdict::Failure, 0);
-        assert_eq!(
-            c.riders(&id, &alone),
-            MAX_RIDERS,
-            "under a millisecond each"
-        );
-        // 5 ms each: 25 ms hold 5, the job itself and 4 riders.
-        answer(&mut c, Verdict::Success, 5);
-        assert_eq!(c.riders(&id, &alone), 4);
-        // One slow answer: no riders, for a few answers after it too.
-        answer(&mut c, Verdict::Success, 200);
-        assert_eq!(c.riders(&id, &alone), 0);
-        answer(&mut c, Verdict::Success, 1);
-        assert_eq!(c.riders(&id, &alone), 0, "100 ms is still the recent time");
-        for _ in 0..4 {
-            answer(&mut c, Verdict::Success, 1);
-        }
-        assert_eq!(
-            c.riders(&id, &alone),
-            3,
-            "200 ms halved five times: 6.25 ms"
-        );
-        for _ in 0..10 {
-            answer(&mut c, Verdict::Success, 1);
-        }
-        assert_eq!(c.riders(&id, &alone), MAX_RIDERS);
-        // No answer: riders end at once, and come back only after
-        // RIDE_AFTER answers again.
-        answer(&mut c, Verdict::NoAnswer, 0);
-        assert_eq!(c.riders(&id, &alone), 0);
-        for _ in 0..RIDE_AFTER - 1 {
-            answer(&mut c, Verdict::Success, 0);
-        }
-        assert_eq!(c.riders(&id, &alone), 0);
-        answer(&mut c, Verdict::Success, 0);
-        assert_eq!(c.riders(&id, &alone), MAX_RIDERS);
-        // Only while it is the one active channel (or none is).
-        assert_eq!(c.riders(&id, &Active::Only(id)), MAX_RIDERS);
-        let other = Uuid::from_u128(10);
-        assert_eq!(c.riders(&id, &Active::Only(other)), 0);
-        assert_eq!(c.riders(&id, &Active::Several), 0);
-    }
-
-    #[test]
-    fn a_channel_is_active_for_ten_seconds_after_it_sent() {
-        let mut c = channels(5, "5d");
-        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
-        assert_eq!(c.active(t(0)), Active::Nobody);
-        c.handed_out(a, t(0));
-        assert_eq!(c.active(t(9)), Active::Only(a));
-        c.handed_out(b, t(5));
-        assert_eq!(c.active(t(9)), Active::Several);
-        assert_eq!(c.active(t(10)), Active::Only(b));
-        assert_eq!(c.active(t(15)), Active::Nobody);
     }
 
     #[test]

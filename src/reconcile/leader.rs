@@ -49,103 +49,19 @@ use crate::delivery::worker::{Context, StatusOutcome};
 use crate::lock::{self, LeaderLock};
 use crate::reconcile::controls::ControlState;
 use crate::reconcile::health::{Channels, Write};
+use crate::reconcile::hooks::{Hooks, WakeCause};
+use crate::reconcile::job::{Done, Finished, Job};
 use crate::reconcile::lease::{
     Lease, LockWatch, IDLE_CHECK_EVERY, LOCK_CHECK_EVERY, TAKEOVER_GRACE,
 };
 use crate::reconcile::listener::Wake;
+use crate::reconcile::recorder::Recorder;
 use crate::reconcile::report::{Report, Tally};
 use crate::reconcile::scheduler::{self, InFlight, Lane};
-use crate::reconcile::worker::{self, Done, Finished, Job, Shared};
+use crate::reconcile::worker::{self, Shared};
 use crate::shard::set::ShardSet;
 use crate::state::{self, Check, Policy};
 use uuid::Uuid;
-
-/// Observes the leader (progress display, metrics, tests injecting faults).
-/// Every method has a no-op default. All but `before_delivery`,
-/// `pool_wait`, `pool_in_use` and `pruned` run on the main thread.
-pub trait Hooks: Sync {
-    /// Leading began; `once`: `due` deliveries are due (its total).
-    fn started(&self, _due: Option<u64>) {}
-    /// A worker is about to reconcile `delivery` (runs inside the panic
-    /// guard, on the worker's thread).
-    fn before_delivery(&self, _delivery: &Delivery) {}
-    /// A worker waited `waited` for a database connection to record an
-    /// outcome, whether it got one or not (on the worker's thread).
-    fn pool_wait(&self, _waited: Duration) {}
-    /// `n` connections of the workers' pool are taken right now: a worker
-    /// just took or gave back one (on the worker's thread).
-    fn pool_in_use(&self, _n: usize) {}
-    /// A delivery's outcome came back; `tally` has the counts so far.
-    fn finished(&self, _done: &Done, _tally: &Tally) {}
-    /// The main thread woke up to sweep, for `cause`.
-    fn woke(&self, _cause: WakeCause) {}
-    /// The number of deliveries in flight is now `n`.
-    fn in_flight(&self, _n: usize) {}
-    /// The main thread is turning (each loop turn).
-    fn beat(&self) {}
-    /// `run`: one `interval` of leading ended; `due` deliveries are due now.
-    fn interval(&self, _report: &Report, _due: u64) {}
-    /// The number of channels whose breaker is open or half-open is now `n`.
-    fn breakers_open(&self, _n: usize) {}
-    /// A channel was auto-disabled (every attempt failed for
-    /// `delivery.disable_after`).
-    fn auto_disabled(&self) {}
-    /// The number of shards whose lock this instance holds is now `n`.
-    fn shards_led(&self, _n: usize) {}
-    /// One pruning step removed `removed` in `took` (on the pruner's
-    /// thread).
-    fn pruned(&self, _removed: &crate::db::prune::Removed, _took: Duration) {}
-}
-
-/// Hooks that do nothing.
-pub struct NoHooks;
-impl Hooks for NoHooks {}
-
-/// Why the main thread started (or queued) a sweep.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WakeCause {
-    /// Leading began.
-    Start,
-    /// A notification (an enqueue or a resend committed).
-    Notified,
-    /// The listener (re)started listening; notifications may have been lost.
-    Listening,
-    /// A worker finished while every slot was taken.
-    WorkerDone,
-    /// A delivery's write was refused because the row changed while it was
-    /// in flight (an operator's resend): it may be due again.
-    Changed,
-    /// The earliest known scheduled retry fell due.
-    RetryDue,
-    /// The `interval` tick (the safety net).
-    Tick,
-}
-
-impl WakeCause {
-    /// Every cause, for metrics labels.
-    pub const ALL: [WakeCause; 7] = [
-        WakeCause::Start,
-        WakeCause::Notified,
-        WakeCause::Listening,
-        WakeCause::WorkerDone,
-        WakeCause::Changed,
-        WakeCause::RetryDue,
-        WakeCause::Tick,
-    ];
-
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WakeCause::Start => "start",
-            WakeCause::Notified => "notification",
-            WakeCause::Listening => "listening",
-            WakeCause::WorkerDone => "worker_done",
-            WakeCause::Changed => "changed_concurrently",
-            WakeCause::RetryDue => "retry_due",
-            WakeCause::Tick => "interval",
-        }
-    }
-}
 
 /// What an attempt to lead came to.
 #[derive(Debug)]
@@ -309,10 +225,15 @@ fn lead(
         policy: &r.policy,
         may_send: &may_send,
     };
+    let recorder = Recorder::new(
+        &r.pool,
+        hooks,
+        Recorder::capacity_for(r.config.reconciler.workers),
+    );
     let shared = Shared {
-        pool: &r.pool,
         ctx: &ctx,
         hooks,
+        recorder: &recorder,
     };
     let mut failure: Option<String> = None;
     let mut main = Main::new(&r.config, mode, hooks);
@@ -777,10 +698,10 @@ impl<'a> Main<'a> {
         self.shard_timers(lock)?;
         let (last, n) = self.heartbeat;
         let snapshot = self.channels.snapshot(&self.in_flight);
-        let changed = (self.in_flight.deliveries() != n || snapshot != self.published)
+        let changed = (self.in_flight.len() != n || snapshot != self.published)
             && last.elapsed() >= HEARTBEAT_EVERY;
         if changed || last.elapsed() >= HEARTBEAT_EVERY * 10 {
-            let n = self.in_flight.deliveries();
+            let n = self.in_flight.len();
             match &self.shards {
                 Some(set) => set.heartbeat(lock, &snapshot),
                 None => lock
@@ -1121,7 +1042,6 @@ impl<'a> Main<'a> {
         // makes a request, on this host's clock, which the worker's check
         // uses too) and allowance.
         let wall = Utc::now();
-        let active = self.channels.active(now);
         let ids: Vec<Uuid> = lanes
             .iter()
             .filter(|(_, l)| !l.queue.is_empty())
@@ -1132,20 +1052,11 @@ impl<'a> Main<'a> {
             .map(|id| {
                 let (allowance, borrow) =
                     lane_limits(&self.channels, &self.controls, &self.in_flight, id, now);
-                // A lane whose jobs carry riders offers the scheduler only
-                // as many deliveries as it has jobs' worth queued: the rest
-                // ride on those.
-                let queue = &lanes[id].queue;
-                let riders = if self.controls.is_controlled(id) {
-                    0
-                } else {
-                    self.channels.riders(id, &active)
-                };
                 Lane {
                     channel_id: *id,
-                    queue: queue
+                    queue: lanes[id]
+                        .queue
                         .iter()
-                        .take(queue.len().div_ceil(riders + 1))
                         .map(|d| makes_request(d, wall, cutoff, &self.policy))
                         .collect(),
                     allowance,
@@ -1190,12 +1101,6 @@ impl<'a> Main<'a> {
             }
         }
         store_windows(&self.controls, lock, &charged)?;
-        // Jobs per channel in this step, so that what is left in a lane is
-        // spread over its jobs as riders.
-        let mut jobs_left: HashMap<Uuid, usize> = HashMap::new();
-        for (d, _) in chosen.iter().flatten().filter(|(_, sends)| *sends) {
-            *jobs_left.entry(d.channel_id()).or_default() += 1;
-        }
         let before = self.in_flight.len();
         let mut back = Vec::new();
         for (delivery, sends) in chosen.into_iter().flatten() {
@@ -1206,50 +1111,11 @@ impl<'a> Main<'a> {
                 continue;
             }
             let (status_id, channel_id) = (delivery.status.id, delivery.channel_id());
-            // Riders: the next deliveries of a channel that answers fast
-            // and has no delivery controls, sent by the same worker and
-            // recorded with this one in one statement.
-            let mut riders = Vec::new();
-            let room = if sends && !self.controls.is_controlled(&channel_id) {
-                self.channels.riders(&channel_id, &active)
-            } else {
-                0
-            };
-            let left = match jobs_left.get_mut(&channel_id).filter(|_| sends) {
-                Some(n) => {
-                    let left = *n;
-                    *n = n.saturating_sub(1);
-                    left.max(1)
-                }
-                None => 1,
-            };
-            if let Some(lane) = lanes.get_mut(&channel_id).filter(|_| room > 0) {
-                let room = room.min(lane.queue.len().div_ceil(left));
-                while riders.len() < room {
-                    match lane.queue.front() {
-                        Some(d) if makes_request(d, wall, cutoff, &self.policy) => {
-                            riders.extend(lane.queue.pop_front());
-                        }
-                        _ => break,
-                    }
-                }
-            }
-            let rider_ids: Vec<Uuid> = riders.iter().map(|d| d.status.id).collect();
-            match jobs.try_send(Job {
-                delivery,
-                riders,
-                cutoff,
-            }) {
+            match jobs.try_send(Job { delivery, cutoff }) {
                 Ok(()) => {
                     self.in_flight.insert(status_id, channel_id);
-                    for id in &rider_ids {
-                        self.in_flight.insert_rider(*id, channel_id);
-                    }
                     if let Some(set) = self.shards.as_mut() {
                         set.handed(status_id, &channel_id);
-                        for id in &rider_ids {
-                            set.handed(*id, &channel_id);
-                        }
                     }
                     if sends {
                         self.channels.handed_out(channel_id, now);
@@ -1258,7 +1124,6 @@ impl<'a> Main<'a> {
                 Err(TrySendError::Full(job)) => {
                     self.controls.uncharge(&channel_id, &status_id);
                     back.push(job.delivery);
-                    back.extend(job.riders);
                 }
                 Err(TrySendError::Disconnected(_)) => {
                     return Err("no worker thread is running".into())
@@ -1274,7 +1139,7 @@ impl<'a> Main<'a> {
         }
         let handed = self.in_flight.len() - before;
         if handed > 0 {
-            self.hooks.in_flight(self.in_flight.deliveries());
+            self.hooks.in_flight(self.in_flight.len());
         }
         Ok(true)
     }
@@ -1350,7 +1215,7 @@ impl<'a> Main<'a> {
     fn finished(&mut self, done: Done) {
         let channel_id = self.in_flight.remove(&done.status_id);
         if let Some(id) = channel_id {
-            self.hooks.in_flight(self.in_flight.deliveries());
+            self.hooks.in_flight(self.in_flight.len());
             self.controls
                 .finished(&id, &done.status_id, self.watch.db_now());
             if self.controls.is_ordered(&id) {
@@ -1365,9 +1230,6 @@ impl<'a> Main<'a> {
         match &done.finished {
             Finished::Reconciled(r) => {
                 self.note_retry(r.next_attempt_at);
-                if let (Some(channel_id), Some(took)) = (channel_id, r.took) {
-                    self.channels.took(channel_id, took);
-                }
                 if let (Some(channel_id), Some(verdict)) = (channel_id, r.verdict) {
                     let open = self.channels.open_count();
                     let write = self
@@ -1389,51 +1251,9 @@ impl<'a> Main<'a> {
                     self.in_flight.park(done.status_id);
                 }
             }
-            Finished::Returned(r) => {
-                if let Some(channel_id) = channel_id {
-                    self.take_back(channel_id, r.delivery.clone(), r.cutoff);
-                }
-            }
             Finished::Dropped => {}
         }
         self.hooks.finished(&done, &self.tally);
-    }
-
-    /// A rider its worker handed back unsent goes first in its lane again,
-    /// in the sweep in progress. Without a lane for it there: `run` starts
-    /// a fresh sweep, which reads it from the database (of the shards it
-    /// still leads); `once` takes it up in a continuation of its one sweep
-    /// (same cut-off).
-    fn take_back(&mut self, channel_id: Uuid, delivery: Delivery, cutoff: DateTime<Utc>) {
-        let lanes = self.sweep.as_mut().and_then(|s| s.lanes.as_mut());
-        if let Some(lane) = lanes.and_then(|l| l.get_mut(&channel_id)) {
-            lane.queue.push_front(delivery);
-            return;
-        }
-        match self.mode {
-            Mode::Continuous(_) => {
-                // A sweep that has not read its channels yet will find it.
-                if self.sweep.as_ref().is_none_or(|s| s.lanes.is_some()) {
-                    self.start_sweep(self.cutoff_now());
-                }
-            }
-            Mode::Once => {
-                self.swept_all = false;
-                let sweep = self.sweep.get_or_insert_with(|| Sweep {
-                    cutoff,
-                    lanes: Some(BTreeMap::new()),
-                });
-                if let Some(lanes) = sweep.lanes.as_mut() {
-                    let mut lane = LaneState {
-                        // What was read after it is handed out already.
-                        exhausted: true,
-                        ..LaneState::fresh()
-                    };
-                    lane.queue.push_front(delivery);
-                    lanes.insert(channel_id, lane);
-                }
-            }
-        }
     }
 }
 

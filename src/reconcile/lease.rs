@@ -22,7 +22,8 @@
 //! new leader hands out at T + TAKEOVER_GRACE at the earliest. A worker
 //! descheduled for longer than the difference between its check and its
 //! send can still send later: what the old leader sends twice is at most
-//! what it had in flight, one per worker.
+//! what it had sent and not recorded: one delivery per worker plus the
+//! outcomes queued for the group commit (`recorder::Recorder::crash_window`).
 //!
 //! Each check also reads the database's clock, so that a sweep's cut-off is
 //! on the same clock as the `next_attempt_at` values it is compared with.

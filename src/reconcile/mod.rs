@@ -28,14 +28,18 @@
 pub mod breaker;
 pub mod controls;
 pub mod health;
+pub mod hooks;
+pub mod job;
 pub mod leader;
 pub mod lease;
 pub mod listener;
 pub mod pruner;
 pub mod rate;
+pub mod recorder;
 pub mod report;
 pub mod scheduler;
 pub mod worker;
 
-pub use leader::{Hooks, NoHooks, PassOutcome, Reconciler};
+pub use hooks::{Hooks, NoHooks, WakeCause};
+pub use leader::{PassOutcome, Reconciler};
 pub use report::Report;

@@ -25,7 +25,7 @@ use postgres::Client;
 
 use crate::config::Config;
 use crate::db::{self, prune, Pool};
-use crate::reconcile::leader::Hooks;
+use crate::reconcile::hooks::Hooks;
 
 /// Between two steps the pruner rests the step's duration divided by this.
 /// On the 2-vCPU benchmark machine, quiet, a quarter cleared a 5,000,000

@@ -6,7 +6,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::delivery::worker::StatusOutcome;
-use crate::reconcile::worker::{Done, Finished};
+use crate::reconcile::job::{Done, Finished};
 
 /// Counts of finished deliveries.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -44,7 +44,7 @@ impl Tally {
             },
             Finished::Error => &mut self.errors,
             Finished::Panicked => &mut self.panics,
-            Finished::Dropped | Finished::Returned(_) => return,
+            Finished::Dropped => return,
         };
         *counter += 1;
         self.deliveries += 1;

@@ -41,10 +41,6 @@ pub struct InFlight {
     handed_out: HashMap<Uuid, Uuid>,
     /// Channel → how many of its deliveries are handed out.
     per_channel: HashMap<Uuid, usize>,
-    /// Riders (`worker::Job::riders`) → their channel: deliveries handed
-    /// out on another delivery's worker. They hold no slot of their own:
-    /// caps, shares and free workers count slots.
-    riders: HashMap<Uuid, Uuid>,
     parked: HashSet<Uuid>,
 }
 
@@ -56,20 +52,9 @@ impl InFlight {
         }
     }
 
-    /// Records a delivery of `channel_id` as handed out riding on another
-    /// one's worker.
-    pub fn insert_rider(&mut self, status_id: Uuid, channel_id: Uuid) {
-        if !self.handed_out.contains_key(&status_id) {
-            self.riders.insert(status_id, channel_id);
-        }
-    }
-
     /// Forgets a delivery whose outcome arrived; its channel, or `None` if
     /// it was not in flight.
     pub fn remove(&mut self, status_id: &Uuid) -> Option<Uuid> {
-        if let Some(channel_id) = self.riders.remove(status_id) {
-            return Some(channel_id);
-        }
         let channel_id = self.handed_out.remove(status_id)?;
         if let Some(n) = self.per_channel.get_mut(&channel_id) {
             *n -= 1;
@@ -80,8 +65,7 @@ impl InFlight {
         Some(channel_id)
     }
 
-    /// How many of `channel_id`'s deliveries are in flight holding a worker
-    /// (riders not counted).
+    /// How many of `channel_id`'s deliveries are in flight.
     pub fn of_channel(&self, channel_id: &Uuid) -> usize {
         self.per_channel.get(channel_id).copied().unwrap_or(0)
     }
@@ -92,7 +76,6 @@ impl InFlight {
     pub fn ids_of(&self, channel_id: &Uuid) -> Vec<Uuid> {
         self.handed_out
             .iter()
-            .chain(self.riders.iter())
             .filter(|(_, c)| *c == channel_id)
             .map(|(id, _)| *id)
             .collect()
@@ -116,25 +99,18 @@ impl InFlight {
     /// Whether the delivery must not be handed out now: in flight, or
     /// parked.
     pub fn holds(&self, status_id: &Uuid) -> bool {
-        self.handed_out.contains_key(status_id)
-            || self.riders.contains_key(status_id)
-            || self.parked.contains(status_id)
+        self.handed_out.contains_key(status_id) || self.parked.contains(status_id)
     }
 
-    /// How many deliveries are in flight holding a worker: the slots taken
-    /// (riders and parked ones are not counted).
+    /// How many deliveries are in flight: the slots taken (parked ones are
+    /// not counted).
     pub fn len(&self) -> usize {
         self.handed_out.len()
     }
 
-    /// How many deliveries are in flight, riders included.
-    pub fn deliveries(&self) -> usize {
-        self.handed_out.len() + self.riders.len()
-    }
-
-    /// Whether nothing is in flight, riders included.
+    /// Whether nothing is in flight.
     pub fn is_empty(&self) -> bool {
-        self.handed_out.is_empty() && self.riders.is_empty()
+        self.handed_out.is_empty()
     }
 }
 
@@ -721,33 +697,5 @@ mod tests {
         assert_eq!(f.len(), 0, "a parked delivery takes no slot");
         f.unpark_all();
         assert!(!f.holds(&id));
-    }
-
-    #[test]
-    fn riders_are_held_and_counted_as_deliveries_but_take_no_slot() {
-        let mut f = InFlight::default();
-        let (lead, r1, r2) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3));
-        f.insert(lead, ch(1));
-        f.insert_rider(r1, ch(1));
-        f.insert_rider(r2, ch(1));
-        assert_eq!(f.len(), 1, "one worker's slot");
-        assert_eq!(f.of_channel(&ch(1)), 1, "the cap counts slots");
-        assert_eq!(f.deliveries(), 3);
-        assert!(f.holds(&r1) && f.holds(&r2), "a rider is not read again");
-        let mut ids = f.ids_of(&ch(1));
-        ids.sort();
-        assert_eq!(ids, vec![lead, r1, r2], "a rate window charge sees riders");
-        // A delivery in flight as a lead never becomes a rider too.
-        f.insert_rider(lead, ch(1));
-        assert_eq!(f.deliveries(), 3);
-        // The lead's report frees the slot; the riders stay until theirs.
-        assert_eq!(f.remove(&lead), Some(ch(1)));
-        assert_eq!(f.len(), 0);
-        assert!(!f.is_empty(), "riders still in flight");
-        assert_eq!(f.remove(&r1), Some(ch(1)));
-        assert_eq!(f.remove(&r1), None);
-        assert_eq!(f.remove(&r2), Some(ch(1)));
-        assert!(f.is_empty());
-        assert_eq!(f.channels().count(), 0);
     }
 }

@@ -21,8 +21,8 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
 use crate::delivery::worker::StatusOutcome;
 use crate::http_server;
-use crate::reconcile::leader::WakeCause;
-use crate::reconcile::worker::{Done, Finished};
+use crate::reconcile::hooks::WakeCause;
+use crate::reconcile::job::{Done, Finished};
 
 /// The prefix of every metric name.
 pub const PREFIX: &str = "notification_reconciler";
@@ -81,7 +81,7 @@ fn latency_buckets() -> impl Iterator<Item = f64> {
 }
 
 /// Buckets of the pool wait histogram, in seconds: 50 µs to about 100 s
-/// (a worker waits up to `reconcile::worker::RECORD_WAIT`).
+/// (a worker waits up to `reconcile::recorder::RECORD_WAIT`).
 fn pool_wait_buckets() -> impl Iterator<Item = f64> {
     exponential_buckets(0.000_05, 2.0, 22)
 }
@@ -180,7 +180,7 @@ impl Metrics {
         let pool_wait = Histogram::new(pool_wait_buckets());
         registry.register_with_unit(
             "db_pool_wait",
-            "How long workers waited for a pooled database connection to record an outcome",
+            "How long workers waited for a pooled database connection to record a group of outcomes",
             Unit::Seconds,
             pool_wait.clone(),
         );
@@ -350,7 +350,7 @@ impl Metrics {
             Finished::Panicked => {
                 self.worker_panics.inc();
             }
-            Finished::Error | Finished::Dropped | Finished::Returned(_) => {}
+            Finished::Error | Finished::Dropped => {}
         }
     }
 

@@ -9,7 +9,8 @@ use crate::cli::EXIT_LOCK_HELD;
 use crate::config::Config;
 use crate::db;
 use crate::lock;
-use crate::reconcile::leader::{NoHooks, PassOutcome, Reconciler};
+use crate::reconcile::hooks::NoHooks;
+use crate::reconcile::leader::{PassOutcome, Reconciler};
 use crate::service::progress::Progress;
 use crate::service::signals::Shutdown;
 

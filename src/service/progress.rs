@@ -6,9 +6,9 @@ use std::io::IsTerminal;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::reconcile::leader::Hooks;
+use crate::reconcile::hooks::Hooks;
+use crate::reconcile::job::Done;
 use crate::reconcile::report::Tally;
-use crate::reconcile::worker::Done;
 
 /// A progress bar fed by the pass's hooks.
 pub struct Progress {

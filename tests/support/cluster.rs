@@ -84,7 +84,13 @@ impl Cluster {
     /// and synchronous commit on), for benchmarks that must pay what a real
     /// deployment pays per commit.
     pub fn start_durable() -> Cluster {
-        let cluster = Cluster::prepare(DURABLE_SETTINGS);
+        Cluster::start_durable_with("")
+    }
+
+    /// [`Cluster::start_durable`] with `extra` settings appended to
+    /// `postgresql.conf` (e.g. `shared_preload_libraries`).
+    pub fn start_durable_with(extra: &str) -> Cluster {
+        let cluster = Cluster::prepare(&format!("{DURABLE_SETTINGS}{extra}"));
         cluster.start();
         cluster
     }
