@@ -209,7 +209,8 @@ pub fn serve(
     };
     let ctx = Arc::new(Ctx {
         pool,
-        guard: Guard::new(config.delivery.allow_networks.clone()),
+        guard: Guard::new(config.delivery.allow_networks.clone())
+            .with_source(&config.path.display().to_string()),
         config: config.clone(),
         tokens: auth::TokenCache::default(),
         telemetry,

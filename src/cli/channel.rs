@@ -11,7 +11,8 @@ use crate::ops::channels::{self, ChannelPatch, ChannelView, NewChannelInput};
 
 /// Runs one `channel` subcommand.
 pub fn run(config: &Config, command: ChannelCommand) -> anyhow::Result<ExitCode> {
-    let guard = Guard::new(config.delivery.allow_networks.clone());
+    let guard = Guard::new(config.delivery.allow_networks.clone())
+        .with_source(&config.path.display().to_string());
     match command {
         ChannelCommand::Create {
             namespace,

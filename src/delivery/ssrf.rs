@@ -155,6 +155,9 @@ pub struct Refused {
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Guard {
     allow: Vec<IpNet>,
+    /// Where `allow` was read from (the config file's path, or the
+    /// defaults' description), for the hint of [`Guard::refusal_hint`].
+    source: String,
 }
 
 impl fmt::Debug for Guard {
@@ -168,7 +171,49 @@ impl fmt::Debug for Guard {
 impl Guard {
     /// A guard that lets `allow` through (`delivery.allow_networks`).
     pub fn new(allow: Vec<IpNet>) -> Guard {
-        Guard { allow }
+        Guard {
+            allow,
+            source: String::new(),
+        }
+    }
+
+    /// The same guard, remembering that its allow list was read from
+    /// `source` (a config file's path, or [`crate::config::DEFAULTS_SOURCE`]
+    /// when no file was read) so that a refusal can say where to allow it.
+    pub fn with_source(mut self, source: &str) -> Guard {
+        self.source = source.to_owned();
+        self
+    }
+
+    /// Why `refused` is refused at `channel create`/`update`, and what an
+    /// operator types to let it through: the exact lines and the file to
+    /// put them in (the file that was read, or a new `./config.toml` when
+    /// none was). Allowing a loopback address allows the loopback network
+    /// (what a local test needs); any other address is allowed alone.
+    pub fn refusal_hint(&self, refused: &Refused) -> String {
+        let net = allow_entry(refused.addr);
+        let why = format!(
+            "{} is a {} address, refused unless {ALLOW_KEY} allows it (the SSRF guard)",
+            refused.addr, refused.range
+        );
+        let lines = format!("`[delivery]` and `allow_networks = [\"{net}\"]`");
+        let test = "e.g. to test with `notification-reconciler sink` on 127.0.0.1";
+        if self.source.is_empty() || self.source.starts_with('<') {
+            format!(
+                "{why}; to allow it ({test}): no config file was read, so create ./config.toml \
+                 (or pass --config FILE) with the lines {lines}"
+            )
+        } else if self.allow.is_empty() {
+            format!(
+                "{why}; to allow it ({test}), add to {} the lines {lines}",
+                self.source
+            )
+        } else {
+            format!(
+                "{why}; to allow it ({test}), add \"{net}\" to allow_networks in the [delivery] section of {}",
+                self.source
+            )
+        }
     }
 
     /// Whether a connection to `ip` may be made. An address in an allowed
@@ -191,6 +236,20 @@ impl Guard {
         } else {
             Err(Refused { addr: ip, range })
         }
+    }
+}
+
+/// The `allow_networks` entry that lets `addr` through: the loopback
+/// network for a loopback address, else the address alone.
+fn allow_entry(addr: IpAddr) -> String {
+    let addr = match addr {
+        IpAddr::V6(v6) => embedded_v4(v6).map_or(addr, IpAddr::V4),
+        IpAddr::V4(_) => addr,
+    };
+    match addr {
+        IpAddr::V4(v4) if v4.is_loopback() => "127.0.0.0/8".into(),
+        IpAddr::V4(v4) => format!("{v4}/32"),
+        IpAddr::V6(v6) => format!("{v6}/128"),
     }
 }
 

@@ -15,9 +15,9 @@ use super::{name_like, not_found, visible, OpsError};
 use crate::db::channels::{self, Channel, ChannelChange, NewChannel};
 use crate::db::controls::{self, Head};
 use crate::db::{events, leaders, statuses};
-use crate::delivery::endpoint;
 use crate::delivery::sign::Secret;
 use crate::delivery::ssrf::Guard;
+use crate::delivery::{endpoint, resolve};
 use crate::rate_limit::RateLimit;
 use crate::state::State;
 
@@ -135,16 +135,64 @@ pub struct Created {
     pub signing_secret: String,
 }
 
-/// Checks a channel URL: http(s), a host, and a literal address the SSRF
-/// guard allows (host names are checked when resolved, at delivery).
+/// How long `channel create`/`update` wait for a host name's addresses;
+/// a lookup that fails or takes longer lets the URL pass (the delivery-time
+/// check stays, and DNS can change anyway).
+const CREATE_LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Checks a channel URL as typed: http(s), a host, and addresses the SSRF
+/// guard allows: a literal address, or the addresses a host name resolves
+/// to now (`localhost` → 127.0.0.1). Every delivery checks the resolved
+/// addresses again.
 pub fn check_url(guard: &Guard, url: &str) -> Result<(), OpsError> {
-    let parsed = endpoint::check_url(url).map_err(|e| OpsError::invalid("url", e))?;
-    if let Some(ip) = endpoint::literal_address(&parsed) {
-        guard
-            .check(ip)
-            .map_err(|refused| OpsError::invalid("url", format!("{url:?}: {refused}")))?;
+    let parsed =
+        endpoint::check_url(url).map_err(|e| OpsError::invalid("url", url_hint(url, e)))?;
+    let after_scheme = &url[parsed.scheme().len()..];
+    if !after_scheme.starts_with("://") {
+        return Err(OpsError::invalid(
+            "url",
+            format!(
+                "URL {url:?} lacks the // after {}: (did you mean {:?}?)",
+                parsed.scheme(),
+                parsed.as_str()
+            ),
+        ));
+    }
+    let addrs = match endpoint::literal_address(&parsed) {
+        Some(ip) => vec![ip],
+        None => match (parsed.host_str(), parsed.port_or_known_default()) {
+            (Some(host), Some(port)) => resolve::lookup_now(host, port, CREATE_LOOKUP_TIMEOUT),
+            _ => Vec::new(),
+        },
+    };
+    for ip in addrs {
+        guard.check(ip).map_err(|refused| {
+            let host = parsed.host_str().unwrap_or_default();
+            let via = if host.trim_matches(['[', ']']) == ip.to_string() {
+                String::new()
+            } else {
+                format!(" (its host {host} resolves to {ip})")
+            };
+            OpsError::invalid(
+                "url",
+                format!("{url:?}{via}: {}", guard.refusal_hint(&refused)),
+            )
+        })?;
     }
     Ok(())
+}
+
+/// `problem` with what to type when `url` lacks its scheme
+/// (`example.com/webhooks`).
+fn url_hint(url: &str, problem: String) -> String {
+    if !url.contains("://") && !url.trim().is_empty() {
+        format!(
+            "{problem}; a webhook URL starts with https:// or http://, e.g. \"https://{}\"",
+            url.trim()
+        )
+    } else {
+        problem
+    }
 }
 
 /// Checked custom headers as the stored JSON object.
