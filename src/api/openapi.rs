@@ -117,6 +117,7 @@ fn schemas() -> Value {
     let mut created_props = channel_props.clone();
     created_props["signing_secret"] =
         json!({ "type": "string", "description": "whsec_ + base64; shown once" });
+    created_props["warning"] = json!({ "type": "string", "description": "Present when another live channel of the namespace has the same name (the channel is created all the same)." });
     let mut created_required = channel_required.to_vec();
     created_required.push("signing_secret");
     let attempt = object(

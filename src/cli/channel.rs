@@ -37,6 +37,9 @@ pub fn run(config: &Config, command: ChannelCommand) -> anyhow::Result<ExitCode>
             channels::check_new(&guard, &input).map_err(ops_error)?;
             let mut client = super::connect(config)?;
             let created = channels::create(&mut client, &guard, input).map_err(ops_error)?;
+            if let Some(warning) = &created.warning {
+                eprintln!("warning: {warning}");
+            }
             println!("{}", created.channel.channel.id);
         }
         ChannelCommand::List {

@@ -36,7 +36,7 @@ pub struct UsageError(pub String);
 pub struct Cli {
     /// Configuration file (must exist). Without it: ./config.toml, then
     /// /etc/notification-reconciler/config.toml, else the defaults and the
-    /// environment.
+    /// environment. Not used by `sink`, which takes only its flags.
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
     /// What to do.
@@ -386,6 +386,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Sink(args) => {
             init_logging("info");
+            if let Some(path) = &cli.config {
+                eprintln!(
+                    "sink: --config {} is not used: the sink reads no config file, only its flags (see `sink --help`)",
+                    path.display()
+                );
+            }
             crate::sink::run(&args)
         }
         command => {

@@ -133,6 +133,10 @@ pub struct Created {
     pub channel: ChannelView,
     /// Its signing secret.
     pub signing_secret: String,
+    /// Set when another live channel of the namespace has the same name
+    /// (allowed: names are for people; ids are what rules use).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 /// How long `channel create`/`update` wait for a host name's addresses;
@@ -246,6 +250,7 @@ pub fn create(
         Some(r) => parse_rate_limit("rate_limit", r)?,
         None => None,
     };
+    let same_name = channels::ids_named(client, &input.namespace, &input.name)?;
     let id = channels::create(
         client,
         &NewChannel {
@@ -259,10 +264,26 @@ pub fn create(
             ordered: input.ordered,
         },
     )?;
+    let warning = (!same_name.is_empty())
+        .then(|| duplicate_name_warning(&input.namespace, &input.name, &same_name));
     Ok(Created {
         channel: get(client, Some(&input.namespace), id)?,
         signing_secret: secret,
+        warning,
     })
+}
+
+/// What a create says when `name` is already used by the live channels
+/// `same_name` of `namespace`.
+fn duplicate_name_warning(namespace: &str, name: &str, same_name: &[Uuid]) -> String {
+    let ids: Vec<String> = same_name.iter().map(Uuid::to_string).collect();
+    format!(
+        "namespace {:?} already has a channel named {:?} ({}): created another one with the same name; \
+         rules refer to channels by id, so check which one you mean (delete the extra one if this was a retry)",
+        namespace,
+        name,
+        ids.join(", ")
+    )
 }
 
 /// Lists live channels, optionally of one namespace, one page at a time
