@@ -220,10 +220,10 @@ fn ids_and_flags_say_what_to_type() {
     assert_has(&line, &["channels", "tip:", "'channel'"]);
 }
 
-// 6. (API) An event matching no rule says so in the answer; 8. a token for
-// another namespace says which namespace it is for.
+// 6. (API) An event matching no rule says so in the answer, as the command
+// line does.
 #[test]
-fn the_api_says_when_no_rule_matched_and_which_namespace_a_token_is_for() {
+fn an_api_event_matching_no_rule_says_so_in_the_answer() {
     let db = migrated_db();
     let bin = Bin::for_database(&db.url);
     let (_d, api) = daemon_with_api("A", &db.url, "");
@@ -263,7 +263,15 @@ fn the_api_says_when_no_rule_matched_and_which_namespace_a_token_is_for() {
     );
     assert_eq!(a.json["rules_matched"], 1, "{}", a.text);
     assert!(a.json.get("warning").is_none(), "{}", a.text);
+}
 
+// 8. (API) A token for another namespace says which namespace it is for
+// (the caller's own token: that leaks nothing).
+#[test]
+fn a_token_for_another_namespace_says_which_namespace_it_is_for() {
+    let db = migrated_db();
+    let bin = Bin::for_database(&db.url);
+    let (_d, api) = daemon_with_api("A", &db.url, "");
     let globex = bin.ok(&["token", "create", "--name", "g", "--namespace", "globex"]);
     let a = call(
         api,
