@@ -1054,9 +1054,10 @@ pub fn is_identifier(s: &str) -> bool {
 pub fn redact_url(url: &str) -> String {
     // `app:secret@host/db` parses as a URL of scheme `app:` with the
     // password in its path: only `scheme://` is taken as a URL here.
-    let parsed = url::Url::parse(url)
-        .ok()
-        .filter(|u| url[u.scheme().len()..].starts_with("://"));
+    let parsed = url::Url::parse(url).ok().filter(|u| {
+        url.get(u.scheme().len()..)
+            .is_some_and(|rest| rest.starts_with("://"))
+    });
     match parsed {
         Some(mut u) => {
             let in_query = u.query_pairs().any(|(k, _)| k == "password");
@@ -1101,11 +1102,19 @@ pub fn redact_url(url: &str) -> String {
 fn redact_password_pairs(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
-    while let Some(at) = rest.to_ascii_lowercase().find("password=") {
-        let value_start = at + "password=".len();
+    while let Some(at) = rest.to_ascii_lowercase().find("password") {
+        // libpq allows spaces around the '=' of a key=value string.
+        let after_key = &rest[at + "password".len()..];
+        let trimmed = after_key.trim_start();
+        let Some(value) = trimmed.strip_prefix('=') else {
+            out.push_str(&rest[..at + "password".len()]);
+            rest = after_key;
+            continue;
+        };
+        let value = value.trim_start();
+        let value_start = rest.len() - value.len();
         out.push_str(&rest[..value_start]);
         out.push_str("***");
-        let value = &rest[value_start..];
         let len = match value.strip_prefix('\'') {
             // A quoted value ends at the next quote not escaped by '\\'.
             Some(quoted) => {
@@ -1542,5 +1551,41 @@ mod tests {
         // Errors about the URL never show the password either.
         let e = err("[database]\nurl = \"postgres://app:hunter2@db:notaport/x\"\n");
         assert!(!e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn redaction_hides_the_password_of_every_form_of_connection_string() {
+        // Without a scheme (`app:` would parse as one).
+        assert_eq!(redact_url("app:s3cret@db/x"), "***@db/x");
+        // An unescaped '@' in the password.
+        assert_eq!(
+            redact_url("postgres://app:p@ss@db/x"),
+            "postgres://app:***@db/x"
+        );
+        // key=value strings, quoted or not, spaces around '=' or not.
+        for (text, shown) in [
+            (
+                "host=db password=s3cret user=app",
+                "host=db password=*** user=app",
+            ),
+            ("host=db password = s3cret", "host=db password = ***"),
+            ("password='s3 \\'cret' host=db", "password=*** host=db"),
+            ("host=db passwordless=1", "host=db passwordless=1"),
+        ] {
+            assert_eq!(redact_url(text), shown, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_bad_database_url_env_names_the_variable_and_hides_the_password() {
+        let e = checked_env_url("app:s3cret@db/x".into())
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("environment variable DATABASE_URL = "), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
+        let e = checked_env_url("postgres://app:p@ss@db/x".into())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("%40"), "{e}");
     }
 }

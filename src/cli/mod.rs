@@ -624,4 +624,23 @@ mod tests {
         let runtime = anyhow::anyhow!("database down");
         assert_eq!(exit_code(&runtime), 1);
     }
+
+    #[test]
+    fn clap_suggestions_are_kept_on_the_one_line() {
+        let err = Cli::try_parse_from(["notification-reconciler", "channels", "list"])
+            .expect_err("no such command");
+        let line = usage_error_line(&err.to_string());
+        assert!(
+            line.contains("tip: a similar subcommand exists: 'channel'"),
+            "{line}"
+        );
+        assert!(!line.contains("Usage"), "{line}");
+    }
+
+    #[test]
+    fn an_id_that_is_not_a_uuid_says_what_an_id_is() {
+        let e = parse_id("5c0e8d21").unwrap_err();
+        assert!(e.contains("UUID") && e.contains("not a prefix"), "{e}");
+        assert!(parse_id("5c0e8d21-8f0b-4c1e-9f6a-2f1d3c4b5a69").is_ok());
+    }
 }

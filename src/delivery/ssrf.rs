@@ -425,4 +425,43 @@ mod tests {
             "refused to connect to 169.254.169.254: link-local (cloud metadata service) address, not allowed by delivery.allow_networks"
         );
     }
+
+    #[test]
+    fn a_refusal_hint_shows_the_lines_and_the_file_to_put_them_in() {
+        let refused = Guard::default()
+            .check("127.0.0.1".parse().unwrap())
+            .unwrap_err();
+        let hint = Guard::new(Vec::new())
+            .with_source("/etc/nr.toml")
+            .refusal_hint(&refused);
+        assert!(hint.contains("add to /etc/nr.toml the lines `[delivery]` and `allow_networks = [\"127.0.0.0/8\"]`"), "{hint}");
+        let hint = Guard::new(Vec::new())
+            .with_source("<defaults: no ./config.toml>")
+            .refusal_hint(&refused);
+        assert!(
+            hint.contains("no config file was read, so create ./config.toml"),
+            "{hint}"
+        );
+        let hint = Guard::new(vec!["10.0.0.0/8".parse().unwrap()])
+            .with_source("c.toml")
+            .refusal_hint(&refused);
+        assert!(
+            hint.contains(
+                "add \"127.0.0.0/8\" to allow_networks in the [delivery] section of c.toml"
+            ),
+            "{hint}"
+        );
+        let mapped = Guard::default()
+            .check("::ffff:127.0.0.1".parse().unwrap())
+            .unwrap_err();
+        assert!(Guard::default()
+            .refusal_hint(&mapped)
+            .contains("127.0.0.0/8"));
+        let private = Guard::default()
+            .check("10.1.2.3".parse().unwrap())
+            .unwrap_err();
+        assert!(Guard::default()
+            .refusal_hint(&private)
+            .contains("10.1.2.3/32"));
+    }
 }

@@ -151,7 +151,8 @@ const CREATE_LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 pub fn check_url(guard: &Guard, url: &str) -> Result<(), OpsError> {
     let parsed =
         endpoint::check_url(url).map_err(|e| OpsError::invalid("url", url_hint(url, e)))?;
-    let after_scheme = &url[parsed.scheme().len()..];
+    let typed = url.trim_start();
+    let after_scheme = typed.get(parsed.scheme().len()..).unwrap_or_default();
     if !after_scheme.starts_with("://") {
         return Err(OpsError::invalid(
             "url",
