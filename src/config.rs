@@ -1,4 +1,4 @@
-//! Configuration: the TOML file of DESIGN.md, read in two stages.
+//! Configuration: the TOML file of docs/configuration.md, read in two stages.
 //!
 //! Stage one parses the file into [`RawConfig`] (plain serde data, unknown
 //! keys rejected, numbers kept signed and durations kept as text so that a bad

@@ -1,6 +1,6 @@
 //! The command line: argument definitions (clap) and the dispatch of each
 //! command to its module. The names of commands and flags are a contract that
-//! outside scripts rely on (DESIGN.md); keep them exactly.
+//! outside scripts rely on (docs/cli.md); keep them exactly.
 //!
 //! `main` calls [`run`]; only `main` turns errors into messages and exit
 //! codes ([`exit_code`]).
