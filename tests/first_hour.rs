@@ -263,6 +263,18 @@ fn an_api_event_matching_no_rule_says_so_in_the_answer() {
     );
     assert_eq!(a.json["rules_matched"], 1, "{}", a.text);
     assert!(a.json.get("warning").is_none(), "{}", a.text);
+    // 10. (API) A duplicate channel name is created with a warning.
+    let body = json!({"name": "c", "url": "http://127.0.0.1:9/y"});
+    let a = call(
+        api,
+        "POST",
+        "/v1/namespaces/acme/channels",
+        Some(acme),
+        Some(&body),
+    );
+    assert_eq!(a.status, 201, "{}", a.text);
+    let warning = a.json["warning"].as_str().unwrap_or_default();
+    assert_has(warning, &["already has a channel named \"c\"", &ch]);
 }
 
 // 8. (API) A token for another namespace says which namespace it is for

@@ -212,8 +212,8 @@ pub fn serve(
     };
     let ctx = Arc::new(Ctx {
         pool,
-        guard: Guard::new(config.delivery.allow_networks.clone())
-            .with_source(&config.path.display().to_string()),
+        // No file path in the API's refusals: its callers may be customers.
+        guard: Guard::new(config.delivery.allow_networks.clone()),
         config: config.clone(),
         tokens: auth::TokenCache::default(),
         telemetry,

@@ -156,7 +156,8 @@ pub struct Refused {
 pub struct Guard {
     allow: Vec<IpNet>,
     /// Where `allow` was read from (the config file's path, or the
-    /// defaults' description), for the hint of [`Guard::refusal_hint`].
+    /// defaults' description), for the hint of [`Guard::refusal_hint`];
+    /// empty when the hint must not name it (the API).
     source: String,
 }
 
@@ -188,17 +189,33 @@ impl Guard {
     /// Why `refused` is refused at `channel create`/`update`, and what an
     /// operator types to let it through: the exact lines and the file to
     /// put them in (the file that was read, or a new `./config.toml` when
-    /// none was). Allowing a loopback address allows the loopback network
-    /// (what a local test needs); any other address is allowed alone.
-    pub fn refusal_hint(&self, refused: &Refused) -> String {
-        let net = allow_entry(refused.addr);
+    /// none was). `also` are further refused addresses of the same host
+    /// (`localhost` is 127.0.0.1 and ::1): the lines allow them too.
+    /// Allowing a loopback address allows the loopback network (what a
+    /// local test needs); any other address is allowed alone.
+    pub fn refusal_hint(&self, refused: &Refused, also: &[Refused]) -> String {
+        let mut nets: Vec<String> = Vec::new();
+        for r in std::iter::once(refused).chain(also) {
+            let net = format!("\"{}\"", allow_entry(r.addr));
+            if !nets.contains(&net) {
+                nets.push(net);
+            }
+        }
+        let nets = nets.join(", ");
         let why = format!(
             "{} is a {} address, refused unless {ALLOW_KEY} allows it (the SSRF guard)",
             refused.addr, refused.range
         );
-        let lines = format!("`[delivery]` and `allow_networks = [\"{net}\"]`");
+        let lines = format!("`[delivery]` and `allow_networks = [{nets}]`");
         let test = "e.g. to test with `notification-reconciler sink` on 127.0.0.1";
-        if self.source.is_empty() || self.source.starts_with('<') {
+        if self.source.is_empty() {
+            // The API: its callers may be customers, who need not know
+            // where the service's files are.
+            format!(
+                "{why}; to allow it ({test}), the service's operator adds the lines {lines} \
+                 to its config file"
+            )
+        } else if self.source.starts_with('<') {
             format!(
                 "{why}; to allow it ({test}): no config file was read, so create ./config.toml \
                  (or pass --config FILE) with the lines {lines}"
@@ -210,7 +227,7 @@ impl Guard {
             )
         } else {
             format!(
-                "{why}; to allow it ({test}), add \"{net}\" to allow_networks in the [delivery] section of {}",
+                "{why}; to allow it ({test}), add {nets} to allow_networks in the [delivery] section of {}",
                 self.source
             )
         }
@@ -433,18 +450,18 @@ mod tests {
             .unwrap_err();
         let hint = Guard::new(Vec::new())
             .with_source("/etc/nr.toml")
-            .refusal_hint(&refused);
+            .refusal_hint(&refused, &[]);
         assert!(hint.contains("add to /etc/nr.toml the lines `[delivery]` and `allow_networks = [\"127.0.0.0/8\"]`"), "{hint}");
         let hint = Guard::new(Vec::new())
             .with_source("<defaults: no ./config.toml>")
-            .refusal_hint(&refused);
+            .refusal_hint(&refused, &[]);
         assert!(
             hint.contains("no config file was read, so create ./config.toml"),
             "{hint}"
         );
         let hint = Guard::new(vec!["10.0.0.0/8".parse().unwrap()])
             .with_source("c.toml")
-            .refusal_hint(&refused);
+            .refusal_hint(&refused, &[]);
         assert!(
             hint.contains(
                 "add \"127.0.0.0/8\" to allow_networks in the [delivery] section of c.toml"
@@ -455,13 +472,26 @@ mod tests {
             .check("::ffff:127.0.0.1".parse().unwrap())
             .unwrap_err();
         assert!(Guard::default()
-            .refusal_hint(&mapped)
+            .refusal_hint(&mapped, &[])
             .contains("127.0.0.0/8"));
         let private = Guard::default()
             .check("10.1.2.3".parse().unwrap())
             .unwrap_err();
         assert!(Guard::default()
-            .refusal_hint(&private)
+            .refusal_hint(&private, &[])
             .contains("10.1.2.3/32"));
+        let hint = Guard::default().refusal_hint(&refused, &[]);
+        assert!(
+            hint.contains("the service's operator adds the lines `[delivery]`"),
+            "{hint}"
+        );
+        let v6 = Guard::default().check("::1".parse().unwrap()).unwrap_err();
+        let hint = Guard::default()
+            .with_source("c.toml")
+            .refusal_hint(&refused, &[v6.clone(), v6]);
+        assert!(
+            hint.contains("`allow_networks = [\"127.0.0.0/8\", \"::1/128\"]`"),
+            "{hint}"
+        );
     }
 }

@@ -170,19 +170,21 @@ pub fn check_url(guard: &Guard, url: &str) -> Result<(), OpsError> {
             _ => Vec::new(),
         },
     };
-    for ip in addrs {
-        guard.check(ip).map_err(|refused| {
-            let host = parsed.host_str().unwrap_or_default();
-            let via = if host.trim_matches(['[', ']']) == ip.to_string() {
-                String::new()
-            } else {
-                format!(" (its host {host} resolves to {ip})")
-            };
-            OpsError::invalid(
-                "url",
-                format!("{url:?}{via}: {}", guard.refusal_hint(&refused)),
-            )
-        })?;
+    let refused: Vec<_> = addrs
+        .iter()
+        .filter_map(|ip| guard.check(*ip).err())
+        .collect();
+    if let Some((first, others)) = refused.split_first() {
+        let via = match parsed.host() {
+            Some(url::Host::Domain(name)) => {
+                format!(" (its host {name} resolves to {})", first.addr)
+            }
+            _ => String::new(),
+        };
+        return Err(OpsError::invalid(
+            "url",
+            format!("{url:?}{via}: {}", guard.refusal_hint(first, others)),
+        ));
     }
     Ok(())
 }
