@@ -126,6 +126,14 @@ fn run_logs_why_the_database_refuses_the_login() {
     let reason = "\"nr_no_such_role\"";
     let line = Bin::for_database(&url).fails(1, &["status"]);
     assert_has(&line, &["cannot connect to the database", reason]);
+    // From the file, the file and key are named.
+    let file_bin = Bin::with_config(&format!("[database]\nurl = \"{url}\"\n"));
+    let file = file_bin.dir().join("config.toml").display().to_string();
+    let line = file_bin.fails(1, &["status"]);
+    assert_has(
+        &line,
+        &[&format!("{file}: database.url: cannot connect"), reason],
+    );
     let mut d = Daemon::run("bad-login", &config_toml(&url, 1, "1s", "", ""), &[]);
     assert!(
         d.wait_line(reason, Duration::from_secs(30)),
@@ -165,7 +173,10 @@ fn database_url_errors_name_the_variable_and_never_show_the_password() {
     assert!(!line.contains("defaults") && !line.contains("s3"), "{line}");
     // A well-formed URL to nowhere: exit 1, the password hidden.
     let line = bin("postgres://app:s3cr3t@127.0.0.1:1/app").fails(1, &["status"]);
-    assert_has(&line, &["cannot connect", "app:***@127.0.0.1:1"]);
+    assert_has(
+        &line,
+        &["error: DATABASE_URL: cannot connect", "app:***@127.0.0.1:1"],
+    );
     assert!(!line.contains("s3"), "{line}");
 }
 

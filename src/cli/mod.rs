@@ -395,10 +395,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::sink::run(&args)
         }
         command => {
-            let config =
-                Config::load_from(cli.config.as_deref(), std::env::var("DATABASE_URL").ok())?;
+            let database_url = std::env::var("DATABASE_URL").ok();
+            let from_env = database_url.as_deref().is_some_and(|u| !u.is_empty());
+            let config = Config::load_from(cli.config.as_deref(), database_url)?;
             init_logging(&config.log.level);
-            dispatch(command, &config)
+            dispatch(command, &config).map_err(|e| name_url_source(e, &config, from_env))
         }
     }
 }
@@ -445,6 +446,20 @@ fn dispatch(command: Command, config: &Config) -> anyhow::Result<ExitCode> {
             json,
         } => admin::prune(config, older_than, dry_run, json),
         Command::Sink(_) => unreachable!("handled before loading the config"),
+    }
+}
+
+/// A failure to connect, prefixed with where the URL came from
+/// (`DATABASE_URL`, or `database.url` of the file read), so that the user
+/// knows what to fix; other errors unchanged.
+fn name_url_source(err: anyhow::Error, config: &Config, from_env: bool) -> anyhow::Error {
+    let connect = err
+        .chain()
+        .any(|c| matches!(c.downcast_ref::<DbError>(), Some(DbError::Connect { .. })));
+    match (connect, from_env) {
+        (false, _) => err,
+        (true, true) => err.context("DATABASE_URL"),
+        (true, false) => err.context(format!("{}: database.url", config.path.display())),
     }
 }
 
