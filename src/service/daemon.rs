@@ -238,7 +238,7 @@ pub fn run_until(config: &Config, shutdown: &Shutdown) -> Result<(), DaemonError
 /// shows them), and that it takes over when that instance stops.
 fn standby_line(config: &Config) -> String {
     let key = lock::derive_key(&config.reconciler.lock_key);
-    let holder = db::connect(&config.database, &lock::app_name("cli"))
+    let holder = db::connect(&config.database, &lock::app_name("standby"))
         .ok()
         .and_then(|mut c| lock::holder(&mut c, key).ok().flatten());
     let who = match holder {
