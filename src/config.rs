@@ -1,4 +1,4 @@
-//! Configuration: the TOML file of DESIGN.md, read in two stages.
+//! Configuration: the TOML file of docs/configuration.md, read in two stages.
 //!
 //! Stage one parses the file into [`RawConfig`] (plain serde data, unknown
 //! keys rejected, numbers kept signed and durations kept as text so that a bad
@@ -108,6 +108,15 @@ pub enum ConfigError {
         path: PathBuf,
         /// What is wrong, with the key and line.
         message: String,
+    },
+    /// The `DATABASE_URL` environment variable (which overrides
+    /// `database.url`) is not a usable URL; `value` has its password hidden.
+    #[error("environment variable DATABASE_URL = {value}: {problem} (DATABASE_URL overrides database.url of the config file)")]
+    DatabaseUrlEnv {
+        /// The value, password redacted, quoted.
+        value: String,
+        /// What is acceptable.
+        problem: String,
     },
     /// A key has a value outside what it accepts.
     #[error("{path}: {key} = {value}: {problem}")]
@@ -461,7 +470,7 @@ impl Config {
         })?;
         let mut raw = RawConfig::parse(path, &text)?;
         if let Some(url) = database_url.filter(|u| !u.is_empty()) {
-            raw.database.url = url;
+            raw.database.url = checked_env_url(url)?;
         }
         raw.resolve(path)
     }
@@ -487,7 +496,7 @@ impl Config {
             None => {
                 let mut raw = RawConfig::default();
                 if let Some(url) = database_url.filter(|u| !u.is_empty()) {
-                    raw.database.url = url;
+                    raw.database.url = checked_env_url(url)?;
                 }
                 raw.resolve(Path::new(DEFAULTS_SOURCE))
             }
@@ -979,15 +988,40 @@ fn read_ca_file(path: &Path) -> Result<Vec<ureq::tls::Certificate<'static>>, Str
     Ok(certs)
 }
 
+/// `DATABASE_URL`'s value, checked on its own so that an error names the
+/// variable rather than the config file it overrides.
+fn checked_env_url(url: String) -> Result<String, ConfigError> {
+    match check_postgres_url(&url) {
+        Ok(()) => Ok(url),
+        Err(problem) => Err(ConfigError::DatabaseUrlEnv {
+            value: format!("{:?}", redact_url(&url)),
+            problem,
+        }),
+    }
+}
+
 /// Checks that `url` is a `postgres://` or `postgresql://` URL the driver
 /// accepts.
 fn check_postgres_url(url: &str) -> Result<(), String> {
+    const FORM: &str = "postgres://USER:PASSWORD@HOST:5432/DATABASE";
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        return Err("must be a postgres:// or postgresql:// URL".into());
+        return Err(format!(
+            "must be a postgres:// or postgresql:// URL, e.g. {FORM} (a key=value string is not accepted)"
+        ));
     }
-    url.parse::<postgres::Config>()
-        .map(|_| ())
-        .map_err(|_| "is not a valid PostgreSQL connection URL".into())
+    let authority = url
+        .split_once("://")
+        .map_or("", |(_, rest)| rest.split(['/', '?']).next().unwrap_or(""));
+    if authority.matches('@').count() > 1 {
+        return Err(format!(
+            "holds more than one '@' before the host: percent-encode an '@' in the user name or password as %40 (e.g. {FORM})"
+        ));
+    }
+    url.parse::<postgres::Config>().map(|_| ()).map_err(|_| {
+        format!(
+            "is not a valid PostgreSQL connection URL (expected {FORM}; percent-encode '@', ':' and '/' in the password as %40, %3A, %2F)"
+        )
+    })
 }
 
 /// Whether `s` is an env_logger filter: comma-separated directives, each a
@@ -1018,8 +1052,14 @@ pub fn is_identifier(s: &str) -> bool {
 /// Replaces the password of a connection URL by `***` (for printing): the
 /// one after the user name and a `password=` query parameter alike.
 pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) => {
+    // `app:secret@host/db` parses as a URL of scheme `app:` with the
+    // password in its path: only `scheme://` is taken as a URL here.
+    let parsed = url::Url::parse(url).ok().filter(|u| {
+        url.get(u.scheme().len()..)
+            .is_some_and(|rest| rest.starts_with("://"))
+    });
+    match parsed {
+        Some(mut u) => {
             let in_query = u.query_pairs().any(|(k, _)| k == "password");
             if u.password().is_none() && !in_query {
                 return url.to_string();
@@ -1043,12 +1083,60 @@ pub fn redact_url(url: &str) -> String {
             }
             u.to_string()
         }
-        Err(_) => match (url.find("://"), url.rfind('@')) {
-            // Unparseable: hide everything between the scheme and '@'.
-            (Some(s), Some(a)) if a > s => format!("{}***{}", &url[..s + 3], &url[a..]),
-            _ => url.to_string(),
-        },
+        // Unparseable (or no `scheme://`): hide everything between the
+        // scheme (if any) and the last '@', and every `password=` value of
+        // a key=value string.
+        None => {
+            let start = url.find("://").map_or(0, |s| s + 3);
+            let hidden = match url.rfind('@') {
+                Some(a) if a >= start => format!("{}***{}", &url[..start], &url[a..]),
+                _ => url.to_string(),
+            };
+            redact_password_pairs(&hidden)
+        }
     }
+}
+
+/// `text` with the value of every `password=` (a key=value connection
+/// string's, quoted or not) replaced by `***`.
+fn redact_password_pairs(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.to_ascii_lowercase().find("password") {
+        // libpq allows spaces around the '=' of a key=value string.
+        let after_key = &rest[at + "password".len()..];
+        let trimmed = after_key.trim_start();
+        let Some(value) = trimmed.strip_prefix('=') else {
+            out.push_str(&rest[..at + "password".len()]);
+            rest = after_key;
+            continue;
+        };
+        let value = value.trim_start();
+        let value_start = rest.len() - value.len();
+        out.push_str(&rest[..value_start]);
+        out.push_str("***");
+        let len = match value.strip_prefix('\'') {
+            // A quoted value ends at the next quote not escaped by '\\'.
+            Some(quoted) => {
+                let mut escaped = false;
+                let end = quoted
+                    .char_indices()
+                    .find(|&(_, c)| {
+                        let closes = c == '\'' && !escaped;
+                        escaped = c == '\\' && !escaped;
+                        closes
+                    })
+                    .map_or(quoted.len(), |(i, _)| i + 1);
+                1 + end
+            }
+            None => value
+                .find(|c: char| c.is_whitespace() || c == '&')
+                .unwrap_or(value.len()),
+        };
+        rest = &value[len..];
+    }
+    out.push_str(rest);
+    out
 }
 
 impl fmt::Display for Config {
@@ -1463,5 +1551,41 @@ mod tests {
         // Errors about the URL never show the password either.
         let e = err("[database]\nurl = \"postgres://app:hunter2@db:notaport/x\"\n");
         assert!(!e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn redaction_hides_the_password_of_every_form_of_connection_string() {
+        // Without a scheme (`app:` would parse as one).
+        assert_eq!(redact_url("app:s3cret@db/x"), "***@db/x");
+        // An unescaped '@' in the password.
+        assert_eq!(
+            redact_url("postgres://app:p@ss@db/x"),
+            "postgres://app:***@db/x"
+        );
+        // key=value strings, quoted or not, spaces around '=' or not.
+        for (text, shown) in [
+            (
+                "host=db password=s3cret user=app",
+                "host=db password=*** user=app",
+            ),
+            ("host=db password = s3cret", "host=db password = ***"),
+            ("password='s3 \\'cret' host=db", "password=*** host=db"),
+            ("host=db passwordless=1", "host=db passwordless=1"),
+        ] {
+            assert_eq!(redact_url(text), shown, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_bad_database_url_env_names_the_variable_and_hides_the_password() {
+        let e = checked_env_url("app:s3cret@db/x".into())
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("environment variable DATABASE_URL = "), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
+        let e = checked_env_url("postgres://app:p@ss@db/x".into())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("%40"), "{e}");
     }
 }

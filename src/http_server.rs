@@ -693,6 +693,21 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
+/// What to do when binding `key` (`api.listen`, `metrics.listen`) failed
+/// with `err`: for "address in use", that another instance (or another
+/// program) probably listens there; empty otherwise.
+pub fn bind_hint(key: &str, err: &std::io::Error) -> String {
+    if err.kind() == std::io::ErrorKind::AddrInUse {
+        format!(
+            "; another program listens there, perhaps another notification-reconciler instance \
+             (`notification-reconciler status` shows the running ones): stop it, or give this \
+             instance its own {key}"
+        )
+    } else {
+        String::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

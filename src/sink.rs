@@ -53,7 +53,8 @@ fn secret_text(
 pub struct Verdict {
     /// Status code to answer.
     pub status: u16,
-    /// `verified`, `unsigned` (no secret given) or the verification error.
+    /// `verified`, `not verified` (no secret given: the signature, if any,
+    /// was not checked) or the verification error.
     pub verification: String,
 }
 
@@ -162,7 +163,7 @@ pub fn decide(
     fail: bool,
 ) -> Verdict {
     let verification = match secret {
-        None => "unsigned".to_string(),
+        None => "not verified".to_string(),
         Some(secret) => {
             match sign::verify(
                 secret,
@@ -242,7 +243,7 @@ mod tests {
     #[test]
     fn fail_rate_and_status_apply_after_verification() {
         let v = decide(None, "", "", "", b"", 0, 204, false);
-        assert_eq!((v.status, v.verification.as_str()), (204, "unsigned"));
+        assert_eq!((v.status, v.verification.as_str()), (204, "not verified"));
         assert_eq!(decide(None, "", "", "", b"", 0, 204, true).status, 500);
     }
 }

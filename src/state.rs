@@ -3,7 +3,7 @@
 //! Given what is stored about a delivery status ([`StatusView`]), the clock,
 //! the retry [`Policy`] and — after an attempt — what happened
 //! ([`Outcome`]), this module decides what to write back ([`Update`]). It
-//! follows the diagram in DESIGN.md ("Delivery states"): `PENDING` and
+//! follows the state diagram of docs/webhooks.md: `PENDING` and
 //! `RESENDING` behave alike (a resend is `PENDING` with a fresh clock),
 //! `SENDING` means "had a failed attempt, retries left", and `SUCCESS` and
 //! `FAILED` are final until an operator resends.
@@ -299,7 +299,7 @@ pub fn classify_status(code: u16) -> AttemptClass {
 }
 
 /// How an attempt counts for its channel's health (the leader's circuit
-/// breaker and auto-disable; DESIGN.md "Fair scheduling").
+/// breaker and auto-disable; docs/architecture.md "Fair scheduling").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     /// A 2xx response: the endpoint works.

@@ -1,5 +1,5 @@
 //! The command line through the real binary and a real PostgreSQL: every
-//! command of DESIGN.md except `run`, `once` and `sink` round-trips through
+//! command of docs/cli.md except `run`, `once` and `sink` round-trips through
 //! the database; `--json` output parses; exit codes are 0 ok, 1 runtime
 //! failure (database unreachable), 2 usage error, each failure with one line
 //! on stderr. Each test writes its own config file into a temp dir and passes

@@ -120,7 +120,14 @@ fn non_postgres_url_is_refused() {
 #[test]
 fn non_postgres_database_url_env_is_refused_without_showing_the_password() {
     let out = check_config("", Some("mysql://root:hunter2@localhost/db"));
-    assert_rejected(&out, &["database.url", "mysql://root:***@localhost/db"]);
+    assert_rejected(
+        &out,
+        &[
+            "environment variable DATABASE_URL",
+            "database.url",
+            "mysql://root:***@localhost/db",
+        ],
+    );
     assert!(!String::from_utf8_lossy(&out.stderr).contains("hunter2"));
 }
 

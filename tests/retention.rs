@@ -350,7 +350,7 @@ fn status_shows_the_oldest_kept_finished_event_and_how_many_are_due() {
     let text = bin.ok(&["status"]);
     assert!(
         text.contains(
-            "retention: keep finished 720h; 2 events due for pruning; oldest finished kept: "
+            "retention: keep finished 30d; 2 events due for pruning; oldest finished kept: "
         ),
         "{text}"
     );

@@ -198,7 +198,7 @@ fn sink_without_a_secret_answers_the_configured_status_or_fails_on_demand() {
     assert_eq!(post_signed(&sink.url(), &any, "msg_1", now, BODY), 202);
     let line = sink.next_line();
     assert!(
-        line.contains("id=msg_1 type=invoice.paid unsigned -> 202"),
+        line.contains("id=msg_1 type=invoice.paid not verified -> 202"),
         "{line}"
     );
 

@@ -307,9 +307,7 @@ pub(super) fn create_event(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer 
     match call.request.header("idempotency-key") {
         None => Reply::json(
             201,
-            &events::Emitted {
-                ids: events::emit(db, &input)?,
-            },
+            &events::Emitted::new(events::emit(db, &input)?, &input),
         ),
         Some(key) => match events::emit_idempotent(db, &input, key, &call.request.body)? {
             Idempotent::Fresh(emitted) => Reply::json(201, &emitted),

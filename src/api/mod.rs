@@ -39,7 +39,10 @@ pub const POOL_WAIT: Duration = Duration::from_secs(5);
 #[derive(Debug, thiserror::Error)]
 pub enum ApiStartError {
     /// `api.listen` cannot be bound.
-    #[error("cannot listen on api.listen = {addr}: {source}")]
+    #[error(
+        "cannot listen on api.listen = {addr}: {source}{}",
+        crate::http_server::bind_hint("api.listen", source)
+    )]
     Listen {
         /// The address.
         addr: SocketAddr,
@@ -209,6 +212,7 @@ pub fn serve(
     };
     let ctx = Arc::new(Ctx {
         pool,
+        // No file path in the API's refusals: its callers may be customers.
         guard: Guard::new(config.delivery.allow_networks.clone()),
         config: config.clone(),
         tokens: auth::TokenCache::default(),
@@ -223,7 +227,10 @@ pub fn serve(
     };
     let server = Server::bind(addr, limits, move |rq| handle(&ctx, rq))
         .map_err(|source| ApiStartError::Listen { addr, source })?;
-    log::info!("api: listening on http://{}", server.addr());
+    log::info!(
+        "api: listening on http://{0} (the web console: http://{0}/console/)",
+        server.addr()
+    );
     Ok(Api {
         server,
         _expiry: expiry,
@@ -293,7 +300,16 @@ fn answer(
         // A name that cannot be a namespace (control characters, too
         // long) does not exist either.
         if !crate::ops::tokens::may_see(&token, ns) || crate::ops::name_like("ns", ns).is_err() {
-            return Err(fail(ApiError::not_found(format!("no namespace {ns:?}"))));
+            // Saying which namespace the caller's own token is for leaks
+            // nothing (it is the caller's token) and names the mistake.
+            let message = match token.namespace.as_deref() {
+                Some(own) if own != ns => format!(
+                    "no namespace {ns:?} for this token: it is a token for namespace {own:?} \
+                     (use /v1/namespaces/{own}/…, or a token of {ns:?} or an admin token)"
+                ),
+                _ => format!("no namespace {ns:?}"),
+            };
+            return Err(fail(ApiError::not_found(message)));
         }
     }
     match route.access {

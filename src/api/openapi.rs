@@ -117,6 +117,7 @@ fn schemas() -> Value {
     let mut created_props = channel_props.clone();
     created_props["signing_secret"] =
         json!({ "type": "string", "description": "whsec_ + base64; shown once" });
+    created_props["warning"] = json!({ "type": "string", "description": "Present when another live channel of the namespace has the same name (the channel is created all the same)." });
     let mut created_required = channel_required.to_vec();
     created_required.push("signing_secret");
     let attempt = object(
@@ -151,7 +152,21 @@ fn schemas() -> Value {
         false,
     );
     let counts = json!({ "type": "object", "additionalProperties": { "type": "integer" } });
-    json!({
+    let event_ids = object(
+        json!({ "ids": { "type": "array", "items": uuid() } }),
+        &["ids"],
+        false,
+    );
+    let events_emitted = object(
+        json!({
+            "ids": { "type": "array", "items": uuid(), "description": "One event per matching active rule." },
+            "rules_matched": { "type": "integer", "minimum": 0, "description": "How many active rules matched the type (and filter); 0 means nothing was enqueued." },
+            "warning": { "type": "string", "description": "Present when no rule matched: what to create so that this type is delivered." }
+        }),
+        &["ids"],
+        false,
+    );
+    let mut schemas = json!({
         "Error": object(json!({
             "error": object(json!({
                 "code": { "type": "string", "enum": ["bad_request", "unauthorized", "forbidden", "not_found", "method_not_allowed", "conflict", "too_large", "unsupported_media_type", "invalid", "unavailable", "internal"] },
@@ -212,7 +227,7 @@ fn schemas() -> Value {
             "created_at": time(), "updated_at": time()
         }), &["id", "namespace", "name", "event_type", "disabled", "channels", "created_at", "updated_at"], false),
         "RuleList": list_of("Rule"),
-        "EventIds": object(json!({ "ids": { "type": "array", "items": uuid() } }), &["ids"], false),
+        "EventIds": event_ids,
         "EventSummary": object(json!({
             "id": uuid(), "namespace": { "type": "string" }, "type": { "type": "string" },
             "created_at": time(), "states": { "type": "array", "items": state() }
@@ -255,7 +270,10 @@ fn schemas() -> Value {
             "shard_count": { "type": "integer" }
         }), &["by_state", "due_now", "schema", "schema_version"], false),
         "OpenApi": { "type": "object" }
-    })
+    });
+    // Outside the macro: one more entry inside exceeds its recursion limit.
+    schemas["EventsEmitted"] = events_emitted;
+    schemas
 }
 
 fn error_response(status: u16) -> Value {

@@ -99,15 +99,17 @@ pub fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         ),
         None => "oldest finished kept: none".to_string(),
     };
-    if r.keep_finished_seconds == 0 {
-        println!("retention: off (keep_finished = \"0s\"); {oldest}");
+    // Printed after the lock and leader lines, in the order docs/cli.md
+    // shows.
+    let retention = if r.keep_finished_seconds == 0 {
+        format!("retention: off (keep_finished = \"0s\"); {oldest}")
     } else {
-        println!(
+        format!(
             "retention: keep finished {}; {} events due for pruning; {oldest}",
-            crate::config::format_duration(config.retention.keep_finished),
+            days_or_as_written(config.retention.keep_finished),
             r.due_for_pruning
-        );
-    }
+        )
+    };
     if report.shard_count > 1 {
         // Sharded instances take one lock per shard, never the one-shard
         // key: these two lines summarize the shards (listed below).
@@ -154,6 +156,7 @@ pub fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
             (None, false) => println!("leader:    none (no instance leads)"),
         }
     }
+    println!("{retention}");
     println!(
         "channels:  {} breakers open, {} auto-disabled",
         report.channels.breakers_open, report.channels.auto_disabled
@@ -203,4 +206,15 @@ pub fn prune(
         crate::config::format_duration(older_than)
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A retention period as the docs and config.toml write it: whole days as
+/// `30d`, anything else as `check-config` prints it (`36h`, `90m`).
+fn days_or_as_written(d: std::time::Duration) -> String {
+    const DAY: u64 = 24 * 3600;
+    if d.subsec_nanos() == 0 && d.as_secs() > 0 && d.as_secs() % DAY == 0 {
+        format!("{}d", d.as_secs() / DAY)
+    } else {
+        crate::config::format_duration(d)
+    }
 }

@@ -11,7 +11,8 @@ use crate::ops::channels::{self, ChannelPatch, ChannelView, NewChannelInput};
 
 /// Runs one `channel` subcommand.
 pub fn run(config: &Config, command: ChannelCommand) -> anyhow::Result<ExitCode> {
-    let guard = Guard::new(config.delivery.allow_networks.clone());
+    let guard = Guard::new(config.delivery.allow_networks.clone())
+        .with_source(&config.path.display().to_string());
     match command {
         ChannelCommand::Create {
             namespace,
@@ -36,6 +37,9 @@ pub fn run(config: &Config, command: ChannelCommand) -> anyhow::Result<ExitCode>
             channels::check_new(&guard, &input).map_err(ops_error)?;
             let mut client = super::connect(config)?;
             let created = channels::create(&mut client, &guard, input).map_err(ops_error)?;
+            if let Some(warning) = &created.warning {
+                eprintln!("warning: {warning}");
+            }
             println!("{}", created.channel.channel.id);
         }
         ChannelCommand::List {

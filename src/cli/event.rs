@@ -50,9 +50,7 @@ pub fn run(config: &Config, command: EventCommand) -> anyhow::Result<ExitCode> {
                 e => ops_error(e),
             })?;
             if ids.is_empty() {
-                eprintln!(
-                    "no active rule for type {event_type:?} in namespace {namespace:?}: no event created"
-                );
+                eprintln!("{}", ops_events::no_rule_warning(&namespace, &event_type));
             }
             for id in ids {
                 println!("{id}");

@@ -1,6 +1,6 @@
 //! The command line: argument definitions (clap) and the dispatch of each
 //! command to its module. The names of commands and flags are a contract that
-//! outside scripts rely on (DESIGN.md); keep them exactly.
+//! outside scripts rely on (docs/cli.md); keep them exactly.
 //!
 //! `main` calls [`run`]; only `main` turns errors into messages and exit
 //! codes ([`exit_code`]).
@@ -36,7 +36,7 @@ pub struct UsageError(pub String);
 pub struct Cli {
     /// Configuration file (must exist). Without it: ./config.toml, then
     /// /etc/notification-reconciler/config.toml, else the defaults and the
-    /// environment.
+    /// environment. Not used by `sink`, which takes only its flags.
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
     /// What to do.
@@ -78,10 +78,12 @@ pub enum Command {
     /// EVENT_ID, every matching delivery of `--channel` (bulk resend).
     Resend {
         /// The event; omit it to resend a channel's deliveries in bulk.
+        #[arg(value_parser = parse_id)]
         event_id: Option<Uuid>,
         /// Only this channel's delivery; without EVENT_ID, every delivery
         /// of this channel that matches `--since` and `--state`.
         #[arg(long, value_name = "ID")]
+        #[arg(value_parser = parse_id)]
         channel: Option<Uuid>,
         /// Bulk: only deliveries of events created at or after TIME: an
         /// RFC 3339 time (`2026-12-01T08:00:00Z`) or a duration ago (`24h`).
@@ -144,6 +146,7 @@ pub enum TokenCommand {
     /// Revoke a token: every instance refuses it within a second.
     Revoke {
         /// Token id.
+        #[arg(value_parser = parse_id)]
         id: Uuid,
     },
 }
@@ -196,6 +199,7 @@ pub enum ChannelCommand {
     /// deliveries still due go to the new URL.
     Update {
         /// Channel id.
+        #[arg(value_parser = parse_id)]
         id: Uuid,
         /// New endpoint URL (checked like at create).
         #[arg(long)]
@@ -222,22 +226,26 @@ pub enum ChannelCommand {
     /// Disable a channel (its pending deliveries fail).
     Disable {
         /// Channel id.
+        #[arg(value_parser = parse_id)]
         id: Uuid,
     },
     /// Enable a channel.
     Enable {
         /// Channel id.
+        #[arg(value_parser = parse_id)]
         id: Uuid,
     },
     /// Delete a channel (soft delete; its pending deliveries fail).
     Delete {
         /// Channel id.
+        #[arg(value_parser = parse_id)]
         id: Uuid,
     },
     /// Replace a channel's signing secret; prints the new secret. During the
     /// overlap every request carries both signatures.
     RotateSecret {
         /// Channel id.
+        #[arg(value_parser = parse_id)]
         id: Uuid,
         /// The new secret `whsec_<base64>`; generated when omitted.
         #[arg(long)]
@@ -265,6 +273,7 @@ pub enum RuleCommand {
         event_type: String,
         /// Channel id (repeatable, at least one).
         #[arg(long = "channel", value_name = "ID", required = true)]
+        #[arg(value_parser = parse_id)]
         channels: Vec<Uuid>,
         /// Only events whose payload meets this PostgreSQL jsonpath
         /// predicate, e.g. '$.amount > 1000'.
@@ -274,13 +283,16 @@ pub enum RuleCommand {
     /// Change a rule's channels or filter.
     Update {
         /// Rule id.
+        #[arg(value_parser = parse_id)]
         id: Uuid,
         /// Assign this channel too (repeatable).
         #[arg(long = "add-channel", value_name = "ID")]
+        #[arg(value_parser = parse_id)]
         add: Vec<Uuid>,
         /// Unassign this channel (repeatable); its deliveries still due for
         /// the rule's events end FAILED.
         #[arg(long = "remove-channel", value_name = "ID")]
+        #[arg(value_parser = parse_id)]
         remove: Vec<Uuid>,
         /// Set the payload filter (a jsonpath predicate).
         #[arg(long, value_name = "JSONPATH_PREDICATE", conflicts_with = "no_filter")]
@@ -302,6 +314,7 @@ pub enum RuleCommand {
     /// go on.
     Delete {
         /// Rule id.
+        #[arg(value_parser = parse_id)]
         id: Uuid,
     },
 }
@@ -336,6 +349,7 @@ pub enum EventCommand {
     /// Show one event with its deliveries and attempts.
     Show {
         /// Event id.
+        #[arg(value_parser = parse_id)]
         id: Uuid,
         /// Print as JSON.
         #[arg(long)]
@@ -372,13 +386,20 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Sink(args) => {
             init_logging("info");
+            if let Some(path) = &cli.config {
+                eprintln!(
+                    "sink: --config {} is not used: the sink reads no config file, only its flags (see `sink --help`)",
+                    path.display()
+                );
+            }
             crate::sink::run(&args)
         }
         command => {
-            let config =
-                Config::load_from(cli.config.as_deref(), std::env::var("DATABASE_URL").ok())?;
+            let database_url = std::env::var("DATABASE_URL").ok();
+            let from_env = database_url.as_deref().is_some_and(|u| !u.is_empty());
+            let config = Config::load_from(cli.config.as_deref(), database_url)?;
             init_logging(&config.log.level);
-            dispatch(command, &config)
+            dispatch(command, &config).map_err(|e| name_url_source(e, &config, from_env))
         }
     }
 }
@@ -428,6 +449,20 @@ fn dispatch(command: Command, config: &Config) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// A failure to connect, prefixed with where the URL came from
+/// (`DATABASE_URL`, or `database.url` of the file read), so that the user
+/// knows what to fix; other errors unchanged.
+fn name_url_source(err: anyhow::Error, config: &Config, from_env: bool) -> anyhow::Error {
+    let connect = err
+        .chain()
+        .any(|c| matches!(c.downcast_ref::<DbError>(), Some(DbError::Connect { .. })));
+    match (connect, from_env) {
+        (false, _) => err,
+        (true, true) => err.context("DATABASE_URL"),
+        (true, false) => err.context(format!("{}: database.url", config.path.display())),
+    }
+}
+
 /// Logging to stderr; `RUST_LOG` overrides the configured level.
 ///
 /// `tokio_postgres::query` is capped at `info` whatever `RUST_LOG` says: at
@@ -448,6 +483,13 @@ pub(crate) fn ops_error(err: OpsError) -> anyhow::Error {
     match err {
         OpsError::Invalid { field, message } if field.is_empty() => UsageError(message).into(),
         OpsError::Invalid { field, message } => {
+            // `rule create` takes `--channel ID` repeated for the
+            // operation's `channels` list.
+            let field = if field == "channels" {
+                "channel".to_string()
+            } else {
+                field
+            };
             let flag = if field.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
                 format!("--{}", field.replace('_', "-"))
             } else {
@@ -502,19 +544,39 @@ pub fn error_line(err: &anyhow::Error) -> String {
 
 /// clap's error text as one line: its first paragraph (the sentence, and for
 /// missing arguments the list of them on the following lines) joined by
-/// spaces; the usage help and tips after the first blank line are dropped.
+/// spaces, then its tips ("a similar argument exists: '--header'"); the
+/// usage help is dropped.
 pub fn usage_error_line(clap_text: &str) -> String {
-    let line = clap_text
+    let mut line = clap_text
         .lines()
         .map(str::trim)
         .take_while(|l| !l.is_empty())
         .collect::<Vec<_>>()
         .join(" ");
+    for tip in clap_text
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("tip:"))
+    {
+        line.push_str("; ");
+        line.push_str(tip);
+    }
     if line.is_empty() {
         "error: invalid arguments".to_string()
     } else {
         line
     }
+}
+
+/// An id argument: a whole UUID (the docs shorten ids as `5c…`, but a
+/// prefix is not accepted; copy the id from `create` or a `list`).
+fn parse_id(text: &str) -> Result<Uuid, String> {
+    Uuid::parse_str(text.trim()).map_err(|_| {
+        "an id is a whole UUID of 36 characters such as 5c0e8d21-8f0b-4c1e-9f6a-2f1d3c4b5a69 \
+             (not a prefix, not the event's own data such as an invoice number): \
+             copy it from what `create` printed or from `channel list`, `rule list`, `event list`"
+            .to_string()
+    })
 }
 
 /// Prints one JSON document on stdout.
@@ -576,5 +638,24 @@ mod tests {
         assert_eq!(exit_code(&usage), 2);
         let runtime = anyhow::anyhow!("database down");
         assert_eq!(exit_code(&runtime), 1);
+    }
+
+    #[test]
+    fn clap_suggestions_are_kept_on_the_one_line() {
+        let err = Cli::try_parse_from(["notification-reconciler", "channels", "list"])
+            .expect_err("no such command");
+        let line = usage_error_line(&err.to_string());
+        assert!(
+            line.contains("tip: a similar subcommand exists: 'channel'"),
+            "{line}"
+        );
+        assert!(!line.contains("Usage"), "{line}");
+    }
+
+    #[test]
+    fn an_id_that_is_not_a_uuid_says_what_an_id_is() {
+        let e = parse_id("5c0e8d21").unwrap_err();
+        assert!(e.contains("UUID") && e.contains("not a prefix"), "{e}");
+        assert!(parse_id("5c0e8d21-8f0b-4c1e-9f6a-2f1d3c4b5a69").is_ok());
     }
 }

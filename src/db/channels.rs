@@ -173,6 +173,23 @@ pub fn list_after(
     Ok(rows.iter().map(|r| from_row(r, with_secrets)).collect())
 }
 
+/// The ids of the live channels named `name` in `namespace`, oldest first
+/// (names need not be unique; a duplicate is warned about).
+pub fn ids_named(
+    client: &mut impl GenericClient,
+    namespace: &str,
+    name: &str,
+) -> Result<Vec<Uuid>, DbError> {
+    let rows = client
+        .query(
+            "SELECT id FROM channel WHERE namespace = $1 AND name = $2 AND deleted_at IS NULL
+             ORDER BY created_at, id",
+            &[&namespace, &name],
+        )
+        .map_err(DbError::query("looking up channels by name"))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 /// One live (not deleted) channel; `None` when there is none with that id.
 pub fn get(
     client: &mut impl GenericClient,

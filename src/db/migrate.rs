@@ -212,12 +212,33 @@ pub fn ensure_current(client: &mut Client, schema: &str) -> Result<(), DbError> 
             schema: schema.to_string(),
             found,
             expected,
+            target: target(client),
         }),
         std::cmp::Ordering::Greater => Err(DbError::TooNew {
             schema: schema.to_string(),
             found,
             expected,
         }),
+    }
+}
+
+/// Where `client` is connected, for a message: `database "app" on
+/// 127.0.0.1:5432 as user "app"` (a Unix socket shows as `the local
+/// socket`); empty if the server does not say.
+fn target(client: &mut Client) -> String {
+    let row = client.query_one(
+        "SELECT current_database(), current_user, \
+                coalesce(host(inet_server_addr()) || ':' || inet_server_port(), 'the local socket')",
+        &[],
+    );
+    match row {
+        Ok(row) => format!(
+            "database \"{}\" on {} as user \"{}\"",
+            row.get::<_, String>(0),
+            row.get::<_, String>(2),
+            row.get::<_, String>(1)
+        ),
+        Err(_) => String::new(),
     }
 }
 

@@ -75,7 +75,7 @@ pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     /// The server could not be reached or refused the login.
-    #[error("cannot connect to the database at {url}: {source}")]
+    #[error("cannot connect to the database at {url}: {}", driver_text(source))]
     Connect {
         /// The URL with the password redacted.
         url: String,
@@ -86,7 +86,7 @@ pub enum DbError {
     #[error("cannot get a database connection from the pool: {0}")]
     Pool(#[from] r2d2::Error),
     /// A statement failed.
-    #[error("database error while {what}: {source}")]
+    #[error("database error while {what}: {}", driver_text(source))]
     Query {
         /// What the statement was for, e.g. "creating a channel".
         what: &'static str,
@@ -94,7 +94,7 @@ pub enum DbError {
         source: postgres::Error,
     },
     /// The schema is older than this binary (or absent).
-    #[error("the database schema \"{schema}\" is at version {found}, this binary needs {expected}: run `notification-reconciler migrate` first")]
+    #[error("the database schema \"{schema}\" is at version {found} in {target}, this binary needs {expected}: if this is the database to use, run `notification-reconciler migrate` first; if not, fix database.url (or DATABASE_URL, which overrides it)")]
     NotMigrated {
         /// Schema name.
         schema: String,
@@ -102,6 +102,10 @@ pub enum DbError {
         found: i32,
         /// Version this binary was built for.
         expected: i32,
+        /// Which database, server and user (`database "app" on
+        /// 127.0.0.1:5432 as user "app"`): the advice would create the
+        /// schema there.
+        target: String,
     },
     /// The schema was migrated by a newer binary.
     #[error("the database schema \"{schema}\" is at version {found}, newer than this binary knows ({expected}): upgrade notification-reconciler")]
@@ -193,6 +197,24 @@ impl DbError {
             _ => false,
         }
     }
+}
+
+/// A driver error with its causes, in one line: `db error: FATAL: password
+/// authentication failed for user "app"`, where the driver's own `Display`
+/// says only `db error` (a log line must say why, not only the command
+/// line, which prints the whole chain).
+pub fn driver_text(err: &postgres::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = std::error::Error::source(err);
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// The driver configuration every service connection uses.

@@ -69,6 +69,32 @@ impl Resolver for CachingResolver {
     }
 }
 
+/// The addresses `host` resolves to now, for checking a URL as it is typed
+/// (`channel create`/`update`): empty when the lookup fails or takes longer
+/// than `timeout` (the lookup thread then finishes on its own). Deliveries
+/// resolve through [`CachingResolver`] instead.
+pub fn lookup_now(host: &str, port: u16, timeout: Duration) -> Vec<IpAddr> {
+    use std::net::ToSocketAddrs;
+    if let Some(ip) = ip_literal(host) {
+        return vec![ip];
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let target = (host.to_owned(), port);
+    let spawned = std::thread::Builder::new()
+        .name("url-lookup".into())
+        .spawn(move || {
+            let addrs: Vec<IpAddr> = target
+                .to_socket_addrs()
+                .map(|a| a.map(|a| a.ip()).collect())
+                .unwrap_or_default();
+            let _ = tx.send(addrs);
+        });
+    if spawned.is_err() {
+        return Vec::new();
+    }
+    rx.recv_timeout(timeout).unwrap_or_default()
+}
+
 /// The guard's refusal inside a transport error, if that is what it is.
 pub fn refusal(err: &ureq::Error) -> Option<&Refused> {
     match err {

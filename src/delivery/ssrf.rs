@@ -155,6 +155,10 @@ pub struct Refused {
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Guard {
     allow: Vec<IpNet>,
+    /// Where `allow` was read from (the config file's path, or the
+    /// defaults' description), for the hint of [`Guard::refusal_hint`];
+    /// empty when the hint must not name it (the API).
+    source: String,
 }
 
 impl fmt::Debug for Guard {
@@ -168,7 +172,65 @@ impl fmt::Debug for Guard {
 impl Guard {
     /// A guard that lets `allow` through (`delivery.allow_networks`).
     pub fn new(allow: Vec<IpNet>) -> Guard {
-        Guard { allow }
+        Guard {
+            allow,
+            source: String::new(),
+        }
+    }
+
+    /// The same guard, remembering that its allow list was read from
+    /// `source` (a config file's path, or [`crate::config::DEFAULTS_SOURCE`]
+    /// when no file was read) so that a refusal can say where to allow it.
+    pub fn with_source(mut self, source: &str) -> Guard {
+        self.source = source.to_owned();
+        self
+    }
+
+    /// Why `refused` is refused at `channel create`/`update`, and what an
+    /// operator types to let it through: the exact lines and the file to
+    /// put them in (the file that was read, or a new `./config.toml` when
+    /// none was). `also` are further refused addresses of the same host
+    /// (`localhost` is 127.0.0.1 and ::1): the lines allow them too.
+    /// Allowing a loopback address allows the loopback network (what a
+    /// local test needs); any other address is allowed alone.
+    pub fn refusal_hint(&self, refused: &Refused, also: &[Refused]) -> String {
+        let mut nets: Vec<String> = Vec::new();
+        for r in std::iter::once(refused).chain(also) {
+            let net = format!("\"{}\"", allow_entry(r.addr));
+            if !nets.contains(&net) {
+                nets.push(net);
+            }
+        }
+        let nets = nets.join(", ");
+        let why = format!(
+            "{} is a {} address, refused unless {ALLOW_KEY} allows it (the SSRF guard)",
+            refused.addr, refused.range
+        );
+        let lines = format!("`[delivery]` and `allow_networks = [{nets}]`");
+        let test = "e.g. to test with `notification-reconciler sink` on 127.0.0.1";
+        if self.source.is_empty() {
+            // The API: its callers may be customers, who need not know
+            // where the service's files are.
+            format!(
+                "{why}; to allow it ({test}), the service's operator adds the lines {lines} \
+                 to its config file"
+            )
+        } else if self.source.starts_with('<') {
+            format!(
+                "{why}; to allow it ({test}): no config file was read, so create ./config.toml \
+                 (or pass --config FILE) with the lines {lines}"
+            )
+        } else if self.allow.is_empty() {
+            format!(
+                "{why}; to allow it ({test}), add to {} the lines {lines}",
+                self.source
+            )
+        } else {
+            format!(
+                "{why}; to allow it ({test}), add {nets} to allow_networks in the [delivery] section of {}",
+                self.source
+            )
+        }
     }
 
     /// Whether a connection to `ip` may be made. An address in an allowed
@@ -191,6 +253,20 @@ impl Guard {
         } else {
             Err(Refused { addr: ip, range })
         }
+    }
+}
+
+/// The `allow_networks` entry that lets `addr` through: the loopback
+/// network for a loopback address, else the address alone.
+fn allow_entry(addr: IpAddr) -> String {
+    let addr = match addr {
+        IpAddr::V6(v6) => embedded_v4(v6).map_or(addr, IpAddr::V4),
+        IpAddr::V4(_) => addr,
+    };
+    match addr {
+        IpAddr::V4(v4) if v4.is_loopback() => "127.0.0.0/8".into(),
+        IpAddr::V4(v4) => format!("{v4}/32"),
+        IpAddr::V6(v6) => format!("{v6}/128"),
     }
 }
 
@@ -364,6 +440,58 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "refused to connect to 169.254.169.254: link-local (cloud metadata service) address, not allowed by delivery.allow_networks"
+        );
+    }
+
+    #[test]
+    fn a_refusal_hint_shows_the_lines_and_the_file_to_put_them_in() {
+        let refused = Guard::default()
+            .check("127.0.0.1".parse().unwrap())
+            .unwrap_err();
+        let hint = Guard::new(Vec::new())
+            .with_source("/etc/nr.toml")
+            .refusal_hint(&refused, &[]);
+        assert!(hint.contains("add to /etc/nr.toml the lines `[delivery]` and `allow_networks = [\"127.0.0.0/8\"]`"), "{hint}");
+        let hint = Guard::new(Vec::new())
+            .with_source("<defaults: no ./config.toml>")
+            .refusal_hint(&refused, &[]);
+        assert!(
+            hint.contains("no config file was read, so create ./config.toml"),
+            "{hint}"
+        );
+        let hint = Guard::new(vec!["10.0.0.0/8".parse().unwrap()])
+            .with_source("c.toml")
+            .refusal_hint(&refused, &[]);
+        assert!(
+            hint.contains(
+                "add \"127.0.0.0/8\" to allow_networks in the [delivery] section of c.toml"
+            ),
+            "{hint}"
+        );
+        let mapped = Guard::default()
+            .check("::ffff:127.0.0.1".parse().unwrap())
+            .unwrap_err();
+        assert!(Guard::default()
+            .refusal_hint(&mapped, &[])
+            .contains("127.0.0.0/8"));
+        let private = Guard::default()
+            .check("10.1.2.3".parse().unwrap())
+            .unwrap_err();
+        assert!(Guard::default()
+            .refusal_hint(&private, &[])
+            .contains("10.1.2.3/32"));
+        let hint = Guard::default().refusal_hint(&refused, &[]);
+        assert!(
+            hint.contains("the service's operator adds the lines `[delivery]`"),
+            "{hint}"
+        );
+        let v6 = Guard::default().check("::1".parse().unwrap()).unwrap_err();
+        let hint = Guard::default()
+            .with_source("c.toml")
+            .refusal_hint(&refused, &[v6.clone(), v6]);
+        assert!(
+            hint.contains("`allow_networks = [\"127.0.0.0/8\", \"::1/128\"]`"),
+            "{hint}"
         );
     }
 }

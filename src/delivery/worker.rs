@@ -185,8 +185,8 @@ pub fn record(
 }
 
 /// A reason the event cannot be sent to any channel: its payload, sent as
-/// the body's `data`, must be a JSON object (DESIGN.md "The webhook
-/// request"). Events are immutable, so this is permanent.
+/// the body's `data`, must be a JSON object (docs/webhooks.md, the request
+/// body). Events are immutable, so this is permanent.
 fn event_problem(event: &DueEvent) -> Option<Outcome> {
     // The payload is valid JSON (it came out of a jsonb column), so its first
     // character tells its kind.

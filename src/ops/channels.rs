@@ -15,9 +15,9 @@ use super::{name_like, not_found, visible, OpsError};
 use crate::db::channels::{self, Channel, ChannelChange, NewChannel};
 use crate::db::controls::{self, Head};
 use crate::db::{events, leaders, statuses};
-use crate::delivery::endpoint;
 use crate::delivery::sign::Secret;
 use crate::delivery::ssrf::Guard;
+use crate::delivery::{endpoint, resolve};
 use crate::rate_limit::RateLimit;
 use crate::state::State;
 
@@ -133,18 +133,73 @@ pub struct Created {
     pub channel: ChannelView,
     /// Its signing secret.
     pub signing_secret: String,
+    /// Set when another live channel of the namespace has the same name
+    /// (allowed: names are for people; ids are what rules use).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
-/// Checks a channel URL: http(s), a host, and a literal address the SSRF
-/// guard allows (host names are checked when resolved, at delivery).
+/// How long `channel create`/`update` wait for a host name's addresses;
+/// a lookup that fails or takes longer lets the URL pass (the delivery-time
+/// check stays, and DNS can change anyway).
+const CREATE_LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Checks a channel URL as typed: http(s), a host, and addresses the SSRF
+/// guard allows: a literal address, or the addresses a host name resolves
+/// to now (`localhost` → 127.0.0.1). Every delivery checks the resolved
+/// addresses again.
 pub fn check_url(guard: &Guard, url: &str) -> Result<(), OpsError> {
-    let parsed = endpoint::check_url(url).map_err(|e| OpsError::invalid("url", e))?;
-    if let Some(ip) = endpoint::literal_address(&parsed) {
-        guard
-            .check(ip)
-            .map_err(|refused| OpsError::invalid("url", format!("{url:?}: {refused}")))?;
+    let parsed =
+        endpoint::check_url(url).map_err(|e| OpsError::invalid("url", url_hint(url, e)))?;
+    let typed = url.trim_start();
+    let after_scheme = typed.get(parsed.scheme().len()..).unwrap_or_default();
+    if !after_scheme.starts_with("://") {
+        return Err(OpsError::invalid(
+            "url",
+            format!(
+                "URL {url:?} lacks the // after {}: (did you mean {:?}?)",
+                parsed.scheme(),
+                parsed.as_str()
+            ),
+        ));
+    }
+    let addrs = match endpoint::literal_address(&parsed) {
+        Some(ip) => vec![ip],
+        None => match (parsed.host_str(), parsed.port_or_known_default()) {
+            (Some(host), Some(port)) => resolve::lookup_now(host, port, CREATE_LOOKUP_TIMEOUT),
+            _ => Vec::new(),
+        },
+    };
+    let refused: Vec<_> = addrs
+        .iter()
+        .filter_map(|ip| guard.check(*ip).err())
+        .collect();
+    if let Some((first, others)) = refused.split_first() {
+        let via = match parsed.host() {
+            Some(url::Host::Domain(name)) => {
+                format!(" (its host {name} resolves to {})", first.addr)
+            }
+            _ => String::new(),
+        };
+        return Err(OpsError::invalid(
+            "url",
+            format!("{url:?}{via}: {}", guard.refusal_hint(first, others)),
+        ));
     }
     Ok(())
+}
+
+/// `problem` with what to type when `url` lacks its scheme
+/// (`example.com/webhooks`).
+fn url_hint(url: &str, problem: String) -> String {
+    if !url.contains("://") && !url.trim().is_empty() {
+        format!(
+            "{problem}; a webhook URL starts with https:// or http://, e.g. \"https://{}\"",
+            url.trim()
+        )
+    } else {
+        problem
+    }
 }
 
 /// Checked custom headers as the stored JSON object.
@@ -198,6 +253,7 @@ pub fn create(
         Some(r) => parse_rate_limit("rate_limit", r)?,
         None => None,
     };
+    let same_name = channels::ids_named(client, &input.namespace, &input.name)?;
     let id = channels::create(
         client,
         &NewChannel {
@@ -211,10 +267,26 @@ pub fn create(
             ordered: input.ordered,
         },
     )?;
+    let warning = (!same_name.is_empty())
+        .then(|| duplicate_name_warning(&input.namespace, &input.name, &same_name));
     Ok(Created {
         channel: get(client, Some(&input.namespace), id)?,
         signing_secret: secret,
+        warning,
     })
+}
+
+/// What a create says when `name` is already used by the live channels
+/// `same_name` of `namespace`.
+fn duplicate_name_warning(namespace: &str, name: &str, same_name: &[Uuid]) -> String {
+    let ids: Vec<String> = same_name.iter().map(Uuid::to_string).collect();
+    format!(
+        "namespace {:?} already has a channel named {:?} ({}): created another one with the same name; \
+         rules refer to channels by id, so check which one you mean (delete the extra one if this was a retry)",
+        namespace,
+        name,
+        ids.join(", ")
+    )
 }
 
 /// Lists live channels, optionally of one namespace, one page at a time

@@ -76,11 +76,43 @@ fn refused_by_producer(err: DbError) -> OpsError {
     OpsError::from(err)
 }
 
-/// The answer to an emit: the new ids.
+/// The answer to an emit: the new ids, how many rules matched, and a
+/// warning when none did (an emit that creates nothing is almost always a
+/// missing rule or a typo in the type).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Emitted {
     /// One event per matching active rule (empty: no rule matched).
     pub ids: Vec<Uuid>,
+    /// How many active rules matched (one event each).
+    #[serde(default)]
+    pub rules_matched: usize,
+    /// Set when no rule matched: what to do about it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+}
+
+impl Emitted {
+    /// The answer for `ids` emitted from `input`.
+    pub fn new(ids: Vec<Uuid>, input: &EmitInput) -> Emitted {
+        let warning = ids
+            .is_empty()
+            .then(|| no_rule_warning(&input.namespace, &input.event_type));
+        Emitted {
+            rules_matched: ids.len(),
+            ids,
+            warning,
+        }
+    }
+}
+
+/// What an emit that matched no rule tells the caller (the CLI prints it
+/// on stderr, the API returns it as `warning`).
+pub fn no_rule_warning(namespace: &str, event_type: &str) -> String {
+    format!(
+        "no active rule for type {event_type:?} in namespace {namespace:?} (or its filter did not match): \
+         no event was created; create a rule for this type (`rule create --namespace {namespace} \
+         --event-type {event_type} --channel ID`, or POST /v1/namespaces/{namespace}/rules)"
+    )
 }
 
 /// What an emit with an idempotency key answered.
@@ -123,7 +155,7 @@ pub fn emit_idempotent(
     let request_hash: [u8; 32] = Sha256::digest(body).into();
     let outcome = idempotency::once(client, &input.namespace, key, &request_hash, |tx| {
         let ids = emit(tx, input)?;
-        let emitted = Emitted { ids };
+        let emitted = Emitted::new(ids, input);
         let body = serde_json::to_value(&emitted).unwrap_or(serde_json::Value::Null);
         Ok::<_, OpsError>((i32::from(EMITTED_STATUS), body, emitted))
     })?;

@@ -1,5 +1,5 @@
-//! The leader's view of the channels' delivery controls (DESIGN.md
-//! "Delivery controls"): which channels are ordered, and each rate-limited
+//! The leader's view of the channels' delivery controls
+//! (docs/delivery-controls.md): which channels are ordered, and each rate-limited
 //! channel's window of request starts (`rate`). No I/O: the leader reads the
 //! controls with each sweep's channels (`db::controls`), feeds in what it
 //! hands out and what comes back, persists the windows this returns before

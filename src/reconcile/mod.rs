@@ -1,5 +1,5 @@
-//! Reconciling: the leader hands due deliveries to workers (DESIGN.md
-//! "Shape" and "The leader loop"). The main thread holds the leader lock on
+//! Reconciling: the leader hands due deliveries to workers
+//! (docs/architecture.md "The leader loop"). The main thread holds the leader lock on
 //! its dedicated connection, pages due deliveries on it and hands them over
 //! a bounded channel to `workers` OS threads, which take a pooled
 //! connection only to record an outcome (so workers may far outnumber

@@ -3,7 +3,7 @@
 //! out (the channel's cap and breaker, see `breaker`) and how many slots
 //! are free go in; the decision comes out. No I/O, no clock.
 //!
-//! The rule (DESIGN.md "Fair scheduling"): **round-robin across channels**,
+//! The rule (docs/architecture.md "Fair scheduling"): **round-robin across channels**,
 //! one delivery per channel per round, oldest first within a channel,
 //! starting after the channel served last, so a channel with a huge
 //! backlog delays another channel's next delivery by at most one round;
@@ -17,7 +17,7 @@
 //! FAILED) ignores the allowance, so pending and sending timeouts still
 //! apply while a breaker is open.
 //!
-//! The delivery controls (DESIGN.md "Delivery controls") are decided here
+//! The delivery controls (docs/delivery-controls.md) are decided here
 //! too, as hard limits: a rate-limited channel never gets more requests
 //! than its window of request starts has left (`rate`), borrowed or not; an
 //! **ordered** channel gets one while none of its deliveries is in flight

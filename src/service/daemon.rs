@@ -139,6 +139,8 @@ pub fn run_until(config: &Config, shutdown: &Shutdown) -> Result<(), DaemonError
         telemetry: &telemetry,
     };
     let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
+    // Whether this instance ever led: only then is there a lock to release.
+    let mut held_lock = false;
     let listener_stop = AtomicBool::new(false);
     std::thread::scope(|scope| {
         let spawned = std::thread::Builder::new()
@@ -159,6 +161,7 @@ pub fn run_until(config: &Config, shutdown: &Shutdown) -> Result<(), DaemonError
             }
         };
         let mut db_error_logged: Option<Instant> = None;
+        let mut standing_by = false;
         while !shutdown.requested() {
             telemetry.health.beat();
             notifier.watchdog();
@@ -167,11 +170,19 @@ pub fn run_until(config: &Config, shutdown: &Shutdown) -> Result<(), DaemonError
                     db_error_logged = None;
                     telemetry.metrics.lead_ended(LeadResult::LockHeld);
                     telemetry.health.db_ok();
+                    if !standing_by {
+                        // Logged once per standby spell: the log, not only
+                        // systemd, says why this instance does nothing.
+                        log::info!("{}", standby_line(config));
+                        standing_by = true;
+                    }
                     status("standby: another instance holds the lock".into());
                     Instant::now() + STANDBY_RETRY
                 }
                 Ok(PassOutcome::Ran(report)) => {
                     db_error_logged = None;
+                    standing_by = false;
+                    held_lock = true;
                     let summary = report.summary("stopped leading");
                     match &report.failure {
                         None => {
@@ -215,7 +226,39 @@ pub fn run_until(config: &Config, shutdown: &Shutdown) -> Result<(), DaemonError
     drop(reconciler); // releases the lock if it is still held
     stop(
         &notifier,
-        "shutting down: in-flight deliveries recorded, lock released",
+        if held_lock {
+            "shutting down: in-flight deliveries recorded, lock released"
+        } else {
+            "shutting down: this instance stood by and never held the lock"
+        },
+    )
+}
+
+/// The line a standby logs when it starts standing by: who leads (the
+/// lock holder's application name, address and backend pid, as `status`
+/// shows them), and that it takes over when that instance stops.
+fn standby_line(config: &Config) -> String {
+    let key = lock::derive_key(&config.reconciler.lock_key);
+    let holder = db::connect(&config.database, &lock::app_name("standby"))
+        .ok()
+        .and_then(|mut c| lock::holder(&mut c, key).ok().flatten());
+    let who = match holder {
+        Some(h) => format!(
+            "{} at {} (backend pid {}, since {})",
+            if h.application_name.is_empty() {
+                "an unnamed client"
+            } else {
+                h.application_name.as_str()
+            },
+            h.client_addr,
+            h.pid,
+            h.since.format("%Y-%m-%d %H:%M:%S UTC")
+        ),
+        None => "another instance".to_string(),
+    };
+    format!(
+        "standing by: the lock {:?} is held by {who}; this instance takes over within a second of it stopping",
+        config.reconciler.lock_key
     )
 }
 

@@ -466,7 +466,10 @@ pub struct Telemetry {
 
 /// The metrics server could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot serve metrics on {addr} (metrics.listen): {source}")]
+#[error(
+    "cannot serve metrics on {addr} (metrics.listen): {source}{}",
+    crate::http_server::bind_hint("metrics.listen", source)
+)]
 pub struct ListenError {
     /// The configured address.
     pub addr: SocketAddr,
