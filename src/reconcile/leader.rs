@@ -1,6 +1,6 @@
 //! The leader: while this instance holds the lock, one worker scope stays
 //! open and the main thread hands out due deliveries as soon as they are due
-//! (DESIGN.md "The leader loop"). `once` is the same machinery making one
+//! (docs/architecture.md "The leader loop"). `once` is the same machinery making one
 //! sweep of what is due at its start.
 //!
 //! ```text

@@ -1,4 +1,4 @@
-//! Shards: how several instances share the work (DESIGN.md "Shards").
+//! Shards: how several instances share the work (docs/architecture.md "Shards").
 //!
 //! With `reconciler.shards = K` every channel belongs to one shard,
 //! [`shard_of`] its id, and each shard has its own advisory lock key,
