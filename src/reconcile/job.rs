@@ -1,14 +1,16 @@
 //! The messages between the main thread and the workers: the [`Job`] the
 //! leader hands a worker (one delivery, with the cut-off of the sweep that
-//! found it) and the [`Done`] report that comes back for it, from the
-//! worker itself or, for an outcome written in a group, from the worker
-//! that wrote the group (`recorder`).
+//! found it) and what comes back for it ([`Back`]): that its attempt is
+//! over and its outcome queued ([`Back::Answered`], from the worker), then
+//! the [`Done`] report, from the worker itself or, for an outcome written
+//! in a group, from the worker that wrote the group (`recorder`).
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::db::due::Delivery;
 use crate::delivery::worker::Reconciled;
+use crate::state::Verdict;
 
 /// What the leader hands a worker: one delivery and the cut-off of the
 /// sweep that found it.
@@ -18,6 +20,24 @@ pub struct Job {
     pub delivery: Delivery,
     /// The sweep's cut-off.
     pub cutoff: DateTime<Utc>,
+}
+
+/// What a worker sends back to the main thread.
+#[derive(Debug, Clone)]
+pub enum Back {
+    /// The delivery's attempt is over and its outcome is queued for the
+    /// group commit: it holds no worker any more (its channel's cap slot is
+    /// free), but it stays in flight until its [`Done`] arrives. The
+    /// attempt's verdict (when one was made) feeds the channel's breaker
+    /// now, before another delivery of the channel takes the freed slot.
+    Answered {
+        /// The delivery status.
+        status_id: Uuid,
+        /// How the attempt counts for the channel's health.
+        verdict: Option<Verdict>,
+    },
+    /// The delivery is finished with (recorded, or left due).
+    Done(Done),
 }
 
 /// The report of one delivery handed to a worker.

@@ -50,7 +50,7 @@ use crate::lock::{self, LeaderLock};
 use crate::reconcile::controls::ControlState;
 use crate::reconcile::health::{Channels, Write};
 use crate::reconcile::hooks::{Hooks, WakeCause};
-use crate::reconcile::job::{Done, Finished, Job};
+use crate::reconcile::job::{Back, Done, Finished, Job};
 use crate::reconcile::lease::{
     Lease, LockWatch, IDLE_CHECK_EVERY, LOCK_CHECK_EVERY, TAKEOVER_GRACE,
 };
@@ -242,7 +242,7 @@ fn lead(
         // Sized for everything the leader may have in flight, so that a
         // hand-out never finds it full.
         let (job_tx, job_rx) = bounded::<Job>(main.capacity(r.config.reconciler.workers));
-        let (done_tx, done_rx) = unbounded::<Done>();
+        let (done_tx, done_rx) = unbounded::<Back>();
         let mut spawned = 0;
         for i in 0..r.config.reconciler.workers {
             let (jobs, done, shared, stopped) =
@@ -294,7 +294,7 @@ fn lead(
         loop {
             use crossbeam_channel::RecvTimeoutError::{Disconnected, Timeout};
             match done_rx.recv_timeout(STOP_POLL) {
-                Ok(done) => main.finished(done),
+                Ok(back) => main.back(back),
                 Err(Timeout) => hooks.beat(),
                 Err(Disconnected) => break,
             }
@@ -533,7 +533,7 @@ impl<'a> Main<'a> {
         lock: &mut LeaderLock,
         lease: &Lease,
         jobs: &Sender<Job>,
-        done: &Receiver<Done>,
+        done: &Receiver<Back>,
         stop: &AtomicBool,
     ) -> Option<String> {
         if self.capacity == self.queue_capacity {
@@ -571,7 +571,7 @@ impl<'a> Main<'a> {
         loop {
             self.hooks.beat();
             while let Ok(d) = done.try_recv() {
-                self.finished(d);
+                self.back(d);
             }
             if let Err(f) = self.write_channels(lock) {
                 return Some(f);
@@ -611,7 +611,7 @@ impl<'a> Main<'a> {
                 recv(done) -> d => match d {
                     Ok(d) => {
                         let was_full = self.in_flight.len() >= self.capacity;
-                        self.finished(d);
+                        self.back(d);
                         if was_full && self.sweep.is_some() {
                             self.hooks.woke(WakeCause::WorkerDone);
                         }
@@ -1032,8 +1032,7 @@ impl<'a> Main<'a> {
         // An ordered channel's lane stays while its delivery is in flight:
         // its outcome lets the next one go in this sweep (`finished`).
         let (in_flight, controls) = (&self.in_flight, &self.controls);
-        lanes
-            .retain(|id, l| !l.done() || (controls.is_ordered(id) && in_flight.of_channel(id) > 0));
+        lanes.retain(|id, l| !l.done() || (controls.is_ordered(id) && in_flight.held_of(id) > 0));
         if lanes.is_empty() {
             self.end_sweep(lock, cutoff)?;
             return Ok(true);
@@ -1212,6 +1211,28 @@ impl<'a> Main<'a> {
     /// the sweeps until the next tick, so that a poisoned one is not retried
     /// on every wake-up; one changed concurrently (an operator's resend while
     /// it was in flight) is swept again at once.
+    fn back(&mut self, back: Back) {
+        match back {
+            // Its worker is free: the channel's slot too (it stays held, so
+            // not read again, until its outcome is recorded). Its verdict
+            // counts for the breaker at once, before the slot is reused.
+            Back::Answered { status_id, verdict } => {
+                let channel_id = self.in_flight.answered(&status_id);
+                if let (Some(channel_id), Some(verdict)) = (channel_id, verdict) {
+                    let open = self.channels.open_count();
+                    let write = self
+                        .channels
+                        .record(channel_id, verdict, self.watch.db_now());
+                    self.writes.extend(write);
+                    if open != self.channels.open_count() {
+                        self.hooks.breakers_open(self.channels.open_count());
+                    }
+                }
+            }
+            Back::Done(done) => self.finished(done),
+        }
+    }
+
     fn finished(&mut self, done: Done) {
         let channel_id = self.in_flight.remove(&done.status_id);
         if let Some(id) = channel_id {
@@ -1229,17 +1250,8 @@ impl<'a> Main<'a> {
         self.window.count(&done);
         match &done.finished {
             Finished::Reconciled(r) => {
+                // Its verdict fed the breaker when it was answered.
                 self.note_retry(r.next_attempt_at);
-                if let (Some(channel_id), Some(verdict)) = (channel_id, r.verdict) {
-                    let open = self.channels.open_count();
-                    let write = self
-                        .channels
-                        .record(channel_id, verdict, self.watch.db_now());
-                    self.writes.extend(write);
-                    if open != self.channels.open_count() {
-                        self.hooks.breakers_open(self.channels.open_count());
-                    }
-                }
                 if r.outcome == StatusOutcome::ChangedConcurrently
                     && matches!(self.mode, Mode::Continuous(_))
                 {
@@ -1281,7 +1293,13 @@ fn lane_limits(
     id: &Uuid,
     now: DateTime<Utc>,
 ) -> (usize, usize) {
-    let n = in_flight.of_channel(id);
+    // An ordered channel has one in flight until its outcome is recorded
+    // (the next one waits for it); the others count the workers they hold.
+    let n = if controls.is_ordered(id) {
+        in_flight.held_of(id)
+    } else {
+        in_flight.of_channel(id)
+    };
     scheduler::limits(
         channels.allowance(id, now, n),
         channels.borrow(id, n),

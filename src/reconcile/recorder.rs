@@ -36,7 +36,7 @@ use crate::db::statuses::StatusWriter;
 use crate::db::{DbError, Pool, PooledClient, WorkerConn};
 use crate::delivery::worker::{self, Pending, Reconciled};
 use crate::reconcile::hooks::Hooks;
-use crate::reconcile::job::{Done, Finished};
+use crate::reconcile::job::{Back, Done, Finished};
 
 /// How long a writer waits for a database connection (all checkouts and
 /// retries together) before it gives the group up and leaves its
@@ -115,7 +115,7 @@ impl<'a> Recorder<'a> {
     /// Queues the outcome of `delivery`; writes it, and whatever else is
     /// queued, when no other worker is writing. Reports every delivery it
     /// writes into `done`. Waits while the queue is full.
-    pub fn submit(&self, delivery: Delivery, pending: Pending, done: &Sender<Done>) {
+    pub fn submit(&self, delivery: Delivery, pending: Pending, done: &Sender<Back>) {
         let mut q = self.lock();
         while q.waiting.len() + q.writing >= self.capacity {
             q = self.room.wait(q).unwrap_or_else(PoisonError::into_inner);
@@ -141,7 +141,7 @@ impl<'a> Recorder<'a> {
     }
 
     /// Writes one group and reports each of its deliveries.
-    fn write_group(&self, group: Vec<Queued>, done: &Sender<Done>) {
+    fn write_group(&self, group: Vec<Queued>, done: &Sender<Back>) {
         let decided: Vec<(&Delivery, &Pending)> =
             group.iter().map(|q| (&q.delivery, &q.pending)).collect();
         for ((d, pending), recorded) in decided.iter().zip(self.record_all(&decided)) {
@@ -170,10 +170,10 @@ impl<'a> Recorder<'a> {
             };
             // The main thread reads until every worker is gone; a closed
             // channel means it is gone already, and nothing is left to tell.
-            let _ = done.send(Done {
+            let _ = done.send(Back::Done(Done {
                 status_id: d.status.id,
                 finished,
-            });
+            }));
         }
     }
 

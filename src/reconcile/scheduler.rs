@@ -39,8 +39,15 @@ use uuid::Uuid;
 pub struct InFlight {
     /// Status id → its channel.
     handed_out: HashMap<Uuid, Uuid>,
-    /// Channel → how many of its deliveries are handed out.
+    /// Channel → how many of its deliveries are handed out and not
+    /// answered yet (they hold a worker).
     per_channel: HashMap<Uuid, usize>,
+    /// Channel → how many of its deliveries are in flight, answered ones
+    /// included.
+    held: HashMap<Uuid, usize>,
+    /// Deliveries whose attempt is over and whose outcome is queued for
+    /// the group commit: in flight, but holding no worker.
+    answered: HashSet<Uuid>,
     parked: HashSet<Uuid>,
 }
 
@@ -49,25 +56,44 @@ impl InFlight {
     pub fn insert(&mut self, status_id: Uuid, channel_id: Uuid) {
         if self.handed_out.insert(status_id, channel_id).is_none() {
             *self.per_channel.entry(channel_id).or_default() += 1;
+            *self.held.entry(channel_id).or_default() += 1;
         }
+    }
+
+    /// A delivery's attempt is over and its outcome queued: it no longer
+    /// counts against its channel ([`InFlight::of_channel`]), but stays
+    /// held and in flight until [`InFlight::remove`].
+    /// Its channel, or `None` when it is not in flight.
+    pub fn answered(&mut self, status_id: &Uuid) -> Option<Uuid> {
+        let channel_id = *self.handed_out.get(status_id)?;
+        if self.answered.insert(*status_id) {
+            release(&mut self.per_channel, &channel_id);
+        }
+        Some(channel_id)
     }
 
     /// Forgets a delivery whose outcome arrived; its channel, or `None` if
     /// it was not in flight.
     pub fn remove(&mut self, status_id: &Uuid) -> Option<Uuid> {
         let channel_id = self.handed_out.remove(status_id)?;
-        if let Some(n) = self.per_channel.get_mut(&channel_id) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_channel.remove(&channel_id);
-            }
+        if !self.answered.remove(status_id) {
+            release(&mut self.per_channel, &channel_id);
         }
+        release(&mut self.held, &channel_id);
         Some(channel_id)
     }
 
-    /// How many of `channel_id`'s deliveries are in flight.
+    /// How many of `channel_id`'s deliveries are in flight holding a
+    /// worker (handed out, not answered yet).
     pub fn of_channel(&self, channel_id: &Uuid) -> usize {
         self.per_channel.get(channel_id).copied().unwrap_or(0)
+    }
+
+    /// How many of `channel_id`'s deliveries are in flight, those whose
+    /// outcome waits to be recorded included (what an ordered channel's
+    /// one-at-a-time rule counts).
+    pub fn held_of(&self, channel_id: &Uuid) -> usize {
+        self.held.get(channel_id).copied().unwrap_or(0)
     }
 
     /// The deliveries of `channel_id` in flight (a walk over every
@@ -111,6 +137,16 @@ impl InFlight {
     /// Whether nothing is in flight.
     pub fn is_empty(&self) -> bool {
         self.handed_out.is_empty()
+    }
+}
+
+/// Takes one from `channel_id`'s count, forgetting it at zero.
+fn release(per_channel: &mut HashMap<Uuid, usize>, channel_id: &Uuid) {
+    if let Some(n) = per_channel.get_mut(channel_id) {
+        *n -= 1;
+        if *n == 0 {
+            per_channel.remove(channel_id);
+        }
     }
 }
 
@@ -686,6 +722,29 @@ mod tests {
         assert_eq!(f.of_channel(&ch(1)), 0);
         assert_eq!(f.channels().count(), 0);
         assert!(f.is_empty());
+    }
+
+    #[test]
+    fn an_answered_delivery_frees_its_channel_but_stays_held_until_recorded() {
+        let mut f = InFlight::default();
+        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        f.insert(a, ch(1));
+        f.insert(b, ch(1));
+        assert_eq!(f.of_channel(&ch(1)), 2);
+        assert_eq!(f.answered(&a), Some(ch(1)));
+        assert_eq!(f.answered(&a), Some(ch(1)));
+        assert_eq!(f.answered(&Uuid::from_u128(9)), None, "not in flight");
+        assert_eq!(f.of_channel(&ch(1)), 1, "a's worker is free");
+        assert_eq!(f.held_of(&ch(1)), 2, "both still in flight");
+        assert!(f.holds(&a), "not read again before it is recorded");
+        assert_eq!(f.len(), 2, "still in flight");
+        assert_eq!(f.remove(&a), Some(ch(1)));
+        assert_eq!(f.of_channel(&ch(1)), 1, "released once only");
+        assert_eq!(f.held_of(&ch(1)), 1);
+        assert_eq!(f.remove(&b), Some(ch(1)));
+        assert_eq!(f.of_channel(&ch(1)), 0);
+        assert!(f.is_empty());
+        assert_eq!(f.channels().count(), 0);
     }
 
     #[test]

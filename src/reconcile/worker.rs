@@ -23,7 +23,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::delivery::worker::{self, Context, Decision, Reconciled, StatusOutcome};
 use crate::reconcile::hooks::Hooks;
-use crate::reconcile::job::{Done, Finished, Job};
+use crate::reconcile::job::{Back, Done, Finished, Job};
 use crate::reconcile::recorder::{panic_text, Recorder};
 use crate::state::RandomJitter;
 
@@ -57,7 +57,7 @@ pub struct Shared<'a> {
 /// written). `stopped` says to drop what is still queued.
 pub fn work(
     jobs: &Receiver<Job>,
-    done: &Sender<Done>,
+    done: &Sender<Back>,
     shared: &Shared<'_>,
     stopped: &dyn Fn() -> bool,
 ) {
@@ -82,6 +82,15 @@ pub fn work(
                     took: None,
                 }),
                 Ok(Decision::Write(pending)) => {
+                    // Before the outcome is queued, so that the main thread
+                    // hears it before the report of the write.
+                    let answered = Back::Answered {
+                        status_id,
+                        verdict: pending.verdict,
+                    };
+                    if done.send(answered).is_err() {
+                        return;
+                    }
                     shared.recorder.submit(job.delivery, pending, done);
                     continue;
                 }
@@ -97,13 +106,11 @@ pub fn work(
                 }
             }
         };
-        if done
-            .send(Done {
-                status_id,
-                finished,
-            })
-            .is_err()
-        {
+        let report = Back::Done(Done {
+            status_id,
+            finished,
+        });
+        if done.send(report).is_err() {
             return;
         }
     }
