@@ -16,6 +16,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod db_url;
+
 /// Upper bound for `reconciler.workers`: a worker is a thread that needs a
 /// database connection only to record an outcome, so thousands are
 /// affordable (docs/benchmarks.md "Concurrency"); beyond this a value is
@@ -348,8 +350,15 @@ pub struct Config {
 /// Validated `[database]`.
 #[derive(Debug, Clone)]
 pub struct DatabaseConfig {
-    /// PostgreSQL URL (may hold a password: print it with [`redact_url`]).
+    /// PostgreSQL URL as written (may hold a password: print it with
+    /// [`redact_url`]).
     pub url: String,
+    /// The URL the driver is given: `url` without the TLS parameters,
+    /// which [`tls`](Self::tls) holds instead.
+    pub driver_url: String,
+    /// `sslmode`, `sslrootcert`, `sslcert`, `sslkey` of `url`, typed, the
+    /// certificates loaded: every connection uses them.
+    pub tls: db_url::DbTls,
     /// Schema name, a plain lower-case identifier.
     pub schema: String,
     /// Pool size, ≥ 1, independent of the number of workers.
@@ -624,7 +633,7 @@ impl RawConfig {
         let dl = &self.delivery;
 
         // [database]
-        check_postgres_url(&db.url)
+        let (driver_url, tls) = check_postgres_url(&db.url)
             .map_err(|p| invalid("database.url", format!("{:?}", redact_url(&db.url)), &p))?;
         if !is_identifier(&db.schema) {
             return Err(invalid(
@@ -864,6 +873,8 @@ impl RawConfig {
             path: path.to_path_buf(),
             database: DatabaseConfig {
                 url: db.url.clone(),
+                driver_url,
+                tls,
                 schema: db.schema.clone(),
                 pool_size,
                 connect_timeout,
@@ -980,14 +991,20 @@ fn read_ca_file(path: &Path) -> Result<Vec<ureq::tls::Certificate<'static>>, Str
 }
 
 /// Checks that `url` is a `postgres://` or `postgresql://` URL the driver
-/// accepts.
-fn check_postgres_url(url: &str) -> Result<(), String> {
+/// accepts once its TLS parameters are taken out (see [`db_url`]); returns
+/// that URL and the TLS setting.
+fn check_postgres_url(url: &str) -> Result<(String, db_url::DbTls), String> {
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         return Err("must be a postgres:// or postgresql:// URL".into());
     }
-    url.parse::<postgres::Config>()
-        .map(|_| ())
-        .map_err(|_| "is not a valid PostgreSQL connection URL".into())
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let (driver_url, tls) = db_url::split(url, home.as_deref()).map_err(|e| e.0)?;
+    // The driver's reason names the parameter (`unknown option `sslcrl``,
+    // `invalid value for option `port``), never a value.
+    driver_url
+        .parse::<postgres::Config>()
+        .map_err(|e| format!("is not a valid PostgreSQL connection URL ({e})"))?;
+    Ok((driver_url, tls))
 }
 
 /// Whether `s` is an env_logger filter: comma-separated directives, each a
