@@ -348,7 +348,10 @@ impl Refusal {
             return Refusal::Other;
         };
         match tls {
-            rustls::Error::InvalidCertificate(C::UnknownIssuer) => Refusal::UnknownCa,
+            // A CA of the same name that did not sign it: still not the CA.
+            rustls::Error::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => {
+                Refusal::UnknownCa
+            }
             rustls::Error::InvalidCertificate(
                 C::NotValidForName | C::NotValidForNameContext { .. },
             ) => Refusal::NameMismatch,
