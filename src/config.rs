@@ -999,11 +999,15 @@ fn check_postgres_url(url: &str) -> Result<(String, db_url::DbTls), String> {
     }
     let home = std::env::var_os("HOME").map(PathBuf::from);
     let (driver_url, tls) = db_url::split(url, home.as_deref()).map_err(|e| e.0)?;
-    // The driver's reason names the parameter (`unknown option `sslcrl``,
-    // `invalid value for option `port``), never a value.
+    // The driver's reason (its error's source) names the parameter
+    // (`unknown option `sslcrl``, `invalid value for option `port``), never
+    // a value, so it cannot show a password.
     driver_url
         .parse::<postgres::Config>()
-        .map_err(|e| format!("is not a valid PostgreSQL connection URL ({e})"))?;
+        .map_err(|e| match std::error::Error::source(&e) {
+            Some(reason) => format!("is not a valid PostgreSQL connection URL: {reason}"),
+            None => "is not a valid PostgreSQL connection URL".to_string(),
+        })?;
     Ok((driver_url, tls))
 }
 
@@ -1301,6 +1305,31 @@ mod tests {
     fn empty_retry_schedule_is_refused() {
         let e = err("[delivery]\nretry_schedule = []\n");
         assert!(e.contains("delivery.retry_schedule = []"), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_url_parameter_is_refused_naming_it() {
+        let e = err("[database]\nurl = \"postgres://app:hunter2@db/x?sslcrl=crl.pem\"\n");
+        assert!(e.contains("database.url"), "{e}");
+        assert!(e.contains("unknown option `sslcrl`"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn the_tls_parameters_are_accepted_and_typed() {
+        let c =
+            load("[database]\nurl = \"postgres://app@db/x?sslmode=require&connect_timeout=3\"\n")
+                .unwrap();
+        assert_eq!(c.database.tls.mode, db_url::SslMode::Require);
+        assert_eq!(
+            c.database.driver_url,
+            "postgres://app@db/x?connect_timeout=3"
+        );
+        let e = err("[database]\nurl = \"postgres://app@db/x?sslmode=verify-ca&sslrootcert=/nonexistent.pem\"\n");
+        assert!(
+            e.contains("database.url") && e.contains("sslrootcert=/nonexistent.pem"),
+            "{e}"
+        );
     }
 
     #[test]

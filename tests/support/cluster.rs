@@ -97,6 +97,12 @@ impl Cluster {
         Cluster::prepare(&format!("{SETTINGS}{extra}"))
     }
 
+    /// [`Cluster::prepare_with`] at PostgreSQL's durable defaults (those of
+    /// [`Cluster::start_durable`]).
+    pub fn prepare_durable_with(extra: &str) -> Cluster {
+        Cluster::prepare(&format!("{DURABLE_SETTINGS}{extra}"))
+    }
+
     /// An empty cluster directory (temp dir, guardian, port): the start of
     /// [`Cluster::prepare`] and [`Cluster::start_standby_of`].
     fn empty() -> Cluster {

@@ -183,6 +183,14 @@ impl PgCerts {
         cluster
     }
 
+    /// [`PgCerts::start_cluster`] for a cluster prepared by the caller with
+    /// [`PgCerts::SETTINGS`] among its settings (e.g. a durable one).
+    pub fn start_prepared(&self, cluster: &super::Cluster, hba: &str) {
+        self.install(cluster);
+        cluster.write_file("pg_hba.conf", hba.as_bytes());
+        cluster.start();
+    }
+
     /// Writes the server certificate, its key and the CA (for client
     /// certificates) into `cluster`'s data directory.
     pub fn install(&self, cluster: &super::Cluster) {
