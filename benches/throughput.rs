@@ -68,7 +68,7 @@
 //! 15. durable drain over TLS (`benches/throughput/db_tls.rs`; `--only
 //!    db-tls`): 20,000 deliveries over 16 channels on a durable cluster
 //!    with `ssl = on`, the daemon binary with 64 workers over
-//!    `sslmode=disable` and `sslmode=verify-full` alternately, twice each:
+//!    `sslmode=disable` and `sslmode=verify-full` alternately, three times each:
 //!    deliveries/s and CPU per delivery of each, and the ratio (target
 //!    ≥ 0.9×).
 //!
