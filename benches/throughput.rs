@@ -65,11 +65,17 @@
 //!    with 16 and 64 workers: deliveries/s, machine, PostgreSQL and daemon
 //!    CPU per delivery, WAL bytes per delivery, and pgbench's single-row
 //!    UPDATE rate with as many connections in the same run.
+//! 15. durable drain over TLS (`benches/throughput/db_tls.rs`; `--only
+//!    db-tls`): 20,000 deliveries over 16 channels on a durable cluster
+//!    with `ssl = on`, the daemon binary with 64 workers over
+//!    `sslmode=disable` and `sslmode=verify-full` alternately, three times each:
+//!    deliveries/s and CPU per delivery of each, and the ratio (target
+//!    ≥ 0.9×).
 //!
 //! `cargo bench --bench throughput` runs the full sizes (several minutes);
 //! `-- --tiny` runs every scenario with small counts in well under a minute
 //! and checks only that every delivery happened (what CI runs). `--only
-//! latency|db|memory|idle|prompt|failover|https|concurrency|scaleout|fairness|retention|retention-catchup|retention-steady|flaky|controls|durable`
+//! latency|db|memory|idle|prompt|failover|https|concurrency|scaleout|fairness|retention|retention-catchup|retention-steady|flaky|controls|durable|db-tls`
 //! runs one scenario (`--backlog N`: the retention catch-up's backlog). Timing targets are reported,
 //! never asserted. The receiver is this file's own (one thread per
 //! keep-alive connection, no recording) so that it is never the bottleneck;
@@ -78,6 +84,8 @@
 
 #[path = "throughput/controls.rs"]
 mod controls;
+#[path = "throughput/db_tls.rs"]
+mod db_tls;
 #[path = "throughput/durable.rs"]
 mod durable;
 #[path = "throughput/groups.rs"]
@@ -314,6 +322,14 @@ fn main() {
             groups::GroupSizes::full()
         };
         groups::groups(&group_sizes, &mut rows);
+    }
+    if wanted("db-tls") {
+        let sizes = if tiny {
+            db_tls::DbTlsSizes::tiny()
+        } else {
+            db_tls::DbTlsSizes::full()
+        };
+        db_tls::db_tls(&sizes, &mut rows);
     }
     print_table(&rows, tiny);
     for plan in plans {

@@ -16,6 +16,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod db_url;
+
 /// Upper bound for `reconciler.workers`: a worker is a thread that needs a
 /// database connection only to record an outcome, so thousands are
 /// affordable (docs/benchmarks.md "Concurrency"); beyond this a value is
@@ -357,8 +359,15 @@ pub struct Config {
 /// Validated `[database]`.
 #[derive(Debug, Clone)]
 pub struct DatabaseConfig {
-    /// PostgreSQL URL (may hold a password: print it with [`redact_url`]).
+    /// PostgreSQL URL as written (may hold a password: print it with
+    /// [`redact_url`]).
     pub url: String,
+    /// The URL the driver is given: `url` without the TLS parameters,
+    /// which [`tls`](Self::tls) holds instead.
+    pub driver_url: String,
+    /// `sslmode`, `sslrootcert`, `sslcert`, `sslkey` of `url`, typed, the
+    /// certificates loaded: every connection uses them.
+    pub tls: db_url::DbTls,
     /// Schema name, a plain lower-case identifier.
     pub schema: String,
     /// Pool size, ≥ 1, independent of the number of workers.
@@ -633,7 +642,7 @@ impl RawConfig {
         let dl = &self.delivery;
 
         // [database]
-        check_postgres_url(&db.url)
+        let (driver_url, tls) = check_postgres_url(&db.url)
             .map_err(|p| invalid("database.url", format!("{:?}", redact_url(&db.url)), &p))?;
         if !is_identifier(&db.schema) {
             return Err(invalid(
@@ -873,6 +882,8 @@ impl RawConfig {
             path: path.to_path_buf(),
             database: DatabaseConfig {
                 url: db.url.clone(),
+                driver_url,
+                tls,
                 schema: db.schema.clone(),
                 pool_size,
                 connect_timeout,
@@ -992,7 +1003,7 @@ fn read_ca_file(path: &Path) -> Result<Vec<ureq::tls::Certificate<'static>>, Str
 /// variable rather than the config file it overrides.
 fn checked_env_url(url: String) -> Result<String, ConfigError> {
     match check_postgres_url(&url) {
-        Ok(()) => Ok(url),
+        Ok(_) => Ok(url),
         Err(problem) => Err(ConfigError::DatabaseUrlEnv {
             value: format!("{:?}", redact_url(&url)),
             problem,
@@ -1001,8 +1012,9 @@ fn checked_env_url(url: String) -> Result<String, ConfigError> {
 }
 
 /// Checks that `url` is a `postgres://` or `postgresql://` URL the driver
-/// accepts.
-fn check_postgres_url(url: &str) -> Result<(), String> {
+/// accepts once its TLS parameters are taken out (see [`db_url`]); returns
+/// that URL and the TLS setting.
+fn check_postgres_url(url: &str) -> Result<(String, db_url::DbTls), String> {
     const FORM: &str = "postgres://USER:PASSWORD@HOST:5432/DATABASE";
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         return Err(format!(
@@ -1017,11 +1029,22 @@ fn check_postgres_url(url: &str) -> Result<(), String> {
             "holds more than one '@' before the host: percent-encode an '@' in the user name or password as %40 (e.g. {FORM})"
         ));
     }
-    url.parse::<postgres::Config>().map(|_| ()).map_err(|_| {
-        format!(
-            "is not a valid PostgreSQL connection URL (expected {FORM}; percent-encode '@', ':' and '/' in the password as %40, %3A, %2F)"
-        )
-    })
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let (driver_url, tls) = db_url::split(url, home.as_deref()).map_err(|e| e.0)?;
+    // The driver's reason (its error's source) names the parameter
+    // (`unknown option `sslcrl``, `invalid value for option `port``), never
+    // a value, so it cannot show a password.
+    driver_url
+        .parse::<postgres::Config>()
+        .map_err(|e| match std::error::Error::source(&e) {
+            Some(reason) => format!(
+                "is not a valid PostgreSQL connection URL: {reason} (expected {FORM}; percent-encode '@', ':' and '/' in the password as %40, %3A, %2F)"
+            ),
+            None => format!(
+                "is not a valid PostgreSQL connection URL (expected {FORM}; percent-encode '@', ':' and '/' in the password as %40, %3A, %2F)"
+            ),
+        })?;
+    Ok((driver_url, tls))
 }
 
 /// Whether `s` is an env_logger filter: comma-separated directives, each a
@@ -1372,6 +1395,31 @@ mod tests {
     fn empty_retry_schedule_is_refused() {
         let e = err("[delivery]\nretry_schedule = []\n");
         assert!(e.contains("delivery.retry_schedule = []"), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_url_parameter_is_refused_naming_it() {
+        let e = err("[database]\nurl = \"postgres://app:hunter2@db/x?sslcrl=crl.pem\"\n");
+        assert!(e.contains("database.url"), "{e}");
+        assert!(e.contains("unknown option `sslcrl`"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn the_tls_parameters_are_accepted_and_typed() {
+        let c =
+            load("[database]\nurl = \"postgres://app@db/x?sslmode=require&connect_timeout=3\"\n")
+                .unwrap();
+        assert_eq!(c.database.tls.mode, db_url::SslMode::Require);
+        assert_eq!(
+            c.database.driver_url,
+            "postgres://app@db/x?connect_timeout=3"
+        );
+        let e = err("[database]\nurl = \"postgres://app@db/x?sslmode=verify-ca&sslrootcert=/nonexistent.pem\"\n");
+        assert!(
+            e.contains("database.url") && e.contains("sslrootcert=/nonexistent.pem"),
+            "{e}"
+        );
     }
 
     #[test]

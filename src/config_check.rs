@@ -149,7 +149,59 @@ pub fn warnings(config: &Config) -> Vec<String> {
             ));
         }
     }
+    out.extend(database_tls_warning(config));
     out
+}
+
+/// `database.url` reaches a host over the network without `verify-full`:
+/// the server's identity is not checked (and `prefer` may not even encrypt),
+/// so anyone on the path could read signing secrets and payloads.
+fn database_tls_warning(config: &Config) -> Option<String> {
+    use crate::config::db_url::SslMode;
+    use postgres::config::Host;
+    let db = &config.database;
+    let mode = db.tls.effective_mode();
+    if mode == SslMode::VerifyFull {
+        return None;
+    }
+    let pg: postgres::Config = db.driver_url.parse().ok()?;
+    let remote: Vec<&str> = pg
+        .get_hosts()
+        .iter()
+        .filter_map(|h| match h {
+            Host::Tcp(name) if !is_loopback_host(name) => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    if remote.is_empty() {
+        return None;
+    }
+    let what = match mode {
+        SslMode::Disable => "in clear",
+        SslMode::Prefer => {
+            "encrypted only if the server offers TLS, and without checking its certificate"
+        }
+        SslMode::Require => "without checking the server's certificate",
+        _ => "without checking that the server's certificate names the host",
+    };
+    let written = if mode == db.tls.mode {
+        format!("sslmode={mode}")
+    } else {
+        format!("sslmode={} (with sslrootcert: {mode})", db.tls.mode)
+    };
+    Some(format!(
+        "database.url: {} reached with {written}, that is {what}: anyone on the network path could read or change what the service sends and stores (signing secrets, payloads); use sslmode=verify-full with sslrootcert=<your provider's CA bundle> or sslrootcert=system (docs/operations.md)",
+        remote.join(", ")
+    ))
+}
+
+/// Whether a URL host is this machine: `localhost` or a loopback address.
+fn is_loopback_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// A duration as written in the file, quoted.
@@ -172,6 +224,36 @@ mod tests {
             "{w:?}"
         );
         assert!(warned("[api]\nlisten = \"127.0.0.1:8080\"\n").is_empty());
+    }
+
+    #[test]
+    fn a_remote_database_without_verify_full_is_warned_about() {
+        let w = warned("[database]\nurl = \"postgres://u:hunter2@db.example:5432/x\"\n");
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("db.example") && w[0].contains("sslmode=prefer"),
+            "{w:?}"
+        );
+        assert!(!w[0].contains("hunter2"), "{w:?}");
+        let w = warned(
+            "[database]\nurl = \"postgres://u@db1.example,127.0.0.1/x?sslmode=require&target_session_attrs=read-write\"\n",
+        );
+        assert!(
+            w[0].contains("db1.example reached with sslmode=require"),
+            "{w:?}"
+        );
+        assert!(!w[0].contains("127.0.0.1"), "{w:?}");
+        // Loopback hosts and unix sockets draw nothing.
+        for url in [
+            "postgres://u@localhost/x?sslmode=disable",
+            "postgres://u@[::1]:5432/x",
+            "postgres://u@%2Frun%2Fpostgresql/x",
+        ] {
+            assert!(
+                warned(&format!("[database]\nurl = \"{url}\"\n")).is_empty(),
+                "{url}"
+            );
+        }
     }
 
     fn warned(text: &str) -> Vec<String> {

@@ -230,18 +230,23 @@ pub fn durable(sizes: &DurableSizes, rows: &mut Vec<Row>) {
     }
 }
 
-/// What one drain measured.
-struct Measured {
-    secs: f64,
-    machine: f64,
-    postgres: f64,
-    ours: f64,
-    wal: i64,
+/// What one drain measured (CPU in seconds).
+pub struct Measured {
+    /// Daemon start to the last outcome recorded.
+    pub secs: f64,
+    /// The machine's busy CPU.
+    pub machine: f64,
+    /// The cluster's CPU.
+    pub postgres: f64,
+    /// The daemon's CPU.
+    pub ours: f64,
+    /// WAL written.
+    pub wal: i64,
 }
 
 /// Starts the daemon on `config` and waits until every seeded delivery is
 /// recorded; stops it.
-fn drain(
+pub fn drain(
     config: &Path,
     client: &mut postgres::Client,
     receiver: &Loopback,

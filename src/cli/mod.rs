@@ -506,11 +506,17 @@ pub(crate) fn ops_error(err: OpsError) -> anyhow::Error {
 }
 
 /// The exit code for an error from [`run`]: 2 for usage and configuration
-/// problems, 1 for everything else (runtime failures).
+/// problems (a refused database TLS handshake included: `database.url`
+/// does not fit the server), 1 for everything else (runtime failures).
 pub fn exit_code(err: &anyhow::Error) -> u8 {
-    let usage = err
-        .chain()
-        .any(|e| e.is::<ConfigError>() || e.is::<UsageError>() || e.is::<clap::Error>());
+    let usage = err.chain().any(|e| {
+        e.is::<ConfigError>()
+            || e.is::<UsageError>()
+            || e.is::<clap::Error>()
+            || e.is::<crate::db::tls::Refused>()
+            || e.downcast_ref::<DbError>()
+                .is_some_and(DbError::is_configuration)
+    });
     if usage {
         2
     } else {

@@ -1,10 +1,11 @@
 //! Database access: connections, the worker pool, migrations and the queries
 //! each part of the service needs, one file per table or concern.
 //!
-//! Every connection is opened the same way ([`pg_config`]): connect timeout
-//! from the config, TCP keepalives so that a dead server is noticed, a
-//! statement timeout, and `search_path` set to the service's schema so that
-//! queries name tables unqualified. Decisions about what to write live in
+//! Every connection is opened the same way ([`pg_config`] and the TLS
+//! connector of [`tls`]): connect timeout from the config, TCP keepalives
+//! so that a dead server is noticed, a statement timeout, `search_path` set
+//! to the service's schema so that queries name tables unqualified, and the
+//! `sslmode` of `database.url`. Decisions about what to write live in
 //! `state`; this module only moves rows.
 
 pub mod channels;
@@ -18,13 +19,16 @@ pub mod prune;
 pub mod rules;
 pub mod shards;
 pub mod statuses;
+pub mod tls;
 pub mod tokens;
 
 use std::time::Duration;
 
-use postgres::{Client, NoTls};
+use postgres::config::Host;
+use postgres::Client;
 use r2d2_postgres::PostgresConnectionManager;
 
+use crate::config::db_url::SslMode;
 use crate::config::{redact_url, DatabaseConfig};
 
 /// The workers' connection pool.
@@ -45,7 +49,7 @@ pub struct WorkerConn {
 }
 
 /// `r2d2_postgres`'s manager, plus the discard mark of [`WorkerConn`].
-pub struct WorkerManager(PostgresConnectionManager<NoTls>);
+pub struct WorkerManager(PostgresConnectionManager<tls::Connector>);
 
 impl r2d2::ManageConnection for WorkerManager {
     type Connection = WorkerConn;
@@ -82,6 +86,26 @@ pub enum DbError {
         /// The driver's error.
         source: postgres::Error,
     },
+    /// A TLS handshake was refused: the server's certificate failed a check
+    /// (the message names the host and why). A configuration problem.
+    #[error("cannot connect to the database: {source}")]
+    TlsRefused {
+        /// The driver's error, holding [`tls::Refused`].
+        source: postgres::Error,
+    },
+    /// `sslmode` requires TLS and the server does not offer it.
+    #[error("cannot connect to the database at {hosts}: the server does not offer TLS, and sslmode={mode} in database.url requires it; turn `ssl` on in the server, or use the address of a server that has it ({source})")]
+    TlsNotOffered {
+        /// The URL's hosts.
+        hosts: String,
+        /// The sslmode written.
+        mode: SslMode,
+        /// The driver's error.
+        source: postgres::Error,
+    },
+    /// The TLS settings of `database.url` cannot be used.
+    #[error("database.url: {0}")]
+    TlsSetup(#[from] tls::SetupError),
     /// No pooled connection became available in time.
     #[error("cannot get a database connection from the pool: {0}")]
     Pool(#[from] r2d2::Error),
@@ -180,10 +204,24 @@ impl DbError {
         }
     }
 
+    /// Whether the error is the configuration's (`database.url`'s TLS
+    /// settings, or a server they do not fit): exit 2, not a passing outage.
+    pub fn is_configuration(&self) -> bool {
+        matches!(
+            self,
+            DbError::TlsRefused { .. } | DbError::TlsNotOffered { .. } | DbError::TlsSetup(_)
+        )
+    }
+
     /// Whether the error means the connection is gone (it must be discarded).
     pub fn is_connection_lost(&self) -> bool {
         match self {
-            DbError::Connect { .. } | DbError::Pool(_) | DbError::NotConnected(_) => true,
+            DbError::Connect { .. }
+            | DbError::TlsRefused { .. }
+            | DbError::TlsNotOffered { .. }
+            | DbError::TlsSetup(_)
+            | DbError::Pool(_)
+            | DbError::NotConnected(_) => true,
             DbError::Query { source, .. } => {
                 // No SQLSTATE: an I/O error. Class 08 (connection exception)
                 // and 57P0x (the server terminated the session or is going
@@ -222,7 +260,7 @@ pub fn pg_config(
     cfg: &DatabaseConfig,
     application_name: &str,
 ) -> Result<postgres::Config, DbError> {
-    let mut pg: postgres::Config = cfg.url.parse().map_err(|source| DbError::Connect {
+    let mut pg: postgres::Config = cfg.driver_url.parse().map_err(|source| DbError::Connect {
         url: redact_url(&cfg.url),
         source,
     })?;
@@ -237,17 +275,62 @@ pub fn pg_config(
             cfg.schema,
             STATEMENT_TIMEOUT.as_millis()
         ));
+    // libpq never asks for TLS over a Unix socket (the server would refuse
+    // it); the verifying modes are `require` to the driver, the checks are
+    // the connector's.
+    let only_sockets = pg.get_hosts().iter().all(|h| matches!(h, Host::Unix(_)));
+    pg.ssl_mode(match cfg.tls.mode {
+        _ if only_sockets => postgres::config::SslMode::Disable,
+        SslMode::Disable => postgres::config::SslMode::Disable,
+        SslMode::Prefer => postgres::config::SslMode::Prefer,
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+            postgres::config::SslMode::Require
+        }
+    });
     Ok(pg)
 }
 
 /// Opens one connection (the lock connection, or a command's connection).
 pub fn connect(cfg: &DatabaseConfig, application_name: &str) -> Result<Client, DbError> {
-    pg_config(cfg, application_name)?
-        .connect(NoTls)
-        .map_err(|source| DbError::Connect {
-            url: redact_url(&cfg.url),
-            source,
-        })
+    let pg = pg_config(cfg, application_name)?;
+    pg.connect(tls::connector(&cfg.tls)?)
+        .map_err(|source| connect_error(cfg, &pg, source))
+}
+
+/// A failed connect as [`DbError`]: a TLS refusal or a server without TLS
+/// when it is required are told apart from an unreachable server.
+pub fn connect_error(
+    cfg: &DatabaseConfig,
+    pg: &postgres::Config,
+    source: postgres::Error,
+) -> DbError {
+    let mut cause = std::error::Error::source(&source);
+    while let Some(c) = cause {
+        if c.is::<tls::Refused>() {
+            return DbError::TlsRefused { source };
+        }
+        if c.to_string() == "server does not support TLS" {
+            let hosts = pg
+                .get_hosts()
+                .iter()
+                .map(|h| match h {
+                    Host::Tcp(name) => name.clone(),
+                    Host::Unix(path) => path.display().to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            return DbError::TlsNotOffered {
+                hosts,
+                mode: cfg.tls.mode,
+                source,
+            };
+        }
+        cause = c.source();
+    }
+    DbError::Connect {
+        url: redact_url(&cfg.url),
+        source,
+    }
 }
 
 /// Builds the workers' pool without connecting yet (so that the daemon can
@@ -260,7 +343,7 @@ pub fn connect(cfg: &DatabaseConfig, application_name: &str) -> Result<Client, D
 pub fn pool(cfg: &DatabaseConfig, size: u32, application_name: &str) -> Result<Pool, DbError> {
     let manager = WorkerManager(PostgresConnectionManager::new(
         pg_config(cfg, application_name)?,
-        NoTls,
+        tls::connector(&cfg.tls)?,
     ));
     Ok(r2d2::Pool::builder()
         .max_size(size.max(1))

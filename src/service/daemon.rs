@@ -57,7 +57,12 @@ pub enum DaemonError {
 /// Runs the daemon until a shutdown signal.
 pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
     let shutdown = Shutdown::install()?;
-    run_until(config, &shutdown)?;
+    // A database error stays itself (not hidden behind `DaemonError`), so
+    // that `cli::exit_code` can tell a configuration problem.
+    run_until(config, &shutdown).map_err(|e| match e {
+        DaemonError::Db(db) => anyhow::Error::new(db),
+        other => anyhow::Error::new(other),
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -87,6 +92,12 @@ pub fn run_until(config: &Config, shutdown: &Shutdown) -> Result<(), DaemonError
             .and_then(|mut c| db::shards::ensure_recorded(&mut c, config.reconciler.shards));
         match checked {
             Ok(()) => break,
+            // A refused TLS handshake is `database.url`'s fault, not an
+            // outage: waiting would not mend it.
+            Err(e) if e.is_configuration() => {
+                notifier.stopping(&format!("refusing to start: {e}"));
+                return Err(e.into());
+            }
             Err(
                 e @ (DbError::NotMigrated { .. }
                 | DbError::TooNew { .. }

@@ -95,9 +95,23 @@ impl Cluster {
         cluster
     }
 
-    /// [`Cluster::prepare_without_start`] with `settings` appended to
-    /// `postgresql.conf`.
-    fn prepare(settings: &str) -> Cluster {
+    /// Creates and configures a cluster with `extra` appended to the test
+    /// settings of [`Cluster::prepare_without_start`] (e.g. `ssl = on`),
+    /// without starting it: the test writes files with
+    /// [`Cluster::write_file`] first.
+    pub fn prepare_with(extra: &str) -> Cluster {
+        Cluster::prepare(&format!("{SETTINGS}{extra}"))
+    }
+
+    /// [`Cluster::prepare_with`] at PostgreSQL's durable defaults (those of
+    /// [`Cluster::start_durable`]).
+    pub fn prepare_durable_with(extra: &str) -> Cluster {
+        Cluster::prepare(&format!("{DURABLE_SETTINGS}{extra}"))
+    }
+
+    /// An empty cluster directory (temp dir, guardian, port): the start of
+    /// [`Cluster::prepare`] and [`Cluster::start_standby_of`].
+    fn empty() -> Cluster {
         let tools = tools();
         let dir = tempfile::Builder::new()
             .prefix("nr-test-pg-")
@@ -118,14 +132,19 @@ impl Cluster {
         // The guardian exists before anything is written into `dir`, so an
         // interrupted initdb leaves nothing behind either.
         let guardian = spawn_guardian(tools, &dir, &data);
-        let cluster = Cluster {
+        Cluster {
             dir,
             data,
             log,
             port,
             guardian: Mutex::new(Some(guardian)),
-        };
+        }
+    }
 
+    /// [`Cluster::prepare_without_start`] with `settings` appended to
+    /// `postgresql.conf`.
+    fn prepare(settings: &str) -> Cluster {
+        let cluster = Cluster::empty();
         let out = cluster
             .tool("initdb")
             .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C"])
@@ -173,6 +192,112 @@ impl Cluster {
             &["restart", "-w", "-t", "60", "-m", "fast", "-l"],
             Some(&self.log),
         );
+    }
+
+    /// Writes `contents` to `name` in the data directory, owned by the
+    /// server's user, mode 0600 (what PostgreSQL demands of a key file).
+    pub fn write_file(&self, name: &str, contents: &[u8]) {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.data.join(name);
+        fs::write(&path, contents)
+            .unwrap_or_else(|e| panic!("test support: cannot write {}: {e}", path.display()));
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+            .expect("test support: chmod 600");
+        if let Some((uid, gid)) = tools().run_as {
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                .expect("test support: chown to postgres");
+        }
+    }
+
+    /// The URL of database `dbname` over the Unix socket (no TLS there: a
+    /// test's own client when `pg_hba.conf` allows TCP only with TLS).
+    pub fn socket_url_for(&self, dbname: &str) -> String {
+        let dir = self.data.display().to_string().replace('/', "%2F");
+        format!("postgres://postgres@{dir}:{}/{dbname}", self.port)
+    }
+
+    /// The postmaster's PID (first line of `postmaster.pid`).
+    pub fn postmaster_pid(&self) -> u32 {
+        let text = fs::read_to_string(self.data.join("postmaster.pid"))
+            .expect("test support: read postmaster.pid (is the server running?)");
+        text.lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .expect("test support: a PID on the first line of postmaster.pid")
+    }
+
+    /// Kills the postmaster with SIGKILL (a crash: no shutdown checkpoint;
+    /// its backends end when they notice) and waits until it is gone.
+    pub fn kill_postmaster(&self) {
+        let pid = self.postmaster_pid();
+        let status = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .expect("test support: run kill");
+        assert!(status.success(), "test support: kill -KILL {pid} failed");
+        let proc = PathBuf::from(format!("/proc/{pid}"));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        // A zombie until reaped by init: gone once its state is not running.
+        while proc.exists()
+            && !fs::read_to_string(proc.join("stat")).is_ok_and(|s| s.contains(") Z "))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "test support: postmaster {pid} still alive 30 s after SIGKILL"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// A streaming standby of `primary` made by `pg_basebackup -R` (over
+    /// `conninfo`, a libpq connection string to the primary, so that a
+    /// TLS-only primary can be used), with `extra` appended to its
+    /// `postgresql.conf`, started and replicating. It has its own port,
+    /// socket and cleanup, like any [`Cluster`].
+    pub fn start_standby_of(primary: &Cluster, conninfo: &str, extra: &str) -> Cluster {
+        let cluster = Cluster::empty();
+        let out = cluster
+            .tool("pg_basebackup")
+            .arg("-D")
+            .arg(&cluster.data)
+            .args([
+                "-d",
+                conninfo,
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "--no-sync",
+            ])
+            .output()
+            .expect("test support: cannot run pg_basebackup");
+        if !out.status.success() {
+            panic!(
+                "test support: pg_basebackup failed ({}):\n{}\n--- primary log tail ---\n{}",
+                out.status,
+                both(&out),
+                primary.log_tail(20)
+            );
+        }
+        let mut conf = fs::OpenOptions::new()
+            .append(true)
+            .open(cluster.data.join("postgresql.conf"))
+            .expect("test support: cannot open the standby's postgresql.conf");
+        write!(
+            conf,
+            "\n{extra}\nport = {}\nunix_socket_directories = '{}'\n",
+            cluster.port,
+            cluster.data.display()
+        )
+        .expect("test support: cannot write the standby's postgresql.conf");
+        cluster.start();
+        cluster
+    }
+
+    /// Promotes a standby to primary and waits until it accepts writes.
+    pub fn promote(&self) {
+        self.pg_ctl(&["promote", "-w", "-t", "60"], None);
     }
 
     /// The URL of the `postgres` maintenance database.
