@@ -2,7 +2,8 @@
 //! each part of the service needs, one file per table or concern.
 //!
 //! Every connection is opened the same way ([`pg_config`]): connect timeout
-//! from the config, TCP keepalives so that a dead server is noticed, a
+//! from the config, TCP keepalives and `tcp_user_timeout` on both ends so
+//! that a dead peer is noticed (`tcp`), a
 //! statement timeout, and `search_path` set to the service's schema so that
 //! queries name tables unqualified. Decisions about what to write live in
 //! `state`; this module only moves rows.
@@ -18,6 +19,7 @@ pub mod prune;
 pub mod rules;
 pub mod shards;
 pub mod statuses;
+pub mod tcp;
 pub mod tokens;
 
 use std::time::Duration;
@@ -204,16 +206,14 @@ pub fn pg_config(
         url: redact_url(&cfg.url),
         source,
     })?;
+    tcp::apply(&mut pg, &cfg.tcp);
     pg.connect_timeout(cfg.connect_timeout)
-        .keepalives(true)
-        .keepalives_idle(Duration::from_secs(10))
-        .keepalives_interval(Duration::from_secs(5))
-        .keepalives_retries(3)
         .application_name(application_name)
         .options(&format!(
-            "-c search_path={} -c statement_timeout={} -c client_min_messages=warning",
+            "-c search_path={} -c statement_timeout={} -c client_min_messages=warning {}",
             cfg.schema,
-            STATEMENT_TIMEOUT.as_millis()
+            STATEMENT_TIMEOUT.as_millis(),
+            tcp::server_options(&cfg.tcp)
         ));
     Ok(pg)
 }
