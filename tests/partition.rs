@@ -477,3 +477,37 @@ fn a_standby_without_the_privilege_to_fence_says_what_to_grant_once_and_fences_o
     assert!(b.stderr().contains("ending its session"), "{}", b.stderr());
     drop(proxy);
 }
+
+#[test]
+fn an_idle_leader_keeps_renewing_its_lease_and_is_never_fenced() {
+    let db = migrated_db();
+    // The shortest bound: three heartbeats. An idle leader that renewed
+    // only when something changed would be fenced within seconds.
+    let config = config_toml(&db.url, WORKERS, "1h", "", "")
+        .replace("[reconciler]\n", "[reconciler]\ntakeover_after = \"3s\"\n");
+    let a = Daemon::run("A", &config, &[]);
+    wait_until(
+        "A to lead",
+        WAIT,
+        || a.stderr().contains("leading: took the lock"),
+        || a.stderr(),
+    );
+    let b = Daemon::run("B", &config, &[]);
+    wait_until(
+        "B to start",
+        WAIT,
+        || b.stderr().contains("started"),
+        || b.stderr(),
+    );
+    let started = Instant::now();
+    wait_until(
+        "four takeover bounds of idling",
+        WAIT,
+        || started.elapsed() > Duration::from_secs(12),
+        || logs(&[&a, &b]),
+    );
+    let b_log = b.stderr();
+    assert!(!b_log.contains("ending its session"), "{b_log}");
+    assert!(!b_log.contains("leading: took the lock"), "{b_log}");
+    assert!(!a.stderr().contains("stopped leading"), "{}", a.stderr());
+}

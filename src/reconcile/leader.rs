@@ -376,7 +376,7 @@ fn lead(
                 Err(Timeout) => hooks.beat(),
                 Err(Disconnected) => break,
             }
-            if failure.is_none() && matches!(mode, Mode::Continuous(_)) {
+            if failure.is_none() {
                 // Still the leader while the last deliveries finish: a
                 // standby must not fence it meanwhile.
                 failure = main.beat_row(&mut r.lock).err();
@@ -659,10 +659,13 @@ impl<'a> Main<'a> {
             if stop.load(Relaxed) {
                 return None;
             }
-            if let Mode::Continuous(_) = self.mode {
-                if let Err(f) = self.timers(lock) {
-                    return Some(f);
-                }
+            let timers = match self.mode {
+                Mode::Continuous(_) => self.timers(lock),
+                // `once` renews its lease row too, so no standby fences it.
+                Mode::Once => self.beat_row(lock),
+            };
+            if let Err(f) = timers {
+                return Some(f);
             }
             let every = if self.in_flight.is_empty() {
                 IDLE_CHECK_EVERY
