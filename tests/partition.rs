@@ -511,3 +511,20 @@ fn an_idle_leader_keeps_renewing_its_lease_and_is_never_fenced() {
     assert!(!b_log.contains("leading: took the lock"), "{b_log}");
     assert!(!a.stderr().contains("stopped leading"), "{}", a.stderr());
 }
+
+#[test]
+fn every_connection_sets_keepalives_and_the_user_timeout_on_the_servers_end_too() {
+    let db = migrated_db();
+    let mut config = notification_reconciler::config::Config::for_url(&db.url);
+    config.database.tcp.user_timeout = Duration::from_millis(12_500);
+    let mut c = notification_reconciler::db::connect(&config.database, "test").expect("connect");
+    let show = |c: &mut postgres::Client, name: &str| -> String {
+        c.query_one(&format!("SHOW {name}"), &[])
+            .expect("show")
+            .get(0)
+    };
+    assert_eq!(show(&mut c, "tcp_keepalives_idle"), "10");
+    assert_eq!(show(&mut c, "tcp_keepalives_interval"), "5");
+    assert_eq!(show(&mut c, "tcp_keepalives_count"), "3");
+    assert_eq!(show(&mut c, "tcp_user_timeout"), "12500");
+}
