@@ -185,6 +185,7 @@ fn a_silent_partition_of_the_leader_hands_over_to_the_standby_and_after_healing_
 
     proxy.freeze();
     let frozen_at = Instant::now();
+    println!("frozen at {}", chrono::Utc::now().format("%H:%M:%S%.3f"));
     wait_until(
         "B to fence A and deliver",
         WAIT,
@@ -197,6 +198,11 @@ fn a_silent_partition_of_the_leader_hands_over_to_the_standby_and_after_healing_
         took.as_millis()
     );
     let b_log = b.stderr();
+    for l in b_log.lines().filter(|l| {
+        l.contains("has not renewed") || l.contains("ended the silent") || l.contains("leading:")
+    }) {
+        println!("B: {l}");
+    }
     assert!(b_log.contains("has not renewed its lease"), "{b_log}");
     assert!(b_log.contains("ending its session"), "{b_log}");
     assert!(b_log.contains("leading: took the lock"), "{b_log}");

@@ -210,17 +210,37 @@ pub fn stale_for_update(
         .collect())
 }
 
-/// Ends backend `pid` (`pg_terminate_backend`), waiting up to `wait` for
-/// it to exit (and so release its locks). `Ok(false)`: it had not exited
-/// in time (or was gone already). The error keeps its SQLSTATE: `42501`
-/// when this role may not signal that backend.
+/// Ends backend `pid` (`pg_terminate_backend`) and waits up to `wait` for
+/// it to exit (and so release its locks), looking every 5 ms
+/// (`pg_terminate_backend`'s own wait looks only every 100 ms; `pg_locks`,
+/// unlike `pg_stat_activity`, is read afresh inside a transaction).
+/// `Ok(false)`: it had not exited in time (or was gone already). The error
+/// keeps its SQLSTATE: `42501` when this role may not signal that backend.
 pub fn terminate(
     client: &mut impl GenericClient,
     pid: i32,
     wait: std::time::Duration,
 ) -> Result<bool, postgres::Error> {
-    let ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
-    Ok(client
-        .query_one("SELECT pg_terminate_backend($1, $2)", &[&pid, &ms])?
-        .get(0))
+    let signalled: bool = client
+        .query_one("SELECT pg_terminate_backend($1)", &[&pid])?
+        .get(0);
+    if !signalled {
+        return Ok(false);
+    }
+    let until = std::time::Instant::now() + wait;
+    loop {
+        let gone: bool = client
+            .query_one(
+                "SELECT NOT EXISTS (SELECT 1 FROM pg_locks WHERE pid = $1)",
+                &[&pid],
+            )?
+            .get(0);
+        if gone {
+            return Ok(true);
+        }
+        if std::time::Instant::now() >= until {
+            return Ok(false);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }
