@@ -214,7 +214,8 @@ pub fn stale_for_update(
 /// it to exit (and so release its locks), looking every 5 ms
 /// (`pg_terminate_backend`'s own wait looks only every 100 ms; `pg_locks`,
 /// unlike `pg_stat_activity`, is read afresh inside a transaction).
-/// `Ok(false)`: it had not exited in time (or was gone already). The error
+/// `Ok(true)`: it is gone (also when it had exited already);
+/// `Ok(false)`: it had not exited in time. The error
 /// keeps its SQLSTATE: `42501` when this role may not signal that backend.
 pub fn terminate(
     client: &mut impl GenericClient,
@@ -225,7 +226,8 @@ pub fn terminate(
         .query_one("SELECT pg_terminate_backend($1)", &[&pid])?
         .get(0);
     if !signalled {
-        return Ok(false);
+        // Not a backend any more: it exited meanwhile, locks released.
+        return Ok(true);
     }
     let until = std::time::Instant::now() + wait;
     loop {
