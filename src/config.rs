@@ -55,6 +55,19 @@ pub fn auto_reserve(workers: usize) -> usize {
 /// `delivery.breaker_cooldown` itself is longer).
 pub const MAX_BREAKER_COOLDOWN: Duration = Duration::from_secs(600);
 
+/// The longest `database.keepalives_idle` / `keepalives_interval`, in
+/// seconds (Linux refuses more).
+pub const MAX_TCP_SECONDS: u64 = 32767;
+
+/// The shortest `reconciler.takeover_after`: three of the leader's
+/// heartbeats (one a second, `reconcile::lease::HEARTBEAT_EVERY`), so that a
+/// healthy leader is never taken for a silent one.
+pub const MIN_TAKEOVER_AFTER: Duration = Duration::from_secs(3);
+
+/// The longest `reconciler.takeover_after`: a stale leader left longer than
+/// this would stop deliveries for longer than anyone wants.
+pub const MAX_TAKEOVER_AFTER: Duration = Duration::from_secs(3600);
+
 /// The automatic `database.pool_size` for `cpus` CPUs: 4 per CPU, at least
 /// 8. Workers hold a connection only while they record an outcome, so a
 /// few per CPU keep up with hundreds of workers.
@@ -166,6 +179,14 @@ pub struct RawDatabase {
     pub pool_size: i64,
     /// Connect timeout.
     pub connect_timeout: String,
+    /// Idle time before the first TCP keepalive probe (client and server).
+    pub keepalives_idle: String,
+    /// Time between TCP keepalive probes.
+    pub keepalives_interval: String,
+    /// Unanswered probes before the connection is dead.
+    pub keepalives_count: i64,
+    /// Longest sent data may stay unacknowledged; "0s" = the system's.
+    pub tcp_user_timeout: String,
 }
 
 /// `[reconciler]` as written.
@@ -191,6 +212,8 @@ pub struct RawReconciler {
     pub lock_key: Option<String>,
     /// Shards the channels are split into (scale-out); 1 = one leader.
     pub shards: i64,
+    /// A standby fences a leader whose heartbeat is this stale.
+    pub takeover_after: String,
 }
 
 /// `[delivery]` as written.
@@ -279,6 +302,10 @@ impl Default for RawDatabase {
             schema: "notification".into(),
             pool_size: 0,
             connect_timeout: "5s".into(),
+            keepalives_idle: "10s".into(),
+            keepalives_interval: "5s".into(),
+            keepalives_count: 3,
+            tcp_user_timeout: "30s".into(),
         }
     }
 }
@@ -295,6 +322,7 @@ impl Default for RawReconciler {
             sending_timeout: "48h".into(),
             lock_key: None,
             shards: 1,
+            takeover_after: "10s".into(),
         }
     }
 }
@@ -374,6 +402,31 @@ pub struct DatabaseConfig {
     pub pool_size: u32,
     /// Connect timeout for every connection.
     pub connect_timeout: Duration,
+    /// TCP keepalives and `tcp_user_timeout` of every connection, both ends.
+    pub tcp: TcpSettings,
+}
+
+/// How every database connection notices a dead peer: TCP keepalives and
+/// `tcp_user_timeout`, set on our socket and, through the session's
+/// options, on the server's socket of the same connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpSettings {
+    /// Idle time before the first keepalive probe (whole seconds, ≥ 1s).
+    pub keepalives_idle: Duration,
+    /// Time between probes (whole seconds, ≥ 1s).
+    pub keepalives_interval: Duration,
+    /// Unanswered probes before the connection is dead (1..=127).
+    pub keepalives_count: u32,
+    /// Longest sent data may stay unacknowledged; zero = the system's default.
+    pub user_timeout: Duration,
+}
+
+impl TcpSettings {
+    /// How long a silent peer goes unnoticed at most when nothing is sent
+    /// (keepalives: idle + interval × count).
+    pub fn dead_after(&self) -> Duration {
+        self.keepalives_idle + self.keepalives_interval * self.keepalives_count
+    }
 }
 
 /// Validated `[reconciler]`.
@@ -397,6 +450,9 @@ pub struct ReconcilerConfig {
     pub lock_key: String,
     /// Shards, 1..=[`crate::shard::MAX_SHARDS`] (1 = one leader, as before).
     pub shards: u32,
+    /// A standby ends the session of a leader (of the lock or of a shard)
+    /// whose heartbeat is older than this, then takes over (`fence`).
+    pub takeover_after: Duration,
 }
 
 /// Validated `[delivery]`.
@@ -530,6 +586,10 @@ impl Config {
                 schema: self.database.schema.clone(),
                 pool_size: self.database.pool_size,
                 connect_timeout: d(self.database.connect_timeout),
+                keepalives_idle: d(self.database.tcp.keepalives_idle),
+                keepalives_interval: d(self.database.tcp.keepalives_interval),
+                keepalives_count: self.database.tcp.keepalives_count,
+                tcp_user_timeout: d(self.database.tcp.user_timeout),
             },
             reconciler: EffReconciler {
                 interval: d(self.reconciler.interval),
@@ -541,6 +601,7 @@ impl Config {
                 sending_timeout: d(self.reconciler.sending_timeout),
                 lock_key: self.reconciler.lock_key.clone(),
                 shards: self.reconciler.shards,
+                takeover_after: d(self.reconciler.takeover_after),
             },
             delivery: EffDelivery {
                 timeout: d(self.delivery.timeout),
@@ -652,6 +713,46 @@ impl RawConfig {
             ));
         }
         let connect_timeout = positive("database.connect_timeout", &db.connect_timeout)?;
+        let tcp_seconds = |key: &'static str, value: &str| -> Result<Duration, ConfigError> {
+            let d = duration(key, value)?;
+            if d.subsec_nanos() != 0 || !(1..=MAX_TCP_SECONDS).contains(&d.as_secs()) {
+                return Err(invalid(
+                    key,
+                    format!("{value:?}"),
+                    &format!("must be whole seconds between \"1s\" and \"{MAX_TCP_SECONDS}s\""),
+                ));
+            }
+            Ok(d)
+        };
+        let keepalives_count = match db.keepalives_count {
+            n @ 1..=127 => n as u32,
+            n => {
+                return Err(invalid(
+                    "database.keepalives_count",
+                    n.to_string(),
+                    "must be between 1 and 127",
+                ))
+            }
+        };
+        let user_timeout = duration("database.tcp_user_timeout", &db.tcp_user_timeout)?;
+        if user_timeout.as_millis() > i32::MAX as u128
+            || user_timeout.subsec_nanos() % 1_000_000 != 0
+        {
+            return Err(invalid(
+                "database.tcp_user_timeout",
+                format!("{:?}", db.tcp_user_timeout),
+                "must be whole milliseconds, at most \"24d\" (\"0s\" = the system's default)",
+            ));
+        }
+        let tcp = TcpSettings {
+            keepalives_idle: tcp_seconds("database.keepalives_idle", &db.keepalives_idle)?,
+            keepalives_interval: tcp_seconds(
+                "database.keepalives_interval",
+                &db.keepalives_interval,
+            )?,
+            keepalives_count,
+            user_timeout,
+        };
 
         // [reconciler]
         let workers = match r.workers {
@@ -717,6 +818,23 @@ impl RawConfig {
             sending_timeout: positive("reconciler.sending_timeout", &r.sending_timeout)?,
             lock_key,
             shards,
+            takeover_after: {
+                let value = &r.takeover_after;
+                let d = duration("reconciler.takeover_after", value)?;
+                let (least, most) = (MIN_TAKEOVER_AFTER, MAX_TAKEOVER_AFTER);
+                if d < least || d > most {
+                    return Err(invalid(
+                        "reconciler.takeover_after",
+                        format!("{value:?}"),
+                        &format!(
+                            "must be between {:?} (a healthy leader heartbeats every second) and {:?}",
+                            humantime::format_duration(least).to_string(),
+                            humantime::format_duration(most).to_string()
+                        ),
+                    ));
+                }
+                d
+            },
         };
 
         // [delivery]
@@ -887,6 +1005,7 @@ impl RawConfig {
                 schema: db.schema.clone(),
                 pool_size,
                 connect_timeout,
+                tcp,
             },
             reconciler,
             delivery,
@@ -1184,6 +1303,10 @@ struct EffDatabase {
     schema: String,
     pool_size: u32,
     connect_timeout: String,
+    keepalives_idle: String,
+    keepalives_interval: String,
+    keepalives_count: u32,
+    tcp_user_timeout: String,
 }
 #[derive(Serialize)]
 struct EffReconciler {
@@ -1196,6 +1319,7 @@ struct EffReconciler {
     sending_timeout: String,
     lock_key: String,
     shards: u32,
+    takeover_after: String,
 }
 #[derive(Serialize)]
 struct EffDelivery {
@@ -1342,6 +1466,50 @@ mod tests {
         assert_eq!(c.reconciler.queue_capacity, 3);
         assert_eq!(c.database.pool_size, 9);
         assert_eq!(c.metrics.listen, Some("127.0.0.1:9464".parse().unwrap()));
+    }
+
+    #[test]
+    fn takeover_after_defaults_to_ten_seconds_and_refuses_what_would_fence_healthy_leaders() {
+        let c = load("").unwrap();
+        assert_eq!(c.reconciler.takeover_after, Duration::from_secs(10));
+        assert_eq!(
+            load("[reconciler]\ntakeover_after = \"30s\"\n")
+                .unwrap()
+                .reconciler
+                .takeover_after,
+            Duration::from_secs(30)
+        );
+        for bad in ["\"1s\"", "\"0s\"", "\"2h\"", "\"soon\""] {
+            let e = err(&format!("[reconciler]\ntakeover_after = {bad}\n"));
+            assert!(e.contains("reconciler.takeover_after"), "{e}");
+        }
+        let e = err("[reconciler]\ntakeover_after = \"2s\"\n");
+        assert!(e.contains("heartbeats every second"), "{e}");
+    }
+
+    #[test]
+    fn tcp_settings_default_to_a_dead_peer_noticed_within_thirty_seconds() {
+        let c = load("").unwrap();
+        let tcp = c.database.tcp;
+        assert_eq!(tcp.keepalives_idle, Duration::from_secs(10));
+        assert_eq!(tcp.keepalives_interval, Duration::from_secs(5));
+        assert_eq!(tcp.keepalives_count, 3);
+        assert_eq!(tcp.user_timeout, Duration::from_secs(30));
+        let c = load("[database]\ntcp_user_timeout = \"0s\"\nkeepalives_count = 5\n").unwrap();
+        assert!(c.database.tcp.user_timeout.is_zero());
+        assert_eq!(c.database.tcp.keepalives_count, 5);
+        for (key, bad) in [
+            ("keepalives_idle", "\"0s\""),
+            ("keepalives_idle", "\"1500ms\""),
+            ("keepalives_interval", "\"10h\""),
+            ("keepalives_count", "0"),
+            ("keepalives_count", "128"),
+            ("tcp_user_timeout", "\"30d\""),
+            ("tcp_user_timeout", "\"later\""),
+        ] {
+            let e = err(&format!("[database]\n{key} = {bad}\n"));
+            assert!(e.contains(&format!("database.{key}")), "{key} = {bad}: {e}");
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! The modules follow the architecture: `config` (TOML → validated settings), `config_check` (settings that
 //! together make delivery impossible or look wrong),
 //! `db` (connections, pool, migrations, queries), `lock` (the leader's advisory
-//! lock), `state` (the pure delivery state machine), `delivery` (signing, HTTP,
+//! lock), `fence` (a standby ending a silent leader's session), `state` (the pure delivery state machine), `delivery` (signing, HTTP,
 //! one delivery's worker step), `reconcile` (the leader loop and its
 //! workers), `service` (the daemon, signals, systemd, metrics), `sink` (the development receiver),
 //! `console` (the embedded web console's files), `ops` (the operations the
@@ -21,6 +21,7 @@ pub mod config_check;
 pub mod console;
 pub mod db;
 pub mod delivery;
+pub mod fence;
 pub mod http_server;
 pub mod lock;
 pub mod ops;

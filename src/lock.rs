@@ -13,6 +13,10 @@
 //! fresh lock connection records its instance in the `instance` table
 //! (`db::shards::register`), so that other instances count it as alive.
 //!
+//! A standby (`run`) that finds the lock held by a leader whose heartbeat
+//! is older than `reconciler.takeover_after` ends that leader's session
+//! ([`LeaderLock::fence`], `fence`) and takes the lock.
+//!
 //! Key derivation: the first 8 bytes of SHA-256 of the key text, read as a
 //! big-endian signed 64-bit integer. In `pg_locks` the holder shows as
 //! `locktype = 'advisory'`, `classid` = the high 32 bits, `objid` = the low
@@ -24,6 +28,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::DatabaseConfig;
 use crate::db::{self, DbError};
+use crate::fence::Fencer;
 
 /// Derives the 64-bit advisory lock key from its text (stable across
 /// versions and machines).
@@ -82,6 +87,8 @@ pub struct LeaderLock {
     shard_keys: BTreeSet<i64>,
     /// Record the instance when connecting (not for `once`).
     register: bool,
+    /// Ends a silent leader's session (`run` only: with `register`).
+    fencer: Option<Fencer>,
 }
 
 impl LeaderLock {
@@ -96,7 +103,27 @@ impl LeaderLock {
             shards,
             shard_keys: BTreeSet::new(),
             register: true,
+            fencer: None,
         }
+    }
+
+    /// Makes a standby (`run`, see [`LeaderLock::set_register`]) fence a
+    /// leader whose heartbeat is older than `takeover_after` (`fence`).
+    pub fn set_takeover_after(&mut self, takeover_after: std::time::Duration) {
+        self.fencer = Some(Fencer::new(takeover_after));
+    }
+
+    /// `run`: ends the session of every silent leader of `keys` (stale
+    /// heartbeat, holding the key's lock; see `fence`); returns how many
+    /// it ended. Nothing for `once` or without a takeover bound.
+    pub fn fence(&mut self, keys: &[i64]) -> Result<usize, DbError> {
+        if !self.register {
+            return Ok(0);
+        }
+        let (Some(fencer), Some(client)) = (self.fencer.as_mut(), self.client.as_mut()) else {
+            return Ok(0);
+        };
+        fencer.fence(client, keys)
     }
 
     /// Whether a fresh connection records the instance as alive (`run`:
@@ -198,6 +225,24 @@ impl LeaderLock {
         match result {
             Ok(row) => {
                 self.held = row.get(0);
+                if !self.held {
+                    // A silent leader's session ended takes its lock along.
+                    let retaken = self.fence(&[key]).and_then(|ended| match ended {
+                        0 => Ok(false),
+                        _ => self
+                            .client_mut()?
+                            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+                            .map_err(DbError::query("taking the leader lock"))
+                            .map(|r| r.get(0)),
+                    });
+                    match retaken {
+                        Ok(held) => self.held = held,
+                        Err(e) => {
+                            self.forget_connection();
+                            return Err(e);
+                        }
+                    }
+                }
                 Ok(self.held)
             }
             Err(e) => {

@@ -429,3 +429,35 @@ fn the_default_lock_key_follows_the_schema() {
         Some("billing.event_handler.reconcile_lock")
     );
 }
+
+#[test]
+fn a_takeover_bound_that_would_fence_healthy_leaders_is_refused() {
+    let out = check_config("[reconciler]\ntakeover_after = \"2s\"\n", None);
+    assert_rejected(
+        &out,
+        &[
+            "reconciler.takeover_after = \"2s\"",
+            "heartbeats every second",
+        ],
+    );
+    let t = effective(&check_config("", None));
+    assert_eq!(
+        get(&t, "reconciler", "takeover_after").as_str(),
+        Some("10s")
+    );
+    assert_eq!(
+        get(&t, "database", "tcp_user_timeout").as_str(),
+        Some("30s")
+    );
+}
+
+#[test]
+fn tcp_settings_out_of_range_are_refused() {
+    let out = check_config("[database]\nkeepalives_count = 0\n", None);
+    assert_rejected(
+        &out,
+        &["database.keepalives_count = 0", "between 1 and 127"],
+    );
+    let out = check_config("[database]\nkeepalives_idle = \"1500ms\"\n", None);
+    assert_rejected(&out, &["database.keepalives_idle", "whole seconds"]);
+}

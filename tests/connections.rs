@@ -181,11 +181,7 @@ fn five_hundred_twelve_workers_on_eight_connections_deliver_five_thousand_exactl
 /// waiting for a connection (the first 100 deliveries went through, so the
 /// pool holds connections the stop killed: the workers find them dead and
 /// discard them). Once the database is back every outcome is recorded, none
-/// is attempted again, and nothing is written twice. The backlog is large
-/// enough for every worker to hold a request although the receiver's fast
-/// first answers give the channel's jobs riders (up to 8 deliveries to a
-/// worker); the riders not sent when the receiver stopped answering are
-/// handed out again after the outage.
+/// is attempted again, and nothing is written twice.
 #[test]
 fn database_outage_with_deliveries_in_flight_records_their_outcomes_once_it_is_back() {
     const WORKERS: usize = 64;

@@ -1,9 +1,11 @@
 //! The `leader` table: who leads under which lock key, since when, and how
 //! many deliveries it has in flight (what `status` shows). Written only by
 //! the leader, on its lock connection: a row when it starts leading, a
-//! heartbeat at most once a second while the in-flight count changes, and
-//! the row's removal when it stops leading cleanly. A row still there when
-//! the next leader starts tells it the last one did not stop cleanly.
+//! heartbeat once a second (also while idle: the heartbeat is the lease a
+//! standby reads, and one older than `reconciler.takeover_after` gets the
+//! leader fenced, see `fence`), and the row's removal when it stops leading
+//! cleanly. A row still there when the next leader starts tells it the last
+//! one did not stop cleanly.
 
 use chrono::{DateTime, Utc};
 use postgres::GenericClient;
@@ -66,6 +68,32 @@ pub fn heartbeat(
     Ok(())
 }
 
+/// [`heartbeat`] for several keys at once (one statement): each key with
+/// its in-flight count and channels.
+pub fn heartbeat_many(
+    client: &mut impl GenericClient,
+    rows: &[(i64, usize, serde_json::Value)],
+) -> Result<(), DbError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<i64> = rows.iter().map(|r| r.0).collect();
+    let counts: Vec<i32> = rows
+        .iter()
+        .map(|r| i32::try_from(r.1).unwrap_or(i32::MAX))
+        .collect();
+    let channels: Vec<serde_json::Value> = rows.iter().map(|r| r.2.clone()).collect();
+    client
+        .execute(
+            "UPDATE leader SET in_flight = u.n, channels = u.c, updated_at = now()
+             FROM unnest($1::int8[], $2::int4[], $3::jsonb[]) AS u(k, n, c)
+             WHERE lock_key = u.k AND backend_pid = pg_backend_pid()",
+            &[&keys, &counts, &channels],
+        )
+        .map_err(DbError::query("updating the leader records"))?;
+    Ok(())
+}
+
 /// Removes this connection's leader row (a clean stop).
 pub fn release(client: &mut impl GenericClient, key: i64) -> Result<(), DbError> {
     client
@@ -120,4 +148,101 @@ pub fn published(
         }
     }
     Ok(Some(merged))
+}
+
+/// A leader row as a standby sees it when deciding whether to fence it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Seen {
+    /// The lock key the row is for.
+    pub key: i64,
+    /// The recorded leader's backend pid.
+    pub backend_pid: i32,
+    /// The recorded leader's application name.
+    pub instance: String,
+    /// How old its heartbeat is, by the database's clock.
+    pub age: std::time::Duration,
+    /// Whether that backend holds the advisory lock of `key` right now.
+    pub holds_lock: bool,
+    /// Whether that backend is the one asking (this connection).
+    pub own: bool,
+}
+
+/// The leader rows of `keys` whose heartbeat is older than `older_than`,
+/// locked until the end of the caller's transaction (`FOR UPDATE`: a row
+/// renewed meanwhile is read again and left out, and a heartbeat sent
+/// later waits), each with whether its backend holds that key's advisory
+/// lock right now.
+pub fn stale_for_update(
+    client: &mut impl GenericClient,
+    keys: &[i64],
+    older_than: std::time::Duration,
+) -> Result<Vec<Seen>, DbError> {
+    let secs = older_than.as_secs_f64();
+    let rows = client
+        .query(
+            "SELECT l.lock_key, l.backend_pid, l.instance,
+                    greatest(extract(epoch FROM clock_timestamp() - l.updated_at), 0)::float8,
+                    EXISTS (SELECT 1 FROM pg_locks k
+                            WHERE k.pid = l.backend_pid AND k.locktype = 'advisory'
+                              AND k.granted AND k.objsubid = 1
+                              AND k.classid = ((l.lock_key >> 32) & x'ffffffff'::bigint)::bit(32)::int::oid
+                              AND k.objid = (l.lock_key & x'ffffffff'::bigint)::bit(32)::int::oid
+                              AND k.database = (SELECT oid FROM pg_database
+                                                WHERE datname = current_database())),
+                    l.backend_pid = pg_backend_pid()
+             FROM leader l
+             WHERE l.lock_key = ANY($1) AND l.updated_at < clock_timestamp() - make_interval(secs => $2)
+             ORDER BY l.lock_key
+             FOR UPDATE OF l",
+            &[&keys, &secs],
+        )
+        .map_err(DbError::query("reading the leader records to fence"))?;
+    Ok(rows
+        .iter()
+        .map(|r| Seen {
+            key: r.get(0),
+            backend_pid: r.get(1),
+            instance: r.get(2),
+            age: std::time::Duration::from_secs_f64(r.get::<_, f64>(3).max(0.0)),
+            holds_lock: r.get(4),
+            own: r.get(5),
+        })
+        .collect())
+}
+
+/// Ends backend `pid` (`pg_terminate_backend`) and waits up to `wait` for
+/// it to exit (and so release its locks), looking every 5 ms
+/// (`pg_terminate_backend`'s own wait looks only every 100 ms; `pg_locks`,
+/// unlike `pg_stat_activity`, is read afresh inside a transaction).
+/// `Ok(true)`: it is gone (also when it had exited already);
+/// `Ok(false)`: it had not exited in time. The error
+/// keeps its SQLSTATE: `42501` when this role may not signal that backend.
+pub fn terminate(
+    client: &mut impl GenericClient,
+    pid: i32,
+    wait: std::time::Duration,
+) -> Result<bool, postgres::Error> {
+    let signalled: bool = client
+        .query_one("SELECT pg_terminate_backend($1)", &[&pid])?
+        .get(0);
+    if !signalled {
+        // Not a backend any more: it exited meanwhile, locks released.
+        return Ok(true);
+    }
+    let until = std::time::Instant::now() + wait;
+    loop {
+        let gone: bool = client
+            .query_one(
+                "SELECT NOT EXISTS (SELECT 1 FROM pg_locks WHERE pid = $1)",
+                &[&pid],
+            )?
+            .get(0);
+        if gone {
+            return Ok(true);
+        }
+        if std::time::Instant::now() >= until {
+            return Ok(false);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }

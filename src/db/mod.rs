@@ -3,9 +3,10 @@
 //!
 //! Every connection is opened the same way ([`pg_config`] and the TLS
 //! connector of [`tls`]): connect timeout from the config, TCP keepalives
-//! so that a dead server is noticed, a statement timeout, `search_path` set
-//! to the service's schema so that queries name tables unqualified, and the
-//! `sslmode` of `database.url`. Decisions about what to write live in
+//! and `tcp_user_timeout` on both ends so that a dead peer is noticed
+//! (`tcp`), a statement timeout, `search_path` set to the service's schema
+//! so that queries name tables unqualified, and the `sslmode` of
+//! `database.url`. Decisions about what to write live in
 //! `state`; this module only moves rows.
 
 pub mod channels;
@@ -19,6 +20,7 @@ pub mod prune;
 pub mod rules;
 pub mod shards;
 pub mod statuses;
+pub mod tcp;
 pub mod tls;
 pub mod tokens;
 
@@ -264,16 +266,14 @@ pub fn pg_config(
         url: redact_url(&cfg.url),
         source,
     })?;
+    tcp::apply(&mut pg, &cfg.tcp);
     pg.connect_timeout(cfg.connect_timeout)
-        .keepalives(true)
-        .keepalives_idle(Duration::from_secs(10))
-        .keepalives_interval(Duration::from_secs(5))
-        .keepalives_retries(3)
         .application_name(application_name)
         .options(&format!(
-            "-c search_path={} -c statement_timeout={} -c client_min_messages=warning",
+            "-c search_path={} -c statement_timeout={} -c client_min_messages=warning {}",
             cfg.schema,
-            STATEMENT_TIMEOUT.as_millis()
+            STATEMENT_TIMEOUT.as_millis(),
+            tcp::server_options(&cfg.tcp)
         ));
     // libpq never asks for TLS over a Unix socket (the server would refuse
     // it); the verifying modes are `require` to the driver, the checks are

@@ -52,7 +52,7 @@ use crate::reconcile::health::{Channels, Write};
 use crate::reconcile::hooks::{Hooks, WakeCause};
 use crate::reconcile::job::{Back, Done, Finished, Job};
 use crate::reconcile::lease::{
-    Lease, LockWatch, IDLE_CHECK_EVERY, LOCK_CHECK_EVERY, TAKEOVER_GRACE,
+    Lease, LockWatch, HEARTBEAT_EVERY, IDLE_CHECK_EVERY, LOCK_CHECK_EVERY, TAKEOVER_GRACE,
 };
 use crate::reconcile::listener::Wake;
 use crate::reconcile::recorder::Recorder;
@@ -90,16 +90,18 @@ impl Reconciler {
             config.database.pool_size,
             &lock::app_name("worker"),
         )?;
+        let mut lock = LeaderLock::new(
+            &config.database,
+            &config.reconciler.lock_key,
+            config.reconciler.shards,
+        );
+        lock.set_takeover_after(config.reconciler.takeover_after);
         Ok(Reconciler {
             config: config.clone(),
             pool,
             sender: HttpSender::new(&config.delivery, config.reconciler.workers),
             policy: policy_from(config),
-            lock: LeaderLock::new(
-                &config.database,
-                &config.reconciler.lock_key,
-                config.reconciler.shards,
-            ),
+            lock,
         })
     }
 
@@ -151,9 +153,6 @@ enum Mode<'a> {
 
 /// How long the main thread waits at most before it looks at the stop flag.
 const STOP_POLL: Duration = Duration::from_millis(100);
-
-/// The leader row's heartbeat: at most this often, when in flight changed.
-const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 
 /// How soon an ordered channel whose head is not cleared yet (a transaction
 /// that may still commit an earlier event is running: `due::read_heads_sql`)
@@ -297,6 +296,11 @@ fn lead(
                 Ok(back) => main.back(back),
                 Err(Timeout) => hooks.beat(),
                 Err(Disconnected) => break,
+            }
+            if failure.is_none() {
+                // Still the leader while the last deliveries finish: a
+                // standby must not fence it meanwhile.
+                failure = main.beat_row(&mut r.lock).err();
             }
         }
     });
@@ -444,8 +448,6 @@ struct Main<'a> {
     controls: ControlState,
     /// The channel served last (round-robin resumes after it).
     last_served: Option<Uuid>,
-    /// The channels snapshot last published with the heartbeat.
-    published: serde_json::Value,
     /// Channel rows to update (runs of failures, auto-disable), written on
     /// the lock connection at the next turn.
     writes: Vec<Write>,
@@ -492,7 +494,6 @@ impl<'a> Main<'a> {
             channels: Channels::new(config),
             controls: ControlState::default(),
             last_served: None,
-            published: serde_json::json!({}),
             writes: Vec::new(),
             policy: policy_from(config),
             sweep: None,
@@ -579,10 +580,13 @@ impl<'a> Main<'a> {
             if stop.load(Relaxed) {
                 return None;
             }
-            if let Mode::Continuous(_) = self.mode {
-                if let Err(f) = self.timers(lock) {
-                    return Some(f);
-                }
+            let timers = match self.mode {
+                Mode::Continuous(_) => self.timers(lock),
+                // `once` renews its lease row too, so no standby fences it.
+                Mode::Once => self.beat_row(lock),
+            };
+            if let Err(f) = timers {
+                return Some(f);
             }
             let every = if self.in_flight.is_empty() {
                 IDLE_CHECK_EVERY
@@ -665,7 +669,6 @@ impl<'a> Main<'a> {
     /// timer from the database, the interval's report, parked deliveries
     /// released), the earliest known retry, and the leader row's heartbeat.
     fn timers(&mut self, lock: &mut LeaderLock) -> Result<(), String> {
-        let key = lock.key();
         if Instant::now() >= self.next_tick {
             self.next_tick = Instant::now() + self.interval;
             let cutoff = self.cutoff_now();
@@ -696,22 +699,26 @@ impl<'a> Main<'a> {
             self.wake(WakeCause::RetryDue);
         }
         self.shard_timers(lock)?;
-        let (last, n) = self.heartbeat;
-        let snapshot = self.channels.snapshot(&self.in_flight);
-        let changed = (self.in_flight.len() != n || snapshot != self.published)
-            && last.elapsed() >= HEARTBEAT_EVERY;
-        if changed || last.elapsed() >= HEARTBEAT_EVERY * 10 {
-            let n = self.in_flight.len();
-            match &self.shards {
-                Some(set) => set.heartbeat(lock, &snapshot),
-                None => lock
-                    .client_mut()
-                    .and_then(|c| leaders::heartbeat(c, key, n, &snapshot)),
-            }
-            .map_err(|e| lock_failure("updating the leader record", &e))?;
-            self.heartbeat = (Instant::now(), n);
-            self.published = snapshot;
+        self.beat_row(lock)
+    }
+
+    /// The leader row's heartbeat, every [`HEARTBEAT_EVERY`] whether or not
+    /// anything changed: it is the lease a standby reads (`fence`).
+    fn beat_row(&mut self, lock: &mut LeaderLock) -> Result<(), String> {
+        if self.heartbeat.0.elapsed() < HEARTBEAT_EVERY {
+            return Ok(());
         }
+        let key = lock.key();
+        let snapshot = self.channels.snapshot(&self.in_flight);
+        let n = self.in_flight.len();
+        match &self.shards {
+            Some(set) => set.heartbeat(lock, &snapshot),
+            None => lock
+                .client_mut()
+                .and_then(|c| leaders::heartbeat(c, key, n, &snapshot)),
+        }
+        .map_err(|e| lock_failure("updating the leader record", &e))?;
+        self.heartbeat = (Instant::now(), n);
         Ok(())
     }
 

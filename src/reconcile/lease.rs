@@ -17,6 +17,13 @@
 //! - an instance that takes over from a leader that did not stop cleanly
 //!   waits [`TAKEOVER_GRACE`] (twice [`LEASE`]) before it hands anything out.
 //!
+//! - a leader that can no longer be heard (a silent partition) renews
+//!   nothing: its workers stop within [`LEASE`] of its last good check, and
+//!   its `leader` row's heartbeat ([`HEARTBEAT_EVERY`]) goes stale; a
+//!   standby fences it after `reconciler.takeover_after` (`fence`),
+//!   which ends its session and so the lock, and then waits
+//!   [`TAKEOVER_GRACE`] like after any unclean stop.
+//!
 //! If the lock connection dies at T, every good check was sent before T, so
 //! the old leader's workers pass the lease check only before T + LEASE; the
 //! new leader hands out at T + TAKEOVER_GRACE at the earliest. A worker
@@ -48,6 +55,22 @@ pub const LEASE: Duration = Duration::from_millis(150);
 /// How long a new leader waits before handing out when the previous one did
 /// not release the lock cleanly (it may still be running, unaware).
 pub const TAKEOVER_GRACE: Duration = Duration::from_millis(300);
+
+/// How often the leader renews its `leader` row's heartbeat, idle or not:
+/// the lease a standby reads. One older than `reconciler.takeover_after`
+/// (at least [`crate::config::MIN_TAKEOVER_AFTER`], three of these) gets
+/// the leader fenced (`fence`).
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+
+/// The numbers fit together: a healthy leader renews its row several times
+/// within the shortest takeover bound, and its workers' lease (renewed by
+/// the lock checks, far more often) is much shorter than that bound, so a
+/// fenced leader stopped sending long before the standby fences it.
+const _: () = assert!(
+    crate::config::MIN_TAKEOVER_AFTER.as_millis() >= 3 * HEARTBEAT_EVERY.as_millis()
+        && HEARTBEAT_EVERY.as_millis() > LEASE.as_millis()
+        && IDLE_CHECK_EVERY.as_millis() <= HEARTBEAT_EVERY.as_millis()
+);
 
 /// A lease renewed when the check was sent at `T` must have run out before
 /// a successor that took the lock at `T` or later hands out, with margin.

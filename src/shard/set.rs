@@ -10,7 +10,8 @@
 //! draining ──none of its deliveries in flight──> leader row removed, unlocked
 //! ```
 //!
-//! Each balance round (every [`ROUND_EVERY`], on the lock connection) reads
+//! Each balance round (every [`ROUND_EVERY`], on the lock connection) first
+//! fences the silent leaders of shards it does not hold (`fence`), then reads
 //! the live instances and the shard holders from PostgreSQL and asks
 //! `shard::balance` what to take and give up. A shard is handed out from
 //! only after its lock is held and, when its previous leader died, after
@@ -198,6 +199,13 @@ impl ShardSet {
     pub fn round(&mut self, lock: &mut LeaderLock) -> Result<Changes, DbError> {
         self.next_round = Instant::now() + ROUND_EVERY;
         let mut changes = self.settle(lock)?;
+        // A shard whose leader went silent (stale heartbeat, lock still
+        // held) is freed first, so that this round can take it (`fence`).
+        let others: Vec<i64> = (0..self.k as usize)
+            .filter(|s| self.state[*s] == State::NotHeld)
+            .map(|s| self.keys[s])
+            .collect();
+        lock.fence(&others)?;
         let client = lock.client_mut()?;
         db_shards::ensure_recorded(client, self.k)?;
         let live = db_shards::live_instances(client)?;
@@ -318,6 +326,7 @@ impl ShardSet {
         channels: &serde_json::Value,
     ) -> Result<(), DbError> {
         let client = lock.client_mut()?;
+        let mut rows = Vec::new();
         for s in 0..self.k as usize {
             if self.state[s] != State::NotHeld {
                 // Each shard's row carries its own channels' state.
@@ -332,10 +341,11 @@ impl ShardSet {
                     .map(|(id, v)| (id.clone(), v.clone()))
                     .collect();
                 let mine = serde_json::Value::Object(mine);
-                leaders::heartbeat(client, self.keys[s], self.counts[s], &mine)?;
+                rows.push((self.keys[s], self.counts[s], mine));
             }
         }
-        Ok(())
+        // One statement for them all: it runs every second.
+        leaders::heartbeat_many(client, &rows)
     }
 
     /// A clean stop: every held shard's leader row removed (the caller

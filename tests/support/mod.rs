@@ -4,7 +4,8 @@
 //! receiver that records what it got, the binary run to completion (`bin`)
 //! or as a long-running child (`daemon`), and the rows tests seed
 //! (`fixtures`), a private CA for HTTPS receivers (`tls`), and a sampler of
-//! the daemon's database sessions (`sessions`).
+//! the daemon's database sessions (`sessions`), a TCP proxy that can go
+//! silent (`proxy`) and which process sent a request (`peers`).
 //!
 //! Test files use it with `mod support;`; the benchmark with
 //! `#[path = "../tests/support/mod.rs"] mod support;`. It holds no assertions
@@ -17,7 +18,9 @@ pub mod cluster;
 pub mod daemon;
 pub mod fixtures;
 pub mod net;
+pub mod peers;
 pub mod pg;
+pub mod proxy;
 pub mod receiver;
 pub mod script;
 pub mod sessions;

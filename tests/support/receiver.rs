@@ -82,6 +82,31 @@ impl Receiver {
         Receiver::start_wrapped(script, "https", wrap, connections)
     }
 
+    /// [`Receiver::start`], also recording which of `pids` sent each
+    /// request (`peers`: by the process owning the connection's other end)
+    /// and when it arrived. `pids` may be filled in after the start.
+    pub fn start_tagged(
+        script: Script,
+        pids: Arc<Mutex<Vec<u32>>>,
+    ) -> (Receiver, super::peers::Arrivals) {
+        let arrivals: super::peers::Arrivals = Arc::default();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (counted, log) = (Arc::clone(&connections), Arc::clone(&arrivals));
+        let wrap: Arc<http_server::Wrap> = Arc::new(move |tcp| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let pids = lock(&pids).clone();
+            Ok(Box::new(super::peers::Tagged::new(
+                tcp,
+                &pids,
+                Arc::clone(&log),
+            )))
+        });
+        (
+            Receiver::start_wrapped(script, "http", wrap, connections),
+            arrivals,
+        )
+    }
+
     fn start_wrapped(
         script: Script,
         scheme: &'static str,
