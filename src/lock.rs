@@ -58,8 +58,9 @@ pub struct Holder {
     pub application_name: String,
     /// Client address, or `local`.
     pub client_addr: String,
-    /// When the holder's connection started.
-    pub since: chrono::DateTime<chrono::Utc>,
+    /// When the holder's connection started (`None` when PostgreSQL hides
+    /// it: another role's session seen without `pg_read_all_stats`).
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Looks up the holder of `key` on any connection.

@@ -141,7 +141,7 @@ pub fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
                 h.pid,
                 h.application_name,
                 h.client_addr,
-                h.since.to_rfc3339()
+                h.since.map_or("unknown".to_string(), |t| t.to_rfc3339())
             ),
             None => println!("lock:      free (key {} = {})", report.lock_key, key),
         }

@@ -263,7 +263,9 @@ fn standby_line(config: &Config) -> String {
             },
             h.client_addr,
             h.pid,
-            h.since.format("%Y-%m-%d %H:%M:%S UTC")
+            h.since.map_or("an unknown time".to_string(), |t| t
+                .format("%Y-%m-%d %H:%M:%S UTC")
+                .to_string())
         ),
         None => "another instance".to_string(),
     };
