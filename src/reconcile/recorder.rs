@@ -4,10 +4,11 @@
 //! One durable commit costs PostgreSQL far more than one row's change, so
 //! outcomes are committed in groups, the way PostgreSQL flushes its own
 //! WAL. A worker that has an outcome queues it ([`Recorder::submit`]); if
-//! no write is in progress it becomes the writer: it takes everything
-//! queued at that moment, writes it in one statement on a pooled
-//! connection (each row guarded by its version), reports each delivery
-//! back to the main thread, and goes on while more has queued meanwhile.
+//! fewer than [`WRITERS`] writes are in progress it becomes a writer: it
+//! takes everything queued at that moment, writes it in one statement on a
+//! pooled connection (each row guarded by its version), reports each
+//! delivery back to the main thread, and goes on while more has queued
+//! meanwhile.
 //! Every other worker goes back to sending as soon as its outcome is
 //! queued. The queue is bounded ([`Recorder::new`]'s `capacity`, counting
 //! the group being written): a full queue makes workers wait, it never
@@ -57,16 +58,24 @@ struct Queued {
     pending: Pending,
 }
 
-/// The queue and whether a worker is writing.
+/// The queue and the workers writing from it.
 #[derive(Default)]
 struct Queue {
     /// Outcomes waiting for the next group.
     waiting: Vec<Queued>,
-    /// Outcomes in the group being written.
+    /// Outcomes in the groups being written.
     writing: usize,
-    /// A worker is writing (it takes what is waiting when it is done).
-    busy: bool,
+    /// Workers writing a group (each takes what is waiting when it is
+    /// done), at most [`WRITERS`].
+    writers: usize,
 }
+
+/// How many groups may be written at once. More than one, so that the
+/// next group is written while one waits for its commit to be flushed
+/// (PostgreSQL flushes concurrent commits together); few, so that groups
+/// stay large. On the 2-core benchmark machine 2 gave a lone channel
+/// most of what riders did (docs/benchmarks.md scenario 15).
+pub const WRITERS: usize = 2;
 
 /// The group-commit queue the workers of one leader scope share.
 pub struct Recorder<'a> {
@@ -121,23 +130,21 @@ impl<'a> Recorder<'a> {
             q = self.room.wait(q).unwrap_or_else(PoisonError::into_inner);
         }
         q.waiting.push(Queued { delivery, pending });
-        if q.busy {
+        if q.writers >= WRITERS {
             return;
         }
-        q.busy = true;
-        loop {
+        q.writers += 1;
+        while !q.waiting.is_empty() {
             let group = std::mem::take(&mut q.waiting);
-            q.writing = group.len();
+            let n = group.len();
+            q.writing += n;
             drop(q);
             self.write_group(group, done);
             q = self.lock();
-            q.writing = 0;
+            q.writing -= n;
             self.room.notify_all();
-            if q.waiting.is_empty() {
-                q.busy = false;
-                return;
-            }
         }
+        q.writers -= 1;
     }
 
     /// Writes one group and reports each of its deliveries.
