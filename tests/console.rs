@@ -496,7 +496,12 @@ fn a_read_only_customer_link_shows_no_write_button() {
     };
     let site = Site::start();
     let receiver = Receiver::start(Script::status(200));
-    let channel = site.channel(ACME, "Customer endpoint", &receiver.url(), &[]);
+    let channel = site.channel(
+        ACME,
+        "Customer endpoint",
+        &receiver.url(),
+        &["X-Api-Key: endpoint-credential-7"],
+    );
     site.rule(ACME, "invoice.paid", &[&channel]);
     let event = site
         .emit(ACME, "invoice.paid", &json!({"invoice": "in_7"}))
@@ -515,6 +520,7 @@ fn a_read_only_customer_link_shows_no_write_button() {
             "channel_id": channel,
             "channel_name": "Customer endpoint",
             "event_id": event,
+            "header_value": "endpoint-credential-7",
         }),
     );
     let (state, attempts) = site.delivery(&event, &channel);

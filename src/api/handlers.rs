@@ -131,9 +131,18 @@ fn page(call: &Call<'_>) -> Result<(Page, std::collections::HashMap<String, Stri
     Ok((page, q))
 }
 
+/// Whether the call's token is read-only (it sees no header value).
+fn read_only(call: &Call<'_>) -> bool {
+    call.token.as_ref().is_none_or(|t| t.read_only)
+}
+
 pub(super) fn list_channels(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
     let (page, _) = page(call)?;
-    Reply::ok(&channels::list(db, Some(call.ns()), Some(page), false)?)
+    let mut list = channels::list(db, Some(call.ns()), Some(page), false)?;
+    if read_only(call) {
+        list.items = list.items.into_iter().map(|v| v.redacted()).collect();
+    }
+    Reply::ok(&list)
 }
 
 pub(super) fn create_channel(ctx: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
@@ -152,7 +161,12 @@ pub(super) fn create_channel(ctx: &Ctx, call: &Call<'_>, db: &mut Client) -> Ans
 }
 
 pub(super) fn get_channel(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
-    Reply::ok(&channels::get(db, Some(call.ns()), call.id("channel")?)?)
+    let view = channels::get(db, Some(call.ns()), call.id("channel")?)?;
+    Reply::ok(&if read_only(call) {
+        view.redacted()
+    } else {
+        view
+    })
 }
 
 pub(super) fn update_channel(ctx: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {

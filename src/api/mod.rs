@@ -303,6 +303,12 @@ fn answer(
         Access::Write if token.read_only => {
             return Err(fail(ApiError::new(403, "this token is read-only")))
         }
+        Access::Reveal if token.read_only => {
+            return Err(fail(ApiError::new(
+                403,
+                "a read-only token never sees a signing secret; use a token that may write",
+            )))
+        }
         _ => {}
     }
     let call = Call {

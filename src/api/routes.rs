@@ -16,6 +16,9 @@ pub enum Access {
     Read,
     /// Such a token that is not read-only.
     Write,
+    /// A read that reveals a secret: such a token that is not read-only
+    /// (a read-only token, e.g. a support or portal link, never sees one).
+    Reveal,
     /// An admin token.
     Admin,
 }
@@ -87,7 +90,7 @@ pub static ROUTES: &[Route] = &[
     Route { method: "POST", path: "/v1/namespaces/{ns}/channels/{id}/enable", operation: "enableChannel", summary: "Enable a channel", access: Access::Write, query: &[], body: Body::Optional("Empty"), ok: 200, answer: Some("Channel"), errors: &[400, 413, 415], handler: Handler::Db(h::enable_channel) },
     Route { method: "POST", path: "/v1/namespaces/{ns}/channels/{id}/disable", operation: "disableChannel", summary: "Disable a channel (its pending deliveries fail)", access: Access::Write, query: &[], body: Body::Optional("Empty"), ok: 200, answer: Some("Channel"), errors: &[400, 413, 415], handler: Handler::Db(h::disable_channel) },
     Route { method: "POST", path: "/v1/namespaces/{ns}/channels/{id}/rotate-secret", operation: "rotateChannelSecret", summary: "Replace the signing secret; during the overlap requests carry both signatures", access: Access::Write, query: &[], body: Body::Optional("Rotate"), ok: 200, answer: Some("Rotated"), errors: &[400, 413, 415, 422], handler: Handler::Db(h::rotate_secret) },
-    Route { method: "GET", path: "/v1/namespaces/{ns}/channels/{id}/secret", operation: "getChannelSecret", summary: "The channel's current signing secret (shown only when asked for)", access: Access::Read, query: &[], body: Body::None, ok: 200, answer: Some("Secret"), errors: &[], handler: Handler::Db(h::channel_secret) },
+    Route { method: "GET", path: "/v1/namespaces/{ns}/channels/{id}/secret", operation: "getChannelSecret", summary: "The channel's current signing secret (shown only when asked for; not to read-only tokens)", access: Access::Reveal, query: &[], body: Body::None, ok: 200, answer: Some("Secret"), errors: &[], handler: Handler::Db(h::channel_secret) },
     Route { method: "POST", path: "/v1/namespaces/{ns}/channels/{id}/test", operation: "sendTestEvent", summary: "Send a `webhook.test` event to this channel only", access: Access::Write, query: &[], body: Body::Optional("Empty"), ok: 201, answer: Some("EventIds"), errors: &[400, 409, 413, 415], handler: Handler::Db(h::test_channel) },
     Route { method: "POST", path: "/v1/namespaces/{ns}/channels/{id}/resend", operation: "resendChannel", summary: "Resend the channel's deliveries (of events since a time, in a state); dry_run only counts", access: Access::Write, query: &[], body: Body::Optional("BulkResend"), ok: 200, answer: Some("BulkResendReport"), errors: &[400, 409, 413, 415, 422], handler: Handler::Db(h::resend_channel) },
     Route { method: "GET", path: "/v1/namespaces/{ns}/rules", operation: "listRules", summary: "The namespace's rules, oldest first, a page at a time", access: Access::Read, query: PAGE, body: Body::None, ok: 200, answer: Some("RuleList"), errors: &[400, 422], handler: Handler::Db(h::list_rules) },

@@ -70,6 +70,31 @@ impl ChannelView {
     }
 }
 
+/// What a read-only token sees of a header value.
+pub const HIDDEN: &str = "***";
+
+impl ChannelView {
+    /// The view with every custom header value replaced by [`HIDDEN`] (the
+    /// names stay): what a read-only token is shown. Header values are
+    /// often the endpoint's own credentials (`Authorization: Bearer ...`).
+    pub fn redacted(mut self) -> ChannelView {
+        redact_headers(&mut self.channel);
+        self
+    }
+}
+
+/// Replaces every custom header value of `channel` by [`HIDDEN`] and drops
+/// its secrets.
+pub fn redact_headers(channel: &mut Channel) {
+    if let serde_json::Value::Object(map) = &mut channel.headers {
+        for value in map.values_mut() {
+            *value = serde_json::Value::String(HIDDEN.into());
+        }
+    }
+    channel.signing_secret = None;
+    channel.previous_signing_secret = None;
+}
+
 /// Fills in what the delivery controls hold back of `views`' channels.
 fn add_controls(client: &mut postgres::Client, views: &mut [ChannelView]) -> Result<(), OpsError> {
     let controlled: Vec<Uuid> = views
