@@ -241,6 +241,10 @@ pub fn handle(ctx: &Ctx, request: &Request) -> Response {
         Ok((route, reply)) => (route, reply),
         Err((route, e)) => (route, e.response()),
     };
+    let mut response = response;
+    if path == "/v1" || path.starts_with("/v1/") {
+        add_api_headers(&mut response);
+    }
     let took = started.elapsed();
     if let Some(t) = &ctx.telemetry {
         t.metrics.api_request(route_id, response.status, took);
@@ -253,6 +257,26 @@ pub fn handle(ctx: &Ctx, request: &Request) -> Response {
         took.as_secs_f64() * 1000.0
     );
     response
+}
+
+/// What every `/v1` answer carries: answers hold secrets and are never to
+/// be stored, sniffed, rendered as a page or framed (the console shares the
+/// origin).
+pub const API_HEADERS: [(&str, &str); 3] = [
+    ("cache-control", "no-store"),
+    ("x-content-type-options", "nosniff"),
+    (
+        "content-security-policy",
+        "default-src 'none'; frame-ancestors 'none'",
+    ),
+];
+
+fn add_api_headers(response: &mut Response) {
+    for (name, value) in API_HEADERS {
+        if !response.headers.iter().any(|(n, _)| n == name) {
+            response.headers.push((name.into(), value.into()));
+        }
+    }
 }
 
 type Failed = (&'static str, ApiError);
@@ -352,7 +376,7 @@ pub const CONSOLE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 
 /// A console file, with the security headers.
 fn console(request: &Request, rest: &str) -> Result<Response, ApiError> {
     if request.method != "GET" {
-        return Err(ApiError::new(405, "the console is read with GET"));
+        return Err(ApiError::new(405, "the console is read with GET").with_header("allow", "GET"));
     }
     let path = format!("/{}", rest.split('?').next().unwrap_or(""));
     let (content_type, bytes) = crate::console::asset(&path)

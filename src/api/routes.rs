@@ -131,7 +131,8 @@ pub fn find(method: &str, path: &str) -> Result<(&'static Route, Params), ApiErr
                 "{method} is not allowed on {path:?}; use {}",
                 allowed.join(", ")
             ),
-        ))
+        )
+        .with_header("allow", allowed.join(", ")))
     }
 }
 
@@ -178,10 +179,9 @@ mod tests {
             p,
             vec![("ns", "acme co".to_string()), ("id", "abc".to_string())]
         );
-        assert_eq!(
-            find("PUT", "/v1/namespaces/a/channels").unwrap_err().status,
-            405
-        );
+        let e = find("PUT", "/v1/namespaces/a/channels").unwrap_err();
+        assert_eq!(e.status, 405);
+        assert_eq!(e.headers, vec![("allow", "GET, POST".to_string())]);
         assert_eq!(find("GET", "/v1/nothing").unwrap_err().status, 404);
         assert_eq!(
             find("GET", "/v1/namespaces//channels").unwrap_err().status,
