@@ -533,6 +533,29 @@ fn a_read_only_customer_link_shows_no_write_button() {
 }
 
 #[test]
+fn a_token_link_asks_before_it_replaces_a_session() {
+    let Some((tools, _browser)) = browser() else {
+        return;
+    };
+    let site = Site::start();
+    let token = site.token("signed-in-operator", &["--namespace", ACME]);
+    let link = site.token(
+        "someone-elses-link",
+        &["--namespace", ACME, "--read-only", "--expires", "1h"],
+    );
+    site.scenario(
+        &tools,
+        "link_asks_before_replacing",
+        json!({
+            "token": token,
+            "name": "signed-in-operator",
+            "link_token": link,
+            "link_name": "someone-elses-link",
+        }),
+    );
+}
+
+#[test]
 fn recover_counts_with_a_dry_run_then_resends() {
     let Some((tools, _browser)) = browser() else {
         return;

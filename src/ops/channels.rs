@@ -163,6 +163,9 @@ pub struct Created {
 /// Checks a channel URL: http(s), a host, and a literal address the SSRF
 /// guard allows (host names are checked when resolved, at delivery).
 pub fn check_url(guard: &Guard, url: &str) -> Result<(), OpsError> {
+    if let Ok(parsed) = url::Url::parse(url) {
+        endpoint::check_no_credentials(&parsed).map_err(|e| OpsError::invalid("url", e))?;
+    }
     let parsed = endpoint::check_url(url).map_err(|e| OpsError::invalid("url", e))?;
     if let Some(ip) = endpoint::literal_address(&parsed) {
         guard
@@ -182,11 +185,34 @@ pub fn headers_object(headers: &[(String, String)]) -> Result<serde_json::Value,
     Ok(serde_json::Value::Object(map))
 }
 
+/// Shortest key of a signing secret a user gives (bytes after `whsec_`,
+/// decoded), as Svix requires.
+pub const MIN_SECRET_BYTES: usize = 24;
+
+/// Longest such key.
+pub const MAX_SECRET_BYTES: usize = 64;
+
+/// Checks a signing secret a user gives: `whsec_` + base64 of 24 to 64
+/// bytes. The error never quotes it.
+pub fn check_secret(secret: &str) -> Result<(), OpsError> {
+    let parsed = Secret::parse(secret).map_err(|e| OpsError::invalid("secret", e.to_string()))?;
+    let n = parsed.key_len();
+    if !(MIN_SECRET_BYTES..=MAX_SECRET_BYTES).contains(&n) {
+        return Err(OpsError::invalid(
+            "secret",
+            format!(
+                "the key after \"whsec_\" has {n} bytes; it must have {MIN_SECRET_BYTES} to {MAX_SECRET_BYTES} (leave the secret out to have one generated)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// `secret` checked, or a new generated one. The error never quotes it.
 pub fn new_secret(secret: Option<String>) -> Result<String, OpsError> {
     match secret {
         Some(s) => {
-            Secret::parse(&s).map_err(|e| OpsError::invalid("secret", e.to_string()))?;
+            check_secret(&s)?;
             Ok(s)
         }
         None => Ok(Secret::generate()),
@@ -202,7 +228,7 @@ pub fn check_new(guard: &Guard, input: &NewChannelInput) -> Result<(), OpsError>
     check_url(guard, &input.url)?;
     headers_object(&input.headers)?;
     if let Some(s) = &input.secret {
-        Secret::parse(s).map_err(|e| OpsError::invalid("secret", e.to_string()))?;
+        check_secret(s)?;
     }
     if let Some(r) = &input.rate_limit {
         parse_rate_limit("rate_limit", r)?;
@@ -413,7 +439,7 @@ pub struct Rotated {
 /// given secret's form.
 pub fn check_rotation(secret: Option<&str>, overlap: Duration) -> Result<(), OpsError> {
     if let Some(s) = secret {
-        Secret::parse(s).map_err(|e| OpsError::invalid("secret", e.to_string()))?;
+        check_secret(s)?;
     }
     if overlap > MAX_OVERLAP {
         return Err(OpsError::invalid(
@@ -614,6 +640,40 @@ mod tests {
         assert!(check_url(&strict, "ftp://example.com/").is_err());
         let loopback = Guard::new(vec!["127.0.0.0/8".parse().unwrap()]);
         check_url(&loopback, "http://127.0.0.1:9/x").unwrap();
+    }
+
+    #[test]
+    fn url_credentials_are_refused_without_being_quoted() {
+        let loopback = Guard::new(vec!["127.0.0.0/8".parse().unwrap()]);
+        for url in [
+            "http://user:hunter2@127.0.0.1:9/x",
+            "https://user@example.com/",
+            "https://:hunter2@example.com/",
+        ] {
+            let e = check_url(&loopback, url).unwrap_err().to_string();
+            assert!(e.contains("credentials"), "{e}");
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+        check_url(&loopback, "https://example.com/a@b").unwrap();
+    }
+
+    #[test]
+    fn a_users_secret_has_24_to_64_bytes() {
+        use base64::Engine;
+        let of = |n: usize| {
+            format!(
+                "whsec_{}",
+                base64::engine::general_purpose::STANDARD.encode(vec![7u8; n])
+            )
+        };
+        for n in [1, 23, 65, 128] {
+            let e = new_secret(Some(of(n))).unwrap_err().to_string();
+            assert!(e.contains("24 to 64"), "{n}: {e}");
+        }
+        for n in [24, 32, 64] {
+            new_secret(Some(of(n))).unwrap();
+        }
+        assert!(check_rotation(Some(&of(8)), Duration::ZERO).is_err());
     }
 
     #[test]

@@ -463,7 +463,33 @@ def revoked(browser, p, out):
     c.finish()
 
 
-SCENARIOS = {f.__name__: f for f in (namespace_isolation, event_detail, event_log, create_and_edit, hostile_text, read_only, recover, revoked)}
+def link_asks_before_replacing(browser, p, out):
+    """A `#token=` link opened while signed in asks before it replaces the
+    session: kept, the session stays; accepted, the link's token signs in."""
+    c = Console(browser, p["base"])
+    c.sign_in(p["token"])
+    expect(c.page.locator("#who")).to_contain_text(p["name"])
+    c.page.evaluate("t => { location.hash = '#token=' + t; }", p["link_token"])
+    expect(c.page.locator("#link-question")).to_be_visible()
+    check("token=" not in c.page.url, f"the token is still in the address bar: {c.page.url}")
+    stored = c.page.evaluate("() => sessionStorage.getItem('nr-console.token')")
+    check(stored == p["token"], "the link replaced the session before asking")
+    c.page.locator("#link-keep").click()
+    c.page.wait_for_function("() => document.body.dataset.rendered !== 'link'")
+    expect(c.page.locator("#who")).to_contain_text(p["name"])
+    stored = c.page.evaluate("() => sessionStorage.getItem('nr-console.token')")
+    check(stored == p["token"], "a declined link replaced the session's token")
+
+    c.page.evaluate("t => { location.hash = '#token=' + t; }", p["link_token"])
+    c.page.locator("#link-accept").click()
+    expect(c.page.locator("#who")).to_contain_text(p["link_name"])
+    stored = c.page.evaluate("() => sessionStorage.getItem('nr-console.token')")
+    check(stored == p["link_token"], "an accepted link did not sign in with its token")
+    c.no_error()
+    c.finish()
+
+
+SCENARIOS = {f.__name__: f for f in (namespace_isolation, event_detail, event_log, create_and_edit, hostile_text, read_only, recover, revoked, link_asks_before_replacing)}
 
 
 def main():
