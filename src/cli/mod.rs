@@ -9,6 +9,7 @@ mod admin;
 mod channel;
 mod event;
 mod rule;
+mod secrets;
 mod token;
 
 use std::path::PathBuf;
@@ -111,6 +112,22 @@ pub enum Command {
     },
     /// A development webhook receiver that verifies signatures.
     Sink(SinkArgs),
+    /// Encryption at rest of signing secrets and header values.
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
+}
+
+/// `secrets …`
+#[derive(Debug, Subcommand)]
+pub enum SecretsCommand {
+    /// Re-encrypt every signing secret and header value under a new key,
+    /// online, in small steps; then point `[secrets] key_file` at the new
+    /// file and restart each instance (both keys are readable meanwhile).
+    RotateKey {
+        /// The new key: a file of 32 random bytes as base64.
+        #[arg(long, value_name = "F")]
+        new_key_file: std::path::PathBuf,
+    },
 }
 
 /// `token …`
@@ -384,6 +401,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn dispatch(command: Command, config: &Config) -> anyhow::Result<ExitCode> {
+    // Values are sealed with, and opened by, the configured key.
+    crate::secrets::install(config.secrets.key.clone());
     match command {
         Command::Migrate => admin::migrate(config),
         Command::CheckConfig => admin::check_config(config),
@@ -392,6 +411,13 @@ fn dispatch(command: Command, config: &Config) -> anyhow::Result<ExitCode> {
             for warning in crate::config_check::warnings(config) {
                 log::warn!("{}: {warning}", config.path.display());
             }
+            // Refuse to start rather than fail deliveries whose secrets
+            // this instance cannot decrypt.
+            // (A database not reachable yet, or not migrated, is the
+            // daemon's own business to report.)
+            if let Ok(mut client) = connect(config) {
+                crate::db::secrets::check_readable(&mut client)?;
+            }
             crate::service::daemon::run(config)
         }
         Command::Once { json } => crate::service::once::run(config, json),
@@ -399,6 +425,9 @@ fn dispatch(command: Command, config: &Config) -> anyhow::Result<ExitCode> {
         Command::Rule(c) => rule::run(config, c),
         Command::Event(c) => event::run(config, c),
         Command::Token(c) => token::run(config, c),
+        Command::Secrets(SecretsCommand::RotateKey { new_key_file }) => {
+            secrets::rotate_key(config, &new_key_file)
+        }
         Command::Resend {
             event_id: Some(event_id),
             channel,

@@ -16,6 +16,7 @@ pub mod leaders;
 pub mod migrate;
 pub mod prune;
 pub mod rules;
+pub mod secrets;
 pub mod shards;
 pub mod statuses;
 pub mod tokens;
@@ -74,6 +75,10 @@ pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
 /// A database failure, with what was being done.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
+    /// A stored signing secret or header value cannot be opened (a key
+    /// this instance does not have, or a damaged value).
+    #[error(transparent)]
+    Secret(#[from] crate::secrets::SecretsError),
     /// The server could not be reached or refused the login.
     #[error("cannot connect to the database at {url}: {source}")]
     Connect {

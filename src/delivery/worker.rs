@@ -222,13 +222,31 @@ fn usable_channel(status: &DueStatus) -> Result<UsableChannel, Outcome> {
         return Err(Outcome::ChannelUnassigned);
     }
     endpoint::check_url(&t.url).map_err(Outcome::InvalidChannel)?;
-    let secret = SigningKeys::parse(
-        &t.signing_secret,
-        t.previous_secret.as_deref(),
-        t.previous_until,
-    )
-    .map_err(|e| Outcome::InvalidChannel(format!("signing secret: {e}")))?;
-    let headers = endpoint::parse_headers(&t.headers).map_err(Outcome::InvalidChannel)?;
+    // Stored values may be sealed (`[secrets] key_file`); `db::due` has
+    // learned every key they name that this instance can reach.
+    let unsealed = |e: crate::secrets::SecretsError| {
+        log::error!("channel {}: {e}", t.id);
+        Outcome::InvalidChannel(
+            "the channel's secrets cannot be decrypted by this instance (see its log)".into(),
+        )
+    };
+    let current = crate::secrets::open(&t.signing_secret, crate::secrets::SIGNING_SECRET)
+        .map_err(unsealed)?;
+    let previous = t
+        .previous_secret
+        .as_deref()
+        .map(|p| crate::secrets::open(p, crate::secrets::SIGNING_SECRET))
+        .transpose()
+        .map_err(unsealed)?;
+    let secret = SigningKeys::parse(&current, previous.as_deref(), t.previous_until)
+        .map_err(|e| Outcome::InvalidChannel(format!("signing secret: {e}")))?;
+    let mut headers = endpoint::parse_headers(&t.headers).map_err(Outcome::InvalidChannel)?;
+    for (name, value) in &mut headers {
+        if value.starts_with(crate::secrets::PREFIX) {
+            *value = crate::secrets::open(value, crate::secrets::HEADER_VALUE).map_err(unsealed)?;
+            endpoint::check_header(name, value).map_err(Outcome::InvalidChannel)?;
+        }
+    }
     Ok(UsableChannel { secret, headers })
 }
 
