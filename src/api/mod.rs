@@ -57,6 +57,7 @@ pub struct Ctx {
     guard: Guard,
     config: Config,
     tokens: auth::TokenCache,
+    limiter: auth::TokenLimiter,
     telemetry: Option<Arc<Telemetry>>,
 }
 
@@ -137,15 +138,16 @@ pub struct Api {
 /// How often expired idempotency keys are removed.
 const EXPIRY_EVERY: Duration = Duration::from_secs(600);
 
-/// The thread that removes expired idempotency keys, in batches, every
-/// [`EXPIRY_EVERY`]; stopped and joined when dropped.
+/// The thread that removes expired idempotency keys, in batches, and the
+/// audit rows older than `retention.keep_audit`, every [`EXPIRY_EVERY`];
+/// stopped and joined when dropped.
 struct Expiry {
     stop: Option<crossbeam_channel::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Expiry {
-    fn start(pool: db::Pool) -> std::io::Result<Expiry> {
+    fn start(pool: db::Pool, keep_audit: Duration) -> std::io::Result<Expiry> {
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
         let thread = std::thread::Builder::new()
             .name("api-expiry".into())
@@ -161,6 +163,13 @@ impl Expiry {
                                 break;
                             }
                         }
+                    }
+                    match crate::ops::audit::prune(&mut conn.client, keep_audit) {
+                        Ok(0) => {}
+                        Ok(n) => log::info!(
+                            "api: pruned {n} audit row(s) older than retention.keep_audit"
+                        ),
+                        Err(e) => log::warn!("api: pruning the audit trail: {e}"),
                     }
                 }
                 if stopped.recv_timeout(EXPIRY_EVERY)
@@ -200,7 +209,7 @@ pub fn serve(
 ) -> Result<Api, ApiStartError> {
     let size = config.database.pool_size;
     let pool = db::pool(&config.database, size, &crate::lock::app_name("api"))?;
-    let expiry = match Expiry::start(pool.clone()) {
+    let expiry = match Expiry::start(pool.clone(), config.retention.keep_audit) {
         Ok(e) => Some(e),
         Err(e) => {
             log::warn!("api: cannot start the idempotency key expiry: {e}");
@@ -211,7 +220,8 @@ pub fn serve(
         pool,
         guard: Guard::new(config.delivery.allow_networks.clone()),
         config: config.clone(),
-        tokens: auth::TokenCache::default(),
+        tokens: auth::TokenCache::new(config.database.clone()),
+        limiter: auth::TokenLimiter::new(config.api.token_rate_limit),
         telemetry,
     });
     let limits = http_server::Limits {
@@ -301,14 +311,16 @@ fn answer(
     let (route, params) = routes::find(&request.method, path).map_err(|e| ("unrouted", e))?;
     let id = route.operation;
     let fail = |e: ApiError| (id, e);
-    let handler = match route.handler {
-        routes::Handler::Static(answer) => return Ok((id, answer())),
-        routes::Handler::Db(handler) => handler,
-    };
+    if let routes::Handler::Static(answer) = route.handler {
+        return Ok((id, answer()));
+    }
     let token = ctx
         .tokens
-        .authenticate(request.header("authorization"), || pooled(ctx))
+        .authenticate(request.header("authorization"))
         .map_err(fail)?;
+    ctx.limiter
+        .take(token.id, Instant::now())
+        .map_err(|wait| fail(auth::too_many(wait, ctx.config.api.token_rate_limit)))?;
     let ns = params
         .iter()
         .find(|(n, _)| *n == "ns")
@@ -327,6 +339,9 @@ fn answer(
         Access::Write if token.read_only => {
             return Err(fail(ApiError::new(403, "this token is read-only")))
         }
+        Access::Admin if token.read_only && route.method != "GET" => {
+            return Err(fail(ApiError::new(403, "this token is read-only")))
+        }
         Access::Reveal if token.read_only => {
             return Err(fail(ApiError::new(
                 403,
@@ -343,7 +358,11 @@ fn answer(
         token: Some(token),
     };
     let mut conn = pooled(ctx).map_err(fail)?;
-    let result = handler(ctx, &call, &mut conn.client);
+    let result = match route.handler {
+        routes::Handler::Db(handler) => handler(ctx, &call, &mut conn.client),
+        routes::Handler::Write(handler) => audited(ctx, &call, handler, &mut conn.client),
+        routes::Handler::Static(_) => unreachable!("answered above"),
+    };
     if let Err(e) = &result {
         if e.status >= 500 {
             conn.discard = true;
@@ -356,6 +375,60 @@ fn answer(
     };
     response.headers.extend(reply.headers);
     Ok((id, response))
+}
+
+/// Runs a change and writes its audit row in one transaction: the route's
+/// operation, the token as the actor, the object named by the path's
+/// `{id}` or, for a create, by the answer's `"id"`.
+fn audited(
+    ctx: &Ctx,
+    call: &Call<'_>,
+    handler: fn(&Ctx, &Call<'_>, &mut postgres::Transaction<'_>) -> Result<Reply, ApiError>,
+    client: &mut postgres::Client,
+) -> Result<Reply, ApiError> {
+    let token = call
+        .token
+        .as_ref()
+        .ok_or_else(|| ApiError::new(401, "send an API token"))?;
+    let actor = crate::db::audit::Actor::Token {
+        id: token.id,
+        name: token.name.clone(),
+    };
+    let mut tx = client
+        .transaction()
+        .map_err(|e| ApiError::from(DbError::query("starting a change")(e)))?;
+    let reply = handler(ctx, call, &mut tx)?;
+    let object_id = match call.param("id") {
+        "" => reply
+            .body
+            .as_deref()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+            .and_then(|v| v["id"].as_str().map(String::from)),
+        id => Some(id.to_string()),
+    };
+    let what = crate::ops::audit::Change {
+        namespace: Some(call.ns()).filter(|ns| !ns.is_empty()),
+        operation: call.route.operation,
+        object_kind: object_kind(call.route.path),
+    };
+    crate::ops::audit::record(&mut tx, &actor, what, object_id)?;
+    tx.commit()
+        .map_err(|e| ApiError::from(DbError::query("committing a change")(e)))?;
+    Ok(reply)
+}
+
+/// The kind of object a route under `{ns}` changes: its first segment
+/// after the namespace, singular (`channels` -> `channel`; `portal` makes a
+/// `token`).
+pub fn object_kind(path: &str) -> &'static str {
+    let rest = path.strip_prefix("/v1/namespaces/{ns}/").unwrap_or("");
+    match rest.split('/').next().unwrap_or("") {
+        "channels" => "channel",
+        "rules" => "rule",
+        "events" => "event",
+        "portal" => "token",
+        _ => "other",
+    }
 }
 
 /// A pooled connection, or 503 after [`POOL_WAIT`].

@@ -73,6 +73,53 @@ fn state() -> Value {
     json!({ "type": "string", "enum": ["PENDING", "SENDING", "RESENDING", "SUCCESS", "FAILED"] })
 }
 
+/// The schemas of the audit trail and portal links.
+fn add_edges(all: &mut Value) {
+    all["AuditEntry"] = object(
+        json!({
+            "id": uuid(), "at": time(), "namespace": nullable("string"),
+            "actor": {
+                "type": "object",
+                "description": "A token (kind \"token\", its id and name) or the command line (kind \"cli\", the OS user)",
+                "properties": { "kind": { "type": "string", "enum": ["token", "cli"] }, "id": uuid(), "name": { "type": "string" }, "user": { "type": "string" } },
+                "required": ["kind"]
+            },
+            "operation": { "type": "string", "description": "The operationId of the change (createChannel, revokeToken, ...)" },
+            "object_kind": { "type": "string", "enum": ["channel", "rule", "event", "token", "secrets"] },
+            "object_id": nullable("string")
+        }),
+        &[
+            "id",
+            "at",
+            "namespace",
+            "actor",
+            "operation",
+            "object_kind",
+            "object_id",
+        ],
+        false,
+    );
+    all["AuditList"] = list_of("AuditEntry");
+    all["PortalCreate"] = object(
+        json!({
+            "read_only": { "type": "boolean", "default": true, "description": "A read-only link (the default) sees no secret and no header value" },
+            "expires_in": { "type": "string", "default": "24h", "description": "Lifetime, e.g. \"30m\", \"24h\"; at most api.max_portal_ttl" }
+        }),
+        &[],
+        true,
+    );
+    all["Portal"] = object(
+        json!({
+            "id": { "type": "string", "format": "uuid", "description": "The new token's id (what `token revoke` takes)" },
+            "url": { "type": "string", "description": "<api.public_url>/console/#token=...; relative when api.public_url is unset" },
+            "token": { "type": "string" },
+            "expires_at": time()
+        }),
+        &["id", "url", "token", "expires_at"],
+        false,
+    );
+}
+
 fn schemas() -> Value {
     let channel_props = json!({
         "id": uuid(), "namespace": { "type": "string" }, "name": { "type": "string" },
@@ -151,7 +198,7 @@ fn schemas() -> Value {
         false,
     );
     let counts = json!({ "type": "object", "additionalProperties": { "type": "integer" } });
-    json!({
+    let mut all = json!({
         "Error": object(json!({
             "error": object(json!({
                 "code": { "type": "string", "enum": ["bad_request", "unauthorized", "forbidden", "not_found", "method_not_allowed", "conflict", "too_large", "unsupported_media_type", "invalid", "unavailable", "internal"] },
@@ -255,7 +302,9 @@ fn schemas() -> Value {
             "shard_count": { "type": "integer" }
         }), &["by_state", "due_now", "schema", "schema_version"], false),
         "OpenApi": { "type": "object" }
-    })
+    });
+    add_edges(&mut all);
+    all
 }
 
 fn error_response(status: u16) -> Value {
@@ -381,7 +430,7 @@ fn build() -> Value {
         "info": {
             "title": "notification-reconciler management API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Channels, rules, events and their delivery record. JSON in and out. Every route but this document needs `Authorization: Bearer TOKEN` (made by `notification-reconciler token create`). A namespace token works only under its own namespace (others answer 404); a read-only token gets 403 on every write; admin tokens work everywhere. Errors: {\"error\": {\"code\", \"message\", \"param\"?}}."
+            "description": "Channels, rules, events and their delivery record. JSON in and out. Every route but this document needs `Authorization: Bearer TOKEN` (made by `notification-reconciler token create`). A namespace token works only under its own namespace (others answer 404); a read-only token gets 403 on every write and on the signing secret, and sees header values as \"***\"; admin tokens work everywhere. Every answer carries Cache-Control: no-store; above api.token_rate_limit a token gets 429 with Retry-After. Errors: {\"error\": {\"code\", \"message\", \"param\"?}}."
         },
         "servers": [{ "url": "/" }],
         "security": [{ "bearer": [] }],
@@ -419,6 +468,6 @@ mod tests {
             let name: String = rest.chars().take_while(|c| c.is_alphanumeric()).collect();
             assert!(schemas.contains_key(&name), "missing schema {name}");
         }
-        assert_eq!(document()["paths"].as_object().unwrap().len(), 18);
+        assert_eq!(document()["paths"].as_object().unwrap().len(), 20);
     }
 }

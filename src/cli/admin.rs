@@ -198,6 +198,13 @@ pub fn prune(
     let older_than = older_than.unwrap_or(config.retention.keep_finished);
     let mut client = super::connect(config)?;
     let report = crate::ops::prune::prune(&mut client, older_than, dry_run)?;
+    if !dry_run {
+        let n = crate::ops::audit::prune(&mut client, config.retention.keep_audit)
+            .map_err(super::ops_error)?;
+        if n > 0 {
+            eprintln!("removed {n} audit row(s) older than retention.keep_audit");
+        }
+    }
     if json {
         super::print_json(&report)?;
         return Ok(ExitCode::SUCCESS);

@@ -115,6 +115,19 @@ pub enum Command {
     /// Encryption at rest of signing secrets and header values.
     #[command(subcommand)]
     Secrets(SecretsCommand),
+    /// Who changed what in a namespace (the audit trail), newest first.
+    Audit {
+        /// The namespace.
+        #[arg(long)]
+        namespace: String,
+        /// Only changes at or after TIME: an RFC 3339 time or a duration
+        /// ago (`24h`).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `secrets …`
@@ -428,6 +441,11 @@ fn dispatch(command: Command, config: &Config) -> anyhow::Result<ExitCode> {
         Command::Secrets(SecretsCommand::RotateKey { new_key_file }) => {
             secrets::rotate_key(config, &new_key_file)
         }
+        Command::Audit {
+            namespace,
+            since,
+            json,
+        } => secrets::audit(config, &namespace, since.as_deref(), json),
         Command::Resend {
             event_id: Some(event_id),
             channel,
@@ -455,6 +473,34 @@ fn dispatch(command: Command, config: &Config) -> anyhow::Result<ExitCode> {
         } => admin::prune(config, older_than, dry_run, json),
         Command::Sink(_) => unreachable!("handled before loading the config"),
     }
+}
+
+/// Records a change made by the command line (the OS user as the actor)
+/// inside `tx`, the change's own transaction, then commits both.
+pub(crate) fn commit_audited(
+    mut tx: postgres::Transaction<'_>,
+    namespace: Option<&str>,
+    operation: &str,
+    object_kind: &str,
+    object_id: Option<String>,
+) -> anyhow::Result<()> {
+    let what = crate::ops::audit::Change {
+        namespace,
+        operation,
+        object_kind,
+    };
+    crate::ops::audit::record(&mut tx, &crate::ops::audit::cli_actor(), what, object_id)
+        .map_err(ops_error)?;
+    tx.commit()
+        .map_err(crate::db::DbError::query("committing a change"))?;
+    Ok(())
+}
+
+/// A transaction on `client` for one change.
+pub(crate) fn begin(client: &mut postgres::Client) -> anyhow::Result<postgres::Transaction<'_>> {
+    Ok(client
+        .transaction()
+        .map_err(crate::db::DbError::query("starting a change"))?)
 }
 
 /// Logging to stderr; `RUST_LOG` overrides the configured level.

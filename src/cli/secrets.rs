@@ -1,3 +1,4 @@
+//! `audit --namespace NS`: the namespace's audit trail. And
 //! `secrets rotate-key --new-key-file F`: re-encrypts every signing secret
 //! and header value under a new key, online (a few channels per short
 //! transaction, so deliveries and API calls go on), after storing the
@@ -31,14 +32,24 @@ pub fn rotate_key(config: &Config, new_key_file: &Path) -> anyhow::Result<ExitCo
     let mut client = super::connect(config)?;
     if new.id() == current.id() {
         let n = db_secrets::reseal_all(&mut client, &new, BATCH)?;
-        let bridges = db_secrets::drop_bridges(&mut client)?;
+        let mut tx = super::begin(&mut client)?;
+        let bridges = db_secrets::drop_bridges(&mut tx)?;
+        super::commit_audited(
+            tx,
+            None,
+            "finishKeyRotation",
+            "secrets",
+            Some(new.id().to_string()),
+        )?;
         println!(
             "key {}: re-encrypted {n} channel(s) still under another key; removed {bridges} key bridge(s): only this key reads the stored secrets now",
             new.id()
         );
         return Ok(ExitCode::SUCCESS);
     }
-    db_secrets::add_bridges(&mut client, &current, &new)?;
+    let mut tx = super::begin(&mut client)?;
+    db_secrets::add_bridges(&mut tx, &current, &new)?;
+    super::commit_audited(tx, None, "rotateKey", "secrets", Some(new.id().to_string()))?;
     secrets::learn(current.clone());
     secrets::install(Some(new.clone()));
     let n = db_secrets::reseal_all(&mut client, &new, BATCH)?;
@@ -52,5 +63,51 @@ pub fn rotate_key(config: &Config, new_key_file: &Path) -> anyhow::Result<ExitCo
         new_key_file.display().to_string(),
         new_key_file.display()
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `audit --namespace NS [--since TIME] [--json]`: every recorded change of
+/// the namespace, newest first.
+pub fn audit(
+    config: &Config,
+    namespace: &str,
+    since: Option<&str>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use crate::ops::page::Page;
+    let since = since
+        .map(|s| crate::ops::channels::parse_since("since", s))
+        .transpose()
+        .map_err(super::ops_error)?;
+    let mut client = super::connect(config)?;
+    let mut rows = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = Page::parse(Some("500"), cursor.as_deref()).map_err(super::ops_error)?;
+        let paged = crate::ops::audit::list(&mut client, Some(namespace), since, page)
+            .map_err(super::ops_error)?;
+        rows.extend(paged.items);
+        match paged.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    if json {
+        super::print_json(&rows)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for r in &rows {
+        let actor = match &r.actor {
+            crate::db::audit::Actor::Token { id, name } => format!("token {name} ({id})"),
+            crate::db::audit::Actor::Cli { user } => format!("cli {user}"),
+        };
+        println!(
+            "{}  {actor}  {}  {} {}",
+            r.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            r.operation,
+            r.object_kind,
+            r.object_id.as_deref().unwrap_or("-")
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -7,6 +7,7 @@
 //! queries name tables unqualified. Decisions about what to write live in
 //! `state`; this module only moves rows.
 
+pub mod audit;
 pub mod channels;
 pub mod controls;
 pub mod due;

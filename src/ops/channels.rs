@@ -96,7 +96,10 @@ pub fn redact_headers(channel: &mut Channel) {
 }
 
 /// Fills in what the delivery controls hold back of `views`' channels.
-fn add_controls(client: &mut postgres::Client, views: &mut [ChannelView]) -> Result<(), OpsError> {
+fn add_controls(
+    client: &mut impl postgres::GenericClient,
+    views: &mut [ChannelView],
+) -> Result<(), OpsError> {
     let controlled: Vec<Uuid> = views
         .iter()
         .filter(|v| v.channel.rate_limit.is_some() || v.channel.ordered)
@@ -238,7 +241,7 @@ pub fn check_new(guard: &Guard, input: &NewChannelInput) -> Result<(), OpsError>
 
 /// Creates a channel.
 pub fn create(
-    client: &mut postgres::Client,
+    client: &mut impl postgres::GenericClient,
     guard: &Guard,
     input: NewChannelInput,
 ) -> Result<Created, OpsError> {
@@ -271,7 +274,7 @@ pub fn create(
 /// Lists live channels, optionally of one namespace, one page at a time
 /// (`page` = `None`: all of them). Secrets only with `with_secrets`.
 pub fn list(
-    client: &mut postgres::Client,
+    client: &mut impl postgres::GenericClient,
     namespace: Option<&str>,
     page: Option<Page>,
     with_secrets: bool,
@@ -297,7 +300,7 @@ pub fn list(
 
 /// The live channel `id` of `namespace` (any, when `None`), without secrets.
 pub fn stored(
-    client: &mut postgres::Client,
+    client: &mut impl postgres::GenericClient,
     namespace: Option<&str>,
     id: Uuid,
     with_secrets: bool,
@@ -309,7 +312,7 @@ pub fn stored(
 
 /// One channel with its health.
 pub fn get(
-    client: &mut postgres::Client,
+    client: &mut impl postgres::GenericClient,
     namespace: Option<&str>,
     id: Uuid,
 ) -> Result<ChannelView, OpsError> {
@@ -376,7 +379,7 @@ pub fn check_patch(guard: &Guard, patch: &ChannelPatch) -> Result<(), OpsError> 
 /// already enqueued go to the new URL from their next attempt, under the new
 /// controls from the leader's next sweep; the delivery record is kept.
 pub fn update(
-    client: &mut postgres::Client,
+    client: &mut impl postgres::GenericClient,
     guard: &Guard,
     namespace: Option<&str>,
     id: Uuid,
@@ -400,7 +403,7 @@ pub fn update(
 
 /// Enables or disables a channel (disabling fails its pending deliveries).
 pub fn set_disabled(
-    client: &mut postgres::Client,
+    client: &mut impl postgres::GenericClient,
     namespace: Option<&str>,
     id: Uuid,
     disabled: bool,
@@ -414,7 +417,7 @@ pub fn set_disabled(
 
 /// Soft-deletes a channel (its pending deliveries fail).
 pub fn delete(
-    client: &mut postgres::Client,
+    client: &mut impl postgres::GenericClient,
     namespace: Option<&str>,
     id: Uuid,
 ) -> Result<(), OpsError> {
@@ -457,7 +460,7 @@ pub fn check_rotation(secret: Option<&str>, overlap: Duration) -> Result<(), Ops
 /// Replaces a channel's signing secret (`secret`, or a generated one); the
 /// old one stays valid for `overlap` (at most [`MAX_OVERLAP`]).
 pub fn rotate_secret(
-    client: &mut postgres::Client,
+    client: &mut impl postgres::GenericClient,
     namespace: Option<&str>,
     id: Uuid,
     secret: Option<String>,
@@ -476,7 +479,7 @@ pub fn rotate_secret(
 
 /// A channel's current signing secret (shown only when asked for).
 pub fn secret(
-    client: &mut postgres::Client,
+    client: &mut impl postgres::GenericClient,
     namespace: Option<&str>,
     id: Uuid,
 ) -> Result<String, OpsError> {
@@ -519,7 +522,7 @@ pub fn resendable_states(state: Option<State>) -> Result<Vec<State>, OpsError> {
 /// RESENDING, or with `dry_run` only counts them. The channel must be
 /// enabled: resent deliveries of a disabled channel would only fail again.
 pub fn resend(
-    client: &mut postgres::Client,
+    client: &mut impl postgres::GenericClient,
     namespace: Option<&str>,
     id: Uuid,
     since: Option<DateTime<Utc>>,
@@ -557,7 +560,7 @@ pub const TEST_EVENT_TYPE: &str = "webhook.test";
 /// Sends a test event (type [`TEST_EVENT_TYPE`]) to this channel only;
 /// returns its id. The channel must be enabled.
 pub fn send_test(
-    client: &mut postgres::Client,
+    client: &mut impl postgres::GenericClient,
     namespace: Option<&str>,
     id: Uuid,
 ) -> Result<Uuid, OpsError> {

@@ -23,8 +23,8 @@ CREATE TABLE secret_key_bridge (
 -- the change's own transaction. The actor is a token (its id and name) or
 -- the command line (`cli` and the OS user).
 CREATE TABLE audit (
-    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    at          timestamptz NOT NULL DEFAULT now(),
+    id          uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    at          timestamptz NOT NULL DEFAULT clock_timestamp(),
     namespace   text,
     actor_kind  text NOT NULL CHECK (actor_kind IN ('token', 'cli')),
     actor_id    uuid,
