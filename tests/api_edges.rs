@@ -264,7 +264,10 @@ fn every_write_route_and_cli_change_leaves_exactly_one_audit_row() {
     );
     let b_rows = audit_rows(api, &b, "b");
     assert_eq!(b_rows.len(), 1, "{b_rows:?}");
-    assert_eq!(b_rows[0]["operation"], "createToken", "its own token's creation");
+    assert_eq!(
+        b_rows[0]["operation"], "createToken",
+        "its own token's creation"
+    );
     // A failed change leaves no row.
     let bad = call(
         api,

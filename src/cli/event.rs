@@ -224,11 +224,12 @@ fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
 pub fn resend(config: &Config, event_id: Uuid, channel: Option<Uuid>) -> anyhow::Result<ExitCode> {
     let mut client = super::connect(config)?;
     let mut tx = super::begin(&mut client)?;
+    // Resend first: an unknown event gets its own message from it.
+    let result = ops_events::resend(&mut tx, None, event_id, channel).map_err(ops_error)?;
     let ns = ops_events::show(&mut tx, None, event_id)
         .map_err(ops_error)?
         .0
         .namespace;
-    let result = ops_events::resend(&mut tx, None, event_id, channel).map_err(ops_error)?;
     super::commit_audited(
         tx,
         Some(&ns),
