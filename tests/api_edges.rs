@@ -495,3 +495,94 @@ fn a_flood_of_made_up_tokens_cannot_slow_a_real_one() {
     );
     assert!(p99 < Duration::from_millis(250), "p99 {p99:?}");
 }
+
+#[test]
+fn every_cli_change_leaves_exactly_one_audit_row_naming_the_os_user() {
+    let db = migrated_db();
+    let bin = Bin::for_database(&db.url).env("USER", "alice");
+    let trail = || -> Vec<Value> {
+        serde_json::from_str::<Value>(&bin.ok(&["audit", "--namespace", "a", "--json"]))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let ch = bin.create_channel("a", "c", "http://127.0.0.1:9/", &[]);
+    let rule = bin.create_rule("a", "r", "e", &[&ch], None);
+    let event = bin
+        .ok(&[
+            "event",
+            "emit",
+            "--namespace",
+            "a",
+            "--type",
+            "e",
+            "--data",
+            "{}",
+        ])
+        .trim()
+        .to_string();
+    db.client()
+        .execute(
+            "UPDATE notification.delivery_status SET state = 'FAILED'",
+            &[],
+        )
+        .unwrap();
+    let token = bin.ok(&["token", "create", "--name", "t", "--namespace", "a"]);
+    let token_id = bin
+        .ok(&["token", "list", "--json"])
+        .parse::<Value>()
+        .unwrap()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(token.starts_with("nrt_"));
+    let steps: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["channel", "update", &ch, "--name", "c2"],
+            "updateChannel",
+        ),
+        (vec!["channel", "disable", &ch], "disableChannel"),
+        (vec!["channel", "enable", &ch], "enableChannel"),
+        (
+            vec!["channel", "rotate-secret", &ch, "--overlap", "0s"],
+            "rotateChannelSecret",
+        ),
+        (vec!["resend", &event], "resendEvent"),
+        (vec!["resend", "--channel", &ch], "resendChannel"),
+        (vec!["rule", "update", &rule, "--no-filter"], "updateRule"),
+        (vec!["rule", "delete", &rule], "deleteRule"),
+        (vec!["channel", "delete", &ch], "deleteChannel"),
+        (vec!["token", "revoke", &token_id], "revokeToken"),
+    ];
+    let ops: Vec<String> = trail()
+        .iter()
+        .map(|r| r["operation"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        ops,
+        ["createToken", "createRule", "createChannel"],
+        "event emit leaves none"
+    );
+    for (args, operation) in steps {
+        let before = trail().len();
+        bin.ok(&args);
+        let rows = trail();
+        assert_eq!(rows.len(), before + 1, "{args:?}: {rows:?}");
+        assert_eq!(rows[0]["operation"], operation, "{args:?}");
+        assert_eq!(
+            rows[0]["actor"],
+            json!({"kind": "cli", "user": "alice"}),
+            "{args:?}"
+        );
+    }
+    // The text form names the actor and the operation.
+    let text = bin.ok(&["audit", "--namespace", "a"]);
+    assert!(
+        text.lines()
+            .next()
+            .unwrap()
+            .contains("cli alice  revokeToken  token"),
+        "{text}"
+    );
+}

@@ -181,6 +181,42 @@ fn with_a_key_a_dump_holds_no_secret_nor_header_value_and_deliveries_verify() {
         .collect();
     assert_eq!(keys.len(), 2, "{keys:?}");
 
+    // A rotation with an overlap signs with both secrets, sealed too.
+    let rotated = cli.ok(&["channel", "rotate-secret", &c1, "--overlap", "1h"]);
+    let s1_new = rotated.trim().to_string();
+    assert!(!dump(&db).contains(s1_new.trim_start_matches("whsec_")));
+    cli.ok(&[
+        "event",
+        "emit",
+        "--namespace",
+        "acme",
+        "--type",
+        "e",
+        "--data",
+        "{}",
+    ]);
+    let out = cli.run(&["once"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(receiver.wait_for(4, Duration::from_secs(30)));
+    let last_one = receiver
+        .requests()
+        .into_iter()
+        .filter(|rq| rq.header("x-channel-key") == Some("header-value-one"))
+        .last()
+        .unwrap();
+    for secret in [&s1, &s1_new] {
+        sign::verify(
+            &Secret::parse(secret).unwrap(),
+            last_one.header("webhook-id").unwrap(),
+            last_one.header("webhook-timestamp").unwrap(),
+            last_one.header("webhook-signature").unwrap(),
+            &last_one.body,
+            Utc::now().timestamp(),
+            Duration::from_secs(3600),
+        )
+        .expect("both secrets verify during the overlap");
+    }
+
     // An instance without the key refuses to start, naming the setting.
     let config = config_toml(&db.url, 2, "1s", "", "");
     let mut daemon = Daemon::run("no key", &config, &[]);
