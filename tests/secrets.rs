@@ -201,8 +201,8 @@ fn with_a_key_a_dump_holds_no_secret_nor_header_value_and_deliveries_verify() {
     let last_one = receiver
         .requests()
         .into_iter()
-        .filter(|rq| rq.header("x-channel-key") == Some("header-value-one"))
-        .last()
+        .rev()
+        .find(|rq| rq.header("x-channel-key") == Some("header-value-one"))
         .unwrap();
     for secret in [&s1, &s1_new] {
         sign::verify(
