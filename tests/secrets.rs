@@ -217,6 +217,13 @@ fn with_a_key_a_dump_holds_no_secret_nor_header_value_and_deliveries_verify() {
         .expect("both secrets verify during the overlap");
     }
 
+    // Without the key, `once` refuses too (instead of failing deliveries).
+    let out = plain.run(&["once"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("key_file"),
+        "{out:?}"
+    );
     // An instance without the key refuses to start, naming the setting.
     let config = config_toml(&db.url, 2, "1s", "", "");
     let mut daemon = Daemon::run("no key", &config, &[]);

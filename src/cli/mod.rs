@@ -433,7 +433,13 @@ fn dispatch(command: Command, config: &Config) -> anyhow::Result<ExitCode> {
             }
             crate::service::daemon::run(config)
         }
-        Command::Once { json } => crate::service::once::run(config, json),
+        Command::Once { json } => {
+            // As `run`: refuse rather than fail deliveries it cannot sign.
+            if let Ok(mut client) = connect(config) {
+                crate::db::secrets::check_readable(&mut client)?;
+            }
+            crate::service::once::run(config, json)
+        }
         Command::Channel(c) => channel::run(config, c),
         Command::Rule(c) => rule::run(config, c),
         Command::Event(c) => event::run(config, c),
