@@ -424,7 +424,7 @@ fn a_database_holding_channels_upgrades_from_version_10_and_a_key_encrypts_them(
     let mut c = db.client();
     seed_channel_and_rule(&mut c);
     c.batch_execute(
-        "UPDATE channel SET headers = '{\"X-Api-Key\": \"header-credential\"}';
+        "UPDATE channel SET headers = '{\"X-Api-Key\": \"header-credential\", \"X-Bad\": 1}';
          SELECT enqueue_event('acme', 'paid', '{}'::jsonb) FROM generate_series(1, 5);",
     )
     .expect("seed");
