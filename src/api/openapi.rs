@@ -311,12 +311,13 @@ fn error_response(status: u16) -> Value {
     let what = match status {
         400 => "Malformed request: not JSON, not UTF-8, an unknown field or query parameter, a repeated parameter",
         401 => "No token, or an unknown, revoked or expired one",
-        403 => "The token may not do this (read-only token on a write; a non-admin token on an admin route)",
+        403 => "The token may not do this (read-only token on a write or a signing secret; a non-admin token on an admin route)",
         404 => "No such object in this namespace (another namespace's objects answer 404 too)",
         409 => "The object's state forbids it (e.g. resending to a disabled channel)",
         413 => "Body over api.max_body_bytes, or payload over delivery.max_payload_bytes",
         415 => "The body is not JSON (Content-Type must be application/json)",
         422 => "Valid JSON with a value that is not acceptable (a wrong type, a bad URL, a refused address, a bad duration, a bad cursor)",
+        429 => "The token is over api.token_rate_limit; retry after the Retry-After header's seconds",
         503 => "The database is unreachable or busy; try again",
         _ => "Error",
     };
@@ -397,7 +398,7 @@ fn operation(route: &super::routes::Route) -> Value {
     responses.insert(route.ok.to_string(), ok);
     let mut errors: Vec<u16> = route.errors.to_vec();
     if route.access != Access::Public {
-        errors.extend([401, 503]);
+        errors.extend([401, 429, 503]);
         if route.access != Access::Read {
             errors.push(403);
         }
