@@ -47,7 +47,26 @@ fn main() {
         .expect("bench: lock")
         .get(0);
     assert!(held, "bench: cannot hold the leader lock");
-    let (daemon, api) = daemon_with_api("bench", &db.url, "");
+    // The benchmark is one client far above the default per-token rate;
+    // secrets are encrypted at rest (the shape a careful deployment runs).
+    let keys = tempfile::tempdir().expect("bench: key dir");
+    let key_file = keys.path().join("secrets.key");
+    std::fs::write(
+        &key_file,
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            rand::random::<[u8; 32]>(),
+        ),
+    )
+    .expect("bench: key file");
+    let (daemon, api) = daemon_with_api(
+        "bench",
+        &db.url,
+        &format!(
+            "token_rate_limit = \"10000/s\"\n[secrets]\nkey_file = {:?}\n",
+            key_file.display().to_string()
+        ),
+    );
     let token = bin
         .ok(&["token", "create", "--name", "bench", "--namespace", NS])
         .trim()

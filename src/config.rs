@@ -165,6 +165,17 @@ pub struct RawConfig {
     pub metrics: RawMetrics,
     /// `[api]`
     pub api: RawApi,
+    /// `[secrets]`
+    pub secrets: RawSecrets,
+}
+
+/// `[secrets]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawSecrets {
+    /// A file holding the key (32 random bytes, base64); empty = secrets
+    /// stored in plain.
+    pub key_file: String,
 }
 
 /// `[database]` as written.
@@ -255,6 +266,8 @@ pub struct RawDelivery {
 pub struct RawRetention {
     /// Finished events older than this are pruned; "0s" = kept forever.
     pub keep_finished: String,
+    /// Audit rows older than this are pruned; "0s" = kept forever.
+    pub keep_audit: String,
 }
 
 /// `[log]` as written.
@@ -283,6 +296,12 @@ pub struct RawApi {
     pub max_connections: i64,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: i64,
+    /// Requests per token per instance (`"100/s"`, `"6000/m"`).
+    pub token_rate_limit: String,
+    /// Base of portal links; empty = relative links.
+    pub public_url: String,
+    /// Longest lifetime of a portal link.
+    pub max_portal_ttl: String,
 }
 
 impl Default for RawApi {
@@ -291,6 +310,9 @@ impl Default for RawApi {
             listen: String::new(),
             max_connections: 256,
             max_body_bytes: 1024 * 1024,
+            token_rate_limit: "100/s".into(),
+            public_url: String::new(),
+            max_portal_ttl: "24h".into(),
         }
     }
 }
@@ -351,6 +373,7 @@ impl Default for RawRetention {
     fn default() -> Self {
         RawRetention {
             keep_finished: "30d".into(),
+            keep_audit: "365d".into(),
         }
     }
 }
@@ -382,6 +405,17 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// `[api]`
     pub api: ApiConfig,
+    /// `[secrets]`
+    pub secrets: SecretsConfig,
+}
+
+/// Validated `[secrets]`.
+#[derive(Debug, Clone, Default)]
+pub struct SecretsConfig {
+    /// The key file, if one is set.
+    pub key_file: Option<PathBuf>,
+    /// The key read from it (`Debug` shows only its id).
+    pub key: Option<crate::secrets::Key>,
 }
 
 /// Validated `[database]`.
@@ -498,6 +532,8 @@ pub struct RetentionConfig {
     /// An event older than this whose deliveries are all finished is
     /// pruned (by the leader, and by `prune`); zero = kept forever.
     pub keep_finished: Duration,
+    /// An audit row older than this is pruned; zero = kept forever.
+    pub keep_audit: Duration,
 }
 
 /// Validated `[log]`.
@@ -523,6 +559,12 @@ pub struct ApiConfig {
     pub max_connections: usize,
     /// Largest request body accepted (1 KiB to 64 MiB).
     pub max_body_bytes: usize,
+    /// Requests per token per instance above which the API answers 429.
+    pub token_rate_limit: crate::rate_limit::RateLimit,
+    /// Base of portal links (no trailing slash); `None`: relative links.
+    pub public_url: Option<String>,
+    /// Longest lifetime of a portal link.
+    pub max_portal_ttl: Duration,
 }
 
 impl Config {
@@ -628,6 +670,7 @@ impl Config {
             },
             retention: EffRetention {
                 keep_finished: d(self.retention.keep_finished),
+                keep_audit: d(self.retention.keep_audit),
             },
             log: EffLog {
                 level: self.log.level.clone(),
@@ -643,6 +686,17 @@ impl Config {
                 listen: self.api.listen.map(|a| a.to_string()).unwrap_or_default(),
                 max_connections: self.api.max_connections,
                 max_body_bytes: self.api.max_body_bytes,
+                token_rate_limit: self.api.token_rate_limit.to_string(),
+                public_url: self.api.public_url.clone().unwrap_or_default(),
+                max_portal_ttl: d(self.api.max_portal_ttl),
+            },
+            secrets: EffSecrets {
+                key_file: self
+                    .secrets
+                    .key_file
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
             },
         };
         toml::to_string(&effective).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
@@ -927,6 +981,7 @@ impl RawConfig {
         // [retention]
         let retention = RetentionConfig {
             keep_finished: duration("retention.keep_finished", &self.retention.keep_finished)?,
+            keep_audit: duration("retention.keep_audit", &self.retention.keep_audit)?,
         };
 
         // [log]
@@ -990,10 +1045,65 @@ impl RawConfig {
                 "must be between 1024 (1 KiB) and 67108864 (64 MiB)",
             ));
         }
+        let token_rate_limit = crate::rate_limit::RateLimit::parse(&self.api.token_rate_limit)
+            .map_err(|e| {
+                invalid(
+                    "api.token_rate_limit",
+                    format!("{:?}", self.api.token_rate_limit),
+                    &format!("{e}; write e.g. \"100/s\" or \"6000/m\""),
+                )
+            })?;
+        let public_url = match self.api.public_url.trim().trim_end_matches('/') {
+            "" => None,
+            base => {
+                let ok = url::Url::parse(base).is_ok_and(|u| {
+                    matches!(u.scheme(), "http" | "https")
+                        && u.host_str().is_some()
+                        && u.username().is_empty()
+                        && u.password().is_none()
+                        && u.query().is_none()
+                        && u.fragment().is_none()
+                });
+                if !ok {
+                    return Err(invalid(
+                        "api.public_url",
+                        format!("{:?}", self.api.public_url),
+                        "must be an http(s) URL without credentials, query or fragment, e.g. \"https://hooks.example.com\", or empty for relative links",
+                    ));
+                }
+                Some(base.to_string())
+            }
+        };
+        let max_portal_ttl = duration("api.max_portal_ttl", &self.api.max_portal_ttl)?;
+        if max_portal_ttl.is_zero() || max_portal_ttl > Duration::from_secs(366 * 86400) {
+            return Err(invalid(
+                "api.max_portal_ttl",
+                format!("{:?}", self.api.max_portal_ttl),
+                "must be more than 0s and at most 366d",
+            ));
+        }
         let api = ApiConfig {
             listen: api_listen,
             max_connections: self.api.max_connections as usize,
             max_body_bytes: self.api.max_body_bytes as usize,
+            token_rate_limit,
+            public_url,
+            max_portal_ttl,
+        };
+
+        // [secrets]
+        let secrets = match self.secrets.key_file.trim() {
+            "" => SecretsConfig::default(),
+            file => {
+                let key_file = path.parent().unwrap_or(Path::new("")).join(file);
+                let key = crate::secrets::Key::load(&key_file).map_err(|e| {
+                    invalid("secrets.key_file", format!("{file:?}"), &e.to_string())
+                })?;
+                SecretsConfig {
+                    key_file: Some(key_file),
+                    key: Some(key),
+                }
+            }
         };
 
         let config = Config {
@@ -1015,6 +1125,7 @@ impl RawConfig {
             },
             metrics: MetricsConfig { listen },
             api,
+            secrets,
         };
         crate::config_check::refuse_impossible(&config)?;
         Ok(config)
@@ -1296,6 +1407,7 @@ struct Effective {
     log: EffLog,
     metrics: EffMetrics,
     api: EffApi,
+    secrets: EffSecrets,
 }
 #[derive(Serialize)]
 struct EffDatabase {
@@ -1338,6 +1450,7 @@ struct EffDelivery {
 #[derive(Serialize)]
 struct EffRetention {
     keep_finished: String,
+    keep_audit: String,
 }
 #[derive(Serialize)]
 struct EffLog {
@@ -1352,6 +1465,13 @@ struct EffApi {
     listen: String,
     max_connections: usize,
     max_body_bytes: usize,
+    token_rate_limit: String,
+    public_url: String,
+    max_portal_ttl: String,
+}
+#[derive(Serialize)]
+struct EffSecrets {
+    key_file: String,
 }
 
 /// Parses and resolves `text` as the file `test.toml`; the error as its

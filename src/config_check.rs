@@ -204,6 +204,15 @@ fn is_loopback_host(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// What `check-config` says when no `[secrets] key_file` is set: signing
+/// secrets and header values are then stored in plain (`run` does not
+/// repeat it on every start).
+pub fn secrets_warning(config: &Config) -> Option<String> {
+    config.secrets.key.is_none().then(|| {
+        "secrets.key_file is not set: signing secrets and custom header values are stored in plain, so a backup, a dump or a replica holds them; set it to a file of 32 random bytes as base64 (head -c 32 /dev/urandom | base64) and run `migrate` to encrypt them".to_string()
+    })
+}
+
 /// A duration as written in the file, quoted.
 fn quoted(d: Duration) -> String {
     format!("\"{}\"", format_duration(d))
@@ -263,6 +272,12 @@ mod tests {
     #[test]
     fn the_defaults_are_possible_and_draw_no_warning() {
         assert_eq!(warned(""), Vec::<String>::new());
+    }
+
+    #[test]
+    fn no_key_file_draws_the_secrets_warning() {
+        let w = secrets_warning(&load("").unwrap()).unwrap();
+        assert!(w.contains("secrets.key_file"), "{w}");
     }
 
     #[test]

@@ -448,7 +448,7 @@ fn serve_connection(
             }
         };
         if length > limits.max_body {
-            return refuse_large_body(&mut reader, &peer, &request, length, limits);
+            return refuse_large_body(&mut reader, &timer, &peer, &request, length, limits);
         }
         let mut request = request;
         request.body = read_body(&mut reader, &timer, length, limits.body_timeout)?;
@@ -480,13 +480,20 @@ fn serve_connection(
 /// client, still sending, gets to read the 413: closing a socket with unread
 /// input resets the connection, and the client would see only the reset.
 /// A body beyond this is cut off by closing (a reset, for such a client).
-const MAX_DISCARD: u64 = 256 * 1024 * 1024;
+const MAX_DISCARD: u64 = 8 * 1024 * 1024;
+
+/// Longest time spent reading an over-large body away (less when the
+/// server's body timeout is shorter): a client trickling a huge body cannot
+/// hold the connection longer.
+const DISCARD_TIME: Duration = Duration::from_secs(10);
 
 /// Answers a request whose body of `length` bytes exceeds the limit: logs a
 /// line, reads the body away (unless the client waits for `100-continue`,
-/// then it sends none), answers 413 and closes the connection.
+/// then it sends none; at most [`MAX_DISCARD`] bytes within
+/// [`DISCARD_TIME`]), answers 413 and closes the connection.
 fn refuse_large_body(
     reader: &mut BufReader<Box<dyn Stream>>,
+    timer: &TcpStream,
     peer: &str,
     request: &Request,
     length: usize,
@@ -501,11 +508,47 @@ fn refuse_large_body(
     let expects_continue = request
         .header("expect")
         .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
-    if !expects_continue && (length as u64) <= MAX_DISCARD {
-        io::copy(&mut reader.take(length as u64), &mut io::sink())?;
+    if !expects_continue {
+        let deadline = std::time::Instant::now() + DISCARD_TIME.min(limits.body_timeout);
+        discard(reader, timer, (length as u64).min(MAX_DISCARD), deadline)?;
     }
     let message = format!("the body is over the limit of {} bytes", limits.max_body);
     respond(reader.get_mut(), &refusal(413, "too_large", &message), true)
+}
+
+/// Reads up to `length` bytes away before `deadline`; stops early (without
+/// an error) at the deadline or the end of the input, so that the 413 is
+/// still written.
+fn discard(
+    reader: &mut BufReader<Box<dyn Stream>>,
+    timer: &TcpStream,
+    length: u64,
+    deadline: std::time::Instant,
+) -> io::Result<()> {
+    let mut left = length;
+    let mut buf = [0u8; 16 * 1024];
+    while left > 0 {
+        let Ok(wait) = remaining(deadline, "request body") else {
+            return Ok(());
+        };
+        timer.set_read_timeout(Some(wait))?;
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        match reader.read(&mut buf[..want]) {
+            Ok(0) => return Ok(()),
+            Ok(n) => left -= n as u64,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(())
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// A request refused by the server itself, with a JSON error body in the
@@ -516,6 +559,12 @@ fn refusal(status: u16, code: &str, message: &str) -> Response {
         status,
         "application/json",
         serde_json::to_vec(&body).unwrap_or_default(),
+    )
+    .with_header("cache-control", "no-store")
+    .with_header("x-content-type-options", "nosniff")
+    .with_header(
+        "content-security-policy",
+        "default-src 'none'; frame-ancestors 'none'",
     )
 }
 
@@ -796,6 +845,46 @@ mod tests {
         s.write_all(&body).unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+    }
+
+    #[test]
+    fn a_trickled_over_large_body_is_answered_413_within_the_body_timeout() {
+        // A client that claims a huge body and sends it a byte at a time
+        // used to hold the connection as long as it kept sending.
+        let limits = Limits {
+            max_body: 1024,
+            body_timeout: Duration::from_millis(500),
+            ..Limits::default()
+        };
+        let server = Server::bind("127.0.0.1:0".parse().unwrap(), limits, |_| {
+            Response::status(200)
+        })
+        .unwrap();
+        let mut s = TcpStream::connect(server.addr()).unwrap();
+        write!(s, "POST / HTTP/1.1\r\nContent-Length: 200000000\r\n\r\n").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let mut out = Vec::new();
+        let started = std::time::Instant::now();
+        loop {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the server still reads the trickled body"
+            );
+            if s.write_all(b"x").is_err() {
+                break;
+            }
+            let mut buf = [0u8; 1024];
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || e.kind() == io::ErrorKind::TimedOut => {}
+                Err(_) => break,
+            }
+        }
+        let out = String::from_utf8_lossy(&out);
         assert!(out.starts_with("HTTP/1.1 413"), "{out}");
     }
 

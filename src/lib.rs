@@ -27,6 +27,7 @@ pub mod lock;
 pub mod ops;
 pub mod rate_limit;
 pub mod reconcile;
+pub mod secrets;
 pub mod service;
 pub mod shard;
 pub mod sink;

@@ -554,7 +554,9 @@ fn another_namespace_is_not_found_and_read_only_tokens_cannot_write_on_any_route
         "POST",
         "/v1/namespaces/a/channels",
         Some(&a),
-        Some(&json!({"name": "c", "url": "http://127.0.0.1:9/"})),
+        Some(
+            &json!({"name": "c", "url": "http://127.0.0.1:9/", "headers": {"Authorization": "Bearer endpoint-credential"}}),
+        ),
     );
     let channel = ok(&channel, 201, "channel")["id"]
         .as_str()
@@ -577,10 +579,26 @@ fn another_namespace_is_not_found_and_read_only_tokens_cannot_write_on_any_route
             404,
             &format!("{} {path} with b's token", route.method),
         );
-        // A read-only token of namespace a: 403 on every write.
-        if route.access == Access::Write {
-            let answer = call_with(api, route.method, &path, Some(&a_ro), body, &[]);
+        // A read-only token of namespace a: 403 on every write and on the
+        // secret; on every read, never a header value nor a secret.
+        let answer = call_with(api, route.method, &path, Some(&a_ro), body, &[]);
+        if matches!(route.access, Access::Write | Access::Reveal) {
             error(&answer, 403, &format!("{} {path} read-only", route.method));
+        } else {
+            assert!(
+                answer.status < 500,
+                "{} {path}: {}",
+                route.method,
+                answer.text
+            );
+        }
+        for hidden in ["endpoint-credential", "whsec_"] {
+            assert!(
+                !answer.text.contains(hidden),
+                "{} {path} read-only shows {hidden}: {}",
+                route.method,
+                answer.text
+            );
         }
         checked += 1;
     }
@@ -682,8 +700,9 @@ fn another_namespace_is_not_found_and_read_only_tokens_cannot_write_on_any_route
             .collect()
     };
     assert_eq!(fields(&before), fields(&after));
-    // And the read-only token still reads.
-    ok(
+    // And the read-only token still reads, header names with "***" values;
+    // a token that may write sees the values and the secret.
+    let read = ok(
         &call(
             api,
             "GET",
@@ -694,6 +713,46 @@ fn another_namespace_is_not_found_and_read_only_tokens_cannot_write_on_any_route
         200,
         "read",
     );
+    assert_eq!(read["headers"], json!({"Authorization": "***"}));
+    let listed = ok(
+        &call(api, "GET", "/v1/namespaces/a/channels", Some(&a_ro), None),
+        200,
+        "list",
+    );
+    assert_eq!(
+        listed["items"][0]["headers"],
+        json!({"Authorization": "***"})
+    );
+    let full = ok(
+        &call(
+            api,
+            "GET",
+            &format!("/v1/namespaces/a/channels/{channel}"),
+            Some(&a),
+            None,
+        ),
+        200,
+        "read",
+    );
+    assert_eq!(
+        full["headers"],
+        json!({"Authorization": "Bearer endpoint-credential"})
+    );
+    let secret = ok(
+        &call(
+            api,
+            "GET",
+            &format!("/v1/namespaces/a/channels/{channel}/secret"),
+            Some(&a),
+            None,
+        ),
+        200,
+        "secret",
+    );
+    assert!(secret["signing_secret"]
+        .as_str()
+        .unwrap()
+        .starts_with("whsec_"));
     // Only an admin token reaches /v1/status.
     error(
         &call(api, "GET", "/v1/status", Some(&a), None),

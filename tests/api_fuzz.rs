@@ -49,7 +49,8 @@ fn schemathesis_finds_no_server_error_and_no_answer_against_the_document() {
     };
     let db = migrated_db();
     let bin = Bin::for_database(&db.url);
-    let (daemon, api) = daemon_with_api("fuzz", &db.url, "");
+    // The fuzzer sends far more than the default per-token rate.
+    let (daemon, api) = daemon_with_api("fuzz", &db.url, "token_rate_limit = \"10000/s\"\n");
     let out = bin.ok(&["token", "create", "--name", "fuzz", "--admin"]);
     let token = out.trim().to_string();
     // Some objects for the operations that read one (ids the fuzzer will

@@ -388,7 +388,7 @@ fn suspicious_settings_pass_check_config_with_warnings_naming_the_keys() {
         .lines()
         .filter(|l| l.starts_with("warning: "))
         .collect();
-    assert_eq!(warnings.len(), 2, "{stderr}");
+    assert_eq!(warnings.len(), 3, "{stderr}");
     assert!(
         warnings[0].contains("delivery.timeout = \"500ms\""),
         "{stderr}"
@@ -397,7 +397,9 @@ fn suspicious_settings_pass_check_config_with_warnings_naming_the_keys() {
         warnings[1].contains("reconciler.sending_timeout = \"1h\""),
         "{stderr}"
     );
-    assert!(stderr.contains("valid, with 2 warnings"), "{stderr}");
+    // No key file: secrets are stored in plain.
+    assert!(warnings[2].contains("secrets.key_file"), "{stderr}");
+    assert!(stderr.contains("valid, with 3 warnings"), "{stderr}");
 }
 
 #[test]

@@ -496,7 +496,12 @@ fn a_read_only_customer_link_shows_no_write_button() {
     };
     let site = Site::start();
     let receiver = Receiver::start(Script::status(200));
-    let channel = site.channel(ACME, "Customer endpoint", &receiver.url(), &[]);
+    let channel = site.channel(
+        ACME,
+        "Customer endpoint",
+        &receiver.url(),
+        &["X-Api-Key: endpoint-credential-7"],
+    );
     site.rule(ACME, "invoice.paid", &[&channel]);
     let event = site
         .emit(ACME, "invoice.paid", &json!({"invoice": "in_7"}))
@@ -515,6 +520,7 @@ fn a_read_only_customer_link_shows_no_write_button() {
             "channel_id": channel,
             "channel_name": "Customer endpoint",
             "event_id": event,
+            "header_value": "endpoint-credential-7",
         }),
     );
     let (state, attempts) = site.delivery(&event, &channel);
@@ -524,6 +530,29 @@ fn a_read_only_customer_link_shows_no_write_button() {
         "nothing changed"
     );
     assert_eq!(site.channels(ACME, false)[0]["disabled"], false);
+}
+
+#[test]
+fn a_token_link_asks_before_it_replaces_a_session() {
+    let Some((tools, _browser)) = browser() else {
+        return;
+    };
+    let site = Site::start();
+    let token = site.token("signed-in-operator", &["--namespace", ACME]);
+    let link = site.token(
+        "someone-elses-link",
+        &["--namespace", ACME, "--read-only", "--expires", "1h"],
+    );
+    site.scenario(
+        &tools,
+        "link_asks_before_replacing",
+        json!({
+            "token": token,
+            "name": "signed-in-operator",
+            "link_token": link,
+            "link_name": "someone-elses-link",
+        }),
+    );
 }
 
 #[test]

@@ -416,3 +416,44 @@ fn a_database_holding_ordered_deliveries_upgrades_from_version_9_and_delivers_th
     bin.ok(&["once"]);
     assert_eq!(receiver.count(), 6);
 }
+
+#[test]
+fn a_database_holding_channels_upgrades_from_version_10_and_a_key_encrypts_them() {
+    let db = fresh_db();
+    migrate_up_to(&db, 10);
+    let mut c = db.client();
+    seed_channel_and_rule(&mut c);
+    c.batch_execute(
+        "UPDATE channel SET headers = '{\"X-Api-Key\": \"header-credential\", \"X-Bad\": 1}';
+         SELECT enqueue_event('acme', 'paid', '{}'::jsonb) FROM generate_series(1, 5);",
+    )
+    .expect("seed");
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k");
+    std::fs::write(&key, format!("{}\n", "A".repeat(43) + "=")).unwrap();
+    let bin = Bin::with_config(&format!(
+        "[secrets]\nkey_file = {:?}\n",
+        key.display().to_string()
+    ))
+    .env("DATABASE_URL", &db.url);
+    let out = bin.ok(&["migrate"]);
+    assert!(out.contains("applied migration(s) 11"), "{out}");
+    assert!(out.contains("of 1 channel(s)"), "{out}");
+    let row = c
+        .query_one(
+            "SELECT signing_secret, headers->>'X-Api-Key', (SELECT count(*) FROM event)
+             FROM notification.channel",
+            &[],
+        )
+        .unwrap();
+    let (secret, header, events): (String, String, i64) = (row.get(0), row.get(1), row.get(2));
+    assert!(secret.starts_with("nrenc:v1:"), "{secret}");
+    assert!(header.starts_with("nrenc:v1:"), "{header}");
+    assert_eq!(events, 5, "nothing lost");
+    let shown = bin.ok(&["channel", "list", "--json", "--show-secrets"]);
+    assert!(
+        shown.contains("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+        "{shown}"
+    );
+    assert!(shown.contains("header-credential"), "{shown}");
+}

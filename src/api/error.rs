@@ -17,6 +17,9 @@ pub struct ApiError {
     pub message: String,
     /// The field at fault, if one is.
     pub param: Option<String>,
+    /// Headers the answer carries (`Allow` of a 405, `Retry-After` of a
+    /// 429).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl ApiError {
@@ -27,7 +30,14 @@ impl ApiError {
             code: code_of(status),
             message: message.into(),
             param: None,
+            headers: Vec::new(),
         }
+    }
+
+    /// The same error with a header on its answer.
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> ApiError {
+        self.headers.push((name, value.into()));
+        self
     }
 
     /// The same error naming the field at fault.
@@ -49,11 +59,20 @@ impl ApiError {
             error["param"] = serde_json::Value::String(param.clone());
         }
         let body = serde_json::json!({ "error": error });
-        Response::text(
+        let mut response = Response::text(
             self.status,
             "application/json",
             serde_json::to_vec(&body).unwrap_or_default(),
-        )
+        );
+        for (name, value) in &self.headers {
+            response.headers.push(((*name).to_string(), value.clone()));
+        }
+        if self.status == 401 && !self.headers.iter().any(|(n, _)| *n == "www-authenticate") {
+            response
+                .headers
+                .push(("www-authenticate".into(), "Bearer".into()));
+        }
+        response
     }
 }
 
@@ -66,6 +85,7 @@ pub fn code_of(status: u16) -> &'static str {
         404 => "not_found",
         405 => "method_not_allowed",
         409 => "conflict",
+        429 => "rate_limited",
         413 => "too_large",
         415 => "unsupported_media_type",
         422 => "invalid",

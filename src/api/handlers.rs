@@ -18,6 +18,7 @@ use crate::ops::OpsError;
 use crate::state::State;
 
 type Client = postgres::Client;
+type Tx<'a> = postgres::Transaction<'a>;
 type Answer = Result<Reply, ApiError>;
 
 /// `POST .../channels` body.
@@ -131,12 +132,21 @@ fn page(call: &Call<'_>) -> Result<(Page, std::collections::HashMap<String, Stri
     Ok((page, q))
 }
 
-pub(super) fn list_channels(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
-    let (page, _) = page(call)?;
-    Reply::ok(&channels::list(db, Some(call.ns()), Some(page), false)?)
+/// Whether the call's token is read-only (it sees no header value).
+fn read_only(call: &Call<'_>) -> bool {
+    call.token.as_ref().is_none_or(|t| t.read_only)
 }
 
-pub(super) fn create_channel(ctx: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
+pub(super) fn list_channels(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
+    let (page, _) = page(call)?;
+    let mut list = channels::list(db, Some(call.ns()), Some(page), false)?;
+    if read_only(call) {
+        list.items = list.items.into_iter().map(|v| v.redacted()).collect();
+    }
+    Reply::ok(&list)
+}
+
+pub(super) fn create_channel(ctx: &Ctx, call: &Call<'_>, db: &mut Tx<'_>) -> Answer {
     let b: ChannelCreate = body::json(call.request, false)?;
     let input = NewChannelInput {
         namespace: call.ns().to_string(),
@@ -152,10 +162,15 @@ pub(super) fn create_channel(ctx: &Ctx, call: &Call<'_>, db: &mut Client) -> Ans
 }
 
 pub(super) fn get_channel(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
-    Reply::ok(&channels::get(db, Some(call.ns()), call.id("channel")?)?)
+    let view = channels::get(db, Some(call.ns()), call.id("channel")?)?;
+    Reply::ok(&if read_only(call) {
+        view.redacted()
+    } else {
+        view
+    })
 }
 
-pub(super) fn update_channel(ctx: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
+pub(super) fn update_channel(ctx: &Ctx, call: &Call<'_>, db: &mut Tx<'_>) -> Answer {
     let id = call.id("channel")?;
     let b: ChannelUpdate = body::json(call.request, false)?;
     let patch = ChannelPatch {
@@ -174,19 +189,19 @@ pub(super) fn update_channel(ctx: &Ctx, call: &Call<'_>, db: &mut Client) -> Ans
     )?)
 }
 
-pub(super) fn delete_channel(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
+pub(super) fn delete_channel(_: &Ctx, call: &Call<'_>, db: &mut Tx<'_>) -> Answer {
     channels::delete(db, Some(call.ns()), call.id("channel")?)?;
     Ok(Reply::empty())
 }
 
-pub(super) fn enable_channel(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
+pub(super) fn enable_channel(_: &Ctx, call: &Call<'_>, db: &mut Tx<'_>) -> Answer {
     let id = call.id("channel")?;
     body::json::<serde_json::Map<String, serde_json::Value>>(call.request, true)
         .and_then(no_fields)?;
     Reply::ok(&channels::set_disabled(db, Some(call.ns()), id, false)?)
 }
 
-pub(super) fn disable_channel(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
+pub(super) fn disable_channel(_: &Ctx, call: &Call<'_>, db: &mut Tx<'_>) -> Answer {
     let id = call.id("channel")?;
     body::json::<serde_json::Map<String, serde_json::Value>>(call.request, true)
         .and_then(no_fields)?;
@@ -205,7 +220,7 @@ fn no_fields(map: serde_json::Map<String, serde_json::Value>) -> Result<(), ApiE
     }
 }
 
-pub(super) fn rotate_secret(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
+pub(super) fn rotate_secret(_: &Ctx, call: &Call<'_>, db: &mut Tx<'_>) -> Answer {
     let id = call.id("channel")?;
     let b: Rotate = body::json(call.request, true)?;
     let overlap = channels::parse_duration("overlap", b.overlap.as_deref().unwrap_or("24h"))?;
@@ -223,7 +238,7 @@ pub(super) fn channel_secret(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answe
     Reply::ok(&serde_json::json!({ "signing_secret": secret }))
 }
 
-pub(super) fn test_channel(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
+pub(super) fn test_channel(_: &Ctx, call: &Call<'_>, db: &mut Tx<'_>) -> Answer {
     let id = call.id("channel")?;
     body::json::<serde_json::Map<String, serde_json::Value>>(call.request, true)
         .and_then(no_fields)?;
@@ -231,7 +246,7 @@ pub(super) fn test_channel(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer 
     Reply::json(201, &serde_json::json!({ "ids": [event] }))
 }
 
-pub(super) fn resend_channel(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
+pub(super) fn resend_channel(_: &Ctx, call: &Call<'_>, db: &mut Tx<'_>) -> Answer {
     let id = call.id("channel")?;
     let b: BulkResend = body::json(call.request, true)?;
     let since = b
@@ -255,7 +270,7 @@ pub(super) fn list_rules(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
     Reply::ok(&rules::list(db, Some(call.ns()), Some(page))?)
 }
 
-pub(super) fn create_rule(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
+pub(super) fn create_rule(_: &Ctx, call: &Call<'_>, db: &mut Tx<'_>) -> Answer {
     let b: RuleCreate = body::json(call.request, false)?;
     let input = NewRuleInput {
         namespace: call.ns().to_string(),
@@ -267,7 +282,7 @@ pub(super) fn create_rule(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
     Reply::json(201, &rules::create(db, input)?)
 }
 
-pub(super) fn update_rule(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
+pub(super) fn update_rule(_: &Ctx, call: &Call<'_>, db: &mut Tx<'_>) -> Answer {
     let id = call.id("rule")?;
     let b: RuleUpdate = body::json(call.request, false)?;
     if let Some(set) = &b.channels {
@@ -291,7 +306,7 @@ pub(super) fn get_rule(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
     Reply::ok(&rules::get(db, Some(call.ns()), call.id("rule")?)?)
 }
 
-pub(super) fn delete_rule(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
+pub(super) fn delete_rule(_: &Ctx, call: &Call<'_>, db: &mut Tx<'_>) -> Answer {
     rules::delete(db, Some(call.ns()), call.id("rule")?)?;
     Ok(Reply::empty())
 }
@@ -355,10 +370,72 @@ pub(super) fn get_event(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
     Reply::ok(&EventDetail { event, deliveries })
 }
 
-pub(super) fn resend_event(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
+pub(super) fn resend_event(_: &Ctx, call: &Call<'_>, db: &mut Tx<'_>) -> Answer {
     let id = call.id("event")?;
     let b: EventResend = body::json(call.request, true)?;
     Reply::ok(&events::resend(db, Some(call.ns()), id, b.channel)?)
+}
+
+/// `POST .../portal` body.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PortalCreate {
+    read_only: Option<bool>,
+    expires_in: Option<String>,
+}
+
+/// The default lifetime of a portal link (or `api.max_portal_ttl`, when
+/// shorter).
+const PORTAL_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+pub(super) fn create_portal(ctx: &Ctx, call: &Call<'_>, db: &mut Tx<'_>) -> Answer {
+    let b: PortalCreate = body::json(call.request, true)?;
+    let max = ctx.config.api.max_portal_ttl;
+    let ttl = match &b.expires_in {
+        None => PORTAL_TTL.min(max),
+        Some(text) => channels::parse_duration("expires_in", text)?,
+    };
+    if ttl.is_zero() || ttl > max {
+        return Err(OpsError::invalid(
+            "expires_in",
+            format!(
+                "{}: a portal link lives more than 0s and at most {} (api.max_portal_ttl)",
+                humantime::format_duration(ttl),
+                humantime::format_duration(max)
+            ),
+        )
+        .into());
+    }
+    let created = crate::ops::tokens::create(
+        db,
+        crate::ops::tokens::NewTokenInput {
+            name: "portal link".into(),
+            namespace: Some(call.ns().to_string()),
+            read_only: b.read_only.unwrap_or(true),
+            expires: Some(ttl),
+        },
+    )?;
+    // Never built from the request's Host: a forged Host would make a link
+    // to someone else's site.
+    let base = ctx.config.api.public_url.as_deref().unwrap_or("");
+    Reply::json(
+        201,
+        &serde_json::json!({
+            "id": created.record.id,
+            "url": format!("{base}/console/#token={}", created.token),
+            "token": created.token,
+            "expires_at": created.record.expires_at,
+        }),
+    )
+}
+
+pub(super) fn list_audit(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
+    let (page, q) = page(call)?;
+    let since = q
+        .get("since")
+        .map(|s| channels::parse_since("since", s))
+        .transpose()?;
+    Reply::ok(&crate::ops::audit::list(db, Some(call.ns()), since, page)?)
 }
 
 pub(super) fn stats(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {

@@ -60,6 +60,7 @@ pub struct Ctx {
     guard: Guard,
     config: Config,
     tokens: auth::TokenCache,
+    limiter: auth::TokenLimiter,
     telemetry: Option<Arc<Telemetry>>,
 }
 
@@ -140,15 +141,16 @@ pub struct Api {
 /// How often expired idempotency keys are removed.
 const EXPIRY_EVERY: Duration = Duration::from_secs(600);
 
-/// The thread that removes expired idempotency keys, in batches, every
-/// [`EXPIRY_EVERY`]; stopped and joined when dropped.
+/// The thread that removes expired idempotency keys, in batches, and the
+/// audit rows older than `retention.keep_audit`, every [`EXPIRY_EVERY`];
+/// stopped and joined when dropped.
 struct Expiry {
     stop: Option<crossbeam_channel::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Expiry {
-    fn start(pool: db::Pool) -> std::io::Result<Expiry> {
+    fn start(pool: db::Pool, keep_audit: Duration) -> std::io::Result<Expiry> {
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
         let thread = std::thread::Builder::new()
             .name("api-expiry".into())
@@ -164,6 +166,13 @@ impl Expiry {
                                 break;
                             }
                         }
+                    }
+                    match crate::ops::audit::prune(&mut conn.client, keep_audit) {
+                        Ok(0) => {}
+                        Ok(n) => log::info!(
+                            "api: pruned {n} audit row(s) older than retention.keep_audit"
+                        ),
+                        Err(e) => log::warn!("api: pruning the audit trail: {e}"),
                     }
                 }
                 if stopped.recv_timeout(EXPIRY_EVERY)
@@ -203,7 +212,7 @@ pub fn serve(
 ) -> Result<Api, ApiStartError> {
     let size = config.database.pool_size;
     let pool = db::pool(&config.database, size, &crate::lock::app_name("api"))?;
-    let expiry = match Expiry::start(pool.clone()) {
+    let expiry = match Expiry::start(pool.clone(), config.retention.keep_audit) {
         Ok(e) => Some(e),
         Err(e) => {
             log::warn!("api: cannot start the idempotency key expiry: {e}");
@@ -215,7 +224,8 @@ pub fn serve(
         // No file path in the API's refusals: its callers may be customers.
         guard: Guard::new(config.delivery.allow_networks.clone()),
         config: config.clone(),
-        tokens: auth::TokenCache::default(),
+        tokens: auth::TokenCache::new(config.database.clone()),
+        limiter: auth::TokenLimiter::new(config.api.token_rate_limit),
         telemetry,
     });
     let limits = http_server::Limits {
@@ -248,6 +258,10 @@ pub fn handle(ctx: &Ctx, request: &Request) -> Response {
         Ok((route, reply)) => (route, reply),
         Err((route, e)) => (route, e.response()),
     };
+    let mut response = response;
+    if path == "/v1" || path.starts_with("/v1/") {
+        add_api_headers(&mut response);
+    }
     let took = started.elapsed();
     if let Some(t) = &ctx.telemetry {
         t.metrics.api_request(route_id, response.status, took);
@@ -260,6 +274,26 @@ pub fn handle(ctx: &Ctx, request: &Request) -> Response {
         took.as_secs_f64() * 1000.0
     );
     response
+}
+
+/// What every `/v1` answer carries: answers hold secrets and are never to
+/// be stored, sniffed, rendered as a page or framed (the console shares the
+/// origin).
+pub const API_HEADERS: [(&str, &str); 3] = [
+    ("cache-control", "no-store"),
+    ("x-content-type-options", "nosniff"),
+    (
+        "content-security-policy",
+        "default-src 'none'; frame-ancestors 'none'",
+    ),
+];
+
+fn add_api_headers(response: &mut Response) {
+    for (name, value) in API_HEADERS {
+        if !response.headers.iter().any(|(n, _)| n == name) {
+            response.headers.push((name.into(), value.into()));
+        }
+    }
 }
 
 type Failed = (&'static str, ApiError);
@@ -284,14 +318,16 @@ fn answer(
     let (route, params) = routes::find(&request.method, path).map_err(|e| ("unrouted", e))?;
     let id = route.operation;
     let fail = |e: ApiError| (id, e);
-    let handler = match route.handler {
-        routes::Handler::Static(answer) => return Ok((id, answer())),
-        routes::Handler::Db(handler) => handler,
-    };
+    if let routes::Handler::Static(answer) = route.handler {
+        return Ok((id, answer()));
+    }
     let token = ctx
         .tokens
-        .authenticate(request.header("authorization"), || pooled(ctx))
+        .authenticate(request.header("authorization"))
         .map_err(fail)?;
+    ctx.limiter
+        .take(token.id, Instant::now())
+        .map_err(|wait| fail(auth::too_many(wait, ctx.config.api.token_rate_limit)))?;
     let ns = params
         .iter()
         .find(|(n, _)| *n == "ns")
@@ -319,6 +355,15 @@ fn answer(
         Access::Write if token.read_only => {
             return Err(fail(ApiError::new(403, "this token is read-only")))
         }
+        Access::Admin if token.read_only && route.method != "GET" => {
+            return Err(fail(ApiError::new(403, "this token is read-only")))
+        }
+        Access::Reveal if token.read_only => {
+            return Err(fail(ApiError::new(
+                403,
+                "a read-only token never sees a signing secret; use a token that may write",
+            )))
+        }
         _ => {}
     }
     let call = Call {
@@ -329,7 +374,11 @@ fn answer(
         token: Some(token),
     };
     let mut conn = pooled(ctx).map_err(fail)?;
-    let result = handler(ctx, &call, &mut conn.client);
+    let result = match route.handler {
+        routes::Handler::Db(handler) => handler(ctx, &call, &mut conn.client),
+        routes::Handler::Write(handler) => audited(ctx, &call, handler, &mut conn.client),
+        routes::Handler::Static(_) => unreachable!("answered above"),
+    };
     if let Err(e) = &result {
         if e.status >= 500 {
             conn.discard = true;
@@ -342,6 +391,60 @@ fn answer(
     };
     response.headers.extend(reply.headers);
     Ok((id, response))
+}
+
+/// Runs a change and writes its audit row in one transaction: the route's
+/// operation, the token as the actor, the object named by the path's
+/// `{id}` or, for a create, by the answer's `"id"`.
+fn audited(
+    ctx: &Ctx,
+    call: &Call<'_>,
+    handler: fn(&Ctx, &Call<'_>, &mut postgres::Transaction<'_>) -> Result<Reply, ApiError>,
+    client: &mut postgres::Client,
+) -> Result<Reply, ApiError> {
+    let token = call
+        .token
+        .as_ref()
+        .ok_or_else(|| ApiError::new(401, "send an API token"))?;
+    let actor = crate::db::audit::Actor::Token {
+        id: token.id,
+        name: token.name.clone(),
+    };
+    let mut tx = client
+        .transaction()
+        .map_err(|e| ApiError::from(DbError::query("starting a change")(e)))?;
+    let reply = handler(ctx, call, &mut tx)?;
+    let object_id = match call.param("id") {
+        "" => reply
+            .body
+            .as_deref()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+            .and_then(|v| v["id"].as_str().map(String::from)),
+        id => Some(id.to_string()),
+    };
+    let what = crate::ops::audit::Change {
+        namespace: Some(call.ns()).filter(|ns| !ns.is_empty()),
+        operation: call.route.operation,
+        object_kind: object_kind(call.route.path),
+    };
+    crate::ops::audit::record(&mut tx, &actor, what, object_id)?;
+    tx.commit()
+        .map_err(|e| ApiError::from(DbError::query("committing a change")(e)))?;
+    Ok(reply)
+}
+
+/// The kind of object a route under `{ns}` changes: its first segment
+/// after the namespace, singular (`channels` -> `channel`; `portal` makes a
+/// `token`).
+pub fn object_kind(path: &str) -> &'static str {
+    let rest = path.strip_prefix("/v1/namespaces/{ns}/").unwrap_or("");
+    match rest.split('/').next().unwrap_or("") {
+        "channels" => "channel",
+        "rules" => "rule",
+        "events" => "event",
+        "portal" => "token",
+        _ => "other",
+    }
 }
 
 /// A pooled connection, or 503 after [`POOL_WAIT`].
@@ -362,7 +465,7 @@ pub const CONSOLE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 
 /// A console file, with the security headers.
 fn console(request: &Request, rest: &str) -> Result<Response, ApiError> {
     if request.method != "GET" {
-        return Err(ApiError::new(405, "the console is read with GET"));
+        return Err(ApiError::new(405, "the console is read with GET").with_header("allow", "GET"));
     }
     let path = format!("/{}", rest.split('?').next().unwrap_or(""));
     let (content_type, bytes) = crate::console::asset(&path)

@@ -73,6 +73,53 @@ fn state() -> Value {
     json!({ "type": "string", "enum": ["PENDING", "SENDING", "RESENDING", "SUCCESS", "FAILED"] })
 }
 
+/// The schemas of the audit trail and portal links.
+fn add_edges(all: &mut Value) {
+    all["AuditEntry"] = object(
+        json!({
+            "id": uuid(), "at": time(), "namespace": nullable("string"),
+            "actor": {
+                "type": "object",
+                "description": "A token (kind \"token\", its id and name) or the command line (kind \"cli\", the OS user)",
+                "properties": { "kind": { "type": "string", "enum": ["token", "cli"] }, "id": uuid(), "name": { "type": "string" }, "user": { "type": "string" } },
+                "required": ["kind"]
+            },
+            "operation": { "type": "string", "description": "The operationId of the change (createChannel, revokeToken, ...)" },
+            "object_kind": { "type": "string", "enum": ["channel", "rule", "event", "token", "secrets"] },
+            "object_id": nullable("string")
+        }),
+        &[
+            "id",
+            "at",
+            "namespace",
+            "actor",
+            "operation",
+            "object_kind",
+            "object_id",
+        ],
+        false,
+    );
+    all["AuditList"] = list_of("AuditEntry");
+    all["PortalCreate"] = object(
+        json!({
+            "read_only": { "type": "boolean", "default": true, "description": "A read-only link (the default) sees no secret and no header value" },
+            "expires_in": { "type": "string", "default": "24h", "description": "Lifetime, e.g. \"30m\", \"24h\"; at most api.max_portal_ttl" }
+        }),
+        &[],
+        true,
+    );
+    all["Portal"] = object(
+        json!({
+            "id": { "type": "string", "format": "uuid", "description": "The new token's id (what `token revoke` takes)" },
+            "url": { "type": "string", "description": "<api.public_url>/console/#token=...; relative when api.public_url is unset" },
+            "token": { "type": "string" },
+            "expires_at": time()
+        }),
+        &["id", "url", "token", "expires_at"],
+        false,
+    );
+}
+
 fn schemas() -> Value {
     let channel_props = json!({
         "id": uuid(), "namespace": { "type": "string" }, "name": { "type": "string" },
@@ -166,7 +213,7 @@ fn schemas() -> Value {
         &["ids"],
         false,
     );
-    let mut schemas = json!({
+    let mut all = json!({
         "Error": object(json!({
             "error": object(json!({
                 "code": { "type": "string", "enum": ["bad_request", "unauthorized", "forbidden", "not_found", "method_not_allowed", "conflict", "too_large", "unsupported_media_type", "invalid", "unavailable", "internal"] },
@@ -272,20 +319,22 @@ fn schemas() -> Value {
         "OpenApi": { "type": "object" }
     });
     // Outside the macro: one more entry inside exceeds its recursion limit.
-    schemas["EventsEmitted"] = events_emitted;
-    schemas
+    all["EventsEmitted"] = events_emitted;
+    add_edges(&mut all);
+    all
 }
 
 fn error_response(status: u16) -> Value {
     let what = match status {
         400 => "Malformed request: not JSON, not UTF-8, an unknown field or query parameter, a repeated parameter",
         401 => "No token, or an unknown, revoked or expired one",
-        403 => "The token may not do this (read-only token on a write; a non-admin token on an admin route)",
+        403 => "The token may not do this (read-only token on a write or a signing secret; a non-admin token on an admin route)",
         404 => "No such object in this namespace (another namespace's objects answer 404 too)",
         409 => "The object's state forbids it (e.g. resending to a disabled channel)",
         413 => "Body over api.max_body_bytes, or payload over delivery.max_payload_bytes",
         415 => "The body is not JSON (Content-Type must be application/json)",
         422 => "Valid JSON with a value that is not acceptable (a wrong type, a bad URL, a refused address, a bad duration, a bad cursor)",
+        429 => "The token is over api.token_rate_limit; retry after the Retry-After header's seconds",
         503 => "The database is unreachable or busy; try again",
         _ => "Error",
     };
@@ -366,7 +415,7 @@ fn operation(route: &super::routes::Route) -> Value {
     responses.insert(route.ok.to_string(), ok);
     let mut errors: Vec<u16> = route.errors.to_vec();
     if route.access != Access::Public {
-        errors.extend([401, 503]);
+        errors.extend([401, 429, 503]);
         if route.access != Access::Read {
             errors.push(403);
         }
@@ -399,7 +448,7 @@ fn build() -> Value {
         "info": {
             "title": "notification-reconciler management API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Channels, rules, events and their delivery record. JSON in and out. Every route but this document needs `Authorization: Bearer TOKEN` (made by `notification-reconciler token create`). A namespace token works only under its own namespace (others answer 404); a read-only token gets 403 on every write; admin tokens work everywhere. Errors: {\"error\": {\"code\", \"message\", \"param\"?}}."
+            "description": "Channels, rules, events and their delivery record. JSON in and out. Every route but this document needs `Authorization: Bearer TOKEN` (made by `notification-reconciler token create`). A namespace token works only under its own namespace (others answer 404); a read-only token gets 403 on every write and on the signing secret, and sees header values as \"***\"; admin tokens work everywhere. Every answer carries Cache-Control: no-store; above api.token_rate_limit a token gets 429 with Retry-After. Errors: {\"error\": {\"code\", \"message\", \"param\"?}}."
         },
         "servers": [{ "url": "/" }],
         "security": [{ "bearer": [] }],
@@ -437,6 +486,6 @@ mod tests {
             let name: String = rest.chars().take_while(|c| c.is_alphanumeric()).collect();
             assert!(schemas.contains_key(&name), "missing schema {name}");
         }
-        assert_eq!(document()["paths"].as_object().unwrap().len(), 18);
+        assert_eq!(document()["paths"].as_object().unwrap().len(), 20);
     }
 }

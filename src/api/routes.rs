@@ -16,6 +16,9 @@ pub enum Access {
     Read,
     /// Such a token that is not read-only.
     Write,
+    /// A read that reveals a secret: such a token that is not read-only
+    /// (a read-only token, e.g. a support or portal link, never sees one).
+    Reveal,
     /// An admin token.
     Admin,
 }
@@ -36,6 +39,8 @@ pub enum Body {
 pub enum Handler {
     /// Needs a database connection and a token.
     Db(fn(&Ctx, &Call<'_>, &mut postgres::Client) -> Result<Reply, ApiError>),
+    /// A change: runs in a transaction that also writes its audit row.
+    Write(fn(&Ctx, &Call<'_>, &mut postgres::Transaction<'_>) -> Result<Reply, ApiError>),
     /// Answers from memory, without a token.
     Static(fn() -> Response),
 }
@@ -80,25 +85,27 @@ pub static ROUTES: &[Route] = &[
     Route { method: "GET", path: "/v1/status", operation: "getStatus", summary: "The service's status (what `status --json` prints); admin tokens only", access: Access::Admin, query: &[], body: Body::None, ok: 200, answer: Some("Status"), errors: &[], handler: Handler::Db(h::status) },
     Route { method: "GET", path: "/v1/namespaces/{ns}/stats", operation: "getStats", summary: "Delivery counts of the namespace and attempts per minute over the last hour", access: Access::Read, query: &[], body: Body::None, ok: 200, answer: Some("Stats"), errors: &[], handler: Handler::Db(h::stats) },
     Route { method: "GET", path: "/v1/namespaces/{ns}/channels", operation: "listChannels", summary: "The namespace's channels, oldest first, a page at a time", access: Access::Read, query: PAGE, body: Body::None, ok: 200, answer: Some("ChannelList"), errors: &[400, 422], handler: Handler::Db(h::list_channels) },
-    Route { method: "POST", path: "/v1/namespaces/{ns}/channels", operation: "createChannel", summary: "Create a webhook channel; the answer carries its signing secret", access: Access::Write, query: &[], body: Body::Required("ChannelCreate"), ok: 201, answer: Some("ChannelCreated"), errors: &[400, 413, 415, 422], handler: Handler::Db(h::create_channel) },
+    Route { method: "POST", path: "/v1/namespaces/{ns}/channels", operation: "createChannel", summary: "Create a webhook channel; the answer carries its signing secret", access: Access::Write, query: &[], body: Body::Required("ChannelCreate"), ok: 201, answer: Some("ChannelCreated"), errors: &[400, 413, 415, 422], handler: Handler::Write(h::create_channel) },
     Route { method: "GET", path: "/v1/namespaces/{ns}/channels/{id}", operation: "getChannel", summary: "One channel with its health (breaker, in flight, failing since, disabled reason)", access: Access::Read, query: &[], body: Body::None, ok: 200, answer: Some("Channel"), errors: &[], handler: Handler::Db(h::get_channel) },
-    Route { method: "PATCH", path: "/v1/namespaces/{ns}/channels/{id}", operation: "updateChannel", summary: "Change a channel's name, URL, custom headers, rate limit or order; deliveries still due go to the new URL", access: Access::Write, query: &[], body: Body::Required("ChannelUpdate"), ok: 200, answer: Some("Channel"), errors: &[400, 413, 415, 422], handler: Handler::Db(h::update_channel) },
-    Route { method: "DELETE", path: "/v1/namespaces/{ns}/channels/{id}", operation: "deleteChannel", summary: "Delete a channel (its pending deliveries fail)", access: Access::Write, query: &[], body: Body::None, ok: 204, answer: None, errors: &[], handler: Handler::Db(h::delete_channel) },
-    Route { method: "POST", path: "/v1/namespaces/{ns}/channels/{id}/enable", operation: "enableChannel", summary: "Enable a channel", access: Access::Write, query: &[], body: Body::Optional("Empty"), ok: 200, answer: Some("Channel"), errors: &[400, 413, 415], handler: Handler::Db(h::enable_channel) },
-    Route { method: "POST", path: "/v1/namespaces/{ns}/channels/{id}/disable", operation: "disableChannel", summary: "Disable a channel (its pending deliveries fail)", access: Access::Write, query: &[], body: Body::Optional("Empty"), ok: 200, answer: Some("Channel"), errors: &[400, 413, 415], handler: Handler::Db(h::disable_channel) },
-    Route { method: "POST", path: "/v1/namespaces/{ns}/channels/{id}/rotate-secret", operation: "rotateChannelSecret", summary: "Replace the signing secret; during the overlap requests carry both signatures", access: Access::Write, query: &[], body: Body::Optional("Rotate"), ok: 200, answer: Some("Rotated"), errors: &[400, 413, 415, 422], handler: Handler::Db(h::rotate_secret) },
-    Route { method: "GET", path: "/v1/namespaces/{ns}/channels/{id}/secret", operation: "getChannelSecret", summary: "The channel's current signing secret (shown only when asked for)", access: Access::Read, query: &[], body: Body::None, ok: 200, answer: Some("Secret"), errors: &[], handler: Handler::Db(h::channel_secret) },
-    Route { method: "POST", path: "/v1/namespaces/{ns}/channels/{id}/test", operation: "sendTestEvent", summary: "Send a `webhook.test` event to this channel only", access: Access::Write, query: &[], body: Body::Optional("Empty"), ok: 201, answer: Some("EventIds"), errors: &[400, 409, 413, 415], handler: Handler::Db(h::test_channel) },
-    Route { method: "POST", path: "/v1/namespaces/{ns}/channels/{id}/resend", operation: "resendChannel", summary: "Resend the channel's deliveries (of events since a time, in a state); dry_run only counts", access: Access::Write, query: &[], body: Body::Optional("BulkResend"), ok: 200, answer: Some("BulkResendReport"), errors: &[400, 409, 413, 415, 422], handler: Handler::Db(h::resend_channel) },
+    Route { method: "PATCH", path: "/v1/namespaces/{ns}/channels/{id}", operation: "updateChannel", summary: "Change a channel's name, URL, custom headers, rate limit or order; deliveries still due go to the new URL", access: Access::Write, query: &[], body: Body::Required("ChannelUpdate"), ok: 200, answer: Some("Channel"), errors: &[400, 413, 415, 422], handler: Handler::Write(h::update_channel) },
+    Route { method: "DELETE", path: "/v1/namespaces/{ns}/channels/{id}", operation: "deleteChannel", summary: "Delete a channel (its pending deliveries fail)", access: Access::Write, query: &[], body: Body::None, ok: 204, answer: None, errors: &[], handler: Handler::Write(h::delete_channel) },
+    Route { method: "POST", path: "/v1/namespaces/{ns}/channels/{id}/enable", operation: "enableChannel", summary: "Enable a channel", access: Access::Write, query: &[], body: Body::Optional("Empty"), ok: 200, answer: Some("Channel"), errors: &[400, 413, 415], handler: Handler::Write(h::enable_channel) },
+    Route { method: "POST", path: "/v1/namespaces/{ns}/channels/{id}/disable", operation: "disableChannel", summary: "Disable a channel (its pending deliveries fail)", access: Access::Write, query: &[], body: Body::Optional("Empty"), ok: 200, answer: Some("Channel"), errors: &[400, 413, 415], handler: Handler::Write(h::disable_channel) },
+    Route { method: "POST", path: "/v1/namespaces/{ns}/channels/{id}/rotate-secret", operation: "rotateChannelSecret", summary: "Replace the signing secret; during the overlap requests carry both signatures", access: Access::Write, query: &[], body: Body::Optional("Rotate"), ok: 200, answer: Some("Rotated"), errors: &[400, 413, 415, 422], handler: Handler::Write(h::rotate_secret) },
+    Route { method: "GET", path: "/v1/namespaces/{ns}/channels/{id}/secret", operation: "getChannelSecret", summary: "The channel's current signing secret (shown only when asked for; not to read-only tokens)", access: Access::Reveal, query: &[], body: Body::None, ok: 200, answer: Some("Secret"), errors: &[], handler: Handler::Db(h::channel_secret) },
+    Route { method: "POST", path: "/v1/namespaces/{ns}/channels/{id}/test", operation: "sendTestEvent", summary: "Send a `webhook.test` event to this channel only", access: Access::Write, query: &[], body: Body::Optional("Empty"), ok: 201, answer: Some("EventIds"), errors: &[400, 409, 413, 415], handler: Handler::Write(h::test_channel) },
+    Route { method: "POST", path: "/v1/namespaces/{ns}/channels/{id}/resend", operation: "resendChannel", summary: "Resend the channel's deliveries (of events since a time, in a state); dry_run only counts", access: Access::Write, query: &[], body: Body::Optional("BulkResend"), ok: 200, answer: Some("BulkResendReport"), errors: &[400, 409, 413, 415, 422], handler: Handler::Write(h::resend_channel) },
     Route { method: "GET", path: "/v1/namespaces/{ns}/rules", operation: "listRules", summary: "The namespace's rules, oldest first, a page at a time", access: Access::Read, query: PAGE, body: Body::None, ok: 200, answer: Some("RuleList"), errors: &[400, 422], handler: Handler::Db(h::list_rules) },
-    Route { method: "POST", path: "/v1/namespaces/{ns}/rules", operation: "createRule", summary: "Create a rule: events of a type go to these channels", access: Access::Write, query: &[], body: Body::Required("RuleCreate"), ok: 201, answer: Some("Rule"), errors: &[400, 413, 415, 422], handler: Handler::Db(h::create_rule) },
+    Route { method: "POST", path: "/v1/namespaces/{ns}/rules", operation: "createRule", summary: "Create a rule: events of a type go to these channels", access: Access::Write, query: &[], body: Body::Required("RuleCreate"), ok: 201, answer: Some("Rule"), errors: &[400, 413, 415, 422], handler: Handler::Write(h::create_rule) },
     Route { method: "GET", path: "/v1/namespaces/{ns}/rules/{id}", operation: "getRule", summary: "One rule", access: Access::Read, query: &[], body: Body::None, ok: 200, answer: Some("Rule"), errors: &[], handler: Handler::Db(h::get_rule) },
-    Route { method: "PATCH", path: "/v1/namespaces/{ns}/rules/{id}", operation: "updateRule", summary: "Change a rule's channels (the whole list) or payload filter (null removes it)", access: Access::Write, query: &[], body: Body::Required("RuleUpdate"), ok: 200, answer: Some("Rule"), errors: &[400, 413, 415, 422], handler: Handler::Db(h::update_rule) },
-    Route { method: "DELETE", path: "/v1/namespaces/{ns}/rules/{id}", operation: "deleteRule", summary: "Delete a rule (it matches no new event; deliveries enqueued go on)", access: Access::Write, query: &[], body: Body::None, ok: 204, answer: None, errors: &[], handler: Handler::Db(h::delete_rule) },
+    Route { method: "PATCH", path: "/v1/namespaces/{ns}/rules/{id}", operation: "updateRule", summary: "Change a rule's channels (the whole list) or payload filter (null removes it)", access: Access::Write, query: &[], body: Body::Required("RuleUpdate"), ok: 200, answer: Some("Rule"), errors: &[400, 413, 415, 422], handler: Handler::Write(h::update_rule) },
+    Route { method: "DELETE", path: "/v1/namespaces/{ns}/rules/{id}", operation: "deleteRule", summary: "Delete a rule (it matches no new event; deliveries enqueued go on)", access: Access::Write, query: &[], body: Body::None, ok: 204, answer: None, errors: &[], handler: Handler::Write(h::delete_rule) },
     Route { method: "POST", path: "/v1/namespaces/{ns}/events", operation: "createEvent", summary: "Enqueue an event (one per matching rule); an Idempotency-Key makes a retry safe for 24 h", access: Access::Write, query: &[], body: Body::Required("EventCreate"), ok: 201, answer: Some("EventsEmitted"), errors: &[400, 413, 415, 422], handler: Handler::Db(h::create_event) },
     Route { method: "GET", path: "/v1/namespaces/{ns}/events", operation: "listEvents", summary: "The namespace's events, newest first, filtered, a page at a time", access: Access::Read, query: &["type", "state", "channel", "since", "limit", "cursor"], body: Body::None, ok: 200, answer: Some("EventList"), errors: &[400, 422], handler: Handler::Db(h::list_events) },
     Route { method: "GET", path: "/v1/namespaces/{ns}/events/{id}", operation: "getEvent", summary: "One event with every delivery and its attempts", access: Access::Read, query: &[], body: Body::None, ok: 200, answer: Some("EventDetail"), errors: &[], handler: Handler::Db(h::get_event) },
-    Route { method: "POST", path: "/v1/namespaces/{ns}/events/{id}/resend", operation: "resendEvent", summary: "Resend an event's finished deliveries (or the one to a channel)", access: Access::Write, query: &[], body: Body::Optional("EventResend"), ok: 200, answer: Some("ResendReport"), errors: &[400, 409, 413, 415, 422], handler: Handler::Db(h::resend_event) },
+    Route { method: "POST", path: "/v1/namespaces/{ns}/portal", operation: "createPortalLink", summary: "Mint a short-lived console link for the namespace (a new namespace token in the URL's fragment); admin tokens only", access: Access::Admin, query: &[], body: Body::Optional("PortalCreate"), ok: 201, answer: Some("Portal"), errors: &[400, 413, 415, 422], handler: Handler::Write(h::create_portal) },
+    Route { method: "GET", path: "/v1/namespaces/{ns}/audit", operation: "listAudit", summary: "Who changed what in the namespace (the audit trail), newest first, a page at a time", access: Access::Read, query: &["since", "limit", "cursor"], body: Body::None, ok: 200, answer: Some("AuditList"), errors: &[400, 422], handler: Handler::Db(h::list_audit) },
+    Route { method: "POST", path: "/v1/namespaces/{ns}/events/{id}/resend", operation: "resendEvent", summary: "Resend an event's finished deliveries (or the one to a channel)", access: Access::Write, query: &[], body: Body::Optional("EventResend"), ok: 200, answer: Some("ResendReport"), errors: &[400, 409, 413, 415, 422], handler: Handler::Write(h::resend_event) },
 ];
 
 /// Path parameters: (name, percent-decoded value).
@@ -128,7 +135,8 @@ pub fn find(method: &str, path: &str) -> Result<(&'static Route, Params), ApiErr
                 "{method} is not allowed on {path:?}; use {}",
                 allowed.join(", ")
             ),
-        ))
+        )
+        .with_header("allow", allowed.join(", ")))
     }
 }
 
@@ -175,10 +183,9 @@ mod tests {
             p,
             vec![("ns", "acme co".to_string()), ("id", "abc".to_string())]
         );
-        assert_eq!(
-            find("PUT", "/v1/namespaces/a/channels").unwrap_err().status,
-            405
-        );
+        let e = find("PUT", "/v1/namespaces/a/channels").unwrap_err();
+        assert_eq!(e.status, 405);
+        assert_eq!(e.headers, vec![("allow", "GET, POST".to_string())]);
         assert_eq!(find("GET", "/v1/nothing").unwrap_err().status, 404);
         assert_eq!(
             find("GET", "/v1/namespaces//channels").unwrap_err().status,
@@ -202,7 +209,27 @@ mod tests {
                 assert!(r.path.starts_with(NS), "{}", r.path);
             }
             let writes = matches!(r.method, "POST" | "PATCH" | "DELETE");
-            assert_eq!(writes, r.access == Access::Write, "{} {}", r.method, r.path);
+            if writes {
+                // Every write is refused to read-only tokens; the portal
+                // route needs an admin token besides.
+                assert!(
+                    matches!(r.access, Access::Write | Access::Admin),
+                    "{} {}",
+                    r.method,
+                    r.path
+                );
+            } else {
+                assert_ne!(r.access, Access::Write, "{} {}", r.method, r.path);
+            }
+            // Every change but posting an event leaves an audit row.
+            let audited = matches!(r.handler, Handler::Write(_));
+            assert_eq!(
+                audited,
+                writes && r.operation != "createEvent",
+                "{} {}",
+                r.method,
+                r.path
+            );
         }
     }
 }

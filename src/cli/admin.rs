@@ -26,6 +26,19 @@ pub fn migrate(config: &Config) -> anyhow::Result<ExitCode> {
             config.database.schema, config.reconciler.shards
         );
     }
+    if let Some(key) = &config.secrets.key {
+        // Rows written before the key existed (or under a rotated-away
+        // key): encrypted in small steps, so `migrate` may run while the
+        // service does.
+        let n = crate::db::secrets::reseal_all(&mut client, key, super::secrets::BATCH)?;
+        if n > 0 {
+            println!(
+                "schema \"{}\": encrypted the secrets and header values of {n} channel(s) under key {} ([secrets] key_file)",
+                config.database.schema,
+                key.id()
+            );
+        }
+    }
     if applied.is_empty() {
         println!(
             "schema \"{}\" is up to date (version {})",
@@ -47,7 +60,8 @@ pub fn migrate(config: &Config) -> anyhow::Result<ExitCode> {
 /// `check-config`: the config is valid (else `run` already failed with 2);
 /// print the warnings about suspicious settings, then the effective values.
 pub fn check_config(config: &Config) -> anyhow::Result<ExitCode> {
-    let warnings = crate::config_check::warnings(config);
+    let mut warnings = crate::config_check::warnings(config);
+    warnings.extend(crate::config_check::secrets_warning(config));
     for warning in &warnings {
         eprintln!("warning: {}: {warning}", config.path.display());
     }
@@ -187,6 +201,13 @@ pub fn prune(
     let older_than = older_than.unwrap_or(config.retention.keep_finished);
     let mut client = super::connect(config)?;
     let report = crate::ops::prune::prune(&mut client, older_than, dry_run)?;
+    if !dry_run {
+        let n = crate::ops::audit::prune(&mut client, config.retention.keep_audit)
+            .map_err(super::ops_error)?;
+        if n > 0 {
+            eprintln!("removed {n} audit row(s) older than retention.keep_audit");
+        }
+    }
     if json {
         super::print_json(&report)?;
         return Ok(ExitCode::SUCCESS);

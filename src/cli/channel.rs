@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use super::{ops_error, ChannelCommand, UsageError};
+use super::{begin, commit_audited, ops_error, ChannelCommand, UsageError};
 use crate::config::Config;
 use crate::delivery::endpoint;
 use crate::delivery::ssrf::Guard;
@@ -36,10 +36,19 @@ pub fn run(config: &Config, command: ChannelCommand) -> anyhow::Result<ExitCode>
             };
             channels::check_new(&guard, &input).map_err(ops_error)?;
             let mut client = super::connect(config)?;
-            let created = channels::create(&mut client, &guard, input).map_err(ops_error)?;
+            let mut tx = begin(&mut client)?;
+            let created = channels::create(&mut tx, &guard, input).map_err(ops_error)?;
             if let Some(warning) = &created.warning {
                 eprintln!("warning: {warning}");
             }
+            let c = &created.channel.channel;
+            commit_audited(
+                tx,
+                Some(&c.namespace),
+                "createChannel",
+                "channel",
+                Some(c.id.to_string()),
+            )?;
             println!("{}", created.channel.channel.id);
         }
         ChannelCommand::List {
@@ -118,22 +127,60 @@ pub fn run(config: &Config, command: ChannelCommand) -> anyhow::Result<ExitCode>
             }
             channels::check_patch(&guard, &patch).map_err(ops_error)?;
             let mut client = super::connect(config)?;
-            channels::update(&mut client, &guard, None, id, patch).map_err(ops_error)?;
+            let mut tx = begin(&mut client)?;
+            let view = channels::update(&mut tx, &guard, None, id, patch).map_err(ops_error)?;
+            let ns = view.channel.namespace;
+            commit_audited(
+                tx,
+                Some(&ns),
+                "updateChannel",
+                "channel",
+                Some(id.to_string()),
+            )?;
             eprintln!("channel {id} updated");
         }
         ChannelCommand::Disable { id } => {
             let mut client = super::connect(config)?;
-            channels::set_disabled(&mut client, None, id, true).map_err(ops_error)?;
+            let mut tx = begin(&mut client)?;
+            let view = channels::set_disabled(&mut tx, None, id, true).map_err(ops_error)?;
+            let ns = view.channel.namespace;
+            commit_audited(
+                tx,
+                Some(&ns),
+                "disableChannel",
+                "channel",
+                Some(id.to_string()),
+            )?;
             eprintln!("channel {id} disabled");
         }
         ChannelCommand::Enable { id } => {
             let mut client = super::connect(config)?;
-            channels::set_disabled(&mut client, None, id, false).map_err(ops_error)?;
+            let mut tx = begin(&mut client)?;
+            let view = channels::set_disabled(&mut tx, None, id, false).map_err(ops_error)?;
+            let ns = view.channel.namespace;
+            commit_audited(
+                tx,
+                Some(&ns),
+                "enableChannel",
+                "channel",
+                Some(id.to_string()),
+            )?;
             eprintln!("channel {id} enabled");
         }
         ChannelCommand::Delete { id } => {
             let mut client = super::connect(config)?;
-            channels::delete(&mut client, None, id).map_err(ops_error)?;
+            let mut tx = begin(&mut client)?;
+            let ns = channels::stored(&mut tx, None, id, false)
+                .map_err(ops_error)?
+                .namespace;
+            channels::delete(&mut tx, None, id).map_err(ops_error)?;
+            commit_audited(
+                tx,
+                Some(&ns),
+                "deleteChannel",
+                "channel",
+                Some(id.to_string()),
+            )?;
             eprintln!("channel {id} deleted");
         }
         ChannelCommand::RotateSecret {
@@ -143,8 +190,19 @@ pub fn run(config: &Config, command: ChannelCommand) -> anyhow::Result<ExitCode>
         } => {
             channels::check_rotation(secret.as_deref(), overlap).map_err(ops_error)?;
             let mut client = super::connect(config)?;
-            let rotated = channels::rotate_secret(&mut client, None, id, secret, overlap)
-                .map_err(ops_error)?;
+            let mut tx = begin(&mut client)?;
+            let ns = channels::stored(&mut tx, None, id, false)
+                .map_err(ops_error)?
+                .namespace;
+            let rotated =
+                channels::rotate_secret(&mut tx, None, id, secret, overlap).map_err(ops_error)?;
+            commit_audited(
+                tx,
+                Some(&ns),
+                "rotateChannelSecret",
+                "channel",
+                Some(id.to_string()),
+            )?;
             println!("{}", rotated.signing_secret);
             match rotated.previous_secret_until {
                 None => eprintln!("channel {id}: secret rotated; the old secret is no longer used"),

@@ -221,7 +221,20 @@ fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
 /// line saying why.
 pub fn resend(config: &Config, event_id: Uuid, channel: Option<Uuid>) -> anyhow::Result<ExitCode> {
     let mut client = super::connect(config)?;
-    let result = ops_events::resend(&mut client, None, event_id, channel).map_err(ops_error)?;
+    let mut tx = super::begin(&mut client)?;
+    // Resend first: an unknown event gets its own message from it.
+    let result = ops_events::resend(&mut tx, None, event_id, channel).map_err(ops_error)?;
+    let ns = ops_events::show(&mut tx, None, event_id)
+        .map_err(ops_error)?
+        .0
+        .namespace;
+    super::commit_audited(
+        tx,
+        Some(&ns),
+        "resendEvent",
+        "event",
+        Some(event_id.to_string()),
+    )?;
     for resent in &result.resent {
         println!(
             "resent event {event_id} to channel {} ({}): was {}, now RESENDING, due now",
@@ -265,8 +278,19 @@ pub fn resend_channel(
         .map_err(ops_error)?;
     channels::resendable_states(state).map_err(ops_error)?;
     let mut client = super::connect(config)?;
+    let mut tx = super::begin(&mut client)?;
+    let ns = channels::stored(&mut tx, None, channel_id, false)
+        .map_err(ops_error)?
+        .namespace;
     let result =
-        channels::resend(&mut client, None, channel_id, since, state, false).map_err(ops_error)?;
+        channels::resend(&mut tx, None, channel_id, since, state, false).map_err(ops_error)?;
+    super::commit_audited(
+        tx,
+        Some(&ns),
+        "resendChannel",
+        "channel",
+        Some(channel_id.to_string()),
+    )?;
     let breakdown: Vec<String> = result
         .by_state
         .iter()

@@ -9,6 +9,7 @@ mod admin;
 mod channel;
 mod event;
 mod rule;
+mod secrets;
 mod token;
 
 use std::path::PathBuf;
@@ -113,6 +114,35 @@ pub enum Command {
     },
     /// A development webhook receiver that verifies signatures.
     Sink(SinkArgs),
+    /// Encryption at rest of signing secrets and header values.
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
+    /// Who changed what in a namespace (the audit trail), newest first.
+    Audit {
+        /// The namespace.
+        #[arg(long)]
+        namespace: String,
+        /// Only changes at or after TIME: an RFC 3339 time or a duration
+        /// ago (`24h`).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `secrets …`
+#[derive(Debug, Subcommand)]
+pub enum SecretsCommand {
+    /// Re-encrypt every signing secret and header value under a new key,
+    /// online, in small steps; then point `[secrets] key_file` at the new
+    /// file and restart each instance (both keys are readable meanwhile).
+    RotateKey {
+        /// The new key: a file of 32 random bytes as base64.
+        #[arg(long, value_name = "F")]
+        new_key_file: std::path::PathBuf,
+    },
 }
 
 /// `token …`
@@ -405,6 +435,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn dispatch(command: Command, config: &Config) -> anyhow::Result<ExitCode> {
+    // Values are sealed with, and opened by, the configured key.
+    crate::secrets::install(config.secrets.key.clone());
     match command {
         Command::Migrate => admin::migrate(config),
         Command::CheckConfig => admin::check_config(config),
@@ -413,13 +445,34 @@ fn dispatch(command: Command, config: &Config) -> anyhow::Result<ExitCode> {
             for warning in crate::config_check::warnings(config) {
                 log::warn!("{}: {warning}", config.path.display());
             }
+            // Refuse to start rather than fail deliveries whose secrets
+            // this instance cannot decrypt.
+            // (A database not reachable yet, or not migrated, is the
+            // daemon's own business to report.)
+            if let Ok(mut client) = connect(config) {
+                crate::db::secrets::check_readable(&mut client)?;
+            }
             crate::service::daemon::run(config)
         }
-        Command::Once { json } => crate::service::once::run(config, json),
+        Command::Once { json } => {
+            // As `run`: refuse rather than fail deliveries it cannot sign.
+            if let Ok(mut client) = connect(config) {
+                crate::db::secrets::check_readable(&mut client)?;
+            }
+            crate::service::once::run(config, json)
+        }
         Command::Channel(c) => channel::run(config, c),
         Command::Rule(c) => rule::run(config, c),
         Command::Event(c) => event::run(config, c),
         Command::Token(c) => token::run(config, c),
+        Command::Secrets(SecretsCommand::RotateKey { new_key_file }) => {
+            secrets::rotate_key(config, &new_key_file)
+        }
+        Command::Audit {
+            namespace,
+            since,
+            json,
+        } => secrets::audit(config, &namespace, since.as_deref(), json),
         Command::Resend {
             event_id: Some(event_id),
             channel,
@@ -461,6 +514,34 @@ fn name_url_source(err: anyhow::Error, config: &Config, from_env: bool) -> anyho
         (true, true) => err.context("DATABASE_URL"),
         (true, false) => err.context(format!("{}: database.url", config.path.display())),
     }
+}
+
+/// Records a change made by the command line (the OS user as the actor)
+/// inside `tx`, the change's own transaction, then commits both.
+pub(crate) fn commit_audited(
+    mut tx: postgres::Transaction<'_>,
+    namespace: Option<&str>,
+    operation: &str,
+    object_kind: &str,
+    object_id: Option<String>,
+) -> anyhow::Result<()> {
+    let what = crate::ops::audit::Change {
+        namespace,
+        operation,
+        object_kind,
+    };
+    crate::ops::audit::record(&mut tx, &crate::ops::audit::cli_actor(), what, object_id)
+        .map_err(ops_error)?;
+    tx.commit()
+        .map_err(crate::db::DbError::query("committing a change"))?;
+    Ok(())
+}
+
+/// A transaction on `client` for one change.
+pub(crate) fn begin(client: &mut postgres::Client) -> anyhow::Result<postgres::Transaction<'_>> {
+    Ok(client
+        .transaction()
+        .map_err(crate::db::DbError::query("starting a change"))?)
 }
 
 /// Logging to stderr; `RUST_LOG` overrides the configured level.

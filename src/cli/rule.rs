@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use super::{ops_error, RuleCommand};
+use super::{begin, commit_audited, ops_error, RuleCommand};
 use crate::config::Config;
 use crate::ops::rules::{self, NewRuleInput, RulePatch};
 
@@ -57,7 +57,15 @@ pub fn run(config: &Config, command: RuleCommand) -> anyhow::Result<ExitCode> {
                 channels,
                 filter,
             };
-            let rule = rules::create(&mut client, input).map_err(ops_error)?;
+            let mut tx = begin(&mut client)?;
+            let rule = rules::create(&mut tx, input).map_err(ops_error)?;
+            commit_audited(
+                tx,
+                Some(&rule.namespace),
+                "createRule",
+                "rule",
+                Some(rule.id.to_string()),
+            )?;
             println!("{}", rule.id);
         }
         RuleCommand::List { namespace, json } => {
@@ -102,11 +110,22 @@ pub fn run(config: &Config, command: RuleCommand) -> anyhow::Result<ExitCode> {
                     filter.map(Some)
                 },
             };
-            rules::update(&mut client, None, id, patch).map_err(ops_error)?;
+            let mut tx = begin(&mut client)?;
+            let rule = rules::update(&mut tx, None, id, patch).map_err(ops_error)?;
+            commit_audited(
+                tx,
+                Some(&rule.namespace),
+                "updateRule",
+                "rule",
+                Some(id.to_string()),
+            )?;
             eprintln!("rule {id} updated");
         }
         RuleCommand::Delete { id } => {
-            rules::delete(&mut client, None, id).map_err(ops_error)?;
+            let mut tx = begin(&mut client)?;
+            let ns = rules::get(&mut tx, None, id).map_err(ops_error)?.namespace;
+            rules::delete(&mut tx, None, id).map_err(ops_error)?;
+            commit_audited(tx, Some(&ns), "deleteRule", "rule", Some(id.to_string()))?;
             eprintln!("rule {id} deleted");
         }
     }

@@ -25,7 +25,16 @@ pub fn run(config: &Config, command: TokenCommand) -> anyhow::Result<ExitCode> {
                 expires,
             };
             tokens::check_new(&input).map_err(ops_error)?;
-            let created = tokens::create(&mut connect()?, input).map_err(ops_error)?;
+            let mut client = connect()?;
+            let mut tx = super::begin(&mut client)?;
+            let created = tokens::create(&mut tx, input).map_err(ops_error)?;
+            super::commit_audited(
+                tx,
+                created.record.namespace.as_deref(),
+                "createToken",
+                "token",
+                Some(created.record.id.to_string()),
+            )?;
             println!("{}", created.token);
             let r = &created.record;
             eprintln!(
@@ -73,7 +82,21 @@ pub fn run(config: &Config, command: TokenCommand) -> anyhow::Result<ExitCode> {
             }
         }
         TokenCommand::Revoke { id } => {
-            tokens::revoke(&mut connect()?, id).map_err(ops_error)?;
+            let mut client = connect()?;
+            let mut tx = super::begin(&mut client)?;
+            let ns = tokens::list(&mut tx)
+                .map_err(ops_error)?
+                .into_iter()
+                .find(|t| t.id == id)
+                .and_then(|t| t.namespace);
+            tokens::revoke(&mut tx, id).map_err(ops_error)?;
+            super::commit_audited(
+                tx,
+                ns.as_deref(),
+                "revokeToken",
+                "token",
+                Some(id.to_string()),
+            )?;
             eprintln!("token {id} revoked");
         }
     }

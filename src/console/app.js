@@ -63,15 +63,47 @@ function clearNotice() {
 
 // A link made for a customer carries the token in the fragment, which never
 // reaches a server; it is moved to sessionStorage and removed from the
-// address bar (and from this history entry) at once.
+// address bar (and from this history entry) at once. A link opened while
+// another token is signed in asks first: a link someone else sent must not
+// silently swap the session (the user would then act as that token).
+// Returns "taken", "ask" (the page asking was shown) or "none".
 function takeTokenFromAddress() {
-  if (!location.hash.startsWith("#token=")) return;
-  const token = new URLSearchParams(location.hash.slice(1)).get("token");
+  if (!location.hash.startsWith("#token=")) return "none";
+  const token = (new URLSearchParams(location.hash.slice(1)).get("token") || "").trim();
   history.replaceState(null, "", `${location.pathname}${location.search}#/`);
-  if (token) {
-    session.clear();
-    session.token = token.trim();
+  if (!token) return "none";
+  if (session.token && session.token !== token) {
+    askBeforeReplacing(token);
+    return "ask";
   }
+  session.clear();
+  session.token = token;
+  return "taken";
+}
+
+// The question a link opened during a session asks; the link's token is
+// kept in memory only until it is answered.
+function askBeforeReplacing(token) {
+  runCleanups();
+  state.generation++;
+  clearNotice();
+  clearError();
+  const keep = h("button", { type: "button", id: "link-keep", class: "primary" }, "Keep my session");
+  const take = h("button", { type: "button", id: "link-accept" }, "Sign in with the link's token");
+  keep.addEventListener("click", () => (state.me ? route(true) : signIn()));
+  take.addEventListener("click", () => {
+    session.clear();
+    session.token = token;
+    signIn();
+  });
+  document.title = "Replace your session? · notification-reconciler";
+  document.body.dataset.rendered = "link";
+  $("main").replaceChildren(
+    h("h1", { tabindex: "-1" }, "Replace your session?"),
+    h("p", {}, "This link signs in with another access token. Signing in with it ends the session open in this tab, " +
+      "and what you do next is done with the link's token. Only continue if you expected this link."),
+    h("p", { class: "links", id: "link-question" }, keep, " ", take));
+  keep.focus();
 }
 
 function showSignIn(message) {
@@ -284,13 +316,15 @@ function start() {
   $("namespace").addEventListener("change", switchNamespace);
   window.addEventListener("hashchange", () => {
     if (location.hash.startsWith("#token=")) {
-      takeTokenFromAddress();
-      signIn();
+      const taken = takeTokenFromAddress();
+      if (taken === "taken") signIn();
+      else if (taken === "none" && state.me) route(true);
     } else {
       route(true);
     }
   });
-  takeTokenFromAddress();
+  const taken = takeTokenFromAddress();
+  if (taken === "ask") return;
   if (session.token) signIn();
   else showSignIn(null);
 }

@@ -1,5 +1,5 @@
 // One channel's page: its settings and health, its signing secret on
-// explicit request, and (for tokens that may write) editing its name, URL
+// explicit request (tokens that may write only), and (for tokens that may write) editing its name, URL
 // and headers, enabling and disabling it, rotating the secret with an
 // overlap, sending a test event and deleting it.
 
@@ -32,7 +32,9 @@ export async function renderChannel(ctx) {
     h("p", { class: "links" },
       h("a", { href: route(["events"], { channel: c.id }) }, "Events sent to this channel"), " · ",
       h("a", { href: route(["recover"], { channel: c.id }) }, "Recover (bulk resend)")),
-    secretSection(ctx, path),
+    // A read-only token never sees the secret (the API refuses it with 403)
+    // nor header values (the API sends "***").
+    ctx.canWrite ? secretSection(ctx, path) : null,
     ctx.canWrite ? actions(ctx, c, path) : h("p", { class: "note" }, "This token is read-only: this channel can be looked at, not changed."),
     ctx.canWrite ? editForm(ctx, c, path) : null,
     ctx.canWrite ? rotateForm(ctx, path) : null,

@@ -7,8 +7,10 @@ use chrono::{DateTime, Utc};
 use postgres::GenericClient;
 use uuid::Uuid;
 
+use super::secrets as secrets_db;
 use super::DbError;
 use crate::rate_limit::RateLimit;
+use crate::secrets;
 
 /// A channel as stored.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -86,6 +88,9 @@ fn rate_columns(limit: Option<RateLimit>) -> (Option<i32>, Option<i32>) {
 /// Inserts a channel; returns its id.
 pub fn create(client: &mut impl GenericClient, new: &NewChannel<'_>) -> Result<Uuid, DbError> {
     let (rate, period) = rate_columns(new.rate_limit);
+    // Sealed under the configured key (stored as given without one).
+    let headers = secrets::seal_headers(&new.headers);
+    let signing_secret = secrets::seal(new.signing_secret, secrets::SIGNING_SECRET);
     let row = client
         .query_one(
             "INSERT INTO channel (namespace, name, url, headers, signing_secret, disabled,
@@ -95,8 +100,8 @@ pub fn create(client: &mut impl GenericClient, new: &NewChannel<'_>) -> Result<U
                 &new.namespace,
                 &new.name,
                 &new.url,
-                &new.headers,
-                &new.signing_secret,
+                &headers,
+                &signing_secret,
                 &new.disabled,
                 &rate,
                 &period,
@@ -114,27 +119,54 @@ const COLUMNS: &str = "id, namespace, name, type, url, headers, signing_secret, 
      CASE WHEN previous_secret_until > now() THEN previous_secret_until END,
      disabled_reason, failing_since, rate_limit, rate_period_secs, ordered";
 
-/// A row of [`COLUMNS`] as a channel; the secrets only with `with_secrets`.
-fn from_row(r: &postgres::Row, with_secrets: bool) -> Channel {
-    Channel {
+/// Makes sure the keys `rows`' sealed values name are known (learning a
+/// rotation's bridges when one is not).
+fn learn_keys(client: &mut impl GenericClient, rows: &[postgres::Row]) -> Result<(), DbError> {
+    let texts: Vec<String> = rows
+        .iter()
+        .flat_map(|r| {
+            let headers: serde_json::Value = r.get(5);
+            [
+                headers.to_string(),
+                r.get::<_, String>(6),
+                r.get::<_, Option<String>>(11).unwrap_or_default(),
+            ]
+        })
+        .collect();
+    secrets_db::ensure_known(client, texts.iter().map(String::as_str))
+}
+
+/// A row of [`COLUMNS`] as a channel, its values opened; the secrets only
+/// with `with_secrets`.
+fn from_row(r: &postgres::Row, with_secrets: bool) -> Result<Channel, DbError> {
+    let headers: serde_json::Value = r.get(5);
+    let signing_secret = match with_secrets {
+        true => Some(secrets::open(r.get(6), secrets::SIGNING_SECRET)?),
+        false => None,
+    };
+    let previous_signing_secret = match (with_secrets, r.get::<_, Option<&str>>(11)) {
+        (true, Some(p)) => Some(secrets::open(p, secrets::SIGNING_SECRET)?),
+        _ => None,
+    };
+    Ok(Channel {
         id: r.get(0),
         namespace: r.get(1),
         name: r.get(2),
         kind: r.get(3),
         url: r.get(4),
-        headers: r.get(5),
-        signing_secret: with_secrets.then(|| r.get(6)),
+        headers: secrets::open_headers(&headers)?,
+        signing_secret,
         disabled: r.get(7),
         created_at: r.get(8),
         updated_at: r.get(9),
         deleted_at: r.get(10),
-        previous_signing_secret: if with_secrets { r.get(11) } else { None },
+        previous_signing_secret,
         previous_secret_until: r.get(12),
         disabled_reason: r.get(13),
         failing_since: r.get(14),
         rate_limit: RateLimit::from_columns(r.get(15), r.get(16)),
         ordered: r.get(17),
-    }
+    })
 }
 
 /// Lists channels (not deleted), optionally of one namespace; the secret only
@@ -170,7 +202,8 @@ pub fn list_after(
             &[&namespace, &after_at, &after_id, &limit],
         )
         .map_err(DbError::query("listing channels"))?;
-    Ok(rows.iter().map(|r| from_row(r, with_secrets)).collect())
+    learn_keys(client, &rows)?;
+    rows.iter().map(|r| from_row(r, with_secrets)).collect()
 }
 
 /// The ids of the live channels named `name` in `namespace`, oldest first
@@ -202,7 +235,9 @@ pub fn get(
             &[&id],
         )
         .map_err(DbError::query("reading a channel"))?;
-    Ok(row.map(|r| from_row(&r, with_secrets)))
+    let rows: Vec<postgres::Row> = row.into_iter().collect();
+    learn_keys(client, &rows)?;
+    rows.first().map(|r| from_row(r, with_secrets)).transpose()
 }
 
 /// What an update changes (`None`: keep).
@@ -229,6 +264,7 @@ pub fn update(
     change: &ChannelChange<'_>,
 ) -> Result<bool, DbError> {
     let set_rate = change.rate_limit.is_some();
+    let headers = change.headers.as_ref().map(secrets::seal_headers);
     let (rate, period) = rate_columns(change.rate_limit.flatten());
     let n = client
         .execute(
@@ -242,7 +278,7 @@ pub fn update(
                 &id,
                 &change.name,
                 &change.url,
-                &change.headers,
+                &headers,
                 &set_rate,
                 &rate,
                 &period,
@@ -385,6 +421,7 @@ pub fn rotate_secret(
     overlap: std::time::Duration,
 ) -> Result<Option<DateTime<Utc>>, DbError> {
     let micros = i64::try_from(overlap.as_micros()).unwrap_or(i64::MAX);
+    let new_secret = secrets::seal(new_secret, secrets::SIGNING_SECRET);
     let row = client
         .query_opt(
             "UPDATE channel SET

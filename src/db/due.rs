@@ -384,6 +384,7 @@ impl Pager {
         let rows = client
             .query(&self.read, &[&cutoff, &ids, &after_at, &after_id])
             .map_err(DbError::query("reading due deliveries"))?;
+        learn_keys(client, &rows)?;
         deliveries_from_rows(&rows)
     }
 
@@ -405,11 +406,29 @@ impl Pager {
             )
             .map_err(DbError::query("reading ordered channels' heads"))?;
         let cleared: Vec<bool> = rows.iter().map(|r| r.get(21)).collect();
+        learn_keys(client, &rows)?;
         Ok(deliveries_from_rows(&rows)?
             .into_iter()
             .zip(cleared)
             .collect())
     }
+}
+
+/// Makes sure the keys the channels' sealed values name are known (a
+/// rotation's bridges are read only when one is not: a string scan per row
+/// otherwise).
+fn learn_keys(client: &mut impl GenericClient, rows: &[postgres::Row]) -> Result<(), DbError> {
+    let mut texts = Vec::new();
+    for r in rows {
+        for col in [13, 14, 18] {
+            if let Some(text) = r.get::<_, Option<&str>>(col) {
+                if text.contains(crate::secrets::PREFIX) {
+                    texts.push(text);
+                }
+            }
+        }
+    }
+    super::secrets::ensure_known(client, texts)
 }
 
 /// Turns the rows of one page into deliveries; sibling deliveries of one

@@ -75,6 +75,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0010_ordered_visibility",
         sql: include_str!("migrations/0010_ordered_visibility.sql"),
     },
+    Migration {
+        version: 11,
+        name: "0011_secrets_audit",
+        sql: include_str!("migrations/0011_secrets_audit.sql"),
+    },
 ];
 
 /// The schema version this binary needs.

@@ -9,6 +9,7 @@
 //! `database.url`. Decisions about what to write live in
 //! `state`; this module only moves rows.
 
+pub mod audit;
 pub mod channels;
 pub mod controls;
 pub mod due;
@@ -18,6 +19,7 @@ pub mod leaders;
 pub mod migrate;
 pub mod prune;
 pub mod rules;
+pub mod secrets;
 pub mod shards;
 pub mod statuses;
 pub mod tcp;
@@ -80,6 +82,10 @@ pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
 /// A database failure, with what was being done.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
+    /// A stored signing secret or header value cannot be opened (a key
+    /// this instance does not have, or a damaged value).
+    #[error(transparent)]
+    Secret(#[from] crate::secrets::SecretsError),
     /// The server could not be reached or refused the login.
     #[error("cannot connect to the database at {url}: {}", driver_text(source))]
     Connect {

@@ -4,9 +4,11 @@
 //! worker checks stored rows with the same ones (a row written by other
 //! means may still be bad) and fails that delivery with the reason.
 
-/// Headers the service sets on every request; custom headers may not
-/// override them.
-pub const RESERVED_HEADERS: [&str; 8] = [
+/// Headers the service sets on every request, and the hop-by-hop headers
+/// that describe one connection rather than the request (RFC 9110 7.6.1;
+/// `expect` would make the request wait for `100 Continue`); custom headers
+/// may not set them.
+pub const RESERVED_HEADERS: &[&str] = &[
     "webhook-id",
     "webhook-timestamp",
     "webhook-signature",
@@ -15,6 +17,13 @@ pub const RESERVED_HEADERS: [&str; 8] = [
     "user-agent",
     "host",
     "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
 ];
 
 /// Checks a channel URL: absolute, `http` or `https`, with a host.
@@ -42,6 +51,20 @@ pub fn literal_address(url: &url::Url) -> Option<std::net::IpAddr> {
         url::Host::Ipv6(ip) => Some(ip.into()),
         url::Host::Domain(_) => None,
     }
+}
+
+/// Refuses a URL with credentials (`user:password@`): they would be sent
+/// to the endpoint as Basic authentication, echoed in every attempt's
+/// record and shown to read-only tokens. A custom `Authorization` header
+/// does the same without that. The message never quotes the URL.
+pub fn check_no_credentials(url: &url::Url) -> Result<(), String> {
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(
+            "the URL carries credentials (user:password@): put them in a custom header instead, e.g. Authorization"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 /// Checks one custom header: a token name (RFC 9110), not reserved, and a
@@ -160,5 +183,20 @@ mod tests {
             .unwrap_err()
             .contains("not a string"));
         assert!(parse_headers(r#"{"content-type": "text/plain"}"#).is_err());
+        for hop in [
+            "Connection",
+            "TE",
+            "Upgrade",
+            "Expect",
+            "Keep-Alive",
+            "Trailer",
+        ] {
+            assert!(
+                check_header(hop, "x")
+                    .unwrap_err()
+                    .contains("cannot be overridden"),
+                "{hop}"
+            );
+        }
     }
 }

@@ -208,9 +208,14 @@ pub fn trust_roots(
 fn describe(err: &ureq::Error) -> String {
     match err {
         ureq::Error::Timeout(what) => format!("timed out ({what})"),
-        other if refusal(other).is_some() => {
-            refusal(other).map(ToString::to_string).unwrap_or_default()
-        }
-        other => other.to_string(),
+        other => match refusal(other) {
+            Some(refused) => {
+                // Operators see the address; the delivery's reason (which
+                // the customer sees) does not.
+                log::warn!("delivery: {refused}");
+                refused.public_reason()
+            }
+            None => other.to_string(),
+        },
     }
 }

@@ -78,6 +78,11 @@ impl Secret {
         Ok(Secret { key })
     }
 
+    /// How many bytes the key has.
+    pub fn key_len(&self) -> usize {
+        self.key.len()
+    }
+
     /// A new random secret: `"whsec_"` + base64 of 32 random bytes.
     pub fn generate() -> String {
         let key: [u8; 32] = rand::random();

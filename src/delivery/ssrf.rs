@@ -151,6 +151,19 @@ pub struct Refused {
     pub range: &'static str,
 }
 
+impl Refused {
+    /// The reason recorded on the delivery, which the customer sees (API,
+    /// console): the range and the key, never the address itself, so that
+    /// a customer cannot map the operator's internal names to addresses.
+    /// The full text ([`Refused`]'s `Display`) goes to the log.
+    pub fn public_reason(&self) -> String {
+        format!(
+            "refused to connect: the host resolves to a {} address, not allowed by {ALLOW_KEY}",
+            self.range
+        )
+    }
+}
+
 /// The guard: refuses special ranges except those in the allow list.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Guard {

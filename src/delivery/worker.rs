@@ -222,13 +222,43 @@ fn usable_channel(status: &DueStatus) -> Result<UsableChannel, Outcome> {
         return Err(Outcome::ChannelUnassigned);
     }
     endpoint::check_url(&t.url).map_err(Outcome::InvalidChannel)?;
-    let secret = SigningKeys::parse(
-        &t.signing_secret,
-        t.previous_secret.as_deref(),
-        t.previous_until,
-    )
-    .map_err(|e| Outcome::InvalidChannel(format!("signing secret: {e}")))?;
-    let headers = endpoint::parse_headers(&t.headers).map_err(Outcome::InvalidChannel)?;
+    // Stored values may be sealed (`[secrets] key_file`); `db::due` has
+    // learned every key they name that this instance can reach.
+    // Not the channel's fault and maybe fixed soon (an instance started
+    // with the wrong key file): retried on the schedule, no request sent.
+    let unsealed = |e: crate::secrets::SecretsError| {
+        log::error!("channel {}: {e}", t.id);
+        Outcome::Attempted(state::AttemptResult {
+            started_at: Utc::now(),
+            duration: Duration::ZERO,
+            url: t.url.clone(),
+            http_status: None,
+            response_body: None,
+            error: Some(
+                "no request sent: the channel's secrets cannot be decrypted by this instance (see its log)"
+                    .into(),
+            ),
+            class: state::AttemptClass::Retryable,
+            retry_after: None,
+        })
+    };
+    let current = crate::secrets::open(&t.signing_secret, crate::secrets::SIGNING_SECRET)
+        .map_err(unsealed)?;
+    let previous = t
+        .previous_secret
+        .as_deref()
+        .map(|p| crate::secrets::open(p, crate::secrets::SIGNING_SECRET))
+        .transpose()
+        .map_err(unsealed)?;
+    let secret = SigningKeys::parse(&current, previous.as_deref(), t.previous_until)
+        .map_err(|e| Outcome::InvalidChannel(format!("signing secret: {e}")))?;
+    let mut headers = endpoint::parse_headers(&t.headers).map_err(Outcome::InvalidChannel)?;
+    for (name, value) in &mut headers {
+        if value.starts_with(crate::secrets::PREFIX) {
+            *value = crate::secrets::open(value, crate::secrets::HEADER_VALUE).map_err(unsealed)?;
+            endpoint::check_header(name, value).map_err(Outcome::InvalidChannel)?;
+        }
+    }
     Ok(UsableChannel { secret, headers })
 }
 
@@ -321,4 +351,62 @@ pub fn webhook_body(event: &DueEvent) -> Vec<u8> {
     };
     // Serialising strings and an already-valid RawValue cannot fail.
     serde_json::to_vec(&body).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::due::Target;
+    use crate::state::StatusView;
+
+    fn status(secret: &str, headers: &str) -> DueStatus {
+        DueStatus {
+            id: uuid::Uuid::nil(),
+            version: 1,
+            view: StatusView {
+                state: State::Pending,
+                next_attempt_at: None,
+                clock_started_at: Utc::now(),
+                round_attempts: 0,
+            },
+            target: Target {
+                id: uuid::Uuid::nil(),
+                url: "https://example.com/hook".into(),
+                headers: headers.into(),
+                signing_secret: secret.into(),
+                previous_secret: None,
+                previous_until: None,
+                disabled: false,
+                deleted: false,
+                assigned: true,
+                failing_since: None,
+            },
+        }
+    }
+
+    #[test]
+    fn sealed_values_are_opened_and_an_unknown_key_is_retried_not_failed() {
+        let key = crate::secrets::Key::from_bytes([42; 32]);
+        crate::secrets::learn(key.clone());
+        let secret = crate::delivery::sign::Secret::generate();
+        let sealed = key.seal(&secret, crate::secrets::SIGNING_SECRET);
+        let header = key.seal("Bearer x", crate::secrets::HEADER_VALUE);
+        let headers = serde_json::json!({ "Authorization": header }).to_string();
+        let usable = usable_channel(&status(&sealed, &headers)).expect("usable");
+        assert_eq!(
+            usable.headers,
+            vec![("Authorization".into(), "Bearer x".into())]
+        );
+
+        let stranger = crate::secrets::Key::from_bytes([7; 32]);
+        let sealed = stranger.seal(&secret, crate::secrets::SIGNING_SECRET);
+        match usable_channel(&status(&sealed, "{}")) {
+            Err(Outcome::Attempted(a)) => {
+                assert_eq!(a.class, state::AttemptClass::Retryable);
+                assert!(a.error.unwrap().contains("cannot be decrypted"));
+            }
+            Err(other) => panic!("{other:?}"),
+            Ok(_) => panic!("opened under an unknown key"),
+        }
+    }
 }

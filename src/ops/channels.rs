@@ -70,8 +70,36 @@ impl ChannelView {
     }
 }
 
+/// What a read-only token sees of a header value.
+pub const HIDDEN: &str = "***";
+
+impl ChannelView {
+    /// The view with every custom header value replaced by [`HIDDEN`] (the
+    /// names stay): what a read-only token is shown. Header values are
+    /// often the endpoint's own credentials (`Authorization: Bearer ...`).
+    pub fn redacted(mut self) -> ChannelView {
+        redact_headers(&mut self.channel);
+        self
+    }
+}
+
+/// Replaces every custom header value of `channel` by [`HIDDEN`] and drops
+/// its secrets.
+pub fn redact_headers(channel: &mut Channel) {
+    if let serde_json::Value::Object(map) = &mut channel.headers {
+        for value in map.values_mut() {
+            *value = serde_json::Value::String(HIDDEN.into());
+        }
+    }
+    channel.signing_secret = None;
+    channel.previous_signing_secret = None;
+}
+
 /// Fills in what the delivery controls hold back of `views`' channels.
-fn add_controls(client: &mut postgres::Client, views: &mut [ChannelView]) -> Result<(), OpsError> {
+fn add_controls(
+    client: &mut impl postgres::GenericClient,
+    views: &mut [ChannelView],
+) -> Result<(), OpsError> {
     let controlled: Vec<Uuid> = views
         .iter()
         .filter(|v| v.channel.rate_limit.is_some() || v.channel.ordered)
@@ -149,6 +177,9 @@ const CREATE_LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 /// to now (`localhost` → 127.0.0.1). Every delivery checks the resolved
 /// addresses again.
 pub fn check_url(guard: &Guard, url: &str) -> Result<(), OpsError> {
+    if let Ok(parsed) = url::Url::parse(url) {
+        endpoint::check_no_credentials(&parsed).map_err(|e| OpsError::invalid("url", e))?;
+    }
     let parsed =
         endpoint::check_url(url).map_err(|e| OpsError::invalid("url", url_hint(url, e)))?;
     let typed = url.trim_start();
@@ -212,11 +243,34 @@ pub fn headers_object(headers: &[(String, String)]) -> Result<serde_json::Value,
     Ok(serde_json::Value::Object(map))
 }
 
+/// Shortest key of a signing secret a user gives (bytes after `whsec_`,
+/// decoded), as Svix requires.
+pub const MIN_SECRET_BYTES: usize = 24;
+
+/// Longest such key.
+pub const MAX_SECRET_BYTES: usize = 64;
+
+/// Checks a signing secret a user gives: `whsec_` + base64 of 24 to 64
+/// bytes. The error never quotes it.
+pub fn check_secret(secret: &str) -> Result<(), OpsError> {
+    let parsed = Secret::parse(secret).map_err(|e| OpsError::invalid("secret", e.to_string()))?;
+    let n = parsed.key_len();
+    if !(MIN_SECRET_BYTES..=MAX_SECRET_BYTES).contains(&n) {
+        return Err(OpsError::invalid(
+            "secret",
+            format!(
+                "the key after \"whsec_\" has {n} bytes; it must have {MIN_SECRET_BYTES} to {MAX_SECRET_BYTES} (leave the secret out to have one generated)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// `secret` checked, or a new generated one. The error never quotes it.
 pub fn new_secret(secret: Option<String>) -> Result<String, OpsError> {
     match secret {
         Some(s) => {
-            Secret::parse(&s).map_err(|e| OpsError::invalid("secret", e.to_string()))?;
+            check_secret(&s)?;
             Ok(s)
         }
         None => Ok(Secret::generate()),
@@ -232,7 +286,7 @@ pub fn check_new(guard: &Guard, input: &NewChannelInput) -> Result<(), OpsError>
     check_url(guard, &input.url)?;
     headers_object(&input.headers)?;
     if let Some(s) = &input.secret {
-        Secret::parse(s).map_err(|e| OpsError::invalid("secret", e.to_string()))?;
+        check_secret(s)?;
     }
     if let Some(r) = &input.rate_limit {
         parse_rate_limit("rate_limit", r)?;
@@ -242,7 +296,7 @@ pub fn check_new(guard: &Guard, input: &NewChannelInput) -> Result<(), OpsError>
 
 /// Creates a channel.
 pub fn create(
-    client: &mut postgres::Client,
+    client: &mut impl postgres::GenericClient,
     guard: &Guard,
     input: NewChannelInput,
 ) -> Result<Created, OpsError> {
@@ -292,7 +346,7 @@ fn duplicate_name_warning(namespace: &str, name: &str, same_name: &[Uuid]) -> St
 /// Lists live channels, optionally of one namespace, one page at a time
 /// (`page` = `None`: all of them). Secrets only with `with_secrets`.
 pub fn list(
-    client: &mut postgres::Client,
+    client: &mut impl postgres::GenericClient,
     namespace: Option<&str>,
     page: Option<Page>,
     with_secrets: bool,
@@ -318,7 +372,7 @@ pub fn list(
 
 /// The live channel `id` of `namespace` (any, when `None`), without secrets.
 pub fn stored(
-    client: &mut postgres::Client,
+    client: &mut impl postgres::GenericClient,
     namespace: Option<&str>,
     id: Uuid,
     with_secrets: bool,
@@ -330,7 +384,7 @@ pub fn stored(
 
 /// One channel with its health.
 pub fn get(
-    client: &mut postgres::Client,
+    client: &mut impl postgres::GenericClient,
     namespace: Option<&str>,
     id: Uuid,
 ) -> Result<ChannelView, OpsError> {
@@ -397,7 +451,7 @@ pub fn check_patch(guard: &Guard, patch: &ChannelPatch) -> Result<(), OpsError> 
 /// already enqueued go to the new URL from their next attempt, under the new
 /// controls from the leader's next sweep; the delivery record is kept.
 pub fn update(
-    client: &mut postgres::Client,
+    client: &mut impl postgres::GenericClient,
     guard: &Guard,
     namespace: Option<&str>,
     id: Uuid,
@@ -421,7 +475,7 @@ pub fn update(
 
 /// Enables or disables a channel (disabling fails its pending deliveries).
 pub fn set_disabled(
-    client: &mut postgres::Client,
+    client: &mut impl postgres::GenericClient,
     namespace: Option<&str>,
     id: Uuid,
     disabled: bool,
@@ -435,7 +489,7 @@ pub fn set_disabled(
 
 /// Soft-deletes a channel (its pending deliveries fail).
 pub fn delete(
-    client: &mut postgres::Client,
+    client: &mut impl postgres::GenericClient,
     namespace: Option<&str>,
     id: Uuid,
 ) -> Result<(), OpsError> {
@@ -460,7 +514,7 @@ pub struct Rotated {
 /// given secret's form.
 pub fn check_rotation(secret: Option<&str>, overlap: Duration) -> Result<(), OpsError> {
     if let Some(s) = secret {
-        Secret::parse(s).map_err(|e| OpsError::invalid("secret", e.to_string()))?;
+        check_secret(s)?;
     }
     if overlap > MAX_OVERLAP {
         return Err(OpsError::invalid(
@@ -478,7 +532,7 @@ pub fn check_rotation(secret: Option<&str>, overlap: Duration) -> Result<(), Ops
 /// Replaces a channel's signing secret (`secret`, or a generated one); the
 /// old one stays valid for `overlap` (at most [`MAX_OVERLAP`]).
 pub fn rotate_secret(
-    client: &mut postgres::Client,
+    client: &mut impl postgres::GenericClient,
     namespace: Option<&str>,
     id: Uuid,
     secret: Option<String>,
@@ -497,7 +551,7 @@ pub fn rotate_secret(
 
 /// A channel's current signing secret (shown only when asked for).
 pub fn secret(
-    client: &mut postgres::Client,
+    client: &mut impl postgres::GenericClient,
     namespace: Option<&str>,
     id: Uuid,
 ) -> Result<String, OpsError> {
@@ -540,7 +594,7 @@ pub fn resendable_states(state: Option<State>) -> Result<Vec<State>, OpsError> {
 /// RESENDING, or with `dry_run` only counts them. The channel must be
 /// enabled: resent deliveries of a disabled channel would only fail again.
 pub fn resend(
-    client: &mut postgres::Client,
+    client: &mut impl postgres::GenericClient,
     namespace: Option<&str>,
     id: Uuid,
     since: Option<DateTime<Utc>>,
@@ -578,7 +632,7 @@ pub const TEST_EVENT_TYPE: &str = "webhook.test";
 /// Sends a test event (type [`TEST_EVENT_TYPE`]) to this channel only;
 /// returns its id. The channel must be enabled.
 pub fn send_test(
-    client: &mut postgres::Client,
+    client: &mut impl postgres::GenericClient,
     namespace: Option<&str>,
     id: Uuid,
 ) -> Result<Uuid, OpsError> {
@@ -661,6 +715,40 @@ mod tests {
         assert!(check_url(&strict, "ftp://example.com/").is_err());
         let loopback = Guard::new(vec!["127.0.0.0/8".parse().unwrap()]);
         check_url(&loopback, "http://127.0.0.1:9/x").unwrap();
+    }
+
+    #[test]
+    fn url_credentials_are_refused_without_being_quoted() {
+        let loopback = Guard::new(vec!["127.0.0.0/8".parse().unwrap()]);
+        for url in [
+            "http://user:hunter2@127.0.0.1:9/x",
+            "https://user@example.com/",
+            "https://:hunter2@example.com/",
+        ] {
+            let e = check_url(&loopback, url).unwrap_err().to_string();
+            assert!(e.contains("credentials"), "{e}");
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+        check_url(&loopback, "https://example.com/a@b").unwrap();
+    }
+
+    #[test]
+    fn a_users_secret_has_24_to_64_bytes() {
+        use base64::Engine;
+        let of = |n: usize| {
+            format!(
+                "whsec_{}",
+                base64::engine::general_purpose::STANDARD.encode(vec![7u8; n])
+            )
+        };
+        for n in [1, 23, 65, 128] {
+            let e = new_secret(Some(of(n))).unwrap_err().to_string();
+            assert!(e.contains("24 to 64"), "{n}: {e}");
+        }
+        for n in [24, 32, 64] {
+            new_secret(Some(of(n))).unwrap();
+        }
+        assert!(check_rotation(Some(&of(8)), Duration::ZERO).is_err());
     }
 
     #[test]

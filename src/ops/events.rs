@@ -140,7 +140,7 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 255;
 /// `body` (the request's bytes, compared by SHA-256) gets the first answer
 /// and enqueues nothing; a repeat with another body is refused.
 pub fn emit_idempotent(
-    client: &mut postgres::Client,
+    client: &mut impl postgres::GenericClient,
     input: &EmitInput,
     key: &str,
     body: &[u8],
@@ -196,7 +196,7 @@ pub struct ListQuery {
 /// A namespace's events (all namespaces: `None`), newest first, one page
 /// at a time.
 pub fn list(
-    client: &mut postgres::Client,
+    client: &mut impl postgres::GenericClient,
     namespace: Option<&str>,
     query: &ListQuery,
     page: Page,
@@ -218,7 +218,7 @@ pub fn list(
 
 /// One event of `namespace` (any: `None`) with every delivery and its attempts.
 pub fn show(
-    client: &mut postgres::Client,
+    client: &mut impl postgres::GenericClient,
     namespace: Option<&str>,
     id: Uuid,
 ) -> Result<(Event, Vec<DeliveryStatus>), OpsError> {
@@ -250,7 +250,7 @@ pub struct ResendReport {
 /// resent: no such delivery (not found), or all still on their way, or the
 /// channel asked for is disabled (conflict).
 pub fn resend(
-    client: &mut postgres::Client,
+    client: &mut impl postgres::GenericClient,
     namespace: Option<&str>,
     id: Uuid,
     channel: Option<Uuid>,
@@ -332,7 +332,10 @@ pub struct Stats {
 }
 
 /// Statistics of one namespace.
-pub fn stats(client: &mut postgres::Client, namespace: &str) -> Result<Stats, OpsError> {
+pub fn stats(
+    client: &mut impl postgres::GenericClient,
+    namespace: &str,
+) -> Result<Stats, OpsError> {
     let counts = statuses::counts_of(client, Some(namespace))?;
     let ids: std::collections::HashSet<String> =
         channels::list_after(client, Some(namespace), None, None, false)?

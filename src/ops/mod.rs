@@ -11,6 +11,7 @@
 //! command line, which addresses objects by id alone). An object of another
 //! namespace is reported exactly like one that does not exist.
 
+pub mod audit;
 pub mod channels;
 pub mod events;
 pub mod page;

@@ -40,7 +40,7 @@ pub fn check_new(input: &NewRuleInput) -> Result<(), OpsError> {
 
 /// Refuses channels that are not live channels of `namespace`.
 fn check_channels(
-    client: &mut postgres::Client,
+    client: &mut impl postgres::GenericClient,
     field: &str,
     namespace: &str,
     ids: &[Uuid],
@@ -61,7 +61,7 @@ fn check_channels(
 
 /// Refuses a filter PostgreSQL does not parse as a jsonpath, with its
 /// message (at rule create and update: never at enqueue time).
-fn check_filter(client: &mut postgres::Client, filter: &str) -> Result<(), OpsError> {
+fn check_filter(client: &mut impl postgres::GenericClient, filter: &str) -> Result<(), OpsError> {
     if filter.trim().is_empty() {
         return Err(OpsError::invalid("filter", "must not be empty"));
     }
@@ -75,7 +75,10 @@ fn check_filter(client: &mut postgres::Client, filter: &str) -> Result<(), OpsEr
 }
 
 /// Creates a rule.
-pub fn create(client: &mut postgres::Client, input: NewRuleInput) -> Result<Rule, OpsError> {
+pub fn create(
+    client: &mut impl postgres::GenericClient,
+    input: NewRuleInput,
+) -> Result<Rule, OpsError> {
     check_new(&input)?;
     check_channels(client, "channels", &input.namespace, &input.channels)?;
     if let Some(f) = &input.filter {
@@ -95,7 +98,7 @@ pub fn create(client: &mut postgres::Client, input: NewRuleInput) -> Result<Rule
 /// Lists live rules, optionally of one namespace, one page at a time
 /// (`page` = `None`: all).
 pub fn list(
-    client: &mut postgres::Client,
+    client: &mut impl postgres::GenericClient,
     namespace: Option<&str>,
     page: Option<Page>,
 ) -> Result<Paged<Rule>, OpsError> {
@@ -113,7 +116,7 @@ pub fn list(
 
 /// One live rule of `namespace` (any, when `None`).
 pub fn get(
-    client: &mut postgres::Client,
+    client: &mut impl postgres::GenericClient,
     namespace: Option<&str>,
     id: Uuid,
 ) -> Result<Rule, OpsError> {
@@ -138,7 +141,7 @@ pub struct RulePatch {
 
 /// Changes a rule's channels or filter; a rule keeps at least one channel.
 pub fn update(
-    client: &mut postgres::Client,
+    client: &mut impl postgres::GenericClient,
     namespace: Option<&str>,
     id: Uuid,
     patch: RulePatch,
@@ -193,7 +196,7 @@ pub fn update(
 
 /// Deletes a rule: it matches no new event; deliveries already enqueued go on.
 pub fn delete(
-    client: &mut postgres::Client,
+    client: &mut impl postgres::GenericClient,
     namespace: Option<&str>,
     id: Uuid,
 ) -> Result<(), OpsError> {

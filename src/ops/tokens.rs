@@ -74,7 +74,7 @@ fn expiry_micros(input: &NewTokenInput) -> Result<Option<i64>, OpsError> {
 
 /// Makes a token.
 pub fn create(
-    client: &mut postgres::Client,
+    client: &mut impl postgres::GenericClient,
     input: NewTokenInput,
 ) -> Result<CreatedToken, OpsError> {
     let expires_in_micros = expiry_micros(&input)?;
@@ -97,12 +97,12 @@ pub fn create(
 }
 
 /// Every token (never the token itself).
-pub fn list(client: &mut postgres::Client) -> Result<Vec<Token>, OpsError> {
+pub fn list(client: &mut impl postgres::GenericClient) -> Result<Vec<Token>, OpsError> {
     Ok(tokens::list(client)?)
 }
 
 /// Revokes a token: every instance refuses it from its next check.
-pub fn revoke(client: &mut postgres::Client, id: Uuid) -> Result<(), OpsError> {
+pub fn revoke(client: &mut impl postgres::GenericClient, id: Uuid) -> Result<(), OpsError> {
     if !tokens::revoke(client, id)? {
         return Err(OpsError::NotFound(format!(
             "no token {id} (unknown or already revoked)"
@@ -122,7 +122,7 @@ pub fn well_formed(presented: &str) -> bool {
 
 /// The live token a presented bearer token is, if it is one.
 pub fn authenticate(
-    client: &mut postgres::Client,
+    client: &mut impl postgres::GenericClient,
     presented: &str,
 ) -> Result<Option<Token>, OpsError> {
     if !well_formed(presented) {

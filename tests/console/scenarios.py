@@ -407,13 +407,16 @@ def read_only(browser, p, out):
     for sel in ("#edit-channel", "#rotate-secret", "#disable", "#enable", "#send-test", "#delete"):
         check(c.page.locator(sel).count() == 0, f"{sel} is offered to a read-only token")
     expect(c.page.locator("main .note")).to_contain_text("read-only")
+    check(c.page.locator("#show-secret").count() == 0, "the signing secret is offered to a read-only token")
+    expect(c.page.locator("#channel-headers")).to_contain_text("X-Api-Key: ***")
+    check(p["header_value"] not in c.page.content(), "a header value is shown to a read-only token")
     c.go(f"#/events/{p['event_id']}")
     expect(c.page.locator("article.delivery").first).to_be_visible()
     check(c.page.get_by_role("button", name="Resend").count() == 0, "a resend button is offered to a read-only token")
     c.go("#/recover")
     check(c.page.locator("#recover").count() == 0, "the recover form is offered to a read-only token")
     buttons = [b.strip() for b in c.page.locator("main button").all_inner_texts()]
-    check(all(b in ("Show signing secret", "Refresh", "Apply") for b in buttons), f"unexpected buttons {buttons}")
+    check(all(b in ("Refresh", "Apply") for b in buttons), f"unexpected buttons {buttons}")
     c.no_error()
     c.finish()
 
@@ -460,7 +463,33 @@ def revoked(browser, p, out):
     c.finish()
 
 
-SCENARIOS = {f.__name__: f for f in (namespace_isolation, event_detail, event_log, create_and_edit, hostile_text, read_only, recover, revoked)}
+def link_asks_before_replacing(browser, p, out):
+    """A `#token=` link opened while signed in asks before it replaces the
+    session: kept, the session stays; accepted, the link's token signs in."""
+    c = Console(browser, p["base"])
+    c.sign_in(p["token"])
+    expect(c.page.locator("#who")).to_contain_text(p["name"])
+    c.page.evaluate("t => { location.hash = '#token=' + t; }", p["link_token"])
+    expect(c.page.locator("#link-question")).to_be_visible()
+    check("token=" not in c.page.url, f"the token is still in the address bar: {c.page.url}")
+    stored = c.page.evaluate("() => sessionStorage.getItem('nr-console.token')")
+    check(stored == p["token"], "the link replaced the session before asking")
+    c.page.locator("#link-keep").click()
+    c.page.wait_for_function("() => document.body.dataset.rendered !== 'link'")
+    expect(c.page.locator("#who")).to_contain_text(p["name"])
+    stored = c.page.evaluate("() => sessionStorage.getItem('nr-console.token')")
+    check(stored == p["token"], "a declined link replaced the session's token")
+
+    c.page.evaluate("t => { location.hash = '#token=' + t; }", p["link_token"])
+    c.page.locator("#link-accept").click()
+    expect(c.page.locator("#who")).to_contain_text(p["link_name"])
+    stored = c.page.evaluate("() => sessionStorage.getItem('nr-console.token')")
+    check(stored == p["link_token"], "an accepted link did not sign in with its token")
+    c.no_error()
+    c.finish()
+
+
+SCENARIOS = {f.__name__: f for f in (namespace_isolation, event_detail, event_log, create_and_edit, hostile_text, read_only, recover, revoked, link_asks_before_replacing)}
 
 
 def main():

@@ -380,7 +380,11 @@ impl<'a> Main<'a> {
     }
 
     /// The sweep reached the end of what was due by `cutoff`.
-    pub(super) fn end_sweep(&mut self, lock: &mut LeaderLock, cutoff: DateTime<Utc>) -> Result<(), String> {
+    pub(super) fn end_sweep(
+        &mut self,
+        lock: &mut LeaderLock,
+        cutoff: DateTime<Utc>,
+    ) -> Result<(), String> {
         self.sweep = None;
         match self.mode {
             Mode::Once => self.swept_all = true,
@@ -398,7 +402,12 @@ impl<'a> Main<'a> {
 /// FAILED: timed out, or its channel is disabled, deleted or no longer
 /// assigned). `now` is this host's clock, as the worker's check uses: it
 /// checks later, so what is expired now is expired then.
-pub(super) fn makes_request(d: &Delivery, now: DateTime<Utc>, cutoff: DateTime<Utc>, policy: &Policy) -> bool {
+pub(super) fn makes_request(
+    d: &Delivery,
+    now: DateTime<Utc>,
+    cutoff: DateTime<Utc>,
+    policy: &Policy,
+) -> bool {
     let t = &d.status.target;
     if t.disabled || t.deleted || !t.assigned {
         return false;
