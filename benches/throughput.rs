@@ -666,6 +666,7 @@ fn prompt(sizes: &Sizes, rows: &mut Vec<Row>) {
         daemon.stderr()
     });
     let slow_still_in_flight = slow.in_flight();
+    let recorded = answer_to_record_ms(&mut client, &fast);
     daemon.stop();
     let pct = |p| percentile(&latencies, p);
     let (p50, p90, p99, max) = (pct(0.50), pct(0.90), pct(0.99), pct(1.0));
@@ -687,6 +688,60 @@ fn prompt(sizes: &Sizes, rows: &mut Vec<Row>) {
             met: Some(p50 <= 25.0 && p99 <= 150.0),
         },
     );
+    let rpct = |p| percentile(&recorded, p);
+    let (r50, r99, rmax) = (rpct(0.50), rpct(0.99), rpct(1.0));
+    push(
+        rows,
+        Row {
+            scenario: "5 promptness",
+            setting: format!("the same {} deliveries", recorded.len()),
+            result: format!(
+                "answer→record (receipt at the receiver to the start of the transaction \
+                 that wrote the outcome) p50 {r50:.1} ms, p99 {r99:.1} ms, max {rmax:.1} ms"
+            ),
+            target: "p99 ≤ 10 ms".into(),
+            met: Some(r99 <= 10.0),
+        },
+    );
+}
+
+/// For each request `receiver` got, the time from its receipt to the start
+/// of the transaction that recorded its outcome (`updated_at`, the
+/// database's `now()`), in ms, sorted; waits until every one is recorded.
+fn answer_to_record_ms(client: &mut postgres::Client, receiver: &support::Receiver) -> Vec<f64> {
+    let clock = WallClock::now();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let requests = receiver.requests();
+    let ids: Vec<uuid::Uuid> = requests
+        .iter()
+        .filter_map(|r| r.webhook_id().and_then(|id| id.parse().ok()))
+        .collect();
+    let written = loop {
+        let rows = client
+            .query(
+                "SELECT event_id, extract(epoch FROM updated_at)::float8
+                 FROM notification.delivery_status
+                 WHERE event_id = ANY($1) AND state = 'SUCCESS'",
+                &[&ids],
+            )
+            .expect("bench: read outcomes");
+        if rows.len() == ids.len() || Instant::now() > deadline {
+            break rows;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let at: std::collections::HashMap<uuid::Uuid, f64> =
+        written.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let mut ms: Vec<f64> = requests
+        .iter()
+        .filter_map(|rq| {
+            let id: uuid::Uuid = rq.webhook_id()?.parse().ok()?;
+            let received = clock.wall_of(rq.at);
+            Some((at.get(&id)? - received) * 1000.0)
+        })
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    ms
 }
 
 /// Enqueues `total` events of `event_type` at `rate` a second through
@@ -752,16 +807,19 @@ impl WallClock {
         let enqueued = rq.json()["data"]["t"]
             .as_f64()
             .expect("bench: t in the payload");
-        let received = if rq.at >= self.instant {
-            self.wall + (rq.at - self.instant)
+        (self.wall_of(rq.at) - enqueued) * 1000.0
+    }
+
+    /// `at` on the wall clock, as UNIX seconds.
+    fn wall_of(&self, at: Instant) -> f64 {
+        let wall = if at >= self.instant {
+            self.wall + (at - self.instant)
         } else {
-            self.wall - (self.instant - rq.at)
+            self.wall - (self.instant - at)
         };
-        let received = received
-            .duration_since(std::time::UNIX_EPOCH)
+        wall.duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
-        (received - enqueued) * 1000.0
+            .unwrap_or(0.0)
     }
 }
 

@@ -91,6 +91,84 @@ fn verified(receiver: &Receiver, secrets: &HashMap<String, String>) -> Vec<(Stri
         .collect()
 }
 
+/// The Python that has the Standard Webhooks reference library
+/// (`standardwebhooks` from PyPI, which `.ci/run` installs into
+/// `target/py`), if any.
+fn reference_python() -> Option<std::path::PathBuf> {
+    let candidates = [
+        std::env::var_os("NR_PYTHON_BIN").map(|d| std::path::PathBuf::from(d).join("python")),
+        Some(std::path::PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/target/py/bin/python"
+        ))),
+    ];
+    candidates.into_iter().flatten().find(|p| {
+        Command::new(p)
+            .args(["-c", "import standardwebhooks"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+/// Every request `receiver` got verifies with the Standard Webhooks
+/// reference library under the secret its `x-channel-key` header names
+/// (a loud SKIPPED line when the library is not installed, a failure when
+/// `CI` is set).
+fn verified_by_reference(receiver: &Receiver, secrets: &HashMap<String, String>) {
+    use std::io::Write;
+    let Some(python) = reference_python() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the Standard Webhooks reference library (PyPI standardwebhooks) is not installed"
+        );
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n!!!!! SKIPPED: the Standard Webhooks reference library is not installed (pip install standardwebhooks, or run .ci/run); signatures were checked only with our own verifier !!!!!\n"
+        );
+        return;
+    };
+    let requests: Vec<serde_json::Value> = receiver
+        .requests()
+        .iter()
+        .map(|rq| {
+            let key = rq.header("x-channel-key").expect("x-channel-key");
+            serde_json::json!({
+                "secret": secrets[key],
+                "headers": {
+                    "webhook-id": rq.header("webhook-id"),
+                    "webhook-timestamp": rq.header("webhook-timestamp"),
+                    "webhook-signature": rq.header("webhook-signature"),
+                },
+                "body": String::from_utf8_lossy(&rq.body),
+            })
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("requests.json");
+    std::fs::write(&file, serde_json::to_vec(&requests).unwrap()).unwrap();
+    let script = "import json, sys\n\
+from standardwebhooks.webhooks import Webhook\n\
+rs = json.load(open(sys.argv[1]))\n\
+for r in rs:\n\
+    Webhook(r['secret']).verify(r['body'], r['headers'])\n\
+print(len(rs), 'verified')\n";
+    let out = Command::new(python)
+        .args(["-c", script])
+        .arg(&file)
+        .output()
+        .expect("run the reference verifier");
+    assert!(
+        out.status.success(),
+        "the Standard Webhooks reference library refused a delivery: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("{} verified", requests.len())),
+        "{out:?}"
+    );
+}
+
 #[test]
 fn with_a_key_a_dump_holds_no_secret_nor_header_value_and_deliveries_verify() {
     let db = migrated_db();
@@ -180,6 +258,7 @@ fn with_a_key_a_dump_holds_no_secret_nor_header_value_and_deliveries_verify() {
         .map(|(_, k)| k)
         .collect();
     assert_eq!(keys.len(), 2, "{keys:?}");
+    verified_by_reference(&receiver, &secrets);
 
     // A rotation with an overlap signs with both secrets, sealed too.
     let rotated = cli.ok(&["channel", "rotate-secret", &c1, "--overlap", "1h"]);
@@ -355,6 +434,7 @@ fn rotate_key_under_load_loses_nothing_and_every_delivery_verifies() {
         || _daemon.stderr(),
     );
     let pairs = verified(&receiver, &secrets);
+    verified_by_reference(&receiver, &secrets);
     let unique: HashSet<&(String, String)> = pairs.iter().collect();
     assert_eq!(unique.len(), events * CHANNELS, "every delivery arrived");
 
