@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod check;
 pub mod db_url;
 
 /// Upper bound for `reconciler.workers`: a worker is a thread that needs a
@@ -482,7 +483,7 @@ pub struct ReconcilerConfig {
     pub sending_timeout: Duration,
     /// Lock key text.
     pub lock_key: String,
-    /// Shards, 1..=[`crate::shard::MAX_SHARDS`] (1 = one leader, as before).
+    /// Shards, 1..=[`MAX_SHARDS`] (1 = one leader, as before).
     pub shards: u32,
     /// A standby ends the session of a leader (of the lock or of a shard)
     /// whose heartbeat is older than this, then takes over (`fence`).
@@ -860,7 +861,7 @@ impl RawConfig {
             }
             Some(key) => key.clone(),
         };
-        let shards = crate::shard::validate_shards(r.shards)
+        let shards = validate_shards(r.shards)
             .map_err(|why| invalid("reconciler.shards", r.shards.to_string(), &why))?;
         let reconciler = ReconcilerConfig {
             interval: positive("reconciler.interval", &r.interval)?,
@@ -1127,7 +1128,7 @@ impl RawConfig {
             api,
             secrets,
         };
-        crate::config_check::refuse_impossible(&config)?;
+        crate::config::check::refuse_impossible(&config)?;
         Ok(config)
     }
 }
@@ -1475,7 +1476,18 @@ struct EffSecrets {
 }
 
 /// Parses and resolves `text` as the file `test.toml`; the error as its
-/// one-line message (for the unit tests here and in `config_check`).
+/// one-line message (for the unit tests here and in `check`).
+/// The largest `reconciler.shards` accepted.
+pub const MAX_SHARDS: u32 = 1024;
+
+/// Checks a configured shard count: 1..=[`MAX_SHARDS`].
+pub fn validate_shards(n: i64) -> Result<u32, String> {
+    match u32::try_from(n) {
+        Ok(k) if (1..=MAX_SHARDS).contains(&k) => Ok(k),
+        _ => Err(format!("must be between 1 (one leader) and {MAX_SHARDS}")),
+    }
+}
+
 #[cfg(test)]
 pub(crate) fn load_text(text: &str) -> Result<Config, String> {
     let p = Path::new("test.toml");

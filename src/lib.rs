@@ -17,10 +17,10 @@
 pub mod api;
 pub mod cli;
 pub mod config;
-pub mod config_check;
 pub mod console;
 pub mod db;
 pub mod delivery;
+pub mod exit;
 pub mod fence;
 pub mod http_server;
 pub mod lock;

@@ -17,27 +17,23 @@
 //! is older than `reconciler.takeover_after` ends that leader's session
 //! ([`LeaderLock::fence`], `fence`) and takes the lock.
 //!
-//! Key derivation: the first 8 bytes of SHA-256 of the key text, read as a
-//! big-endian signed 64-bit integer. In `pg_locks` the holder shows as
+//! Key derivation (`db::lock_keys`): the first 8 bytes of SHA-256 of the
+//! key text, read as a big-endian signed 64-bit integer. In `pg_locks` the holder shows as
 //! `locktype = 'advisory'`, `classid` = the high 32 bits, `objid` = the low
 //! 32 bits, `objsubid = 1` (see [`HOLDER_SQL`]).
 
 use std::collections::BTreeSet;
 
-use sha2::{Digest, Sha256};
-
 use crate::config::DatabaseConfig;
 use crate::db::{self, DbError};
 use crate::fence::Fencer;
 
-/// Derives the 64-bit advisory lock key from its text (stable across
-/// versions and machines).
-pub fn derive_key(text: &str) -> i64 {
-    let digest = Sha256::digest(text.as_bytes());
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest[..8]);
-    i64::from_be_bytes(first)
-}
+pub use crate::db::lock_keys::derive_key;
+
+/// How long a new leader waits before handing out when the previous one did
+/// not release the lock cleanly (it may still be running, unaware, until
+/// its workers' lease, `reconcile::lease::LEASE`, runs out).
+pub const TAKEOVER_GRACE: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// Finds the backend holding the advisory lock `$1` (an `int8` key).
 pub const HOLDER_SQL: &str = "
@@ -315,6 +311,7 @@ mod tests {
 
     #[test]
     fn key_derivation_is_stable() {
+        use sha2::{Digest, Sha256};
         // Pinned: changing it would let an old and a new version lead at once.
         assert_eq!(
             derive_key("notification.event_handler.reconcile_lock"),

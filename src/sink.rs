@@ -12,9 +12,33 @@ use std::time::Duration;
 use anyhow::Context as _;
 use rand::Rng;
 
-use crate::cli::{SinkArgs, UsageError};
 use crate::delivery::sign::{self, Secret};
+use crate::exit::UsageError;
 use crate::http_server::{Limits, Request, Response, Server};
+
+/// `sink …`: its flags (it reads no config file).
+#[derive(Debug, clap::Args)]
+pub struct SinkArgs {
+    /// Address to listen on, e.g. 127.0.0.1:8080.
+    #[arg(long)]
+    pub listen: std::net::SocketAddr,
+    /// Verify signatures with this secret (401 when wrong). Visible in `ps`:
+    /// prefer --secret-file or the SINK_SECRET environment variable.
+    #[arg(long, conflicts_with = "secret_file")]
+    pub secret: Option<String>,
+    /// Read the secret from this file (surrounding whitespace ignored).
+    #[arg(long, value_name = "PATH")]
+    pub secret_file: Option<std::path::PathBuf>,
+    /// Status code of successful answers.
+    #[arg(long, default_value_t = 200)]
+    pub status: u16,
+    /// Fraction of requests answered with 500 (0.0–1.0).
+    #[arg(long, default_value_t = 0.0)]
+    pub fail_rate: f64,
+    /// Delay before each answer, e.g. 200ms.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub latency: Option<std::time::Duration>,
+}
 
 /// Accepted clock skew of `webhook-timestamp` (as the Standard Webhooks
 /// libraries do).

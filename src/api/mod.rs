@@ -318,8 +318,8 @@ fn answer(
     let (route, params) = routes::find(&request.method, path).map_err(|e| ("unrouted", e))?;
     let id = route.operation;
     let fail = |e: ApiError| (id, e);
-    if let routes::Handler::Static(answer) = route.handler {
-        return Ok((id, answer()));
+    if let routes::Handler::OpenApi = route.handler {
+        return Ok((id, openapi::response()));
     }
     let token = ctx
         .tokens
@@ -377,7 +377,7 @@ fn answer(
     let result = match route.handler {
         routes::Handler::Db(handler) => handler(ctx, &call, &mut conn.client),
         routes::Handler::Write(handler) => audited(ctx, &call, handler, &mut conn.client),
-        routes::Handler::Static(_) => unreachable!("answered above"),
+        routes::Handler::OpenApi => unreachable!("answered above"),
     };
     if let Err(e) = &result {
         if e.status >= 500 {

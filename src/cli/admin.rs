@@ -60,8 +60,8 @@ pub fn migrate(config: &Config) -> anyhow::Result<ExitCode> {
 /// `check-config`: the config is valid (else `run` already failed with 2);
 /// print the warnings about suspicious settings, then the effective values.
 pub fn check_config(config: &Config) -> anyhow::Result<ExitCode> {
-    let mut warnings = crate::config_check::warnings(config);
-    warnings.extend(crate::config_check::secrets_warning(config));
+    let mut warnings = crate::config::check::warnings(config);
+    warnings.extend(crate::config::check::secrets_warning(config));
     for warning in &warnings {
         eprintln!("warning: {}: {warning}", config.path.display());
     }

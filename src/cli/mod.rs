@@ -22,13 +22,8 @@ use crate::config::{Config, ConfigError};
 use crate::db::DbError;
 use crate::ops::OpsError;
 
-/// Exit code of `once` when another instance holds the lock.
-pub const EXIT_LOCK_HELD: u8 = 75;
-
-/// A problem with what the user asked for (bad argument, unknown id): exit 2.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
+pub use crate::exit::{UsageError, EXIT_LOCK_HELD};
+pub use crate::sink::SinkArgs;
 
 /// notification-reconciler: delivers notification events stored in
 /// PostgreSQL to webhook endpoints.
@@ -387,30 +382,6 @@ pub enum EventCommand {
     },
 }
 
-/// `sink …`
-#[derive(Debug, clap::Args)]
-pub struct SinkArgs {
-    /// Address to listen on, e.g. 127.0.0.1:8080.
-    #[arg(long)]
-    pub listen: std::net::SocketAddr,
-    /// Verify signatures with this secret (401 when wrong). Visible in `ps`:
-    /// prefer --secret-file or the SINK_SECRET environment variable.
-    #[arg(long, conflicts_with = "secret_file")]
-    pub secret: Option<String>,
-    /// Read the secret from this file (surrounding whitespace ignored).
-    #[arg(long, value_name = "PATH")]
-    pub secret_file: Option<PathBuf>,
-    /// Status code of successful answers.
-    #[arg(long, default_value_t = 200)]
-    pub status: u16,
-    /// Fraction of requests answered with 500 (0.0–1.0).
-    #[arg(long, default_value_t = 0.0)]
-    pub fail_rate: f64,
-    /// Delay before each answer, e.g. 200ms.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    pub latency: Option<std::time::Duration>,
-}
-
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
@@ -442,7 +413,7 @@ fn dispatch(command: Command, config: &Config) -> anyhow::Result<ExitCode> {
         Command::CheckConfig => admin::check_config(config),
         Command::Status { json } => admin::status(config, json),
         Command::Run => {
-            for warning in crate::config_check::warnings(config) {
+            for warning in crate::config::check::warnings(config) {
                 log::warn!("{}: {warning}", config.path.display());
             }
             // Refuse to start rather than fail deliveries whose secrets
@@ -452,7 +423,17 @@ fn dispatch(command: Command, config: &Config) -> anyhow::Result<ExitCode> {
             if let Ok(mut client) = connect(config) {
                 crate::db::secrets::check_readable(&mut client)?;
             }
-            crate::service::daemon::run(config)
+            crate::service::daemon::run(config, &|config, telemetry| {
+                // The management API: leader and standby serve it alike.
+                Ok(match config.api.listen {
+                    Some(addr) => Some(Box::new(crate::api::serve(
+                        config,
+                        addr,
+                        Some(std::sync::Arc::clone(telemetry)),
+                    )?) as Box<dyn std::any::Any>),
+                    None => None,
+                })
+            })
         }
         Command::Once { json } => {
             // As `run`: refuse rather than fail deliveries it cannot sign.

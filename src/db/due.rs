@@ -171,7 +171,7 @@ ORDER BY ch.id";
 /// Public so that the benchmark can EXPLAIN exactly this text.
 pub fn channels_sql(sharded: bool) -> String {
     let filter = if sharded {
-        format!("\n  AND {}", super::shards::shard_filter_of("ch.id", 2, 3))
+        format!("\n  AND {}", shard_filter_of("ch.id", 2, 3))
     } else {
         String::new()
     };
@@ -535,6 +535,28 @@ pub fn next_due_after(
         .query_one(NEXT_DUE_AFTER_SQL, &[&cutoff])
         .map_err(DbError::query("finding the next due delivery"))?;
     Ok(row.get(0))
+}
+
+/// The predicate that keeps the channels (the channel id `{column}`) of
+/// the shards `$k` (the count) and `$shards` (an `int4[]`), with
+/// placeholders for the column and the parameter numbers.
+///
+/// (The rest of the SQL of shards is `db::shards`; this lives here because
+/// the due reads use it and `db::shards` uses this module's index filter.)
+const SHARD_FILTER: &str = "channel_shard({column}, ${k}) = ANY(${shards})";
+
+/// [`SHARD_FILTER`] of `delivery_status.channel_id` with its parameters
+/// numbered `k` and `shards`.
+pub fn shard_filter(k: usize, shards: usize) -> String {
+    shard_filter_of("channel_id", k, shards)
+}
+
+/// [`SHARD_FILTER`] of the channel id `column`.
+pub fn shard_filter_of(column: &str, k: usize, shards: usize) -> String {
+    SHARD_FILTER
+        .replace("{column}", column)
+        .replace("{k}", &k.to_string())
+        .replace("{shards}", &shards.to_string())
 }
 
 #[cfg(test)]

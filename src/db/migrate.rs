@@ -11,7 +11,6 @@
 use postgres::Client;
 
 use super::DbError;
-use crate::lock;
 
 /// One embedded migration.
 pub struct Migration {
@@ -91,7 +90,7 @@ pub fn latest_version() -> i32 {
 /// versions applied (empty when already current). Creates the schema when
 /// missing. Refuses a schema newer than this binary.
 pub fn run(client: &mut Client, schema: &str) -> Result<Vec<i32>, DbError> {
-    let key = lock::derive_key(&format!("notification-reconciler.migrate.{schema}"));
+    let key = super::lock_keys::derive_key(&format!("notification-reconciler.migrate.{schema}"));
     client
         .execute("SELECT pg_advisory_lock($1)", &[&key])
         .map_err(DbError::query("taking the migration lock"))?;

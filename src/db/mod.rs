@@ -16,6 +16,7 @@ pub mod due;
 pub mod events;
 pub mod idempotency;
 pub mod leaders;
+pub mod lock_keys;
 pub mod migrate;
 pub mod prune;
 pub mod rules;

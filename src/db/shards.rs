@@ -9,24 +9,7 @@ use postgres::GenericClient;
 
 use super::DbError;
 
-/// The predicate that keeps the channels (the channel id `{column}`) of
-/// the shards `$k` (the count) and `$shards` (an `int4[]`), with
-/// placeholders for the column and the parameter numbers.
-const SHARD_FILTER: &str = "channel_shard({column}, ${k}) = ANY(${shards})";
-
-/// [`SHARD_FILTER`] of `delivery_status.channel_id` with its parameters
-/// numbered `k` and `shards`.
-pub fn shard_filter(k: usize, shards: usize) -> String {
-    shard_filter_of("channel_id", k, shards)
-}
-
-/// [`SHARD_FILTER`] of the channel id `column`.
-pub fn shard_filter_of(column: &str, k: usize, shards: usize) -> String {
-    SHARD_FILTER
-        .replace("{column}", column)
-        .replace("{k}", &k.to_string())
-        .replace("{shards}", &shards.to_string())
-}
+pub use super::due::{shard_filter, shard_filter_of};
 
 /// The shard count recorded in the schema.
 pub fn recorded(client: &mut impl GenericClient) -> Result<u32, DbError> {

@@ -52,9 +52,10 @@ pub const IDLE_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// A worker starts an attempt only if the lock was seen alive this recently.
 pub const LEASE: Duration = Duration::from_millis(150);
 
-/// How long a new leader waits before handing out when the previous one did
-/// not release the lock cleanly (it may still be running, unaware).
-pub const TAKEOVER_GRACE: Duration = Duration::from_millis(300);
+/// How long a new leader waits before handing out when the previous one
+/// did not release the lock cleanly (defined beside the lock, which the
+/// shards' takeover uses too).
+pub use crate::lock::TAKEOVER_GRACE;
 
 /// How often the leader renews its `leader` row's heartbeat, idle or not:
 /// the lease a standby reads. One older than `reconciler.takeover_after`

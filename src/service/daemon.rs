@@ -49,18 +49,27 @@ pub enum DaemonError {
     /// `metrics.listen` cannot be bound.
     #[error(transparent)]
     Metrics(#[from] ListenError),
-    /// `api.listen` cannot be bound.
+    /// What the front door asked to serve beside the daemon (the
+    /// management API on `api.listen`) cannot start.
     #[error(transparent)]
-    Api(#[from] crate::api::ApiStartError),
+    Api(anyhow::Error),
 }
 
+/// What a front door serves beside the daemon once the database is
+/// reachable (the command line passes the management API: front doors sit
+/// above the service, so the service does not start them itself); the
+/// value returned is kept until the daemon stops.
+pub type Beside<'a> =
+    &'a dyn Fn(&Config, &Arc<Telemetry>) -> anyhow::Result<Option<Box<dyn std::any::Any>>>;
+
 /// Runs the daemon until a shutdown signal.
-pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
+pub fn run(config: &Config, beside: Beside<'_>) -> anyhow::Result<ExitCode> {
     let shutdown = Shutdown::install()?;
     // A database error stays itself (not hidden behind `DaemonError`), so
     // that `cli::exit_code` can tell a configuration problem.
-    run_until(config, &shutdown).map_err(|e| match e {
+    run_until(config, &shutdown, beside).map_err(|e| match e {
         DaemonError::Db(db) => anyhow::Error::new(db),
+        DaemonError::Api(api) => api,
         other => anyhow::Error::new(other),
     })?;
     Ok(ExitCode::SUCCESS)
@@ -73,7 +82,11 @@ pub fn stall_after(config: &Config) -> Duration {
 }
 
 /// The loop, with the shutdown given (tests drive it directly).
-pub fn run_until(config: &Config, shutdown: &Shutdown) -> Result<(), DaemonError> {
+pub fn run_until(
+    config: &Config,
+    shutdown: &Shutdown,
+    beside: Beside<'_>,
+) -> Result<(), DaemonError> {
     let interval = config.reconciler.interval;
     let notifier = Notifier::from_env();
     let telemetry = Arc::new(Telemetry {
@@ -123,14 +136,7 @@ pub fn run_until(config: &Config, shutdown: &Shutdown) -> Result<(), DaemonError
     }
     telemetry.health.db_ok();
     // The management API needs no lock: leader and standby serve it alike.
-    let _api = match config.api.listen {
-        Some(addr) => Some(crate::api::serve(
-            config,
-            addr,
-            Some(Arc::clone(&telemetry)),
-        )?),
-        None => None,
-    };
+    let _beside = beside(config, &telemetry).map_err(DaemonError::Api)?;
     let mut reconciler = Reconciler::new(config)?;
     log::info!(
         "started: {} workers, {} pooled database connections, interval {}, lock key {:?}, {} shard(s)",

@@ -5,9 +5,9 @@
 
 use std::process::ExitCode;
 
-use crate::cli::EXIT_LOCK_HELD;
 use crate::config::Config;
 use crate::db;
+use crate::exit::EXIT_LOCK_HELD;
 use crate::lock;
 use crate::reconcile::hooks::NoHooks;
 use crate::reconcile::leader::{PassOutcome, Reconciler};

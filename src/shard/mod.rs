@@ -25,16 +25,7 @@ use uuid::Uuid;
 
 use crate::lock::derive_key;
 
-/// The largest `reconciler.shards` accepted.
-pub const MAX_SHARDS: u32 = 1024;
-
-/// Checks a configured shard count: 1..=[`MAX_SHARDS`].
-pub fn validate_shards(n: i64) -> Result<u32, String> {
-    match u32::try_from(n) {
-        Ok(k) if (1..=MAX_SHARDS).contains(&k) => Ok(k),
-        _ => Err(format!("must be between 1 (one leader) and {MAX_SHARDS}")),
-    }
-}
+pub use crate::config::{validate_shards, MAX_SHARDS};
 
 /// The shard of channel `channel` among `shards` (≥ 1).
 pub fn shard_of(channel: &Uuid, shards: u32) -> u32 {

@@ -30,8 +30,8 @@ use uuid::Uuid;
 use super::balance::{self, View};
 use super::{shard_keys, shard_of};
 use crate::db::{leaders, shards as db_shards, DbError};
+use crate::lock::TAKEOVER_GRACE;
 use crate::lock::{self, LeaderLock};
-use crate::reconcile::lease::TAKEOVER_GRACE;
 
 /// How often the balance round runs while leading (a dead instance's shards
 /// are taken within this plus [`TAKEOVER_GRACE`]).
