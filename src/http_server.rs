@@ -25,6 +25,10 @@
 //! connection cannot starve a connection. Not for the open internet: no TLS
 //! of its own (a caller may wrap connections: [`Server::bind_wrapped`]),
 //! no chunked request bodies (answered 411), bounded header and body sizes.
+//!
+//! Longer than most files (about 760 lines before its tests): one job, a
+//! small HTTP/1.1 server, whose parts (request parsing, limits, the
+//! connection loop) are used only together.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -4,8 +4,8 @@
 //!
 //! The crate is a library with a thin binary (`src/main.rs`) on top, so that
 //! integration tests and the benchmark drive the very code the daemon runs.
-//! The modules follow the architecture: `config` (TOML → validated settings), `config_check` (settings that
-//! together make delivery impossible or look wrong),
+//! The modules follow the architecture: `config` (TOML → validated settings, and which settings together make
+//! delivery impossible or look wrong), `exit` (exit codes, the usage error),
 //! `db` (connections, pool, migrations, queries), `lock` (the leader's advisory
 //! lock), `fence` (a standby ending a silent leader's session), `state` (the pure delivery state machine), `delivery` (signing, HTTP,
 //! one delivery's worker step), `reconcile` (the leader loop and its

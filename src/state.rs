@@ -13,6 +13,9 @@
 //! tests can fix it. Reading and writing statuses, optimistic concurrency and
 //! the HTTP request itself belong to `db` and `delivery`. No function here
 //! panics, whatever its input: time arithmetic is checked and saturates.
+//!
+//! Longer than most files (about 650 lines before its exhaustive tests):
+//! the state machine is one pure decision, kept whole.
 
 use std::fmt;
 use std::str::FromStr;

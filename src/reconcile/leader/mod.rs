@@ -33,6 +33,9 @@
 //! hands out only the deliveries of the shards it leads (the channels query
 //! asks only for their channels); taking and giving up shards while it
 //! leads is `shard::set`'s (the hooks below call it).
+//!
+//! About 630 lines: the loop and its start and stop belong together; the
+//! hand-out, what comes back and the timers are its submodules.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
