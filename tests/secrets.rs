@@ -146,12 +146,7 @@ fn verified_by_reference(receiver: &Receiver, secrets: &HashMap<String, String>)
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("requests.json");
     std::fs::write(&file, serde_json::to_vec(&requests).unwrap()).unwrap();
-    let script = "import json, sys\n\
-from standardwebhooks.webhooks import Webhook\n\
-rs = json.load(open(sys.argv[1]))\n\
-for r in rs:\n\
-    Webhook(r['secret']).verify(r['body'], r['headers'])\n\
-print(len(rs), 'verified')\n";
+    let script = "import json, sys\nfrom standardwebhooks.webhooks import Webhook\nrs = json.load(open(sys.argv[1]))\nfor r in rs:\n    Webhook(r['secret']).verify(r['body'], r['headers'])\nprint(len(rs), 'verified')\n";
     let out = Command::new(python)
         .args(["-c", script])
         .arg(&file)
