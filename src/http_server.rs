@@ -483,7 +483,9 @@ fn serve_connection(
 /// Most bytes of an over-large body read and thrown away so that the
 /// client, still sending, gets to read the 413: closing a socket with unread
 /// input resets the connection, and the client would see only the reset.
-/// A body beyond this is cut off by closing (a reset, for such a client).
+/// A body beyond this (or beyond twice the server's body limit, when that
+/// is more: the sink accepts 10 MiB) is cut off by closing (a reset, for
+/// such a client).
 const MAX_DISCARD: u64 = 8 * 1024 * 1024;
 
 /// Longest time spent reading an over-large body away (less when the
@@ -493,7 +495,8 @@ const DISCARD_TIME: Duration = Duration::from_secs(10);
 
 /// Answers a request whose body of `length` bytes exceeds the limit: logs a
 /// line, reads the body away (unless the client waits for `100-continue`,
-/// then it sends none; at most [`MAX_DISCARD`] bytes within
+/// then it sends none; at most [`MAX_DISCARD`] bytes, or twice the body
+/// limit when that is more, within
 /// [`DISCARD_TIME`]), answers 413 and closes the connection.
 fn refuse_large_body(
     reader: &mut BufReader<Box<dyn Stream>>,
@@ -514,7 +517,8 @@ fn refuse_large_body(
         .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
     if !expects_continue {
         let deadline = std::time::Instant::now() + DISCARD_TIME.min(limits.body_timeout);
-        discard(reader, timer, (length as u64).min(MAX_DISCARD), deadline)?;
+        let cap = MAX_DISCARD.max(2 * limits.max_body as u64);
+        discard(reader, timer, (length as u64).min(cap), deadline)?;
     }
     let message = format!("the body is over the limit of {} bytes", limits.max_body);
     respond(reader.get_mut(), &refusal(413, "too_large", &message), true)
