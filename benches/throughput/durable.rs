@@ -244,9 +244,29 @@ pub struct Measured {
     pub wal: i64,
 }
 
-/// Starts the daemon on `config` and waits until every seeded delivery is
-/// recorded; stops it.
+/// Starts the daemon (`NR_BENCH_BIN`, else this build's) on `config` and
+/// waits until every seeded delivery is recorded; stops it.
 pub fn drain(
+    config: &Path,
+    client: &mut postgres::Client,
+    receiver: &Loopback,
+    deliveries: u64,
+    postmaster: u32,
+) -> Measured {
+    let program = program();
+    drain_with(
+        Path::new(&program),
+        config,
+        client,
+        receiver,
+        deliveries,
+        postmaster,
+    )
+}
+
+/// [`drain`] with the daemon binary `program`.
+pub fn drain_with(
+    program: &Path,
     config: &Path,
     client: &mut postgres::Client,
     receiver: &Loopback,
@@ -257,7 +277,7 @@ pub fn drain(
     let wal0 = wal_bytes(client);
     let (machine0, pg0) = (machine_busy_seconds(), cluster_cpu_seconds(postmaster));
     let t = Instant::now();
-    let mut child = Command::new(program())
+    let mut child = Command::new(program)
         .arg("--config")
         .arg(config)
         .arg("run")

@@ -13,14 +13,11 @@
 //! migrates its own database), run alternately with this build's binary
 //! within each round; `NR_BENCH_ROUNDS` (default 3) rounds.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::durable::{
-    cluster_cpu_seconds, machine_busy_seconds, postmaster_pid, process_ticks, wal_bytes,
-};
+use super::durable::{drain_with, postmaster_pid};
 use super::support::Cluster;
 use super::{push, Loopback, Row};
 
@@ -130,7 +127,7 @@ pub fn groups(sizes: &GroupSizes, rows: &mut Vec<Row>) {
                         .batch_execute("SELECT pg_stat_statements_reset()")
                         .expect("groups: reset statements");
                     let total = channels * events;
-                    let m = drain(program, &config, &mut client, &receiver, total, postmaster);
+                    let m = drain_with(program, &config, &mut client, &receiver, total, postmaster);
                     let plans = plan_times(&mut client, &name);
                     let per = |s: f64| s * 1e3 / total as f64;
                     push(
@@ -195,76 +192,6 @@ fn seed_channels(client: &mut postgres::Client, channels: u64, events: u64, url:
     client
         .batch_execute("VACUUM ANALYZE")
         .expect("groups: vacuum");
-}
-
-/// What one drain measured.
-struct Measured {
-    secs: f64,
-    machine: f64,
-    postgres: f64,
-    ours: f64,
-    wal: i64,
-}
-
-/// Starts `program run` on `config` and waits until every delivery is
-/// recorded; stops it.
-fn drain(
-    program: &Path,
-    config: &Path,
-    client: &mut postgres::Client,
-    receiver: &Loopback,
-    deliveries: u64,
-    postmaster: u32,
-) -> Measured {
-    let before = receiver.count.load(Ordering::SeqCst);
-    let wal0 = wal_bytes(client);
-    let (machine0, pg0) = (machine_busy_seconds(), cluster_cpu_seconds(postmaster));
-    let t = Instant::now();
-    let mut child = Command::new(program)
-        .arg("--config")
-        .arg(config)
-        .arg("run")
-        .env_remove("DATABASE_URL")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("groups: spawn the daemon");
-    let deadline = t + Duration::from_secs(600);
-    while receiver.count.load(Ordering::SeqCst) - before < deliveries {
-        assert!(Instant::now() < deadline, "groups: not delivered in 10 min");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    super::wait_all_recorded(client, deadline, Duration::from_millis(2), &|left| {
-        format!("groups: {left} left after 10 min")
-    });
-    let secs = t.elapsed().as_secs_f64();
-    let ours = process_ticks(child.id()).0;
-    let (machine1, pg1) = (machine_busy_seconds(), cluster_cpu_seconds(postmaster));
-    let wal1 = wal_bytes(client);
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
-    let succeeded: i64 = client
-        .query_one(
-            "SELECT count(*) FROM notification.delivery_status WHERE state = 'SUCCESS'",
-            &[],
-        )
-        .expect("groups: count succeeded")
-        .get(0);
-    assert_eq!(
-        succeeded as u64, deliveries,
-        "groups: every delivery succeeded"
-    );
-    Measured {
-        secs,
-        machine: machine1 - machine0,
-        postgres: pg1 - pg0,
-        ours,
-        wal: wal1 - wal0,
-    }
 }
 
 /// What `pg_stat_statements` saw of a drain.
