@@ -38,6 +38,19 @@ pub const TERMINATE_WAIT: Duration = Duration::from_secs(2);
 /// At most this often, the line saying the role may not end the session.
 pub const PRIVILEGE_WARN_EVERY: Duration = Duration::from_secs(60);
 
+/// From the heartbeat ages of the other leaders' rows: whether any is
+/// stale under `takeover_after`, and how long until the freshest of the
+/// others would be (pure).
+pub fn look(ages: &[Duration], takeover_after: Duration) -> (bool, Option<Duration>) {
+    let stale = ages.iter().any(|a| *a >= takeover_after);
+    let next = ages
+        .iter()
+        .filter(|a| **a < takeover_after)
+        .map(|a| takeover_after - *a)
+        .min();
+    (stale, next)
+}
+
 /// What a standby does about one leader row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -71,6 +84,10 @@ pub fn verdict(seen: &Seen, takeover_after: Duration) -> Verdict {
 pub struct Fencer {
     takeover_after: Duration,
     warned: Option<Instant>,
+    /// The sessions this standby ended: lock key and backend pid.
+    ended: Vec<(i64, i32)>,
+    /// When the freshest-looking leader seen last would turn stale.
+    next_stale: Option<Instant>,
 }
 
 impl Fencer {
@@ -79,6 +96,8 @@ impl Fencer {
         Fencer {
             takeover_after,
             warned: None,
+            ended: Vec::new(),
+            next_stale: None,
         }
     }
 
@@ -87,6 +106,21 @@ impl Fencer {
     /// failure is an error; anything else is logged, and nothing is ended.
     pub fn fence(&mut self, client: &mut postgres::Client, keys: &[i64]) -> Result<usize, DbError> {
         if keys.is_empty() {
+            return Ok(0);
+        }
+        // A plain read first (one round trip): the transaction that locks
+        // the rows runs only when a heartbeat is stale.
+        let ages = match leaders::others_ages(client, keys) {
+            Ok(ages) => ages,
+            Err(e) if e.is_connection_lost() => return Err(e),
+            Err(e) => {
+                log::warn!("cannot look for a silent leader: {e}");
+                return Ok(0);
+            }
+        };
+        let (stale, next) = look(&ages, self.takeover_after);
+        self.next_stale = next.map(|left| Instant::now() + left);
+        if !stale {
             return Ok(0);
         }
         match self.fence_in_tx(client, keys) {
@@ -133,6 +167,8 @@ impl Fencer {
                         seen.key
                     );
                     ended += 1;
+                    self.ended.retain(|(k, _)| *k != seen.key);
+                    self.ended.push((seen.key, seen.backend_pid));
                 }
                 Ok(false) => log::warn!(
                     "the silent leader's backend (pid {}) did not exit within {} ms; trying the lock again shortly",
@@ -150,6 +186,23 @@ impl Fencer {
         tx.commit()
             .map_err(|e| Refused::Db(DbError::query("fencing a silent leader")(e)))?;
         Ok(ended)
+    }
+
+    /// When the leader seen at the last look turns stale if it does not
+    /// renew its heartbeat: the standby looks again then, not a poll
+    /// interval later.
+    pub fn next_stale(&self) -> Option<Instant> {
+        self.next_stale
+    }
+
+    /// Whether this standby ended the session of backend `pid` as the
+    /// silent leader of `key` (forgotten once asked). Such a leader's
+    /// workers stopped before its session was ended, so its successor need
+    /// not wait `TAKEOVER_GRACE` (`reconcile::lease::renewal_limit`).
+    pub fn ended(&mut self, key: i64, pid: i32) -> bool {
+        let before = self.ended.len();
+        self.ended.retain(|e| *e != (key, pid));
+        self.ended.len() < before
     }
 
     /// One line, at most every [`PRIVILEGE_WARN_EVERY`]: what to grant.
@@ -219,6 +272,17 @@ pub fn privilege_line(seen: &Seen, me: &str, theirs: Option<&str>, superuser: bo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_look_finds_stale_heartbeats_and_when_the_freshest_turns_stale() {
+        let t = Duration::from_secs(10);
+        let s = Duration::from_secs;
+        assert_eq!(look(&[], t), (false, None));
+        assert_eq!(look(&[s(2)], t), (false, Some(s(8))));
+        assert_eq!(look(&[s(2), s(7)], t), (false, Some(s(3))));
+        assert_eq!(look(&[s(10)], t), (true, None));
+        assert_eq!(look(&[s(11), s(9)], t), (true, Some(s(1))));
+    }
 
     fn seen(age_s: u64, holds_lock: bool, own: bool) -> Seen {
         Seen {

@@ -123,6 +123,19 @@ impl LeaderLock {
         fencer.fence(client, keys)
     }
 
+    /// When the leader this standby saw last turns stale, if it does not
+    /// renew its heartbeat (`fence`): the moment to look again.
+    pub fn next_stale(&self) -> Option<std::time::Instant> {
+        self.fencer.as_ref().and_then(Fencer::next_stale)
+    }
+
+    /// Whether this instance ended backend `pid`'s session as the silent
+    /// leader of `key` (`fence`): then its successor hands out at once,
+    /// without [`TAKEOVER_GRACE`] (`reconcile::lease::renewal_limit`).
+    pub fn fenced(&mut self, key: i64, pid: i32) -> bool {
+        self.fencer.as_mut().is_some_and(|f| f.ended(key, pid))
+    }
+
     /// Whether a fresh connection records the instance as alive (`run`:
     /// yes, so that others share the shards with it; `once`: no).
     pub fn set_register(&mut self, on: bool) {

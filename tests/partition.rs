@@ -214,6 +214,11 @@ fn a_silent_partition_of_the_leader_hands_over_to_the_standby_and_after_healing_
     assert!(b_log.contains("has not renewed its lease"), "{b_log}");
     assert!(b_log.contains("ending its session"), "{b_log}");
     assert!(b_log.contains("leading: took the lock"), "{b_log}");
+    // B ended A's session itself, after A's lease had run out: no grace.
+    assert!(
+        b_log.contains("this instance fenced: handing out at once"),
+        "{b_log}"
+    );
 
     // Events keep coming for a while under B, then every one is delivered.
     wait_until(
@@ -346,6 +351,10 @@ fn a_silent_partition_of_one_of_two_shard_leaders_hands_its_shards_to_the_other(
     );
     let b_log = b.stderr();
     assert!(b_log.contains("ending its session"), "{b_log}");
+    assert!(
+        b_log.contains("fenced by this instance: handing out at once"),
+        "{b_log}"
+    );
     let b_count = from_after(&arrivals, b.pid(), frozen_at).len();
     wait_until(
         "B to deliver 30 more",
@@ -527,6 +536,57 @@ fn an_idle_leader_keeps_renewing_its_lease_and_is_never_fenced() {
     assert!(!b_log.contains("ending its session"), "{b_log}");
     assert!(!b_log.contains("leading: took the lock"), "{b_log}");
     assert!(!a.stderr().contains("stopped leading"), "{}", a.stderr());
+    assert!(
+        !a.stderr().contains("no new attempt starts"),
+        "{}",
+        a.stderr()
+    );
+}
+
+/// A leader whose own heartbeat is found near the fencing bound starts no
+/// attempt until it renews it: that is what lets a standby that fences it
+/// hand out at once. The row is aged from outside here (the connection
+/// itself stays healthy); the next heartbeat renews it and delivery goes on.
+#[test]
+fn a_leader_whose_heartbeat_is_near_the_fencing_bound_holds_back_until_it_renews_it() {
+    let db = migrated_db();
+    let mut client = db.client();
+    let receiver = Receiver::start(Script::status(200));
+    channel_for(&mut client, "flow", &receiver.url(), SECRET, "{}");
+    let config = config_toml(&db.url, WORKERS, "1h", "", "")
+        .replace("[reconciler]\n", "[reconciler]\ntakeover_after = \"3s\"\n");
+    let a = Daemon::run("A", &config, &[]);
+    wait_until(
+        "A to lead",
+        WAIT,
+        || a.stderr().contains("leading: took the lock"),
+        || a.stderr(),
+    );
+    // Age the row until A's lock check sees it before its next heartbeat.
+    wait_until(
+        "A to hold back its workers",
+        WAIT,
+        || {
+            client
+                .execute(
+                    "UPDATE notification.leader SET updated_at = now() - interval '1 hour'",
+                    &[],
+                )
+                .expect("age the leader row");
+            thread::sleep(Duration::from_millis(20));
+            a.stderr()
+                .contains("no new attempt starts until it is renewed")
+        },
+        || a.stderr(),
+    );
+    let events = emit(&mut client, "flow", "'{}'::jsonb", 5);
+    wait_until(
+        "the events to be delivered after the next heartbeat",
+        WAIT,
+        || unfinished(&mut client) == 0,
+        || a.stderr(),
+    );
+    assert_eq!(receiver.requests().len(), events.len(), "{}", a.stderr());
 }
 
 #[test]

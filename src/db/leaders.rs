@@ -30,12 +30,21 @@ pub struct LeaderRow {
     pub channels: serde_json::Value,
 }
 
-/// Records this connection as the leader under `key`. Returns true when a
-/// previous leader's row was still there (it did not stop cleanly).
-pub fn claim(client: &mut impl GenericClient, key: i64, instance: &str) -> Result<bool, DbError> {
-    let previous = client
-        .query_opt("SELECT 1 FROM leader WHERE lock_key = $1", &[&key])
-        .map_err(DbError::query("reading the leader record"))?;
+/// Records this connection as the leader under `key`. Returns the backend
+/// pid of a previous leader whose row was still there (it did not stop
+/// cleanly), `None` after a clean stop.
+pub fn claim(
+    client: &mut impl GenericClient,
+    key: i64,
+    instance: &str,
+) -> Result<Option<i32>, DbError> {
+    let previous: Option<i32> = client
+        .query_opt(
+            "SELECT backend_pid FROM leader WHERE lock_key = $1",
+            &[&key],
+        )
+        .map_err(DbError::query("reading the leader record"))?
+        .map(|r| r.get(0));
     client
         .execute(
             "INSERT INTO leader (lock_key, backend_pid, instance, since, in_flight, updated_at)
@@ -46,7 +55,7 @@ pub fn claim(client: &mut impl GenericClient, key: i64, instance: &str) -> Resul
             &[&key, &instance],
         )
         .map_err(DbError::query("recording the leader"))?;
-    Ok(previous.is_some())
+    Ok(previous)
 }
 
 /// Updates the in-flight count and the per-channel state (breakers,
@@ -165,6 +174,26 @@ pub struct Seen {
     pub holds_lock: bool,
     /// Whether that backend is the one asking (this connection).
     pub own: bool,
+}
+
+/// How old the heartbeat of every other connection's leader row of `keys`
+/// is, by the database's clock (a plain read, no lock: the cheap look a
+/// standby takes before [`stale_for_update`]).
+pub fn others_ages(
+    client: &mut impl GenericClient,
+    keys: &[i64],
+) -> Result<Vec<std::time::Duration>, DbError> {
+    let rows = client
+        .query(
+            "SELECT greatest(extract(epoch FROM clock_timestamp() - updated_at), 0)::float8
+             FROM leader WHERE lock_key = ANY($1) AND backend_pid <> pg_backend_pid()",
+            &[&keys],
+        )
+        .map_err(DbError::query("reading the leader records"))?;
+    Ok(rows
+        .iter()
+        .map(|r| std::time::Duration::from_secs_f64(r.get::<_, f64>(0).max(0.0)))
+        .collect())
 }
 
 /// The leader rows of `keys` whose heartbeat is older than `older_than`,

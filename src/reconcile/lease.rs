@@ -139,17 +139,42 @@ impl Lease {
 
 /// Checks the lock connection when a check is due, renewing the lease and
 /// reading the database's clock.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LockWatch {
     last: Option<Instant>,
     /// The database's clock at the last good check, and when it was read.
     db_clock: Option<(DateTime<Utc>, Instant)>,
+    /// A check renews the lease only while this connection's oldest
+    /// `leader` row is younger than this (see [`renewal_limit`]).
+    renew_below: Duration,
+    /// The last check found the heartbeat too old to renew (logged once).
+    held_back: bool,
+}
+
+/// How stale this leader's own heartbeat may be for a lock check to renew
+/// its workers' lease: [`TAKEOVER_GRACE`] less than `takeover_after`.
+///
+/// A standby fences a leader whose heartbeat is `takeover_after` old (by
+/// the database's clock, `fence`). Every renewal of that leader was stamped
+/// when a check was sent that the database answered while the heartbeat
+/// was younger than this limit, so at least `TAKEOVER_GRACE` before the
+/// fence; its workers' lease ([`LEASE`], shorter than that) has run out
+/// when the session is ended. That is what lets the fencing standby hand
+/// out at once instead of waiting the grace (`lock::LeaderLock::fenced`).
+pub fn renewal_limit(takeover_after: Duration) -> Duration {
+    takeover_after.saturating_sub(TAKEOVER_GRACE)
 }
 
 impl LockWatch {
-    /// A watch that has not checked yet.
-    pub fn new() -> LockWatch {
-        LockWatch::default()
+    /// A watch that has not checked yet, for a leader fenced when its
+    /// heartbeat is `takeover_after` old.
+    pub fn new(takeover_after: Duration) -> LockWatch {
+        LockWatch {
+            last: None,
+            db_clock: None,
+            renew_below: renewal_limit(takeover_after),
+            held_back: false,
+        }
     }
 
     /// Checks the connection if the last check is older than `every`.
@@ -170,12 +195,31 @@ impl LockWatch {
     pub fn check(&mut self, lock: &mut LeaderLock, lease: &Lease) -> Result<(), DbError> {
         let sent = Instant::now();
         self.last = Some(sent);
-        let now: DateTime<Utc> = lock
+        // The age of this connection's oldest leader row (NULL: none yet,
+        // so nobody can fence it on a heartbeat).
+        let row = lock
             .client_mut()?
-            .query_one("SELECT clock_timestamp()", &[])
-            .map_err(DbError::query("checking the lock connection"))?
-            .get(0);
-        lease.renew_at(sent);
+            .query_one(
+                "SELECT clock_timestamp(),
+                        extract(epoch FROM clock_timestamp() - min(updated_at))::float8
+                 FROM leader WHERE backend_pid = pg_backend_pid()",
+                &[],
+            )
+            .map_err(DbError::query("checking the lock connection"))?;
+        let now: DateTime<Utc> = row.get(0);
+        let age = row
+            .get::<_, Option<f64>>(1)
+            .map(|s| Duration::from_secs_f64(s.max(0.0)));
+        if may_renew(age, self.renew_below) {
+            lease.renew_at(sent);
+            self.held_back = false;
+        } else if !self.held_back {
+            self.held_back = true;
+            log::warn!(
+                "this leader's heartbeat is {:.1} s old, near reconciler.takeover_after: no new attempt starts until it is renewed",
+                age.unwrap_or_default().as_secs_f64()
+            );
+        }
         self.db_clock = Some((now, Instant::now()));
         Ok(())
     }
@@ -197,9 +241,28 @@ impl LockWatch {
     }
 }
 
+/// Whether a lock check that found this leader's oldest heartbeat `age`
+/// old (`None`: no row yet) renews the lease, under `limit` (pure).
+pub fn may_renew(age: Option<Duration>, limit: Duration) -> bool {
+    age.is_none_or(|a| a < limit)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_check_renews_only_while_the_heartbeat_is_clear_of_the_fencing_bound() {
+        let limit = renewal_limit(Duration::from_secs(10));
+        assert_eq!(limit, Duration::from_secs(10) - TAKEOVER_GRACE);
+        assert!(may_renew(None, limit), "no row yet: nobody can fence it");
+        assert!(may_renew(Some(Duration::ZERO), limit));
+        assert!(may_renew(Some(limit - Duration::from_millis(1)), limit));
+        assert!(!may_renew(Some(limit), limit));
+        assert!(!may_renew(Some(Duration::from_secs(60)), limit));
+        // The margin left before a fence outlasts the workers' lease.
+        assert!(Duration::from_secs(10) - limit > LEASE);
+    }
 
     #[test]
     fn a_new_lease_is_stale_and_a_renewed_one_fresh() {

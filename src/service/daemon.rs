@@ -194,7 +194,7 @@ pub fn run_until(
                         standing_by = true;
                     }
                     status("standby: another instance holds the lock".into());
-                    Instant::now() + STANDBY_RETRY
+                    standby_retry_at(reconciler.lock().next_stale())
                 }
                 Ok(PassOutcome::Ran(report)) => {
                     db_error_logged = None;
@@ -249,6 +249,15 @@ pub fn run_until(
             "shutting down: this instance stood by and never held the lock"
         },
     )
+}
+
+/// When a standby tries the lock again: within [`STANDBY_RETRY`], or just
+/// after the leader it saw turns stale (`fence`), whichever comes first,
+/// so that a silent leader is fenced when its heartbeat reaches
+/// `reconciler.takeover_after`, not up to a retry later.
+fn standby_retry_at(next_stale: Option<Instant>) -> Instant {
+    let retry = Instant::now() + STANDBY_RETRY;
+    next_stale.map_or(retry, |t| retry.min(t + Duration::from_millis(5)))
 }
 
 /// The line a standby logs when it starts standing by: who leads (the

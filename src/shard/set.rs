@@ -278,8 +278,15 @@ impl ShardSet {
         if !lock.try_lock_key(key)? {
             return Ok(false);
         }
-        let unclean = leaders::claim(lock.client_mut()?, key, &self.me)?;
-        if unclean {
+        let previous = leaders::claim(lock.client_mut()?, key, &self.me)?;
+        if let Some(pid) = previous.filter(|pid| lock.fenced(key, *pid)) {
+            log::info!(
+                "took shard {s} of {} ({live} live instances) from its silent leader (backend pid {pid}), fenced by this instance: handing out at once",
+                self.k
+            );
+            self.state[s as usize] = State::Active;
+            Ok(true)
+        } else if previous.is_some() {
             log::info!(
                 "took shard {s} of {} ({live} live instances); its last leader did not stop cleanly: handing out in {} ms",
                 self.k,

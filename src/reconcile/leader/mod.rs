@@ -195,22 +195,27 @@ fn lead(
     let started = Instant::now();
     let started_at = Utc::now();
     let key = r.lock.key();
-    let unclean = shards.is_none()
-        && match r
+    let previous = match shards {
+        Some(_) => None,
+        None => match r
             .lock
             .client_mut()
             .and_then(|c| leaders::claim(c, key, &lock::app_name("lock")))
         {
-            Ok(unclean) => unclean,
+            Ok(previous) => previous,
             Err(e) => {
                 r.lock.forget_connection();
                 return Err(e);
             }
-        };
+        },
+    };
     if let (Mode::Continuous(_), None) = (mode, &shards) {
         log::info!("leading: took the lock {:?}", r.config.reconciler.lock_key);
     }
-    if unclean {
+    if let Some(pid) = previous.filter(|pid| r.lock.fenced(key, *pid)) {
+        // Its workers' lease ran out before its session was ended.
+        log::info!("took the lock from the silent leader (backend pid {pid}) this instance fenced: handing out at once");
+    } else if previous.is_some() {
         // The last leader's connection died without a clean stop: it may
         // still be running until its lease runs out. Let it.
         log::info!(
@@ -468,7 +473,7 @@ impl<'a> Main<'a> {
             sweep: None,
             next_retry: None,
             next_tick: Instant::now() + r.interval,
-            watch: LockWatch::new(),
+            watch: LockWatch::new(r.takeover_after),
             tally: Tally::default(),
             window: Tally::default(),
             window_started: (Instant::now(), Utc::now()),
