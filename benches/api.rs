@@ -15,19 +15,146 @@
 //!
 //! `cargo bench --bench api` runs the full sizes (a few minutes); `-- --tiny`
 //! runs small sizes and checks only that every request succeeded (what CI
-//! runs). Timing targets are reported, never asserted.
+//! runs). Timing targets are reported, never asserted. A/B:
+//! `NR_BENCH_BASE=path` runs another build (its own database, migrated by
+//! it, with the config it knows) beside this one, the two measured in
+//! turn, `NR_BENCH_ROUNDS` times (default 1).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use support::api::daemon_with_api;
+use support::api::daemon_with_api_of;
 use support::bin::Bin;
 
 const NS: &str = "bench";
 const TYPE: &str = "bench.created";
+
+/// One build under measurement: its own database (migrated by it), its
+/// daemon serving the API (standing by: the benchmark holds the leader
+/// lock), its token, and the ids of its seeded events.
+struct Site {
+    name: String,
+    db: support::TestDb,
+    _lock: postgres::Client,
+    daemon: support::daemon::Daemon,
+    base: String,
+    token: String,
+    ids: Vec<String>,
+}
+
+impl Site {
+    /// `program` = `None`: this build, with secrets encrypted at rest and
+    /// the audit trail (the shape a careful deployment runs); another
+    /// build runs with the config it knows.
+    fn start(name: &str, program: Option<&Path>, keys: &Path) -> Site {
+        let db = match program {
+            None => support::migrated_db(),
+            Some(p) => {
+                let db = support::fresh_db();
+                Bin::for_database(&db.url).program(p).ok(&["migrate"]);
+                db
+            }
+        };
+        let bin = |db: &support::TestDb| {
+            let b = Bin::for_database(&db.url);
+            match program {
+                Some(p) => b.program(p),
+                None => b,
+            }
+        };
+        // Hold the leader lock: the daemon stands by and only serves the API.
+        let mut lock = db.client();
+        let key = notification_reconciler::lock::derive_key(
+            "notification.event_handler.reconcile_lock",
+        );
+        let held: bool = lock
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+            .expect("bench: lock")
+            .get(0);
+        assert!(held, "bench: cannot hold the leader lock");
+        // The benchmark is one client far above the default per-token rate.
+        let extra = match program {
+            None => {
+                let key_file = keys.join(format!("{name}.key"));
+                std::fs::write(
+                    &key_file,
+                    base64::Engine::encode(
+                        &base64::engine::general_purpose::STANDARD,
+                        rand::random::<[u8; 32]>(),
+                    ),
+                )
+                .expect("bench: key file");
+                format!(
+                    "token_rate_limit = \"10000/s\"\n[secrets]\nkey_file = {:?}\n",
+                    key_file.display().to_string()
+                )
+            }
+            Some(_) => String::new(),
+        };
+        let (daemon, api) = daemon_with_api_of(name, program, &db.url, &extra);
+        let b = bin(&db);
+        let token = b
+            .ok(&["token", "create", "--name", "bench", "--namespace", NS])
+            .trim()
+            .to_string();
+        let channel = b.ok(&[
+            "channel",
+            "create",
+            "--namespace",
+            NS,
+            "--name",
+            "c",
+            "--url",
+            "http://127.0.0.1:9/",
+        ]);
+        b.ok(&[
+            "rule",
+            "create",
+            "--namespace",
+            NS,
+            "--name",
+            "r",
+            "--event-type",
+            TYPE,
+            "--channel",
+            channel.trim(),
+        ]);
+        Site {
+            name: name.to_string(),
+            db,
+            _lock: lock,
+            daemon,
+            base: format!("http://{api}"),
+            token,
+            ids: Vec::new(),
+        }
+    }
+
+    /// `samples` GETs of random seeded events: sorted latencies in ms.
+    fn gets(&self, samples: usize) -> Vec<f64> {
+        let agent = agent();
+        let mut lat = Vec::new();
+        for i in 0..samples {
+            let id = &self.ids[(i * 7919) % self.ids.len()];
+            let t = Instant::now();
+            let r = agent
+                .get(&format!("{}/v1/namespaces/{NS}/events/{id}", self.base))
+                .header("authorization", &format!("Bearer {}", self.token))
+                .call()
+                .expect("bench: GET");
+            let status = r.status().as_u16();
+            let _ = r.into_body().read_to_vec();
+            lat.push(t.elapsed().as_secs_f64() * 1000.0);
+            assert_eq!(status, 200, "bench: GET event {id}");
+        }
+        lat.sort_by(f64::total_cmp);
+        lat
+    }
+}
 
 fn main() {
     let tiny = std::env::args().any(|a| a == "--tiny");
@@ -36,118 +163,87 @@ fn main() {
     } else {
         (Duration::from_secs(10), 1_000_000)
     };
-    let db = support::migrated_db();
-    let bin = Bin::for_database(&db.url);
-    // Hold the leader lock: the daemon stands by and only serves the API.
-    let mut lock = db.client();
-    let key =
-        notification_reconciler::lock::derive_key("notification.event_handler.reconcile_lock");
-    let held: bool = lock
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
-        .expect("bench: lock")
-        .get(0);
-    assert!(held, "bench: cannot hold the leader lock");
-    // The benchmark is one client far above the default per-token rate;
-    // secrets are encrypted at rest (the shape a careful deployment runs).
+    // A/B: NR_BENCH_BASE names another build (e.g. the commit before a
+    // change); its runs alternate with this build's, NR_BENCH_ROUNDS times.
+    let base_program = std::env::var_os("NR_BENCH_BASE").map(PathBuf::from);
+    let rounds: usize = std::env::var("NR_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(1);
     let keys = tempfile::tempdir().expect("bench: key dir");
-    let key_file = keys.path().join("secrets.key");
-    std::fs::write(
-        &key_file,
-        base64::Engine::encode(
-            &base64::engine::general_purpose::STANDARD,
-            rand::random::<[u8; 32]>(),
-        ),
-    )
-    .expect("bench: key file");
-    let (daemon, api) = daemon_with_api(
-        "bench",
-        &db.url,
-        &format!(
-            "token_rate_limit = \"10000/s\"\n[secrets]\nkey_file = {:?}\n",
-            key_file.display().to_string()
-        ),
-    );
-    let token = bin
-        .ok(&["token", "create", "--name", "bench", "--namespace", NS])
-        .trim()
-        .to_string();
-    let channel = bin.ok(&[
-        "channel",
-        "create",
-        "--namespace",
-        NS,
-        "--name",
-        "c",
-        "--url",
-        "http://127.0.0.1:9/",
-    ]);
-    bin.ok(&[
-        "rule",
-        "create",
-        "--namespace",
-        NS,
-        "--name",
-        "r",
-        "--event-type",
-        TYPE,
-        "--channel",
-        channel.trim(),
-    ]);
-    let base = format!("http://{api}");
-    let rss_before = rss_kib(daemon.pid());
+    let mut sites = vec![Site::start("this build", None, keys.path())];
+    if let Some(p) = &base_program {
+        sites.push(Site::start(
+            &format!("base {}", p.display()),
+            Some(p),
+            keys.path(),
+        ));
+    }
+    let rss_before: Vec<u64> = sites.iter().map(|s| rss_kib(s.daemon.pid())).collect();
     println!(
-        "machine: {} CPUs; daemon RSS before the runs: {} KiB",
+        "machine: {} CPUs; daemon RSS before the runs: {:?} KiB",
         cpus(),
         rss_before
     );
+    let mut peak_rss = rss_before.clone();
 
-    println!("\n1. POST events for {:?} per run", run_for);
-    let mut peak_rss = rss_before;
-    for clients in [8usize, 64] {
-        let direct = direct_rate(&db.url, clients, run_for);
-        let (via_api, rss) = api_rate(&base, &token, clients, run_for, daemon.pid());
-        peak_rss = peak_rss.max(rss);
+    for round in 1..=rounds {
+        println!("\n1. POST events for {run_for:?} per run (round {round} of {rounds})");
+        for clients in [8usize, 64] {
+            for (i, site) in sites.iter().enumerate() {
+                let direct = direct_rate(&site.db.url, clients, run_for);
+                let (via_api, rss) = api_rate(
+                    &site.base,
+                    &site.token,
+                    clients,
+                    run_for,
+                    site.daemon.pid(),
+                );
+                if clients == 64 {
+                    peak_rss[i] = peak_rss[i].max(rss);
+                }
+                println!(
+                    "   {:<14} {clients:>2} clients: direct enqueue_event {direct:>8.0}/s, API {via_api:>8.0}/s = {:.2}x (target >= 0.5x)",
+                    site.name,
+                    via_api / direct
+                );
+            }
+        }
+    }
+    for (i, site) in sites.iter().enumerate() {
         println!(
-            "   {clients:>2} clients: direct enqueue_event {direct:>8.0}/s, API {via_api:>8.0}/s = {:.2}x (target >= 0.5x)",
-            via_api / direct
+            "   {}: daemon RSS {} KiB before, {} KiB peak during the 64-client runs: +{:.1} MiB (target <= 16 MiB)",
+            site.name,
+            rss_before[i],
+            peak_rss[i],
+            (peak_rss[i].saturating_sub(rss_before[i])) as f64 / 1024.0
         );
     }
-    println!(
-        "   daemon RSS: {} KiB before, {} KiB peak during the 64-client run: +{:.1} MiB (target <= 16 MiB)",
-        rss_before,
-        peak_rss,
-        (peak_rss.saturating_sub(rss_before)) as f64 / 1024.0
-    );
 
     println!("\n2. GET event by id with {stored} events stored");
-    let t = Instant::now();
-    let ids = seed(&db, stored);
-    println!("   seeded in {:.1} s", t.elapsed().as_secs_f64());
-    let agent = agent();
-    let mut lat = Vec::new();
-    let samples = if tiny { 200 } else { 5_000 };
-    for i in 0..samples {
-        let id = &ids[(i * 7919) % ids.len()];
+    for site in &mut sites {
         let t = Instant::now();
-        let r = agent
-            .get(&format!("{base}/v1/namespaces/{NS}/events/{id}"))
-            .header("authorization", &format!("Bearer {token}"))
-            .call()
-            .expect("bench: GET");
-        let status = r.status().as_u16();
-        let _ = r.into_body().read_to_vec();
-        lat.push(t.elapsed().as_secs_f64() * 1000.0);
-        assert_eq!(status, 200, "bench: GET event {id}");
+        site.ids = seed(&site.db, stored);
+        println!(
+            "   {}: seeded in {:.1} s",
+            site.name,
+            t.elapsed().as_secs_f64()
+        );
     }
-    lat.sort_by(f64::total_cmp);
-    println!(
-        "   {} GETs: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (target p99 <= 5 ms)",
-        samples,
-        pct(&lat, 0.5),
-        pct(&lat, 0.99),
-        lat.last().copied().unwrap_or(0.0)
-    );
-    drop(lock);
+    let samples = if tiny { 200 } else { 5_000 };
+    for round in 1..=rounds {
+        for site in &sites {
+            let lat = site.gets(samples);
+            println!(
+                "   {:<14} round {round}: {} GETs: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (target p99 <= 5 ms)",
+                site.name,
+                samples,
+                pct(&lat, 0.5),
+                pct(&lat, 0.99),
+                lat.last().copied().unwrap_or(0.0)
+            );
+        }
+    }
     if tiny {
         println!("\n(tiny sizes: targets not judged)");
     }

@@ -154,11 +154,32 @@ fn every_write_route_and_cli_change_leaves_exactly_one_audit_row() {
         .as_str()
         .unwrap()
         .to_string();
-    // Posting an event is not a change of the trail's kind: no row.
+    // Posting an event is a change too: who posted it is on no event row.
+    let rows = audit_rows(api, &admin, "a");
+    assert_eq!(rows.len(), 3, "create channel, create rule, post event");
+    assert_eq!(rows[0]["operation"], "createEvent", "{rows:?}");
+    assert_eq!(rows[0]["object_id"], event.as_str(), "{rows:?}");
+    // A post replayed for its Idempotency-Key changes nothing: no row.
+    let keyed = |n: usize| {
+        let answer = call_with(
+            api,
+            "POST",
+            "/v1/namespaces/a/events",
+            Some(&admin),
+            Some(r#"{"type": "e", "payload": {"k": 1}}"#),
+            &[
+                ("idempotency-key", "audit-once"),
+                ("content-type", "application/json"),
+            ],
+        );
+        assert_eq!(answer.status, 201, "post {n}: {}", answer.text);
+    };
+    keyed(1);
+    keyed(2);
     assert_eq!(
         audit_rows(api, &admin, "a").len(),
-        2,
-        "create channel, create rule"
+        4,
+        "a replayed post leaves no row"
     );
     wait_until(
         "the event's delivery to fail",
@@ -194,6 +215,7 @@ fn every_write_route_and_cli_change_leaves_exactly_one_audit_row() {
             "updateRule" => json!({"filter": null}),
             "resendEvent" => json!({}),
             "createPortalLink" => json!({"expires_in": "1h"}),
+            "createEvent" => json!({"type": "e", "payload": {}}),
             "deleteChannel" | "deleteRule" => Value::Null,
             other => panic!(
                 "a new write route {other}: add it to this test (and it must leave one audit row)"
@@ -561,9 +583,15 @@ fn every_cli_change_leaves_exactly_one_audit_row_naming_the_os_user() {
         .collect();
     assert_eq!(
         ops,
-        ["createToken", "createRule", "createChannel"],
-        "event emit leaves none"
+        ["createToken", "createEvent", "createRule", "createChannel"],
+        "every change, event emit included"
     );
+    let emitted = trail()
+        .into_iter()
+        .find(|r| r["operation"] == "createEvent")
+        .unwrap();
+    assert_eq!(emitted["object_id"], event.as_str(), "{emitted}");
+    assert_eq!(emitted["object_kind"], "event", "{emitted}");
     for (args, operation) in steps {
         let before = trail().len();
         bin.ok(&args);

@@ -311,7 +311,7 @@ pub(super) fn delete_rule(_: &Ctx, call: &Call<'_>, db: &mut Tx<'_>) -> Answer {
     Ok(Reply::empty())
 }
 
-pub(super) fn create_event(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
+pub(super) fn create_event(_: &Ctx, call: &Call<'_>, db: &mut Tx<'_>) -> Answer {
     let b: EventCreate = body::json(call.request, false)?;
     let input = EmitInput {
         namespace: call.ns().to_string(),
@@ -327,7 +327,7 @@ pub(super) fn create_event(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer 
         Some(key) => match events::emit_idempotent(db, &input, key, &call.request.body)? {
             Idempotent::Fresh(emitted) => Reply::json(201, &emitted),
             Idempotent::Replayed { status, body } => {
-                Ok(Reply::json(status, &body)?.with_header("idempotent-replayed", "true"))
+                Ok(Reply::json(status, &body)?.with_header(super::REPLAYED_HEADER, "true"))
             }
         },
     }

@@ -92,6 +92,9 @@ impl Call<'_> {
     }
 }
 
+/// The header that marks an answer replayed for an `Idempotency-Key`.
+const REPLAYED_HEADER: &str = "idempotent-replayed";
+
 /// A handler's answer.
 pub struct Reply {
     status: u16,
@@ -123,6 +126,13 @@ impl Reply {
             body: None,
             headers: Vec::new(),
         }
+    }
+
+    /// Whether this answer replays an earlier one (`Idempotency-Key`).
+    fn replayed(&self) -> bool {
+        self.headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case(REPLAYED_HEADER))
     }
 
     fn with_header(mut self, name: &str, value: &str) -> Reply {
@@ -414,12 +424,19 @@ fn audited(
         .transaction()
         .map_err(|e| ApiError::from(DbError::query("starting a change")(e)))?;
     let reply = handler(ctx, call, &mut tx)?;
+    if reply.replayed() {
+        // An Idempotency-Key replay changed nothing: its first answer's
+        // change has its row.
+        tx.commit()
+            .map_err(|e| ApiError::from(DbError::query("committing a change")(e)))?;
+        return Ok(reply);
+    }
     let object_id = match call.param("id") {
         "" => reply
             .body
             .as_deref()
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
-            .and_then(|v| v["id"].as_str().map(String::from)),
+            .and_then(|v| created_id(&v)),
         id => Some(id.to_string()),
     };
     let what = crate::ops::audit::Change {
@@ -431,6 +448,20 @@ fn audited(
     tx.commit()
         .map_err(|e| ApiError::from(DbError::query("committing a change")(e)))?;
     Ok(reply)
+}
+
+/// The id a creating route's answer names: its `id`, or the `ids` of the
+/// events a post made, comma-separated (`None` when it made none).
+fn created_id(answer: &serde_json::Value) -> Option<String> {
+    if let Some(id) = answer["id"].as_str() {
+        return Some(id.to_string());
+    }
+    let ids: Vec<&str> = answer["ids"]
+        .as_array()?
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    (!ids.is_empty()).then(|| ids.join(","))
 }
 
 /// The kind of object a route under `{ns}` changes: its first segment

@@ -3,8 +3,8 @@
 //! namespace's trail a page at a time, and pruning it after
 //! `retention.keep_audit` (the API's expiry thread does it on every
 //! instance that serves the API; `prune` does it on demand). Posting events
-//! is not recorded: an event is its own record, and a row per event would
-//! make the trail as large as the event log.
+//! through either door is recorded (one row per post: the event row does
+//! not say who sent it); `enqueue_event` called by an application is not.
 
 use std::time::Duration;
 

@@ -125,6 +125,16 @@ pub fn call_with(
 /// A daemon whose API listens on a free loopback port, with `extra` config
 /// sections appended; returns once the API answers.
 pub fn daemon_with_api(name: &str, db_url: &str, extra: &str) -> (Daemon, SocketAddr) {
+    daemon_with_api_of(name, None, db_url, extra)
+}
+
+/// [`daemon_with_api`] of `program` (another build) when given.
+pub fn daemon_with_api_of(
+    name: &str,
+    program: Option<&std::path::Path>,
+    db_url: &str,
+    extra: &str,
+) -> (Daemon, SocketAddr) {
     let addr = free_addr();
     let config = config_toml(
         db_url,
@@ -133,7 +143,7 @@ pub fn daemon_with_api(name: &str, db_url: &str, extra: &str) -> (Daemon, Socket
         "",
         &format!("[api]\nlisten = \"{addr}\"\n{extra}"),
     );
-    let daemon = Daemon::run(name, &config, &[]);
+    let daemon = Daemon::spawn_program(name, program, &config, &["run"], &[]);
     wait_until(
         "the API to answer",
         Duration::from_secs(30),

@@ -121,6 +121,9 @@ pub struct Bin {
     dir: tempfile::TempDir,
     config: Option<PathBuf>,
     env: Vec<(String, String)>,
+    /// The program: [`BIN`] unless [`Bin::program`] names another build
+    /// (the benchmarks' A/B runs).
+    program: PathBuf,
 }
 
 impl Bin {
@@ -153,7 +156,14 @@ impl Bin {
             dir,
             config: None,
             env: Vec::new(),
+            program: PathBuf::from(BIN),
         }
+    }
+
+    /// Runs `program` instead of this build's binary.
+    pub fn program(mut self, program: &Path) -> Bin {
+        self.program = program.to_owned();
+        self
     }
 
     /// [`NOWHERE_CONFIG`] with `DATABASE_URL` set to `url`.
@@ -172,9 +182,10 @@ impl Bin {
         self.dir.path()
     }
 
-    /// The command line `BIN [--config <file>] <args>` with the environment.
+    /// The command line `BIN [--config <file>] <args>` with the environment
+    /// (`BIN` or the program given).
     pub fn command<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Command {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(&self.program);
         if let Some(config) = &self.config {
             cmd.arg("--config").arg(config);
         }

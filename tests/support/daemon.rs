@@ -67,10 +67,25 @@ impl Daemon {
     /// itself (the receivers are on 127.0.0.1, which the SSRF guard refuses
     /// by default; a test of that default sets `allow_networks = []`).
     pub fn spawn(name: &str, config: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Daemon::spawn_program(name, None, config, args, env)
+    }
+
+    /// [`Daemon::spawn`] of `program` (another build) when given.
+    pub fn spawn_program(
+        name: &str,
+        program: Option<&Path>,
+        config: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let config = super::bin::allow_loopback(config);
         let bin = env
             .iter()
             .fold(Bin::with_config(&config), |bin, (k, v)| bin.env(k, v));
+        let bin = match program {
+            Some(p) => bin.program(p),
+            None => bin,
+        };
         let stdout = fs::File::create(bin.dir().join("stdout")).expect("daemon: stdout file");
         let stderr = fs::File::create(bin.dir().join("stderr")).expect("daemon: stderr file");
         let child = bin
