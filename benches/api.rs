@@ -68,9 +68,8 @@ impl Site {
         };
         // Hold the leader lock: the daemon stands by and only serves the API.
         let mut lock = db.client();
-        let key = notification_reconciler::lock::derive_key(
-            "notification.event_handler.reconcile_lock",
-        );
+        let key =
+            notification_reconciler::lock::derive_key("notification.event_handler.reconcile_lock");
         let held: bool = lock
             .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
             .expect("bench: lock")
@@ -192,13 +191,8 @@ fn main() {
         for clients in [8usize, 64] {
             for (i, site) in sites.iter().enumerate() {
                 let direct = direct_rate(&site.db.url, clients, run_for);
-                let (via_api, rss) = api_rate(
-                    &site.base,
-                    &site.token,
-                    clients,
-                    run_for,
-                    site.daemon.pid(),
-                );
+                let (via_api, rss) =
+                    api_rate(&site.base, &site.token, clients, run_for, site.daemon.pid());
                 if clients == 64 {
                     peak_rss[i] = peak_rss[i].max(rss);
                 }

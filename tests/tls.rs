@@ -262,10 +262,31 @@ fn client_certificates_and_scram_with_channel_binding_authenticate_over_tls() {
     );
     Bin::for_database(&with_cert).ok(&["migrate"]);
     // Without it the server refuses the login (a runtime failure, exit 1).
-    let out = Bin::for_database(&tcp_url(&cluster, "nr", &verify_full(&certs.ca_file())))
-        .run(&["status"]);
-    let line = one_line_failure(&out, 1).unwrap_or_else(|e| panic!("{e}"));
+    let home = tempfile::tempdir().expect("home");
+    let without = tcp_url(&cluster, "nr", &verify_full(&certs.ca_file()));
+    let as_user =
+        |url: &str| Bin::for_database(url).env("HOME", &home.path().display().to_string());
+    let line =
+        one_line_failure(&as_user(&without).run(&["status"]), 1).unwrap_or_else(|e| panic!("{e}"));
     assert!(line.contains("certificate"), "{line}");
+    // libpq's default files, ~/.postgresql/postgresql.{crt,key}, log in.
+    let dot = home.path().join(".postgresql");
+    std::fs::create_dir(&dot).expect("mkdir");
+    std::fs::copy(certs.client_cert(), dot.join("postgresql.crt")).expect("copy");
+    std::fs::copy(certs.client_key(), dot.join("postgresql.key")).expect("copy");
+    as_user(&without).ok(&["status"]);
+    // A key readable by others is refused before connecting, as libpq does.
+    std::fs::set_permissions(
+        dot.join("postgresql.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .expect("chmod");
+    let line =
+        one_line_failure(&as_user(&without).run(&["status"]), 2).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        line.contains("postgresql.key has group or world access"),
+        "{line}"
+    );
 
     // SCRAM with channel binding required: SCRAM-SHA-256-PLUS over rustls.
     let scram = format!(

@@ -224,13 +224,7 @@ mod tests {
             }
             // Every change leaves an audit row.
             let audited = matches!(r.handler, Handler::Write(_));
-            assert_eq!(
-                audited,
-                writes,
-                "{} {}",
-                r.method,
-                r.path
-            );
+            assert_eq!(audited, writes, "{} {}", r.method, r.path);
         }
     }
 }

@@ -50,7 +50,11 @@ pub fn run(config: &Config, command: EventCommand) -> anyhow::Result<ExitCode> {
                 }
                 e => ops_error(e),
             })?;
-            let made = ids.iter().map(Uuid::to_string).collect::<Vec<_>>().join(",");
+            let made = ids
+                .iter()
+                .map(Uuid::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
             super::commit_audited(
                 tx,
                 Some(&namespace),

@@ -237,25 +237,78 @@ fn resolve(
         None if mode >= SslMode::VerifyCa => Some(default_roots(mode, home)?),
         None => None,
     };
-    let client = match (sslcert.filter(|c| !c.is_empty()), sslkey.filter(|k| !k.is_empty())) {
-        (Some(cert), Some(key)) => Some(read_client(Path::new(cert), Path::new(key))?),
-        (None, None) => None,
-        (Some(_), None) => {
-            return Err(ParamError(
-                "sslcert is given without sslkey: give both, the client certificate and its private key".into(),
-            ))
-        }
-        (None, Some(_)) => {
-            return Err(ParamError(
-                "sslkey is given without sslcert: give both, the client certificate and its private key".into(),
-            ))
-        }
-    };
+    let client = client_files(
+        sslcert.filter(|c| !c.is_empty()),
+        sslkey.filter(|k| !k.is_empty()),
+        home,
+    )?
+    .map(|(cert, key)| read_client(&cert, &key))
+    .transpose()?;
     Ok(DbTls {
         mode,
         roots,
         client,
     })
+}
+
+/// Which client certificate and key to present, as libpq picks them: the
+/// files given, else `~/.postgresql/postgresql.crt` and `postgresql.key`
+/// when that certificate exists (none when it does not). A certificate
+/// without its key is an error, and so is a key given without any
+/// certificate (libpq would send none, silently).
+fn client_files(
+    cert: Option<&str>,
+    key: Option<&str>,
+    home: Option<&Path>,
+) -> Result<Option<(PathBuf, PathBuf)>, ParamError> {
+    let default = |name: &str| {
+        home.map(|h| h.join(".postgresql").join(name))
+            .filter(|p| p.exists())
+    };
+    let cert = match cert {
+        Some(c) => Some(PathBuf::from(c)),
+        None => default("postgresql.crt"),
+    };
+    match (cert, key) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err(ParamError(
+            "sslkey is given without sslcert (and ~/.postgresql/postgresql.crt, libpq's default, does not exist): give both, the client certificate and its private key".into(),
+        )),
+        (Some(cert), Some(key)) => Ok(Some((cert, PathBuf::from(key)))),
+        (Some(cert), None) => match default("postgresql.key") {
+            Some(key) => Ok(Some((cert, key))),
+            None => Err(ParamError(format!(
+                "the client certificate {} has no private key: sslkey is not given and ~/.postgresql/postgresql.key (libpq's default) does not exist",
+                cert.display()
+            ))),
+        },
+    }
+}
+
+/// A private key file readable by others is refused, as libpq does: owned
+/// by root it may be `0640` at most, owned by anyone else `0600` at most.
+fn check_key_mode(path: &Path) -> Result<(), ParamError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).map_err(|e| {
+        ParamError(format!(
+            "sslkey={}: cannot read the file: {e}",
+            path.display()
+        ))
+    })?;
+    if key_mode_too_open(meta.mode(), meta.uid()) {
+        return Err(ParamError(format!(
+            "sslkey={} has group or world access (mode {:04o}): run chmod 0600 on it (0640 if owned by root and read through its group); libpq refuses such a key too",
+            path.display(),
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(())
+}
+
+/// Whether a key file of `mode`, owned by `uid`, is open to others (pure).
+fn key_mode_too_open(mode: u32, uid: u32) -> bool {
+    let allowed_to_others = if uid == 0 { 0o040 } else { 0 };
+    mode & 0o077 & !allowed_to_others != 0
 }
 
 /// libpq's default CA file, `~/.postgresql/root.crt`, for a verifying mode
@@ -304,6 +357,7 @@ fn read_certs(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>, Pa
 /// The client certificate and key.
 fn read_client(cert: &Path, key: &Path) -> Result<ClientCert, ParamError> {
     let chain = read_certs(cert, "sslcert")?;
+    check_key_mode(key)?;
     let shown = key.display();
     let pem = std::fs::read(key)
         .map_err(|e| ParamError(format!("sslkey={shown}: cannot read the file: {e}")))?;
@@ -335,7 +389,13 @@ mod tests {
         let (c, k) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
         std::fs::write(&c, cert.pem()).expect("write");
         std::fs::write(&k, key.serialize_pem()).expect("write");
+        set_mode(&k, 0o600);
         (dir, c, k)
+    }
+
+    fn set_mode(path: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
     }
 
     fn no_home() -> Option<&'static Path> {
@@ -451,7 +511,12 @@ mod tests {
         assert!(split(&url, no_home())
             .unwrap_err()
             .0
-            .contains("without sslkey"));
+            .contains("has no private key"));
+        let url = format!("postgres://u@h/db?sslkey={}", key.display());
+        assert!(split(&url, no_home())
+            .unwrap_err()
+            .0
+            .contains("without sslcert"));
         let url = format!(
             "postgres://u@h/db?sslcert={}&sslkey={}",
             cert.display(),
@@ -461,6 +526,62 @@ mod tests {
         let client = tls.client.expect("client cert");
         assert_eq!(client.chain.len(), 1);
         assert!(!format!("{client:?}").contains("BEGIN"));
+    }
+
+    #[test]
+    fn libpqs_default_client_files_are_used_when_the_certificate_exists() {
+        let (_d, cert, key) = pem_dir();
+        let home = tempfile::tempdir().unwrap();
+        let url = "postgres://u@h/db?sslmode=require";
+        // No default certificate: none is presented.
+        let (_, tls) = split(url, Some(home.path())).unwrap();
+        assert!(tls.client.is_none());
+        let dot = home.path().join(".postgresql");
+        std::fs::create_dir(&dot).unwrap();
+        std::fs::copy(&cert, dot.join("postgresql.crt")).unwrap();
+        // The certificate without its key is an error naming the file.
+        let e = split(url, Some(home.path())).unwrap_err();
+        assert!(e.0.contains("postgresql.key"), "{}", e.0);
+        std::fs::copy(&key, dot.join("postgresql.key")).unwrap();
+        set_mode(&dot.join("postgresql.key"), 0o600);
+        let (_, tls) = split(url, Some(home.path())).unwrap();
+        let client = tls.client.expect("the default client certificate");
+        assert_eq!(client.cert_path, dot.join("postgresql.crt"));
+        assert_eq!(client.key_path, dot.join("postgresql.key"));
+        // Files given in the URL win; sslmode=disable reads none.
+        let url = format!(
+            "postgres://u@h/db?sslcert={}&sslkey={}",
+            cert.display(),
+            key.display()
+        );
+        let (_, tls) = split(&url, Some(home.path())).unwrap();
+        assert_eq!(tls.client.expect("client").cert_path, cert);
+        let (_, tls) = split("postgres://u@h/db?sslmode=disable", Some(home.path())).unwrap();
+        assert!(tls.client.is_none());
+    }
+
+    #[test]
+    fn a_private_key_readable_by_others_is_refused_as_libpq_does() {
+        assert!(!key_mode_too_open(0o100600, 1000));
+        assert!(!key_mode_too_open(0o100400, 1000));
+        assert!(key_mode_too_open(0o100640, 1000));
+        assert!(key_mode_too_open(0o100604, 1000));
+        assert!(
+            !key_mode_too_open(0o100640, 0),
+            "root may let its group read"
+        );
+        assert!(key_mode_too_open(0o100660, 0));
+        assert!(key_mode_too_open(0o100644, 0));
+        let (_d, cert, key) = pem_dir();
+        set_mode(&key, 0o644);
+        let url = format!(
+            "postgres://u@h/db?sslcert={}&sslkey={}",
+            cert.display(),
+            key.display()
+        );
+        let e = split(&url, no_home()).unwrap_err();
+        assert!(e.0.contains("group or world access"), "{}", e.0);
+        assert!(e.0.contains("chmod 0600"), "{}", e.0);
     }
 
     #[test]

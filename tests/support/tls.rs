@@ -144,6 +144,12 @@ impl PgCerts {
         std::fs::write(dir.path().join("client.crt"), client.pem()).expect("tls: write client.crt");
         std::fs::write(dir.path().join("client.key"), client_key.serialize_pem())
             .expect("tls: write client.key");
+        // Private keys readable by others are refused, as libpq does.
+        std::fs::set_permissions(
+            dir.path().join("client.key"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .expect("tls: chmod client.key");
         PgCerts {
             dir,
             ca_pem,
