@@ -312,7 +312,7 @@ fn an_event_answered_500_then_200_shows_both_attempts_and_resend_reaches_success
         &receiver.url(),
         &["X-Team: billing"],
     );
-    site.rule(ACME, "invoice.paid", &[&channel]);
+    let rule = site.rule(ACME, "invoice.paid", &[&channel]);
     let payload = json!({
         "invoice": "in_1042",
         "amount": 4200,
@@ -334,6 +334,7 @@ fn an_event_answered_500_then_200_shows_both_attempts_and_resend_reaches_success
             "event_id": event,
             "channel_id": channel,
             "channel_name": "Invoices (production)",
+            "rule_id": rule,
             "screenshot": shot,
         }),
     );
@@ -353,7 +354,9 @@ fn keep_screenshot(shot: &Path) {
 
 /// Copies the screenshot to docs/`name`, as [`keep_screenshot`] does.
 fn keep_screenshot_as(shot: &Path, name: &str) {
-    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs").join(name);
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("docs")
+        .join(name);
     if !docs.exists() || std::env::var("NR_CONSOLE_SCREENSHOT").as_deref() == Ok("update") {
         std::fs::copy(shot, &docs).expect("copy the screenshot to docs/console.png");
     }
@@ -477,13 +480,28 @@ fn names_payloads_headers_and_bodies_with_html_render_as_text() {
         r#"<img src=x onerror=alert(document.domain)><script>window.__pwned='name'</script>"#;
     let header = r#"<img src=x onerror=alert('header')>"#;
     let channel = site.channel(ACME, name, &receiver.url(), &[&format!("X-Note: {header}")]);
-    site.rule(ACME, "invoice.paid", &[&channel]);
+    let rule_name = r#"<img src=x onerror="window.__pwned='rule'"><b>rule</b>"#;
+    let event_type = r#"<img src=x onerror="window.__pwned='type'">.paid"#;
+    let description =
+        r#"<script>window.__pwned='description'</script><img src=x onerror=alert(1)>"#;
+    let rule = site
+        .cli
+        .create_rule(ACME, rule_name, event_type, &[&channel], None);
+    site.cli(&[
+        "event-type",
+        "describe",
+        "--namespace",
+        ACME,
+        event_type,
+        "--description",
+        description,
+    ]);
     let payload = json!({
         "note": "<img src=x onerror=\"window.__pwned='payload'\">",
         "html": "<script>window.__pwned='payload'</script>",
         "nested": {"<b>key</b>": "</pre><img src=x onerror=alert('nested')>"}
     });
-    let event = site.emit(ACME, "invoice.paid", &payload).remove(0);
+    let event = site.emit(ACME, event_type, &payload).remove(0);
     site.wait_state(&event, &channel, "SUCCESS");
     let token = site.token("acme-xss", &["--namespace", ACME]);
 
@@ -498,6 +516,10 @@ fn names_payloads_headers_and_bodies_with_html_render_as_text() {
             "event_id": event,
             "payload": payload,
             "response_body": body,
+            "rule_id": rule,
+            "rule_name": rule_name,
+            "event_type": event_type,
+            "description": description,
         }),
     );
 }
@@ -515,9 +537,30 @@ fn a_read_only_customer_link_shows_no_write_button() {
         &receiver.url(),
         &["X-Api-Key: endpoint-credential-7"],
     );
-    site.rule(ACME, "invoice.paid", &[&channel]);
+    let filter = "$.amount > 1000";
+    let rule = site.cli.create_rule(
+        ACME,
+        "Big paid invoices",
+        "invoice.paid",
+        &[&channel],
+        Some(filter),
+    );
+    let description = "An invoice was paid.";
+    site.cli(&[
+        "event-type",
+        "describe",
+        "--namespace",
+        ACME,
+        "invoice.paid",
+        "--description",
+        description,
+    ]);
     let event = site
-        .emit(ACME, "invoice.paid", &json!({"invoice": "in_7"}))
+        .emit(
+            ACME,
+            "invoice.paid",
+            &json!({"invoice": "in_7", "amount": 4200}),
+        )
         .remove(0);
     site.wait_state(&event, &channel, "SUCCESS");
     let token = site.token(
@@ -534,8 +577,14 @@ fn a_read_only_customer_link_shows_no_write_button() {
             "channel_name": "Customer endpoint",
             "event_id": event,
             "header_value": "endpoint-credential-7",
+            "rule_id": rule,
+            // As PostgreSQL prints the jsonpath back.
+            "filter": site.rules(ACME)[0]["filter"],
+            "event_type": "invoice.paid",
+            "description": description,
         }),
     );
+    assert_eq!(site.rules(ACME).len(), 1, "nothing changed");
     let (state, attempts) = site.delivery(&event, &channel);
     assert_eq!(
         (state.as_str(), attempts),
@@ -656,7 +705,9 @@ fn a_namespace_token_subscribes_a_new_channel_to_a_listed_event_type_and_the_eve
         }),
     );
     let channel = out["channel_id"].as_str().expect("the new channel's id");
-    let event = out["delivered_event"].as_str().expect("the delivered event");
+    let event = out["delivered_event"]
+        .as_str()
+        .expect("the delivered event");
     assert!(
         new.ids().iter().any(|id| id == event),
         "the new endpoint never got {event}"

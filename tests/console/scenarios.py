@@ -234,7 +234,8 @@ def event_detail(browser, p, out):
     out["screenshot"] = p["screenshot"]
 
     c.page.set_viewport_size({"width": 375, "height": 800})
-    for fragment in ("#/", "#/channels", "#/events", f"#/events/{p['event_id']}", f"#/channels/{p['channel_id']}", "#/recover"):
+    for fragment in ("#/", "#/channels", "#/events", f"#/events/{p['event_id']}", f"#/channels/{p['channel_id']}", "#/recover",
+                     "#/subscriptions", f"#/subscriptions/{p['rule_id']}", "#/event-types", "#/event-types/invoice.paid"):
         c.go(fragment)
         wide = c.page.evaluate("() => document.documentElement.scrollWidth")
         check(wide <= 375, f"{fragment} is {wide} px wide at a 375 px viewport (horizontal scrolling)")
@@ -361,6 +362,7 @@ def hostile_text(browser, p, out):
     page also passes axe-core's accessibility rules."""
     c = Console(browser, p["base"])
     c.sign_in(p["token"])
+    type_page = c.page.evaluate("t => '#/event-types/' + encodeURIComponent(t)", p["event_type"])
     pages = [
         "#/",
         "#/channels",
@@ -369,6 +371,10 @@ def hostile_text(browser, p, out):
         f"#/events/{p['event_id']}",
         f"#/events?channel={p['channel_id']}",
         f"#/recover?channel={p['channel_id']}",
+        "#/subscriptions",
+        f"#/subscriptions/{p['rule_id']}",
+        "#/event-types",
+        type_page,
     ]
     for fragment in pages:
         c.go(fragment)
@@ -389,6 +395,20 @@ def hostile_text(browser, p, out):
     check(payload == p["payload"], f"payload shown as {payload!r}, sent {p['payload']!r}")
     expect(c.page.locator("article.delivery h3")).to_contain_text(p["channel_name"])
     expect(c.page.locator("tr.attempt pre.body").first).to_have_text(p["response_body"])
+    # A rule name, an event type and a description holding markup stay text.
+    c.go("#/subscriptions")
+    row = c.page.locator(f"#rules tr[data-rule='{p['rule_id']}']")
+    expect(row.get_by_role("link", name=p["rule_name"], exact=True)).to_be_visible()
+    expect(row.get_by_role("link", name=p["event_type"], exact=True)).to_be_visible()
+    c.go("#/event-types")
+    row = c.page.locator("#event-types tbody tr").filter(has_text=p["description"])
+    expect(row.locator("td.description")).to_have_text(p["description"])
+    c.go(type_page)
+    expect(c.page.locator("main h1")).to_have_text(p["event_type"])
+    expect(c.page.locator("#type-description")).to_have_text(p["description"])
+    c.go(f"#/subscriptions/{p['rule_id']}")
+    expect(c.page.locator("main h1")).to_have_text(p["rule_name"])
+    expect(c.page.locator("#rule-type-description")).to_have_text(p["description"])
     strays = [u for u in c.requests if urlsplit(u).path.endswith("/x")]
     check(not strays, f"a request for the injected image was made: {strays}")
     c.finish()
@@ -417,6 +437,32 @@ def read_only(browser, p, out):
     check(c.page.locator("#recover").count() == 0, "the recover form is offered to a read-only token")
     buttons = [b.strip() for b in c.page.locator("main button").all_inner_texts()]
     check(all(b in ("Refresh", "Apply") for b in buttons), f"unexpected buttons {buttons}")
+
+    # Subscriptions and event types: seen, with no create/edit/delete.
+    c.go("#/subscriptions")
+    expect(c.page.locator(f"#rules tr[data-rule='{p['rule_id']}']")).to_contain_text(p["channel_name"])
+    expect(c.page.locator(f"#rules tr[data-rule='{p['rule_id']}']")).to_contain_text(p["filter"])
+    check(c.page.locator("#create-rule").count() == 0, "the subscription form is offered to a read-only token")
+    expect(c.page.locator("main .note")).to_contain_text("read-only")
+    c.go(f"#/subscriptions/{p['rule_id']}")
+    expect(c.page.locator("#rule-filter")).to_have_text(p["filter"])
+    for sel in ("#edit-rule", "#delete-rule", "#delete-rule-confirm"):
+        check(c.page.locator(sel).count() == 0, f"{sel} is offered to a read-only token")
+    c.go("#/event-types")
+    expect(c.page.locator("#event-types")).to_contain_text(p["description"])
+    check(c.page.locator("#event-types a.subscribe").count() == 0, "a Subscribe link is offered to a read-only token")
+    c.go(f"#/event-types/{p['event_type']}")
+    expect(c.page.locator("#type-description")).to_have_text(p["description"])
+    for sel in ("#describe-type", "#subscribe"):
+        check(c.page.locator(sel).count() == 0, f"{sel} is offered to a read-only token")
+    c.go(f"#/channels/{p['channel_id']}")
+    expect(c.page.locator("#channel-rules")).to_contain_text(p["event_type"])
+    check(c.page.locator("#subscribe-channel").count() == 0, "a subscribe link is offered to a read-only token")
+    for fragment in ("#/subscriptions", f"#/subscriptions/{p['rule_id']}", "#/event-types", f"#/event-types/{p['event_type']}"):
+        c.go(fragment)
+        forms = c.page.locator("main form").count()
+        buttons = c.page.locator("main button").count()
+        check(forms == 0 and buttons == 0, f"{fragment}: {forms} form(s) and {buttons} button(s) for a read-only token")
     c.no_error()
     c.finish()
 
