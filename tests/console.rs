@@ -688,6 +688,7 @@ fn a_namespace_token_subscribes_a_new_channel_to_a_listed_event_type_and_the_eve
     ]);
     let token = site.token("acme-portal", &["--namespace", ACME]);
     let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-subscriptions.png");
+    let phone = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-subscriptions-phone.png");
 
     let out = site.scenario(
         &tools,
@@ -702,6 +703,7 @@ fn a_namespace_token_subscribes_a_new_channel_to_a_listed_event_type_and_the_eve
             "seen": 1,
             "rule_name": "Paid invoices to the new endpoint",
             "screenshot": shot,
+            "screenshot_phone": phone,
         }),
     );
     let channel = out["channel_id"].as_str().expect("the new channel's id");
@@ -728,6 +730,7 @@ fn a_namespace_token_subscribes_a_new_channel_to_a_listed_event_type_and_the_eve
     assert_eq!(made["rate_limit"], "2/m");
     assert_eq!(made["ordered"], true);
     keep_screenshot_as(&shot, "console-subscriptions.png");
+    keep_screenshot_as(&phone, "console-subscriptions-phone.png");
 }
 
 #[test]

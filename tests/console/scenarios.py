@@ -631,6 +631,12 @@ def subscribe_from_event_types(browser, p, out):
     c.go("#/subscriptions")
     expect(c.page.locator(f"#rules tr[data-rule='{out['rule_id']}']")).to_contain_text(p["channel_name"])
     c.page.screenshot(path=p["screenshot"], full_page=True)
+    c.page.set_viewport_size({"width": 375, "height": 800})
+    c.go(f"#/subscriptions?channel={channel_id}")
+    wide = c.page.evaluate("() => document.documentElement.scrollWidth")
+    check(wide <= 375, f"the subscriptions page is {wide} px wide at a 375 px viewport")
+    c.accessible("the subscriptions page at 375 px")
+    c.page.screenshot(path=p["screenshot_phone"], full_page=True)
     c.no_error()
     c.finish()
 

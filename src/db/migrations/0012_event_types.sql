@@ -2,7 +2,8 @@
 -- Runs with search_path set to the service's schema. Upgrading a database
 -- that holds events adds one empty table and builds one index on event
 -- (built while `event` takes no inserts: producers' enqueue_event calls
--- wait for it; about 1 s per million events, see docs/operations.md).
+-- wait for it; about 3.5 s per million events on 2 cores, see
+-- docs/operations.md).
 
 -- A description per event type of a namespace, written by
 -- `event-type describe` or `PATCH /v1/namespaces/{ns}/event-types/{type}`
