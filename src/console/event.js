@@ -6,7 +6,7 @@
 
 import { call, nsPath } from "./api.js";
 import { h, route, time, badge, facts, UNFINISHED } from "./dom.js";
-import { ruleLink, typeLink } from "./links.js";
+import { channelLink, ruleLink, typeLink } from "./links.js";
 
 const EXCERPT = 300;
 const POLL_MS = 1500;
@@ -113,9 +113,11 @@ function resendButton(ctx, event, channel, label) {
   button.addEventListener("click", () => ctx.run(button, async () => {
     const body = channel ? { channel } : {};
     const answer = await call("POST", `${nsPath(ctx.ns, "events", event.id)}/resend`, body);
-    const resent = (answer.resent || []).map((r) => `${r.channel_name || r.channel_id} (was ${r.was})`);
-    const refused = (answer.refused || []).map((r) => `${r.channel_id} (${r.state})`);
-    ctx.notice(`Resent to ${resent.join(", ") || "no channel"}.`, refused.length ? ` Refused: ${refused.join(", ")}.` : "");
+    const list = (items) => items.map((item, i) => (i ? [", ", ...item] : item));
+    const resent = (answer.resent || []).map((r) => [channelLink(r.channel_id, r.channel_name || r.channel_id), ` (was ${r.was})`]);
+    const refused = (answer.refused || []).map((r) => [channelLink(r.channel_id, r.channel_name || r.channel_id), ` (${r.state})`]);
+    ctx.notice("Resent to ", resent.length ? list(resent) : "no channel", ".",
+      refused.length ? [" Refused: ", list(refused), "."] : "");
     ctx.refresh();
   }));
   return button;
