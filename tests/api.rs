@@ -536,9 +536,13 @@ fn every_route_answers_and_agrees_with_the_command_line() {
     assert!(!text.contains(&acme), "a token in the metrics");
 }
 
-/// The path of `route` with `ns` and `id` filled in.
+/// The path of `route` with `ns` and `id` filled in (and an event type's
+/// `{type}`).
 fn path_of(template: &str, ns: &str, id: &str) -> String {
-    template.replace("{ns}", ns).replace("{id}", id)
+    template
+        .replace("{ns}", ns)
+        .replace("{id}", id)
+        .replace("{type}", "invoice.paid")
 }
 
 #[test]

@@ -216,6 +216,7 @@ fn every_write_route_and_cli_change_leaves_exactly_one_audit_row() {
             "resendEvent" => json!({}),
             "createPortalLink" => json!({"expires_in": "1h"}),
             "createEvent" => json!({"type": "e", "payload": {}}),
+            "describeEventType" => json!({"description": "E happened."}),
             "deleteChannel" | "deleteRule" => Value::Null,
             other => panic!(
                 "a new write route {other}: add it to this test (and it must leave one audit row)"
@@ -245,7 +246,11 @@ fn every_write_route_and_cli_change_leaves_exactly_one_audit_row() {
             p if p.contains("/events/") => event.clone(),
             _ => ch.clone(),
         };
-        let path = route.path.replace("{ns}", "a").replace("{id}", &id);
+        let path = route
+            .path
+            .replace("{ns}", "a")
+            .replace("{id}", &id)
+            .replace("{type}", "e");
         let body = (!body.is_null()).then_some(body);
         let answer = call(api, route.method, &path, Some(&admin), body.as_ref());
         assert!(
@@ -263,6 +268,10 @@ fn every_write_route_and_cli_change_leaves_exactly_one_audit_row() {
         assert_eq!(newest["actor"]["id"], admin_id, "{newest}");
         assert_eq!(newest["namespace"], "a", "{newest}");
         assert!(newest["object_id"].is_string(), "{newest}");
+        if route.operation == "describeEventType" {
+            assert_eq!(newest["object_kind"], "event_type", "{newest}");
+            assert_eq!(newest["object_id"], "e", "{newest}");
+        }
     }
 
     // The command line's changes too, with the OS user as the actor.
@@ -573,6 +582,18 @@ fn every_cli_change_leaves_exactly_one_audit_row_naming_the_os_user() {
         (vec!["resend", &event], "resendEvent"),
         (vec!["resend", "--channel", &ch], "resendChannel"),
         (vec!["rule", "update", &rule, "--no-filter"], "updateRule"),
+        (
+            vec![
+                "event-type",
+                "describe",
+                "--namespace",
+                "a",
+                "e",
+                "--description",
+                "E happened.",
+            ],
+            "describeEventType",
+        ),
         (vec!["rule", "delete", &rule], "deleteRule"),
         (vec!["channel", "delete", &ch], "deleteChannel"),
         (vec!["token", "revoke", &token_id], "revokeToken"),

@@ -329,6 +329,54 @@ fn rule_create_and_list_round_trip() {
 }
 
 #[test]
+fn event_types_and_event_type_describe_round_trip() {
+    let db = migrated_db();
+    let nr = Nr::for_db(&db);
+    let c = nr.channel("acme", "a");
+    nr.rule("acme", "invoice.paid", &[c]);
+    nr.emit("acme", "invoice.paid", r#"{"n": 1}"#);
+    nr.emit("acme", "invoice.paid", r#"{"n": 2}"#);
+    nr.emit("acme", "nobody.listens", r#"{"n": 3}"#);
+    let out = nr.run(&[
+        "event-type",
+        "describe",
+        "--namespace",
+        "acme",
+        "invoice.paid",
+        "--description",
+        "Paid\nin full.",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(out.stdout.is_empty(), "describe prints nothing on stdout");
+    let list = nr.json(&["event", "types", "--namespace", "acme", "--json"]);
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+    assert_eq!(list[0]["type"], "invoice.paid");
+    assert_eq!(list[0]["count"], 2);
+    assert_eq!(list[0]["rules"], 1);
+    assert_eq!(list[0]["description"], "Paid\nin full.");
+    let text = nr.ok(&["event", "types", "--namespace", "acme"]);
+    let rows: Vec<&str> = text.lines().collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    assert!(
+        rows[0].starts_with("TYPE") && rows[0].ends_with("DESCRIPTION"),
+        "{text}"
+    );
+    assert!(
+        rows[1].starts_with("invoice.paid") && rows[1].ends_with("Paid in full."),
+        "{text}"
+    );
+    // Another namespace has none: nothing on stdout, a note on stderr.
+    let other = nr.run(&["event", "types", "--namespace", "globex"]);
+    assert_eq!(other.status.code(), Some(0));
+    assert!(other.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&other.stderr).contains("no event types"));
+    assert_eq!(
+        nr.json(&["event", "types", "--namespace", "globex", "--json"]),
+        serde_json::json!([])
+    );
+}
+
+#[test]
 fn rule_create_with_an_unknown_channel_is_a_usage_error_and_creates_nothing() {
     let db = migrated_db();
     let nr = Nr::for_db(&db);

@@ -133,10 +133,18 @@ impl Site {
         self.cli.create_channel(ns, name, url, headers)
     }
 
-    /// `rule create` for `event_type` to `channels`.
-    fn rule(&self, ns: &str, event_type: &str, channels: &[&str]) {
+    /// `rule create` for `event_type` to `channels`; returns its id.
+    fn rule(&self, ns: &str, event_type: &str, channels: &[&str]) -> String {
         self.cli
-            .create_rule(ns, event_type, event_type, channels, None);
+            .create_rule(ns, event_type, event_type, channels, None)
+    }
+
+    /// `rule list --namespace NS --json`.
+    fn rules(&self, ns: &str) -> Vec<Value> {
+        let list: Value =
+            serde_json::from_str(&self.cli(&["rule", "list", "--namespace", ns, "--json"]))
+                .expect("rule list --json is JSON");
+        list.as_array().cloned().expect("rule list is an array")
     }
 
     /// `event emit`; returns the event ids.
@@ -304,7 +312,7 @@ fn an_event_answered_500_then_200_shows_both_attempts_and_resend_reaches_success
         &receiver.url(),
         &["X-Team: billing"],
     );
-    site.rule(ACME, "invoice.paid", &[&channel]);
+    let rule = site.rule(ACME, "invoice.paid", &[&channel]);
     let payload = json!({
         "invoice": "in_1042",
         "amount": 4200,
@@ -326,6 +334,7 @@ fn an_event_answered_500_then_200_shows_both_attempts_and_resend_reaches_success
             "event_id": event,
             "channel_id": channel,
             "channel_name": "Invoices (production)",
+            "rule_id": rule,
             "screenshot": shot,
         }),
     );
@@ -340,7 +349,14 @@ fn an_event_answered_500_then_200_shows_both_attempts_and_resend_reaches_success
 /// `NR_CONSOLE_SCREENSHOT=update` (so an ordinary test run does not
 /// rewrite a committed file with new timestamps).
 fn keep_screenshot(shot: &Path) {
-    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/console.png");
+    keep_screenshot_as(shot, "console.png");
+}
+
+/// Copies the screenshot to docs/`name`, as [`keep_screenshot`] does.
+fn keep_screenshot_as(shot: &Path, name: &str) {
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("docs")
+        .join(name);
     if !docs.exists() || std::env::var("NR_CONSOLE_SCREENSHOT").as_deref() == Ok("update") {
         std::fs::copy(shot, &docs).expect("copy the screenshot to docs/console.png");
     }
@@ -464,13 +480,28 @@ fn names_payloads_headers_and_bodies_with_html_render_as_text() {
         r#"<img src=x onerror=alert(document.domain)><script>window.__pwned='name'</script>"#;
     let header = r#"<img src=x onerror=alert('header')>"#;
     let channel = site.channel(ACME, name, &receiver.url(), &[&format!("X-Note: {header}")]);
-    site.rule(ACME, "invoice.paid", &[&channel]);
+    let rule_name = r#"<img src=x onerror="window.__pwned='rule'"><b>rule</b>"#;
+    let event_type = r#"<img src=x onerror="window.__pwned='type'">.paid"#;
+    let description =
+        r#"<script>window.__pwned='description'</script><img src=x onerror=alert(1)>"#;
+    let rule = site
+        .cli
+        .create_rule(ACME, rule_name, event_type, &[&channel], None);
+    site.cli(&[
+        "event-type",
+        "describe",
+        "--namespace",
+        ACME,
+        event_type,
+        "--description",
+        description,
+    ]);
     let payload = json!({
         "note": "<img src=x onerror=\"window.__pwned='payload'\">",
         "html": "<script>window.__pwned='payload'</script>",
         "nested": {"<b>key</b>": "</pre><img src=x onerror=alert('nested')>"}
     });
-    let event = site.emit(ACME, "invoice.paid", &payload).remove(0);
+    let event = site.emit(ACME, event_type, &payload).remove(0);
     site.wait_state(&event, &channel, "SUCCESS");
     let token = site.token("acme-xss", &["--namespace", ACME]);
 
@@ -485,6 +516,10 @@ fn names_payloads_headers_and_bodies_with_html_render_as_text() {
             "event_id": event,
             "payload": payload,
             "response_body": body,
+            "rule_id": rule,
+            "rule_name": rule_name,
+            "event_type": event_type,
+            "description": description,
         }),
     );
 }
@@ -502,9 +537,30 @@ fn a_read_only_customer_link_shows_no_write_button() {
         &receiver.url(),
         &["X-Api-Key: endpoint-credential-7"],
     );
-    site.rule(ACME, "invoice.paid", &[&channel]);
+    let filter = "$.amount > 1000";
+    let rule = site.cli.create_rule(
+        ACME,
+        "Big paid invoices",
+        "invoice.paid",
+        &[&channel],
+        Some(filter),
+    );
+    let description = "An invoice was paid.";
+    site.cli(&[
+        "event-type",
+        "describe",
+        "--namespace",
+        ACME,
+        "invoice.paid",
+        "--description",
+        description,
+    ]);
     let event = site
-        .emit(ACME, "invoice.paid", &json!({"invoice": "in_7"}))
+        .emit(
+            ACME,
+            "invoice.paid",
+            &json!({"invoice": "in_7", "amount": 4200}),
+        )
         .remove(0);
     site.wait_state(&event, &channel, "SUCCESS");
     let token = site.token(
@@ -521,8 +577,14 @@ fn a_read_only_customer_link_shows_no_write_button() {
             "channel_name": "Customer endpoint",
             "event_id": event,
             "header_value": "endpoint-credential-7",
+            "rule_id": rule,
+            // As PostgreSQL prints the jsonpath back.
+            "filter": site.rules(ACME)[0]["filter"],
+            "event_type": "invoice.paid",
+            "description": description,
         }),
     );
+    assert_eq!(site.rules(ACME).len(), 1, "nothing changed");
     let (state, attempts) = site.delivery(&event, &channel);
     assert_eq!(
         (state.as_str(), attempts),
@@ -598,4 +660,108 @@ fn a_revoked_token_returns_to_the_sign_in_page() {
     let revoke = json!([BIN, "--config", config, "token", "revoke", id]);
 
     site.scenario(&tools, "revoked", json!({"token": token, "revoke": revoke}));
+}
+
+#[test]
+fn a_namespace_token_subscribes_a_new_channel_to_a_listed_event_type_and_the_event_reaches_it() {
+    let Some((tools, _browser)) = browser() else {
+        return;
+    };
+    let site = Site::start();
+    let old = Receiver::start(Script::status(200));
+    let new = Receiver::start(Script::status(200));
+    let billing = site.channel(ACME, "Billing", &old.url(), &[]);
+    site.rule(ACME, "invoice.paid", &[&billing]);
+    let first = site
+        .emit(ACME, "invoice.paid", &json!({"invoice": "in_1"}))
+        .remove(0);
+    site.wait_state(&first, &billing, "SUCCESS");
+    let description = "An invoice was paid in full; data.invoice is its id.";
+    site.cli(&[
+        "event-type",
+        "describe",
+        "--namespace",
+        ACME,
+        "invoice.paid",
+        "--description",
+        description,
+    ]);
+    let token = site.token("acme-portal", &["--namespace", ACME]);
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-subscriptions.png");
+    let phone = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-subscriptions-phone.png");
+
+    let out = site.scenario(
+        &tools,
+        "subscribe_from_event_types",
+        json!({
+            "token": token,
+            "namespace": ACME,
+            "channel_name": "New endpoint",
+            "url": new.url(),
+            "event_type": "invoice.paid",
+            "description": description,
+            "seen": 1,
+            "rule_name": "Paid invoices to the new endpoint",
+            "screenshot": shot,
+            "screenshot_phone": phone,
+        }),
+    );
+    let channel = out["channel_id"].as_str().expect("the new channel's id");
+    let event = out["delivered_event"]
+        .as_str()
+        .expect("the delivered event");
+    assert!(
+        new.ids().iter().any(|id| id == event),
+        "the new endpoint never got {event}"
+    );
+    assert_eq!(site.delivery(event, channel).0, "SUCCESS");
+    let rules = site.rules(ACME);
+    let rule = rules
+        .iter()
+        .find(|r| r["id"] == out["rule_id"])
+        .unwrap_or_else(|| panic!("the new rule is not in rule list: {rules:?}"));
+    assert_eq!(rule["event_type"], "invoice.paid");
+    assert_eq!(rule["channels"], json!([channel]));
+    let listed = site.channels(ACME, false);
+    let made = listed
+        .iter()
+        .find(|c| c["id"] == channel)
+        .expect("the new channel is listed");
+    assert_eq!(made["rate_limit"], "2/m");
+    assert_eq!(made["ordered"], true);
+    keep_screenshot_as(&shot, "console-subscriptions.png");
+    keep_screenshot_as(&phone, "console-subscriptions-phone.png");
+}
+
+#[test]
+fn a_bad_filter_shows_postgresqls_message_and_saves_nothing() {
+    let Some((tools, _browser)) = browser() else {
+        return;
+    };
+    let site = Site::start();
+    let receiver = Receiver::start(Script::status(200));
+    let channel = site.channel(ACME, "Ledger", &receiver.url(), &[]);
+    let rule = site.rule(ACME, "invoice.paid", &[&channel]);
+    let token = site.token("acme-filters", &["--namespace", ACME]);
+    let before = site.rules(ACME);
+
+    let out = site.scenario(
+        &tools,
+        "bad_filter",
+        json!({
+            "token": token,
+            "channel_name": "Ledger",
+            "rule_id": rule,
+            "filter": "$.amount >",
+        }),
+    );
+    for key in ["create_error", "edit_error"] {
+        let text = out[key].as_str().expect("the error shown");
+        // PostgreSQL's own words about the jsonpath.
+        assert!(
+            text.contains("is not a jsonpath predicate") && text.contains("syntax error"),
+            "{key}: {text}"
+        );
+    }
+    assert_eq!(site.rules(ACME), before, "nothing saved");
 }

@@ -457,3 +457,44 @@ fn a_database_holding_channels_upgrades_from_version_10_and_a_key_encrypts_them(
     );
     assert!(shown.contains("header-credential"), "{shown}");
 }
+
+#[test]
+fn a_database_holding_events_upgrades_from_version_11_and_lists_its_event_types() {
+    let db = fresh_db();
+    migrate_up_to(&db, 11);
+    let mut c = db.client();
+    // What release 11 holds: a channel, a rule for `paid`, its events.
+    seed_channel_and_rule(&mut c);
+    c.batch_execute(
+        "SELECT enqueue_event('acme', 'paid', jsonb_build_object('i', g)) FROM generate_series(1, 7) g;",
+    )
+    .expect("seed");
+    let bin = Bin::for_database(&db.url);
+    let out = bin.ok(&["migrate"]);
+    assert!(out.contains("applied migration(s) 12"), "{out}");
+    let types: serde_json::Value =
+        serde_json::from_str(&bin.ok(&["event", "types", "--namespace", "acme", "--json"]))
+            .expect("event types --json is JSON");
+    assert_eq!(types[0]["type"], "paid");
+    assert_eq!(types[0]["count"], 7, "every event counted: {types}");
+    assert_eq!(types[0]["rules"], 1);
+    assert!(types[0]["last_seen_at"].is_string(), "{types}");
+    bin.ok(&[
+        "event-type",
+        "describe",
+        "--namespace",
+        "acme",
+        "paid",
+        "--description",
+        "Paid.",
+    ]);
+    // Enqueueing still works on the upgraded schema.
+    let new: i64 = c
+        .query_one(
+            "SELECT count(*) FROM notification.enqueue_event('acme', 'paid', '{}')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(new, 1);
+}

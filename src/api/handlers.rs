@@ -11,6 +11,7 @@ use super::body;
 use super::error::ApiError;
 use super::{Call, Ctx, Reply};
 use crate::ops::channels::{self, ChannelPatch, NewChannelInput};
+use crate::ops::event_types;
 use crate::ops::events::{self, EmitInput, Idempotent, ListQuery};
 use crate::ops::page::Page;
 use crate::ops::rules::{self, NewRuleInput, RulePatch};
@@ -101,6 +102,15 @@ struct EventCreate {
     event_type: String,
     payload: serde_json::Value,
     annotations: Option<serde_json::Value>,
+}
+
+/// `PATCH .../event-types/{type}` body.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventTypeDescribe {
+    /// The text customers see; `null` or empty removes it.
+    #[serde(deserialize_with = "present")]
+    description: Option<Option<String>>,
 }
 
 /// `POST .../events/{id}/resend` body.
@@ -355,6 +365,31 @@ pub(super) fn list_events(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
             .transpose()?,
     };
     Reply::ok(&events::list(db, Some(call.ns()), &query, page)?)
+}
+
+pub(super) fn list_event_types(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
+    body::query(call.query, call.route.query)?;
+    let items = event_types::list(db, call.ns())?;
+    Reply::ok(&serde_json::json!({ "items": items }))
+}
+
+/// The `{type}` path parameter (an event type of the namespace).
+fn event_type<'a>(call: &'a Call<'_>) -> Result<&'a str, ApiError> {
+    let t = call.param("type");
+    crate::ops::name_like("type", t)?;
+    Ok(t)
+}
+
+pub(super) fn get_event_type(_: &Ctx, call: &Call<'_>, db: &mut Client) -> Answer {
+    let t = event_type(call)?;
+    Reply::ok(&event_types::get(db, call.ns(), t)?)
+}
+
+pub(super) fn describe_event_type(_: &Ctx, call: &Call<'_>, db: &mut Tx<'_>) -> Answer {
+    let t = event_type(call)?;
+    let b: EventTypeDescribe = body::json(call.request, false)?;
+    let text = b.description.flatten().unwrap_or_default();
+    Reply::ok(&event_types::describe(db, call.ns(), t, &text)?)
 }
 
 /// An event with its deliveries, as `GET .../events/{id}` answers it.

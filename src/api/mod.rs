@@ -431,7 +431,13 @@ fn audited(
             .map_err(|e| ApiError::from(DbError::query("committing a change")(e)))?;
         return Ok(reply);
     }
-    let object_id = match call.param("id") {
+    // The object is named by the path's `{id}` (or an event type's
+    // `{type}`), else by the created object's id.
+    let named = match call.param("id") {
+        "" => call.param("type"),
+        id => id,
+    };
+    let object_id = match named {
         "" => reply
             .body
             .as_deref()
@@ -473,6 +479,7 @@ pub fn object_kind(path: &str) -> &'static str {
         "channels" => "channel",
         "rules" => "rule",
         "events" => "event",
+        "event-types" => "event_type",
         "portal" => "token",
         _ => "other",
     }

@@ -85,7 +85,7 @@ fn add_edges(all: &mut Value) {
                 "required": ["kind"]
             },
             "operation": { "type": "string", "description": "The operationId of the change (createChannel, revokeToken, ...)" },
-            "object_kind": { "type": "string", "enum": ["channel", "rule", "event", "token", "secrets"] },
+            "object_kind": { "type": "string", "enum": ["channel", "rule", "event", "event_type", "token", "secrets"] },
             "object_id": nullable("string")
         }),
         &[
@@ -100,6 +100,29 @@ fn add_edges(all: &mut Value) {
         false,
     );
     all["AuditList"] = list_of("AuditEntry");
+    all["EventType"] = object(
+        json!({
+            "type": { "type": "string" },
+            "description": { "type": ["string", "null"], "description": "What the type means, for customers (`event-type describe`); null until described" },
+            "count": { "type": "integer", "minimum": 0, "description": "How many of its events are stored (retention removes old finished ones)" },
+            "last_seen_at": time_or_null(),
+            "rules": { "type": "integer", "minimum": 0, "description": "How many live rules (subscriptions) match it" }
+        }),
+        &["type", "description", "count", "last_seen_at", "rules"],
+        false,
+    );
+    all["EventTypeList"] = object(
+        json!({ "items": { "type": "array", "items": reference("EventType") } }),
+        &["items"],
+        false,
+    );
+    all["EventTypeDescribe"] = object(
+        json!({
+            "description": { "type": ["string", "null"], "maxLength": 1000, "description": "Shown to customers; empty or null removes it" }
+        }),
+        &["description"],
+        true,
+    );
     all["PortalCreate"] = object(
         json!({
             "read_only": { "type": "boolean", "default": true, "description": "A read-only link (the default) sees no secret and no header value" },
@@ -369,6 +392,7 @@ fn query_parameter(name: &str) -> Value {
 fn path_parameter(name: &str) -> Value {
     let what = match name {
         "ns" => "The namespace (tenant)",
+        "type" => "The event type (percent-encoded)",
         _ => "The object's id (a UUID; anything else answers 404)",
     };
     json!({ "name": name, "in": "path", "required": true, "description": what, "schema": { "type": "string", "minLength": 1 } })
@@ -486,6 +510,6 @@ mod tests {
             let name: String = rest.chars().take_while(|c| c.is_alphanumeric()).collect();
             assert!(schemas.contains_key(&name), "missing schema {name}");
         }
-        assert_eq!(document()["paths"].as_object().unwrap().len(), 20);
+        assert_eq!(document()["paths"].as_object().unwrap().len(), 22);
     }
 }

@@ -8,6 +8,7 @@ use super::{ops_error, EventCommand, UsageError};
 use crate::config::Config;
 use crate::db::{events, migrate};
 use crate::ops::channels;
+use crate::ops::event_types;
 use crate::ops::events::{self as ops_events, EmitInput};
 use crate::ops::{non_empty, OpsError};
 use crate::state::State;
@@ -97,6 +98,7 @@ pub fn run(config: &Config, command: EventCommand) -> anyhow::Result<ExitCode> {
                 );
             }
         }
+        EventCommand::Types { namespace, json } => types(config, &namespace, json)?,
         EventCommand::Show { id, json } => {
             let mut client = super::connect(config)?;
             let (event, statuses) = ops_events::show(&mut client, None, id).map_err(ops_error)?;
@@ -135,6 +137,45 @@ pub fn run(config: &Config, command: EventCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `event types --namespace NS [--json]`.
+fn types(config: &Config, namespace: &str, json: bool) -> anyhow::Result<()> {
+    crate::ops::name_like("namespace", namespace).map_err(ops_error)?;
+    let mut client = super::connect(config)?;
+    let list = event_types::list(&mut client, namespace).map_err(ops_error)?;
+    if json {
+        return super::print_json(&list);
+    }
+    if list.is_empty() {
+        eprintln!(
+            "no event types in namespace {namespace:?} yet: none seen, subscribed to or described"
+        );
+        return Ok(());
+    }
+    let rows: Vec<[String; 5]> = list
+        .iter()
+        .map(|t| {
+            [
+                t.event_type.clone(),
+                t.count.to_string(),
+                t.last_seen_at
+                    .map_or_else(|| "-".into(), |at| at.to_rfc3339()),
+                t.rules.to_string(),
+                t.description
+                    .as_deref()
+                    .map_or_else(|| "-".into(), |d| d.replace(['\n', '\r', '\t'], " ")),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            ["TYPE", "COUNT", "LAST SEEN", "RULES", "DESCRIPTION"],
+            &rows
+        )
+    );
+    Ok(())
 }
 
 /// How many times the schema's payload cap a `--data @file` may be: the

@@ -11,6 +11,7 @@
 mod admin;
 mod channel;
 mod event;
+mod event_type;
 mod rule;
 mod secrets;
 mod token;
@@ -73,6 +74,9 @@ pub enum Command {
     /// Emit and inspect events.
     #[command(subcommand)]
     Event(EventCommand),
+    /// Describe event types for customers (shown in the console).
+    #[command(subcommand)]
+    EventType(EventTypeCommand),
     /// Deliver an event again (SUCCESS/FAILED/SENDING → RESENDING); without
     /// EVENT_ID, every matching delivery of `--channel` (bulk resend).
     Resend {
@@ -383,6 +387,35 @@ pub enum EventCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The event types of a namespace (seen in its events, subscribed to
+    /// by a rule, or described), with how many of their events are stored
+    /// and when the last was written.
+    Types {
+        /// The namespace.
+        #[arg(long)]
+        namespace: String,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `event-type …`
+#[derive(Debug, Subcommand)]
+pub enum EventTypeCommand {
+    /// Set the description customers see for an event type (an empty
+    /// description removes it). The type need not have been seen yet.
+    Describe {
+        /// The namespace.
+        #[arg(long)]
+        namespace: String,
+        /// The event type, e.g. invoice.paid.
+        #[arg(value_name = "TYPE")]
+        event_type: String,
+        /// What the type means, in a sentence or two.
+        #[arg(long, value_name = "TEXT")]
+        description: String,
+    },
 }
 
 /// Runs the parsed command line.
@@ -448,6 +481,7 @@ fn dispatch(command: Command, config: &Config) -> anyhow::Result<ExitCode> {
         Command::Channel(c) => channel::run(config, c),
         Command::Rule(c) => rule::run(config, c),
         Command::Event(c) => event::run(config, c),
+        Command::EventType(c) => event_type::run(config, c),
         Command::Token(c) => token::run(config, c),
         Command::Secrets(SecretsCommand::RotateKey { new_key_file }) => {
             secrets::rotate_key(config, &new_key_file)

@@ -98,3 +98,22 @@ export async function allChannels(ns, pages = 10) {
   }
   return items;
 }
+
+// Every rule (subscription) of `ns`, following the cursor (at most `pages`
+// pages of 100).
+export async function allRules(ns, pages = 10) {
+  const items = [];
+  let cursor = null;
+  for (let i = 0; i < pages; i++) {
+    const page = await call("GET", withQuery(nsPath(ns, "rules"), { limit: 100, cursor }));
+    items.push(...page.items);
+    cursor = page.next_cursor;
+    if (!cursor) break;
+  }
+  return items;
+}
+
+// The event types of `ns` (seen, subscribed to or described), sorted.
+export async function eventTypes(ns) {
+  return (await call("GET", nsPath(ns, "event-types"))).items;
+}

@@ -14,11 +14,19 @@ import { renderChannel } from "./channel.js";
 import { renderEvents } from "./events.js";
 import { renderEvent } from "./event.js";
 import { renderRecover } from "./recover.js";
+import { renderSubscriptions } from "./subscriptions.js";
+import { renderSubscription } from "./subscription.js";
+import { renderEventTypes } from "./eventtypes.js";
+import { renderEventType } from "./eventtype.js";
 
 const ROUTES = [
   { pattern: /^$/, page: "overview", render: renderOverview },
   { pattern: /^channels$/, page: "channels", render: renderChannels },
   { pattern: /^channels\/([^/]+)$/, page: "channels", render: renderChannel },
+  { pattern: /^subscriptions$/, page: "subscriptions", render: renderSubscriptions },
+  { pattern: /^subscriptions\/([^/]+)$/, page: "subscriptions", render: renderSubscription },
+  { pattern: /^event-types$/, page: "event-types", render: renderEventTypes },
+  { pattern: /^event-types\/([^/]+)$/, page: "event-types", render: renderEventType },
   { pattern: /^events$/, page: "events", render: renderEvents },
   { pattern: /^events\/([^/]+)$/, page: "events", render: renderEvent },
   { pattern: /^recover$/, page: "recover", render: renderRecover },

@@ -1,15 +1,18 @@
-// One channel's page: its settings and health, its signing secret on
-// explicit request (tokens that may write only), and (for tokens that may write) editing its name, URL
-// and headers, enabling and disabling it, rotating the secret with an
-// overlap, sending a test event and deleting it.
+// One channel's page: its settings, delivery controls (rate limit,
+// ordered) and health, the subscriptions (rules) that send to it, its
+// signing secret on explicit request (tokens that may write only), and
+// (for tokens that may write) editing its name, URL, headers and controls,
+// enabling and disabling it, rotating the secret with an overlap, sending
+// a test event and deleting it.
 
-import { call, nsPath } from "./api.js";
+import { call, nsPath, allRules } from "./api.js";
 import { h, route, time, facts, field, parseHeaders, formatHeaders } from "./dom.js";
-import { status, breaker } from "./channels.js";
+import { status, breaker, controls } from "./channels.js";
+import { ruleLink, typeLink, filterText } from "./links.js";
 
 export async function renderChannel(ctx) {
   const [id] = ctx.args;
-  const c = await call("GET", nsPath(ctx.ns, "channels", id));
+  const [c, rules] = await Promise.all([call("GET", nsPath(ctx.ns, "channels", id)), allRules(ctx.ns)]);
   const path = nsPath(ctx.ns, "channels", id);
   const headerList = Object.entries(c.headers || {});
   ctx.show(
@@ -21,6 +24,8 @@ export async function renderChannel(ctx) {
       ["Headers", headerList.length
         ? h("ul", { class: "plain", id: "channel-headers" }, headerList.map(([k, v]) => h("li", {}, h("code", {}, `${k}: ${v}`))))
         : h("span", { class: "muted" }, "none")],
+      ["Rate limit", h("span", { id: "channel-rate-limit" }, c.rate_limit ? `${c.rate_limit} (at most)` : "none")],
+      ["Ordered", h("span", { id: "channel-ordered" }, c.ordered ? "yes: one delivery at a time, in the order events were written" : "no")],
       ["Status", status(c)],
       ["Breaker", breaker(c)],
       ["In flight", String(c.in_flight ?? 0)],
@@ -32,6 +37,7 @@ export async function renderChannel(ctx) {
     h("p", { class: "links" },
       h("a", { href: route(["events"], { channel: c.id }) }, "Events sent to this channel"), " · ",
       h("a", { href: route(["recover"], { channel: c.id }) }, "Recover (bulk resend)")),
+    subscriptions(ctx, c, rules.filter((r) => r.channels.includes(c.id))),
     // A read-only token never sees the secret (the API refuses it with 403)
     // nor header values (the API sends "***").
     ctx.canWrite ? secretSection(ctx, path) : null,
@@ -78,20 +84,36 @@ function actions(ctx, c, path) {
     h("div", { class: "buttons" }, toggle, test));
 }
 
+// The subscriptions (rules) that send to this channel.
+function subscriptions(ctx, c, rules) {
+  return h("section", { "aria-labelledby": "channel-rules-title" },
+    h("h2", { id: "channel-rules-title" }, `Subscriptions (${rules.length})`),
+    rules.length === 0 ? h("p", { class: "empty" }, "No subscription sends to this channel: it receives only test events.")
+      : h("ul", { class: "plain rules", id: "channel-rules" }, rules.map((r) => h("li", { "data-rule": r.id },
+        ruleLink(r), ": ", typeLink(r.event_type), r.filter ? [" if ", filterText(r.filter)] : null,
+        r.disabled ? h("span", { class: "muted" }, " (disabled)") : null))),
+    ctx.canWrite ? h("p", {}, h("a", { href: route(["subscriptions"], { channel: c.id }), id: "subscribe-channel" }, "Subscribe this channel to an event type")) : null);
+}
+
 function editForm(ctx, c, path) {
   const name = h("input", { id: "edit-name", name: "name", required: true, value: c.name || "", autocomplete: "off" });
   const url = h("input", { id: "edit-url", name: "url", type: "url", required: true, value: c.url, autocomplete: "off" });
   const headers = h("textarea", { id: "edit-headers", name: "headers", rows: "3", spellcheck: "false", value: formatHeaders(c.headers) });
+  const [rate, ordered, controlFields] = controls("edit", c);
   const save = h("button", { type: "submit", class: "primary" }, "Save changes");
   const form = h("form", { class: "card", id: "edit-channel" },
     field("Name", name),
     field("URL", url),
     field("Headers", headers, "One per line: Name: value. Saving replaces all of them."),
+    controlFields,
     save);
   form.addEventListener("submit", (e) => {
     e.preventDefault();
     ctx.run(save, async () => {
-      await call("PATCH", path, { name: name.value.trim(), url: url.value.trim(), headers: parseHeaders(headers.value) });
+      await call("PATCH", path, {
+        name: name.value.trim(), url: url.value.trim(), headers: parseHeaders(headers.value),
+        rate_limit: rate.value.trim() || null, ordered: ordered.checked,
+      });
       ctx.notice("Channel saved.");
       ctx.refresh();
     });

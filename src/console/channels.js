@@ -50,16 +50,32 @@ export function breaker(c) {
     c.open_until ? [" until ", time(c.open_until)] : null);
 }
 
+// The delivery controls' fields of a channel form (`prefix` "new" or
+// "edit"): the rate limit (N/s or N/m; empty: none) and ordered. Returns
+// the two controls and their fields.
+export function controls(prefix, c) {
+  const rate = h("input", { id: `${prefix}-rate-limit`, name: "rate_limit", autocomplete: "off", spellcheck: "false",
+    value: (c && c.rate_limit) || "", placeholder: "e.g. 10/s or 600/m" });
+  const ordered = h("input", { id: `${prefix}-ordered`, name: "ordered", type: "checkbox", checked: Boolean(c && c.ordered) });
+  return [rate, ordered, [
+    field("Rate limit", rate, "At most N requests per second (N/s) or minute (N/m) to this endpoint; empty: no limit."),
+    h("div", { class: "field check" }, ordered,
+      h("label", { for: `${prefix}-ordered` }, "Ordered: one delivery at a time, in the order events were written (a retrying one holds back the next)")),
+  ]];
+}
+
 function createForm(ctx) {
   const name = h("input", { id: "new-name", name: "name", required: true, autocomplete: "off" });
   const url = h("input", { id: "new-url", name: "url", type: "url", required: true, autocomplete: "off"});
   const headers = h("textarea", { id: "new-headers", name: "headers", rows: "3", spellcheck: "false", placeholder: "Authorization: Bearer …" });
   const disabled = h("input", { id: "new-disabled", name: "disabled", type: "checkbox" });
+  const [rate, ordered, controlFields] = controls("new", null);
   const submit = h("button", { type: "submit", class: "primary" }, "Create channel");
   const form = h("form", { class: "card", id: "create-channel" },
     field("Name", name),
     field("URL", url, "Where the webhooks are POSTed."),
     field("Headers", headers, "Optional, one per line: Name: value. Sent with every request."),
+    controlFields,
     h("div", { class: "field check" }, disabled, h("label", { for: "new-disabled" }, "Create it disabled")),
     submit);
   form.addEventListener("submit", (e) => {
@@ -67,6 +83,8 @@ function createForm(ctx) {
     ctx.run(submit, async () => {
       const body = { name: name.value.trim(), url: url.value.trim(), headers: parseHeaders(headers.value) };
       if (disabled.checked) body.disabled = true;
+      if (rate.value.trim()) body.rate_limit = rate.value.trim();
+      if (ordered.checked) body.ordered = true;
       const channel = await call("POST", nsPath(ctx.ns, "channels"), body);
       // The signing secret in the answer is not shown: the channel's page
       // shows it on request.

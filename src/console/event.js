@@ -6,6 +6,7 @@
 
 import { call, nsPath } from "./api.js";
 import { h, route, time, badge, facts, UNFINISHED } from "./dom.js";
+import { channelLink, ruleLink, typeLink } from "./links.js";
 
 const EXCERPT = 300;
 const POLL_MS = 1500;
@@ -14,8 +15,8 @@ export async function renderEvent(ctx) {
   const [id] = ctx.args;
   const load = () => call("GET", nsPath(ctx.ns, "events", id));
   let event = await load();
-  const names = await channelNames(ctx, event.deliveries || []);
-  ctx.show(...page(ctx, event, names));
+  const [names, rule] = await Promise.all([channelNames(ctx, event.deliveries || []), ruleOf(ctx, event)]);
+  ctx.show(...page(ctx, event, names, rule));
   let last = JSON.stringify(event);
   ctx.repeat(POLL_MS, async () => {
     if (!(event.deliveries || []).some((d) => UNFINISHED.has(d.state))) return;
@@ -23,8 +24,15 @@ export async function renderEvent(ctx) {
     const now = JSON.stringify(event);
     if (now === last) return;
     last = now;
-    ctx.show(...page(ctx, event, await channelNames(ctx, event.deliveries || [])));
+    ctx.show(...page(ctx, event, await channelNames(ctx, event.deliveries || []), rule));
   });
+}
+
+// The rule (subscription) that made the event; null when it has none or
+// it was deleted.
+function ruleOf(ctx, event) {
+  if (!event.rule_id) return Promise.resolve(null);
+  return call("GET", nsPath(ctx.ns, "rules", event.rule_id)).catch(() => null);
 }
 
 // Channel id -> name, for the channels of these deliveries (a deleted or
@@ -36,7 +44,7 @@ async function channelNames(ctx, deliveries) {
   return new Map(found);
 }
 
-function page(ctx, event, names) {
+function page(ctx, event, names, rule) {
   const deliveries = event.deliveries || [];
   const annotations = event.annotations && Object.keys(event.annotations).length ? event.annotations : null;
   const resendAll = ctx.canWrite && deliveries.length > 1
@@ -46,9 +54,11 @@ function page(ctx, event, names) {
     h("h1", {}, h("span", { class: "muted" }, "Event "), event.type),
     facts([
       ["ID", h("code", { id: "event-id" }, event.id)],
-      ["Type", event.type],
+      ["Type", typeLink(event.type)],
       ["Created", time(event.created_at)],
-      ["Rule", event.rule_id ? h("code", {}, event.rule_id) : "—"],
+      ["Subscription", rule ? ruleLink(rule)
+        : event.rule_id ? h("span", { class: "muted" }, h("code", { class: "id" }, event.rule_id), " (deleted)")
+          : h("span", { class: "muted" }, "none (a test event)")],
     ]),
     h("section", { "aria-labelledby": "payload-title" },
       h("h2", { id: "payload-title" }, "Payload"),
@@ -103,9 +113,11 @@ function resendButton(ctx, event, channel, label) {
   button.addEventListener("click", () => ctx.run(button, async () => {
     const body = channel ? { channel } : {};
     const answer = await call("POST", `${nsPath(ctx.ns, "events", event.id)}/resend`, body);
-    const resent = (answer.resent || []).map((r) => `${r.channel_name || r.channel_id} (was ${r.was})`);
-    const refused = (answer.refused || []).map((r) => `${r.channel_id} (${r.state})`);
-    ctx.notice(`Resent to ${resent.join(", ") || "no channel"}.`, refused.length ? ` Refused: ${refused.join(", ")}.` : "");
+    const list = (items) => items.map((item, i) => (i ? [", ", ...item] : item));
+    const resent = (answer.resent || []).map((r) => [channelLink(r.channel_id, r.channel_name || r.channel_id), ` (was ${r.was})`]);
+    const refused = (answer.refused || []).map((r) => [channelLink(r.channel_id, r.channel_name || r.channel_id), ` (${r.state})`]);
+    ctx.notice("Resent to ", resent.length ? list(resent) : "no channel", ".",
+      refused.length ? [" Refused: ", list(refused), "."] : "");
     ctx.refresh();
   }));
   return button;

@@ -5,6 +5,7 @@
 
 import { call, nsPath, withQuery, allChannels } from "./api.js";
 import { h, route, time, badge, field, STATES } from "./dom.js";
+import { channelLink, typeLink } from "./links.js";
 
 const PAGE = 50;
 const FILTERS = ["type", "state", "channel", "since"];
@@ -24,7 +25,7 @@ export async function renderEvents(ctx) {
     h("td", {}, time(e.created_at)),
     h("td", {}, h("a", { href: route(["events", e.id]) }, e.type)),
     h("td", {}, (e.states || []).length ? e.states.map((s) => [badge(s), " "]) : h("span", { class: "muted" }, "no deliveries")),
-    h("td", {}, h("code", { class: "id" }, e.id))));
+    h("td", {}, h("a", { href: route(["events", e.id]), class: "id" }, h("code", { class: "id" }, e.id)))));
   const list = page.items.length === 0
     ? h("p", { class: "empty" }, cursor ? "No older events." : "No events match.")
     : h("div", { class: "table-wrap" }, h("table", { id: "events" },
@@ -37,6 +38,8 @@ export async function renderEvents(ctx) {
   const channelName = filters.channel ? names.get(filters.channel) || filters.channel : null;
   ctx.show(
     h("h1", {}, channelName ? `Events sent to ${channelName}` : "Event log"),
+    filters.channel ? h("p", { class: "links" }, "Channel: ", channelLink(filters.channel, names.get(filters.channel))) : null,
+    filters.type ? h("p", { class: "links" }, "Event type: ", typeLink(filters.type)) : null,
     filterForm(ctx, filters, channels),
     list,
     pager);

@@ -34,6 +34,11 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
     ("/events.js", JS, include_bytes!("events.js")),
     ("/event.js", JS, include_bytes!("event.js")),
     ("/recover.js", JS, include_bytes!("recover.js")),
+    ("/links.js", JS, include_bytes!("links.js")),
+    ("/subscriptions.js", JS, include_bytes!("subscriptions.js")),
+    ("/subscription.js", JS, include_bytes!("subscription.js")),
+    ("/eventtypes.js", JS, include_bytes!("eventtypes.js")),
+    ("/eventtype.js", JS, include_bytes!("eventtype.js")),
 ];
 
 /// The embedded console file for `path` (the request path after

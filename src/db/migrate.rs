@@ -79,6 +79,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0011_secrets_audit",
         sql: include_str!("migrations/0011_secrets_audit.sql"),
     },
+    Migration {
+        version: 12,
+        name: "0012_event_types",
+        sql: include_str!("migrations/0012_event_types.sql"),
+    },
 ];
 
 /// The schema version this binary needs.

@@ -13,6 +13,7 @@ pub mod audit;
 pub mod channels;
 pub mod controls;
 pub mod due;
+pub mod event_types;
 pub mod events;
 pub mod idempotency;
 pub mod leaders;

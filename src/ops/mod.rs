@@ -13,6 +13,7 @@
 
 pub mod audit;
 pub mod channels;
+pub mod event_types;
 pub mod events;
 pub mod page;
 pub mod prune;

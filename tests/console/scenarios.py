@@ -234,7 +234,8 @@ def event_detail(browser, p, out):
     out["screenshot"] = p["screenshot"]
 
     c.page.set_viewport_size({"width": 375, "height": 800})
-    for fragment in ("#/", "#/channels", "#/events", f"#/events/{p['event_id']}", f"#/channels/{p['channel_id']}", "#/recover"):
+    for fragment in ("#/", "#/channels", "#/events", f"#/events/{p['event_id']}", f"#/channels/{p['channel_id']}", "#/recover",
+                     "#/subscriptions", f"#/subscriptions/{p['rule_id']}", "#/event-types", "#/event-types/invoice.paid"):
         c.go(fragment)
         wide = c.page.evaluate("() => document.documentElement.scrollWidth")
         check(wide <= 375, f"{fragment} is {wide} px wide at a 375 px viewport (horizontal scrolling)")
@@ -361,6 +362,7 @@ def hostile_text(browser, p, out):
     page also passes axe-core's accessibility rules."""
     c = Console(browser, p["base"])
     c.sign_in(p["token"])
+    type_page = c.page.evaluate("t => '#/event-types/' + encodeURIComponent(t)", p["event_type"])
     pages = [
         "#/",
         "#/channels",
@@ -369,6 +371,10 @@ def hostile_text(browser, p, out):
         f"#/events/{p['event_id']}",
         f"#/events?channel={p['channel_id']}",
         f"#/recover?channel={p['channel_id']}",
+        "#/subscriptions",
+        f"#/subscriptions/{p['rule_id']}",
+        "#/event-types",
+        type_page,
     ]
     for fragment in pages:
         c.go(fragment)
@@ -389,6 +395,20 @@ def hostile_text(browser, p, out):
     check(payload == p["payload"], f"payload shown as {payload!r}, sent {p['payload']!r}")
     expect(c.page.locator("article.delivery h3")).to_contain_text(p["channel_name"])
     expect(c.page.locator("tr.attempt pre.body").first).to_have_text(p["response_body"])
+    # A rule name, an event type and a description holding markup stay text.
+    c.go("#/subscriptions")
+    row = c.page.locator(f"#rules tr[data-rule='{p['rule_id']}']")
+    expect(row.get_by_role("link", name=p["rule_name"], exact=True)).to_be_visible()
+    expect(row.get_by_role("link", name=p["event_type"], exact=True)).to_be_visible()
+    c.go("#/event-types")
+    row = c.page.locator("#event-types tbody tr").filter(has_text=p["description"])
+    expect(row.locator("td.description")).to_have_text(p["description"])
+    c.go(type_page)
+    expect(c.page.locator("main h1")).to_have_text(p["event_type"])
+    expect(c.page.locator("#type-description")).to_have_text(p["description"])
+    c.go(f"#/subscriptions/{p['rule_id']}")
+    expect(c.page.locator("main h1")).to_have_text(p["rule_name"])
+    expect(c.page.locator("#rule-type-description")).to_have_text(p["description"])
     strays = [u for u in c.requests if urlsplit(u).path.endswith("/x")]
     check(not strays, f"a request for the injected image was made: {strays}")
     c.finish()
@@ -417,6 +437,32 @@ def read_only(browser, p, out):
     check(c.page.locator("#recover").count() == 0, "the recover form is offered to a read-only token")
     buttons = [b.strip() for b in c.page.locator("main button").all_inner_texts()]
     check(all(b in ("Refresh", "Apply") for b in buttons), f"unexpected buttons {buttons}")
+
+    # Subscriptions and event types: seen, with no create/edit/delete.
+    c.go("#/subscriptions")
+    expect(c.page.locator(f"#rules tr[data-rule='{p['rule_id']}']")).to_contain_text(p["channel_name"])
+    expect(c.page.locator(f"#rules tr[data-rule='{p['rule_id']}']")).to_contain_text(p["filter"])
+    check(c.page.locator("#create-rule").count() == 0, "the subscription form is offered to a read-only token")
+    expect(c.page.locator("main .note")).to_contain_text("read-only")
+    c.go(f"#/subscriptions/{p['rule_id']}")
+    expect(c.page.locator("#rule-filter")).to_have_text(p["filter"])
+    for sel in ("#edit-rule", "#delete-rule", "#delete-rule-confirm"):
+        check(c.page.locator(sel).count() == 0, f"{sel} is offered to a read-only token")
+    c.go("#/event-types")
+    expect(c.page.locator("#event-types")).to_contain_text(p["description"])
+    check(c.page.locator("#event-types a.subscribe").count() == 0, "a Subscribe link is offered to a read-only token")
+    c.go(f"#/event-types/{p['event_type']}")
+    expect(c.page.locator("#type-description")).to_have_text(p["description"])
+    for sel in ("#describe-type", "#subscribe"):
+        check(c.page.locator(sel).count() == 0, f"{sel} is offered to a read-only token")
+    c.go(f"#/channels/{p['channel_id']}")
+    expect(c.page.locator("#channel-rules")).to_contain_text(p["event_type"])
+    check(c.page.locator("#subscribe-channel").count() == 0, "a subscribe link is offered to a read-only token")
+    for fragment in ("#/subscriptions", f"#/subscriptions/{p['rule_id']}", "#/event-types", f"#/event-types/{p['event_type']}"):
+        c.go(fragment)
+        forms = c.page.locator("main form").count()
+        buttons = c.page.locator("main button").count()
+        check(forms == 0 and buttons == 0, f"{fragment}: {forms} form(s) and {buttons} button(s) for a read-only token")
     c.no_error()
     c.finish()
 
@@ -489,7 +535,142 @@ def link_asks_before_replacing(browser, p, out):
     c.finish()
 
 
-SCENARIOS = {f.__name__: f for f in (namespace_isolation, event_detail, event_log, create_and_edit, hostile_text, read_only, recover, revoked, link_asks_before_replacing)}
+def subscribe_from_event_types(browser, p, out):
+    """A namespace token makes a channel with a rate limit and ordered
+    delivery, subscribes it to an event type picked from the event types
+    list (whose description is shown), emits an event of that type through
+    the API and follows it to SUCCESS on that channel in the event log.
+    Screenshots the subscriptions page for docs/console.md."""
+    c = Console(browser, p["base"], width=1200, height=900)
+    c.sign_in(p["token"])
+
+    c.go("#/channels")
+    form = c.page.locator("#create-channel")
+    form.get_by_label("Name").fill(p["channel_name"])
+    form.get_by_label("URL").fill(p["url"])
+    form.get_by_label("Rate limit").fill("5/s")
+    form.get_by_label("Ordered", exact=False).check()
+    form.get_by_role("button", name="Create channel").click()
+    expect(c.page.locator("main h1")).to_have_text(p["channel_name"])
+    channel_id = c.page.locator("main dl.facts code").first.inner_text()
+    out["channel_id"] = channel_id
+    expect(c.page.locator("#channel-rate-limit")).to_contain_text("5/s")
+    expect(c.page.locator("#channel-ordered")).to_contain_text("yes")
+    expect(c.page.locator("main")).to_contain_text("No subscription sends to this channel")
+
+    # The channel's controls are editable: 5/s -> 2/m, stays ordered.
+    edit = c.page.locator("#edit-channel")
+    expect(edit.get_by_label("Rate limit")).to_have_value("5/s")
+    check(edit.get_by_label("Ordered", exact=False).is_checked(), "the edit form does not show the channel as ordered")
+    edit.get_by_label("Rate limit").fill("2/m")
+    edit.get_by_role("button", name="Save changes").click()
+    expect(c.page.locator("#notice")).to_contain_text("Channel saved.")
+    expect(c.page.locator("#channel-rate-limit")).to_contain_text("2/m")
+
+    c.go("#/event-types")
+    row = c.page.locator(f"#event-types tr[data-type='{p['event_type']}']")
+    expect(row).to_contain_text(p["description"])
+    expect(row.locator("td.num").first).to_have_text(str(p["seen"]))
+    check(row.locator("time").count() == 1, "the event type's last-seen time is not shown")
+    row.get_by_role("link", name="Subscribe").click()
+    c.page.wait_for_function("() => document.body.dataset.rendered === location.hash")
+    expect(c.page.locator("main h1")).to_have_text("Subscriptions")
+    create = c.page.locator("#create-rule")
+    picked = create.get_by_label("Event type", exact=True).evaluate("s => s.options[s.selectedIndex].text")
+    check(picked.startswith(p["event_type"] + " "), f"the event type offered is {picked!r}, not {p['event_type']!r}")
+    expect(create.locator("#new-rule-type-about")).to_have_text(p["description"])
+    create.get_by_label("Name", exact=True).fill(p["rule_name"])
+    create.get_by_label(p["channel_name"]).check()
+    create.get_by_role("button", name="Create subscription").click()
+    expect(c.page.locator("main h1")).to_have_text(p["rule_name"])
+    expect(c.page.locator("#notice")).to_contain_text("created")
+    out["rule_id"] = c.page.locator("#rule-id").inner_text()
+    expect(c.page.locator("#rule-channels").get_by_role("link", name=p["channel_name"])).to_be_visible()
+    expect(c.page.locator("#rule-type-description")).to_have_text(p["description"])
+
+    # The event, emitted through the API with this token (as a customer's
+    # backend would), reaches the new channel.
+    emitted = c.page.evaluate("""async ([ns, type]) => {
+        const r = await fetch(`../v1/namespaces/${ns}/events`, { method: "POST",
+          headers: { "Content-Type": "application/json",
+                     Authorization: `Bearer ${sessionStorage.getItem("nr-console.token")}` },
+          body: JSON.stringify({ type, payload: { invoice: "in_portal" } }) });
+        return [r.status, await r.json()];
+    }""", [p["namespace"], p["event_type"]])
+    check(emitted[0] == 201, f"emitting through the API answered {emitted}")
+    ids = emitted[1]["ids"]
+    out["event_ids"] = ids
+    c.go(f"#/events?channel={channel_id}")
+    for _ in range(60):
+        rows = c.page.locator("#events tbody tr")
+        if rows.count() == 1 and "SUCCESS" in rows.first.inner_text():
+            break
+        c.page.wait_for_timeout(500)
+        c.page.get_by_role("button", name="Apply").click()
+        c.page.wait_for_function("() => document.body.dataset.rendered === location.hash")
+    row = c.page.locator("#events tbody tr")
+    expect(row).to_have_count(1)
+    expect(row).to_contain_text("SUCCESS")
+    event_id = row.get_attribute("data-event")
+    check(event_id in ids, f"the channel's log shows {event_id}, not one of {ids}")
+    out["delivered_event"] = event_id
+    expect(c.page.locator("main .links").get_by_role("link", name=p["channel_name"])).to_be_visible()
+    # The event's id is a link to its page, which links its subscription.
+    row.get_by_role("link", name=event_id).click()
+    c.page.wait_for_function("() => document.body.dataset.rendered === location.hash")
+    expect(c.page.locator("#event-id")).to_have_text(event_id)
+    expect(c.page.locator(f"article.delivery[data-channel='{channel_id}']")).to_have_attribute("data-state", "SUCCESS")
+    c.page.locator("main dl.facts").get_by_role("link", name=p["rule_name"]).click()
+    c.page.wait_for_function("() => document.body.dataset.rendered === location.hash")
+    expect(c.page.locator("main h1")).to_have_text(p["rule_name"])
+
+    # The channel's page lists the subscription that sends to it.
+    c.go(f"#/channels/{channel_id}")
+    expect(c.page.locator("#channel-rules").get_by_role("link", name=p["rule_name"])).to_be_visible()
+
+    c.go("#/subscriptions")
+    expect(c.page.locator(f"#rules tr[data-rule='{out['rule_id']}']")).to_contain_text(p["channel_name"])
+    c.page.screenshot(path=p["screenshot"], full_page=True)
+    c.page.set_viewport_size({"width": 375, "height": 800})
+    c.go(f"#/subscriptions?channel={channel_id}")
+    wide = c.page.evaluate("() => document.documentElement.scrollWidth")
+    check(wide <= 375, f"the subscriptions page is {wide} px wide at a 375 px viewport")
+    c.accessible("the subscriptions page at 375 px")
+    c.page.screenshot(path=p["screenshot_phone"], full_page=True)
+    c.no_error()
+    c.finish()
+
+
+def bad_filter(browser, p, out):
+    """A filter PostgreSQL does not parse is refused with PostgreSQL's
+    message, on create and on edit; nothing is saved (the Rust side checks
+    `rule list --json`)."""
+    c = Console(browser, p["base"])
+    c.sign_in(p["token"])
+    c.go("#/subscriptions")
+    create = c.page.locator("#create-rule")
+    create.get_by_label("Name", exact=True).fill("Big invoices")
+    create.get_by_label(p["channel_name"]).check()
+    create.get_by_label("Filter (optional)").fill(p["filter"])
+    create.get_by_role("button", name="Create subscription").click()
+    expect(c.page.locator("#error")).to_contain_text("Refused (HTTP 422)")
+    out["create_error"] = c.page.locator("#error").inner_text()
+    expect(c.page.locator("main h1")).to_have_text("Subscriptions")
+    expect(create.get_by_label("Filter (optional)")).to_have_value(p["filter"])
+
+    c.go(f"#/subscriptions/{p['rule_id']}")
+    edit = c.page.locator("#edit-rule")
+    edit.get_by_label("Filter").fill(p["filter"])
+    edit.get_by_role("button", name="Save changes").click()
+    expect(c.page.locator("#error")).to_contain_text("Refused (HTTP 422)")
+    out["edit_error"] = c.page.locator("#error").inner_text()
+    c.go("#/subscriptions")
+    c.go(f"#/subscriptions/{p['rule_id']}")
+    expect(c.page.locator("#rule-filter")).to_have_text("—")
+    c.finish()
+
+
+SCENARIOS = {f.__name__: f for f in (namespace_isolation, event_detail, event_log, create_and_edit, hostile_text, read_only, recover, revoked, link_asks_before_replacing, subscribe_from_event_types, bad_filter)}
 
 
 def main():
