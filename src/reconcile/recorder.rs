@@ -68,6 +68,12 @@ struct Queue {
     /// Workers writing a group (each takes what is waiting when it is
     /// done), at most [`WRITERS`].
     writers: usize,
+    /// Recorder threads running ([`Recorder::write_loop`]): while there
+    /// are any, workers only queue.
+    threads: usize,
+    /// Workers that may still queue an outcome; recorder threads stop
+    /// when none is left and the queue is empty.
+    workers_left: usize,
 }
 
 /// How many groups may be written at once. More than one, so that the
@@ -85,6 +91,9 @@ pub struct Recorder<'a> {
     queue: Mutex<Queue>,
     /// Signalled when a group was written (room in the queue).
     room: Condvar,
+    /// Signalled when an outcome was queued, or the last worker left
+    /// (work for the recorder threads).
+    work: Condvar,
 }
 
 impl<'a> Recorder<'a> {
@@ -97,7 +106,55 @@ impl<'a> Recorder<'a> {
             capacity: capacity.max(1),
             queue: Mutex::new(Queue::default()),
             room: Condvar::new(),
+            work: Condvar::new(),
         }
+    }
+
+    /// `n` workers will queue outcomes: call it before starting them and
+    /// the recorder threads, and [`Recorder::worker_gone`] for each that
+    /// could not be started.
+    pub fn expect_workers(&self, n: usize) {
+        self.lock().workers_left = n;
+    }
+
+    /// A worker will queue no more outcomes (it ended, or never started).
+    pub fn worker_gone(&self) {
+        let mut q = self.lock();
+        q.workers_left = q.workers_left.saturating_sub(1);
+        if q.workers_left == 0 {
+            self.work.notify_all();
+        }
+    }
+
+    /// Calls [`Recorder::worker_gone`] when dropped: a worker holds one
+    /// for its whole life, so that a panic leaving it counts too.
+    pub fn worker_guard(&self) -> WorkerGuard<'_, 'a> {
+        WorkerGuard(self)
+    }
+
+    /// A recorder thread's life: writes whatever is queued, a group at a
+    /// time, until every worker is gone and nothing is left. Reports every
+    /// delivery it writes into `done`.
+    pub fn write_loop(&self, done: &Sender<Back>) {
+        let mut q = self.lock();
+        q.threads += 1;
+        loop {
+            while q.waiting.is_empty() && q.workers_left > 0 {
+                q = self.work.wait(q).unwrap_or_else(PoisonError::into_inner);
+            }
+            if q.waiting.is_empty() {
+                break;
+            }
+            let group = std::mem::take(&mut q.waiting);
+            let n = group.len();
+            q.writing += n;
+            drop(q);
+            self.write_group(group, done);
+            q = self.lock();
+            q.writing -= n;
+            self.room.notify_all();
+        }
+        q.threads -= 1;
     }
 
     /// The queue's capacity for `workers` workers: twice the workers, so
@@ -130,6 +187,10 @@ impl<'a> Recorder<'a> {
             q = self.room.wait(q).unwrap_or_else(PoisonError::into_inner);
         }
         q.waiting.push(Queued { delivery, pending });
+        if q.threads > 0 {
+            self.work.notify_one();
+            return;
+        }
         if q.writers >= WRITERS {
             return;
         }
@@ -265,6 +326,15 @@ impl<'a> Recorder<'a> {
                 }
             }
         }
+    }
+}
+
+/// A worker's presence for the recorder threads ([`Recorder::worker_guard`]).
+pub struct WorkerGuard<'r, 'a>(&'r Recorder<'a>);
+
+impl Drop for WorkerGuard<'_, '_> {
+    fn drop(&mut self) {
+        self.0.worker_gone();
     }
 }
 
