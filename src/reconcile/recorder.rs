@@ -3,17 +3,19 @@
 //!
 //! One durable commit costs PostgreSQL far more than one row's change, so
 //! outcomes are committed in groups, the way PostgreSQL flushes its own
-//! WAL. A worker that has an outcome queues it ([`Recorder::submit`]); if
-//! fewer than [`WRITERS`] writes are in progress it becomes a writer: it
-//! takes everything queued at that moment, writes it in one statement on a
-//! pooled connection (each row guarded by its version), reports each
-//! delivery back to the main thread, and goes on while more has queued
-//! meanwhile.
-//! Every other worker goes back to sending as soon as its outcome is
-//! queued. The queue is bounded ([`Recorder::new`]'s `capacity`, counting
-//! the group being written): a full queue makes workers wait, it never
-//! drops an outcome. Writers are worker threads of the leader's scope, so
+//! WAL. A worker that has an outcome queues it ([`Recorder::submit`]) and
+//! goes back to sending. [`WRITERS`] recorder threads of the leader's scope
+//! ([`Recorder::write_loop`]) each take everything queued at that moment,
+//! write it in one statement on a pooled connection (each row guarded by
+//! its version), report each delivery back to the main thread, and take
+//! what has queued meanwhile. The queue is bounded ([`Recorder::new`]'s
+//! `capacity`, counting the groups being written): a full queue makes
+//! workers wait, it never drops an outcome. The recorder threads end once
+//! every worker has ([`Recorder::worker_guard`]) and the queue is empty, so
 //! the scope's join (before the unlock) waits for every queued outcome.
+//! Should no recorder thread run (one could not be started), a worker that
+//! finds fewer than [`WRITERS`] writes in progress writes the groups
+//! itself.
 //!
 //! What is sent and not yet recorded is what a crash can repeat: at most
 //! one outcome per worker not queued yet, plus the queue's capacity
@@ -76,11 +78,10 @@ struct Queue {
     workers_left: usize,
 }
 
-/// How many groups may be written at once. More than one, so that the
-/// next group is written while one waits for its commit to be flushed
-/// (PostgreSQL flushes concurrent commits together); few, so that groups
-/// stay large. On the 2-core benchmark machine 2 gave a lone channel
-/// most of what riders did (docs/benchmarks.md scenario 15).
+/// How many groups may be written at once: the recorder threads. More
+/// than one, so that the next group is written while one waits for its
+/// commit to be flushed (PostgreSQL flushes concurrent commits together);
+/// few, so that groups stay large (docs/benchmarks.md scenario 15).
 pub const WRITERS: usize = 2;
 
 /// The group-commit queue the workers of one leader scope share.
