@@ -3,17 +3,19 @@
 //!
 //! One durable commit costs PostgreSQL far more than one row's change, so
 //! outcomes are committed in groups, the way PostgreSQL flushes its own
-//! WAL. A worker that has an outcome queues it ([`Recorder::submit`]); if
-//! fewer than [`WRITERS`] writes are in progress it becomes a writer: it
-//! takes everything queued at that moment, writes it in one statement on a
-//! pooled connection (each row guarded by its version), reports each
-//! delivery back to the main thread, and goes on while more has queued
-//! meanwhile.
-//! Every other worker goes back to sending as soon as its outcome is
-//! queued. The queue is bounded ([`Recorder::new`]'s `capacity`, counting
-//! the group being written): a full queue makes workers wait, it never
-//! drops an outcome. Writers are worker threads of the leader's scope, so
+//! WAL. A worker that has an outcome queues it ([`Recorder::submit`]) and
+//! goes back to sending. [`WRITERS`] recorder threads of the leader's scope
+//! ([`Recorder::write_loop`]) each take everything queued at that moment,
+//! write it in one statement on a pooled connection (each row guarded by
+//! its version), report each delivery back to the main thread, and take
+//! what has queued meanwhile. The queue is bounded ([`Recorder::new`]'s
+//! `capacity`, counting the groups being written): a full queue makes
+//! workers wait, it never drops an outcome. The recorder threads end once
+//! every worker has ([`Recorder::worker_guard`]) and the queue is empty, so
 //! the scope's join (before the unlock) waits for every queued outcome.
+//! Should no recorder thread run (one could not be started), a worker that
+//! finds fewer than [`WRITERS`] writes in progress writes the groups
+//! itself.
 //!
 //! What is sent and not yet recorded is what a crash can repeat: at most
 //! one outcome per worker not queued yet, plus the queue's capacity
@@ -68,13 +70,18 @@ struct Queue {
     /// Workers writing a group (each takes what is waiting when it is
     /// done), at most [`WRITERS`].
     writers: usize,
+    /// Recorder threads running ([`Recorder::write_loop`]): while there
+    /// are any, workers only queue.
+    threads: usize,
+    /// Workers that may still queue an outcome; recorder threads stop
+    /// when none is left and the queue is empty.
+    workers_left: usize,
 }
 
-/// How many groups may be written at once. More than one, so that the
-/// next group is written while one waits for its commit to be flushed
-/// (PostgreSQL flushes concurrent commits together); few, so that groups
-/// stay large. On the 2-core benchmark machine 2 gave a lone channel
-/// most of what riders did (docs/benchmarks.md scenario 15).
+/// How many groups may be written at once: the recorder threads. More
+/// than one, so that the next group is written while one waits for its
+/// commit to be flushed (PostgreSQL flushes concurrent commits together);
+/// few, so that groups stay large (docs/benchmarks.md scenario 15).
 pub const WRITERS: usize = 2;
 
 /// The group-commit queue the workers of one leader scope share.
@@ -85,6 +92,9 @@ pub struct Recorder<'a> {
     queue: Mutex<Queue>,
     /// Signalled when a group was written (room in the queue).
     room: Condvar,
+    /// Signalled when an outcome was queued, or the last worker left
+    /// (work for the recorder threads).
+    work: Condvar,
 }
 
 impl<'a> Recorder<'a> {
@@ -97,7 +107,55 @@ impl<'a> Recorder<'a> {
             capacity: capacity.max(1),
             queue: Mutex::new(Queue::default()),
             room: Condvar::new(),
+            work: Condvar::new(),
         }
+    }
+
+    /// `n` workers will queue outcomes: call it before starting them and
+    /// the recorder threads, and [`Recorder::worker_gone`] for each that
+    /// could not be started.
+    pub fn expect_workers(&self, n: usize) {
+        self.lock().workers_left = n;
+    }
+
+    /// A worker will queue no more outcomes (it ended, or never started).
+    pub fn worker_gone(&self) {
+        let mut q = self.lock();
+        q.workers_left = q.workers_left.saturating_sub(1);
+        if q.workers_left == 0 {
+            self.work.notify_all();
+        }
+    }
+
+    /// Calls [`Recorder::worker_gone`] when dropped: a worker holds one
+    /// for its whole life, so that a panic leaving it counts too.
+    pub fn worker_guard(&self) -> WorkerGuard<'_, 'a> {
+        WorkerGuard(self)
+    }
+
+    /// A recorder thread's life: writes whatever is queued, a group at a
+    /// time, until every worker is gone and nothing is left. Reports every
+    /// delivery it writes into `done`.
+    pub fn write_loop(&self, done: &Sender<Back>) {
+        let mut q = self.lock();
+        q.threads += 1;
+        loop {
+            while q.waiting.is_empty() && q.workers_left > 0 {
+                q = self.work.wait(q).unwrap_or_else(PoisonError::into_inner);
+            }
+            if q.waiting.is_empty() {
+                break;
+            }
+            let group = std::mem::take(&mut q.waiting);
+            let n = group.len();
+            q.writing += n;
+            drop(q);
+            self.write_group(group, done);
+            q = self.lock();
+            q.writing -= n;
+            self.room.notify_all();
+        }
+        q.threads -= 1;
     }
 
     /// The queue's capacity for `workers` workers: twice the workers, so
@@ -130,6 +188,10 @@ impl<'a> Recorder<'a> {
             q = self.room.wait(q).unwrap_or_else(PoisonError::into_inner);
         }
         q.waiting.push(Queued { delivery, pending });
+        if q.threads > 0 {
+            self.work.notify_one();
+            return;
+        }
         if q.writers >= WRITERS {
             return;
         }
@@ -265,6 +327,15 @@ impl<'a> Recorder<'a> {
                 }
             }
         }
+    }
+}
+
+/// A worker's presence for the recorder threads ([`Recorder::worker_guard`]).
+pub struct WorkerGuard<'r, 'a>(&'r Recorder<'a>);
+
+impl Drop for WorkerGuard<'_, '_> {
+    fn drop(&mut self) {
+        self.0.worker_gone();
     }
 }
 

@@ -134,6 +134,14 @@ impl InFlight {
         self.handed_out.len()
     }
 
+    /// How many deliveries in flight hold a worker (handed out, not
+    /// answered yet): what the workers' slots beyond the reserve are
+    /// counted against. Answered ones wait for the group commit and hold
+    /// no worker.
+    pub fn holding_workers(&self) -> usize {
+        self.handed_out.len() - self.answered.len()
+    }
+
     /// Whether nothing is in flight.
     pub fn is_empty(&self) -> bool {
         self.handed_out.is_empty()
@@ -738,7 +746,9 @@ mod tests {
         assert_eq!(f.held_of(&ch(1)), 2, "both still in flight");
         assert!(f.holds(&a), "not read again before it is recorded");
         assert_eq!(f.len(), 2, "still in flight");
+        assert_eq!(f.holding_workers(), 1, "only b holds a worker");
         assert_eq!(f.remove(&a), Some(ch(1)));
+        assert_eq!(f.holding_workers(), 1);
         assert_eq!(f.of_channel(&ch(1)), 1, "released once only");
         assert_eq!(f.held_of(&ch(1)), 1);
         assert_eq!(f.remove(&b), Some(ch(1)));

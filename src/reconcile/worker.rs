@@ -5,8 +5,8 @@
 //! What needs no write (not due, withheld, a panic) is reported at once.
 //!
 //! A worker holds no database connection while it decides and sends
-//! (`delivery::worker::decide`: the page brought everything); it takes one
-//! only when it becomes the writer of a group. So requests in flight are
+//! (`delivery::worker::decide`: the page brought everything); the
+//! recorder threads take pooled connections to write the groups. So requests in flight are
 //! bounded by `reconciler.workers`, and connections by
 //! `database.pool_size`, each on its own; a pooled connection still serves
 //! one worker at a time, and no transaction is held across an HTTP call.

@@ -104,6 +104,8 @@ impl<'a> Main<'a> {
         let now = self.watch.db_now();
         // Borrowing beyond a share leaves the reserve free, and each active
         // channel's unused share (what its controls let it use of it).
+        // Slots are workers: a delivery whose outcome waits for the group
+        // commit holds none.
         let (controls, in_flight) = (&self.controls, &self.in_flight);
         let most = |id: &Uuid| {
             let c = controls.of(id, now);
@@ -115,7 +117,9 @@ impl<'a> Main<'a> {
             }
         };
         let kept = self.channels.kept_free(now, in_flight, &most);
-        let borrowable = self.borrow_ceiling.saturating_sub(in_flight.len() + kept);
+        let borrowable = self
+            .borrow_ceiling
+            .saturating_sub(in_flight.holding_workers() + kept);
         // Read for the lanes that ran empty and may send now, in round-robin
         // order, at most as many as could be served now, in one query. A
         // lane at its cap or behind an open breaker is read when it may

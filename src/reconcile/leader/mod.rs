@@ -58,7 +58,7 @@ use crate::reconcile::lease::{
     Lease, LockWatch, HEARTBEAT_EVERY, IDLE_CHECK_EVERY, LOCK_CHECK_EVERY, TAKEOVER_GRACE,
 };
 use crate::reconcile::listener::Wake;
-use crate::reconcile::recorder::Recorder;
+use crate::reconcile::recorder::{Recorder, WRITERS};
 use crate::reconcile::report::{Report, Tally};
 use crate::reconcile::scheduler::{self, InFlight, Lane};
 use crate::reconcile::worker::{self, Shared};
@@ -256,6 +256,20 @@ fn lead(
         // hand-out never finds it full.
         let (job_tx, job_rx) = bounded::<Job>(main.capacity(r.config.reconciler.workers));
         let (done_tx, done_rx) = unbounded::<Back>();
+        // Recorder threads write the workers' outcomes in groups; they end
+        // once every worker has (a worker that cannot start counts as
+        // ended), so the scope's join waits for every queued outcome.
+        recorder.expect_workers(r.config.reconciler.workers);
+        for i in 0..WRITERS {
+            let (recorder, done) = (&recorder, done_tx.clone());
+            if let Err(e) = std::thread::Builder::new()
+                .name(format!("recorder-{i}"))
+                .spawn_scoped(scope, move || recorder.write_loop(&done))
+            {
+                // The workers write their groups themselves then.
+                log::error!("cannot start recorder thread {i}: {e}");
+            }
+        }
         let mut spawned = 0;
         for i in 0..r.config.reconciler.workers {
             let (jobs, done, shared, stopped) =
@@ -263,10 +277,15 @@ fn lead(
             match std::thread::Builder::new()
                 .name(format!("worker-{i}"))
                 .stack_size(worker::STACK_SIZE)
-                .spawn_scoped(scope, move || worker::work(&jobs, &done, shared, stopped))
-            {
+                .spawn_scoped(scope, move || {
+                    let _gone = shared.recorder.worker_guard();
+                    worker::work(&jobs, &done, shared, stopped)
+                }) {
                 Ok(_) => spawned += 1,
-                Err(e) => log::error!("cannot start worker thread {i}: {e}"),
+                Err(e) => {
+                    recorder.worker_gone();
+                    log::error!("cannot start worker thread {i}: {e}");
+                }
             }
         }
         drop(job_rx);
