@@ -545,8 +545,9 @@ fn an_idle_leader_keeps_renewing_its_lease_and_is_never_fenced() {
 
 /// A leader whose own heartbeat is found near the fencing bound starts no
 /// attempt until it renews it: that is what lets a standby that fences it
-/// hand out at once. The row is aged from outside here (the connection
-/// itself stays healthy); the next heartbeat renews it and delivery goes on.
+/// hand out at once. A trigger makes every heartbeat store an old time
+/// (the connection itself stays healthy); once it is dropped, the next
+/// heartbeat renews the lease and delivery goes on.
 #[test]
 fn a_leader_whose_heartbeat_is_near_the_fencing_bound_holds_back_until_it_renews_it() {
     let db = migrated_db();
@@ -562,24 +563,34 @@ fn a_leader_whose_heartbeat_is_near_the_fencing_bound_holds_back_until_it_renews
         || a.stderr().contains("leading: took the lock"),
         || a.stderr(),
     );
-    // Age the row until A's lock check sees it before its next heartbeat.
+    // Every write of the row (A's heartbeats) stores an hour-old time, as
+    // if A's heartbeats had stopped landing while its connection works.
+    client
+        .batch_execute(
+            "CREATE FUNCTION notification.test_stale_heartbeat() RETURNS trigger
+               LANGUAGE plpgsql AS $$ BEGIN NEW.updated_at := now() - interval '1 hour'; RETURN NEW; END $$;
+             CREATE TRIGGER test_stale_heartbeat BEFORE UPDATE ON notification.leader
+               FOR EACH ROW EXECUTE FUNCTION notification.test_stale_heartbeat();
+             UPDATE notification.leader SET in_flight = in_flight;",
+        )
+        .expect("age the leader row");
     wait_until(
         "A to hold back its workers",
         WAIT,
         || {
-            client
-                .execute(
-                    "UPDATE notification.leader SET updated_at = now() - interval '1 hour'",
-                    &[],
-                )
-                .expect("age the leader row");
-            thread::sleep(Duration::from_millis(20));
             a.stderr()
                 .contains("no new attempt starts until it is renewed")
         },
         || a.stderr(),
     );
+    // Held back: events are handed out but no request starts.
     let events = emit(&mut client, "flow", "'{}'::jsonb", 5);
+    thread::sleep(Duration::from_secs(2));
+    assert!(receiver.requests().is_empty(), "{}", a.stderr());
+    // Heartbeats land again: the next one renews the lease, all go out.
+    client
+        .batch_execute("DROP TRIGGER test_stale_heartbeat ON notification.leader")
+        .expect("drop the trigger");
     wait_until(
         "the events to be delivered after the next heartbeat",
         WAIT,

@@ -146,16 +146,27 @@ impl<'a> Recorder<'a> {
             if q.waiting.is_empty() {
                 break;
             }
-            let group = std::mem::take(&mut q.waiting);
-            let n = group.len();
-            q.writing += n;
-            drop(q);
-            self.write_group(group, done);
-            q = self.lock();
-            q.writing -= n;
-            self.room.notify_all();
+            q = self.write_waiting(q, done);
         }
         q.threads -= 1;
+    }
+
+    /// Writes everything waiting in `q` as one group (the lock released
+    /// meanwhile), then makes room; returns the lock taken again.
+    fn write_waiting<'q>(
+        &'q self,
+        mut q: MutexGuard<'q, Queue>,
+        done: &Sender<Back>,
+    ) -> MutexGuard<'q, Queue> {
+        let group = std::mem::take(&mut q.waiting);
+        let n = group.len();
+        q.writing += n;
+        drop(q);
+        self.write_group(group, done);
+        let mut q = self.lock();
+        q.writing -= n;
+        self.room.notify_all();
+        q
     }
 
     /// The queue's capacity for `workers` workers: twice the workers, so
@@ -179,9 +190,10 @@ impl<'a> Recorder<'a> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues the outcome of `delivery`; writes it, and whatever else is
-    /// queued, when no other worker is writing. Reports every delivery it
-    /// writes into `done`. Waits while the queue is full.
+    /// Queues the outcome of `delivery` for the recorder threads; without
+    /// any, writes it and whatever else is queued when fewer than
+    /// [`WRITERS`] workers are writing, reporting every delivery it writes
+    /// into `done`. Waits while the queue is full.
     pub fn submit(&self, delivery: Delivery, pending: Pending, done: &Sender<Back>) {
         let mut q = self.lock();
         while q.waiting.len() + q.writing >= self.capacity {
@@ -197,14 +209,7 @@ impl<'a> Recorder<'a> {
         }
         q.writers += 1;
         while !q.waiting.is_empty() {
-            let group = std::mem::take(&mut q.waiting);
-            let n = group.len();
-            q.writing += n;
-            drop(q);
-            self.write_group(group, done);
-            q = self.lock();
-            q.writing -= n;
-            self.room.notify_all();
+            q = self.write_waiting(q, done);
         }
         q.writers -= 1;
     }
