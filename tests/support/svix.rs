@@ -64,7 +64,7 @@ impl SvixServer {
              whitelist_subnets = [\"127.0.0.1/32\"]\n\
              whitelabel_headers = true\n\
              retry_schedule = [1, 1, 2]\n\
-             log_level = \"warn\"\n",
+             log_level = \"info\"\n",
             db.url.replace("postgres://", "postgresql://")
         );
         fs::write(dir.path().join("config.toml"), config).expect("svix: write config");
@@ -139,22 +139,24 @@ impl SvixServer {
     /// until it answers.
     pub fn resume(&mut self) {
         let log = fs::File::create(self.dir.path().join("server.log")).expect("svix: log");
+        let out = log.try_clone().expect("svix: log");
         let child = Command::new(&self.bin)
             .current_dir(self.dir.path())
             .env_remove("DATABASE_URL")
-            .stdout(Stdio::null())
+            .stdout(out)
             .stderr(log)
             .spawn()
             .expect("svix: start the server");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if self.get("/api/v1/health/ping/").0 == 200 {
+            let (status, body) = self.get("/api/v1/health/ping/");
+            if (200..300).contains(&status) {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "svix: no answer within 60 s; log:\n{}",
+                "svix: no answer within 60 s (last: {status} {body}); log:\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(100));
@@ -210,7 +212,7 @@ impl SvixServer {
                 let text = r.body_mut().read_to_string().unwrap_or_default();
                 (status, serde_json::from_str(&text).unwrap_or_default())
             }
-            Err(_) => (0, serde_json::Value::Null),
+            Err(e) => (0, serde_json::Value::String(e.to_string())),
         }
     }
 
