@@ -417,6 +417,10 @@ fn kill_9_between_hand_over_and_record_makes_no_second_message() {
     let ids = emit(&mut client, EVENT_TYPE, "'{}'::jsonb", 3);
     // Hold the rows: the daemon hands over, then its record waits.
     let mut holder = s.client();
+    let holder_pid: i32 = holder
+        .query_one("SELECT pg_backend_pid()", &[])
+        .expect("pid")
+        .get(0);
     let mut tx = holder.transaction().expect("tx");
     tx.execute("SELECT 1 FROM notification.delivery_status FOR UPDATE", &[])
         .expect("lock the rows");
@@ -428,6 +432,16 @@ fn kill_9_between_hand_over_and_record_makes_no_second_message() {
         context(&s, &d),
     );
     d.kill9();
+    // A killed client's backend would still run its waiting UPDATE once the
+    // rows are free: end the daemon's sessions first, as a crash of its
+    // host would.
+    client
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid() AND pid <> $1",
+            &[&holder_pid],
+        )
+        .expect("end the killed daemon's sessions");
     tx.rollback().expect("release");
     drop(holder);
     assert_eq!(

@@ -242,11 +242,13 @@ pub fn map(
             let copied_n = usize::try_from(copied).unwrap_or(usize::MAX);
             let waiting = attempts.len().saturating_sub(copied_n);
             let last = attempts.last();
-            // What the endpoint's status comes to, once every attempt is copied.
+            // What the endpoint's status comes to, once every attempt is
+            // copied. Svix reports its newest attempt's status: a failed
+            // attempt with a next attempt scheduled is still trying.
             let settled = match status {
                 Some(SvixStatus::Success) => Some(State::Success),
-                Some(SvixStatus::Fail) => Some(State::Failed),
-                Some(SvixStatus::Pending | SvixStatus::Sending) => None,
+                Some(SvixStatus::Fail) if next_attempt.is_none() => Some(State::Failed),
+                Some(SvixStatus::Fail | SvixStatus::Pending | SvixStatus::Sending) => None,
                 // Not listed: trust the newest attempt only for a success.
                 None => last
                     .filter(|a| a.status == SvixStatus::Success)
@@ -255,7 +257,7 @@ pub fn map(
             let poll_at = || {
                 let idle = add_saturating(now, idle_poll(view, now));
                 match (status, next_attempt) {
-                    (Some(SvixStatus::Pending), Some(at)) => {
+                    (Some(SvixStatus::Pending | SvixStatus::Fail), Some(at)) => {
                         let at = add_saturating(*at, MIN_POLL);
                         at.clamp(add_saturating(now, MIN_POLL), add_saturating(now, MAX_POLL))
                     }
@@ -519,6 +521,35 @@ mod tests {
             ),
         );
         assert_eq!(u.round_attempts, 1);
+    }
+
+    /// Svix reports its newest attempt's status: `fail` with a next
+    /// attempt is a retry to wait for, `fail` without one is the end.
+    #[test]
+    fn a_failed_attempt_with_a_next_attempt_is_still_trying() {
+        let retrying = Observed::Reported {
+            message_id: "msg_1".into(),
+            fresh: false,
+            status: Some(SvixStatus::Fail),
+            next_attempt: Some(at(12)),
+            attempts: vec![attempt(500, SvixStatus::Fail)],
+        };
+        let u = run(&view(State::Sending, 0), &retrying);
+        assert_eq!((u.state, u.round_attempts), (State::Sending, 1));
+        assert_eq!(u.next_attempt_at, Some(at(13)));
+        assert_eq!(u.attempt.unwrap().state, State::Sending);
+        let u = run(&view(State::Sending, 1), &retrying);
+        assert_eq!((u.state, u.attempt), (State::Sending, None));
+        let given_up = Observed::Reported {
+            message_id: "msg_1".into(),
+            fresh: false,
+            status: Some(SvixStatus::Fail),
+            next_attempt: None,
+            attempts: vec![attempt(500, SvixStatus::Fail), attempt(500, SvixStatus::Fail)],
+        };
+        let u = run(&view(State::Sending, 1), &given_up);
+        assert_eq!((u.state, u.round_attempts), (State::Failed, 2));
+        assert!(u.reason.contains("after 2 attempts"), "{}", u.reason);
     }
 
     #[test]
