@@ -545,7 +545,10 @@ mod tests {
             fresh: false,
             status: Some(SvixStatus::Fail),
             next_attempt: None,
-            attempts: vec![attempt(500, SvixStatus::Fail), attempt(500, SvixStatus::Fail)],
+            attempts: vec![
+                attempt(500, SvixStatus::Fail),
+                attempt(500, SvixStatus::Fail),
+            ],
         };
         let u = run(&view(State::Sending, 1), &given_up);
         assert_eq!((u.state, u.round_attempts), (State::Failed, 2));
