@@ -14,6 +14,7 @@ use std::time::Duration;
 use chrono::Utc;
 use notification_reconciler::delivery::sign::{self, Secret};
 use postgres::Client;
+use support::api::call;
 use support::bin::Bin;
 use support::daemon::{wait_until, Daemon};
 use support::fixtures::{emit, NAMESPACE};
@@ -502,4 +503,79 @@ fn resend_goes_through_svix_as_a_new_message() {
     assert_ne!(a[0]["svix_message_id"], a[1]["svix_message_id"]);
     let requests = receiver.requests();
     assert_eq!(requests[0].json()["id"], requests[1].json()["id"]);
+}
+
+#[test]
+fn channel_changes_through_the_api_are_reflected_in_svix() {
+    let Some(s) = Setup::new("API door") else {
+        return;
+    };
+    let addr = support::net::free_addr();
+    let config = format!("{}\n[api]\nlisten = \"{addr}\"\n", s.config);
+    let d = Daemon::run("A", &config, &[]);
+    wait_until(
+        "the API to answer",
+        Duration::from_secs(30),
+        || std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok(),
+        || d.stderr(),
+    );
+    let token = s
+        .cli()
+        .ok(&["token", "create", "--name", "ops", "--admin"])
+        .trim()
+        .to_owned();
+    let receiver = Receiver::start(Script::status(200));
+    let base = format!("/v1/namespaces/{NAMESPACE}/channels");
+    let created = call(
+        addr,
+        "POST",
+        &base,
+        Some(&token),
+        Some(&serde_json::json!({"name": "api", "url": receiver.url(), "headers": {"X-A": "1"}})),
+    );
+    assert_eq!(created.status, 201, "{}", created.text);
+    let id = created.json["id"].as_str().expect("id").to_owned();
+    let (code, ep) = s.endpoint(&id);
+    assert_eq!(code, 200, "{ep}");
+    assert_eq!(ep["url"], receiver.url().as_str());
+    let other = Receiver::start(Script::status(200));
+    let patched = call(
+        addr,
+        "PATCH",
+        &format!("{base}/{id}"),
+        Some(&token),
+        Some(&serde_json::json!({"url": other.url(), "rate_limit": "5/s"})),
+    );
+    assert_eq!(patched.status, 200, "{}", patched.text);
+    let (_, ep) = s.endpoint(&id);
+    assert_eq!(ep["url"], other.url().as_str());
+    assert_eq!(ep["throttleRate"], 5);
+    let disabled = call(
+        addr,
+        "POST",
+        &format!("{base}/{id}/disable"),
+        Some(&token),
+        None,
+    );
+    assert_eq!(disabled.status, 200, "{}", disabled.text);
+    assert_eq!(s.endpoint(&id).1["disabled"], true);
+    let deleted = call(addr, "DELETE", &format!("{base}/{id}"), Some(&token), None);
+    assert_eq!(deleted.status, 204, "{}", deleted.text);
+    assert_eq!(s.endpoint(&id).0, 404);
+    // Svix away: the change is made, the answer carries a warning.
+    let mut s = s;
+    s.svix.stop();
+    let created = call(
+        addr,
+        "POST",
+        &base,
+        Some(&token),
+        Some(&serde_json::json!({"name": "later", "url": receiver.url()})),
+    );
+    assert_eq!(created.status, 201, "{}", created.text);
+    let warning = created.header("warning").unwrap_or_default().to_owned();
+    assert!(
+        warning.starts_with("199 - ") && warning.contains("svix sync"),
+        "{warning:?}"
+    );
 }
