@@ -17,7 +17,6 @@
 //! SKIPPED and exits 0.
 
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 
 use std::time::{Duration, Instant};
