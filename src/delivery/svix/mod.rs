@@ -502,41 +502,51 @@ impl Client {
         }
     }
 
-    /// The endpoint `uid`'s status for the message and Svix's next attempt;
-    /// `None` while the message has not been dispatched to it.
+    /// The endpoint `uid`'s status for the message (its id, or its
+    /// `eventId`) and Svix's next attempt: `Ok(None)` when Svix has no
+    /// such message (or application), `(None, None)` while the message has
+    /// not been dispatched to the endpoint.
+    #[allow(clippy::type_complexity)]
     pub fn destination(
         &self,
         namespace: &str,
         msg_id: &str,
         uid: &str,
-    ) -> Result<(Option<SvixStatus>, Option<DateTime<Utc>>), SvixError> {
-        let body = self.ok(
+    ) -> Result<Option<(Option<SvixStatus>, Option<DateTime<Utc>>)>, SvixError> {
+        let a = self.call(
             "GET",
             &format!("/api/v1/app/{namespace}/msg/{msg_id}/endpoint?limit=250"),
             None,
             None,
         )?;
-        let found = body["data"]
+        if a.status == 404 {
+            return Ok(None);
+        }
+        if !(200..300).contains(&a.status) {
+            return Err(answered(a));
+        }
+        let found = a.body["data"]
             .as_array()
             .into_iter()
             .flatten()
             .find(|d| d["uid"].as_str() == Some(uid));
-        Ok(match found {
+        Ok(Some(match found {
             None => (None, None),
             Some(d) => (
                 d["status"].as_i64().and_then(SvixStatus::from_code),
                 d["nextAttempt"].as_str().and_then(parse_time),
             ),
-        })
+        }))
     }
 
-    /// Svix's attempts of the message to endpoint `uid`, oldest first.
+    /// Svix's attempts of the message (its id, or its `eventId`) to
+    /// endpoint `uid`, oldest first, and Svix's id of the message.
     pub fn attempts(
         &self,
         namespace: &str,
         msg_id: &str,
         uid: &str,
-    ) -> Result<Vec<SvixAttempt>, SvixError> {
+    ) -> Result<(Vec<SvixAttempt>, Option<String>), SvixError> {
         let body = self.ok(
             "GET",
             &format!("/api/v1/app/{namespace}/attempt/msg/{msg_id}?endpoint_id={uid}&limit=250"),
@@ -575,7 +585,8 @@ impl Client {
             .collect();
         // Newest first from Svix; ids (and times) order them.
         out.sort_by_key(|a| a.timestamp);
-        Ok(out)
+        let message_id = body["data"][0]["msgId"].as_str().map(str::to_owned);
+        Ok((out, message_id))
     }
 
     /// One visit for a due delivery: hand it over unless `handed_over`
@@ -608,8 +619,11 @@ impl Client {
                 Err(observed) => observed,
             };
         }
-        let message_id = match self.message(d.namespace, d.key) {
-            Ok(Some(id)) => id,
+        // Polled by the message's eventId (the key): no id to store.
+        let (status, next_attempt) = match self.destination(d.namespace, d.key, d.channel) {
+            Ok(Some(found)) => found,
+            // Gone from Svix (or never there: the provider was switched):
+            // hand it over afresh.
             Ok(None) => {
                 return match hand_over() {
                     Ok(message_id) => Observed::Reported {
@@ -628,15 +642,15 @@ impl Client {
                 }
             }
         };
-        let polled = self
-            .destination(d.namespace, &message_id, d.channel)
-            .and_then(|(status, next)| {
-                self.attempts(d.namespace, &message_id, d.channel)
-                    .map(|attempts| (status, next, attempts))
-            });
-        match polled {
-            Ok((status, next_attempt, attempts)) => Observed::Reported {
-                message_id,
+        // Not dispatched to the endpoint yet: no attempt to read.
+        let attempts = if status.is_none() {
+            Ok((Vec::new(), None))
+        } else {
+            self.attempts(d.namespace, d.key, d.channel)
+        };
+        match attempts {
+            Ok((attempts, message_id)) => Observed::Reported {
+                message_id: message_id.unwrap_or_else(|| d.key.to_owned()),
                 fresh: false,
                 status,
                 next_attempt,
