@@ -196,8 +196,23 @@ fn channel_operations_are_reflected_in_svix_and_sync_repairs_a_deleted_endpoint(
 
     // Svix unreachable during a change: the change is kept, with a warning;
     // sync repairs it once Svix answers.
+    let status = cli.ok(&["status"]);
+    assert!(
+        status.contains(&format!("provider:  svix ({}: answers)", s.svix.url())),
+        "{status}"
+    );
+    let checked = cli.ok(&["check-config"]);
+    assert!(checked.contains("provider = \"svix\""), "{checked}");
+    assert!(
+        !checked.contains(&s.svix.token),
+        "the token is never printed"
+    );
     let mut s = s;
     s.svix.stop();
+    let status: serde_json::Value =
+        serde_json::from_str(&cli.ok(&["status", "--json"])).expect("json");
+    assert_eq!(status["provider"], "svix");
+    assert_eq!(status["svix"]["reachable"], false, "{status}");
     let out = cli.run(&[
         "channel",
         "create",
