@@ -540,19 +540,28 @@ impl Client {
     }
 
     /// Svix's attempts of the message (its id, or its `eventId`) to
-    /// endpoint `uid`, oldest first, and Svix's id of the message.
+    /// endpoint `uid`, oldest first, and Svix's id of the message (when
+    /// there is an attempt); `Ok(None)` when Svix has no such message (or
+    /// endpoint, or application).
     pub fn attempts(
         &self,
         namespace: &str,
         msg_id: &str,
         uid: &str,
-    ) -> Result<(Vec<SvixAttempt>, Option<String>), SvixError> {
-        let body = self.ok(
+    ) -> Result<Option<(Vec<SvixAttempt>, Option<String>)>, SvixError> {
+        let a = self.call(
             "GET",
             &format!("/api/v1/app/{namespace}/attempt/msg/{msg_id}?endpoint_id={uid}&limit=250"),
             None,
             None,
         )?;
+        if a.status == 404 {
+            return Ok(None);
+        }
+        if !(200..300).contains(&a.status) {
+            return Err(answered(a));
+        }
+        let body = a.body;
         let mut out: Vec<SvixAttempt> = body["data"]
             .as_array()
             .into_iter()
@@ -586,7 +595,7 @@ impl Client {
         // Newest first from Svix; ids (and times) order them.
         out.sort_by_key(|a| a.timestamp);
         let message_id = body["data"][0]["msgId"].as_str().map(str::to_owned);
-        Ok((out, message_id))
+        Ok(Some((out, message_id)))
     }
 
     /// One visit for a due delivery: hand it over unless `handed_over`
@@ -619,8 +628,11 @@ impl Client {
                 Err(observed) => observed,
             };
         }
-        // Polled by the message's eventId (the key): no id to store.
-        let (status, next_attempt) = match self.destination(d.namespace, d.key, d.channel) {
+        // Polled by the message's eventId (the key): no id to store. The
+        // attempts alone tell a success (the common case: one call); the
+        // endpoint's status is asked for only when the newest attempt
+        // failed (is Svix still trying?).
+        let (attempts, message_id) = match self.attempts(d.namespace, d.key, d.channel) {
             Ok(Some(found)) => found,
             // Gone from Svix (or never there: the provider was switched):
             // hand it over afresh.
@@ -642,23 +654,29 @@ impl Client {
                 }
             }
         };
-        // Not dispatched to the endpoint yet: no attempt to read.
-        let attempts = if status.is_none() {
-            Ok((Vec::new(), None))
-        } else {
-            self.attempts(d.namespace, d.key, d.channel)
+        let newest = attempts.last().map(|a| a.status);
+        let (status, next_attempt) = match newest {
+            None => (None, None),
+            Some(SvixStatus::Fail) => match self.destination(d.namespace, d.key, d.channel) {
+                // A success newer than the attempts read: read them again
+                // at the next poll, so that it is copied too.
+                Ok(Some((Some(SvixStatus::Success), _))) => (Some(SvixStatus::Sending), None),
+                Ok(Some(found)) => found,
+                Ok(None) => (None, None),
+                Err(e) => {
+                    return Observed::PollFailed {
+                        error: e.to_string(),
+                    }
+                }
+            },
+            Some(other) => (Some(other), None),
         };
-        match attempts {
-            Ok((attempts, message_id)) => Observed::Reported {
-                message_id: message_id.unwrap_or_else(|| d.key.to_owned()),
-                fresh: false,
-                status,
-                next_attempt,
-                attempts,
-            },
-            Err(e) => Observed::PollFailed {
-                error: e.to_string(),
-            },
+        Observed::Reported {
+            message_id: message_id.unwrap_or_else(|| d.key.to_owned()),
+            fresh: false,
+            status,
+            next_attempt,
+            attempts,
         }
     }
 }
