@@ -119,14 +119,14 @@ fn direct(bin: &std::path::Path) -> Run {
     }
 }
 
-fn provider(bin: &std::path::Path) -> Run {
+fn provider(bin: &std::path::Path, workers: usize) -> Run {
     let svix = SvixServer::start(bin);
     let receiver = Receiver::start(Script::status(200));
     let db = migrated_db();
     let config = format!(
-        "[database]\nurl = \"{}\"\n\n[reconciler]\ninterval = \"1s\"\nworkers = 16\n\n\
+        "[database]\nurl = \"{}\"\n\n[reconciler]\ninterval = \"1s\"\nworkers = {workers}\n\n\
          [delivery]\nprovider = \"svix\"\nallow_networks = [\"127.0.0.0/8\"]\n\
-         max_in_flight_per_channel = 16\nbreaker_failures = 0\n\n[log]\nlevel = \"warn\"\n\n{}",
+         max_in_flight_per_channel = {workers}\nbreaker_failures = 0\n\n[log]\nlevel = \"warn\"\n\n{}",
         db.url,
         svix.config_section()
     );
@@ -170,10 +170,17 @@ fn main() {
     let Some(bin) = binary("benches/svix.rs") else {
         return;
     };
+    // `NR_BENCH_WORKERS` (default 16): the daemon's workers.
+    let workers = std::env::var("NR_BENCH_WORKERS")
+        .ok()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(16);
     let direct = direct(&bin);
-    let provider = provider(&bin);
+    let provider = provider(&bin, workers);
     let rate = |r: &Run| EVENTS as f64 / r.seconds;
-    println!("Svix benchmark: {EVENTS} events, one receiver on 127.0.0.1, 16 senders/workers");
+    println!(
+        "Svix benchmark: {EVENTS} events, one receiver on 127.0.0.1, 16 API senders, {workers} daemon workers"
+    );
     println!(
         "| mode | end to end | deliveries/s | receiver has all at | Svix CPU s | daemon CPU s | daemon CPU per delivery |"
     );
