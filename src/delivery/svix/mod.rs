@@ -33,6 +33,13 @@ use crate::delivery::http::{trust_roots, USER_AGENT};
 use crate::state::Verdict;
 use map::{Observed, SvixAttempt, SvixStatus};
 
+/// Svix's attempts of one message to one endpoint, oldest first, with
+/// Svix's id of the message (known once there is an attempt).
+pub type MessageAttempts = (Vec<SvixAttempt>, Option<String>);
+
+/// The endpoint's status for a message and Svix's next attempt.
+pub type Destination = (Option<SvixStatus>, Option<DateTime<Utc>>);
+
 /// The largest Svix answer read (an attempt list with response bodies).
 const MAX_ANSWER_BYTES: u64 = 16 * 1024 * 1024;
 
@@ -506,13 +513,12 @@ impl Client {
     /// `eventId`) and Svix's next attempt: `Ok(None)` when Svix has no
     /// such message (or application), `(None, None)` while the message has
     /// not been dispatched to the endpoint.
-    #[allow(clippy::type_complexity)]
     pub fn destination(
         &self,
         namespace: &str,
         msg_id: &str,
         uid: &str,
-    ) -> Result<Option<(Option<SvixStatus>, Option<DateTime<Utc>>)>, SvixError> {
+    ) -> Result<Option<Destination>, SvixError> {
         let a = self.call(
             "GET",
             &format!("/api/v1/app/{namespace}/msg/{msg_id}/endpoint?limit=250"),
@@ -548,7 +554,7 @@ impl Client {
         namespace: &str,
         msg_id: &str,
         uid: &str,
-    ) -> Result<Option<(Vec<SvixAttempt>, Option<String>)>, SvixError> {
+    ) -> Result<Option<MessageAttempts>, SvixError> {
         let a = self.call(
             "GET",
             &format!("/api/v1/app/{namespace}/attempt/msg/{msg_id}?endpoint_id={uid}&limit=250"),
