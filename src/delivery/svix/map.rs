@@ -257,10 +257,7 @@ pub fn map(
             let poll_at = || {
                 let idle = add_saturating(now, idle_poll(view, now));
                 match (status, next_attempt) {
-                    (
-                        Some(SvixStatus::Pending | SvixStatus::Fail | SvixStatus::Sending),
-                        Some(at),
-                    ) => {
+                    (Some(SvixStatus::Pending | SvixStatus::Fail), Some(at)) => {
                         let at = add_saturating(*at, MIN_POLL);
                         at.clamp(add_saturating(now, MIN_POLL), add_saturating(now, MAX_POLL))
                     }

@@ -20,10 +20,9 @@
 
 pub mod map;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Read;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
@@ -140,34 +139,6 @@ pub struct Client {
     base: String,
     authorization: String,
     max_response_bytes: usize,
-    /// Per endpoint (namespace, channel): the newest batch of its messages
-    /// and attempts, shared by the workers polling its deliveries.
-    batches: Mutex<HashMap<(String, String), Arc<Mutex<Option<Batch>>>>>,
-}
-
-/// How long a batch serves the polls of one endpoint's deliveries.
-const BATCH_FRESH: Duration = Duration::from_millis(250);
-
-/// One endpoint's newest messages and attempts, read with two calls
-/// (`GET …/endpoint/{uid}/msg` and `GET …/attempt/endpoint/{uid}`, 250
-/// each): what most polls need, without a call per delivery.
-struct Batch {
-    fetched: Instant,
-    /// `eventId` → (message id, message time, status, next attempt).
-    messages: HashMap<
-        String,
-        (
-            String,
-            DateTime<Utc>,
-            Option<SvixStatus>,
-            Option<DateTime<Utc>>,
-        ),
-    >,
-    /// Message id → its attempts in the window, oldest first.
-    attempts: HashMap<String, Vec<SvixAttempt>>,
-    /// Every attempt of the endpoint is in the window, or only those at or
-    /// after this time.
-    attempts_from: Option<DateTime<Utc>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -212,134 +183,6 @@ impl Client {
             base: cfg.url.clone(),
             authorization: format!("Bearer {}", cfg.token),
             max_response_bytes: delivery.max_response_bytes,
-            batches: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// The answer to a poll of message `key` to endpoint `channel` from the
-    /// endpoint's batch (refreshed when older than [`BATCH_FRESH`]), when
-    /// the batch can give it whole: the message is in it, has an attempt,
-    /// all of its attempts are in the window, and its status agrees with
-    /// its newest attempt. `None`: poll the message alone.
-    fn from_batch(&self, namespace: &str, channel: &str, key: &str) -> Option<Observed> {
-        let slot = {
-            let mut all = self.batches.lock().ok()?;
-            if all.len() > 10_000 {
-                all.clear();
-            }
-            Arc::clone(
-                all.entry((namespace.to_owned(), channel.to_owned()))
-                    .or_default(),
-            )
-        };
-        let mut batch = slot.lock().ok()?;
-        if batch
-            .as_ref()
-            .is_none_or(|b| b.fetched.elapsed() > BATCH_FRESH)
-        {
-            *batch = self.fetch_batch(namespace, channel).ok();
-        }
-        let b = batch.as_ref()?;
-        let (message_id, created, status, next_attempt) = b.messages.get(key)?;
-        let attempts = b.attempts.get(message_id)?.clone();
-        if b.attempts_from.is_some_and(|from| from > *created) {
-            return None;
-        }
-        let newest = attempts.last()?.status;
-        let agrees = match status {
-            Some(SvixStatus::Success) => newest == SvixStatus::Success,
-            Some(SvixStatus::Fail) => newest == SvixStatus::Fail,
-            _ => true,
-        };
-        agrees.then(|| Observed::Reported {
-            message_id: message_id.clone(),
-            fresh: false,
-            status: *status,
-            next_attempt: *next_attempt,
-            attempts,
-        })
-    }
-
-    /// Reads one endpoint's batch: its attempts first, then its messages
-    /// (a status newer than the attempts read shows as a disagreement and
-    /// falls back to the message's own poll).
-    fn fetch_batch(&self, namespace: &str, channel: &str) -> Result<Batch, SvixError> {
-        let fetched = Instant::now();
-        let attempts_page = self.ok(
-            "GET",
-            &format!("/api/v1/app/{namespace}/attempt/endpoint/{channel}?limit=250"),
-            None,
-            None,
-        )?;
-        let messages_page = self.ok(
-            "GET",
-            &format!("/api/v1/app/{namespace}/endpoint/{channel}/msg?limit=250&with_content=false"),
-            None,
-            None,
-        )?;
-        let mut attempts: HashMap<String, Vec<SvixAttempt>> = HashMap::new();
-        let mut oldest: Option<DateTime<Utc>> = None;
-        for a in attempts_page["data"].as_array().into_iter().flatten() {
-            let attempt = self.attempt_of(a);
-            oldest = Some(oldest.map_or(attempt.timestamp, |o| o.min(attempt.timestamp)));
-            if let Some(msg) = a["msgId"].as_str() {
-                attempts.entry(msg.to_owned()).or_default().push(attempt);
-            }
-        }
-        for list in attempts.values_mut() {
-            list.sort_by_key(|a| a.timestamp);
-        }
-        let done = attempts_page["done"].as_bool().unwrap_or(false);
-        let messages = messages_page["data"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|m| {
-                Some((
-                    m["eventId"].as_str()?.to_owned(),
-                    (
-                        m["id"].as_str()?.to_owned(),
-                        m["timestamp"].as_str().and_then(parse_time)?,
-                        m["status"].as_i64().and_then(SvixStatus::from_code),
-                        m["nextAttempt"].as_str().and_then(parse_time),
-                    ),
-                ))
-            })
-            .collect();
-        Ok(Batch {
-            fetched,
-            messages,
-            attempts,
-            attempts_from: if done { None } else { oldest },
-        })
-    }
-
-    /// One attempt as Svix lists it.
-    fn attempt_of(&self, a: &Value) -> SvixAttempt {
-        SvixAttempt {
-            timestamp: a["timestamp"]
-                .as_str()
-                .and_then(parse_time)
-                .unwrap_or_else(Utc::now),
-            http_status: a["responseStatusCode"]
-                .as_u64()
-                .and_then(|c| u16::try_from(c).ok())
-                .unwrap_or(0),
-            response: a["response"]
-                .as_str()
-                .unwrap_or_default()
-                .chars()
-                .scan(0usize, |bytes, c| {
-                    *bytes += c.len_utf8();
-                    (*bytes <= self.max_response_bytes).then_some(c)
-                })
-                .collect(),
-            duration_ms: a["responseDurationMs"].as_u64().unwrap_or(0),
-            url: a["url"].as_str().unwrap_or_default().to_owned(),
-            status: a["status"]
-                .as_i64()
-                .and_then(SvixStatus::from_code)
-                .unwrap_or(SvixStatus::Fail),
         }
     }
 
@@ -729,7 +572,31 @@ impl Client {
             .as_array()
             .into_iter()
             .flatten()
-            .map(|a| self.attempt_of(a))
+            .map(|a| SvixAttempt {
+                timestamp: a["timestamp"]
+                    .as_str()
+                    .and_then(parse_time)
+                    .unwrap_or_else(Utc::now),
+                http_status: a["responseStatusCode"]
+                    .as_u64()
+                    .and_then(|c| u16::try_from(c).ok())
+                    .unwrap_or(0),
+                response: a["response"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .chars()
+                    .scan(0usize, |bytes, c| {
+                        *bytes += c.len_utf8();
+                        (*bytes <= self.max_response_bytes).then_some(c)
+                    })
+                    .collect(),
+                duration_ms: a["responseDurationMs"].as_u64().unwrap_or(0),
+                url: a["url"].as_str().unwrap_or_default().to_owned(),
+                status: a["status"]
+                    .as_i64()
+                    .and_then(SvixStatus::from_code)
+                    .unwrap_or(SvixStatus::Fail),
+            })
             .collect();
         // Newest first from Svix; ids (and times) order them.
         out.sort_by_key(|a| a.timestamp);
@@ -766,10 +633,6 @@ impl Client {
                 },
                 Err(observed) => observed,
             };
-        }
-        // Most polls are answered by the endpoint's batch.
-        if let Some(observed) = self.from_batch(d.namespace, d.channel, d.key) {
-            return observed;
         }
         // Polled by the message's eventId (the key): no id to store. The
         // attempts alone tell a success (the common case: one call); the
