@@ -130,6 +130,53 @@ pub struct Config {
     pub api: ApiConfig,
     /// `[secrets]`
     pub secrets: SecretsConfig,
+    /// `[svix]`, resolved only with `delivery.provider = "svix"`.
+    pub svix: Option<SvixConfig>,
+}
+
+/// Who delivers (`delivery.provider`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Provider {
+    /// The daemon sends each attempt itself.
+    #[default]
+    Http,
+    /// The daemon hands each delivery to a Svix server and reconciles its
+    /// outcome from there.
+    Svix,
+}
+
+impl Provider {
+    /// The name used in the file and in `status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Http => "http",
+            Provider::Svix => "svix",
+        }
+    }
+}
+
+/// Validated `[svix]`.
+#[derive(Clone)]
+pub struct SvixConfig {
+    /// The server's base URL, without a trailing slash.
+    pub url: String,
+    /// The token file as resolved (relative to the config file's directory).
+    pub token_file: PathBuf,
+    /// The bearer token read from it (never printed).
+    pub token: String,
+    /// Total timeout of one call to Svix.
+    pub timeout: Duration,
+}
+
+impl fmt::Debug for SvixConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SvixConfig")
+            .field("url", &self.url)
+            .field("token_file", &self.token_file)
+            .field("token", &"***")
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 /// Validated `[secrets]`.
@@ -247,6 +294,8 @@ pub struct DeliveryConfig {
     pub breaker_cooldown: Duration,
     /// Auto-disable after only failures this long; zero = never.
     pub disable_after: Duration,
+    /// Who delivers.
+    pub provider: Provider,
 }
 
 /// Validated `[retention]`.
@@ -415,6 +464,52 @@ mod tests {
         assert!(e.contains("delivery.breaker_cooldown"), "{e}");
         let e = err("[delivery]\ndisable_after = \"soon\"\n");
         assert!(e.contains("delivery.disable_after"), "{e}");
+    }
+
+    #[test]
+    fn svix_provider_needs_a_url_and_a_token_file_and_names_the_key() {
+        let c = load("").unwrap();
+        assert_eq!(c.delivery.provider, Provider::Http);
+        assert!(c.svix.is_none());
+        // [svix] is not read with the http provider.
+        assert!(load("[svix]\nurl = \"nonsense\"\n").unwrap().svix.is_none());
+        let e = err("[delivery]\nprovider = \"carrier-pigeon\"\n");
+        assert!(
+            e.contains("delivery.provider") && e.contains("carrier-pigeon"),
+            "{e}"
+        );
+        let e = err("[delivery]\nprovider = \"svix\"\n");
+        assert!(e.contains("svix.url"), "{e}");
+        let e = err("[delivery]\nprovider = \"svix\"\n[svix]\nurl = \"ftp://x\"\n");
+        assert!(e.contains("svix.url") && e.contains("ftp://x"), "{e}");
+        let e = err("[delivery]\nprovider = \"svix\"\n[svix]\nurl = \"http://127.0.0.1:8071\"\n");
+        assert!(e.contains("svix.token_file"), "{e}");
+        let e = err("[delivery]\nprovider = \"svix\"\n[svix]\nurl = \"http://127.0.0.1:8071\"\ntoken_file = \"/nonexistent/t\"\n");
+        assert!(
+            e.contains("svix.token_file") && e.contains("cannot be read"),
+            "{e}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "secret-token\n").unwrap();
+        let ok = format!(
+            "[delivery]\nprovider = \"svix\"\n[svix]\nurl = \"http://127.0.0.1:8071/\"\ntoken_file = {:?}\ntimeout = \"3s\"\n",
+            token.display().to_string()
+        );
+        let c = load(&ok).unwrap();
+        let s = c.svix.as_ref().unwrap();
+        assert_eq!(s.url, "http://127.0.0.1:8071");
+        assert_eq!(s.token, "secret-token");
+        assert_eq!(s.timeout, Duration::from_secs(3));
+        // The token is never printed.
+        let shown = format!("{c} {c:?}");
+        assert!(!shown.contains("secret-token"), "{shown}");
+        assert!(shown.contains("provider = \"svix\""), "{shown}");
+        let e = err(&ok.replace("3s", "10ms"));
+        assert!(e.contains("svix.timeout"), "{e}");
+        std::fs::write(&token, "two words").unwrap();
+        let e = err(&ok);
+        assert!(e.contains("svix.token_file"), "{e}");
     }
 
     #[test]

@@ -390,6 +390,10 @@ pub struct AttemptRecord {
     pub response_body: Option<String>,
     /// Transport error text.
     pub error: Option<String>,
+    /// With `delivery.provider = "svix"`: the id of the Svix message this
+    /// attempt (made by Svix) belongs to. Absent for the daemon's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub svix_message_id: Option<String>,
 }
 
 /// The update to write back to a delivery status.
@@ -528,6 +532,7 @@ pub fn apply(
             url: result.url.clone(),
             response_body: result.response_body.as_deref().map(storable),
             error: result.error.as_deref().map(storable),
+            svix_message_id: None,
         }),
     }
 }
@@ -536,7 +541,7 @@ pub fn apply(
 /// and (as `\u0000`) in jsonb, so a receiver's body, an error or a reason
 /// with one would make the status write fail (and, written in a group,
 /// the others' too); it becomes U+FFFD.
-fn storable(text: &str) -> String {
+pub fn storable(text: &str) -> String {
     text.replace('\0', "\u{FFFD}")
 }
 
@@ -627,7 +632,8 @@ fn to_time_delta(d: Duration) -> TimeDelta {
     TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)
 }
 
-fn add_saturating(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+/// `t + d`, saturating at the latest representable time.
+pub fn add_saturating(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
     t.checked_add_signed(to_time_delta(d))
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
@@ -774,6 +780,7 @@ mod tests {
                 url: "https://example.test/".to_owned(),
                 response_body: Some("oops".to_owned()),
                 error: None,
+                svix_message_id: None,
             };
             let json = serde_json::to_value(&record).unwrap();
             assert_eq!(json["state"], state.as_str());
@@ -1071,6 +1078,7 @@ mod tests {
                 url: "https://example.test/hook".to_owned(),
                 response_body: Some("body 503".to_owned()),
                 error: None,
+                svix_message_id: None,
             })
         );
     }

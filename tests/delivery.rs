@@ -973,6 +973,7 @@ fn a_write_of_several_outcomes_refuses_only_the_row_changed_meanwhile() {
         url: "http://127.0.0.1:9/".into(),
         response_body: None,
         error: None,
+        svix_message_id: None,
     };
     let updates: Vec<Update> = (0..3)
         .map(|n| Update {

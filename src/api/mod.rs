@@ -450,9 +450,35 @@ fn audited(
         operation: call.route.operation,
         object_kind: object_kind(call.route.path),
     };
-    crate::ops::audit::record(&mut tx, &actor, what, object_id)?;
+    crate::ops::audit::record(&mut tx, &actor, what, object_id.clone())?;
     tx.commit()
         .map_err(|e| ApiError::from(DbError::query("committing a change")(e)))?;
+    let mut reply = reply;
+    // With the Svix provider, a channel change is told to Svix once it is
+    // committed; when Svix cannot be told, the change stays and the answer
+    // carries a `Warning` header (`svix sync` repairs it).
+    let channel_change = matches!(
+        call.route.operation,
+        "createChannel"
+            | "updateChannel"
+            | "deleteChannel"
+            | "enableChannel"
+            | "disableChannel"
+            | "rotateChannelSecret"
+    );
+    if channel_change {
+        if let Some(id) = object_id.and_then(|id| id.parse::<uuid::Uuid>().ok()) {
+            if let Some(warning) = crate::ops::svix::after_change(&ctx.config, client, id) {
+                let text: String = warning
+                    .chars()
+                    .map(|c| if c == '"' || c.is_control() { '\'' } else { c })
+                    .collect();
+                reply
+                    .headers
+                    .push(("warning".into(), format!("199 - \"{text}\"")));
+            }
+        }
+    }
     Ok(reply)
 }
 

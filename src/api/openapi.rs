@@ -190,11 +190,17 @@ fn schemas() -> Value {
     created_props["warning"] = json!({ "type": "string", "description": "Present when another live channel of the namespace has the same name (the channel is created all the same)." });
     let mut created_required = channel_required.to_vec();
     created_required.push("signing_secret");
+    let svix_health = object(
+        json!({ "url": { "type": "string" }, "reachable": { "type": "boolean" }, "error": { "type": "string" } }),
+        &["url", "reachable"],
+        false,
+    );
     let attempt = object(
         json!({
             "timestamp": time(), "state": state(), "http_status": nullable("integer"),
             "duration_ms": { "type": "integer", "minimum": 0 }, "url": { "type": "string" },
-            "response_body": nullable("string"), "error": nullable("string")
+            "response_body": nullable("string"), "error": nullable("string"),
+            "svix_message_id": { "type": "string", "description": "With the Svix provider: the Svix message this attempt (made by Svix) belongs to" }
         }),
         &["timestamp", "state", "duration_ms", "url"],
         false,
@@ -337,7 +343,9 @@ fn schemas() -> Value {
         "Status": object(json!({
             "by_state": counts, "due_now": { "type": "integer" },
             "schema": { "type": "string" }, "schema_version": { "type": "integer" },
-            "shard_count": { "type": "integer" }
+            "shard_count": { "type": "integer" },
+            "provider": { "type": "string", "enum": ["http", "svix"] },
+            "svix": svix_health
         }), &["by_state", "due_now", "schema", "schema_version"], false),
         "OpenApi": { "type": "object" }
     });

@@ -95,6 +95,15 @@ pub fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         println!("{state:<10} {n}");
     }
     println!("due now:   {}", report.counts.due_now);
+    match &report.svix {
+        None => println!("provider:  {}", report.provider),
+        Some(h) if h.reachable => println!("provider:  svix ({}: answers)", h.url),
+        Some(h) => println!(
+            "provider:  svix ({}: NOT answering: {})",
+            h.url,
+            h.error.as_deref().unwrap_or("no answer")
+        ),
+    }
     match report.counts.oldest_unfinished_age_seconds {
         Some(age) => println!(
             "oldest unfinished: {} old",

@@ -50,6 +50,7 @@ pub fn run(config: &Config, command: ChannelCommand) -> anyhow::Result<ExitCode>
                 Some(c.id.to_string()),
             )?;
             println!("{}", created.channel.channel.id);
+            keep_svix_in_step(config, &mut client, created.channel.channel.id);
         }
         ChannelCommand::List {
             namespace,
@@ -137,6 +138,7 @@ pub fn run(config: &Config, command: ChannelCommand) -> anyhow::Result<ExitCode>
                 "channel",
                 Some(id.to_string()),
             )?;
+            keep_svix_in_step(config, &mut client, id);
             eprintln!("channel {id} updated");
         }
         ChannelCommand::Disable { id } => {
@@ -151,6 +153,7 @@ pub fn run(config: &Config, command: ChannelCommand) -> anyhow::Result<ExitCode>
                 "channel",
                 Some(id.to_string()),
             )?;
+            keep_svix_in_step(config, &mut client, id);
             eprintln!("channel {id} disabled");
         }
         ChannelCommand::Enable { id } => {
@@ -165,6 +168,7 @@ pub fn run(config: &Config, command: ChannelCommand) -> anyhow::Result<ExitCode>
                 "channel",
                 Some(id.to_string()),
             )?;
+            keep_svix_in_step(config, &mut client, id);
             eprintln!("channel {id} enabled");
         }
         ChannelCommand::Delete { id } => {
@@ -181,6 +185,7 @@ pub fn run(config: &Config, command: ChannelCommand) -> anyhow::Result<ExitCode>
                 "channel",
                 Some(id.to_string()),
             )?;
+            keep_svix_in_step(config, &mut client, id);
             eprintln!("channel {id} deleted");
         }
         ChannelCommand::RotateSecret {
@@ -203,6 +208,7 @@ pub fn run(config: &Config, command: ChannelCommand) -> anyhow::Result<ExitCode>
                 "channel",
                 Some(id.to_string()),
             )?;
+            keep_svix_in_step(config, &mut client, id);
             println!("{}", rotated.signing_secret);
             match rotated.previous_secret_until {
                 None => eprintln!("channel {id}: secret rotated; the old secret is no longer used"),
@@ -214,6 +220,14 @@ pub fn run(config: &Config, command: ChannelCommand) -> anyhow::Result<ExitCode>
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// With `delivery.provider = "svix"`: tells Svix about the change just
+/// committed; when Svix cannot be told, a warning (the change stays).
+fn keep_svix_in_step(config: &Config, client: &mut postgres::Client, id: uuid::Uuid) {
+    if let Some(warning) = crate::ops::svix::after_change(config, client, id) {
+        eprintln!("warning: {warning}");
+    }
 }
 
 /// What `channel list` shows of a channel's delivery controls: its rate

@@ -119,6 +119,9 @@ pub enum Command {
     /// Encryption at rest of signing secrets and header values.
     #[command(subcommand)]
     Secrets(SecretsCommand),
+    /// Svix as the delivery provider (`delivery.provider = "svix"`).
+    #[command(subcommand)]
+    Svix(SvixCommand),
     /// Who changed what in a namespace (the audit trail), newest first.
     Audit {
         /// The namespace.
@@ -128,6 +131,22 @@ pub enum Command {
         /// ago (`24h`).
         #[arg(long, value_name = "TIME")]
         since: Option<String>,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `svix …`
+#[derive(Debug, Subcommand)]
+pub enum SvixCommand {
+    /// Compare every channel with its Svix endpoint and repair what differs
+    /// (missing, changed or deleted in Svix; left over from a deleted
+    /// channel); prints what was (or would be) repaired.
+    Sync {
+        /// List the drift; change nothing.
+        #[arg(long)]
+        dry_run: bool,
         /// Print as JSON.
         #[arg(long)]
         json: bool,
@@ -479,6 +498,7 @@ fn dispatch(command: Command, config: &Config) -> anyhow::Result<ExitCode> {
             crate::service::once::run(config, json)
         }
         Command::Channel(c) => channel::run(config, c),
+        Command::Svix(SvixCommand::Sync { dry_run, json }) => svix_sync(config, dry_run, json),
         Command::Rule(c) => rule::run(config, c),
         Command::Event(c) => event::run(config, c),
         Command::EventType(c) => event_type::run(config, c),
@@ -553,6 +573,62 @@ pub(crate) fn commit_audited(
     tx.commit()
         .map_err(crate::db::DbError::query("committing a change"))?;
     Ok(())
+}
+
+/// `svix sync [--dry-run] [--json]`: exit 0 when everything is (or, dry
+/// run, was found) in step or repaired; 1 when a repair or a namespace
+/// failed; 2 with the http provider.
+fn svix_sync(config: &Config, dry_run: bool, json: bool) -> anyhow::Result<ExitCode> {
+    let Some(svix) = crate::ops::svix::client(config) else {
+        return Err(UsageError(format!(
+            "svix sync: {}: delivery.provider is \"http\"; set it to \"svix\" with [svix] url and token_file",
+            config.path.display()
+        ))
+        .into());
+    };
+    let mut client = connect(config)?;
+    let report = crate::ops::svix::sync(&mut client, &svix, dry_run).map_err(ops_error)?;
+    if json {
+        print_json(&report)?;
+    } else {
+        for d in &report.drift {
+            let fields = if d.fields.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", d.fields.join(", "))
+            };
+            let done = match (&d.error, d.repaired) {
+                (Some(e), _) => format!("repair failed: {e}"),
+                (None, true) => "repaired".to_owned(),
+                (None, false) => "not repaired (dry run)".to_owned(),
+            };
+            println!(
+                "{}  channel {}  {}{fields}  {done}",
+                d.namespace, d.channel_id, d.action
+            );
+        }
+        for e in &report.errors {
+            println!("error: {e}");
+        }
+        println!(
+            "{} namespace(s), {} channel(s): {} in step, {} drifted{}",
+            report.namespaces,
+            report.channels,
+            report.in_step,
+            report.drift.len(),
+            if dry_run {
+                " (dry run: nothing changed)"
+            } else {
+                ""
+            }
+        );
+    }
+    let failed = !report.errors.is_empty() || report.drift.iter().any(|d| d.error.is_some());
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// A transaction on `client` for one change.

@@ -47,6 +47,7 @@ impl Config {
                 breaker_failures: self.delivery.breaker_failures,
                 breaker_cooldown: d(self.delivery.breaker_cooldown),
                 disable_after: d(self.delivery.disable_after),
+                provider: self.delivery.provider.as_str().to_owned(),
                 ca_file: self
                     .delivery
                     .ca_file
@@ -76,6 +77,11 @@ impl Config {
                 public_url: self.api.public_url.clone().unwrap_or_default(),
                 max_portal_ttl: d(self.api.max_portal_ttl),
             },
+            svix: self.svix.as_ref().map(|s| EffSvix {
+                url: s.url.clone(),
+                token_file: s.token_file.display().to_string(),
+                timeout: d(s.timeout),
+            }),
             secrets: EffSecrets {
                 key_file: self
                     .secrets
@@ -105,6 +111,14 @@ struct Effective {
     metrics: EffMetrics,
     api: EffApi,
     secrets: EffSecrets,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    svix: Option<EffSvix>,
+}
+#[derive(Serialize)]
+struct EffSvix {
+    url: String,
+    token_file: String,
+    timeout: String,
 }
 #[derive(Serialize)]
 struct EffDatabase {
@@ -143,6 +157,7 @@ struct EffDelivery {
     breaker_cooldown: String,
     disable_after: String,
     ca_file: String,
+    provider: String,
 }
 #[derive(Serialize)]
 struct EffRetention {

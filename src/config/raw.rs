@@ -24,6 +24,30 @@ pub struct RawConfig {
     pub api: RawApi,
     /// `[secrets]`
     pub secrets: RawSecrets,
+    /// `[svix]`
+    pub svix: RawSvix,
+}
+
+/// `[svix]` as written (read only with `delivery.provider = "svix"`).
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawSvix {
+    /// The Svix server's base URL (`https://api.svix.com`, `http://127.0.0.1:8071`).
+    pub url: String,
+    /// A file holding the bearer token.
+    pub token_file: String,
+    /// Total timeout of one call to Svix.
+    pub timeout: String,
+}
+
+impl Default for RawSvix {
+    fn default() -> Self {
+        RawSvix {
+            url: String::new(),
+            token_file: String::new(),
+            timeout: "10s".into(),
+        }
+    }
 }
 
 /// `[secrets]` as written.
@@ -115,6 +139,8 @@ pub struct RawDelivery {
     pub breaker_cooldown: String,
     /// Only failures this long: the channel is disabled; "0s" = never.
     pub disable_after: String,
+    /// Who delivers: `"http"` (this daemon) or `"svix"` (a Svix server).
+    pub provider: String,
 }
 
 /// `[retention]` as written.
@@ -222,6 +248,7 @@ impl Default for RawDelivery {
             breaker_failures: 5,
             breaker_cooldown: "30s".into(),
             disable_after: "5d".into(),
+            provider: "http".into(),
         }
     }
 }

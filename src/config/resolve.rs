@@ -277,6 +277,17 @@ impl RawConfig {
             max_payload_bytes: dl.max_payload_bytes,
             ca_file,
             ca_certs,
+            provider: match dl.provider.trim() {
+                "http" => Provider::Http,
+                "svix" => Provider::Svix,
+                other => {
+                    return Err(invalid(
+                        "delivery.provider",
+                        format!("{other:?}"),
+                        "must be \"http\" (the daemon sends) or \"svix\" (a Svix server sends)",
+                    ))
+                }
+            },
         };
 
         // [retention]
@@ -407,7 +418,14 @@ impl RawConfig {
             }
         };
 
+        // [svix]
+        let svix = match delivery.provider {
+            Provider::Http => None,
+            Provider::Svix => Some(resolve_svix(path, &self.svix)?),
+        };
+
         let config = Config {
+            svix,
             path: path.to_path_buf(),
             database: DatabaseConfig {
                 url: db.url.clone(),
@@ -431,6 +449,87 @@ impl RawConfig {
         crate::config::check::refuse_impossible(&config)?;
         Ok(config)
     }
+}
+
+/// Checks `[svix]` (with `delivery.provider = "svix"`): an http(s) URL
+/// without credentials, query or fragment; a readable, non-empty token
+/// file; a timeout of at least 1s.
+fn resolve_svix(path: &Path, raw: &RawSvix) -> Result<SvixConfig, ConfigError> {
+    let invalid = |key: &'static str, value: String, problem: &str| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        key,
+        value,
+        problem: problem.to_string(),
+    };
+    let url = raw.url.trim();
+    if url.is_empty() {
+        return Err(invalid(
+            "svix.url",
+            "\"\"".into(),
+            "must be the Svix server's base URL (e.g. \"https://api.svix.com\") when delivery.provider = \"svix\"",
+        ));
+    }
+    let parsed = url::Url::parse(url)
+        .map_err(|e| invalid("svix.url", format!("{url:?}"), &format!("not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https")
+        || parsed.host_str().is_none()
+        || !parsed.username().is_empty()
+        || parsed.password().is_some()
+        || parsed.query().is_some()
+        || parsed.fragment().is_some()
+    {
+        return Err(invalid(
+            "svix.url",
+            format!("{url:?}"),
+            "must be an http:// or https:// base URL with a host and no user, query or fragment",
+        ));
+    }
+    let file = raw.token_file.trim();
+    if file.is_empty() {
+        return Err(invalid(
+            "svix.token_file",
+            "\"\"".into(),
+            "must name a file holding the Svix bearer token when delivery.provider = \"svix\"",
+        ));
+    }
+    let token_file = path.parent().unwrap_or(Path::new("")).join(file);
+    let token = std::fs::read_to_string(&token_file)
+        .map_err(|e| {
+            invalid(
+                "svix.token_file",
+                format!("{file:?}"),
+                &format!("cannot be read: {e}"),
+            )
+        })?
+        .trim()
+        .to_owned();
+    if token.is_empty() || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid(
+            "svix.token_file",
+            format!("{file:?}"),
+            "must hold the bearer token alone (one word, no spaces)",
+        ));
+    }
+    let timeout = humantime::parse_duration(raw.timeout.trim()).map_err(|e| {
+        invalid(
+            "svix.timeout",
+            format!("{:?}", raw.timeout),
+            &format!("not a duration ({e}); write e.g. \"10s\""),
+        )
+    })?;
+    if timeout < Duration::from_secs(1) {
+        return Err(invalid(
+            "svix.timeout",
+            format!("{:?}", raw.timeout),
+            "must be at least 1s",
+        ));
+    }
+    Ok(SvixConfig {
+        url: url.trim_end_matches('/').to_owned(),
+        token_file,
+        token,
+        timeout,
+    })
 }
 
 /// Parses one `delivery.allow_networks` entry: a CIDR (`10.1.0.0/16`,

@@ -98,7 +98,9 @@ function attempt(a) {
   const body = a.response_body;
   const excerpt = body == null ? null : body.length > EXCERPT ? `${body.slice(0, EXCERPT)}…` : body;
   return h("tr", { class: "attempt", "data-status": a.http_status ?? "" },
-    h("td", { "data-label": "Time" }, time(a.timestamp)),
+    // With the Svix provider an attempt is Svix's: say so, with its message id.
+    h("td", { "data-label": "Time" }, time(a.timestamp),
+      a.svix_message_id ? h("div", { class: "muted provider" }, `via Svix, message ${a.svix_message_id}`) : null),
     h("td", { "data-label": "HTTP status", class: "num http-status" }, a.http_status == null ? "—" : String(a.http_status)),
     h("td", { "data-label": "Outcome" }, badge(a.state)),
     h("td", { "data-label": "Duration", class: "num" }, a.duration_ms == null ? "—" : `${a.duration_ms} ms`),

@@ -223,6 +223,27 @@ pub fn ids_named(
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
+/// Every namespace that has (or had: deleted ones count) a channel, in
+/// order.
+pub fn namespaces(client: &mut impl GenericClient) -> Result<Vec<String>, DbError> {
+    let rows = client
+        .query(
+            "SELECT DISTINCT namespace FROM channel ORDER BY namespace",
+            &[],
+        )
+        .map_err(DbError::query("listing the namespaces of channels"))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// The namespace of channel `id`, deleted or not; `None` when there was
+/// never such a channel.
+pub fn namespace_of(client: &mut impl GenericClient, id: Uuid) -> Result<Option<String>, DbError> {
+    let row = client
+        .query_opt("SELECT namespace FROM channel WHERE id = $1", &[&id])
+        .map_err(DbError::query("reading a channel's namespace"))?;
+    Ok(row.map(|r| r.get(0)))
+}
+
 /// One live (not deleted) channel; `None` when there is none with that id.
 pub fn get(
     client: &mut impl GenericClient,

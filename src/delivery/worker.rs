@@ -23,14 +23,16 @@ use crate::db::due::{Delivery, DueEvent, DueStatus};
 use crate::db::statuses::{StatusWriter, Write};
 use crate::db::DbError;
 use crate::delivery::endpoint;
-use crate::delivery::http::{Request, Sender};
+use crate::delivery::http::Request;
+use crate::delivery::provider::Provider;
 use crate::delivery::sign::SigningKeys;
+use crate::delivery::svix;
 use crate::state::{self, Check, Jitter, Outcome, Policy, State, Update, Verdict};
 
 /// What a worker needs besides the delivery and a connection.
 pub struct Context<'a> {
-    /// The shared HTTP sender.
-    pub sender: &'a Sender,
+    /// Who delivers: the shared HTTP sender, or the Svix client.
+    pub provider: &'a Provider,
     /// Retry schedule and timeouts.
     pub policy: &'a Policy,
     /// Asked right before a request goes out: false withholds it (the
@@ -127,11 +129,31 @@ pub fn decide(
                         first_attempt_latency = (Utc::now() - event.created_at).to_std().ok();
                     }
                     let body = event.body.get_or_init(|| webhook_body(event));
-                    let outcome = attempt(ctx, event, status, &channel, body);
-                    if let Outcome::Attempted(result) = &outcome {
-                        verdict = Some(state::verdict(result));
+                    match ctx.provider {
+                        Provider::Http(sender) => {
+                            let outcome = attempt(sender, event, status, &channel, body);
+                            if let Outcome::Attempted(result) = &outcome {
+                                verdict = Some(state::verdict(result));
+                            }
+                            outcome
+                        }
+                        Provider::Svix(client) => {
+                            let observed = hand_to_svix(client, event, status, body);
+                            verdict = Some(svix::verdict(&observed));
+                            let update = svix::map::map(
+                                &status.view,
+                                &observed,
+                                Utc::now(),
+                                ctx.policy,
+                                jitter,
+                            );
+                            return Decision::Write(Pending {
+                                update,
+                                first_attempt_latency,
+                                verdict,
+                            });
+                        }
                     }
-                    outcome
                 }
             };
             state::apply(&status.view, &outcome, Utc::now(), ctx.policy, jitter)
@@ -262,9 +284,50 @@ fn usable_channel(status: &DueStatus) -> Result<UsableChannel, Outcome> {
     Ok(UsableChannel { secret, headers })
 }
 
+/// Hands one delivery to Svix (or polls it there, once handed over) and
+/// says what Svix reports. The row's state tells whether the round's
+/// message was handed over (`SENDING`; see `svix::map`).
+fn hand_to_svix(
+    client: &svix::Client,
+    event: &DueEvent,
+    status: &DueStatus,
+    body: &[u8],
+) -> svix::map::Observed {
+    let key = svix::idempotency_key(status.id, status.view.clock_started_at);
+    let channel = status.target.id.to_string();
+    let payload: Box<RawValue> = match std::str::from_utf8(body)
+        .ok()
+        .and_then(|b| RawValue::from_string(b.to_owned()).ok())
+    {
+        Some(p) => p,
+        None => {
+            return svix::map::Observed::HandOverRefused {
+                error: "the webhook body is not JSON".into(),
+            }
+        }
+    };
+    let observed = client.observe(
+        &svix::Handover {
+            namespace: &event.namespace,
+            key: &key,
+            channel: &channel,
+            event_type: &event.event_type,
+            payload: &payload,
+        },
+        status.view.state == State::Sending,
+    );
+    log::debug!(
+        "event {} ({}) to channel {} through Svix: {observed:?}",
+        event.id,
+        event.namespace,
+        status.target.id
+    );
+    observed
+}
+
 /// Sends one attempt to a channel that passed [`usable_channel`].
 fn attempt(
-    ctx: &Context<'_>,
+    sender: &crate::delivery::http::Sender,
     event: &DueEvent,
     status: &DueStatus,
     channel: &UsableChannel,
@@ -272,7 +335,7 @@ fn attempt(
 ) -> Outcome {
     let t = &status.target;
     let msg_id = event.id.to_string();
-    let result = ctx.sender.send(
+    let result = sender.send(
         &Request {
             url: &t.url,
             msg_id: &msg_id,

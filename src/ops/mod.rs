@@ -19,6 +19,7 @@ pub mod page;
 pub mod prune;
 pub mod rules;
 pub mod status;
+pub mod svix;
 pub mod tokens;
 
 use crate::db::DbError;

@@ -36,6 +36,46 @@ pub struct StatusReport {
     pub shards: Vec<ShardStatus>,
     /// The oldest finished event kept and how many are due for pruning.
     pub retention: db_prune::Retention,
+    /// Who delivers: `"http"` or `"svix"`.
+    pub provider: &'static str,
+    /// With the Svix provider: whether Svix answers its health check.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub svix: Option<SvixHealth>,
+}
+
+/// Whether the configured Svix server answers (`GET /api/v1/health/ping/`).
+#[derive(Debug, serde::Serialize)]
+pub struct SvixHealth {
+    /// `[svix] url`.
+    pub url: String,
+    /// It answered 2xx.
+    pub reachable: bool,
+    /// Why not, when not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Asks the configured Svix server whether it answers; `None` with the
+/// http provider.
+pub fn svix_health(config: &Config) -> Option<SvixHealth> {
+    let client = super::svix::client(config)?;
+    let url = config
+        .svix
+        .as_ref()
+        .map(|s| s.url.clone())
+        .unwrap_or_default();
+    Some(match client.ping() {
+        Ok(()) => SvixHealth {
+            url,
+            reachable: true,
+            error: None,
+        },
+        Err(e) => SvixHealth {
+            url,
+            reachable: false,
+            error: Some(e.to_string()),
+        },
+    })
 }
 
 /// One shard as `status` shows it.
@@ -98,6 +138,8 @@ pub fn report(client: &mut postgres::Client, config: &Config) -> Result<StatusRe
         .collect();
     let retention = db_prune::retention(client, config.retention.keep_finished)?;
     Ok(StatusReport {
+        provider: config.delivery.provider.as_str(),
+        svix: svix_health(config),
         retention,
         channels,
         counts,

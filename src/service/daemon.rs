@@ -146,6 +146,19 @@ pub fn run_until(
         config.reconciler.lock_key,
         config.reconciler.shards
     );
+    if let Some(svix) = &config.svix {
+        // Deliveries are handed to Svix; say whether it answers now (a
+        // Svix away is retried on the schedule, never a reason to stop).
+        match crate::ops::status::svix_health(config) {
+            Some(h) if h.reachable => log::info!("provider: svix at {}, which answers", svix.url),
+            Some(h) => log::warn!(
+                "provider: svix at {}, which does NOT answer now ({}); hand-overs are retried on the schedule",
+                svix.url,
+                h.error.unwrap_or_default()
+            ),
+            None => {}
+        }
+    }
     if let Some(warning) = limits::open_files_warning(config) {
         log::warn!("{warning}");
     }

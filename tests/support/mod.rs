@@ -24,6 +24,7 @@ pub mod proxy;
 pub mod receiver;
 pub mod script;
 pub mod sessions;
+pub mod svix;
 pub mod tls;
 
 pub use cluster::Cluster;

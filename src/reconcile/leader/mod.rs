@@ -47,7 +47,7 @@ use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender, TrySendErr
 use crate::config::Config;
 use crate::db::due::{self, Cursor, Delivery, Horizon, Pager};
 use crate::db::{self, channels, controls, leaders, DbError, Pool};
-use crate::delivery::http::Sender as HttpSender;
+use crate::delivery::provider::Provider;
 use crate::delivery::worker::{Context, StatusOutcome};
 use crate::lock::{self, LeaderLock};
 use crate::reconcile::controls::ControlState;
@@ -85,7 +85,7 @@ pub enum PassOutcome {
 pub struct Reconciler {
     config: Config,
     pool: Pool,
-    sender: HttpSender,
+    provider: Provider,
     policy: Policy,
     lock: LeaderLock,
 }
@@ -108,7 +108,7 @@ impl Reconciler {
         Ok(Reconciler {
             config: config.clone(),
             pool,
-            sender: HttpSender::new(&config.delivery, config.reconciler.workers),
+            provider: Provider::new(config, config.reconciler.workers),
             policy: policy_from(config),
             lock,
         })
@@ -234,7 +234,7 @@ fn lead(
     // The last look at the lease, right before a request goes out.
     let may_send = || lease.wait_fresh(&stopped);
     let ctx = Context {
-        sender: &r.sender,
+        provider: &r.provider,
         policy: &r.policy,
         may_send: &may_send,
     };
