@@ -18,7 +18,8 @@
 //! runs). Timing targets are reported, never asserted. A/B:
 //! `NR_BENCH_BASE=path` runs another build (its own database, migrated by
 //! it, with the config it knows) beside this one, the two measured in
-//! turn, `NR_BENCH_ROUNDS` times (default 1).
+//! turn, `NR_BENCH_ROUNDS` times (default 1); `NR_BENCH_POST_ONLY=1`
+//! skips the GETs (and their million-event seeding).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -214,6 +215,10 @@ fn main() {
         );
     }
 
+    if std::env::var_os("NR_BENCH_POST_ONLY").is_some() {
+        println!("\n(NR_BENCH_POST_ONLY: GETs skipped)");
+        return;
+    }
     println!("\n2. GET event by id with {stored} events stored");
     for site in &mut sites {
         let t = Instant::now();

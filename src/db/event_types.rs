@@ -28,9 +28,8 @@ pub struct EventType {
 /// Every event type of `namespace` (seen, subscribed to or described),
 /// sorted by type.
 ///
-/// The counts come from the index `event_namespace_type_created` alone
-/// (an index-only scan of the namespace's part of it), so the cost grows
-/// with the number of the namespace's stored events: see docs/api.md.
+/// The counts come from the namespace's stored events, so the cost grows
+/// with their number (no index of its own: see docs/api.md).
 pub fn list(client: &mut impl GenericClient, namespace: &str) -> Result<Vec<EventType>, DbError> {
     let rows = client
         .query(
