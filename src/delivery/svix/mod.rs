@@ -186,6 +186,17 @@ impl Client {
         }
     }
 
+    /// A `GET` of `path`: its body on 2xx, `None` on 404 (no such object),
+    /// any other answer an error.
+    fn get_found(&self, path: &str) -> Result<Option<Value>, SvixError> {
+        let a = self.call("GET", path, None, None)?;
+        match a.status {
+            404 => Ok(None),
+            200..=299 => Ok(Some(a.body)),
+            _ => Err(answered(a)),
+        }
+    }
+
     /// One call; any answer (even 4xx/5xx) is `Ok`.
     fn call(
         &self,
@@ -288,14 +299,9 @@ impl Client {
     /// `None` when it (or the application) does not exist.
     pub fn endpoint(&self, namespace: &str, uid: &str) -> Result<Option<EndpointSpec>, SvixError> {
         let base = format!("/api/v1/app/{namespace}/endpoint/{uid}");
-        let a = self.call("GET", &base, None, None)?;
-        if a.status == 404 {
+        let Some(ep) = self.get_found(&base)? else {
             return Ok(None);
-        }
-        if !(200..300).contains(&a.status) {
-            return Err(answered(a));
-        }
-        let ep = a.body;
+        };
         let headers = self.ok("GET", &format!("{base}/headers"), None, None)?;
         let secret = self.ok("GET", &format!("{base}/secret"), None, None)?;
         let headers = headers["headers"]
@@ -337,14 +343,10 @@ impl Client {
             if let Some(it) = &iterator {
                 path.push_str(&format!("&iterator={it}"));
             }
-            let a = self.call("GET", &path, None, None)?;
-            if a.status == 404 {
+            let Some(page) = self.get_found(&path)? else {
                 return Ok(out);
-            }
-            if !(200..300).contains(&a.status) {
-                return Err(answered(a));
-            }
-            for ep in a.body["data"].as_array().into_iter().flatten() {
+            };
+            for ep in page["data"].as_array().into_iter().flatten() {
                 out.push(
                     ep["uid"]
                         .as_str()
@@ -353,7 +355,7 @@ impl Client {
                         .to_owned(),
                 );
             }
-            match (a.body["done"].as_bool(), a.body["iterator"].as_str()) {
+            match (page["done"].as_bool(), page["iterator"].as_str()) {
                 (Some(false), Some(it)) => iterator = Some(it.to_owned()),
                 _ => return Ok(out),
             }
@@ -496,17 +498,11 @@ impl Client {
     /// The id of the message whose `eventId` (or id) is `key`; `None` when
     /// there is none.
     pub fn message(&self, namespace: &str, key: &str) -> Result<Option<String>, SvixError> {
-        let a = self.call(
-            "GET",
-            &format!("/api/v1/app/{namespace}/msg/{key}?with_content=false"),
-            None,
-            None,
-        )?;
-        match a.status {
-            404 => Ok(None),
-            200..=299 => message_id(&a.body).map(Some),
-            _ => Err(answered(a)),
-        }
+        self.get_found(&format!(
+            "/api/v1/app/{namespace}/msg/{key}?with_content=false"
+        ))?
+        .map(|body| message_id(&body))
+        .transpose()
     }
 
     /// The endpoint `uid`'s status for the message (its id, or its
@@ -519,19 +515,13 @@ impl Client {
         msg_id: &str,
         uid: &str,
     ) -> Result<Option<Destination>, SvixError> {
-        let a = self.call(
-            "GET",
-            &format!("/api/v1/app/{namespace}/msg/{msg_id}/endpoint?limit=250"),
-            None,
-            None,
-        )?;
-        if a.status == 404 {
+        let Some(page) = self.get_found(&format!(
+            "/api/v1/app/{namespace}/msg/{msg_id}/endpoint?limit=250"
+        ))?
+        else {
             return Ok(None);
-        }
-        if !(200..300).contains(&a.status) {
-            return Err(answered(a));
-        }
-        let found = a.body["data"]
+        };
+        let found = page["data"]
             .as_array()
             .into_iter()
             .flatten()
@@ -555,19 +545,12 @@ impl Client {
         msg_id: &str,
         uid: &str,
     ) -> Result<Option<MessageAttempts>, SvixError> {
-        let a = self.call(
-            "GET",
-            &format!("/api/v1/app/{namespace}/attempt/msg/{msg_id}?endpoint_id={uid}&limit=250"),
-            None,
-            None,
-        )?;
-        if a.status == 404 {
+        let Some(body) = self.get_found(&format!(
+            "/api/v1/app/{namespace}/attempt/msg/{msg_id}?endpoint_id={uid}&limit=250"
+        ))?
+        else {
             return Ok(None);
-        }
-        if !(200..300).contains(&a.status) {
-            return Err(answered(a));
-        }
-        let body = a.body;
+        };
         let mut out: Vec<SvixAttempt> = body["data"]
             .as_array()
             .into_iter()
