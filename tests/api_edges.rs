@@ -181,6 +181,28 @@ fn every_write_route_and_cli_change_leaves_exactly_one_audit_row() {
         4,
         "a replayed post leaves no row"
     );
+    // Two rules: one row naming both events, in the answer's order; no
+    // rule: one row naming none.
+    post(
+        "rules",
+        json!({"name": "r2", "event_type": "e", "channels": [ch]}),
+    );
+    let ids = post("events", json!({"type": "e", "payload": {"two": 1}}))["ids"].clone();
+    let ids: Vec<&str> = ids
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    let rows = audit_rows(api, &admin, "a");
+    assert_eq!(rows[0]["operation"], "createEvent", "{rows:?}");
+    assert_eq!(rows[0]["object_id"], ids.join(","), "{rows:?}");
+    post("events", json!({"type": "nobody.listens", "payload": {}}));
+    let rows = audit_rows(api, &admin, "a");
+    assert_eq!(rows.len(), 7, "{rows:?}");
+    assert_eq!(rows[0]["operation"], "createEvent", "{rows:?}");
+    assert_eq!(rows[0]["object_id"], Value::Null, "{rows:?}");
     wait_until(
         "the event's delivery to fail",
         Duration::from_secs(60),

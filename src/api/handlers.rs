@@ -10,6 +10,8 @@ use uuid::Uuid;
 use super::body;
 use super::error::ApiError;
 use super::{Call, Ctx, Reply};
+use crate::db::audit::Actor;
+use crate::db::WorkerConn;
 use crate::ops::channels::{self, ChannelPatch, NewChannelInput};
 use crate::ops::event_types;
 use crate::ops::events::{self, EmitInput, Idempotent, ListQuery};
@@ -321,7 +323,12 @@ pub(super) fn delete_rule(_: &Ctx, call: &Call<'_>, db: &mut Tx<'_>) -> Answer {
     Ok(Reply::empty())
 }
 
-pub(super) fn create_event(_: &Ctx, call: &Call<'_>, db: &mut Tx<'_>) -> Answer {
+pub(super) fn create_event(
+    _: &Ctx,
+    call: &Call<'_>,
+    conn: &mut WorkerConn,
+    actor: &Actor,
+) -> Answer {
     let b: EventCreate = body::json(call.request, false)?;
     let input = EmitInput {
         namespace: call.ns().to_string(),
@@ -332,14 +339,17 @@ pub(super) fn create_event(_: &Ctx, call: &Call<'_>, db: &mut Tx<'_>) -> Answer 
     match call.request.header("idempotency-key") {
         None => Reply::json(
             201,
-            &events::Emitted::new(events::emit(db, &input)?, &input),
+            &events::Emitted::new(events::emit_pooled(conn, &input, actor)?, &input),
         ),
-        Some(key) => match events::emit_idempotent(db, &input, key, &call.request.body)? {
-            Idempotent::Fresh(emitted) => Reply::json(201, &emitted),
-            Idempotent::Replayed { status, body } => {
-                Ok(Reply::json(status, &body)?.with_header(super::REPLAYED_HEADER, "true"))
+        Some(key) => {
+            match events::emit_idempotent(&mut conn.client, &input, key, &call.request.body, actor)?
+            {
+                Idempotent::Fresh(emitted) => Reply::json(201, &emitted),
+                Idempotent::Replayed { status, body } => {
+                    Ok(Reply::json(status, &body)?.with_header(super::REPLAYED_HEADER, "true"))
+                }
             }
-        },
+        }
     }
 }
 

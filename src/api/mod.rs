@@ -387,6 +387,9 @@ fn answer(
     let result = match route.handler {
         routes::Handler::Db(handler) => handler(ctx, &call, &mut conn.client),
         routes::Handler::Write(handler) => audited(ctx, &call, handler, &mut conn.client),
+        routes::Handler::WriteAuditing(handler) => {
+            actor(&call).and_then(|actor| handler(ctx, &call, &mut conn, &actor))
+        }
         routes::Handler::OpenApi => unreachable!("answered above"),
     };
     if let Err(e) = &result {
@@ -403,6 +406,18 @@ fn answer(
     Ok((id, response))
 }
 
+/// The audit trail's actor of a call: its token.
+fn actor(call: &Call<'_>) -> Result<crate::db::audit::Actor, ApiError> {
+    let token = call
+        .token
+        .as_ref()
+        .ok_or_else(|| ApiError::new(401, "send an API token"))?;
+    Ok(crate::db::audit::Actor::Token {
+        id: token.id,
+        name: token.name.clone(),
+    })
+}
+
 /// Runs a change and writes its audit row in one transaction: the route's
 /// operation, the token as the actor, the object named by the path's
 /// `{id}` or, for a create, by the answer's `"id"`.
@@ -412,14 +427,7 @@ fn audited(
     handler: fn(&Ctx, &Call<'_>, &mut postgres::Transaction<'_>) -> Result<Reply, ApiError>,
     client: &mut postgres::Client,
 ) -> Result<Reply, ApiError> {
-    let token = call
-        .token
-        .as_ref()
-        .ok_or_else(|| ApiError::new(401, "send an API token"))?;
-    let actor = crate::db::audit::Actor::Token {
-        id: token.id,
-        name: token.name.clone(),
-    };
+    let actor = actor(call)?;
     let mut tx = client
         .transaction()
         .map_err(|e| ApiError::from(DbError::query("starting a change")(e)))?;

@@ -43,26 +43,14 @@ pub fn run(config: &Config, command: EventCommand) -> anyhow::Result<ExitCode> {
                 payload,
                 annotations: None,
             };
-            let mut tx = super::begin(&mut client)?;
-            let ids = ops_events::emit(&mut tx, &input).map_err(|e| match e {
+            let actor = crate::ops::audit::cli_actor();
+            let ids = ops_events::emit(&mut client, &input, &actor).map_err(|e| match e {
                 // The payload is what --data gave.
                 OpsError::Invalid { field, message } if field == "payload" => {
                     ops_error(OpsError::invalid("data", message))
                 }
                 e => ops_error(e),
             })?;
-            let made = ids
-                .iter()
-                .map(Uuid::to_string)
-                .collect::<Vec<_>>()
-                .join(",");
-            super::commit_audited(
-                tx,
-                Some(&namespace),
-                "createEvent",
-                "event",
-                Some(made).filter(|m| !m.is_empty()),
-            )?;
             if ids.is_empty() {
                 eprintln!("{}", ops_events::no_rule_warning(&namespace, &event_type));
             }

@@ -63,12 +63,17 @@ pub struct AuditRow {
     pub object_id: Option<String>,
 }
 
-/// Records one change (call it inside the change's transaction).
-pub fn record(client: &mut impl GenericClient, entry: &Entry<'_>) -> Result<(), DbError> {
-    let (kind, id, name) = match entry.actor {
+/// The `actor_kind`, `actor_id` and `actor_name` columns of `actor`.
+pub fn actor_columns(actor: &Actor) -> (&'static str, Option<Uuid>, &str) {
+    match actor {
         Actor::Token { id, name } => ("token", Some(*id), name.as_str()),
         Actor::Cli { user } => ("cli", None, user.as_str()),
-    };
+    }
+}
+
+/// Records one change (call it inside the change's transaction).
+pub fn record(client: &mut impl GenericClient, entry: &Entry<'_>) -> Result<(), DbError> {
+    let (kind, id, name) = actor_columns(entry.actor);
     client
         .execute(
             "INSERT INTO audit (namespace, actor_kind, actor_id, actor_name, operation,

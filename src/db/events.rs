@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use postgres::GenericClient;
 use uuid::Uuid;
 
+use super::audit::{self, Actor};
 use super::statuses::{self, DeliveryStatus};
 use super::DbError;
 use crate::state::State;
@@ -45,19 +46,50 @@ pub struct EventSummary {
     pub states: Vec<String>,
 }
 
-/// Enqueues through `enqueue_event` (the producer contract); returns the new
-/// event ids, one per matching active rule.
-pub fn emit(
+/// Enqueues through `enqueue_event` (the producer contract) and writes
+/// the audit row of the post in the same statement: `$1`..`$4` are
+/// `enqueue_event`'s arguments, `$5`..`$7` the actor's columns
+/// (`audit::actor_columns`); the audit row names the new events
+/// comma-separated in enqueue order (none when no rule matched). A post
+/// through either door thus costs one statement and one commit, as a
+/// producer's own `enqueue_event` call does (which is not audited: the
+/// application's own change records who made it).
+pub const EMIT: &str = "WITH e AS (
+         SELECT id, n
+         FROM enqueue_event($1, $2, $3, coalesce($4, '{}'::jsonb)) WITH ORDINALITY AS t(id, n)
+     ), a AS (
+         INSERT INTO audit (namespace, actor_kind, actor_id, actor_name, operation,
+                            object_kind, object_id)
+         SELECT $1, $5, $6, $7, 'createEvent', 'event',
+                (SELECT string_agg(id::text, ',' ORDER BY n) FROM e)
+     )
+     SELECT id FROM e ORDER BY n";
+
+/// Runs [`EMIT`] (the text, or the statement prepared from it on this
+/// connection) for `actor`; returns the new event ids, one per matching
+/// active rule.
+pub fn emit<S: ?Sized + postgres::ToStatement>(
     client: &mut impl GenericClient,
+    statement: &S,
     namespace: &str,
     event_type: &str,
     payload: &serde_json::Value,
     annotations: Option<&serde_json::Value>,
+    actor: &Actor,
 ) -> Result<Vec<Uuid>, DbError> {
+    let (kind, actor_id, actor_name) = audit::actor_columns(actor);
     let rows = client
         .query(
-            "SELECT enqueue_event($1, $2, $3, coalesce($4, '{}'::jsonb))",
-            &[&namespace, &event_type, payload, &annotations],
+            statement,
+            &[
+                &namespace,
+                &event_type,
+                payload,
+                &annotations,
+                &kind,
+                &actor_id,
+                &actor_name,
+            ],
         )
         .map_err(DbError::query("enqueueing an event"))?;
     Ok(rows.iter().map(|r| r.get(0)).collect())

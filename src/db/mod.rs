@@ -50,6 +50,9 @@ pub struct WorkerConn {
     pub client: Client,
     /// The status write, prepared on this connection at first use.
     pub writer: Option<statuses::StatusWriter>,
+    /// The API's event post (`events::EMIT`), prepared on this connection
+    /// at first use: planned once, one round trip a post.
+    pub emit: Option<postgres::Statement>,
     /// Set to make the pool discard this connection when it is returned.
     pub discard: bool,
 }
@@ -65,6 +68,7 @@ impl r2d2::ManageConnection for WorkerManager {
         Ok(WorkerConn {
             client: self.0.connect()?,
             writer: None,
+            emit: None,
             discard: false,
         })
     }
@@ -75,6 +79,24 @@ impl r2d2::ManageConnection for WorkerManager {
 
     fn has_broken(&self, conn: &mut WorkerConn) -> bool {
         conn.discard || self.0.has_broken(&mut conn.client)
+    }
+}
+
+impl WorkerConn {
+    /// The event post statement ([`events::EMIT`]) prepared on this
+    /// connection (at the first call) and the connection.
+    pub fn emit_statement(&mut self) -> Result<(postgres::Statement, &mut Client), DbError> {
+        let statement = match &self.emit {
+            Some(s) => s.clone(),
+            None => {
+                let s = self
+                    .client
+                    .prepare(events::EMIT)
+                    .map_err(DbError::query("preparing the event post"))?;
+                self.emit.insert(s).clone()
+            }
+        };
+        Ok((statement, &mut self.client))
     }
 }
 

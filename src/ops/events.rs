@@ -10,10 +10,11 @@ use uuid::Uuid;
 
 use super::page::{Cursor, Page, Paged};
 use super::{non_empty, not_found, visible, OpsError};
+use crate::db::audit::Actor;
 use crate::db::events::{self, Event, EventFilter, EventSummary};
 use crate::db::idempotency::{self, Outcome};
 use crate::db::statuses::{self, DeliveryStatus};
-use crate::db::{channels, leaders, DbError};
+use crate::db::{channels, leaders, DbError, WorkerConn};
 use crate::state::State;
 
 /// An event to emit.
@@ -39,18 +40,42 @@ impl EmitInput {
 }
 
 /// Emits an event through `enqueue_event` (same checks and limits as any
-/// producer); returns the new event ids, one per matching active rule.
+/// producer) for `actor`, with its audit row; returns the new event ids,
+/// one per matching active rule.
 pub fn emit(
     client: &mut impl postgres::GenericClient,
     input: &EmitInput,
+    actor: &Actor,
+) -> Result<Vec<Uuid>, OpsError> {
+    emit_with(client, events::EMIT, input, actor)
+}
+
+/// [`emit`] on a pooled connection, with the statement prepared on it
+/// once (the API's hot write).
+pub fn emit_pooled(
+    conn: &mut WorkerConn,
+    input: &EmitInput,
+    actor: &Actor,
+) -> Result<Vec<Uuid>, OpsError> {
+    let (statement, client) = conn.emit_statement()?;
+    emit_with(client, &statement, input, actor)
+}
+
+fn emit_with<S: ?Sized + postgres::ToStatement>(
+    client: &mut impl postgres::GenericClient,
+    statement: &S,
+    input: &EmitInput,
+    actor: &Actor,
 ) -> Result<Vec<Uuid>, OpsError> {
     input.check()?;
     events::emit(
         client,
+        statement,
         &input.namespace,
         &input.event_type,
         &input.payload,
         input.annotations.as_ref(),
+        actor,
     )
     .map_err(refused_by_producer)
 }
@@ -138,12 +163,14 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 255;
 
 /// Emits once per (`namespace`, `key`) within 24 h: a repeat with the same
 /// `body` (the request's bytes, compared by SHA-256) gets the first answer
-/// and enqueues nothing; a repeat with another body is refused.
+/// and enqueues nothing (nor writes an audit row: the first post has its
+/// own); a repeat with another body is refused.
 pub fn emit_idempotent(
     client: &mut impl postgres::GenericClient,
     input: &EmitInput,
     key: &str,
     body: &[u8],
+    actor: &Actor,
 ) -> Result<Idempotent, OpsError> {
     if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || key.chars().any(char::is_control) {
         return Err(OpsError::invalid(
@@ -154,7 +181,7 @@ pub fn emit_idempotent(
     input.check()?;
     let request_hash: [u8; 32] = Sha256::digest(body).into();
     let outcome = idempotency::once(client, &input.namespace, key, &request_hash, |tx| {
-        let ids = emit(tx, input)?;
+        let ids = emit(tx, input, actor)?;
         let emitted = Emitted::new(ids, input);
         let body = serde_json::to_value(&emitted).unwrap_or(serde_json::Value::Null);
         Ok::<_, OpsError>((i32::from(EMITTED_STATUS), body, emitted))
