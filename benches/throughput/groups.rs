@@ -11,7 +11,9 @@
 //!
 //! A/B: `NR_BENCH_BINS="name=path,name=path"` adds other builds (each
 //! migrates its own database), run alternately with this build's binary
-//! within each round; `NR_BENCH_ROUNDS` (default 3) rounds.
+//! within each round; `NR_BENCH_ROUNDS` (default 3) rounds. To spend the
+//! rounds on fewer shapes: `NR_BENCH_CHANNELS="1,20"` (of 1, 20, 1000)
+//! and `NR_BENCH_WORKERS="16"`.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -34,7 +36,7 @@ impl GroupSizes {
     pub fn full() -> GroupSizes {
         GroupSizes {
             deliveries: 20_000,
-            workers: vec![16, 64],
+            workers: env_list("NR_BENCH_WORKERS").unwrap_or_else(|| vec![16, 64]),
             rounds: std::env::var("NR_BENCH_ROUNDS")
                 .ok()
                 .and_then(|n| n.parse().ok())
@@ -50,6 +52,20 @@ impl GroupSizes {
             rounds: 1,
         }
     }
+}
+
+/// The numbers of a comma-separated environment variable, if set.
+fn env_list<T: std::str::FromStr>(name: &str) -> Option<Vec<T>> {
+    let list = std::env::var(name).ok()?;
+    Some(
+        list.split(',')
+            .map(|n| {
+                n.trim()
+                    .parse()
+                    .unwrap_or_else(|_| panic!("groups: {name}: {n:?} is not a number"))
+            })
+            .collect(),
+    )
 }
 
 /// The builds compared: this one, then `NR_BENCH_BINS`'.
@@ -83,7 +99,12 @@ pub fn groups(sizes: &GroupSizes, rows: &mut Vec<Row>) {
         .expect("groups: temp dir");
     let mut admin = super::support::pg::connect(&cluster.url());
     let n = sizes.deliveries;
-    let shapes: Vec<(u64, u64)> = vec![(1, n), (20, n / 20), (n.min(1000), n / n.min(1000))];
+    let channels: Vec<u64> = env_list("NR_BENCH_CHANNELS").unwrap_or_else(|| vec![1, 20, 1000]);
+    let shapes: Vec<(u64, u64)> = channels
+        .iter()
+        .map(|&c| c.min(n))
+        .map(|c| (c, n / c.max(1)))
+        .collect();
     let builds = builds();
     let mut k = 0;
     for round in 0..sizes.rounds {

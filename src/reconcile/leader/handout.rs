@@ -247,9 +247,18 @@ impl<'a> Main<'a> {
             self.end_sweep(lock, cutoff)?;
             return Ok(true);
         }
+        if free == 0 {
+            // Nothing can go before a slot frees (the plan would be empty).
+            return Ok(moved);
+        }
         // The scheduler's view: each lane's queue (whether each delivery
         // makes a request, on this host's clock, which the worker's check
-        // uses too) and allowance.
+        // uses too) and allowance. At most `free` deliveries go out in all,
+        // so a lane's first `free` are all it could give: a longer view
+        // would cost a check per queued delivery on every step (a step
+        // follows every outcome) for nothing. (A lane whose allowance is
+        // used up gives only deliveries that make no request, from those
+        // first `free`; the rest of them go when it may send again.)
         let wall = Utc::now();
         let ids: Vec<Uuid> = lanes
             .iter()
@@ -266,6 +275,7 @@ impl<'a> Main<'a> {
                     queue: lanes[id]
                         .queue
                         .iter()
+                        .take(free)
                         .map(|d| makes_request(d, wall, cutoff, &self.policy))
                         .collect(),
                     allowance,
