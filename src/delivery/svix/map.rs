@@ -287,10 +287,20 @@ pub fn map(
             };
             if waiting == 0 {
                 let state = settled.unwrap_or(State::Sending);
+                // Just handed over: the first poll comes exactly MIN_POLL
+                // later, so that it tells when the hand-over was (the batch
+                // read of polls finds the message by it: `svix::batch`).
+                let first_poll = *fresh && attempts.is_empty() && status.is_none();
                 return Update {
                     state,
                     reason: storable(&outcome(state, copied, last)),
-                    next_attempt_at: (state == State::Sending).then(poll_at),
+                    next_attempt_at: (state == State::Sending).then(|| {
+                        if first_poll {
+                            add_saturating(now, MIN_POLL)
+                        } else {
+                            poll_at()
+                        }
+                    }),
                     round_attempts: copied,
                     attempt: None,
                 };
