@@ -328,14 +328,14 @@ fn hand_to_svix(
 }
 
 /// When a `SENDING` delivery with no Svix attempt copied yet was handed
-/// over: its first poll is due [`svix::map::MIN_POLL`] after that
+/// over: its first poll is due [`svix::map::FIRST_POLL`] after that
 /// (`svix::map`). Later polls are due at other times: the batch read then
 /// misses it and the per-message poll answers.
 fn handed_over_at(view: &state::StatusView) -> Option<DateTime<Utc>> {
     if view.state != State::Sending || view.round_attempts != 0 {
         return None;
     }
-    let step = chrono::TimeDelta::from_std(svix::map::MIN_POLL).ok()?;
+    let step = chrono::TimeDelta::from_std(svix::map::FIRST_POLL).ok()?;
     view.next_attempt_at.map(|at| at - step)
 }
 

@@ -4,7 +4,7 @@
 //! A worker polling a delivery whose first outcome is not known yet asks
 //! [`Batches`] for it, with the time the delivery was handed over (the row
 //! tells it: `svix::map` schedules the first poll exactly
-//! [`map::MIN_POLL`] after the hand-over). Like the group commit of
+//! [`super::map::FIRST_POLL`] after the hand-over). Like the group commit of
 //! outcomes, the first worker to ask for an endpoint while no read of it
 //! is under way reads for every delivery of that endpoint asked for
 //! meanwhile, and the others wait for that read:
@@ -237,10 +237,10 @@ fn read(
         return Ok(Vec::new());
     };
     let floor = newest - delta(BATCH_SPAN);
-    let mut wanted: HashSet<&str> = batch
+    let mut wanted: HashMap<&str, DateTime<Utc>> = batch
         .iter()
         .filter(|(_, at)| **at >= floor)
-        .map(|(k, _)| k.as_str())
+        .map(|(k, at)| (k.as_str(), *at))
         .collect();
     let oldest = batch
         .values()
@@ -269,7 +269,12 @@ fn read(
         let Some(page) = client.get_found(&path)? else {
             break;
         };
+        let mut oldest_read: Option<DateTime<Utc>> = None;
         for m in page["data"].as_array().into_iter().flatten() {
+            let created = m["timestamp"].as_str().and_then(parse_time);
+            if let Some(c) = created {
+                oldest_read = Some(oldest_read.map_or(c, |o| o.min(c)));
+            }
             let Some(event_id) = m["eventId"].as_str() else {
                 continue;
             };
@@ -285,6 +290,11 @@ fn read(
             if success {
                 delivered.push((event_id.to_owned(), id.to_owned(), created));
             }
+        }
+        // Newest first: a message not found above its hand-over time less
+        // the slack is not in the window (not dispatched yet, or gone).
+        if let Some(oldest) = oldest_read {
+            wanted.retain(|_, at| *at - delta(CLOCK_SLACK) <= oldest);
         }
         match (page["done"].as_bool(), page["iterator"].as_str()) {
             (Some(false), Some(it)) if !wanted.is_empty() => iterator = Some(it.to_owned()),

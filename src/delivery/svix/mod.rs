@@ -714,7 +714,7 @@ pub struct Handover<'a> {
     /// Svix attempts already copied into the record (when handed over).
     pub copied: u32,
     /// When the message was handed over, when the row tells (before its
-    /// first poll: `map` schedules that one [`map::MIN_POLL`] after the
+    /// first poll: `map` schedules that one [`map::FIRST_POLL`] after the
     /// hand-over); lets a batch read find it ([`batch`]).
     pub handed_over_at: Option<DateTime<Utc>>,
 }
