@@ -345,6 +345,51 @@ fn polls_are_answered_by_batch_reads_of_the_endpoint() {
     d.stop(Duration::from_secs(30));
 }
 
+/// The leader's auto-disable reaches Svix too: with Svix stopped, the
+/// channel's hand-overs fail for `disable_after` and it is auto-disabled;
+/// once Svix answers again its endpoint is disabled there as well (as a
+/// `channel disable` does), without a `svix sync`.
+#[test]
+fn an_auto_disabled_channel_is_disabled_in_svix_once_it_answers() {
+    let Some(mut s) = Setup::new("auto-disable") else {
+        return;
+    };
+    let receiver = Receiver::start(Script::status(200));
+    let (id, _) = s.channel(&receiver.url(), &[]);
+    let (_, ep) = s.endpoint(&id);
+    assert_eq!(ep["disabled"], false, "{ep}");
+    let config = s.config.replace(
+        "breaker_failures = 0\n",
+        "breaker_failures = 0\ndisable_after = \"2s\"\n",
+    );
+    s.svix.stop();
+    let d = Daemon::run("A", &config, &[]);
+    let mut client = s.client();
+    emit(&mut client, EVENT_TYPE, "jsonb_build_object('n', g)", 3);
+    wait_until(
+        "the channel auto-disabled",
+        Duration::from_secs(60),
+        || {
+            client
+                .query_one(
+                    "SELECT disabled FROM notification.channel WHERE id = $1::text::uuid",
+                    &[&id],
+                )
+                .map(|r| r.get::<_, bool>(0))
+                .unwrap_or(false)
+        },
+        || support::daemon::tail(&d.stderr(), 30),
+    );
+    s.svix.resume();
+    wait_until(
+        "the endpoint disabled in Svix",
+        Duration::from_secs(60),
+        || s.endpoint(&id).1["disabled"] == true,
+        || support::daemon::tail(&d.stderr(), 30),
+    );
+    assert!(d.stderr().contains("its Svix endpoint is disabled too"));
+}
+
 /// The Standard Webhooks reference library (PyPI `standardwebhooks`)
 /// verifies every request, when installed (else a loud SKIPPED line).
 fn reference_verifies(receiver: &Receiver, secret: &str) {
