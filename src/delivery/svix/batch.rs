@@ -25,14 +25,16 @@
 //! polls without a call. The window reaches past the batch on purpose: the
 //! messages handed over just after it are the next ones polled. A delivery
 //! the batch did not settle (not found in the window, not delivered yet,
-//! failed, Svix retrying, an error) is polled by its own calls as before
-//! (`Client::observe`); so is any delivery after its first poll.
+//! failed, Svix retrying) is polled by its own calls as before
+//! (`Client::observe`); so is any delivery after its first poll. A read
+//! Svix did not answer fails the polls of its batch (each would only wait
+//! for Svix again).
 //!
 //! The window is on Svix's clock and the hand-over time on ours: a clock
 //! difference beyond [`CLOCK_SLACK`] makes the batch miss (the per-message
 //! polls then answer; nothing is lost, only calls).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -76,6 +78,17 @@ pub struct Delivered {
     pub attempts: Vec<SvixAttempt>,
 }
 
+/// What a batch read came to for one poll.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    /// Svix delivered the message; here are all its attempts.
+    Delivered(Delivered),
+    /// Not settled by the batch: poll it by its own calls.
+    No,
+    /// Svix did not answer the batch read (this error): the poll failed.
+    Failed(String),
+}
+
 /// One endpoint's batches: what is kept, who waits, whether a read runs.
 #[derive(Default)]
 struct Endpoint {
@@ -86,8 +99,9 @@ struct Endpoint {
     /// Keys waiting for the next read, with their hand-over time.
     waiting: HashMap<String, DateTime<Utc>>,
     /// Keys a read looked for and did not settle (their workers poll them
-    /// one by one).
-    missed: HashSet<String>,
+    /// one by one), with the read's error when Svix did not answer it
+    /// (their polls failed: not tried again one by one).
+    missed: HashMap<String, Option<String>>,
     /// A worker is reading for this endpoint.
     reading: bool,
 }
@@ -156,20 +170,26 @@ impl Batches {
     }
 
     /// Svix's delivered message for `ask.key` with all its attempts, from
-    /// what is kept or a batch read; `None` when the batch did not settle
-    /// it (poll it by its own calls).
-    pub fn delivered(&self, client: &Client, ask: &Ask<'_>) -> Option<Delivered> {
+    /// what is kept or a batch read: [`Settled::Delivered`];
+    /// [`Settled::No`] when the batch did not settle it (poll it by its own
+    /// calls); [`Settled::Failed`] when Svix did not answer the batch read
+    /// (the poll failed; asking again at once would wait for Svix again).
+    pub fn delivered(&self, client: &Client, ask: &Ask<'_>) -> Settled {
         let id = (ask.namespace.to_owned(), ask.endpoint.to_owned());
         let mut all = self.lock();
         loop {
             let ep = all.entry(id.clone()).or_default();
             if let Some(found) = ep.take(ask.key, ask.copied) {
-                return Some(found);
+                return Settled::Delivered(found);
             }
-            if ep.missed.remove(ask.key) {
-                return None;
+            match ep.missed.remove(ask.key) {
+                Some(Some(error)) => return Settled::Failed(error),
+                Some(None) => return Settled::No,
+                None => {}
             }
-            let at = ask.handed_over_at?;
+            let Some(at) = ask.handed_over_at else {
+                return Settled::No;
+            };
             ep.waiting.insert(ask.key.to_owned(), at);
             if ep.reading {
                 all = self
@@ -189,14 +209,23 @@ impl Batches {
             let ep = all.entry(id.clone()).or_default();
             ep.reading = false;
             let now = Instant::now();
-            match &read {
+            let mut failed = None;
+            match read {
                 Ok(Ok(found)) => {
-                    for (key, delivered) in found.iter() {
-                        ep.keep(key.clone(), delivered.clone(), now);
+                    for (key, delivered) in found {
+                        ep.keep(key, delivered, now);
                     }
                 }
+                Ok(Err(e)) if e.is_transient() => {
+                    log::debug!(
+                        "Svix batch poll of endpoint {} ({}) failed: {e}",
+                        ask.endpoint,
+                        ask.namespace
+                    );
+                    failed = Some(e.to_string());
+                }
                 Ok(Err(e)) => log::debug!(
-                    "Svix batch poll of endpoint {} ({}) failed; polling one by one: {e}",
+                    "Svix batch poll of endpoint {} ({}) refused; polling one by one: {e}",
                     ask.endpoint,
                     ask.namespace
                 ),
@@ -208,7 +237,7 @@ impl Batches {
             }
             for key in batch.keys() {
                 if !ep.kept.contains_key(key) {
-                    ep.missed.insert(key.clone());
+                    ep.missed.insert(key.clone(), failed.clone());
                 }
             }
             self.read_done.notify_all();

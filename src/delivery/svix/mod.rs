@@ -635,15 +635,19 @@ impl Client {
             copied: d.copied,
             handed_over_at: d.handed_over_at,
         };
-        if let Some(found) = self.batches.delivered(self, &ask) {
-            log::debug!("Svix poll of {}: settled by a batch read", d.key);
-            return Observed::Reported {
-                message_id: found.message_id,
-                fresh: false,
-                status: Some(SvixStatus::Success),
-                next_attempt: None,
-                attempts: found.attempts,
-            };
+        match self.batches.delivered(self, &ask) {
+            batch::Settled::Delivered(found) => {
+                log::debug!("Svix poll of {}: settled by a batch read", d.key);
+                return Observed::Reported {
+                    message_id: found.message_id,
+                    fresh: false,
+                    status: Some(SvixStatus::Success),
+                    next_attempt: None,
+                    attempts: found.attempts,
+                };
+            }
+            batch::Settled::Failed(error) => return Observed::PollFailed { error },
+            batch::Settled::No => {}
         }
         log::debug!("Svix poll of {}: by its own calls", d.key);
         // Polled by the message's eventId (the key): no id to store. The
