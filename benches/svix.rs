@@ -15,6 +15,14 @@
 //! Prints deliveries/s of each, the ratio, and CPU seconds of Svix and of
 //! the daemon (our added CPU per delivery). Without `SVIX_SERVER` it prints
 //! SKIPPED and exits 0.
+//!
+//! `NR_BENCH_WORKERS` (default 16): the daemon's workers.
+//! `NR_BENCH_LOG` (default `warn`): the daemon's log level; at `debug` the
+//! bench counts the polls settled by batch reads and by their own calls.
+//! `NR_BENCH_BINS` (comma-separated paths): provider mode once with each
+//! of these daemon binaries instead of this build's, in that order, each
+//! on a fresh Svix server, after the one direct run (A/B against another
+//! build; the command line that sets up channels is this build's).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -119,21 +127,22 @@ fn direct(bin: &std::path::Path) -> Run {
     }
 }
 
-fn provider(bin: &std::path::Path, workers: usize) -> Run {
+fn provider(bin: &std::path::Path, workers: usize, program: Option<&std::path::Path>) -> Run {
     let svix = SvixServer::start(bin);
     let receiver = Receiver::start(Script::status(200));
     let db = migrated_db();
     let config = format!(
         "[database]\nurl = \"{}\"\n\n[reconciler]\ninterval = \"1s\"\nworkers = {workers}\n\n\
          [delivery]\nprovider = \"svix\"\nallow_networks = [\"127.0.0.0/8\"]\n\
-         max_in_flight_per_channel = {workers}\nbreaker_failures = 0\n\n[log]\nlevel = \"warn\"\n\n{}",
+         max_in_flight_per_channel = {workers}\nbreaker_failures = 0\n\n[log]\nlevel = \"{}\"\n\n{}",
         db.url,
+        std::env::var("NR_BENCH_LOG").unwrap_or_else(|_| "warn".to_owned()),
         svix.config_section()
     );
     let cli = support::bin::Bin::with_config(&config);
     let channel = cli.create_channel(NS, "hook", &receiver.url(), &[]);
     cli.create_rule(NS, "r", "invoice.paid", &[&channel], None);
-    let daemon = Daemon::run("bench", &config, &[]);
+    let daemon = Daemon::spawn_program("bench", program, &config, &["run"], &[]);
     let mut client = db.client();
     std::thread::sleep(Duration::from_secs(2));
     let svix_pid = svix.pid().expect("svix runs");
@@ -162,6 +171,15 @@ fn provider(bin: &std::path::Path, workers: usize) -> Run {
         daemon_cpu: cpu_seconds(daemon.pid()) - ours0,
     };
     assert_eq!(receiver.count(), EVENTS, "each event once");
+    let log = daemon.stderr();
+    if log.contains("Svix poll of") {
+        eprintln!(
+            "  polls: {} settled by {} batch reads, {} by their own calls",
+            log.matches("settled by a batch read").count(),
+            log.matches("Svix batch read of endpoint").count(),
+            log.matches("by its own calls").count()
+        );
+    }
     drop(daemon);
     run
 }
@@ -175,32 +193,43 @@ fn main() {
         .ok()
         .and_then(|w| w.parse().ok())
         .unwrap_or(16);
+    let programs: Vec<Option<std::path::PathBuf>> = match std::env::var("NR_BENCH_BINS") {
+        Ok(list) if !list.trim().is_empty() => list
+            .split(',')
+            .map(|p| Some(std::path::PathBuf::from(p.trim())))
+            .collect(),
+        _ => vec![None],
+    };
     let direct = direct(&bin);
-    let provider = provider(&bin, workers);
+    let runs: Vec<(String, Run)> = programs
+        .iter()
+        .map(|p| {
+            let name = p.as_ref().map_or_else(
+                || "provider mode (daemon → Svix)".to_owned(),
+                |p| format!("provider mode ({})", p.display()),
+            );
+            (name, provider(&bin, workers, p.as_deref()))
+        })
+        .collect();
     let rate = |r: &Run| EVENTS as f64 / r.seconds;
     println!(
         "Svix benchmark: {EVENTS} events, one receiver on 127.0.0.1, 16 API senders, {workers} daemon workers"
     );
     println!(
-        "| mode | end to end | deliveries/s | receiver has all at | Svix CPU s | daemon CPU s | daemon CPU per delivery |"
+        "| mode | end to end | deliveries/s | receiver has all at | Svix CPU s | daemon CPU s | daemon CPU per delivery | ratio |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- |");
-    for (name, r) in [
-        ("Svix fed by its API", &direct),
-        ("provider mode (daemon → Svix)", &provider),
-    ] {
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    let direct_row = ("Svix fed by its API".to_owned(), &direct);
+    for (name, r) in std::iter::once(direct_row).chain(runs.iter().map(|(n, r)| (n.clone(), r))) {
         println!(
-            "| {name} | {:.1} s | {:.0} | {:.1} s | {:.1} | {:.1} | {:.2} ms |",
+            "| {name} | {:.1} s | {:.0} | {:.1} s | {:.1} | {:.1} | {:.2} ms | {:.2}x |",
             r.seconds,
             rate(r),
             r.receiver_seconds,
             r.svix_cpu,
             r.daemon_cpu,
-            r.daemon_cpu * 1000.0 / EVENTS as f64
+            r.daemon_cpu * 1000.0 / EVENTS as f64,
+            rate(r) / rate(&direct)
         );
     }
-    println!(
-        "provider mode / direct: {:.2}x (deliveries/s to SUCCESS in our record)",
-        rate(&provider) / rate(&direct)
-    );
 }

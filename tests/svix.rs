@@ -290,6 +290,106 @@ fn a_hundred_events_reach_the_receiver_through_svix_signed_and_recorded() {
     d.stop(Duration::from_secs(30));
 }
 
+/// Polls come in batches: 200 events, each delivered at Svix's first try,
+/// are nearly all settled by batch reads of the endpoint (a list of its
+/// messages and one of its attempts, each call serving many deliveries),
+/// not by one or two calls per delivery; the record is the same.
+#[test]
+fn polls_are_answered_by_batch_reads_of_the_endpoint() {
+    let Some(s) = Setup::new("batched polls") else {
+        return;
+    };
+    let receiver = Receiver::start(Script::status(200));
+    s.channel(&receiver.url(), &[]);
+    let config = s.config.replace("level = \"info\"", "level = \"debug\"");
+    let mut d = Daemon::run("A", &config, &[]);
+    let mut client = s.client();
+    emit(&mut client, EVENT_TYPE, "jsonb_build_object('n', g)", 200);
+    wait_until(
+        "200 deliveries SUCCESS",
+        Duration::from_secs(120),
+        || count_state(&mut client, "SUCCESS") == 200,
+        context(&s, &d),
+    );
+    for (event, a) in attempts(&mut client) {
+        assert_eq!(a.len(), 1, "{event}: {a:?}");
+        assert_eq!(a[0]["http_status"], 200);
+        assert!(a[0]["svix_message_id"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("msg_")));
+    }
+    let log = d.stderr();
+    let batched = log.matches("settled by a batch read").count();
+    let own = log.matches("by its own calls").count();
+    let reads: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("Svix batch read of endpoint"))
+        .collect();
+    let list_calls: usize = reads
+        .iter()
+        .filter_map(|l| {
+            let head = l.rsplit_once(" calls")?.0;
+            head.rsplit(' ').next()?.parse::<usize>().ok()
+        })
+        .sum();
+    let summary = format!(
+        "{batched} polls settled by {} batch reads ({list_calls} calls), {own} by their own calls",
+        reads.len()
+    );
+    eprintln!("{summary}");
+    assert!(batched >= 150, "{summary}");
+    // Each delivery polled by its own calls costs one or two; before
+    // batches, 200 deliveries cost at least 200.
+    assert!(list_calls + 2 * own <= 80, "{summary}");
+    assert_eq!(receiver.count(), 200);
+    d.stop(Duration::from_secs(30));
+}
+
+/// The leader's auto-disable reaches Svix too: with Svix stopped, the
+/// channel's hand-overs fail for `disable_after` and it is auto-disabled;
+/// once Svix answers again its endpoint is disabled there as well (as a
+/// `channel disable` does), without a `svix sync`.
+#[test]
+fn an_auto_disabled_channel_is_disabled_in_svix_once_it_answers() {
+    let Some(mut s) = Setup::new("auto-disable") else {
+        return;
+    };
+    let receiver = Receiver::start(Script::status(200));
+    let (id, _) = s.channel(&receiver.url(), &[]);
+    let (_, ep) = s.endpoint(&id);
+    assert_eq!(ep["disabled"], false, "{ep}");
+    let config = s.config.replace(
+        "breaker_failures = 0\n",
+        "breaker_failures = 0\ndisable_after = \"2s\"\n",
+    );
+    s.svix.stop();
+    let d = Daemon::run("A", &config, &[]);
+    let mut client = s.client();
+    emit(&mut client, EVENT_TYPE, "jsonb_build_object('n', g)", 3);
+    wait_until(
+        "the channel auto-disabled",
+        Duration::from_secs(60),
+        || {
+            client
+                .query_one(
+                    "SELECT disabled FROM notification.channel WHERE id = $1::text::uuid",
+                    &[&id],
+                )
+                .map(|r| r.get::<_, bool>(0))
+                .unwrap_or(false)
+        },
+        || support::daemon::tail(&d.stderr(), 30),
+    );
+    s.svix.resume();
+    wait_until(
+        "the endpoint disabled in Svix",
+        Duration::from_secs(60),
+        || s.endpoint(&id).1["disabled"] == true,
+        || support::daemon::tail(&d.stderr(), 30),
+    );
+    assert!(d.stderr().contains("its Svix endpoint is disabled too"));
+}
+
 /// The Standard Webhooks reference library (PyPI `standardwebhooks`)
 /// verifies every request, when installed (else a loud SKIPPED line).
 fn reference_verifies(receiver: &Receiver, secret: &str) {

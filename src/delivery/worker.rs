@@ -313,6 +313,8 @@ fn hand_to_svix(
             channel: &channel,
             event_type: &event.event_type,
             payload: &payload,
+            copied: status.view.round_attempts,
+            handed_over_at: handed_over_at(&status.view),
         },
         status.view.state == State::Sending,
     );
@@ -323,6 +325,18 @@ fn hand_to_svix(
         status.target.id
     );
     observed
+}
+
+/// When a `SENDING` delivery with no Svix attempt copied yet was handed
+/// over: its first poll is due [`svix::map::FIRST_POLL`] after that
+/// (`svix::map`). Later polls are due at other times: the batch read then
+/// misses it and the per-message poll answers.
+fn handed_over_at(view: &state::StatusView) -> Option<DateTime<Utc>> {
+    if view.state != State::Sending || view.round_attempts != 0 {
+        return None;
+    }
+    let step = chrono::TimeDelta::from_std(svix::map::FIRST_POLL).ok()?;
+    view.next_attempt_at.map(|at| at - step)
 }
 
 /// Sends one attempt to a channel that passed [`usable_channel`].

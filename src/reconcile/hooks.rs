@@ -38,9 +38,9 @@ pub trait Hooks: Sync {
     fn interval(&self, _report: &Report, _due: u64) {}
     /// The number of channels whose breaker is open or half-open is now `n`.
     fn breakers_open(&self, _n: usize) {}
-    /// A channel was auto-disabled (every attempt failed for
-    /// `delivery.disable_after`).
-    fn auto_disabled(&self) {}
+    /// Channel `channel_id` was auto-disabled (every attempt failed for
+    /// `delivery.disable_after`); the change is committed.
+    fn auto_disabled(&self, _channel_id: uuid::Uuid) {}
     /// The number of shards whose lock this instance holds is now `n`.
     fn shards_led(&self, _n: usize) {}
     /// One pruning step removed `removed` in `took` (on the pruner's

@@ -168,6 +168,14 @@ pub struct Lane {
     pub queue: Vec<bool>,
     /// How many more deliveries that make a request may go out now.
     pub allowance: usize,
+    /// For each of `queue` (or none, when shorter): whether its request is
+    /// a poll of the provider (a delivery handed to Svix, whose outcome is
+    /// read there) rather than a request to the channel's endpoint. A poll
+    /// takes a slot of the channel's cap, but nothing of its rate limit.
+    pub polls: Vec<bool>,
+    /// How many more polls may go out now: the allowance without the rate
+    /// limit (the cap, the breaker, the order), shared with the requests.
+    pub poll_allowance: usize,
     /// How many more beyond `allowance` it may borrow, while slots beyond
     /// the reserve are free (0: none; an explicit cap never borrows).
     pub borrow: usize,
@@ -225,7 +233,18 @@ pub fn plan(lanes: &[Lane], after: Option<Uuid>, free: usize, borrowable: usize)
     });
     let mut taken: Vec<Vec<bool>> = lanes.iter().map(|l| vec![false; l.queue.len()]).collect();
     let mut allowance: Vec<usize> = lanes.iter().map(|l| l.allowance).collect();
-    round_robin(lanes, first, free, &mut taken, &mut allowance, &mut plan);
+    let mut polls: Vec<usize> = lanes
+        .iter()
+        .map(|l| l.poll_allowance.max(l.allowance))
+        .collect();
+    round_robin(
+        lanes,
+        first,
+        free,
+        &mut taken,
+        (&mut allowance, Some(&mut polls)),
+        &mut plan,
+    );
     let mut borrow: Vec<usize> = lanes.iter().map(|l| l.borrow).collect();
     let limit = free.min(borrowable);
     if plan.hand_out.len() < limit {
@@ -233,20 +252,29 @@ pub fn plan(lanes: &[Lane], after: Option<Uuid>, free: usize, borrowable: usize)
         let first = plan.last_served.map_or(first, |a| {
             lanes.partition_point(|l| l.channel_id <= a) % lanes.len()
         });
-        round_robin(lanes, first, limit, &mut taken, &mut borrow, &mut plan);
+        round_robin(
+            lanes,
+            first,
+            limit,
+            &mut taken,
+            (&mut borrow, None),
+            &mut plan,
+        );
     }
     plan
 }
 
 /// Rounds of one delivery per lane, from lane `first` on, until `limit`
 /// are handed out in all or no lane can move: each lane's oldest delivery
-/// not `taken`, a request only while its `budget` lasts.
+/// not `taken`, a request only while its `budget` lasts (a poll while the
+/// second budget lasts, when given, else the first; any request takes one
+/// of the second, and the first never exceeds it).
 fn round_robin(
     lanes: &[Lane],
     first: usize,
     limit: usize,
     taken: &mut [Vec<bool>],
-    budget: &mut [usize],
+    (budget, mut poll_budget): (&mut [usize], Option<&mut Vec<usize>>),
     plan: &mut Plan,
 ) {
     loop {
@@ -264,14 +292,30 @@ fn round_robin(
             } else {
                 lanes[i].queue.len()
             };
+            let is_poll = |j: usize| lanes[i].polls.get(j).copied().unwrap_or(false);
+            let left = |j: usize, budget: &[usize], polls: &Option<&mut Vec<usize>>| match polls {
+                Some(p) if is_poll(j) => p[i],
+                _ => budget[i],
+            };
             let pick = lanes[i].queue[..reach]
                 .iter()
                 .enumerate()
-                .position(|(j, &sends)| !taken[i][j] && (!sends || budget[i] > 0));
+                .position(|(j, &sends)| {
+                    !taken[i][j] && (!sends || left(j, budget, &poll_budget) > 0)
+                });
             if let Some(j) = pick {
                 taken[i][j] = true;
                 if lanes[i].queue[j] {
-                    budget[i] -= 1;
+                    match poll_budget.as_deref_mut() {
+                        Some(p) => {
+                            p[i] -= 1;
+                            if !is_poll(j) {
+                                budget[i] -= 1;
+                            }
+                            budget[i] = budget[i].min(p[i]);
+                        }
+                        None => budget[i] -= 1,
+                    }
                 }
                 plan.hand_out.push((i, j));
                 plan.last_served = Some(lanes[i].channel_id);
@@ -297,6 +341,8 @@ mod tests {
             channel_id: ch(n),
             queue: vec![true; len],
             allowance,
+            polls: Vec::new(),
+            poll_allowance: 0,
             borrow: 0,
             ordered: false,
         }
@@ -356,11 +402,48 @@ mod tests {
             channel_id: ch(1),
             queue: vec![true, false, true, false],
             allowance: 0,
+            polls: Vec::new(),
+            poll_allowance: 0,
             borrow: 0,
             ordered: false,
         }];
         let p = plan(&lanes, None, 10, 0);
         assert_eq!(p.hand_out, vec![(0, 1), (0, 3)]);
+    }
+
+    /// Polls of Svix (provider `svix`) are not requests to the endpoint:
+    /// a rate limit whose window is used up holds back the hand-overs, not
+    /// the polls; the cap holds back both, and a poll takes a slot of it.
+    #[test]
+    fn polls_pass_a_used_up_rate_limit_but_not_the_cap() {
+        let limited = Lane {
+            channel_id: ch(1),
+            queue: vec![true, true, true, true],
+            polls: vec![true, false, true, true],
+            allowance: 0,
+            poll_allowance: 2,
+            borrow: 0,
+            ordered: false,
+        };
+        let p = plan(std::slice::from_ref(&limited), None, 10, 0);
+        assert_eq!(p.hand_out, vec![(0, 0), (0, 2)]);
+        // Room in the window for one: one request and one poll within the
+        // cap of two.
+        let some = Lane {
+            allowance: 1,
+            ..limited.clone()
+        };
+        assert_eq!(plan(&[some], None, 10, 0).hand_out, vec![(0, 0), (0, 1)]);
+        // The cap counts the requests too: a request leaves one slot.
+        let first_request = Lane {
+            polls: vec![false, true, true, true],
+            allowance: 1,
+            ..limited
+        };
+        assert_eq!(
+            plan(&[first_request], None, 10, 0).hand_out,
+            vec![(0, 0), (0, 1)]
+        );
     }
 
     #[test]
@@ -475,6 +558,8 @@ mod tests {
                                 channel_id: ch(n),
                                 queue: (0..len).map(|k| mask & (1 << k) == 0).collect(),
                                 allowance,
+                                polls: Vec::new(),
+                                poll_allowance: 0,
                                 borrow: b,
                                 ordered,
                             });

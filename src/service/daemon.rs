@@ -167,6 +167,7 @@ pub fn run_until(
     let hooks = DaemonHooks {
         notifier: &notifier,
         telemetry: &telemetry,
+        config,
     };
     let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
     // Whether this instance ever led: only then is there a lock to release.
@@ -331,11 +332,63 @@ fn wait(shutdown: &Shutdown, until: Instant, notifier: &Notifier, telemetry: &Te
     }
 }
 
+/// The first wait before a Svix endpoint whose channel was auto-disabled
+/// is tried again (while Svix does not take the change); it doubles up to
+/// [`SVIX_DISABLE_RETRY_MAX`], and the tries end after [`SVIX_DISABLE_FOR`].
+const SVIX_DISABLE_RETRY: Duration = Duration::from_secs(5);
+const SVIX_DISABLE_RETRY_MAX: Duration = Duration::from_secs(300);
+const SVIX_DISABLE_FOR: Duration = Duration::from_secs(3600);
+
+/// Tells Svix that channel `id` was auto-disabled (its endpoint disabled,
+/// as a channel operation does), on a thread of its own so that the
+/// leader never waits for Svix: with Svix the auto-disable usually comes
+/// while Svix does not answer, so the change is tried again, after
+/// [`SVIX_DISABLE_RETRY`] and twice as long each time, for up to
+/// [`SVIX_DISABLE_FOR`] (then `svix sync` repairs it). Each try brings the endpoint in step with the channel as
+/// it is then (enabled again meanwhile: enabled). A detached thread: the
+/// process's end ends it.
+fn disable_in_svix(config: &Config, id: uuid::Uuid) {
+    let config = config.clone();
+    let spawned = std::thread::Builder::new()
+        .name("svix-disable".into())
+        .spawn(move || {
+            let started = Instant::now();
+            let mut wait = SVIX_DISABLE_RETRY;
+            loop {
+                let done = match db::connect(&config.database, &lock::app_name("svix-sync")) {
+                    Ok(mut client) => {
+                        crate::ops::svix::after_change(&config, &mut client, id).is_none()
+                    }
+                    Err(e) => {
+                        log::warn!("channel {id}: cannot tell Svix it was disabled: {e}");
+                        false
+                    }
+                };
+                if done {
+                    log::info!("channel {id}: its Svix endpoint is disabled too");
+                    return;
+                }
+                if started.elapsed() >= SVIX_DISABLE_FOR {
+                    log::warn!(
+                        "channel {id}: gave up telling Svix it was disabled; run `svix sync`"
+                    );
+                    return;
+                }
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(SVIX_DISABLE_RETRY_MAX);
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("channel {id}: cannot tell Svix it was disabled ({e}); run `svix sync`");
+    }
+}
+
 /// The leader's hooks in the daemon: metrics, and the watchdog and
 /// `/healthz` kept fed while it leads.
 struct DaemonHooks<'a> {
     notifier: &'a Notifier,
     telemetry: &'a Telemetry,
+    config: &'a Config,
 }
 
 impl DaemonHooks<'_> {
@@ -385,8 +438,11 @@ impl Hooks for DaemonHooks<'_> {
         self.telemetry.metrics.breakers_open(n);
     }
 
-    fn auto_disabled(&self) {
+    fn auto_disabled(&self, channel_id: uuid::Uuid) {
         self.telemetry.metrics.auto_disabled();
+        if self.config.delivery.provider == crate::config::Provider::Svix {
+            disable_in_svix(self.config, channel_id);
+        }
     }
 
     fn shards_led(&self, n: usize) {

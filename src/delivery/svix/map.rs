@@ -112,6 +112,12 @@ pub enum Observed {
     },
 }
 
+/// The first poll after a hand-over comes this long after it (Svix
+/// dispatches a message within milliseconds; a poll before that costs one
+/// call and waits for the next). Exactly this long, so that the row tells
+/// when the hand-over was (`svix::batch` finds the message by it).
+pub const FIRST_POLL: Duration = Duration::from_millis(250);
+
 /// The shortest wait before polling Svix again.
 pub const MIN_POLL: Duration = Duration::from_secs(1);
 /// The longest wait between two polls of a message Svix keeps trying.
@@ -287,10 +293,21 @@ pub fn map(
             };
             if waiting == 0 {
                 let state = settled.unwrap_or(State::Sending);
+                // Just handed over: the first poll comes exactly
+                // FIRST_POLL later, so that it tells when the hand-over was
+                // (the batch read of polls finds the message by it:
+                // `svix::batch`).
+                let first_poll = *fresh && attempts.is_empty() && status.is_none();
                 return Update {
                     state,
                     reason: storable(&outcome(state, copied, last)),
-                    next_attempt_at: (state == State::Sending).then(poll_at),
+                    next_attempt_at: (state == State::Sending).then(|| {
+                        if first_poll {
+                            add_saturating(now, FIRST_POLL)
+                        } else {
+                            poll_at()
+                        }
+                    }),
                     round_attempts: copied,
                     attempt: None,
                 };
@@ -433,11 +450,21 @@ mod tests {
                 assert_eq!(u.attempt, None);
                 assert_eq!(u.round_attempts, 0);
                 assert_eq!(u.next_attempt_at.is_some(), expected == State::Sending);
-                if expected == State::Sending {
+                if expected == State::Sending && status.is_none() {
+                    // Just handed over: the first poll, exactly FIRST_POLL on.
+                    assert_eq!(u.next_attempt_at, Some(add_saturating(at(10), FIRST_POLL)));
+                } else if expected == State::Sending {
                     assert!(u.next_attempt_at.unwrap() >= at(10) + chrono::TimeDelta::seconds(1));
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_poll_that_finds_no_attempt_yet_waits_at_least_min_poll() {
+        let u = run(&view(State::Sending, 0), &reported(false, None, vec![]));
+        assert_eq!(u.state, State::Sending);
+        assert!(u.next_attempt_at.unwrap() >= at(10) + chrono::TimeDelta::seconds(1));
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! it receives no customer-supplied URL; Svix applies its own guard to the
 //! endpoints it calls.
 
+pub mod batch;
 pub mod map;
 
 use std::collections::BTreeMap;
@@ -139,6 +140,7 @@ pub struct Client {
     base: String,
     authorization: String,
     max_response_bytes: usize,
+    batches: batch::Batches,
 }
 
 impl std::fmt::Debug for Client {
@@ -183,6 +185,7 @@ impl Client {
             base: cfg.url.clone(),
             authorization: format!("Bearer {}", cfg.token),
             max_response_bytes: delivery.max_response_bytes,
+            batches: batch::Batches::default(),
         }
     }
 
@@ -555,36 +558,42 @@ impl Client {
             .as_array()
             .into_iter()
             .flatten()
-            .map(|a| SvixAttempt {
-                timestamp: a["timestamp"]
-                    .as_str()
-                    .and_then(parse_time)
-                    .unwrap_or_else(Utc::now),
-                http_status: a["responseStatusCode"]
-                    .as_u64()
-                    .and_then(|c| u16::try_from(c).ok())
-                    .unwrap_or(0),
-                response: a["response"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .chars()
-                    .scan(0usize, |bytes, c| {
-                        *bytes += c.len_utf8();
-                        (*bytes <= self.max_response_bytes).then_some(c)
-                    })
-                    .collect(),
-                duration_ms: a["responseDurationMs"].as_u64().unwrap_or(0),
-                url: a["url"].as_str().unwrap_or_default().to_owned(),
-                status: a["status"]
-                    .as_i64()
-                    .and_then(SvixStatus::from_code)
-                    .unwrap_or(SvixStatus::Fail),
-            })
+            .map(|a| self.attempt_of(a))
             .collect();
         // Newest first from Svix; ids (and times) order them.
         out.sort_by_key(|a| a.timestamp);
         let message_id = body["data"][0]["msgId"].as_str().map(str::to_owned);
         Ok(Some((out, message_id)))
+    }
+
+    /// One attempt as Svix lists it (`MessageAttemptOut`), its response
+    /// cut at `delivery.max_response_bytes`.
+    fn attempt_of(&self, a: &Value) -> SvixAttempt {
+        SvixAttempt {
+            timestamp: a["timestamp"]
+                .as_str()
+                .and_then(parse_time)
+                .unwrap_or_else(Utc::now),
+            http_status: a["responseStatusCode"]
+                .as_u64()
+                .and_then(|c| u16::try_from(c).ok())
+                .unwrap_or(0),
+            response: a["response"]
+                .as_str()
+                .unwrap_or_default()
+                .chars()
+                .scan(0usize, |bytes, c| {
+                    *bytes += c.len_utf8();
+                    (*bytes <= self.max_response_bytes).then_some(c)
+                })
+                .collect(),
+            duration_ms: a["responseDurationMs"].as_u64().unwrap_or(0),
+            url: a["url"].as_str().unwrap_or_default().to_owned(),
+            status: a["status"]
+                .as_i64()
+                .and_then(SvixStatus::from_code)
+                .unwrap_or(SvixStatus::Fail),
+        }
     }
 
     /// One visit for a due delivery: hand it over unless `handed_over`
@@ -617,6 +626,30 @@ impl Client {
                 Err(observed) => observed,
             };
         }
+        // A batch read of the endpoint (or what one kept) settles the
+        // common case: delivered, all its attempts read (`batch`).
+        let ask = batch::Ask {
+            namespace: d.namespace,
+            endpoint: d.channel,
+            key: d.key,
+            copied: d.copied,
+            handed_over_at: d.handed_over_at,
+        };
+        match self.batches.delivered(self, &ask) {
+            batch::Settled::Delivered(found) => {
+                log::debug!("Svix poll of {}: settled by a batch read", d.key);
+                return Observed::Reported {
+                    message_id: found.message_id,
+                    fresh: false,
+                    status: Some(SvixStatus::Success),
+                    next_attempt: None,
+                    attempts: found.attempts,
+                };
+            }
+            batch::Settled::Failed(error) => return Observed::PollFailed { error },
+            batch::Settled::No => {}
+        }
+        log::debug!("Svix poll of {}: by its own calls", d.key);
         // Polled by the message's eventId (the key): no id to store. The
         // attempts alone tell a success (the common case: one call); the
         // endpoint's status is asked for only when the newest attempt
@@ -682,6 +715,12 @@ pub struct Handover<'a> {
     pub event_type: &'a str,
     /// The webhook body.
     pub payload: &'a serde_json::value::RawValue,
+    /// Svix attempts already copied into the record (when handed over).
+    pub copied: u32,
+    /// When the message was handed over, when the row tells (before its
+    /// first poll: `map` schedules that one [`map::FIRST_POLL`] after the
+    /// hand-over); lets a batch read find it ([`batch`]).
+    pub handed_over_at: Option<DateTime<Utc>>,
 }
 
 /// The idempotency key of a delivery's round: its status id and the start

@@ -129,14 +129,18 @@ impl<'a> Main<'a> {
         let after = self.last_served;
         let (channels, in_flight, controls) = (&self.channels, &self.in_flight, &self.controls);
         let limits = |id: &Uuid| lane_limits(channels, controls, in_flight, id, now);
+        let svix_polls = self.svix_polls;
         let wall_now = Instant::now();
         let empty: Vec<(Uuid, Cursor)> = in_rotation(lanes, after)
             .filter(|(id, l)| {
                 let (allowance, borrow) = limits(id);
+                // With Svix, a channel whose rate window is used up may
+                // still poll.
+                let polls = svix_polls && poll_limit(channels, controls, in_flight, id, now) > 0;
                 l.queue.is_empty()
                     && !l.exhausted
                     && l.recheck_at.is_none_or(|t| t <= wall_now)
-                    && (allowance > 0 || (borrowable > 0 && borrow > 0))
+                    && (allowance > 0 || polls || (borrowable > 0 && borrow > 0))
             })
             .take(free.clamp(1, self.page_size as usize))
             .map(|(id, l)| (*id, l.cursor))
@@ -270,15 +274,23 @@ impl<'a> Main<'a> {
             .map(|id| {
                 let (allowance, borrow) =
                     lane_limits(&self.channels, &self.controls, &self.in_flight, id, now);
+                let queue = &lanes[id].queue;
                 Lane {
                     channel_id: *id,
-                    queue: lanes[id]
-                        .queue
+                    queue: queue
                         .iter()
                         .take(free)
                         .map(|d| makes_request(d, wall, cutoff, &self.policy))
                         .collect(),
                     allowance,
+                    polls: queue.iter().map(|d| is_poll(d, self.svix_polls)).collect(),
+                    poll_allowance: poll_limit(
+                        &self.channels,
+                        &self.controls,
+                        &self.in_flight,
+                        id,
+                        now,
+                    ),
                     borrow,
                     ordered: self.controls.is_ordered(id),
                 }
@@ -313,6 +325,7 @@ impl<'a> Main<'a> {
         for (d, sends) in chosen.iter().flatten() {
             let channel_id = d.channel_id();
             if *sends
+                && !is_poll(d, self.svix_polls)
                 && self.controls.charge(&channel_id, d.status.id)
                 && !charged.contains(&channel_id)
             {
@@ -430,6 +443,34 @@ pub(super) fn makes_request(
         state::check(&d.status.view, now, cutoff, policy),
         Check::Expired(_)
     )
+}
+
+/// Whether the visit `d` is due for is a poll of the provider rather
+/// than a request to the channel's endpoint: with Svix (`svix_polls`), a
+/// handed-over delivery (`SENDING`) is polled there.
+pub(super) fn is_poll(d: &Delivery, svix_polls: bool) -> bool {
+    svix_polls && d.status.view.state == state::State::Sending
+}
+
+/// How many polls a channel may have handed out now: its allowance
+/// without the rate limit (cap, breaker, order).
+pub(super) fn poll_limit(
+    channels: &Channels,
+    controls: &ControlState,
+    in_flight: &InFlight,
+    id: &Uuid,
+    now: DateTime<Utc>,
+) -> usize {
+    let n = if controls.is_ordered(id) {
+        in_flight.held_of(id)
+    } else {
+        in_flight.of_channel(id)
+    };
+    let unlimited = scheduler::Controls {
+        rate_left: None,
+        ..controls.of(id, now)
+    };
+    scheduler::limits(channels.allowance(id, now, n), 0, n, unlimited).0
 }
 
 /// A channel's `(allowance, borrow)` at `now`: its cap and breaker

@@ -468,6 +468,10 @@ struct Main<'a> {
     /// A head was created after the horizon was taken: the next read of
     /// heads takes a new one.
     horizon_stale: bool,
+    /// `delivery.provider = "svix"`: a visit to a handed-over delivery
+    /// (`SENDING`) is a poll of Svix, not a request to the endpoint, and
+    /// is not charged to the channel's rate limit (`handout::is_poll`).
+    svix_polls: bool,
 }
 
 impl<'a> Main<'a> {
@@ -503,6 +507,7 @@ impl<'a> Main<'a> {
             shards: None,
             horizon: None,
             horizon_stale: false,
+            svix_polls: config.delivery.provider == crate::config::Provider::Svix,
         };
         main.set_workers(r.workers);
         main

@@ -87,7 +87,7 @@ impl<'a> Main<'a> {
                         log::warn!(
                             "channel {channel_id} disabled: {reason}; after fixing the endpoint, `channel enable {channel_id}`, then `resend --channel {channel_id} --since TIME`"
                         );
-                        self.hooks.auto_disabled();
+                        self.hooks.auto_disabled(channel_id);
                     }
                 }
             }
