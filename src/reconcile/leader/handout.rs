@@ -283,7 +283,11 @@ impl<'a> Main<'a> {
                         .map(|d| makes_request(d, wall, cutoff, &self.policy))
                         .collect(),
                     allowance,
-                    polls: queue.iter().map(|d| is_poll(d, self.svix_polls)).collect(),
+                    polls: queue
+                        .iter()
+                        .take(free)
+                        .map(|d| is_poll(d, self.svix_polls))
+                        .collect(),
                     poll_allowance: poll_limit(
                         &self.channels,
                         &self.controls,
