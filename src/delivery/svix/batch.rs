@@ -284,20 +284,11 @@ fn read(
     );
     // Messages, newest first: (eventId, Svix id, created) of the delivered.
     let mut delivered: Vec<(String, String, DateTime<Utc>)> = Vec::new();
-    let mut iterator: Option<String> = None;
-    let mut calls = 0usize;
     let asked = wanted.len();
-    for _ in 0..MAX_PAGES {
-        calls += 1;
-        let mut path = format!(
-            "/api/v1/app/{namespace}/endpoint/{endpoint}/msg?with_content=false&limit={PAGE}&{window}"
-        );
-        if let Some(it) = &iterator {
-            path.push_str(&format!("&iterator={it}"));
-        }
-        let Some(page) = client.get_found(&path)? else {
-            break;
-        };
+    let messages = format!(
+        "/api/v1/app/{namespace}/endpoint/{endpoint}/msg?with_content=false&limit={PAGE}&{window}"
+    );
+    let mut calls = read_pages(client, &messages, Towards::Older, |page| {
         let mut oldest_read: Option<DateTime<Utc>> = None;
         for m in page["data"].as_array().into_iter().flatten() {
             let created = m["timestamp"].as_str().and_then(parse_time);
@@ -310,10 +301,7 @@ fn read(
             wanted.remove(event_id);
             let success =
                 m["status"].as_i64().and_then(SvixStatus::from_code) == Some(SvixStatus::Success);
-            let (Some(id), Some(created)) = (
-                m["id"].as_str(),
-                m["timestamp"].as_str().and_then(parse_time),
-            ) else {
+            let (Some(id), Some(created)) = (m["id"].as_str(), created) else {
                 continue;
             };
             if success {
@@ -325,11 +313,8 @@ fn read(
         if let Some(oldest) = oldest_read {
             wanted.retain(|_, at| *at - delta(CLOCK_SLACK) <= oldest);
         }
-        match (page["done"].as_bool(), page["iterator"].as_str()) {
-            (Some(false), Some(it)) if !wanted.is_empty() => iterator = Some(it.to_owned()),
-            _ => break,
-        }
-    }
+        !wanted.is_empty()
+    })?;
     let Some(first) = delivered.iter().map(|d| d.2).min() else {
         log::debug!(
             "Svix batch read of endpoint {endpoint} ({namespace}): {asked} asked, none delivered yet, {calls} calls"
@@ -344,18 +329,9 @@ fn read(
         .collect();
     let mut open = attempts.len();
     let after = stamp(first - TimeDelta::milliseconds(1));
-    let mut iterator: Option<String> = None;
-    for _ in 0..MAX_PAGES {
-        calls += 1;
-        let mut path = format!(
-            "/api/v1/app/{namespace}/attempt/endpoint/{endpoint}?limit={PAGE}&after={after}"
-        );
-        if let Some(it) = &iterator {
-            path.push_str(&format!("&iterator={it}"));
-        }
-        let Some(page) = client.get_found(&path)? else {
-            break;
-        };
+    let list =
+        format!("/api/v1/app/{namespace}/attempt/endpoint/{endpoint}?limit={PAGE}&after={after}");
+    calls += read_pages(client, &list, Towards::Newer, |page| {
         for a in page["data"].as_array().into_iter().flatten() {
             let Some(entry) = a["msgId"].as_str().and_then(|m| attempts.get_mut(m)) else {
                 continue;
@@ -367,13 +343,8 @@ fn read(
             }
             entry.0.push(attempt);
         }
-        // Oldest first: the next page is after this page's newest
-        // (`prevIterator`).
-        match (page["done"].as_bool(), page["prevIterator"].as_str()) {
-            (Some(false), Some(it)) if open > 0 => iterator = Some(it.to_owned()),
-            _ => break,
-        }
-    }
+        open > 0
+    })?;
     let found: Vec<(String, Delivered)> = delivered
         .into_iter()
         .filter_map(|(event_id, message_id, _)| {
@@ -395,6 +366,48 @@ fn read(
         found.len()
     );
     Ok(found)
+}
+
+/// Which way a Svix list is read: its `iterator` leads to older items
+/// (a list read newest first), its `prevIterator` to newer ones (read
+/// oldest first, from an `after`).
+#[derive(Debug, Clone, Copy)]
+enum Towards {
+    Older,
+    Newer,
+}
+
+/// Reads the list at `path` (with its query) a page at a time, at most
+/// [`MAX_PAGES`], towards `towards`, handing each page to `each`, which
+/// says whether another page is wanted; returns how many calls it made.
+fn read_pages(
+    client: &Client,
+    path: &str,
+    towards: Towards,
+    mut each: impl FnMut(&serde_json::Value) -> bool,
+) -> Result<usize, SvixError> {
+    let next = match towards {
+        Towards::Older => "iterator",
+        Towards::Newer => "prevIterator",
+    };
+    let mut iterator: Option<String> = None;
+    let mut calls = 0;
+    for _ in 0..MAX_PAGES {
+        calls += 1;
+        let page_path = match &iterator {
+            Some(it) => format!("{path}&iterator={it}"),
+            None => path.to_owned(),
+        };
+        let Some(page) = client.get_found(&page_path)? else {
+            break;
+        };
+        let more = each(&page);
+        match (page["done"].as_bool(), page[next].as_str()) {
+            (Some(false), Some(it)) if more => iterator = Some(it.to_owned()),
+            _ => break,
+        }
+    }
+    Ok(calls)
 }
 
 #[cfg(test)]
